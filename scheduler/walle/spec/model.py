@@ -1,0 +1,131 @@
+"""The validated job spec: immutable data, produced only by `walle.spec.parse`.
+
+Every other room (core, adapters, service, modules' parameters) reads these types; nothing
+builds them by hand except tests. Sizes are bytes, durations seconds, CPU in cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+JobKind = Literal["service", "batch", "cron"]
+RuntimeKind = Literal["exec", "nspawn"]
+CheckType = Literal["http", "tcp", "script", "ttl"]
+RestartPolicy = Literal["always", "on-failure", "no"]
+Strategy = Literal["spread", "binpack"]
+ConstraintOp = Literal["eq", "ne", "in", "not_in", "regex", "distinct_hosts", "max_per"]
+
+
+@dataclass(frozen=True)
+class Range:
+    """A guaranteed minimum and a ceiling the instance may use when the node has room."""
+
+    min: float
+    max: float
+
+    @property
+    def elastic(self) -> bool:
+        return self.max > self.min
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: Range  # cores, fractional allowed
+    memory: Range  # bytes: min -> MemoryMin (guaranteed), max -> MemoryMax
+    disk: int = 0  # bytes of local disk the instance needs
+    io_weight: int = 100  # 1..10000, IOWeight=
+    gpus: int = 0
+    tasks_max: int | None = None  # TasksMax=
+
+
+@dataclass(frozen=True)
+class Runtime:
+    kind: RuntimeKind
+    command: str | None = None  # exec: absolute path; nspawn: optional command in the image
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  # sorted pairs, so specs hash stably
+    user: str | None = None
+    working_dir: str | None = None
+    image: str | None = None  # nspawn: a machine image directory on the node
+
+
+@dataclass(frozen=True)
+class Constraint:
+    attribute: str  # node attribute: "name", "zone", "rack" or "label.<key>"
+    operator: ConstraintOp
+    value: str | tuple[str, ...] | int | None = None
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    type: CheckType
+    path: str = "/"  # http
+    port: int | None = None  # http/tcp; defaults to the service port
+    args: tuple[str, ...] = ()  # script
+    interval: float = 2.0
+    timeout: float = 2.0
+    ttl: float | None = None  # ttl checks
+    deregister_after: float = 60.0  # DeregisterCriticalServiceAfter (Consul minimum 1m)
+
+
+@dataclass(frozen=True)
+class StopPolicy:
+    signal: str = "SIGTERM"
+    timeout: float = 30.0  # TimeoutStopSec=
+    pre_stop: tuple[str, ...] = ()  # argv run as ExecStop= before the signal
+
+
+@dataclass(frozen=True)
+class Discovery:
+    name: str  # Consul service name (DNS label)
+    port: int | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class UpdatePolicy:
+    max_parallel: int = 1
+    health_timeout: float = 30.0  # a batch must pass its checks within this
+    auto_rollback: bool = True
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str  # DNS label: [a-z][a-z0-9-]*, at most 40 characters
+    kind: JobKind
+    resources: Resources
+    runtime: Runtime
+    count: int = 1
+    constraints: tuple[Constraint, ...] = ()
+    data: tuple[str, ...] = ()  # dataset names the job wants to run near
+    priority: int = 50  # 0..100; higher may preempt lower
+    strategy: Strategy | None = None  # None: the cluster default
+    health: HealthCheck | None = None
+    stop: StopPolicy = field(default_factory=StopPolicy)
+    service: Discovery | None = None
+    restart: RestartPolicy = "on-failure"
+    retries: int = 3  # batch: attempts before the job fails
+    schedule: str | None = None  # cron: systemd OnCalendar= expression
+    update: UpdatePolicy = field(default_factory=UpdatePolicy)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def digest(self) -> str:
+        """Stable hash of the whole spec (the job's version)."""
+        return _digest(self.to_dict())
+
+    def runtime_digest(self) -> str:
+        """Hash of what needs a restart to change: a different value means replace, not update
+        in place (resources alone can change live)."""
+        d = self.to_dict()
+        return _digest({k: d[k] for k in ("runtime", "kind", "schedule", "stop", "health",
+                                           "service", "restart")})
+
+
+def _digest(data: dict) -> str:
+    raw = json.dumps(data, sort_keys=True, separators=(",", ":"), default=list)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
