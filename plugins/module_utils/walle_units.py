@@ -1,0 +1,405 @@
+# Copyright: Walle authors
+# Simplified BSD License (see https://opensource.org/licenses/BSD-2-Clause)
+"""Render Walle's systemd units from typed values, and parse them back.
+
+Pure functions (stdlib only), shared by the walle_* modules and the tests. Every string that
+reaches a unit file is either validated against a strict pattern or escaped so that systemd
+reads back exactly the literal given; anything that cannot be made safe raises ValueError
+naming the field. Nothing is dropped silently.
+
+systemd facts this relies on (systemd.syntax(7), systemd.service(5)):
+- a unit line ending in a backslash continues on the next line, and a newline ends a directive,
+  so control characters are refused everywhere;
+- specifiers (`%n`, `%h` ...) are expanded in most values: `%` is written `%%`;
+- Exec*= words are split on whitespace, unquoted with C escapes, and `$VAR` is substituted:
+  each argument is written double-quoted with `\\`, `\"`, `%%` and `$$`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+__all__ = [
+    "SLICE_PROPERTY_ORDER",
+    "check_text",
+    "format_duration",
+    "format_size",
+    "parse_size",
+    "parse_systemctl_show",
+    "parse_unit",
+    "quote_env",
+    "quote_exec_arg",
+    "quote_exec_line",
+    "render_service",
+    "render_slice",
+    "render_timer",
+    "slice_properties",
+    "split_exec_words",
+    "validate_slice_name",
+    "validate_unit_stem",
+]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SLICE_NAME = re.compile(r"^walle(-[A-Za-z0-9_.:]+)*\.slice$")
+_UNIT_STEM = re.compile(r"^walle-[A-Za-z0-9_.:@-]+$")
+_SIZE = re.compile(r"^(\d+(\.\d+)?[KMGTPE]?|\d+(\.\d+)?%|infinity)$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_USER = re.compile(r"^([a-z_][a-z0-9_-]*[$]?|\d+)$")
+_SIGNAL = re.compile(r"^SIG[A-Z0-9]+([+-]\d+)?$")
+_CPUS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+_DEVICE_ALLOW = re.compile(
+    r"^(/dev/[A-Za-z0-9._/:-]+|(char|block)-[A-Za-z0-9._*?-]+)( [rwm]{1,3})?$")
+_BLOCK_DEVICE = re.compile(r"^/dev/[A-Za-z0-9._/:-]+$")
+_CALENDAR = re.compile(r"^[A-Za-z0-9 _*:,./~+-]+$")
+_MAX_WEIGHT = 10000
+
+# Order in which slice directives are written (and compared).
+SLICE_PROPERTY_ORDER = (
+    "CPUWeight", "CPUQuota", "AllowedCPUs", "MemoryMin", "MemoryLow", "MemoryHigh", "MemoryMax",
+    "IOWeight", "IOReadBandwidthMax", "IOWriteBandwidthMax", "TasksMax", "DevicePolicy",
+    "DeviceAllow",
+)
+
+
+# ---------------------------------------------------------------------------------- checks
+
+def check_text(field: str, value: str) -> str:
+    """Return value if it is a str without control characters (newline, tab, NUL ...)."""
+    if not isinstance(value, str):
+        raise ValueError(f"{field}: expected a string, got {type(value).__name__}")
+    if _CONTROL.search(value):
+        raise ValueError(f"{field}: control characters (newline, tab, NUL ...) are not allowed, "
+                         f"got {value!r}")
+    return value
+
+
+def _match(field: str, pattern: re.Pattern, value: str, what: str) -> str:
+    check_text(field, value)
+    if not pattern.match(value):
+        raise ValueError(f"{field}: {value!r} is not {what}")
+    return value
+
+
+def _plain(field: str, value: str) -> str:
+    """Free text written raw (Description=): specifiers escaped, edges checked because systemd
+    strips surrounding whitespace and treats a trailing backslash as a line continuation."""
+    check_text(field, value)
+    if value != value.strip():
+        raise ValueError(f"{field}: must not start or end with whitespace, got {value!r}")
+    if value.endswith("\\"):
+        raise ValueError(f"{field}: must not end with a backslash, got {value!r}")
+    return value.replace("%", "%%")
+
+
+def _abs_path(field: str, value: str) -> str:
+    check_text(field, value)
+    if not value.startswith("/"):
+        raise ValueError(f"{field}: must be an absolute path, got {value!r}")
+    return _plain(field, value)
+
+
+def validate_slice_name(name: str, field: str = "name") -> str:
+    """`walle.slice` or `walle-<part>[-<part>...].slice` (systemd-valid characters)."""
+    return _match(field, _SLICE_NAME, name, "a Walle slice: walle.slice or walle-<name>.slice")
+
+
+def validate_unit_stem(stem: str, field: str = "name") -> str:
+    """A unit name without suffix that starts with `walle-`, e.g. `walle-web-0`."""
+    return _match(field, _UNIT_STEM, stem,
+                  "a Walle unit stem: walle-<name> with letters, digits, '-', '_', '.', ':'")
+
+
+def _weight(field: str, value: int) -> str:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_WEIGHT:
+        raise ValueError(f"{field}: must be an integer in 1..{_MAX_WEIGHT}, got {value!r}")
+    return str(value)
+
+
+def _positive_int(field: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{field}: must be a positive integer, got {value!r}")
+    return value
+
+
+# ------------------------------------------------------------------------ sizes, durations
+
+_SIZE_FACTORS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50,
+                 "E": 1 << 60}
+
+
+def format_size(field: str, value: int | str) -> str:
+    """Bytes (int or digit string) or a systemd size string: "512M", "2G", "50%", "infinity"."""
+    if isinstance(value, bool):
+        raise ValueError(f"{field}: expected bytes or a size string, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{field}: must not be negative, got {value}")
+        return str(value)
+    text = check_text(field, value).strip()
+    if not _SIZE.match(text):
+        raise ValueError(f"{field}: {value!r} is not a size: use bytes, a number with K/M/G/T "
+                         "(base 1024), a percentage or 'infinity'")
+    return text
+
+
+def parse_size(text: str) -> int | None:
+    """Bytes of a size string as systemd shows it; None for infinity (or unset)."""
+    text = text.strip()
+    if text in ("infinity", "", "[not set]"):
+        return None
+    number, suffix = (text[:-1], text[-1]) if text[-1] in _SIZE_FACTORS else (text, "")
+    return int(float(number) * _SIZE_FACTORS[suffix])
+
+
+def format_duration(field: str, seconds: float) -> str:
+    """Seconds as a systemd time span: whole seconds as "30s", otherwise whole ms "1500ms"."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise ValueError(f"{field}: expected seconds as a number, got {seconds!r}")
+    if math.isinf(seconds) and seconds > 0:
+        return "infinity"
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"{field}: must be a non-negative number of seconds, got {seconds!r}")
+    millis = round(seconds * 1000)
+    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
+
+
+# -------------------------------------------------------------------------------- quoting
+
+def quote_exec_arg(arg: str, field: str = "args") -> str:
+    """One Exec*= argument, double-quoted so systemd passes it literally (no word split, no
+    specifier or $VAR expansion, no escape interpretation)."""
+    check_text(field, arg)
+    escaped = (arg.replace("\\", "\\\\").replace('"', '\\"')
+               .replace("%", "%%").replace("$", "$$"))
+    return f'"{escaped}"'
+
+
+def quote_exec_line(argv: list[str] | tuple[str, ...], field: str = "command") -> str:
+    """A whole Exec*= value from an argv whose first element is an absolute path."""
+    if not argv:
+        raise ValueError(f"{field}: must not be empty")
+    if not isinstance(argv[0], str) or not argv[0].startswith("/"):
+        raise ValueError(f"{field}: the program must be an absolute path, got {argv[0]!r}")
+    return " ".join(quote_exec_arg(a, field) for a in argv)
+
+
+def quote_env(key: str, value: str, field: str = "env") -> str:
+    """An Environment= value: `"KEY=value"` read back literally by systemd."""
+    _match(f"{field}.{key}" if isinstance(key, str) else field, _ENV_KEY, key,
+           "a variable name ([A-Za-z_][A-Za-z0-9_]*)")
+    check_text(f"{field}.{key}", value)
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{key}={escaped}"'
+
+
+# ------------------------------------------------------------------------------ rendering
+
+def _format_unit(sections: list[tuple[str, list[tuple[str, str]]]]) -> str:
+    blocks = []
+    for section, entries in sections:
+        lines = [f"[{section}]"] + [f"{key}={value}" for key, value in entries]
+        blocks.append("\n".join(lines))
+    return "# Managed by Walle (walle_* Ansible modules): local edits are overwritten.\n" + \
+        "\n\n".join(blocks) + "\n"
+
+
+def _bandwidth(field: str, entries) -> list[str]:
+    out = []
+    for i, entry in enumerate(entries or ()):
+        if not isinstance(entry, dict) or set(entry) != {"device", "rate"}:
+            raise ValueError(f"{field}[{i}]: expected {{device, rate}}, got {entry!r}")
+        device = _match(f"{field}[{i}].device", _BLOCK_DEVICE, entry["device"],
+                        "a block device path under /dev")
+        rate = format_size(f"{field}[{i}].rate", entry["rate"])
+        if rate.endswith("%"):
+            raise ValueError(f"{field}[{i}].rate: a percentage is not a bandwidth")
+        out.append(f"{device} {rate}")
+    return out
+
+
+def slice_properties(*, cpu_weight=None, cpu_quota=None, allowed_cpus=None, memory_min=None,
+                     memory_low=None, memory_high=None, memory_max=None, io_weight=None,
+                     io_read_bandwidth_max=None, io_write_bandwidth_max=None, tasks_max=None,
+                     device_policy=None, device_allow=None) -> list[tuple[str, str]]:
+    """Resource directives of a slice as ordered (directive, value) pairs; None means unset.
+    Multi-valued directives (DeviceAllow, IO*BandwidthMax) appear once per value."""
+    props: list[tuple[str, str]] = []
+    if cpu_weight is not None:
+        props.append(("CPUWeight", _weight("cpu_weight", cpu_weight)))
+    if cpu_quota is not None:
+        props.append(("CPUQuota", f"{_positive_int('cpu_quota', cpu_quota)}%"))
+    if allowed_cpus is not None:
+        props.append(("AllowedCPUs", _match("allowed_cpus", _CPUS, allowed_cpus,
+                                            "a CPU list such as '0-3,8'")))
+    for field, directive, value in (("memory_min", "MemoryMin", memory_min),
+                                    ("memory_low", "MemoryLow", memory_low),
+                                    ("memory_high", "MemoryHigh", memory_high),
+                                    ("memory_max", "MemoryMax", memory_max)):
+        if value is not None:
+            props.append((directive, format_size(field, value)))
+    if io_weight is not None:
+        props.append(("IOWeight", _weight("io_weight", io_weight)))
+    props += [("IOReadBandwidthMax", v)
+              for v in _bandwidth("io_read_bandwidth_max", io_read_bandwidth_max)]
+    props += [("IOWriteBandwidthMax", v)
+              for v in _bandwidth("io_write_bandwidth_max", io_write_bandwidth_max)]
+    if tasks_max is not None:
+        props.append(("TasksMax", _tasks_max(tasks_max)))
+    if device_policy is not None:
+        if device_policy not in ("auto", "closed", "strict"):
+            raise ValueError(
+                f"device_policy: must be auto, closed or strict, got {device_policy!r}")
+        props.append(("DevicePolicy", device_policy))
+    for i, entry in enumerate(device_allow or ()):
+        props.append(("DeviceAllow", _match(f"device_allow[{i}]", _DEVICE_ALLOW, entry,
+                                            "'/dev/<node> [rwm]' or 'char-<group> [rwm]'")))
+    return props
+
+
+def _tasks_max(value) -> str:
+    if value == "infinity":
+        return "infinity"
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"tasks_max: must be a positive integer or 'infinity', got {value!r}")
+    return str(value)
+
+
+def render_slice(name: str, *, description: str | None = None, **resources) -> str:
+    """The text of a Walle slice unit; `resources` are the keywords of slice_properties()."""
+    validate_slice_name(name)
+    unit = [("Description", _plain("description", description or f"Walle slice {name}"))]
+    return _format_unit([("Unit", unit), ("Slice", slice_properties(**resources))])
+
+
+def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
+                   service_type: str = "exec", description: str | None = None,
+                   env: dict[str, str] | None = None, environment_file: str | None = None,
+                   user: str | None = None, working_dir: str | None = None,
+                   restart: str | None = None, start_limit_burst: int | None = None,
+                   pre_stop: list[str] | tuple[str, ...] | None = None,
+                   stop_signal: str | None = None, stop_timeout: float | None = None,
+                   kill_mode: str | None = None, delegate: bool = False) -> str:
+    """The text of a Walle service unit running `argv` (argv[0] an absolute path)."""
+    validate_unit_stem(name)
+    validate_slice_name(slice, "slice")
+    if service_type not in ("exec", "oneshot", "notify", "simple"):
+        raise ValueError(f"service_type: unsupported {service_type!r}")
+    if restart not in (None, "always", "on-failure", "no"):
+        raise ValueError(f"restart: must be always, on-failure or no, got {restart!r}")
+    if kill_mode not in (None, "control-group", "mixed", "process"):
+        raise ValueError(f"kill_mode: unsupported {kill_mode!r}")
+    unit = [("Description", _plain("description", description or f"Walle workload {name}"))]
+    if start_limit_burst is not None:
+        # The burst counts every start of this boot: `retries` attempts in all, then failed.
+        unit += [("StartLimitIntervalSec", "infinity"),
+                 ("StartLimitBurst", str(_positive_int("retries", start_limit_burst)))]
+    service = [("Type", service_type), ("Slice", slice)]
+    service += [("Environment", quote_env(k, v)) for k, v in sorted((env or {}).items())]
+    if environment_file is not None:
+        service.append(("EnvironmentFile", _abs_path("environment_file", environment_file)))
+    if user is not None:
+        service.append(("User", _match("user", _USER, user, "a user name or numeric uid")))
+    if working_dir is not None:
+        service.append(("WorkingDirectory", _abs_path("working_dir", working_dir)))
+    service.append(("ExecStart", quote_exec_line(argv, "command")))
+    if pre_stop:
+        service.append(("ExecStop", quote_exec_line(pre_stop, "pre_stop")))
+    if restart is not None:
+        service.append(("Restart", restart))
+    if service_type == "oneshot":
+        service.append(("RemainAfterExit", "no"))
+    if stop_signal is not None:
+        service.append(("KillSignal", _signal(stop_signal)))
+    if kill_mode is not None:
+        service.append(("KillMode", kill_mode))
+    if stop_timeout is not None:
+        service.append(("TimeoutStopSec", format_duration("stop_timeout", stop_timeout)))
+    service.append(("SendSIGKILL", "yes"))
+    if delegate:
+        service.append(("Delegate", "yes"))
+    return _format_unit([("Unit", unit), ("Service", service)])
+
+
+def _signal(value: str) -> str:
+    check_text("stop_signal", value)
+    name = value.upper()
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    return _match("stop_signal", _SIGNAL, name, "a signal name such as SIGTERM or SIGRTMIN+3")
+
+
+def render_timer(name: str, *, schedule: str, description: str | None = None,
+                 persistent: bool = True) -> str:
+    """The text of `<name>.timer`, starting `<name>.service` on the OnCalendar= schedule."""
+    validate_unit_stem(name)
+    check_text("schedule", schedule)
+    if schedule != schedule.strip() or not _CALENDAR.match(schedule):
+        raise ValueError(f"schedule: {schedule!r} is not an OnCalendar= expression "
+                         "(letters, digits, spaces and * : , . / ~ + - _ only)")
+    unit = [("Description", _plain("description", description or f"Walle schedule {name}"))]
+    timer = [("OnCalendar", schedule), ("Persistent", "true" if persistent else "false"),
+             ("Unit", f"{name}.service")]
+    return _format_unit([("Unit", unit), ("Timer", timer)])
+
+
+# -------------------------------------------------------------------------------- parsing
+
+def parse_unit(text: str) -> list[tuple[str, str, str]]:
+    """(section, key, value) for every directive, as systemd's parser splits lines: comments
+    skipped, continuation lines (trailing backslash) joined. Tests use it to prove that a value
+    produced exactly one directive."""
+    entries: list[tuple[str, str, str]] = []
+    section = ""
+    pending = ""
+    for raw in text.splitlines():
+        line = pending + raw
+        pending = ""
+        if line.endswith("\\") and not line.endswith("\\\\"):
+            pending = line[:-1] + " "
+            continue
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped[1:-1]
+            continue
+        key, sep, value = stripped.partition("=")
+        if not sep:
+            raise ValueError(f"unit line without '=': {raw!r}")
+        entries.append((section, key.strip(), value.strip()))
+    return entries
+
+
+def parse_systemctl_show(text: str) -> dict[str, str]:
+    """`systemctl show` output (Key=Value lines) as a dict; later keys win."""
+    props: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key:
+            props[key] = value
+    return props
+
+
+def split_exec_words(value: str) -> list[str]:
+    """Undo quote_exec_arg for a rendered Exec*= value (a test oracle for the quoting, following
+    systemd's rules for double-quoted words: C escapes, then %% and $$)."""
+    words: list[str] = []
+    i = 0
+    while i < len(value):
+        if value[i] == " ":
+            i += 1
+            continue
+        if value[i] != '"':
+            raise ValueError(f"unquoted word at {i} in {value!r}")
+        i += 1
+        word = []
+        while value[i] != '"':
+            if value[i] == "\\":
+                i += 1
+            word.append(value[i])
+            i += 1
+        i += 1
+        words.append("".join(word).replace("%%", "%").replace("$$", "$"))
+    return words
