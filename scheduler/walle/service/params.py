@@ -1,0 +1,253 @@
+"""Job spec -> the module arguments of one instance (pure; no I/O).
+
+The executor hands these dicts to the playbooks unchanged: `place.yml` passes `slice` to
+walle_slice, `workload` to walle_workload and `service` to walle_consul_service. Keys whose
+value is unset are left out, so the modules' own defaults apply. See docs/executor.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from walle import naming
+from walle.spec.model import HealthCheck, JobSpec
+
+DEFAULT_CONSUL_ADDR = "http://127.0.0.1:8500"
+# /proc/devices names: major 195 "nvidia" covers /dev/nvidia<N> and /dev/nvidiactl;
+# "nvidia-uvm" covers /dev/nvidia-uvm and /dev/nvidia-uvm-tools.
+GPU_SHARED_DEVICES = ("/dev/nvidiactl rw", "char-nvidia-uvm rw")
+
+
+class GrantLike(Protocol):
+    """What the placement core grants one instance (walle.core's Grant has these fields)."""
+
+    cpu_weight: int
+    cpu_quota_percent: int | None
+    memory_min: int
+    memory_high: int | None
+    memory_max: int | None
+
+
+def instance_vars(
+    spec: JobSpec,
+    slot: int,
+    node_address: str,
+    grant: GrantLike,
+    consul_addr: str = DEFAULT_CONSUL_ADDR,
+    *,
+    gpu_indices: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """Everything place.yml needs for one instance: `instance` (identity and what to wait
+    for), `slice`, `workload` and `service` (None when the spec has no service)."""
+    _check_slot(spec, slot)
+    return {
+        "instance": instance_identity(spec, slot),
+        "slice": slice_args(spec, slot, grant, gpu_indices=gpu_indices),
+        "workload": workload_args(spec, slot, gpu_indices=gpu_indices),
+        "service": service_args(spec, slot, node_address, consul_addr),
+    }
+
+
+def instance_identity(spec: JobSpec, slot: int) -> dict[str, Any]:
+    """Names the playbooks and the result parser key on. `wait_unit` is the unit that must be
+    active after placement (none for batch jobs, which may finish at once)."""
+    wait_unit = {
+        "service": naming.service_unit(spec.name, slot),
+        "cron": naming.timer_unit(spec.name, slot),
+        "batch": None,
+    }[spec.kind]
+    return {
+        "id": naming.instance_id(spec.name, slot),
+        "job": spec.name,
+        "slot": slot,
+        "unit": naming.unit_stem(spec.name, slot),
+        "wait_unit": wait_unit,
+        "digest": spec.digest(),
+    }
+
+
+def slice_args(
+    spec: JobSpec, slot: int, grant: GrantLike, *, gpu_indices: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """walle_slice arguments. Also what grants.yml re-applies live: always the full set, so a
+    grant change never drops another directive from the slice file."""
+    res = spec.resources
+    args: dict[str, Any] = {
+        "name": naming.instance_slice(spec.name, slot),
+        "state": "present",
+        "description": f"walle {spec.name} slot {slot}",
+        "cpu_weight": grant.cpu_weight,
+        "cpu_quota": grant.cpu_quota_percent,
+        "memory_min": grant.memory_min,
+        "memory_high": grant.memory_high,
+        "memory_max": grant.memory_max,
+        "io_weight": res.io_weight,
+        "tasks_max": res.tasks_max,
+    }
+    if res.gpus > 0:
+        args["device_policy"] = "closed"
+        args["device_allow"] = gpu_device_allow(res.gpus, gpu_indices)
+    return _without_none(args)
+
+
+def gpu_device_allow(gpus: int, gpu_indices: Sequence[int] | None) -> list[str]:
+    """DeviceAllow= entries. With the indices the node assigned, only those GPUs; without
+    them (the core does not assign GPU indices yet) every GPU of the node."""
+    if gpu_indices is None:
+        return ["char-nvidia rw", *GPU_SHARED_DEVICES]
+    if len(gpu_indices) != gpus:
+        raise ValueError(
+            f"gpu_indices: {len(gpu_indices)} given for resources.gpus={gpus}; pass one index "
+            "per GPU the spec asks for"
+        )
+    return [f"/dev/nvidia{i} rw" for i in sorted(gpu_indices)] + list(GPU_SHARED_DEVICES)
+
+
+def workload_args(
+    spec: JobSpec, slot: int, *, gpu_indices: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """walle_workload arguments. The description carries the runtime digest, so the unit text
+    changes (and the unit restarts) exactly when the spec says a replace is needed."""
+    rt = spec.runtime
+    args: dict[str, Any] = {
+        "name": naming.unit_stem(spec.name, slot),
+        "slice": naming.instance_slice(spec.name, slot),
+        "state": "started",
+        "kind": spec.kind,
+        "runtime": rt.kind,
+        "command": rt.command,
+        "args": list(rt.args),
+        "env": _workload_env(spec, slot, gpu_indices),
+        "user": rt.user,
+        "working_dir": rt.working_dir,
+        "image": rt.image,
+        "stop_signal": spec.stop.signal,
+        "stop_timeout": spec.stop.timeout,
+        "pre_stop": list(spec.stop.pre_stop) or None,
+        "description": f"walle {spec.name} slot {slot} runtime {spec.runtime_digest()}",
+    }
+    if spec.kind == "service":
+        args["restart"] = spec.restart
+    elif spec.kind == "batch":
+        args["restart"] = "on-failure"
+        args["retries"] = spec.retries
+    else:
+        args["schedule"] = spec.schedule
+    return _without_none(args)
+
+
+def service_args(
+    spec: JobSpec, slot: int, node_address: str, consul_addr: str = DEFAULT_CONSUL_ADDR
+) -> dict[str, Any] | None:
+    """walle_consul_service arguments, or None when the job is not a discoverable service."""
+    if spec.service is None:
+        return None
+    _check_node_address(node_address)
+    args: dict[str, Any] = {
+        "service_id": naming.instance_id(spec.name, slot),
+        "name": spec.service.name,
+        "address": node_address,
+        "port": spec.service.port,
+        "tags": list(spec.service.tags),
+        "meta": {
+            "walle_job": spec.name,
+            "walle_slot": str(slot),
+            "walle_digest": spec.digest(),
+        },
+        "consul_addr": consul_addr,
+        "state": "present",
+    }
+    if spec.health is not None:
+        args["check"] = check_args(spec.health, node_address, spec.service.port)
+    return _without_none(args)
+
+
+def check_args(health: HealthCheck, node_address: str, service_port: int | None) -> dict:
+    """The Consul check of one instance. It targets the node's address, never localhost: the
+    agent that runs it may not share the instance's network namespace."""
+    check: dict[str, Any] = {
+        "type": health.type,
+        "deregister_critical_service_after": health.deregister_after,
+    }
+    if health.type == "ttl":
+        if health.ttl is None:
+            raise ValueError("health.ttl: a ttl check needs ttl (seconds)")
+        check["ttl"] = health.ttl
+        return check
+    check["interval"] = health.interval
+    check["timeout"] = health.timeout
+    if health.type == "script":
+        if not health.args:
+            raise ValueError("health.args: a script check needs the argv to run")
+        check["args"] = list(health.args)
+        return check
+    port = health.port if health.port is not None else service_port
+    if port is None:
+        raise ValueError(f"health.port: a {health.type} check needs health.port or service.port")
+    host = f"[{node_address}]" if ":" in node_address else node_address
+    if health.type == "http":
+        check["http"] = f"http://{host}:{port}{health.path}"
+    else:
+        check["tcp"] = f"{host}:{port}"
+    return check
+
+
+def stop_vars(
+    job: str,
+    slot: int,
+    consul_addr: str = DEFAULT_CONSUL_ADDR,
+    *,
+    kind: str = "service",
+) -> dict[str, Any]:
+    """What stop.yml needs for one instance. Only names: stopping needs no spec, so instances
+    found on a node (adoption, orphans) can be stopped too."""
+    stem = naming.unit_stem(job, slot)
+    slice_name = naming.instance_slice(job, slot)
+    return {
+        "instance": {"id": naming.instance_id(job, slot), "job": job, "slot": slot,
+                     "unit": stem},
+        "slice": {"name": slice_name, "state": "absent"},
+        "workload": {"name": stem, "slice": slice_name, "kind": kind},
+        "service": {"service_id": naming.instance_id(job, slot), "state": "absent",
+                    "consul_addr": consul_addr},
+    }
+
+
+def _workload_env(spec: JobSpec, slot: int, gpu_indices: Sequence[int] | None) -> dict:
+    env = {"WALLE_JOB": spec.name, "WALLE_SLOT": str(slot)}
+    if spec.service is not None and spec.service.port is not None:
+        env["WALLE_PORT"] = str(spec.service.port)
+    if gpu_indices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in sorted(gpu_indices))
+    env.update(dict(spec.runtime.env))  # the spec's own values win
+    return env
+
+
+def _check_slot(spec: JobSpec, slot: int) -> None:
+    if isinstance(slot, bool) or not isinstance(slot, int) or not 0 <= slot < spec.count:
+        raise ValueError(
+            f"slot: {slot!r} is outside job {spec.name}; use 0..{spec.count - 1} (count-1)"
+        )
+
+
+def _check_node_address(address: str) -> None:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        if address in ("localhost", "") or address.startswith("localhost."):
+            raise ValueError(
+                f"node_address: {address!r} is not reachable from other nodes; pass the "
+                "node's own address"
+            ) from None
+        return
+    if ip.is_loopback or ip.is_unspecified:
+        raise ValueError(
+            f"node_address: {address} is not reachable from other nodes; pass the node's "
+            "own address (its ansible_host)"
+        )
+
+
+def _without_none(args: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in args.items() if v is not None}

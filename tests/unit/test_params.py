@@ -1,0 +1,251 @@
+"""Spec -> module arguments: tables of specs and the arguments each must produce."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import pytest
+
+from walle.service import params
+from walle.spec.model import (
+    Discovery,
+    HealthCheck,
+    JobSpec,
+    Range,
+    Resources,
+    Runtime,
+    StopPolicy,
+)
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Grant:
+    cpu_weight: int = 200
+    cpu_quota_percent: int | None = 150
+    memory_min: int = GIB
+    memory_high: int | None = 2 * GIB
+    memory_max: int | None = 3 * GIB
+
+
+def make_spec(**overrides) -> JobSpec:
+    base = dict(
+        name="web-api",
+        kind="service",
+        count=3,
+        resources=Resources(cpu=Range(0.5, 1.5), memory=Range(GIB, 3 * GIB), io_weight=300,
+                            tasks_max=64),
+        runtime=Runtime(kind="exec", command="/usr/bin/python3",
+                        args=("-m", "http.server", "8080"), env=(("MODE", "prod"),)),
+        service=Discovery(name="web", port=8080, tags=("v1", "public")),
+        health=HealthCheck(type="http", path="/healthz", interval=1.0, timeout=0.5,
+                           deregister_after=90.0),
+        stop=StopPolicy(signal="SIGINT", timeout=12.0, pre_stop=("/bin/touch", "/tmp/drain")),
+        restart="always",
+    )
+    base.update(overrides)
+    return JobSpec(**base)
+
+
+def test_slice_carries_the_grant_and_the_spec_limits():
+    args = params.instance_vars(make_spec(), 2, "10.77.1.11", Grant())["slice"]
+    assert args == {
+        "name": "walle-web_api-2.slice",
+        "state": "present",
+        "description": "walle web-api slot 2",
+        "cpu_weight": 200,
+        "cpu_quota": 150,
+        "memory_min": GIB,
+        "memory_high": 2 * GIB,
+        "memory_max": 3 * GIB,
+        "io_weight": 300,
+        "tasks_max": 64,
+    }
+
+
+def test_unset_grant_ceilings_and_tasks_max_are_left_to_the_module_defaults():
+    spec = make_spec(resources=Resources(cpu=Range(1, 1), memory=Range(GIB, GIB)))
+    grant = Grant(cpu_quota_percent=None, memory_high=None, memory_max=None)
+    args = params.slice_args(spec, 0, grant)
+    for key in ("cpu_quota", "memory_high", "memory_max", "tasks_max", "device_policy"):
+        assert key not in args
+
+
+@pytest.mark.parametrize(
+    ("gpus", "indices", "expected"),
+    [
+        (1, None, ["char-nvidia rw", "/dev/nvidiactl rw", "char-nvidia-uvm rw"]),
+        (2, [3, 1], ["/dev/nvidia1 rw", "/dev/nvidia3 rw", "/dev/nvidiactl rw",
+                     "char-nvidia-uvm rw"]),
+    ],
+)
+def test_gpu_jobs_get_a_closed_device_policy_with_the_gpus_allowed(gpus, indices, expected):
+    spec = make_spec(resources=Resources(cpu=Range(1, 1), memory=Range(GIB, GIB), gpus=gpus))
+    out = params.instance_vars(spec, 0, "10.77.1.11", Grant(), gpu_indices=indices)
+    assert out["slice"]["device_policy"] == "closed"
+    assert out["slice"]["device_allow"] == expected
+    if indices:
+        assert out["workload"]["env"]["CUDA_VISIBLE_DEVICES"] == "1,3"
+
+
+def test_gpu_indices_must_match_the_gpu_count():
+    spec = make_spec(resources=Resources(cpu=Range(1, 1), memory=Range(GIB, GIB), gpus=2))
+    with pytest.raises(ValueError, match="gpu_indices"):
+        params.slice_args(spec, 0, Grant(), gpu_indices=[0])
+
+
+def test_service_workload_arguments():
+    spec = make_spec()
+    args = params.instance_vars(spec, 1, "10.77.1.11", Grant())["workload"]
+    assert args == {
+        "name": "walle-web_api-1",
+        "slice": "walle-web_api-1.slice",
+        "state": "started",
+        "kind": "service",
+        "runtime": "exec",
+        "command": "/usr/bin/python3",
+        "args": ["-m", "http.server", "8080"],
+        "env": {"WALLE_JOB": "web-api", "WALLE_SLOT": "1", "WALLE_PORT": "8080",
+                "MODE": "prod"},
+        "stop_signal": "SIGINT",
+        "stop_timeout": 12.0,
+        "pre_stop": ["/bin/touch", "/tmp/drain"],
+        "restart": "always",
+        "description": f"walle web-api slot 1 runtime {spec.runtime_digest()}",
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra", "present", "absent"),
+    [
+        ("batch", {"retries": 5}, {"restart": "on-failure", "retries": 5}, ("schedule",)),
+        ("cron", {"schedule": "*:0/5"}, {"schedule": "*:0/5"}, ("restart", "retries")),
+    ],
+)
+def test_batch_and_cron_workloads(kind, extra, present, absent):
+    spec = make_spec(kind=kind, service=None, health=None, **extra)
+    args = params.workload_args(spec, 0)
+    assert args["kind"] == kind
+    assert {k: args[k] for k in present} == present
+    assert all(k not in args for k in absent)
+
+
+@pytest.mark.parametrize(
+    ("kind", "schedule", "wait_unit"),
+    [("service", None, "walle-web_api-0.service"), ("cron", "daily", "walle-web_api-0.timer"),
+     ("batch", None, None)],
+)
+def test_instance_identity_names_the_unit_to_wait_for(kind, schedule, wait_unit):
+    spec = make_spec(kind=kind, schedule=schedule)
+    ident = params.instance_identity(spec, 0)
+    assert ident["wait_unit"] == wait_unit
+    assert ident["id"] == "web-api-0"
+    assert ident["digest"] == spec.digest()
+
+
+def test_nspawn_runtime_passes_the_image_and_no_unset_options():
+    spec = make_spec(runtime=Runtime(kind="nspawn", image="/var/lib/machines/web"))
+    args = params.workload_args(spec, 0)
+    assert args["runtime"] == "nspawn"
+    assert args["image"] == "/var/lib/machines/web"
+    assert "command" not in args and "user" not in args and args["args"] == []
+
+
+def test_spec_env_wins_over_walle_defaults():
+    spec = make_spec(runtime=Runtime(kind="exec", command="/bin/true",
+                                     env=(("WALLE_PORT", "9999"),)))
+    assert params.workload_args(spec, 0)["env"]["WALLE_PORT"] == "9999"
+
+
+def test_only_a_runtime_change_changes_the_unit_description():
+    spec = make_spec()
+    resized = dataclasses.replace(
+        spec, resources=Resources(cpu=Range(2, 4), memory=Range(GIB, 4 * GIB)))
+    changed = dataclasses.replace(spec, runtime=Runtime(kind="exec", command="/bin/false"))
+    desc = params.workload_args(spec, 0)["description"]
+    assert params.workload_args(resized, 0)["description"] == desc
+    assert params.workload_args(changed, 0)["description"] != desc
+
+
+def test_service_registration_uses_the_node_address():
+    spec = make_spec()
+    args = params.instance_vars(spec, 2, "10.77.1.12", Grant(), "http://10.77.1.1:8500")
+    assert args["service"] == {
+        "service_id": "web-api-2",
+        "name": "web",
+        "address": "10.77.1.12",
+        "port": 8080,
+        "tags": ["v1", "public"],
+        "meta": {"walle_job": "web-api", "walle_slot": "2", "walle_digest": spec.digest()},
+        "consul_addr": "http://10.77.1.1:8500",
+        "state": "present",
+        "check": {"type": "http", "http": "http://10.77.1.12:8080/healthz", "interval": 1.0,
+                  "timeout": 0.5, "deregister_critical_service_after": 90.0},
+    }
+
+
+@pytest.mark.parametrize(
+    ("health", "expected"),
+    [
+        (HealthCheck(type="tcp", port=9000),
+         {"type": "tcp", "tcp": "10.77.1.12:9000", "interval": 2.0, "timeout": 2.0}),
+        (HealthCheck(type="tcp"),
+         {"type": "tcp", "tcp": "10.77.1.12:8080", "interval": 2.0, "timeout": 2.0}),
+        (HealthCheck(type="ttl", ttl=15.0), {"type": "ttl", "ttl": 15.0}),
+        (HealthCheck(type="script", args=("/bin/check", "-q"), interval=5.0),
+         {"type": "script", "args": ["/bin/check", "-q"], "interval": 5.0, "timeout": 2.0}),
+    ],
+)
+def test_check_types(health, expected):
+    check = params.service_args(make_spec(health=health), 0, "10.77.1.12")["check"]
+    assert check == {**expected, "deregister_critical_service_after": 60.0}
+
+
+def test_ipv6_node_address_is_bracketed_in_check_urls():
+    check = params.service_args(make_spec(), 0, "fd00::5")["check"]
+    assert check["http"] == "http://[fd00::5]:8080/healthz"
+
+
+def test_no_service_means_no_registration_and_no_health_means_no_check():
+    assert params.instance_vars(make_spec(service=None), 0, "10.77.1.11", Grant())[
+        "service"] is None
+    assert "check" not in params.service_args(make_spec(health=None), 0, "10.77.1.11")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"health": HealthCheck(type="ttl")}, "health.ttl"),
+        ({"health": HealthCheck(type="script")}, "health.args"),
+        ({"service": Discovery(name="web")}, "health.port"),
+    ],
+)
+def test_incomplete_checks_are_refused_naming_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        params.service_args(make_spec(**overrides), 0, "10.77.1.11")
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1", "localhost", "0.0.0.0"])
+def test_loopback_node_addresses_are_refused(address):
+    with pytest.raises(ValueError, match="node_address"):
+        params.instance_vars(make_spec(), 0, address, Grant())
+
+
+@pytest.mark.parametrize("slot", [-1, 3, True, "0"])
+def test_slots_outside_the_job_are_refused(slot):
+    with pytest.raises(ValueError, match="slot"):
+        params.instance_vars(make_spec(), slot, "10.77.1.11", Grant())
+
+
+def test_stop_vars_name_everything_to_remove():
+    out = params.stop_vars("web-api", 4, "http://10.77.1.1:8500", kind="cron")
+    assert out == {
+        "instance": {"id": "web-api-4", "job": "web-api", "slot": 4, "unit": "walle-web_api-4"},
+        "slice": {"name": "walle-web_api-4.slice", "state": "absent"},
+        "workload": {"name": "walle-web_api-4", "slice": "walle-web_api-4.slice",
+                     "kind": "cron"},
+        "service": {"service_id": "web-api-4", "state": "absent",
+                    "consul_addr": "http://10.77.1.1:8500"},
+    }
