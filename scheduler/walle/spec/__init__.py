@@ -11,15 +11,29 @@ from walle.spec.model import (
     StopPolicy,
     UpdatePolicy,
 )
+from walle.spec.parse import (
+    Problem,
+    SpecError,
+    load_spec_file,
+    load_spec_text,
+    parse_spec,
+    spec_to_data,
+)
 
 __all__ = [
     "Constraint",
     "Discovery",
     "HealthCheck",
     "JobSpec",
+    "Problem",
     "Range",
     "Resources",
     "Runtime",
+    "SpecError",
     "StopPolicy",
     "UpdatePolicy",
+    "load_spec_file",
+    "load_spec_text",
+    "parse_spec",
+    "spec_to_data",
 ]

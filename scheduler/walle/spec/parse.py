@@ -1,0 +1,901 @@
+"""Turn operator input (YAML, JSON or plain data) into a validated, immutable `JobSpec`.
+
+The parser reports every problem of a spec in one pass, each with the path of the field
+(`resources.cpu`, `stop.pre_stop[1]`) and what is allowed there. Spec values end up in systemd
+unit files and Consul, so this is the single place that refuses control characters in strings,
+relative or unnormalised paths and unsafe names; the unit renderer still escapes `%` and quotes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import posixpath
+import re
+import signal
+import unicodedata
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import yaml
+
+from walle.spec.model import (
+    Constraint,
+    Discovery,
+    HealthCheck,
+    JobSpec,
+    Range,
+    Resources,
+    Runtime,
+    StopPolicy,
+    UpdatePolicy,
+)
+
+ROOT = "<root>"  # the path of a problem with the document as a whole
+MAX_SPEC_BYTES = 256 * 1024
+MAX_TEXT = 4096  # longest single string value
+
+JOB_KINDS = ("service", "batch", "cron")
+RUNTIME_KINDS = ("exec", "nspawn")
+CHECK_TYPES = ("http", "tcp", "script", "ttl")
+RESTART_POLICIES = ("always", "on-failure", "no")
+STRATEGIES = ("spread", "binpack")
+OPERATORS = ("eq", "ne", "in", "not_in", "regex", "distinct_hosts", "max_per")
+SIGNALS = tuple(sorted(s.name for s in signal.Signals if not s.name.startswith("SIGRT")))
+
+DNS_LABEL = re.compile(r"[a-z][a-z0-9-]*")
+DNS_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+USER = re.compile(r"[a-z_][a-z0-9_-]*\$?")
+ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+DATASET = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+ATTRIBUTE = re.compile(r"(name|zone|rack|label\.[A-Za-z0-9_][A-Za-z0-9_.-]*)")
+DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
+DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+SECONDS_PER = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
+SIZE_POWER = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}
+CALENDAR_SHORTHANDS = ("minutely", "hourly", "daily", "weekly", "monthly", "quarterly",
+                       "semiannually", "yearly", "annually")
+CALENDAR_CHARS = re.compile(r"[A-Za-z0-9*,./:~ +_-]+")
+WEEKDAY = re.compile(r"(mon|tue|wed|thu|fri|sat|sun)[a-z]*", re.IGNORECASE)
+CALENDAR_DATE = re.compile(r"[0-9*][0-9*,./~-]*-[0-9*][0-9*,./~]*")
+CALENDAR_TIME = re.compile(r"[0-9*][0-9*,./]*:[0-9*][0-9*,./]*(:[0-9*][0-9*,./]*)?")
+TIMEZONE = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*")
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str  # field path, e.g. "resources.cpu" or "stop.pre_stop[1]"
+    message: str  # what is wrong and what is allowed
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class SpecError(ValueError):
+    """A spec with one or more problems; `str()` gives one line per problem."""
+
+    def __init__(self, problems: list[Problem], source: str = "<input>") -> None:
+        self.problems = list(problems)
+        self.source = source
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(f"{self.source}: {p.path}: {p.message}" for p in self.problems)
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def load_spec_file(path: str | Path) -> JobSpec:
+    """Read and validate a spec file; an unreadable file is a SpecError too."""
+    source = str(path)
+    try:
+        with open(path, "rb") as stream:  # bounded read: the path may be a device or a pipe
+            raw = stream.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise SpecError([Problem(ROOT, f"cannot read file: {reason}")], source) from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError([Problem(ROOT, f"file is not UTF-8 text: {exc.reason} at byte "
+                                       f"{exc.start}")], source) from exc
+    return load_spec_text(text, source)
+
+
+def load_spec_text(text: str, source: str = "<input>") -> JobSpec:
+    """Parse YAML (JSON is valid YAML too) and validate it."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_SPEC_BYTES:
+        raise SpecError([Problem(ROOT, f"spec is larger than {MAX_SPEC_BYTES} bytes")], source)
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        raise SpecError([Problem(ROOT, f"not valid YAML: {_yaml_reason(exc)}")], source) from exc
+    return parse_spec(data, source)
+
+
+def parse_spec(data: object, source: str = "<input>") -> JobSpec:
+    """Validate plain data (dicts, lists, strings, numbers) into a JobSpec."""
+    report = _Report()
+    spec = _job(report, data)
+    if report.problems or spec is None:
+        raise SpecError(report.problems, source)
+    return spec
+
+
+def spec_to_data(spec: JobSpec) -> dict:
+    """The spec in input form (plain JSON types), so `parse_spec(spec_to_data(s)) == s`.
+
+    Store this (not `JobSpec.to_dict()`) wherever a spec is read back, such as Consul KV:
+    reading it back validates it again.
+    """
+    data = {
+        "name": spec.name, "kind": spec.kind, "count": spec.count, "priority": spec.priority,
+        "strategy": spec.strategy, "restart": spec.restart, "schedule": spec.schedule,
+        "resources": _resources_data(spec.resources),
+        "runtime": _runtime_data(spec.runtime),
+        "constraints": [_constraint_data(c) for c in spec.constraints],
+        "data": list(spec.data),
+        "health": _health_data(spec.health) if spec.health else None,
+        "stop": {"signal": spec.stop.signal, "timeout": spec.stop.timeout,
+                 "pre_stop": list(spec.stop.pre_stop)},
+        "service": _drop_none({"name": spec.service.name, "port": spec.service.port,
+                               "tags": list(spec.service.tags)}) if spec.service else None,
+        "retries": spec.retries if spec.kind != "service" else None,
+        "update": {"max_parallel": spec.update.max_parallel,
+                   "health_timeout": spec.update.health_timeout,
+                   "auto_rollback": spec.update.auto_rollback},
+    }
+    return _drop_none(data)
+
+
+def _resources_data(res: Resources) -> dict:
+    return _drop_none({
+        "cpu": {"min": res.cpu.min, "max": res.cpu.max},
+        "memory": {"min": int(res.memory.min), "max": int(res.memory.max)},
+        "disk": res.disk, "io_weight": res.io_weight, "gpus": res.gpus,
+        "tasks_max": res.tasks_max,
+    })
+
+
+def _runtime_data(rt: Runtime) -> dict:
+    return _drop_none({
+        "type": rt.kind, "command": rt.command, "args": list(rt.args), "env": dict(rt.env),
+        "user": rt.user, "working_dir": rt.working_dir, "image": rt.image,
+    })
+
+
+def _constraint_data(c: Constraint) -> dict:
+    if c.operator == "distinct_hosts":
+        return {"operator": c.operator}
+    value = list(c.value) if isinstance(c.value, tuple) else c.value
+    return {"attribute": c.attribute, "operator": c.operator, "value": value}
+
+
+def _health_data(h: HealthCheck) -> dict:
+    data = {"type": h.type, "interval": h.interval, "timeout": h.timeout,
+            "deregister_after": h.deregister_after}
+    only = {"path": h.path, "port": h.port, "args": list(h.args), "ttl": h.ttl}
+    data.update({k: v for k, v in only.items() if h.type in HEALTH_ONLY[k]})
+    return _drop_none(data)
+
+
+def _drop_none(data: dict) -> dict:
+    return {k: v for k, v in data.items() if v is not None}
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node,
+                                                                           yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return " ".join(f"{where}{problem}".split())
+
+
+# ---------------------------------------------------------------- the job
+
+
+class _Report:
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message))
+
+
+TOP_KEYS = ("name", "kind", "count", "priority", "strategy", "resources", "runtime",
+            "constraints", "data", "health", "stop", "service", "restart", "retries",
+            "schedule", "update")
+
+
+def _job(r: _Report, data: object) -> JobSpec | None:
+    f = _fields(r, data, ROOT, TOP_KEYS)
+    if f is None:
+        return None
+    name = _required(r, f, "name", _job_name, "a DNS label such as 'web'")
+    kind = _required(r, f, "kind", _choice(JOB_KINDS), f"one of {_alts(JOB_KINDS)}")
+    resources = _required(r, f, "resources", _resources, "a mapping with at least cpu and memory")
+    runtime = _required(r, f, "runtime", _runtime, "a mapping with type and command or image")
+    service = _optional(r, f, "service", _service(name))
+    raw_service = f.get("service")
+    service_has_port = isinstance(raw_service, Mapping) and raw_service.get("port") is not None
+    health = _optional(r, f, "health", _health(service_has_port))
+    fields = {
+        "count": _optional(r, f, "count", _integer(0, 1000)),
+        "priority": _optional(r, f, "priority", _integer(0, 100)),
+        "strategy": _optional(r, f, "strategy", _choice(STRATEGIES)),
+        "constraints": _optional(r, f, "constraints", _list_of(_constraint)),
+        "data": _optional(r, f, "data", _list_of(_dataset)),
+        "stop": _optional(r, f, "stop", _stop),
+        "restart": _optional(r, f, "restart", _restart),
+        "retries": _optional(r, f, "retries", _integer(0, 100)),
+        "schedule": _optional(r, f, "schedule", _calendar),
+        "update": _optional(r, f, "update", _update),
+    }
+    _check_kind_rules(r, f, kind)
+    if r.problems:
+        return None
+    present = {k: v for k, v in fields.items() if v is not None}
+    if health and health.port is None and health.type in ("http", "tcp"):
+        health = replace(health, port=service.port)  # checked above: the service has a port
+    return JobSpec(name=name, kind=kind, resources=resources, runtime=runtime, health=health,
+                   service=service, **present)
+
+
+def _check_kind_rules(r: _Report, f: dict, kind: str | None) -> None:
+    if kind == "cron" and "schedule" not in f:
+        r.add("schedule", "required for cron jobs: a systemd OnCalendar expression such as "
+                          "'*-*-* 02:00:00' or 'daily'")
+    if kind in ("service", "batch") and "schedule" in f:
+        r.add("schedule", f"only cron jobs have a schedule; remove it or set kind: cron "
+                          f"(this job is {kind})")
+    if kind == "service" and "retries" in f:
+        r.add("retries", "only batch and cron jobs have retries; services use restart")
+
+
+def _job_name(r: _Report, value: object, path: str) -> str | None:
+    text = _text(r, value, path)
+    if text is None:
+        return None
+    if not (DNS_LABEL.fullmatch(text) and len(text) <= 40 and not text.endswith("-")
+            and "--" not in text):
+        r.add(path, f"{_show(text)} is not a valid job name: use 1-40 characters a-z, 0-9 and "
+                    "'-', starting with a letter, not ending with '-', without '--'")
+        return None
+    return text
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _resources(r: _Report, value: object, path: str) -> Resources | None:
+    f = _fields(r, value, path, ("cpu", "memory", "disk", "io_weight", "gpus", "tasks_max"))
+    if f is None:
+        return None
+    cpu = _required(r, f, "cpu", _cpu_range, "cores as a number or a 'min-max' range",
+                    path)
+    memory = _required(r, f, "memory", _memory_range, "a size such as '256M' or a range "
+                       "'128M-512M'", path)
+    extra = {
+        "disk": _optional(r, f, "disk", _size, path),
+        "io_weight": _optional(r, f, "io_weight", _integer(1, 10000), path),
+        "gpus": _optional(r, f, "gpus", _integer(0, 64), path),
+        "tasks_max": _optional(r, f, "tasks_max", _integer(1, 4_194_304), path),
+    }
+    if cpu is None or memory is None or None in (extra[k] for k in f if k in extra):
+        return None
+    return Resources(cpu=cpu, memory=memory, **{k: v for k, v in extra.items() if v is not None})
+
+
+def _cpu_range(r: _Report, value: object, path: str) -> Range | None:
+    rng = _range(r, value, path, _cores)
+    if rng is not None and rng.min <= 0:
+        r.add(path, "the minimum must be more than 0 cores (fractions such as 0.1 are fine)")
+        return None
+    return rng
+
+
+def _memory_range(r: _Report, value: object, path: str) -> Range | None:
+    rng = _range(r, value, path, _size)
+    if rng is not None and rng.max <= 0:
+        r.add(path, "the maximum must be more than 0 bytes (the minimum may be 0)")
+        return None
+    return rng
+
+
+RUNTIME_KEYS = ("type", "command", "args", "env", "user", "working_dir", "image")
+
+
+def _runtime(r: _Report, value: object, path: str) -> Runtime | None:
+    f = _fields(r, value, path, RUNTIME_KEYS)
+    if f is None:
+        return None
+    kind = _optional(r, f, "type", _choice(RUNTIME_KINDS), path) or "exec"
+    parts = {
+        "command": _optional(r, f, "command", _abs_path, path),
+        "args": _optional(r, f, "args", _list_of(_argument), path),
+        "env": _optional(r, f, "env", _env, path),
+        "user": _optional(r, f, "user", _user, path),
+        "working_dir": _optional(r, f, "working_dir", _abs_path, path),
+        "image": _optional(r, f, "image", _abs_path, path),
+    }
+    if "type" in f and f["type"] not in RUNTIME_KINDS:
+        return None
+    if kind == "exec" and "command" not in f:
+        r.add(_at(path, "command"), "required for the exec runtime: an absolute path such as "
+                                    "/usr/bin/python3")
+    if kind == "exec" and "image" in f:
+        r.add(_at(path, "image"), "only the nspawn runtime has an image; set type: nspawn or "
+                                  "remove it")
+    if kind == "nspawn" and "image" not in f:
+        r.add(_at(path, "image"), "required for the nspawn runtime: an absolute directory such "
+                                  "as /var/lib/machines/web")
+    if any(parts[k] is None for k in f if k in parts) or ("command" not in f and kind == "exec"):
+        return None
+    return Runtime(kind=kind, **{k: v for k, v in parts.items() if v is not None})
+
+
+def _env(r: _Report, value: object, path: str) -> tuple[tuple[str, str], ...] | None:
+    if not isinstance(value, Mapping):
+        r.add(path, f"expected a mapping of NAME: value, got {_describe(value)}")
+        return None
+    pairs, ok = [], True
+    for key, val in value.items():
+        if not (isinstance(key, str) and ENV_KEY.fullmatch(key)):
+            r.add(path, f"environment name {_show(key)} is not valid: use letters, digits and '_', "
+                  "not starting with a digit")
+            ok = False
+            continue
+        text = _scalar_text(r, val, _at(path, key))
+        ok = ok and text is not None
+        pairs.append((key, text))
+    return tuple(sorted(pairs)) if ok else None
+
+
+def _user(r: _Report, value: object, path: str) -> str | None:
+    text = _text(r, value, path)
+    if text is not None and not (USER.fullmatch(text) and len(text) <= 32):
+        r.add(path, f"{_show(text)} is not a valid user name: up to 32 characters a-z, 0-9, "
+                    "'_' and '-', starting with a letter or '_' (an optional '$' at the end)")
+        return None
+    return text
+
+
+def _constraint(r: _Report, value: object, path: str) -> Constraint | None:
+    f = _fields(r, value, path, ("attribute", "operator", "value"))
+    if f is None:
+        return None
+    op = _required(r, f, "operator", _choice(OPERATORS), f"one of {_alts(OPERATORS)}", path)
+    if op is None:
+        return None
+    if op == "distinct_hosts":
+        return _distinct_hosts(r, f, path)
+    attribute = _required(r, f, "attribute", _attribute, "a node attribute: name, zone, rack "
+                          "or label.<key>", path)
+    val = _required(r, f, "value", _value_reader(op), VALUE_HINTS[op], path)
+    if attribute is None or val is None:
+        return None
+    return Constraint(attribute, op, val)
+
+
+def _distinct_hosts(r: _Report, f: dict, path: str) -> Constraint | None:
+    """One instance per node: stored as attribute "name" (the node name) with no value."""
+    bad = [k for k in ("attribute", "value") if k in f and (k == "value" or f[k] != "name")]
+    for key in bad:
+        r.add(_at(path, key), "distinct_hosts takes no value (and no attribute other than "
+                              "'name'): it puts every instance on a different node")
+    return None if bad else Constraint("name", "distinct_hosts")
+
+
+def _attribute(r: _Report, value: object, path: str) -> str | None:
+    text = _text(r, value, path)
+    if text is not None and not ATTRIBUTE.fullmatch(text):
+        hint = _did_you_mean(text, ("name", "zone", "rack"))
+        r.add(path, f"unknown node attribute {_show(text)}; use name, zone, rack or "
+                    f"label.<key>{hint}")
+        return None
+    return text
+
+
+def _regex(r: _Report, value: object, path: str) -> str | None:
+    text = _scalar_text(r, value, path)
+    if text is None:
+        return None
+    try:
+        re.compile(text)
+    except re.error as exc:
+        r.add(path, f"not a valid regular expression: {exc}")
+        return None
+    return text
+
+
+def _string_list(r: _Report, value: object, path: str) -> tuple[str, ...] | None:
+    items = _list_of(_scalar_text)(r, value, path)
+    if items is not None and not items:
+        r.add(path, "expected a non-empty list of values")
+        return None
+    return items
+
+
+VALUE_HINTS = {
+    "eq": "a string", "ne": "a string", "in": "a non-empty list of strings",
+    "not_in": "a non-empty list of strings", "regex": "a regular expression",
+    "max_per": "a whole number of at least 1 (instances per attribute value)",
+}
+
+
+def _value_reader(op: str) -> Callable:
+    if op in ("in", "not_in"):
+        return _string_list
+    return {"regex": _regex, "max_per": _integer(1, 1000)}.get(op, _scalar_text)
+
+
+def _dataset(r: _Report, value: object, path: str) -> str | None:
+    text = _text(r, value, path)
+    if text is not None and not (DATASET.fullmatch(text) and len(text) <= 64):
+        r.add(path, f"{_show(text)} is not a valid dataset name: up to 64 characters of "
+                    "letters, digits, '_', '.' and '-', starting with a letter or digit")
+        return None
+    return text
+
+
+HEALTH_KEYS = ("type", "path", "port", "args", "interval", "timeout", "ttl", "deregister_after")
+HEALTH_ONLY = {"path": ("http",), "port": ("http", "tcp"), "args": ("script",), "ttl": ("ttl",)}
+
+
+def _health(service_has_port: bool) -> Callable:
+    def parse(r: _Report, value: object, path: str) -> HealthCheck | None:
+        f = _fields(r, value, path, HEALTH_KEYS)
+        if f is None:
+            return None
+        kind = _required(r, f, "type", _choice(CHECK_TYPES), f"one of {_alts(CHECK_TYPES)}",
+                         path)
+        parts = {
+            "path": _optional(r, f, "path", _url_path, path),
+            "port": _optional(r, f, "port", _integer(1, 65535), path),
+            "args": _optional(r, f, "args", _list_of(_argument), path),
+            "interval": _optional(r, f, "interval", _duration(0.1, 86400), path),
+            "timeout": _optional(r, f, "timeout", _duration(0.1, 3600), path),
+            "ttl": _optional(r, f, "ttl", _duration(1, 86400), path),
+            "deregister_after": _optional(r, f, "deregister_after", _duration(60, 7 * 86400),
+                                          path),
+        }
+        if kind is None or any(parts[k] is None for k in f if k in parts):
+            return None
+        if not _health_fits(r, f, kind, path, parts, service_has_port):
+            return None
+        return HealthCheck(type=kind, **{k: v for k, v in parts.items() if v is not None})
+
+    return parse
+
+
+def _health_fits(r: _Report, f: dict, kind: str, path: str, parts: dict,
+                 service_has_port: bool) -> bool:
+    before = len(r.problems)
+    for key, kinds in HEALTH_ONLY.items():
+        if key in f and kind not in kinds:
+            r.add(_at(path, key), f"only {_alts(kinds)} checks have {key}; this check is {kind}")
+    if kind in ("http", "tcp") and "port" not in f and not service_has_port:
+        r.add(_at(path, "port"), f"required for {kind} checks: set health.port or service.port")
+    if kind == "ttl" and "ttl" not in f:
+        r.add(_at(path, "ttl"), "required for ttl checks: a duration such as '30s'")
+    if kind == "script" and not parts["args"]:
+        r.add(_at(path, "args"), "required for script checks: the argv to run, such as "
+                                 "['/usr/local/bin/check']")
+    return len(r.problems) == before
+
+
+def _stop(r: _Report, value: object, path: str) -> StopPolicy | None:
+    f = _fields(r, value, path, ("signal", "timeout", "pre_stop"))
+    if f is None:
+        return None
+    parts = {
+        "signal": _optional(r, f, "signal", _signal, path),
+        "timeout": _optional(r, f, "timeout", _duration(0.001, 86400), path),
+        "pre_stop": _optional(r, f, "pre_stop", _argv, path),
+    }
+    if any(parts[k] is None for k in f):
+        return None
+    return StopPolicy(**{k: v for k, v in parts.items() if v is not None})
+
+
+def _signal(r: _Report, value: object, path: str) -> str | None:
+    text = _text(r, value, path)
+    if text is not None and text not in SIGNALS:
+        guess = text.upper() if text.upper() in SIGNALS else f"SIG{text.upper()}"
+        hint = f"; did you mean {guess}?" if guess in SIGNALS else ""
+        r.add(path, f"{_show(text)} is not a signal name: use SIGTERM, SIGINT, SIGHUP, "
+                    f"SIGQUIT, SIGUSR1, SIGUSR2, SIGKILL, ...{hint}")
+        return None
+    return text
+
+
+def _argv(r: _Report, value: object, path: str) -> tuple[str, ...] | None:
+    items = _list_of(_argument)(r, value, path)
+    if items and _abs_path(r, items[0], f"{path}[0]") is None:
+        return None
+    return items
+
+
+def _service(job_name: str | None) -> Callable:
+    def parse(r: _Report, value: object, path: str) -> Discovery | None:
+        f = _fields(r, value, path, ("name", "port", "tags"))
+        if f is None:
+            return None
+        name = _optional(r, f, "name", _service_name, path) or job_name
+        port = _optional(r, f, "port", _integer(1, 65535), path)
+        tags = _optional(r, f, "tags", _list_of(_tag), path)
+        if name is None or any(x is None for x, k in ((port, "port"), (tags, "tags"))
+                               if k in f):
+            return None
+        return Discovery(name=name, port=port, tags=tags or ())
+
+    return parse
+
+
+def _service_name(r: _Report, value: object, path: str) -> str | None:
+    text = _text(r, value, path)
+    if text is not None and not (DNS_LABEL.fullmatch(text) and len(text) <= 63
+                                 and not text.endswith("-")):
+        r.add(path, f"{_show(text)} is not a valid service name: a DNS label of a-z, 0-9 and "
+                    "'-', starting with a letter, at most 63 characters")
+        return None
+    return text
+
+
+def _tag(r: _Report, value: object, path: str) -> str | None:
+    text = _scalar_text(r, value, path)
+    if text is not None and not (DNS_TAG.fullmatch(text) and len(text) <= 63):
+        r.add(path, f"{_show(text)} is not a valid tag: letters, digits and '-', starting "
+                    "with a letter or digit, at most 63 characters (tags appear in DNS names)")
+        return None
+    return text
+
+
+def _restart(r: _Report, value: object, path: str) -> str | None:
+    if value is False:  # YAML 1.1 reads a bare `no` as false
+        return "no"
+    return _choice(RESTART_POLICIES)(r, value, path)
+
+
+def _update(r: _Report, value: object, path: str) -> UpdatePolicy | None:
+    f = _fields(r, value, path, ("max_parallel", "health_timeout", "auto_rollback"))
+    if f is None:
+        return None
+    parts = {
+        "max_parallel": _optional(r, f, "max_parallel", _integer(1, 1000), path),
+        "health_timeout": _optional(r, f, "health_timeout", _duration(1, 86400), path),
+        "auto_rollback": _optional(r, f, "auto_rollback", _boolean, path),
+    }
+    if any(parts[k] is None for k in f):
+        return None
+    return UpdatePolicy(**{k: v for k, v in parts.items() if v is not None})
+
+
+def _calendar(r: _Report, value: object, path: str) -> str | None:
+    text = _text(r, value, path)
+    if text is None:
+        return None
+    if not _calendar_shape_ok(text):
+        r.add(path, f"{_show(text)} is not a systemd OnCalendar expression: use a shorthand "
+                    f"({', '.join(CALENDAR_SHORTHANDS[:5])}, ...) or "
+                    "'[weekdays] [year-month-day] [hour:minute[:second]] [timezone]', "
+                    "such as '*-*-* 02:00:00' or 'Mon..Fri 09:30'")
+        return None
+    return text
+
+
+def _calendar_shape_ok(text: str) -> bool:
+    """A basic shape check; systemd-analyze calendar on the node is the full judge."""
+    if text.strip().lower() in CALENDAR_SHORTHANDS:
+        return True
+    if len(text) > 200 or not CALENDAR_CHARS.fullmatch(text):
+        return False
+    tokens = text.split()
+    if not 1 <= len(tokens) <= 4:
+        return False
+    rest = tokens[1:] if _is_weekdays(tokens[0]) else tokens
+    if rest and TIMEZONE.fullmatch(rest[-1]):
+        rest = rest[:-1]
+    if rest and CALENDAR_DATE.fullmatch(rest[0]):
+        rest = rest[1:]
+    if rest and CALENDAR_TIME.fullmatch(rest[0]):
+        rest = rest[1:]
+    matched_any = _is_weekdays(tokens[0]) or any(
+        CALENDAR_DATE.fullmatch(t) or CALENDAR_TIME.fullmatch(t) for t in tokens)
+    return not rest and bool(matched_any)
+
+
+def _is_weekdays(token: str) -> bool:
+    parts = re.split(r"\.\.|,", token)
+    return all(WEEKDAY.fullmatch(p) for p in parts) and bool(parts)
+
+
+# ---------------------------------------------------------------- field readers
+
+
+def _fields(r: _Report, value: object, path: str, allowed: tuple[str, ...]) -> dict | None:
+    """The known keys of a mapping; unknown keys are problems. A null value counts as absent."""
+    if not isinstance(value, Mapping):
+        r.add(path, f"expected a mapping with keys from {_alts(allowed)}, got {_describe(value)}")
+        return None
+    known = {}
+    for key, val in value.items():
+        if not isinstance(key, str) or key not in allowed:
+            where = _at(path, key) if isinstance(key, str) and _printable(key) else path
+            r.add(where, f"unknown key {_show(key)}{_did_you_mean(key, allowed)}; "
+                         f"allowed: {_alts(allowed)}")
+        elif val is not None:
+            known[key] = val
+    return known
+
+
+def _required(r: _Report, f: dict, key: str, read: Callable, hint: str, parent: str = ROOT):
+    path = _at(parent, key)
+    if key not in f:
+        r.add(path, f"required: {hint}")
+        return None
+    return read(r, f[key], path)
+
+
+def _optional(r: _Report, f: dict, key: str, read: Callable, parent: str = ROOT):
+    return read(r, f[key], _at(parent, key)) if key in f else None
+
+
+def _list_of(read: Callable) -> Callable:
+    def parse(r: _Report, value: object, path: str) -> tuple | None:
+        if not isinstance(value, list | tuple):
+            r.add(path, f"expected a list, got {_describe(value)}")
+            return None
+        items = [read(r, item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return None if any(item is None for item in items) else tuple(items)
+
+    return parse
+
+
+def _choice(choices: tuple[str, ...]) -> Callable:
+    def parse(r: _Report, value: object, path: str) -> str | None:
+        if isinstance(value, str) and value in choices:
+            return value
+        shown = _show(value) if isinstance(value, str) else _describe(value)
+        r.add(path, f"{shown} is not allowed; use one of {_alts(choices)}"
+                    f"{_did_you_mean(value, choices)}")
+        return None
+
+    return parse
+
+
+def _integer(low: int, high: int) -> Callable:
+    def parse(r: _Report, value: object, path: str) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            r.add(path, f"expected a whole number from {low} to {high}, got {_describe(value)}")
+            return None
+        return value
+
+    return parse
+
+
+def _boolean(r: _Report, value: object, path: str) -> bool | None:
+    if not isinstance(value, bool):
+        r.add(path, f"expected true or false, got {_describe(value)}")
+        return None
+    return value
+
+
+def _duration(low: float, high: float) -> Callable:
+    def parse(r: _Report, value: object, path: str) -> float | None:
+        seconds = _seconds(value)
+        if seconds is None:
+            r.add(path, f"expected a duration: seconds as a number, or text such as '500ms', "
+                        f"'10s', '2m', '1h' (or combined: '1m30s'), got {_describe(value)}")
+        elif not low <= seconds <= high:
+            r.add(path, f"must be between {_secs(low)} and {_secs(high)}, got {_secs(seconds)}")
+        else:
+            return seconds
+        return None
+
+    return parse
+
+
+def _seconds(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, str) and DURATION.fullmatch(value.strip()):
+        parts = DURATION_PART.findall(value.strip())
+        return round(sum(float(n) * SECONDS_PER[unit] for n, unit in parts), 6)
+    return None
+
+
+def _cores(r: _Report, value: object, path: str) -> float | None:
+    number = _number_like(value)
+    if number is None or not 0 <= number <= 1024:
+        r.add(path, f"expected cores as a number from 0 to 1024 (fractions allowed), "
+                    f"got {_describe(value)}")
+        return None
+    return number
+
+
+def _size(r: _Report, value: object, path: str) -> int | None:
+    size = _bytes(value)
+    if size is None:
+        r.add(path, f"expected a size: bytes as a whole number, or a number with a unit K, M, G "
+                    f"or T (powers of 1024) such as '512M', got {_describe(value)}")
+    return size
+
+
+def _bytes(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and value >= 0 else None
+    match = SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        return None
+    return int(float(match[1]) * 1024 ** SIZE_POWER[match[2].upper()])
+
+
+def _range(r: _Report, value: object, path: str, one: Callable) -> Range | None:
+    if isinstance(value, Mapping):
+        f = _fields(r, value, path, ("min", "max"))
+        if f is None:
+            return None
+        low = _required(r, f, "min", one, "the guaranteed amount", path)
+        high = _optional(r, f, "max", one, path) if "max" in f else low
+    elif isinstance(value, str) and "-" in value.strip():
+        left, _, right = value.strip().partition("-")
+        before = len(r.problems)
+        low, high = one(r, left, path), one(r, right, path)
+        if len(r.problems) > before:
+            r.problems[before:] = [Problem(path, f"bad range {_show(value)}: write 'min-max', "
+                                                 f"{r.problems[before].message}")]
+    else:
+        low = high = one(r, value, path)
+    if low is None or high is None:
+        return None
+    if low > high:
+        r.add(path, f"the minimum ({_num(low)}) is larger than the maximum ({_num(high)})")
+        return None
+    return Range(min=low, max=high)
+
+
+def _number_like(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _abs_path(r: _Report, value: object, path: str) -> str | None:
+    text = _text(r, value, path)
+    if text is None:
+        return None
+    if not text.startswith("/") or text.startswith("//") or posixpath.normpath(text) != text:
+        r.add(path, f"{_show(text)} must be an absolute, normalised path (starting with '/', "
+                    "without '..', '.', '//' or a trailing '/')")
+        return None
+    return text
+
+
+def _url_path(r: _Report, value: object, path: str) -> str | None:
+    text = _text(r, value, path)
+    if text is not None and (not text.startswith("/") or any(c.isspace() for c in text)):
+        r.add(path, f"{_show(text)} must be a URL path starting with '/' and without spaces")
+        return None
+    return text
+
+
+def _argument(r: _Report, value: object, path: str) -> str | None:
+    return _scalar_text(r, value, path)
+
+
+def _scalar_text(r: _Report, value: object, path: str) -> str | None:
+    """A string; numbers are turned into their text (YAML reads `8080` as a number)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            r.add(path, f"expected a string, got {_describe(value)}")
+            return None
+        return str(value)
+    return _text(r, value, path)
+
+
+def _text(r: _Report, value: object, path: str) -> str | None:
+    """A string free of control characters, which could start a new line in a unit file."""
+    if not isinstance(value, str):
+        quote = "; quote it to keep it as text" if isinstance(value, bool) else ""
+        r.add(path, f"expected a string, got {_describe(value)}{quote}")
+        return None
+    bad = next((c for c in value if _is_control(c)), None)
+    if bad is not None:
+        r.add(path, f"contains the control character {bad!r} at position {value.index(bad)}; "
+                    "newlines, carriage returns, tabs, NUL and other control characters are "
+                    "not allowed (values are written into unit files and Consul)")
+        return None
+    if len(value) > MAX_TEXT:
+        r.add(path, f"is {len(value)} characters long; at most {MAX_TEXT} are allowed")
+        return None
+    return value
+
+
+def _is_control(char: str) -> bool:
+    return unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp")
+
+
+# ---------------------------------------------------------------- wording
+
+
+def _at(path: str, key: object) -> str:
+    return str(key) if path == ROOT else f"{path}.{key}"
+
+
+def _alts(choices: tuple[str, ...]) -> str:
+    return ", ".join(choices)
+
+
+def _did_you_mean(value: object, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value.lower(), choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _printable(text: str) -> bool:
+    return not any(_is_control(c) for c in text) and len(text) <= 100
+
+
+def _show(value: object) -> str:
+    """A value quoted for a one-line message: control characters escaped, long text cut."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {_show(value)}"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _secs(seconds: float) -> str:
+    return f"{seconds:g}s"
+
