@@ -227,6 +227,10 @@ TOP_KEYS = ("name", "kind", "count", "priority", "strategy", "resources", "runti
 
 
 def _job(r: _Report, data: object) -> JobSpec | None:
+    if data is None:
+        r.add(ROOT, "the spec is empty: write a mapping with at least name, kind, resources "
+                    "and runtime")
+        return None
     f = _fields(r, data, ROOT, TOP_KEYS)
     if f is None:
         return None
