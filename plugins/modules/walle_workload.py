@@ -1,0 +1,445 @@
+#!/usr/bin/python
+# Copyright: Walle authors
+# Simplified BSD License (see https://opensource.org/licenses/BSD-2-Clause)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: walle_workload
+short_description: Write and run the systemd unit(s) of one Walle workload instance
+version_added: "0.1.0"
+description:
+  - Renders the unit(s) of one instance into C(/etc/systemd/system), validates them with
+    C(systemd-analyze verify) when that binary exists, writes them atomically, reloads systemd
+    only when a unit changed, and brings them to O(state).
+  - O(kind=service) is a long-running C(Type=exec) service with C(Restart=O(restart)).
+    O(kind=batch) runs to completion (C(Type=exec), C(Restart=on-failure),
+    C(StartLimitBurst=O(retries)) over the whole boot, C(RemainAfterExit=no)).
+    O(kind=cron) writes C(<name>.timer) (C(OnCalendar=O(schedule)), C(Persistent=true)) and a
+    C(Type=oneshot) C(<name>.service) it starts.
+  - O(runtime=exec) runs O(command) directly. O(runtime=nspawn) runs
+    C(systemd-nspawn --quiet --keep-unit --register=no -D O(image) [--bind=...] -- O(command))
+    (C(--boot) when O(command) is not given); O(env), O(user) and O(working_dir) then apply
+    inside the container.
+  - Every argument is quoted so systemd passes it literally (no word splitting, no C(%)
+    specifier or C($VAR) expansion); values that cannot be made safe (control characters) fail.
+  - Resources are not set here; they belong to the slice (see the walle_slice module), which
+    changes them live without restarting the workload.
+options:
+  name:
+    description: The unit stem, starting with V(walle-), for example V(walle-web-0); the
+      units are C(<name>.service) and, for O(kind=cron), C(<name>.timer).
+    type: str
+    required: true
+  slice:
+    description: The instance slice the service runs in (written by walle_slice), for
+      example V(walle-web-0.slice). Required unless O(state=absent).
+    type: str
+  state:
+    description:
+      - V(present) writes the units without starting or stopping anything.
+      - V(started) writes them and starts the service (the timer for O(kind=cron)); a running
+        one whose unit text changed is restarted (a replace). A batch that already ran in
+        this boot with the same unit text is not started again.
+      - V(stopped) writes them and stops the service (and the timer).
+      - V(absent) stops the timer and service, removes both unit files and reloads systemd.
+    type: str
+    choices: [present, started, stopped, absent]
+    default: started
+  kind:
+    description: What the instance is.
+    type: str
+    choices: [service, batch, cron]
+    default: service
+  runtime:
+    description: How the command runs.
+    type: str
+    choices: [exec, nspawn]
+    default: exec
+  command:
+    description:
+      - O(runtime=exec) (required there unless O(state=absent)) the absolute path of the
+        program. O(runtime=nspawn) the program inside the image; without it the image boots.
+    type: str
+  args:
+    description: Arguments after O(command), each passed literally.
+    type: list
+    elements: str
+    default: []
+  env:
+    description: Environment variables (C(Environment=), or C(--setenv) inside nspawn).
+    type: dict
+    default: {}
+  environment_file:
+    description: An absolute path for C(EnvironmentFile=) (read by systemd on the node).
+    type: path
+  user:
+    description: The user the command runs as (C(User=), or C(--user) inside nspawn).
+    type: str
+  working_dir:
+    description: An absolute working directory (C(WorkingDirectory=), or C(--chdir)).
+    type: str
+  image:
+    description: O(runtime=nspawn) (required there unless O(state=absent)) the machine image
+      directory on the node.
+    type: path
+  binds:
+    description: O(runtime=nspawn) bind mounts, each C(SRC[:DST[:OPTIONS]]) as for
+      C(systemd-nspawn --bind=).
+    type: list
+    elements: str
+    default: []
+  restart:
+    description: C(Restart=) of a O(kind=service); batch always uses V(on-failure).
+    type: str
+    choices: [always, on-failure, "no"]
+    default: on-failure
+  retries:
+    description: O(kind=batch) attempts in all (C(StartLimitBurst=)) before it stays failed.
+    type: int
+    default: 3
+  schedule:
+    description: O(kind=cron) (required there unless O(state=absent)) the C(OnCalendar=)
+      expression, for example V(*-*-* 02:00:00) or V(hourly).
+    type: str
+  stop_signal:
+    description: C(KillSignal=), for example V(SIGTERM) or V(SIGINT) (for nspawn, the signal
+      given to the container's PID 1 with C(--kill-signal)).
+    type: str
+    default: SIGTERM
+  stop_timeout:
+    description: C(TimeoutStopSec=) in seconds, after which C(SIGKILL) is sent.
+    type: float
+    default: 30
+  pre_stop:
+    description:
+      - The graceful stop hook, an argv (absolute program path first) run as C(ExecStop=)
+        before the stop signal. It runs on the node, also for O(runtime=nspawn).
+      - Not for O(kind=cron).
+    type: list
+    elements: str
+    default: []
+  description:
+    description: C(Description=) of the units. Default V(Walle workload <name>).
+    type: str
+attributes:
+  check_mode:
+    support: full
+    description: Reports what would change; runs only read-only C(systemctl show).
+  diff_mode:
+    support: full
+    description: The text before and after of each unit that changes.
+  platform:
+    support: full
+    platforms: posix
+notes:
+  - Needs systemd as PID 1 on the node. Units are not enabled; the scheduler decides where an
+    instance runs after a node reboots.
+  - C(KillMode=) keeps systemd's default (control-group) for exec; nspawn uses V(mixed) and
+    C(Delegate=yes) like systemd's own C(systemd-nspawn@.service).
+seealso:
+  - module: walle_slice
+  - module: walle_facts
+author:
+  - Walle authors
+"""
+
+EXAMPLES = r"""
+- name: A web server instance with a graceful drain hook
+  walle_workload:
+    name: walle-web-0
+    slice: walle-web-0.slice
+    command: /usr/bin/python3
+    args: [-m, http.server, "8080"]
+    env: {GREETING: "hello $USER, 100%"}
+    restart: always
+    pre_stop: [/usr/local/bin/drain, --wait, "5"]
+    stop_timeout: 20
+
+- name: A nightly cron instance
+  walle_workload:
+    name: walle-report-0
+    slice: walle-report-0.slice
+    kind: cron
+    schedule: "*-*-* 02:00:00"
+    command: /usr/local/bin/report
+
+- name: A batch job in a container image
+  walle_workload:
+    name: walle-etl-0
+    slice: walle-etl-0.slice
+    kind: batch
+    retries: 5
+    runtime: nspawn
+    image: /var/lib/machines/etl
+    binds: [/srv/data:/data:ro]
+    command: /opt/etl/run
+
+- name: Remove an instance
+  walle_workload:
+    name: walle-web-0
+    state: absent
+"""
+
+RETURN = r"""
+units:
+  description: The unit names of the instance (written, or removed for O(state=absent)).
+  returned: always
+  type: list
+  elements: str
+  sample: ["walle-web-0.service"]
+active_state:
+  description: C(ActiveState) of the service (of the timer for O(kind=cron)) after the task;
+    in check mode, before it.
+  returned: always
+  type: str
+  sample: active
+main_pid:
+  description: C(MainPID) of the service, 0 when it is not running.
+  returned: always
+  type: int
+  sample: 4242
+restarted:
+  description: Whether a running instance was restarted because its unit text changed.
+  returned: always
+  type: bool
+  sample: false
+"""
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible.module_utils.walle_systemd import (  # noqa: E402
+    ACTIVE_STATES,
+    Systemd,
+    WalleError,
+    value_error,
+)
+from ansible.module_utils.walle_units import (  # noqa: E402
+    quote_env,
+    render_service,
+    render_timer,
+)
+
+ARGUMENT_SPEC = dict(
+    name=dict(type="str", required=True),
+    slice=dict(type="str"),
+    state=dict(type="str", choices=["present", "started", "stopped", "absent"],
+               default="started"),
+    kind=dict(type="str", choices=["service", "batch", "cron"], default="service"),
+    runtime=dict(type="str", choices=["exec", "nspawn"], default="exec"),
+    command=dict(type="str"),
+    args=dict(type="list", elements="str", default=[]),
+    env=dict(type="dict", default={}),
+    environment_file=dict(type="path"),
+    user=dict(type="str"),
+    working_dir=dict(type="str"),
+    image=dict(type="path"),
+    binds=dict(type="list", elements="str", default=[]),
+    restart=dict(type="str", choices=["always", "on-failure", "no"], default="on-failure"),
+    retries=dict(type="int", default=3),
+    schedule=dict(type="str"),
+    stop_signal=dict(type="str", default="SIGTERM"),
+    stop_timeout=dict(type="float", default=30.0),
+    pre_stop=dict(type="list", elements="str", default=[]),
+    description=dict(type="str"),
+)
+REQUIRED_IF = [
+    ("state", "present", ["slice"]),
+    ("state", "started", ["slice"]),
+    ("state", "stopped", ["slice"]),
+]
+SHOW_PROPS = ("ActiveState", "SubState", "MainPID", "InactiveExitTimestampMonotonic")
+
+
+def _require(params: dict, option: str, why: str) -> None:
+    if not params[option]:
+        raise WalleError(f"{option}: required when {why} (and state is not absent)", option)
+
+
+def check_params(params: dict) -> None:
+    """Rules that depend on two options at once (state=absent needs none of them)."""
+    if params["runtime"] == "exec":
+        _require(params, "command", "runtime=exec")
+    else:
+        _require(params, "image", "runtime=nspawn")
+    if params["kind"] == "cron":
+        _require(params, "schedule", "kind=cron")
+        if params["pre_stop"]:
+            raise WalleError("pre_stop: not supported for kind=cron (a oneshot has no graceful "
+                             "stop); remove it", "pre_stop")
+    elif params["schedule"]:
+        raise WalleError(f"schedule: only for kind=cron, got kind={params['kind']}", "schedule")
+    if params["runtime"] == "exec" and params["binds"]:
+        raise WalleError("binds: only for runtime=nspawn", "binds")
+
+
+def _string_env(env: dict) -> dict[str, str]:
+    out = {}
+    for key, value in env.items():
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise WalleError(f"env.{key}: values must be strings, got {value!r}", "env")
+        out[str(key)] = str(value)
+    return out
+
+
+def nspawn_argv(nspawn: str, params: dict, env: dict[str, str]) -> list[str]:
+    argv = [nspawn, "--quiet", "--keep-unit", "--register=no", "-D", params["image"]]
+    argv += [f"--bind={bind}" for bind in params["binds"]]
+    # Inside the container, not for the nspawn process itself.
+    argv += [f"--setenv={key}={value}" for key, value in sorted(env.items())]
+    if params["user"]:
+        argv.append(f"--user={params['user']}")
+    if params["working_dir"]:
+        argv.append(f"--chdir={params['working_dir']}")
+    argv.append(f"--kill-signal={params['stop_signal']}")
+    if params["command"]:
+        return argv + ["--", params["command"], *params["args"]]
+    if params["args"]:
+        raise WalleError("args: runtime=nspawn without a command boots the image; "
+                         "give command or drop args", "args")
+    return argv + ["--boot"]
+
+
+def render_units(params: dict, nspawn_bin: str | None) -> dict[str, str]:
+    """unit name -> text for the instance described by params."""
+    name, kind = params["name"], params["kind"]
+    env = _string_env(params["env"])
+    common = dict(slice=params["slice"], description=params["description"],
+                  environment_file=params["environment_file"], pre_stop=params["pre_stop"],
+                  stop_timeout=params["stop_timeout"])
+    try:
+        for key in env:
+            quote_env(key, env[key])  # validates names and values for both runtimes
+        if params["runtime"] == "nspawn":
+            if not nspawn_bin:
+                raise WalleError("runtime=nspawn: systemd-nspawn not found on the node "
+                                 "(Debian package systemd-container)", "runtime")
+            service = dict(common, argv=nspawn_argv(nspawn_bin, params, env),
+                           stop_signal="SIGTERM", kill_mode="mixed", delegate=True)
+            service_type = "notify"
+        else:
+            service = dict(common, argv=[params["command"], *params["args"]], env=env,
+                           user=params["user"], working_dir=params["working_dir"],
+                           stop_signal=params["stop_signal"])
+            service_type = "exec"
+        if kind == "service":
+            service.update(service_type=service_type, restart=params["restart"])
+        elif kind == "batch":
+            service.update(service_type=service_type, restart="on-failure",
+                           start_limit_burst=params["retries"])
+        else:
+            service.update(service_type="oneshot")
+        units = {f"{name}.service": render_service(name, **service)}
+        if kind == "cron":
+            units[f"{name}.timer"] = render_timer(name, schedule=params["schedule"],
+                                                  description=params["description"])
+    except ValueError as exc:
+        raise value_error(exc) from exc
+    return units
+
+
+def _diff(systemd: Systemd, before: dict, after: dict) -> list[dict]:
+    return [dict(before_header=systemd.unit_path(u), after_header=systemd.unit_path(u),
+                 before=before.get(u) or "", after=after.get(u) or "")
+            for u in sorted(set(before) | set(after)) if before.get(u) != after.get(u)]
+
+
+def run_absent(module, systemd: Systemd, name: str) -> dict:
+    units = [f"{name}.timer", f"{name}.service"]
+    current = {u: systemd.read_unit(u) for u in units}
+    present = [u for u in units if current[u] is not None]
+    active = [u for u in units if systemd.is_active(u)]
+    result = dict(changed=bool(present or active), units=present, restarted=False,
+                  active_state="inactive", main_pid=0)
+    if module._diff and present:
+        result["diff"] = _diff(systemd, current, {})
+    if module.check_mode or not result["changed"]:
+        return result
+    for unit in active:
+        systemd.systemctl_run("stop", unit)
+    for unit in present:
+        systemd.remove_unit(unit)
+    if present:
+        systemd.daemon_reload()
+    for unit in units:  # a failed unit stays loaded until its failure is forgotten
+        if systemd.show(unit, ("ActiveState",)).get("ActiveState") == "failed":
+            systemd.systemctl_run("reset-failed", unit)
+    return result
+
+
+def converge(module, systemd: Systemd, params: dict, changed_units: list[str]) -> dict:
+    """Start, restart or stop the instance; returns what it did (check mode: would do)."""
+    name, kind, state = params["name"], params["kind"], params["state"]
+    primary = f"{name}.timer" if kind == "cron" else f"{name}.service"
+    before = systemd.show(primary, SHOW_PROPS)
+    active = before.get("ActiveState") in ACTIVE_STATES
+    actions: list[tuple[str, ...]] = []
+    if state == "started":
+        if active and changed_units:
+            actions.append(("restart", primary))
+        elif not active and not _batch_done(kind, before, changed_units):
+            if before.get("ActiveState") == "failed":
+                actions.append(("reset-failed", primary))
+            actions.append(("start", primary))
+    elif state == "stopped":
+        units = [primary] + ([f"{name}.service"] if kind == "cron" else [])
+        actions += [("stop", u) for u in units if systemd.is_active(u)]
+    if not module.check_mode:
+        for action in actions:
+            systemd.systemctl_run(*action)
+    return dict(actions=actions, restarted=("restart", primary) in actions, before=before,
+                primary=primary)
+
+
+def _batch_done(kind: str, show: dict, changed_units: list[str]) -> bool:
+    """A batch that already ran this boot (same unit text) is not started again."""
+    return kind == "batch" and not changed_units and \
+        show.get("InactiveExitTimestampMonotonic", "0") not in ("0", "")
+
+
+def run_module(module, systemd: Systemd) -> dict:
+    params = module.params
+    name = params["name"]
+    if params["state"] == "absent":
+        return run_absent(module, systemd, name)
+    check_params(params)
+    desired = render_units(params, module.get_bin_path("systemd-nspawn"))
+    current = {u: systemd.read_unit(u) for u in desired}
+    changed_units = [u for u in desired if current[u] != desired[u]]
+    stale_timer = params["kind"] != "cron" and systemd.read_unit(f"{name}.timer") is not None
+    if stale_timer:  # the instance was cron before: its timer must go, or it would fire
+        raise WalleError(f"{name}.timer exists but kind={params['kind']}: remove the instance "
+                         "(state=absent) before changing its kind", "kind")
+    if changed_units and not module.check_mode:
+        systemd.install_units({u: desired[u] for u in changed_units})
+        systemd.daemon_reload()
+    outcome = converge(module, systemd, params, changed_units)
+    result = dict(changed=bool(changed_units or outcome["actions"]), units=list(desired),
+                  restarted=outcome["restarted"])
+    if module._diff and changed_units:
+        result["diff"] = _diff(systemd, {u: current[u] for u in changed_units},
+                               {u: desired[u] for u in changed_units})
+    after = outcome["before"]
+    if outcome["actions"] and not module.check_mode:
+        after = systemd.show(outcome["primary"], SHOW_PROPS)
+    service = after if params["kind"] != "cron" else systemd.show(f"{name}.service", SHOW_PROPS)
+    result["active_state"] = after.get("ActiveState", "unknown")
+    result["main_pid"] = int(service.get("MainPID") or 0)
+    return result
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF,
+                           supports_check_mode=True)
+    try:
+        result = run_module(module, Systemd(module))
+    except WalleError as exc:
+        extra = dict(exc.details)
+        if exc.option:
+            extra["option"] = exc.option
+        module.fail_json(msg=exc.msg, **extra)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
