@@ -1,0 +1,78 @@
+"""One connection to Consul: the py-consul client plus the retry policy every call goes through."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import consul
+from walle.adapters.consul.config import ConsulConfig
+from walle.adapters.consul.errors import ConsulError
+from walle.adapters.consul.retry import RetryPolicy, call_with_retry
+
+T = TypeVar("T")
+
+
+class ConsulApi:
+    def __init__(
+        self,
+        config: ConsulConfig | None = None,
+        retry: RetryPolicy | None = None,
+        *,
+        client: consul.Consul | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.config = config or ConsulConfig.from_env()
+        self.retry = retry or RetryPolicy()
+        self.client = client or self.config.client()
+        self._sleep = sleep
+        self._rng = random.Random()
+
+    @property
+    def address(self) -> str:
+        return self.config.address
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run one Consul call under the retry policy; errors come back as Walle's types."""
+        return call_with_retry(
+            fn, what=what, address=self.address, policy=self.retry, sleep=self._sleep,
+            rng=self._rng,
+        )
+
+    def raw(self, method: str, path: str, *, params: list | None = None, data: str = "",
+            what: str | None = None) -> tuple[int, Any]:
+        """A request py-consul does not wrap well (it drops the token or hides 409 bodies):
+        returns (status, decoded JSON or text) for 2xx/4xx; 5xx and transport errors retry."""
+        http = self.client.http
+        headers = self.client.prepare_headers()
+        send = getattr(http, method)
+
+        def once() -> tuple[int, Any]:
+            resp = send(lambda r: r, path, params=params or [], data=data, headers=headers)
+            if resp.code >= 500:
+                raise consul.ConsulException(f"{resp.code} {resp.body}")
+            return resp.code, _decode(resp.body)
+
+        return self.call(what or f"{method.upper()} {path}", once)
+
+
+def _decode(body: str) -> Any:
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body
+
+
+def go_duration(seconds: float) -> str:
+    """Seconds -> a Go duration string Consul accepts ("2s", "500ms", "1m30s" style)."""
+    if seconds < 0:
+        raise ConsulError(f"duration must be >= 0, got {seconds}")
+    ms = round(seconds * 1000)
+    if ms % 1000:
+        return f"{ms}ms"
+    return f"{ms // 1000}s"

@@ -1,0 +1,248 @@
+"""Desired state (jobs) and actual state (allocations) in Consul KV.
+
+Layout (docs/architecture.md): walle/jobs/<name> = {"version": digest, "spec": {...}},
+walle/allocs/<job>/<slot> = {"node", "state", "version", "grant"}. Every update is a
+check-and-set against the ModifyIndex the writer last read; a key that must not exist yet is
+written with index 0. Several keys go through one `/v1/txn`.
+
+Transactions are chunked at TXN_MAX_OPS operations (64: the limit of older Consul versions,
+newer ones take 128). Each chunk is all-or-nothing; a write larger than one chunk is NOT
+atomic as a whole: chunks before a failed one stay applied. Because every op is a CAS, the
+caller re-reads and retries safely.
+
+Leader writes carry a `check-session` op on the leader key in every chunk, so a deposed leader
+(whose session was invalidated or who lost the lock) cannot write anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from walle.adapters.consul.api import ConsulApi
+from walle.adapters.consul.errors import ConsulError
+from walle.adapters.consul.watch import Watch
+from walle.spec.model import JobSpec
+
+PREFIX = "walle/"
+JOBS = PREFIX + "jobs/"
+ALLOCS = PREFIX + "allocs/"
+NODES = PREFIX + "nodes/"
+LEADER_KEY = PREFIX + "leader"
+TXN_MAX_OPS = 64
+VALUE_LIMIT = 512 * 1024  # Consul's KV value limit
+
+
+@dataclass(frozen=True)
+class StoredJob:
+    name: str
+    version: str  # JobSpec.digest()
+    spec: Mapping[str, Any]  # JobSpec.to_dict(); walle.spec.parse turns it back into a JobSpec
+    modify_index: int
+
+
+@dataclass(frozen=True)
+class Allocation:
+    job: str
+    slot: int
+    node: str
+    state: str  # e.g. pending, running, failed, stopped (the service layer owns the words)
+    version: str = ""  # digest of the spec the instance runs
+    grant: Mapping[str, float] = field(default_factory=dict)  # elastic grant: cpu, memory...
+    modify_index: int = 0  # 0 = not stored yet
+
+    @property
+    def key(self) -> str:
+        return alloc_key(self.job, self.slot)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "state": self.state, "version": self.version,
+                "grant": dict(self.grant)}
+
+
+@dataclass(frozen=True)
+class KvOp:
+    """One transaction op. verb: cas (index 0 = create), delete-cas, check-session, ..."""
+
+    verb: str
+    key: str
+    value: bytes | None = None
+    index: int | None = None
+    session: str | None = None
+
+    def to_txn(self) -> dict[str, Any]:
+        kv: dict[str, Any] = {"Verb": self.verb, "Key": self.key}
+        if self.value is not None:
+            kv["Value"] = base64.b64encode(self.value).decode()
+        if self.index is not None:
+            kv["Index"] = self.index
+        if self.session is not None:
+            kv["Session"] = self.session
+        return {"KV": kv}
+
+
+@dataclass(frozen=True)
+class TxnError:
+    op_index: int  # position in the caller's op list (not in the chunk)
+    what: str
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    ok: bool
+    applied_ops: int  # ops of the caller's list that were applied (whole chunks only)
+    errors: tuple[TxnError, ...] = ()
+
+    @property
+    def lost_leadership(self) -> bool:
+        """The check-session guard failed: the writer is not (or no longer) the leader."""
+        return any(e.op_index == -1 for e in self.errors)
+
+
+def job_key(name: str) -> str:
+    return JOBS + name
+
+
+def alloc_key(job: str, slot: int) -> str:
+    return f"{ALLOCS}{job}/{slot}"
+
+
+def drain_key(node: str) -> str:
+    return f"{NODES}{node}/drain"
+
+
+def encode_job(spec: JobSpec) -> bytes:
+    return _encode({"version": spec.digest(), "spec": spec.to_dict()}, f"job {spec.name}")
+
+
+def decode_job(entry: Mapping[str, Any]) -> StoredJob:
+    body = _decode(entry)
+    return StoredJob(name=entry["Key"][len(JOBS):], version=body.get("version", ""),
+                     spec=body.get("spec", {}), modify_index=int(entry["ModifyIndex"]))
+
+
+def decode_alloc(entry: Mapping[str, Any]) -> Allocation:
+    job, _, slot = entry["Key"][len(ALLOCS):].rpartition("/")
+    body = _decode(entry)
+    return Allocation(job=job, slot=int(slot), node=body.get("node", ""),
+                      state=body.get("state", ""), version=body.get("version", ""),
+                      grant=body.get("grant") or {}, modify_index=int(entry["ModifyIndex"]))
+
+
+def chunk_ops(ops: Sequence[KvOp], guard: KvOp | None, size: int = TXN_MAX_OPS
+              ) -> list[tuple[int, list[KvOp]]]:
+    """Split ops into chunks of at most `size` ops, each starting with `guard` when given.
+    Returns (offset of the chunk's first caller op, chunk ops)."""
+    room = size - (1 if guard else 0)
+    if room < 1:
+        raise ValueError(f"chunk size {size} leaves no room for ops")
+    chunks = []
+    for start in range(0, len(ops), room):
+        body = list(ops[start:start + room])
+        chunks.append((start, ([guard] if guard else []) + body))
+    return chunks
+
+
+class StateStore:
+    def __init__(self, api: ConsulApi):
+        self.api = api
+        self._kv = api.client.kv
+
+    # --- desired state: jobs -------------------------------------------------------------
+    def job(self, name: str) -> StoredJob | None:
+        _, entry = self.api.call(f"read {job_key(name)}", lambda: self._kv.get(job_key(name)))
+        return decode_job(entry) if entry else None
+
+    def jobs(self, index: int = 0, wait: str | None = None) -> tuple[int, dict[str, StoredJob]]:
+        idx, entries = self.api.call("read jobs", lambda: self._kv.get(
+            JOBS, recurse=True, index=index or None, wait=wait))
+        return int(idx), {j.name: j for j in map(decode_job, entries or [])}
+
+    def put_job(self, spec: JobSpec, expected_index: int) -> bool:
+        """CAS write: expected_index 0 = the job must not exist yet, else its ModifyIndex."""
+        value = encode_job(spec)
+        return bool(self.api.call(f"write {job_key(spec.name)}", lambda: self._kv.put(
+            job_key(spec.name), value, cas=expected_index)))
+
+    def delete_job(self, name: str, expected_index: int) -> bool:
+        if expected_index < 1:
+            raise ConsulError(f"delete_job({name!r}): expected_index must be the job's "
+                              f"ModifyIndex (>= 1), got {expected_index}")
+        return bool(self.api.call(f"delete {job_key(name)}", lambda: self._kv.delete(
+            job_key(name), cas=expected_index)))
+
+    # --- actual state: allocations (leader only) -----------------------------------------
+    def allocs(self, job: str | None = None, index: int = 0, wait: str | None = None
+               ) -> tuple[int, dict[tuple[str, int], Allocation]]:
+        prefix = f"{ALLOCS}{job}/" if job else ALLOCS
+        idx, entries = self.api.call(f"read {prefix}", lambda: self._kv.get(
+            prefix, recurse=True, index=index or None, wait=wait))
+        allocs = map(decode_alloc, entries or [])
+        return int(idx), {(a.job, a.slot): a for a in allocs}
+
+    def write_allocs(self, put: Iterable[Allocation] = (), delete: Iterable[Allocation] = (),
+                     *, session: str) -> TxnResult:
+        """Leader write: CAS every alloc (modify_index 0 = new) and prove the lock is held."""
+        ops = [KvOp("cas", a.key, _encode(a.to_json(), a.key), index=a.modify_index)
+               for a in put]
+        ops += [KvOp("delete-cas", a.key, index=a.modify_index) for a in delete]
+        return self.txn(ops, session=session)
+
+    def txn(self, ops: Sequence[KvOp], *, session: str | None = None) -> TxnResult:
+        """Apply ops in chunks; with `session`, each chunk first checks it holds LEADER_KEY."""
+        if session is not None and not session:
+            raise ConsulError("txn: session is empty: only the current leader may write")
+        guard = KvOp("check-session", LEADER_KEY, session=session) if session else None
+        applied = 0
+        for offset, chunk in chunk_ops(ops, guard):
+            status, body = self.api.raw("put", "/v1/txn",
+                                        data=json.dumps([op.to_txn() for op in chunk]),
+                                        what=f"txn of {len(chunk)} ops")
+            if status == 200:
+                applied += len(chunk) - (1 if guard else 0)
+                continue
+            if status == 409:
+                return TxnResult(False, applied, _txn_errors(body, offset, bool(guard)))
+            raise ConsulError(f"txn at {self.api.address} answered {status}: {body}")
+        return TxnResult(True, applied)
+
+    # --- watches -------------------------------------------------------------------------
+    def watch_jobs(self, **kw: Any) -> Watch[dict[str, StoredJob]]:
+        return Watch(lambda index, wait: self.jobs(index, wait), **kw)
+
+    def watch_allocs(self, **kw: Any) -> Watch[dict[tuple[str, int], Allocation]]:
+        return Watch(lambda index, wait: self.allocs(None, index, wait), **kw)
+
+
+def _txn_errors(body: Any, offset: int, guarded: bool) -> tuple[TxnError, ...]:
+    """Map Consul's chunk-relative OpIndex back to the caller's list; the guard is -1."""
+    errors = body.get("Errors") or [] if isinstance(body, dict) else []
+    out = []
+    for e in errors:
+        op = int(e.get("OpIndex", 0))
+        op = (-1 if op == 0 else offset + op - 1) if guarded else offset + op
+        out.append(TxnError(op, e.get("What", "")))
+    return tuple(out) or (TxnError(offset, f"rolled back: {body}"),)
+
+
+def _encode(body: Mapping[str, Any], what: str) -> bytes:
+    raw = json.dumps(body, sort_keys=True, separators=(",", ":"), default=list).encode()
+    if len(raw) > VALUE_LIMIT:
+        raise ConsulError(f"{what}: {len(raw)} bytes is over Consul's {VALUE_LIMIT} byte value "
+                          f"limit")
+    return raw
+
+
+def _decode(entry: Mapping[str, Any]) -> dict[str, Any]:
+    raw = entry.get("Value") or b"{}"
+    try:
+        body = json.loads(raw)
+    except ValueError as err:
+        raise ConsulError(f"{entry.get('Key')}: value is not JSON ({err})") from err
+    if not isinstance(body, dict):
+        raise ConsulError(f"{entry.get('Key')}: value is not a JSON object")
+    return body
+
