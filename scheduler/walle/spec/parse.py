@@ -363,6 +363,9 @@ def _env(r: _Report, value: object, path: str) -> tuple[tuple[str, str], ...] | 
         return None
     pairs, ok = [], True
     for key, val in value.items():
+        if isinstance(key, str) and _text(r, key, path) is None:
+            ok = False
+            continue
         if not (isinstance(key, str) and ENV_KEY.fullmatch(key)):
             r.add(path, f"environment name {_show(key)} is not valid: use letters, digits and '_', "
                   "not starting with a digit")
