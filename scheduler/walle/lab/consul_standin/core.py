@@ -1,0 +1,79 @@
+"""The state core: one lock, a Raft-like global index, per-table indexes and blocking reads.
+
+Every write runs inside `write()`; the first `touch()` in it takes the next global index (so a
+transaction's changes share one index, as one Raft entry would) and stamps the tables it names.
+Blocking reads wait on the same condition, re-evaluate their view after every write and return
+when the view's index passes the client's, or at the deadline.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+DEFAULT_WAIT_S = 300.0
+MAX_WAIT_S = 600.0
+JITTER_FRACTION = 16
+
+
+def query_timeout(wait_s: float | None, rng: random.Random | None = None) -> float:
+    """Consul: wait defaults to 5m, is capped at 10m, and gets up to wait/16 of jitter."""
+    wait = DEFAULT_WAIT_S if not wait_s or wait_s <= 0 else min(wait_s, MAX_WAIT_S)
+    return wait + (rng or random).uniform(0, wait / JITTER_FRACTION)
+
+
+class StoreCore:
+    def __init__(self, clock: Callable[[], float] = time.time):
+        self.clock = clock
+        self.cond = threading.Condition(threading.RLock())
+        self.index = 1
+        self.tables: dict[str, int] = defaultdict(int)
+        self._depth = 0
+        self._write_index: int | None = None
+        self.listeners: list[Callable[[], None]] = []
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self.cond:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._write_index is not None:
+                    self._write_index = None
+                    self.cond.notify_all()
+                    for listener in self.listeners:
+                        listener()
+
+    def touch(self, *tables: str) -> int:
+        """The index of the current write, stamped on the named tables."""
+        assert self._depth > 0, "touch() outside write()"
+        if self._write_index is None:
+            self.index += 1
+            self._write_index = self.index
+        for table in tables:
+            self.tables[table] = self._write_index
+        return self._write_index
+
+    def table_index(self, *tables: str) -> int:
+        return max([1, *(self.tables[t] for t in tables)])
+
+    def block(self, view: Callable[[], tuple[int, Any]], min_index: int, timeout_s: float,
+              changed: Callable[[int, int], bool] = lambda idx, seen: idx > seen,
+              ) -> tuple[int, Any]:
+        """Evaluate `view` until its index changes against min_index or the timeout passes."""
+        deadline = time.monotonic() + timeout_s
+        with self.cond:
+            while True:
+                idx, data = view()
+                idx = max(idx, 1)
+                left = deadline - time.monotonic()
+                if min_index <= 0 or changed(idx, min_index) or left <= 0:
+                    return idx, data
+                self.cond.wait(left)

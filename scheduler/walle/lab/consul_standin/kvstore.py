@@ -1,0 +1,207 @@
+"""KV endpoints and /v1/txn on top of kv.py (api-docs/kv.mdx, api-docs/txn.mdx)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from . import kv
+from .errors import ConsulError, bad_request, rpc_error
+
+MAX_TXN_OPS = 128
+_WRITE_VERBS = {"set", "cas", "lock", "unlock", "delete", "delete-tree", "delete-cas"}
+_READ_VERBS = {"get", "get-or-empty", "get-tree", "check-index", "check-session",
+               "check-not-exists"}
+
+
+class KVMixin:
+    kv: kv.KVSpace
+    sessions: dict[str, dict]
+    lock_delay: dict[str, float]
+
+    # --- reads ---------------------------------------------------------------------------
+    def kv_read(self, key: str, recurse: bool, keys: bool, separator: str):
+        """(index, entries|keys|None) for GET /v1/kv/:key."""
+        table = self.table_index("kvs", "tombstones")
+        if keys or recurse:
+            idx = kv.list_index(self.kv, key, table)
+            if keys:
+                return idx, kv.list_keys(self.kv, key, separator)
+            return idx, kv.under(self.kv, key)
+        entry = self.kv.entries.get(key)
+        return (entry["ModifyIndex"], [entry]) if entry else (table, None)
+
+    # --- writes --------------------------------------------------------------------------
+    def kv_put(self, key: str, value: bytes, flags: int, cas: int | None,
+               acquire: str | None, release: str | None) -> bool:
+        _check_key_and_value(key, value)
+        with self.write():
+            if release is not None:
+                return self._kv_apply("unlock", key, value, flags, release, 0)
+            if acquire is not None:
+                self._require_session(acquire)
+                if self._lock_delayed(key):
+                    return False
+                return self._kv_apply("lock", key, value, flags, acquire, 0)
+            if cas is not None:
+                return self._kv_apply("cas", key, value, flags, "", cas)
+            return self._kv_apply("set", key, value, flags, "", 0)
+
+    def kv_delete(self, key: str, recurse: bool, cas: int | None) -> bool:
+        with self.write():
+            if recurse:
+                return self._kv_apply("delete-tree", key, None, 0, "", 0)
+            if cas is not None:
+                return self._kv_apply("delete-cas", key, None, 0, "", cas)
+            return self._kv_apply("delete", key, None, 0, "", 0)
+
+    def _kv_apply(self, verb, key, value, flags, session, index) -> bool:
+        ok = _apply_verb(self.kv, verb, key, value, flags, session, index, self._peek_index())
+        if ok:
+            self.touch("kvs", "tombstones")
+        return ok
+
+    def _peek_index(self) -> int:
+        return self._write_index if self._write_index is not None else self.index + 1
+
+    def _require_session(self, session_id: str) -> None:
+        if session_id not in self.sessions:
+            raise rpc_error(f'invalid session "{session_id}"')
+
+    def _lock_delayed(self, key: str) -> bool:
+        until = self.lock_delay.get(key)
+        return until is not None and until > self.clock()
+
+    # --- transactions --------------------------------------------------------------------
+    def txn(self, ops: object) -> tuple[int, dict]:
+        """(HTTP status, body): 200 with Results, or 409 with Errors and nothing applied."""
+        parsed = _parse_txn(ops)
+        errors = self._txn_precheck(parsed)
+        if errors:
+            return 409, {"Results": None, "Errors": errors}
+        with self.write():
+            space = self.kv.copy()
+            idx = self._peek_index()
+            results, errors = [], []
+            for i, op in enumerate(parsed):
+                try:
+                    results.extend(_txn_op(space, op, idx))
+                except TxnOpError as exc:
+                    errors.append({"OpIndex": i, "What": str(exc)})
+            if errors:
+                return 409, {"Results": None, "Errors": errors}
+            if any(op["Verb"] in _WRITE_VERBS for op in parsed):
+                self.touch("kvs", "tombstones")
+                self.kv = space
+            return 200, {"Results": results, "Errors": None}
+
+    def _txn_precheck(self, parsed: list[dict]) -> list[dict]:
+        errors = []
+        for i, op in enumerate(parsed):
+            if op["Verb"] != "lock":
+                continue
+            if op["Session"] not in self.sessions:
+                errors.append({"OpIndex": i, "What": f'invalid session "{op["Session"]}"'})
+            elif self._lock_delayed(op["Key"]):
+                errors.append({"OpIndex": i,
+                               "What": f'failed to lock key "{op["Key"]}" due to lock delay'})
+        return errors
+
+
+class TxnOpError(Exception):
+    pass
+
+
+def _check_key_and_value(key: str, value: bytes | None) -> None:
+    if not key:
+        raise bad_request("Missing key name")
+    if value is not None and len(value) > kv.MAX_VALUE_BYTES:
+        raise ConsulError(413, f"Value exceeds {kv.MAX_VALUE_BYTES} byte limit")
+
+
+def _apply_verb(space, verb, key, value, flags, session, index, idx) -> bool:
+    if verb == "set":
+        return kv.kv_set(space, key, value, flags, idx)
+    if verb == "cas":
+        return kv.kv_cas(space, key, value, flags, index, idx)
+    if verb == "lock":
+        return kv.kv_lock(space, key, value, flags, session, idx)
+    if verb == "unlock":
+        return kv.kv_unlock(space, key, value, flags, session, idx)
+    if verb == "delete":
+        return kv.kv_delete(space, key, idx)
+    if verb == "delete-tree":
+        return kv.kv_delete_tree(space, key, idx)
+    if verb == "delete-cas":
+        return kv.kv_delete_cas(space, key, index, idx)
+    raise AssertionError(verb)
+
+
+def _parse_txn(ops: object) -> list[dict]:
+    if not isinstance(ops, list):
+        raise bad_request("Failed to parse body: expected a JSON array of operations")
+    if len(ops) > MAX_TXN_OPS:
+        raise ConsulError(413, f"Transaction contains too many operations "
+                               f"({len(ops)} > {MAX_TXN_OPS})")
+    return [_parse_txn_op(i, op) for i, op in enumerate(ops)]
+
+
+def _parse_txn_op(i: int, op: object) -> dict:
+    if not isinstance(op, dict) or "KV" not in op:
+        raise bad_request(f"op {i}: the stand-in supports only KV operations in /v1/txn")
+    body = op["KV"] or {}
+    verb = body.get("Verb", "")
+    if verb not in _WRITE_VERBS | _READ_VERBS:
+        raise bad_request(f'op {i}: unknown KV verb "{verb}"')
+    try:
+        raw = body.get("Value")
+        value = base64.b64decode(raw, validate=True) if raw is not None else None
+    except (binascii.Error, TypeError) as exc:
+        raise bad_request(f"op {i}: KV.Value must be base64 ({exc})") from exc
+    key = body.get("Key", "")
+    if not key and verb not in ("delete-tree", "get-tree"):
+        raise bad_request(f"op {i}: Missing key name")
+    _check_key_and_value(key or "-", value)
+    return {"Verb": verb, "Key": key, "Value": value, "Flags": int(body.get("Flags") or 0),
+            "Index": int(body.get("Index") or 0), "Session": body.get("Session") or ""}
+
+
+def _txn_op(space: kv.KVSpace, op: dict, idx: int) -> list[dict]:
+    """Apply one op; returns its results (state/txn.go txnKVS), raises TxnOpError on failure."""
+    verb, key = op["Verb"], op["Key"]
+    if verb in _READ_VERBS:
+        return _txn_read(space, op)
+    ok = _apply_verb(space, verb, key, op["Value"], op["Flags"], op["Session"], op["Index"], idx)
+    if not ok:
+        raise TxnOpError(_FAILURES[verb].format(key=key))
+    if verb.startswith("delete"):
+        return []
+    return [{"KV": kv.to_json(space.entries[key], with_value=False)}]
+
+
+_FAILURES = {
+    "cas": 'failed to set key "{key}", index is stale',
+    "lock": 'failed to lock key "{key}", lock is already held',
+    "unlock": 'failed to unlock key "{key}", lock isn\'t held, or is held by another session',
+    "delete-cas": 'failed to delete key "{key}", index is stale',
+}
+
+
+def _txn_read(space: kv.KVSpace, op: dict) -> list[dict]:
+    verb, key = op["Verb"], op["Key"]
+    if verb == "get-tree":
+        return [{"KV": kv.to_json(e)} for e in kv.under(space, key)]
+    entry = space.entries.get(key)
+    if verb == "check-not-exists":
+        if entry is not None:
+            raise TxnOpError(f'key "{key}" exists')
+        return []
+    if entry is None:
+        if verb == "get-or-empty":
+            return [{"KV": None}]
+        raise TxnOpError(f'key "{key}" doesn\'t exist')
+    if verb == "check-index" and entry["ModifyIndex"] != op["Index"]:
+        raise TxnOpError(f'current modify index {entry["ModifyIndex"]} != {op["Index"]}')
+    if verb == "check-session" and entry["Session"] != op["Session"]:
+        raise TxnOpError(f'current session "{entry["Session"]}" != "{op["Session"]}"')
+    return [{"KV": kv.to_json(entry, with_value=verb in ("get", "get-or-empty"))}]
