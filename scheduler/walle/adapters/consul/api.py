@@ -8,7 +8,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import consul
+from consul.exceptions import ConsulException
+from consul.std import Consul
+
 from walle.adapters.consul.config import ConsulConfig
 from walle.adapters.consul.errors import ConsulError
 from walle.adapters.consul.retry import RetryPolicy, call_with_retry
@@ -22,7 +24,7 @@ class ConsulApi:
         config: ConsulConfig | None = None,
         retry: RetryPolicy | None = None,
         *,
-        client: consul.Consul | None = None,
+        client: Consul | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.config = config or ConsulConfig.from_env()
@@ -53,7 +55,7 @@ class ConsulApi:
         def once() -> tuple[int, Any]:
             resp = send(lambda r: r, path, params=params or [], data=data, headers=headers)
             if resp.code >= 500:
-                raise consul.ConsulException(f"{resp.code} {resp.body}")
+                raise ConsulException(f"{resp.code} {resp.body}")
             return resp.code, _decode(resp.body)
 
         return self.call(what or f"{method.upper()} {path}", once)

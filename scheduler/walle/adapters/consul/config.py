@@ -16,7 +16,8 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import consul
+from consul.std import Consul
+
 from walle.adapters.consul.errors import ConsulConfigError
 
 DEFAULT_ADDR = "http://127.0.0.1:8500"
@@ -85,13 +86,13 @@ class ConsulConfig:
             timeout=timeout,
         )
 
-    def client(self) -> consul.Consul:
+    def client(self) -> Consul:
         """A py-consul client built only from this config (never from the environment)."""
         verify: bool | str = self.verify
         if self.verify and self.ca_cert:
             verify = self.ca_cert
         cert = (self.client_cert, self.client_key) if self.client_cert else None
-        c = consul.Consul(
+        c = Consul(
             host=self.host,
             port=self.port,
             token=self.token,

@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import consul
+from consul.exceptions import ConsulException
+
 from walle.adapters.consul.api import ConsulApi, go_duration
 from walle.adapters.consul.errors import ConsulError, ConsulNotFound
 from walle.adapters.consul.state import LEADER_KEY
@@ -108,7 +109,7 @@ class LeaderLock:
     def _try_acquire(self, sid: str) -> bool | None:
         try:
             return bool(self.api.client.kv.put(self.key, self.value, acquire=sid))
-        except consul.ConsulException as err:  # Consul answers 500 "invalid session"
+        except ConsulException as err:  # Consul answers 500 "invalid session"
             if "invalid session" in str(err).lower():
                 return None
             raise

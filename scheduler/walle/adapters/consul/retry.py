@@ -11,9 +11,15 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import requests
-from consul.exceptions import ACLDisabled, ACLPermissionDenied, BadRequest, ClientError, NotFound
+from consul.exceptions import (
+    ACLDisabled,
+    ACLPermissionDenied,
+    BadRequest,
+    ClientError,
+    ConsulException,
+    NotFound,
+)
 
-import consul
 from walle.adapters.consul.errors import ConsulError, ConsulNotFound, ConsulUnreachable
 
 T = TypeVar("T")
@@ -46,7 +52,7 @@ def is_retryable(err: BaseException) -> bool:
         return False
     # py-consul raises a bare ConsulException "<code> <body>" for 5xx (and for bad JSON,
     # which we do not retry).
-    return type(err) is consul.ConsulException and str(err)[:1] == "5"
+    return type(err) is ConsulException and str(err)[:1] == "5"
 
 
 def call_with_retry(
@@ -68,7 +74,7 @@ def call_with_retry(
             if not is_retryable(err):
                 if isinstance(err, NotFound):
                     raise ConsulNotFound(f"{what} at {address}: not found ({err})") from err
-                if isinstance(err, consul.ConsulException):
+                if isinstance(err, ConsulException):
                     raise ConsulError(f"{what} at {address}: {err}") from err
                 raise
             elapsed = clock() - start
