@@ -240,12 +240,11 @@ def test_slots_outside_the_job_are_refused(slot):
 
 
 def test_stop_vars_name_everything_to_remove():
-    out = params.stop_vars("web-api", 4, "http://10.77.1.1:8500", kind="cron")
+    out = params.stop_vars("web-api", 4, "http://10.77.1.1:8500")
     assert out == {
         "instance": {"id": "web-api-4", "job": "web-api", "slot": 4, "unit": "walle-web_api-4"},
         "slice": {"name": "walle-web_api-4.slice", "state": "absent"},
-        "workload": {"name": "walle-web_api-4", "slice": "walle-web_api-4.slice",
-                     "kind": "cron"},
+        "workload": {"name": "walle-web_api-4", "state": "absent"},
         "service": {"service_id": "web-api-4", "state": "absent",
                     "consul_addr": "http://10.77.1.1:8500"},
     }

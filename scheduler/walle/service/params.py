@@ -194,22 +194,18 @@ def check_args(health: HealthCheck, node_address: str, service_port: int | None)
     return check
 
 
-def stop_vars(
-    job: str,
-    slot: int,
-    consul_addr: str = DEFAULT_CONSUL_ADDR,
-    *,
-    kind: str = "service",
-) -> dict[str, Any]:
+def stop_vars(job: str, slot: int, consul_addr: str = DEFAULT_CONSUL_ADDR) -> dict[str, Any]:
     """What stop.yml needs for one instance. Only names: stopping needs no spec, so instances
-    found on a node (adoption, orphans) can be stopped too."""
+    found on a node (adoption, orphans) can be stopped too. walle_workload state=absent stops
+    the timer and service (ExecStop=, KillSignal=, TimeoutStopSec= apply) before removing
+    them."""
     stem = naming.unit_stem(job, slot)
     slice_name = naming.instance_slice(job, slot)
     return {
         "instance": {"id": naming.instance_id(job, slot), "job": job, "slot": slot,
                      "unit": stem},
         "slice": {"name": slice_name, "state": "absent"},
-        "workload": {"name": stem, "slice": slice_name, "kind": kind},
+        "workload": {"name": stem, "state": "absent"},
         "service": {"service_id": naming.instance_id(job, slot), "state": "absent",
                     "consul_addr": consul_addr},
     }

@@ -1,0 +1,306 @@
+"""Run Walle's playbooks with ansible-runner (the only caller of ansible-runner).
+
+One call = one ansible-playbook run over the hosts of one batch. Events are folded into one
+`HostResult` per host as they stream in, and `on_host_done` fires as each host finishes, so
+the caller can record allocations before the whole run ends. A failed or unreachable host
+never fails the others; the playbooks catch a failed instance inside its host and report it
+through a task named `INSTANCE_FAILED_TASK` (see docs/executor.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ansible_runner
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+PLAYBOOK_DIR = REPO_ROOT / "playbooks"
+# Task names the playbooks use to talk to this adapter.
+HOST_DONE_TASK = "walle: host done"
+INSTANCE_FAILED_TASK = "walle: instance failed"
+MAX_FORKS = 50
+CANCEL_POLL_S = 0.1  # how often ansible-runner asks whether to cancel
+SSH_ARGS = "-C -o ControlMaster=auto -o ControlPersist=600s -o ServerAliveInterval=5"
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    task: str
+    msg: str
+    item: str | None = None  # the loop item label, when the task ran in a loop
+
+
+@dataclass
+class HostResult:
+    host: str
+    ok: bool = False  # finished and nothing failed (rescued instance failures aside)
+    failed: bool = False
+    unreachable: bool = False
+    changed: bool = False
+    failed_tasks: list[TaskFailure] = field(default_factory=list)
+    # Instances the playbook caught failing on this host (instance id -> error): the host
+    # itself may still be ok and its other instances placed.
+    failed_instances: dict[str, str] = field(default_factory=dict)
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class RunResult:
+    status: str  # successful, failed, timeout, canceled
+    rc: int
+    hosts: dict[str, HostResult]
+    duration: float
+    output_tail: str = ""  # the end of ansible's output, for errors that carry no host
+
+    @property
+    def ok_hosts(self) -> list[str]:
+        return sorted(h for h, r in self.hosts.items() if r.ok)
+
+    @property
+    def failed_hosts(self) -> list[str]:
+        return sorted(h for h, r in self.hosts.items() if not r.ok)
+
+
+HostCallback = Callable[[str, HostResult], None]
+
+
+class EventCollector:
+    """Folds ansible-runner events into per-host results. Called synchronously by the runner,
+    so it holds no locks; `on_host_done` fires at most once per host."""
+
+    def __init__(self, expected_hosts: Iterable[str] = (),
+                 on_host_done: HostCallback | None = None):
+        self.hosts: dict[str, HostResult] = {h: HostResult(h) for h in expected_hosts}
+        self._on_host_done = on_host_done
+
+    def handle(self, event: Mapping[str, Any]) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data") or {}
+        if kind == "playbook_on_stats":
+            self._apply_stats(data)
+        elif kind.startswith("runner_on_") or kind.startswith("runner_item_on_"):
+            self._apply_host_event(kind, data)
+        return False  # nothing needs the event files on disk
+
+    def finish(self, reason: str) -> dict[str, HostResult]:
+        """Closes hosts that never finished (canceled, timed out, not in the inventory)."""
+        for result in self.hosts.values():
+            if not result.done:
+                result.ok = False
+                result.failed = True
+                result.failed_tasks.append(TaskFailure("", reason))
+                self._done(result)
+        return self.hosts
+
+    def _host(self, name: str) -> HostResult:
+        return self.hosts.setdefault(name, HostResult(name))
+
+    def _apply_host_event(self, kind: str, data: Mapping[str, Any]) -> None:
+        host = data.get("host")
+        if not host:
+            return
+        result = self._host(host)
+        res = data.get("res") or {}
+        task = data.get("task", "")
+        if res.get("changed"):
+            result.changed = True
+        if kind == "runner_on_ok":
+            if task == INSTANCE_FAILED_TASK:
+                self._record_instance_failure(result, res.get("msg"))
+            elif task == HOST_DONE_TASK:
+                result.ok = not result.failed and not result.unreachable
+                self._done(result)
+        elif kind == "runner_on_failed" and not data.get("ignore_errors"):
+            result.failed_tasks.append(TaskFailure(task, failure_message(res), _item(res)))
+        elif kind == "runner_on_unreachable":
+            result.unreachable = True
+            result.ok = False
+            result.failed_tasks.append(TaskFailure(task, failure_message(res), _item(res)))
+            self._done(result)  # ansible drops an unreachable host from the play
+
+    @staticmethod
+    def _record_instance_failure(result: HostResult, msg: Any) -> None:
+        if isinstance(msg, Mapping) and msg.get("id"):
+            result.failed_instances[str(msg["id"])] = str(msg.get("error", "failed"))
+        else:
+            log.warning("%s: malformed %r message: %r", result.host, INSTANCE_FAILED_TASK, msg)
+
+    def _apply_stats(self, data: Mapping[str, Any]) -> None:
+        counters = ("ok", "failures", "dark", "changed", "processed", "rescued", "skipped")
+        names = set().union(*((data.get(c) or {}).keys() for c in counters))
+        for name in sorted(names):
+            result = self._host(name)
+            result.failed = result.failed or bool((data.get("failures") or {}).get(name))
+            result.unreachable = result.unreachable or bool((data.get("dark") or {}).get(name))
+            result.changed = result.changed or bool((data.get("changed") or {}).get(name))
+            result.ok = not (result.failed or result.unreachable)
+            self._done(result)
+
+    def _done(self, result: HostResult) -> None:
+        if result.done:
+            return
+        result.done = True
+        if self._on_host_done is None:
+            return
+        try:
+            self._on_host_done(result.host, result)
+        except Exception:  # a caller's bug must not kill the run of the other hosts
+            log.exception("on_host_done failed for %s", result.host)
+
+
+def failure_message(res: Mapping[str, Any]) -> str:
+    """The most useful line of a failed module result (loop results: each failed item's)."""
+    if isinstance(res.get("results"), list):
+        parts = [f"{_item(r) or '?'}: {failure_message(r)}" for r in res["results"]
+                 if isinstance(r, Mapping) and r.get("failed")]
+        if parts:
+            return "; ".join(parts)
+    for key in ("msg", "stderr", "module_stderr", "stdout", "reason"):
+        value = res.get(key)
+        if value:
+            return str(value).strip()[-2000:]
+    return "failed (no message)"
+
+
+def _item(res: Mapping[str, Any]) -> str | None:
+    label = res.get("_ansible_item_label", res.get("item"))
+    if isinstance(label, Mapping):
+        inst = label.get("instance")
+        label = inst.get("id") if isinstance(inst, Mapping) else label.get("id", label)
+    return None if label is None else str(label)
+
+
+def run_playbook(
+    playbook: str,
+    inventory: str | dict,
+    extravars: dict,
+    limit: list[str] | None,
+    *,
+    on_host_done: HostCallback | None = None,
+    timeout: float | None = None,
+    cancel: threading.Event | None = None,
+    project_dir: Path = PLAYBOOK_DIR,
+) -> RunResult:
+    """Runs `playbook` (a file in `project_dir`) on `limit` (None: every host in the
+    inventory). Blocks until the run ends; `cancel.set()` or `timeout` (seconds) stops it and
+    the hosts that had not finished are reported failed."""
+    if limit is not None and not limit:
+        return RunResult("successful", 0, {}, 0.0)
+    if not (project_dir / playbook).is_file():
+        raise ValueError(f"playbook: {playbook!r} not found in {project_dir}")
+    collector = EventCollector(limit or (), on_host_done)
+    stop = _StopFlag(cancel, timeout)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="walle-runner-") as private_dir:
+        kwargs = runner_args(playbook, inventory, extravars, limit, private_dir, project_dir)
+        runner = ansible_runner.run(**kwargs, event_handler=collector.handle,
+                                    cancel_callback=stop)
+        output_tail = _tail(runner)
+    status = "timeout" if stop.timed_out else runner.status
+    hosts = collector.finish(f"run ended ({status}) before this host finished")
+    return RunResult(status, runner.rc if runner.rc is not None else -1, hosts,
+                     time.monotonic() - started, output_tail)
+
+
+def runner_args(
+    playbook: str,
+    inventory: str | dict,
+    extravars: dict,
+    limit: list[str] | None,
+    private_dir: str,
+    project_dir: Path = PLAYBOOK_DIR,
+) -> dict[str, Any]:
+    """The ansible_runner.run keywords of one run (no callbacks)."""
+    return {
+        "private_data_dir": private_dir,
+        "project_dir": str(project_dir),
+        "playbook": playbook,
+        "inventory": inventory,
+        "extravars": extravars,
+        "limit": ",".join(limit) if limit else None,
+        "forks": forks_for(limit, inventory),
+        "envvars": ansible_env(),
+        "quiet": True,
+        "ident": "run",
+        "settings": {"pexpect_timeout": CANCEL_POLL_S, "suppress_ansible_output": True},
+    }
+
+
+def ansible_env(repo_root: Path = REPO_ROOT) -> dict[str, str]:
+    """Points ansible at the repo's plugins and config and switches the speed settings on.
+    The repo's ansible.cfg, when present, owns the ssh arguments."""
+    env = {
+        "ANSIBLE_LIBRARY": str(repo_root / "plugins" / "modules"),
+        "ANSIBLE_MODULE_UTILS": str(repo_root / "plugins" / "module_utils"),
+        "ANSIBLE_ROLES_PATH": str(repo_root / "roles"),
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",  # no discovery round trip
+        "ANSIBLE_GATHERING": "explicit",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        # ansible-playbook of this interpreter's environment (a venv need not be on PATH)
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    config = repo_root / "ansible.cfg"
+    if config.is_file():
+        env["ANSIBLE_CONFIG"] = str(config)
+    else:
+        env["ANSIBLE_SSH_ARGS"] = SSH_ARGS
+        env["ANSIBLE_HOST_KEY_CHECKING"] = "False"
+    return env
+
+
+def forks_for(limit: list[str] | None, inventory: str | dict) -> int:
+    """One fork per host, so no host waits for another's slot."""
+    if limit:
+        count = len(limit)
+    elif isinstance(inventory, dict):
+        count = len(_inventory_hosts(inventory))
+    else:
+        count = MAX_FORKS
+    return max(1, min(MAX_FORKS, count))
+
+
+def _inventory_hosts(group: Mapping[str, Any]) -> set[str]:
+    hosts: set[str] = set()
+    for node in group.values():
+        if isinstance(node, Mapping):
+            hosts.update((node.get("hosts") or {}).keys())
+            hosts.update(_inventory_hosts(node.get("children") or {}))
+    return hosts
+
+
+class _StopFlag:
+    """ansible-runner's cancel_callback: polled every CANCEL_POLL_S seconds."""
+
+    def __init__(self, cancel: threading.Event | None, timeout: float | None):
+        self._cancel = cancel
+        self._deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        self.timed_out = False
+
+    def __call__(self) -> bool:
+        if self._cancel is not None and self._cancel.is_set():
+            return True
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            self.timed_out = True
+            return True
+        return False
+
+
+def _tail(runner: Any, limit: int = 4000) -> str:
+    try:
+        text = runner.stdout.read()
+    except (OSError, AttributeError, ValueError):
+        return ""
+    return text[-limit:] if isinstance(text, str) else ""
+
