@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ from walle.spec import (
     spec_to_data,
 )
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yml"))
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((REPO / "examples").glob("*.yml"))
 MIB, GIB = 1024**2, 1024**3
 
 
@@ -47,6 +49,14 @@ def test_every_example_parses_and_round_trips(path):
     again = parse_spec(json.loads(json.dumps(spec_to_data(spec))))
     assert again == spec
     assert again.digest() == spec.digest()
+
+
+def test_the_full_example_in_the_docs_parses():
+    doc = (REPO / "docs" / "jobspec.md").read_text()
+    block = re.search(r"## A full example\n\n```yaml\n(.*?)```", doc, re.S)
+    spec = load_spec_text(block[1], "docs/jobspec.md")
+    assert [c.operator for c in spec.constraints] == ["ne", "eq", "distinct_hosts", "max_per"]
+    assert spec.health.port == spec.service.port == 8080
 
 
 def test_web_example_is_the_labs_main_job():
