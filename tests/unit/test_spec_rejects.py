@@ -6,6 +6,8 @@ import copy
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from walle.spec import SpecError, load_spec_text, parse_spec
 
@@ -287,3 +289,27 @@ def test_bad_documents_are_reported_at_the_root(text, fragment):
         load_spec_text(text)
     assert [p.path for p in caught.value.problems] == ["<root>"]
     assert fragment in caught.value.problems[0].message
+
+
+JSON_LEAF = (st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats()
+             | st.text(max_size=12))
+JSON_VALUE = st.recursive(
+    JSON_LEAF, lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.text(max_size=6) | st.integers(), inner, max_size=3), max_leaves=8)
+FIELD_PATHS = [
+    "name", "kind", "count", "priority", "strategy", "restart", "retries", "schedule",
+    "resources", "resources.cpu", "resources.memory", "resources.gpus", "runtime",
+    "runtime.type", "runtime.command", "runtime.args", "runtime.args[0]", "runtime.env",
+    "runtime.user", "constraints", "constraints[0]", "constraints[0].value", "data", "health",
+    "health.type", "health.port", "stop", "stop.timeout", "stop.pre_stop", "service",
+    "service.tags", "update"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=st.sampled_from(FIELD_PATHS), value=JSON_VALUE)
+def test_any_value_anywhere_gives_a_spec_or_one_line_problems(path, value):
+    try:
+        parse_spec(changed({path: value}))
+    except SpecError as exc:
+        assert exc.problems
+        assert all("\n" not in str(p) and "\r" not in str(p) for p in exc.problems)
