@@ -1,0 +1,441 @@
+#!/usr/bin/python
+# Copyright: Walle authors
+# Simplified BSD License (see https://opensource.org/licenses/BSD-2-Clause)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: walle_consul_service
+short_description: Register or deregister one Walle instance with the node's Consul agent
+version_added: "0.1.0"
+description:
+  - Registers (O(state=present)) or deregisters (O(state=absent)) one service instance with the
+    Consul agent of the node it runs on, over plain HTTP (no Consul client library on nodes),
+    with at most one health check (HTTP, TCP or TTL) and C(DeregisterCriticalServiceAfter).
+  - Idempotent. The current registration is read with C(GET /v1/agent/service/<id>), server
+    bookkeeping fields (C(ContentHash), C(Datacenter), C(Weights), ...) are dropped, and the
+    rest is compared with the desired service. Consul does not return check definitions there,
+    so the module stores a digest of the check it registered in the service meta key
+    C(walle_check) and also verifies that the check C(service:<id>) still exists.
+  - Registration uses C(?replace-existing-checks=true), so a changed check replaces the old one.
+  - Script checks are not registered with Consul; a node-side timer runs the script and feeds
+    a TTL check (O(check_type=ttl)).
+options:
+  consul_addr:
+    description: The local agent's HTTP address, V(http://127.0.0.1:8500) or V(https://host:8501).
+    type: str
+    default: http://127.0.0.1:8500
+  token:
+    description: ACL token sent as C(X-Consul-Token).
+    type: str
+  validate_certs:
+    description: Verify the agent's TLS certificate (HTTPS only).
+    type: bool
+    default: true
+  ca_path:
+    description: CA bundle used to verify the agent's certificate.
+    type: path
+  timeout:
+    description: Seconds to wait for each HTTP request.
+    type: int
+    default: 10
+  state:
+    description: V(present) registers or updates, V(absent) deregisters (a no-op when absent).
+    type: str
+    choices: [present, absent]
+    default: present
+  service_id:
+    description: Service ID, unique per agent. Walle uses V(<job>-<slot>). Default O(name).
+    type: str
+  name:
+    description: Service name (the DNS name V(<name>.service.consul)). Required when present.
+    type: str
+  address:
+    description: Service address. Empty means the agent's own address.
+    type: str
+    default: ""
+  port:
+    description: Service port, 1..65535 (carried by DNS SRV answers).
+    type: int
+  tags:
+    description: Service tags (V(<tag>.<name>.service.consul) in DNS).
+    type: list
+    elements: str
+    default: []
+  meta:
+    description:
+      - Service meta, string to string. At most 64 pairs; keys of at most 128 characters from
+        letters, digits, V(_) and V(-), not starting with V(consul-); values at most 512
+        characters. The key V(walle_check) is reserved by this module.
+    type: dict
+    default: {}
+  check_type:
+    description: The health check. V(none) registers the service without a check.
+    type: str
+    choices: [http, tcp, ttl, none]
+    default: none
+  check_http:
+    description: URL polled by an HTTP check (2xx passing, 429 warning, else critical).
+    type: str
+  check_tcp:
+    description: V(host:port) a TCP check connects to.
+    type: str
+  check_interval:
+    description: How often HTTP/TCP checks run (Go duration such as V(10s), or seconds).
+    type: str
+    default: 10s
+  check_timeout:
+    description: Timeout of HTTP/TCP checks (Consul's default is 10s).
+    type: str
+  check_ttl:
+    description: TTL of a TTL check; the node must report within it or the check turns critical.
+    type: str
+  deregister_critical_after:
+    description:
+      - C(DeregisterCriticalServiceAfter); the service is removed after its check has been
+        critical this long. Consul's minimum is V(1m). Ignored when O(check_type=none).
+    type: str
+    default: 1m
+attributes:
+  check_mode:
+    support: full
+    description: Only reads from the agent.
+  diff_mode:
+    support: full
+    description: The compared service (and check) before and after.
+  platform:
+    support: full
+    platforms: posix
+notes:
+  - Talks only to the agent at O(consul_addr); run it on the node the instance runs on.
+seealso:
+  - module: walle_workload
+  - name: Consul agent service API
+    description: PUT /v1/agent/service/register and friends.
+    link: https://developer.hashicorp.com/consul/api-docs/agent/service
+author:
+  - Walle authors
+"""
+
+EXAMPLES = r"""
+- name: Register web instance 0 with an HTTP check
+  walle_consul_service:
+    service_id: web-0
+    name: web
+    address: 10.77.0.11
+    port: 8080
+    tags: [v1]
+    meta: {walle_job: web, walle_slot: "0"}
+    check_type: http
+    check_http: http://10.77.0.11:8080/health
+    check_interval: 2s
+    check_timeout: 1s
+    deregister_critical_after: 1m
+
+- name: A batch worker reporting through a TTL check
+  walle_consul_service:
+    service_id: etl-0
+    name: etl
+    check_type: ttl
+    check_ttl: 30s
+
+- name: Deregister it
+  walle_consul_service:
+    service_id: web-0
+    state: absent
+"""
+
+RETURN = r"""
+service_id:
+  description: The service ID acted on.
+  returned: always
+  type: str
+  sample: web-0
+operation:
+  description: What was (or, in check mode, would be) done.
+  returned: always
+  type: str
+  sample: create
+  choices: [create, update, remove, none]
+service:
+  description: The compared view of the registration after the run (empty when absent).
+  returned: always
+  type: dict
+  sample: {"ID": "web-0", "Service": "web", "Tags": ["v1"], "Port": 8080,
+           "Address": "10.77.0.11", "Meta": {"walle_check": "3f9c2a1b0d4e"}}
+check:
+  description: The check definition sent (empty when none).
+  returned: always
+  type: dict
+  sample: {"CheckID": "service:web-0", "HTTP": "http://10.77.0.11:8080/health",
+           "Interval": "2s", "Timeout": "1s", "DeregisterCriticalServiceAfter": "1m0s"}
+"""
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+from urllib.error import HTTPError, URLError  # noqa: E402
+from urllib.parse import quote  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible.module_utils.urls import open_url  # noqa: E402
+
+ARGUMENT_SPEC = dict(
+    consul_addr=dict(type="str", default="http://127.0.0.1:8500"),
+    token=dict(type="str", no_log=True),
+    validate_certs=dict(type="bool", default=True),
+    ca_path=dict(type="path"),
+    timeout=dict(type="int", default=10),
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    service_id=dict(type="str"),
+    name=dict(type="str"),
+    address=dict(type="str", default=""),
+    port=dict(type="int"),
+    tags=dict(type="list", elements="str", default=[]),
+    meta=dict(type="dict", default={}),
+    check_type=dict(type="str", choices=["http", "tcp", "ttl", "none"], default="none"),
+    check_http=dict(type="str"),
+    check_tcp=dict(type="str"),
+    check_interval=dict(type="str", default="10s"),
+    check_timeout=dict(type="str"),
+    check_ttl=dict(type="str"),
+    deregister_critical_after=dict(type="str", default="1m"),
+)
+REQUIRED_ONE_OF = [("service_id", "name")]
+REQUIRED_IF = [
+    ("state", "present", ("name",)),
+    ("check_type", "http", ("check_http",)),
+    ("check_type", "tcp", ("check_tcp",)),
+    ("check_type", "ttl", ("check_ttl",)),
+]
+
+COMPARED_FIELDS = ("ID", "Service", "Tags", "Meta", "Port", "Address")
+CHECK_DIGEST_KEY = "walle_check"
+MIN_DEREGISTER = 60.0
+_META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_DURATION = re.compile(r"([\d.]+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class ConsulModuleError(Exception):
+    def __init__(self, msg, option=None, **details):
+        super().__init__(msg)
+        self.msg = msg
+        self.option = option
+        self.details = details
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+def parse_duration(value, option):
+    """'10s', '1m30s', '500ms' or plain seconds ('10', 10) -> seconds (float)."""
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ConsulModuleError(
+            f"{option}: {value!r} is not a duration; use a Go duration like 10s, 500ms, 1m30s",
+            option=option)
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def format_duration(seconds):
+    """Seconds -> the duration string we send (stable, so digests compare)."""
+    ms = round(seconds * 1000)
+    return f"{ms}ms" if ms % 1000 else f"{ms // 1000}s"
+
+
+def validate_meta(meta):
+    if len(meta) > 63:  # one pair is kept for the check digest
+        raise ConsulModuleError(f"meta: {len(meta)} pairs; Consul allows 64 and the module "
+                                f"keeps one for {CHECK_DIGEST_KEY}", option="meta")
+    out = {}
+    for key, value in meta.items():
+        if not _META_KEY.match(str(key)) or str(key).startswith("consul-"):
+            raise ConsulModuleError(
+                f"meta.{key}: keys are 1..128 characters of letters, digits, _ and -, and "
+                f"must not start with consul-", option="meta")
+        if key == CHECK_DIGEST_KEY:
+            raise ConsulModuleError(f"meta.{key}: reserved by walle_consul_service",
+                                    option="meta")
+        text = "" if value is None else str(value)
+        if len(text) > 512:
+            raise ConsulModuleError(f"meta.{key}: value of {len(text)} characters; Consul "
+                                    f"allows 512", option="meta")
+        out[str(key)] = text
+    return out
+
+
+def desired_check(params, service_id):
+    kind = params["check_type"]
+    if kind == "none":
+        return {}
+    check = {"CheckID": f"service:{service_id}", "Name": f"{params['name']} {kind}"}
+    deregister = parse_duration(params["deregister_critical_after"], "deregister_critical_after")
+    if deregister < MIN_DEREGISTER:
+        raise ConsulModuleError(
+            f"deregister_critical_after: {params['deregister_critical_after']} is under "
+            f"Consul's minimum of 1m", option="deregister_critical_after")
+    check["DeregisterCriticalServiceAfter"] = format_duration(deregister)
+    if kind == "ttl":
+        check["TTL"] = format_duration(parse_duration(params["check_ttl"], "check_ttl"))
+        return check
+    check["Interval"] = format_duration(parse_duration(params["check_interval"],
+                                                       "check_interval"))
+    if params.get("check_timeout"):
+        check["Timeout"] = format_duration(parse_duration(params["check_timeout"],
+                                                          "check_timeout"))
+    if kind == "http":
+        if not re.match(r"^https?://", params["check_http"]):
+            raise ConsulModuleError("check_http: must be an http:// or https:// URL",
+                                    option="check_http")
+        check["HTTP"] = params["check_http"]
+    else:
+        if not re.match(r"^\S+:\d{1,5}$", params["check_tcp"]):
+            raise ConsulModuleError("check_tcp: must be host:port", option="check_tcp")
+        check["TCP"] = params["check_tcp"]
+    return check
+
+
+def check_digest(check):
+    raw = json.dumps(check, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+
+def desired_service(params):
+    """(comparable view, registration body) from the module parameters."""
+    service_id = params["service_id"] or params["name"]
+    port = params.get("port")
+    if port is not None and not 1 <= port <= 65535:
+        raise ConsulModuleError(f"port: {port} is not in 1..65535", option="port")
+    meta = validate_meta(params.get("meta") or {})
+    check = desired_check(params, service_id)
+    if check:
+        meta[CHECK_DIGEST_KEY] = check_digest(check)
+    view = {"ID": service_id, "Service": params["name"], "Tags": list(params["tags"] or []),
+            "Meta": meta, "Port": port or 0, "Address": params.get("address") or ""}
+    body = {"ID": service_id, "Name": params["name"], "Tags": view["Tags"], "Meta": meta,
+            "Address": view["Address"]}
+    if port:
+        body["Port"] = port
+    if check:
+        body["Check"] = {k: v for k, v in check.items() if k != "CheckID"}
+    return view, body, check
+
+
+def comparable(service):
+    """GET /v1/agent/service/<id> -> the fields we manage (server bookkeeping dropped)."""
+    if not service:
+        return {}
+    return {"ID": service.get("ID", ""), "Service": service.get("Service", ""),
+            "Tags": list(service.get("Tags") or []), "Meta": dict(service.get("Meta") or {}),
+            "Port": int(service.get("Port") or 0), "Address": service.get("Address") or ""}
+
+
+# ----------------------------------------------------------------------------- the agent
+
+class Agent:
+    """The few agent endpoints the module needs; `request(method, url, data)` does HTTP and
+    returns (status, text), raising ConsulModuleError when the agent cannot be reached."""
+
+    def __init__(self, request, base):
+        self.request = request
+        self.base = base.rstrip("/")
+
+    def _call(self, method, path, data=None, ok=(200,)):
+        status, text = self.request(method, self.base + path, data)
+        if status not in ok:
+            raise ConsulModuleError(f"{method} {path} at {self.base} answered {status}: "
+                                    f"{text.strip()[:300]}", status=status)
+        return status, text
+
+    def service(self, service_id):
+        status, text = self._call("GET", f"/v1/agent/service/{_quote(service_id)}",
+                                  ok=(200, 404))
+        return json.loads(text) if status == 200 and text else None
+
+    def has_check(self, check_id):
+        _, text = self._call("GET", "/v1/agent/checks")
+        return check_id in (json.loads(text or "{}") or {})
+
+    def register(self, body):
+        self._call("PUT", "/v1/agent/service/register?replace-existing-checks=true",
+                   json.dumps(body))
+
+    def deregister(self, service_id):
+        self._call("PUT", f"/v1/agent/service/deregister/{_quote(service_id)}")
+
+
+def _quote(text):
+    return quote(text, safe="")
+
+
+def run_module(params, agent, check_mode):
+    service_id = params["service_id"] or params["name"]
+    current = comparable(agent.service(service_id))
+    result = {"changed": False, "service_id": service_id, "operation": "none",
+              "service": current, "check": {}}
+    if params["state"] == "absent":
+        if current:
+            result.update(changed=True, operation="remove", service={},
+                          diff={"before": current, "after": {}})
+            if not check_mode:
+                agent.deregister(service_id)
+        return result
+
+    view, body, check = desired_service(params)
+    result["check"] = check
+    stale = current != view or (check and not agent.has_check(check["CheckID"]))
+    if stale:
+        result.update(changed=True, operation="update" if current else "create", service=view,
+                      diff={"before": current, "after": view})
+        if not check_mode:
+            agent.register(body)
+    return result
+
+
+def http_request(module):
+    headers = {"Content-Type": "application/json"}
+    if module.params["token"]:
+        headers["X-Consul-Token"] = module.params["token"]
+
+    def request(method, url, data):
+        try:
+            resp = open_url(url, method=method, data=data, headers=headers,
+                            validate_certs=module.params["validate_certs"],
+                            ca_path=module.params["ca_path"],
+                            timeout=module.params["timeout"])
+            return resp.getcode(), resp.read().decode("utf-8", "replace")
+        except HTTPError as err:
+            body = err.read().decode("utf-8", "replace") if err.fp else ""
+            return err.code, body
+        except (URLError, OSError) as err:
+            raise ConsulModuleError(
+                f"cannot reach the Consul agent at {module.params['consul_addr']}: {err}; "
+                f"check consul_addr and that the agent runs", option="consul_addr") from err
+
+    return request
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_one_of=REQUIRED_ONE_OF,
+                           required_if=REQUIRED_IF, supports_check_mode=True)
+    agent = Agent(http_request(module), module.params["consul_addr"])
+    try:
+        result = run_module(module.params, agent, module.check_mode)
+    except ConsulModuleError as exc:
+        extra = dict(exc.details)
+        if exc.option:
+            extra["option"] = exc.option
+        module.fail_json(msg=exc.msg, **extra)
+    if not module._diff:
+        result.pop("diff", None)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

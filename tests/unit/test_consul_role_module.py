@@ -1,0 +1,210 @@
+"""walle_consul_service against a fake agent: open_url is replaced by an in-memory agent that
+keeps services and checks the way Consul's agent API describes them."""
+
+import importlib.util
+import io
+import json
+from pathlib import Path
+from urllib.error import HTTPError, URLError
+
+import pytest
+from ansible.module_utils.testing import patch_module_args
+
+MODULE_PATH = Path(__file__).resolve().parents[2] / "plugins/modules/walle_consul_service.py"
+spec = importlib.util.spec_from_file_location("walle_consul_service", MODULE_PATH)
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+
+
+class FakeAgent:
+    """GET /v1/agent/service/<id>, GET /v1/agent/checks, PUT register/deregister."""
+
+    def __init__(self):
+        self.services = {}
+        self.checks = {}
+        self.calls = []
+
+    def open_url(self, url, method="GET", data=None, headers=None, **kw):
+        path = url.split("://", 1)[1].split("/", 1)[1]
+        self.calls.append((method, "/" + path, headers or {}))
+        if path.startswith("v1/agent/service/register"):
+            body = json.loads(data)
+            sid = body.get("ID") or body["Name"]
+            self.services[sid] = {
+                "ID": sid, "Service": body["Name"], "Tags": body.get("Tags") or [],
+                "Meta": body.get("Meta") or {}, "Port": body.get("Port", 0),
+                "Address": body.get("Address", ""), "Weights": {"Passing": 1, "Warning": 1},
+                "EnableTagOverride": False, "ContentHash": "abc123", "Datacenter": "dc1"}
+            self.checks = {k: v for k, v in self.checks.items() if v["ServiceID"] != sid}
+            if "Check" in body:
+                self.checks[f"service:{sid}"] = {"ServiceID": sid, "Status": "critical"}
+            return Response(200, "")
+        if path.startswith("v1/agent/service/deregister/"):
+            sid = path.rsplit("/", 1)[1]
+            self.services.pop(sid, None)
+            self.checks = {k: v for k, v in self.checks.items() if v["ServiceID"] != sid}
+            return Response(200, "")
+        if path.startswith("v1/agent/service/"):
+            sid = path.rsplit("/", 1)[1]
+            if sid not in self.services:
+                raise HTTPError(url, 404, "Not Found", {}, io.BytesIO(b"unknown service ID"))
+            return Response(200, json.dumps(self.services[sid]))
+        if path == "v1/agent/checks":
+            return Response(200, json.dumps(self.checks))
+        raise AssertionError(f"unexpected {method} {url}")
+
+    @property
+    def writes(self):
+        return [c for c in self.calls if c[0] == "PUT"]
+
+
+class Response:
+    def __init__(self, code, text):
+        self.code, self.text = code, text
+
+    def getcode(self):
+        return self.code
+
+    def read(self):
+        return self.text.encode()
+
+
+def run(agent, monkeypatch, check_mode=False, diff=True, **args):
+    monkeypatch.setattr(mod, "open_url", agent.open_url)
+    args.update(_ansible_check_mode=check_mode, _ansible_diff=diff)
+    with patch_module_args(args), pytest.raises(SystemExit):
+        mod.main()
+
+
+@pytest.fixture
+def out(capsys):
+    def read():
+        return json.loads(capsys.readouterr().out)
+    return read
+
+
+WEB = dict(service_id="web-0", name="web", address="10.77.0.11", port=8080, tags=["v1"],
+           meta={"walle_job": "web"}, check_type="http",
+           check_http="http://10.77.0.11:8080/health", check_interval="2s",
+           check_timeout="1s", token="secret")
+
+
+def test_create_then_idempotent(monkeypatch, out):
+    agent = FakeAgent()
+    run(agent, monkeypatch, **WEB)
+    first = out()
+    assert first["changed"] and first["operation"] == "create"
+    body = agent.services["web-0"]
+    assert body["Tags"] == ["v1"] and body["Port"] == 8080
+    assert all(h.get("X-Consul-Token") == "secret" for _, _, h in agent.calls)
+    writes = len(agent.writes)
+    run(agent, monkeypatch, **WEB)
+    second = out()
+    assert not second["changed"] and second["operation"] == "none"
+    assert len(agent.writes) == writes
+
+
+def test_registration_body_has_check_and_deregister_after(monkeypatch, out):
+    agent = FakeAgent()
+    sent = []
+    real = agent.open_url
+
+    def spy(url, method="GET", data=None, **kw):
+        if method == "PUT" and "register" in url:
+            sent.append((url, json.loads(data)))
+        return real(url, method=method, data=data, **kw)
+
+    monkeypatch.setattr(mod, "open_url", spy)
+    with patch_module_args(dict(WEB, deregister_critical_after="90s")), \
+            pytest.raises(SystemExit):
+        mod.main()
+    out()
+    url, body = sent[0]
+    assert url.endswith("/v1/agent/service/register?replace-existing-checks=true")
+    assert body["Check"] == {"Name": "web http", "HTTP": "http://10.77.0.11:8080/health",
+                             "Interval": "2s", "Timeout": "1s",
+                             "DeregisterCriticalServiceAfter": "90s"}
+
+
+def test_changed_check_or_tags_update(monkeypatch, out):
+    agent = FakeAgent()
+    run(agent, monkeypatch, **WEB)
+    out()
+    run(agent, monkeypatch, **dict(WEB, check_interval="5s"))
+    res = out()
+    assert res["changed"] and res["operation"] == "update"
+    run(agent, monkeypatch, **dict(WEB, check_interval="5s", tags=["v2"]))
+    res = out()
+    assert res["diff"]["before"]["Tags"] == ["v1"] and res["diff"]["after"]["Tags"] == ["v2"]
+
+
+def test_missing_check_is_reregistered(monkeypatch, out):
+    agent = FakeAgent()
+    run(agent, monkeypatch, **WEB)
+    out()
+    agent.checks.clear()  # e.g. removed out of band
+    run(agent, monkeypatch, **WEB)
+    assert out()["changed"]
+
+
+def test_check_mode_writes_nothing(monkeypatch, out):
+    agent = FakeAgent()
+    run(agent, monkeypatch, check_mode=True, **WEB)
+    res = out()
+    assert res["changed"] and agent.writes == [] and agent.services == {}
+
+
+def test_absent_removes_then_is_a_noop(monkeypatch, out):
+    agent = FakeAgent()
+    run(agent, monkeypatch, **WEB)
+    out()
+    run(agent, monkeypatch, service_id="web-0", state="absent")
+    res = out()
+    assert res["changed"] and res["operation"] == "remove" and "web-0" not in agent.services
+    run(agent, monkeypatch, service_id="web-0", state="absent")
+    assert not out()["changed"]
+
+
+def test_ttl_check(monkeypatch, out):
+    agent = FakeAgent()
+    run(agent, monkeypatch, name="etl", check_type="ttl", check_ttl="30")
+    res = out()
+    assert res["check"]["TTL"] == "30s" and res["check"]["CheckID"] == "service:etl"
+
+
+@pytest.mark.parametrize("args,option", [
+    (dict(WEB, deregister_critical_after="30s"), "deregister_critical_after"),
+    (dict(WEB, check_interval="soon"), "check_interval"),
+    (dict(WEB, port=70000), "port"),
+    (dict(WEB, meta={"consul-x": "1"}), "meta"),
+    (dict(WEB, meta={"k": "v" * 513}), "meta"),
+    (dict(WEB, check_type="tcp", check_tcp="nohost"), "check_tcp"),
+])
+def test_bad_input_fails_naming_the_option(monkeypatch, out, args, option):
+    run(FakeAgent(), monkeypatch, **args)
+    res = out()
+    assert res["failed"] and res["option"] == option and option in res["msg"]
+
+
+def test_required_if_check_fields(monkeypatch, out):
+    run(FakeAgent(), monkeypatch, name="web", check_type="http")
+    res = out()
+    assert res["failed"] and "check_http" in res["msg"]
+
+
+def test_unreachable_agent_is_a_clear_failure(monkeypatch, out):
+    def refuse(url, **kw):
+        raise URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setattr(mod, "open_url", refuse)
+    with patch_module_args(dict(WEB, consul_addr="http://127.0.0.1:1")), \
+            pytest.raises(SystemExit):
+        mod.main()
+    res = out()
+    assert res["failed"] and "127.0.0.1:1" in res["msg"]
+
+
+def test_token_is_not_logged(monkeypatch, out):
+    agent = FakeAgent()
+    run(agent, monkeypatch, **WEB)
+    assert "secret" not in json.dumps(out())
