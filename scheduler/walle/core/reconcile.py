@@ -1,0 +1,317 @@
+"""The reconciler: desired jobs + actual allocations + nodes -> a Plan. Pure.
+
+One round:
+1. classify every (job, slot): keep, stop (job gone, scaled down, duplicate), migrate (node
+   down, draining or unknown), update in place (only non-runtime fields changed and the new
+   minimums fit where it is), replace (runtime changed; at most `update.max_parallel` per job
+   in flight: new-version allocations still pending count against it), re-place (failed:
+   penalty on the nodes it failed on; batch jobs stop after `retries` failures), place
+   (missing slot);
+2. place the work in priority order (higher first), larger instances first within a
+   priority (first-fit-decreasing packs better); a refused instance may evict strictly
+   lower-priority ones, which are re-placed in the same round if anything fits;
+3. recompute the elastic grants of every node whose load changed.
+Deterministic for a given seed (the only randomness is a `random.Random(seed)`), and
+idempotent: `reconcile(apply_plan(allocs, plan))` has no actions.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from walle.core.feasibility import JobReq, compile_job, rejections, summarise
+from walle.core.grants import grants_for
+from walle.core.model import Allocation, Capacity, Grant, Node
+from walle.core.placement import Choice, PlacementConfig, Placer
+from walle.core.plan import (
+    Evict,
+    Failure,
+    Migrate,
+    Place,
+    Plan,
+    Regrant,
+    Replace,
+    Stop,
+    UpdateInPlace,
+)
+from walle.core.state import ClusterIndex, Held, held_from
+from walle.spec.model import JobSpec
+
+MAX_PLACEMENT_STEPS_PER_INSTANCE = 4  # bounds eviction chains: total steps <= 4 x instances
+
+
+@dataclass
+class _Work:
+    """An instance to place this round."""
+
+    job: str
+    slot: int
+    kind: str  # place | migrate | replace
+    reason: str
+    old: Allocation | None = None  # the allocation it moves from / replaces / succeeds
+    failed_nodes: tuple[str, ...] = ()
+
+
+def reconcile(jobs: Mapping[str, JobSpec], allocations: Iterable[Allocation],
+              nodes: Iterable[Node] | Mapping[str, Node], *, seed: int, now: float,
+              config: PlacementConfig | None = None) -> Plan:
+    config = config or PlacementConfig()
+    node_list = list(nodes.values()) if isinstance(nodes, Mapping) else list(nodes)
+    return _Round(jobs, node_list, config, seed, now).run(allocations)
+
+
+class _Round:
+    def __init__(self, jobs: Mapping[str, JobSpec], nodes: list[Node],
+                 config: PlacementConfig, seed: int, now: float) -> None:
+        self.jobs, self.config, self.now = jobs, config, now
+        self.ix = ClusterIndex(nodes)
+        self.placer = Placer(self.ix, config, random.Random(seed))
+        self.reqs: dict[str, JobReq] = {}
+        self.digests: dict[str, tuple[str, str]] = {}
+        for name, spec in sorted(jobs.items()):
+            if name != spec.name:
+                raise ValueError(f"jobs[{name!r}]: key differs from spec.name {spec.name!r}")
+            self.reqs[name] = compile_job(
+                spec, default_strategy=config.default_strategy,
+                full_scan=name in config.full_scan_jobs)
+            self.digests[name] = (spec.digest(), spec.runtime_digest())
+        self.current: dict[str, Allocation] = {}  # key -> allocation holding resources
+        self.work: list[_Work] = []
+        self.stops: list[Stop] = []
+        self.updates: dict[str, UpdateInPlace] = {}
+        self.evictions: list[Evict] = []
+        self.failures: dict[tuple[str, str], tuple[list[int], dict[str, int]]] = {}
+        self.refused: dict[str, dict[str, int]] = {}  # job -> why placement found no node
+        self.spent: set[tuple[str, int]] = set()  # batch slots out of retries
+        self.placed: list[tuple[_Work, int, float]] = []
+        self.touched: set[int] = set()
+
+    def run(self, allocations: Iterable[Allocation]) -> Plan:
+        pending_update, pending_replace = self._classify(allocations)
+        self._decide_updates(pending_update)
+        self._decide_replaces(pending_replace)
+        self.ix.build_indexes()
+        self._place_all()
+        return self._plan()
+
+    # -- 1. classify ----------------------------------------------------------------------
+    def _classify(self, allocations: Iterable[Allocation]):
+        groups: dict[tuple[str, int], list[Allocation]] = {}
+        for a in allocations:
+            group = groups.get((a.job, a.slot))
+            if group is None:
+                groups[(a.job, a.slot)] = [a]
+            else:
+                group.append(a)
+        to_update, to_replace = [], []
+        for (job, slot), group in sorted(groups.items()):
+            spec = self.jobs.get(job)
+            if spec is None or slot >= spec.count:
+                why = "job removed" if spec is None else f"scaled down to {spec.count}"
+                self.stops.extend(Stop(a, why) for a in group if a.state != "stopped")
+                continue
+            keeper = self._keeper(group)
+            if len(group) > 1:
+                self.stops.extend(Stop(a, "duplicate or stale instance of the slot")
+                                  for a in group if _superseded(a, keeper))
+            if keeper is None:
+                self._succeed(spec, slot, group)
+                continue
+            i = self.ix.pos.get(keeper.node)
+            if i is None or not self.ix.ready[i]:
+                state = "unknown" if i is None else self.ix.nodes[i].state
+                self.work.append(_Work(job, slot, "migrate", f"node {keeper.node} {state}",
+                                       keeper, keeper.failed_nodes))
+                continue
+            self._hold(i, keeper, spec.priority)
+            digest, runtime = self.digests[job]
+            if keeper.spec_digest != digest:
+                target = to_replace if keeper.runtime_digest != runtime else to_update
+                target.append((i, keeper))
+        return to_update, to_replace
+
+    @staticmethod
+    def _keeper(group: list[Allocation]) -> Allocation | None:
+        live = [a for a in group if a.live]
+        if not live:
+            return None
+        return min(live, key=lambda a: (a.state != "running", a.node))
+
+    def _succeed(self, spec: JobSpec, slot: int, group: list[Allocation]) -> None:
+        """No live instance in the slot: place one unless a batch slot is done or spent."""
+        last = max(group, key=lambda a: (a.since, a.state == "failed", a.node))
+        if last.state == "stopped":
+            if spec.kind == "batch":
+                return  # a batch instance that stopped has finished its work
+            self.work.append(_Work(spec.name, slot, "place", "stopped", last, last.failed_nodes))
+            return
+        history = last.failed_nodes + (last.node,)
+        if spec.kind == "batch" and len(history) > spec.retries:
+            self.spent.add((spec.name, slot))
+            self._fail(spec.name, slot, {f"failed {len(history)} times, retries "
+                                         f"{spec.retries}": 1})
+            return
+        self.work.append(_Work(spec.name, slot, "place", f"failed on {last.node}", last, history))
+
+    def _hold(self, i: int, alloc: Allocation, priority: int) -> None:
+        self.ix.reserve(i, held_from(alloc, priority))
+        self.current[alloc.key] = alloc
+        if alloc.grant is None:
+            self.touched.add(i)
+
+    def _decide_updates(self, items: list[tuple[int, Allocation]]) -> None:
+        for i, old in items:
+            req = self.reqs[old.job]
+            self.ix.release(i, old.key)
+            why = rejections(self.ix, req, i)
+            if why:
+                self.work.append(_Work(old.job, old.slot, "migrate",
+                                       "new spec does not fit on node: " + ", ".join(why),
+                                       old, old.failed_nodes))
+                self.current.pop(old.key, None)
+                continue
+            new = self._allocation(req, old.slot, old.node, old.failed_nodes)
+            self.ix.reserve(i, held_from(new))
+            self.updates[old.key] = UpdateInPlace(old, new)
+            self.touched.add(i)
+
+    def _decide_replaces(self, items: list[tuple[int, Allocation]]) -> None:
+        in_flight: dict[str, int] = {}
+        for a in self.current.values():
+            if a.state == "pending" and a.spec_digest == self.digests[a.job][0]:
+                in_flight[a.job] = in_flight.get(a.job, 0) + 1
+        for i, old in sorted(items, key=lambda item: (item[1].job, item[1].slot)):
+            spec = self.jobs[old.job]
+            if in_flight.get(old.job, 0) >= max(1, spec.update.max_parallel):
+                continue  # waits for the in-flight batch to become healthy
+            in_flight[old.job] = in_flight.get(old.job, 0) + 1
+            self.ix.release(i, old.key)
+            self.current.pop(old.key)
+            self.touched.add(i)
+            self.work.append(_Work(old.job, old.slot, "replace", "runtime changed", old,
+                                   old.failed_nodes))
+
+    # -- 2. place -------------------------------------------------------------------------
+    def _place_all(self) -> None:
+        present = {(a.job, a.slot) for a in self.current.values()}
+        present |= {(w.job, w.slot) for w in self.work}
+        for name, spec in sorted(self.jobs.items()):
+            self.work.extend(_Work(name, slot, "place", "new") for slot in range(spec.count)
+                             if (name, slot) not in present and (name, slot) not in self.spent)
+        heap = [self._order(w, n) for n, w in enumerate(self.work)]
+        heapq.heapify(heap)
+        steps, budget = 0, MAX_PLACEMENT_STEPS_PER_INSTANCE * (len(heap) + 1)
+        while heap and steps < budget:
+            steps += 1
+            *_, n = heapq.heappop(heap)
+            for evicted in self._place(self.work[n]):
+                self.work.append(evicted)
+                heapq.heappush(heap, self._order(evicted, len(self.work) - 1))
+
+    def _order(self, w: _Work, n: int) -> tuple:
+        req = self.reqs[w.job]
+        size = req.cpu / max(self.ix.total_cpu, 1) + req.memory / max(self.ix.total_mem, 1)
+        return (-req.priority, -size, w.job, w.slot, n)
+
+    def _place(self, w: _Work) -> list[_Work]:
+        req = self.reqs[w.job]
+        if w.job in self.refused:  # the state only fills up: later slots fail the same way
+            self._fail(w.job, w.slot, self.refused[w.job])
+            return self._restore(w)
+        avoid = frozenset(self.ix.pos[n] for n in w.failed_nodes if n in self.ix.pos)
+        choice = self.placer.place(req, avoid)
+        if not isinstance(choice, Choice):
+            self.refused[w.job] = choice.reasons
+            self._fail(w.job, w.slot, choice.reasons)
+            return self._restore(w)
+        evicted = [self._evict(choice.node, h, f"{w.job}-{w.slot}") for h in choice.evict]
+        self.ix.reserve(choice.node, Held(
+            f"{w.job}-{w.slot}", w.job, w.slot, req.priority, req.cpu, req.memory, req.disk,
+            req.gpus, req.spec.resources.cpu.min, req.spec.resources.cpu.max,
+            int(req.spec.resources.memory.min), int(req.spec.resources.memory.max)))
+        self.touched.add(choice.node)
+        self.placed.append((w, choice.node, choice.score))
+        return [e for e in evicted if e is not None]
+
+    def _restore(self, w: _Work) -> list[_Work]:
+        """A replace or move that cannot be placed keeps the old one running where it was."""
+        i = self.ix.pos.get(w.old.node) if w.old is not None and w.kind != "place" else None
+        if i is not None and self.ix.ready[i]:
+            self._hold(i, w.old, self.reqs[w.job].priority)
+        return []
+
+    def _evict(self, i: int, held: Held, by: str) -> _Work | None:
+        self.ix.release(i, held.key)
+        self.touched.add(i)
+        update = self.updates.pop(held.key, None)
+        victim = self.current.pop(held.key)
+        victim = update.old if update else victim
+        self.evictions.append(Evict(victim, by))
+        if held.job not in self.jobs:
+            return None
+        return _Work(held.job, held.slot, "place", f"evicted by {by}", None,
+                     victim.failed_nodes)
+
+    def _fail(self, job: str, slot: int, reasons: dict[str, int]) -> None:
+        message = summarise(reasons)
+        slots, _ = self.failures.setdefault((job, message), ([], dict(reasons)))
+        slots.append(slot)
+
+    # -- 3. grants and the plan -----------------------------------------------------------
+    def _allocation(self, req: JobReq, slot: int, node: str,
+                    failed_nodes: tuple[str, ...], grant: Grant | None = None) -> Allocation:
+        res = req.spec.resources
+        digest, runtime = self.digests[req.name]
+        return Allocation(
+            job=req.name, slot=slot, node=node,
+            reserved=Capacity(res.cpu.min, int(res.memory.min), int(res.disk), int(res.gpus)),
+            ceiling=Capacity(res.cpu.max, int(res.memory.max), int(res.disk), int(res.gpus)),
+            spec_digest=digest, runtime_digest=runtime, priority=req.priority,
+            state="pending", grant=grant, failed_nodes=failed_nodes, since=self.now)
+
+    def _grants(self) -> dict[str, Grant]:
+        grants: dict[str, Grant] = {}
+        for i in sorted(self.touched):
+            if not self.ix.ready[i]:
+                continue
+            cap = self.ix.nodes[i].capacity
+            demands = [(h.key, h.cpu_min, h.cpu_max, h.mem_min, h.mem_max)
+                       for h in self.ix.on_node[i].values()]
+            grants.update(grants_for(cap.cpu, cap.memory, demands))
+        return grants
+
+    def _plan(self) -> Plan:
+        grants = self._grants()
+        places, migrates, replaces = [], [], []
+        for w, i, score in self.placed:
+            key = f"{w.job}-{w.slot}"
+            new = self._allocation(self.reqs[w.job], w.slot, self.ix.nodes[i].name,
+                                   w.failed_nodes, grants.get(key))
+            if w.kind == "migrate":
+                migrates.append(Migrate(w.old, new, w.reason, round(score, 2)))
+            elif w.kind == "replace":
+                replaces.append(Replace(w.old, new, round(score, 2)))
+            else:
+                places.append(Place(new, w.reason, round(score, 2), w.old))
+        updates = [replace(u, new=replace(u.new, grant=grants.get(key, u.new.grant)))
+                   for key, u in sorted(self.updates.items())]
+        regrants = [Regrant(a, replace(a, grant=grants[key]))
+                    for key, a in sorted(self.current.items())
+                    if key in grants and key not in self.updates and grants[key] != a.grant]
+        failures = [Failure(job, tuple(sorted(slots)),
+                            tuple(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))), msg)
+                    for (job, msg), (slots, counts) in sorted(self.failures.items())]
+        return Plan(places=tuple(places), stops=tuple(self.stops), migrates=tuple(migrates),
+                    updates=tuple(updates), replaces=tuple(replaces),
+                    evictions=tuple(self.evictions), regrants=tuple(regrants),
+                    failures=tuple(failures))
+
+
+def _superseded(a: Allocation, keeper: Allocation | None) -> bool:
+    """Another live instance of the slot, or a failed one once a live one exists."""
+    if a is keeper or a.state == "stopped":
+        return False
+    return a.live or keeper is not None
