@@ -40,10 +40,10 @@ def value_error(exc: ValueError) -> WalleError:
 
 
 class Systemd:
-    def __init__(self, module, unit_dir: str = UNIT_DIR, control_dir: str = RUNTIME_CONTROL_DIR):
+    def __init__(self, module, unit_dir: str | None = None, control_dir: str | None = None):
         self.module = module
-        self.unit_dir = unit_dir
-        self.control_dir = control_dir
+        self.unit_dir = unit_dir or UNIT_DIR
+        self.control_dir = control_dir or RUNTIME_CONTROL_DIR
         self.systemctl = module.get_bin_path("systemctl")
         if not self.systemctl:
             raise WalleError("systemctl not found on the node: Walle needs systemd as PID 1")

@@ -175,13 +175,16 @@ def quote_exec_arg(arg: str, field: str = "args") -> str:
     return f'"{escaped}"'
 
 
-def quote_exec_line(argv: list[str] | tuple[str, ...], field: str = "command") -> str:
-    """A whole Exec*= value from an argv whose first element is an absolute path."""
+def quote_exec_line(argv: list[str] | tuple[str, ...], field: str = "command",
+                    args_field: str | None = None) -> str:
+    """A whole Exec*= value from an argv whose first element is an absolute path; errors name
+    `field` for the program and `args_field` (default: field) for the arguments."""
     if not argv:
         raise ValueError(f"{field}: must not be empty")
     if not isinstance(argv[0], str) or not argv[0].startswith("/"):
         raise ValueError(f"{field}: the program must be an absolute path, got {argv[0]!r}")
-    return " ".join(quote_exec_arg(a, field) for a in argv)
+    return " ".join([quote_exec_arg(argv[0], field)] +
+                    [quote_exec_arg(a, args_field or field) for a in argv[1:]])
 
 
 def quote_env(key: str, value: str, field: str = "env") -> str:
@@ -304,7 +307,7 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
         service.append(("User", _match("user", _USER, user, "a user name or numeric uid")))
     if working_dir is not None:
         service.append(("WorkingDirectory", _abs_path("working_dir", working_dir)))
-    service.append(("ExecStart", quote_exec_line(argv, "command")))
+    service.append(("ExecStart", quote_exec_line(argv, "command", "args")))
     if pre_stop:
         service.append(("ExecStop", quote_exec_line(pre_stop, "pre_stop")))
     if restart is not None:

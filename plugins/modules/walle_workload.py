@@ -215,6 +215,7 @@ from ansible.module_utils.walle_systemd import (  # noqa: E402
     value_error,
 )
 from ansible.module_utils.walle_units import (  # noqa: E402
+    check_text,
     quote_env,
     render_service,
     render_timer,
@@ -283,6 +284,11 @@ def _string_env(env: dict) -> dict[str, str]:
 
 
 def nspawn_argv(nspawn: str, params: dict, env: dict[str, str]) -> list[str]:
+    for option in ("image", "user", "working_dir"):
+        if params[option] is not None:
+            check_text(option, params[option])
+    for i, bind in enumerate(params["binds"]):
+        check_text(f"binds[{i}]", bind)
     argv = [nspawn, "--quiet", "--keep-unit", "--register=no", "-D", params["image"]]
     argv += [f"--bind={bind}" for bind in params["binds"]]
     # Inside the container, not for the nspawn process itself.

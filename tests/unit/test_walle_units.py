@@ -1,0 +1,256 @@
+"""walle_units: rendering tables, quoting that systemd reads back literally, and refusals."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[2] / "plugins" / "module_utils" / "walle_units.py"
+_SPEC = importlib.util.spec_from_file_location("walle_units_under_test", _PATH)
+wu = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(wu)
+
+NASTY = [
+    "plain",
+    "two words",
+    'say "hi"',
+    "it's",
+    "100%",
+    "%n%h",
+    "$HOME",
+    "${PATH}",
+    "back\\slash",
+    "trailing\\",
+    ";",
+    "a;b",
+    "#not-a-comment",
+    "x=y",
+    "",
+    "ünïcode ✓",
+    "\\n literal",
+]
+CONTROL = ["line\nExecStartPre=/bin/evil", "nul\x00", "tab\there", "cr\rhere", "del\x7f"]
+
+
+def directives(text: str, key: str) -> list[str]:
+    return [v for _s, k, v in wu.parse_unit(text) if k == key]
+
+
+def service(**kw) -> str:
+    base = dict(slice="walle-web-0.slice", argv=["/usr/bin/app"])
+    return wu.render_service("walle-web-0", **{**base, **kw})
+
+
+# ------------------------------------------------------------------------------ rendering
+
+@pytest.mark.parametrize(("kwargs", "expected"), [
+    (dict(cpu_weight=150), [("CPUWeight", "150")]),
+    (dict(cpu_quota=250), [("CPUQuota", "250%")]),
+    (dict(allowed_cpus="0-3,8"), [("AllowedCPUs", "0-3,8")]),
+    (dict(memory_min=1 << 30, memory_max="4G"), [("MemoryMin", "1073741824"),
+                                                 ("MemoryMax", "4G")]),
+    (dict(memory_high="infinity", memory_low="50%"), [("MemoryLow", "50%"),
+                                                      ("MemoryHigh", "infinity")]),
+    (dict(io_weight=10000, tasks_max="infinity"), [("IOWeight", "10000"),
+                                                   ("TasksMax", "infinity")]),
+    (dict(io_read_bandwidth_max=[{"device": "/dev/vda", "rate": "10M"}]),
+     [("IOReadBandwidthMax", "/dev/vda 10M")]),
+    (dict(device_policy="closed", device_allow=["/dev/nvidia0 rw", "char-nvidia-uvm rw"]),
+     [("DevicePolicy", "closed"), ("DeviceAllow", "/dev/nvidia0 rw"),
+      ("DeviceAllow", "char-nvidia-uvm rw")]),
+    (dict(), []),
+])
+def test_slice_directives(kwargs, expected):
+    text = wu.render_slice("walle-web-0.slice", **kwargs)
+    assert [(k, v) for s, k, v in wu.parse_unit(text) if s == "Slice"] == expected
+    assert directives(text, "Description") == ["Walle slice walle-web-0.slice"]
+
+
+def test_slice_directives_follow_a_fixed_order_whatever_the_keyword_order():
+    a = wu.render_slice("walle.slice", tasks_max=5, cpu_weight=2, memory_max=3)
+    b = wu.render_slice("walle.slice", memory_max=3, cpu_weight=2, tasks_max=5)
+    assert a == b
+    assert [k for s, k, _ in wu.parse_unit(a) if s == "Slice"] == ["CPUWeight", "MemoryMax",
+                                                                   "TasksMax"]
+
+
+def test_service_of_an_exec_workload():
+    text = service(env={"B": "2", "A": "1"}, user="www-data", working_dir="/srv/app",
+                   restart="always", pre_stop=["/usr/bin/drain", "--wait"],
+                   stop_signal="sigint", stop_timeout=1.5)
+    entries = wu.parse_unit(text)
+    assert ("Service", "Type", "exec") in entries
+    assert ("Service", "Slice", "walle-web-0.slice") in entries
+    assert directives(text, "Environment") == ['"A=1"', '"B=2"']
+    assert directives(text, "User") == ["www-data"]
+    assert directives(text, "WorkingDirectory") == ["/srv/app"]
+    assert directives(text, "Restart") == ["always"]
+    assert wu.split_exec_words(directives(text, "ExecStop")[0]) == ["/usr/bin/drain", "--wait"]
+    assert directives(text, "KillSignal") == ["SIGINT"]
+    assert directives(text, "TimeoutStopSec") == ["1500ms"]
+    assert directives(text, "SendSIGKILL") == ["yes"]
+    assert directives(text, "KillMode") == []  # systemd's control-group default
+
+
+def test_batch_limits_starts_over_the_whole_boot():
+    text = service(restart="on-failure", start_limit_burst=4)
+    assert directives(text, "StartLimitBurst") == ["4"]
+    assert directives(text, "StartLimitIntervalSec") == ["infinity"]
+    assert [s for s, k, _ in wu.parse_unit(text) if k == "StartLimitBurst"] == ["Unit"]
+
+
+def test_oneshot_does_not_remain_after_exit():
+    text = service(service_type="oneshot")
+    assert directives(text, "RemainAfterExit") == ["no"]
+
+
+def test_timer_points_at_its_service():
+    text = wu.render_timer("walle-rep-0", schedule="Mon..Fri *-*-* 02:00:00")
+    assert [(s, k, v) for s, k, v in wu.parse_unit(text) if s == "Timer"] == [
+        ("Timer", "OnCalendar", "Mon..Fri *-*-* 02:00:00"), ("Timer", "Persistent", "true"),
+        ("Timer", "Unit", "walle-rep-0.service")]
+
+
+# -------------------------------------------------------------------------------- quoting
+
+@pytest.mark.parametrize("arg", NASTY)
+def test_every_argument_is_one_literal_word_in_one_exec_start(arg):
+    text = service(argv=["/usr/bin/app", arg, "next"])
+    exec_starts = directives(text, "ExecStart")
+    assert len(exec_starts) == 1
+    assert wu.split_exec_words(exec_starts[0]) == ["/usr/bin/app", arg, "next"]
+    assert not any(k.startswith("ExecStartPre") for _s, k, _v in wu.parse_unit(text))
+
+
+@pytest.mark.parametrize("arg", NASTY)
+def test_pre_stop_arguments_are_literal(arg):
+    text = service(pre_stop=["/bin/hook", arg])
+    assert [wu.split_exec_words(v) for v in directives(text, "ExecStop")] == [["/bin/hook", arg]]
+
+
+def test_quoting_escapes_specifiers_variables_quotes_and_backslashes():
+    assert wu.quote_exec_arg('a%b$c"d\\e') == '"a%%b$$c\\"d\\\\e"'
+
+
+@pytest.mark.parametrize("value", NASTY)
+def test_env_values_are_one_literal_environment_line(value):
+    text = service(env={"GREETING": value})
+    (line,) = directives(text, "Environment")
+    assert line.startswith('"GREETING=') and line.endswith('"')
+    inner = line[1:-1]
+    unescaped = inner.replace("\\\\", "\x00").replace('\\"', '"').replace("\x00", "\\")
+    assert unescaped.replace("%%", "%") == f"GREETING={value}"
+
+
+def test_description_escapes_specifiers():
+    text = service(description="web at 100% (%n)")
+    assert directives(text, "Description") == ["web at 100%% (%%n)"]
+
+
+# --------------------------------------------------------------------------------- refusals
+
+STRING_FIELDS = {
+    "args": lambda v: service(argv=["/usr/bin/app", v]),
+    "command": lambda v: service(argv=["/usr/bin/app" + v]),
+    "env": lambda v: service(env={"K": v}),
+    "working_dir": lambda v: service(working_dir="/srv/" + v),
+    "user": lambda v: service(user="app" + v),
+    "description": lambda v: service(description="d " + v + " d"),
+    "pre_stop": lambda v: service(pre_stop=["/bin/hook", v]),
+    "environment_file": lambda v: service(environment_file="/etc/" + v),
+    "stop_signal": lambda v: service(stop_signal="SIGTERM" + v),
+    "schedule": lambda v: wu.render_timer("walle-x-0", schedule="daily" + v),
+    "device_allow": lambda v: wu.render_slice("walle.slice", device_allow=["/dev/null" + v]),
+    "allowed_cpus": lambda v: wu.render_slice("walle.slice", allowed_cpus="0" + v),
+    "name": lambda v: wu.render_slice("walle-a" + v + ".slice"),
+    "slice": lambda v: service(slice="walle-a" + v + ".slice"),
+    "memory_max": lambda v: wu.render_slice("walle.slice", memory_max="1G" + v),
+}
+
+
+@pytest.mark.parametrize("field", sorted(STRING_FIELDS))
+@pytest.mark.parametrize("bad", CONTROL)
+def test_control_characters_are_refused_naming_the_field(field, bad):
+    with pytest.raises(ValueError, match=rf"^{field}"):
+        STRING_FIELDS[field](bad)
+
+
+@pytest.mark.parametrize(("field", "call"), [
+    ("name", lambda: wu.render_slice("web.slice")),
+    ("name", lambda: wu.render_slice("walle-web.service")),
+    ("name", lambda: wu.render_service("web-0", slice="walle.slice", argv=["/x"])),
+    ("slice", lambda: service(slice="system.slice")),
+    ("command", lambda: service(argv=["relative/app"])),
+    ("command", lambda: service(argv=[])),
+    ("pre_stop", lambda: service(pre_stop=["hook"])),
+    ("working_dir", lambda: service(working_dir="srv")),
+    ("user", lambda: service(user="Root Name")),
+    ("env.1BAD", lambda: service(env={"1BAD": "x"})),
+    ("env.A=B", lambda: service(env={"A=B": "x"})),
+    ("description", lambda: service(description="ends with \\")),
+    ("description", lambda: service(description=" padded")),
+    ("stop_signal", lambda: service(stop_signal="TERM; rm")),
+    ("stop_timeout", lambda: service(stop_timeout=-1)),
+    ("retries", lambda: service(start_limit_burst=0)),
+    ("schedule", lambda: wu.render_timer("walle-x-0", schedule="daily;\\")),
+    ("schedule", lambda: wu.render_timer("walle-x-0", schedule="$(reboot)")),
+    ("cpu_weight", lambda: wu.render_slice("walle.slice", cpu_weight=0)),
+    ("cpu_weight", lambda: wu.render_slice("walle.slice", cpu_weight=True)),
+    ("io_weight", lambda: wu.render_slice("walle.slice", io_weight=10001)),
+    ("cpu_quota", lambda: wu.render_slice("walle.slice", cpu_quota=-5)),
+    ("memory_max", lambda: wu.render_slice("walle.slice", memory_max="4 GB")),
+    ("memory_min", lambda: wu.render_slice("walle.slice", memory_min=-1)),
+    ("tasks_max", lambda: wu.render_slice("walle.slice", tasks_max="lots")),
+    ("device_policy", lambda: wu.render_slice("walle.slice", device_policy="open")),
+    ("device_allow[0]", lambda: wu.render_slice("walle.slice", device_allow=["/dev/x rw; y"])),
+    ("device_allow[0]", lambda: wu.render_slice("walle.slice", device_allow=["/etc/passwd"])),
+    ("io_read_bandwidth_max[0]",
+     lambda: wu.render_slice("walle.slice", io_read_bandwidth_max=[{"device": "/dev/vda"}])),
+    ("io_write_bandwidth_max[0].rate",
+     lambda: wu.render_slice("walle.slice",
+                             io_write_bandwidth_max=[{"device": "/dev/vda", "rate": "5%"}])),
+])
+def test_bad_values_are_refused_naming_the_field(field, call):
+    with pytest.raises(ValueError) as info:
+        call()
+    assert str(info.value).startswith(field + ":")
+
+
+# ----------------------------------------------------------------------- sizes and durations
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0, "0s"), (30, "30s"), (30.0, "30s"), (1.5, "1500ms"), (0.25, "250ms"),
+    (float("inf"), "infinity"),
+])
+def test_format_duration(seconds, text):
+    assert wu.format_duration("t", seconds) == text
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("1024", 1024), ("4G", 4 << 30), ("1.5K", 1536), ("512M", 512 << 20), ("infinity", None),
+])
+def test_parse_size_inverts_systemd_sizes(text, size):
+    assert wu.parse_size(text) == size
+    assert wu.format_size("s", text) == text
+
+
+# ---------------------------------------------------------------------------------- parsing
+
+def test_parse_unit_joins_continuation_lines_like_systemd():
+    text = "[Service]\nExecStart=/bin/a \\\n  b\n# ExecStop=/x\n;c\nUser=u\n"
+    assert wu.parse_unit(text) == [("Service", "ExecStart", "/bin/a    b"),
+                                   ("Service", "User", "u")]
+
+
+def test_parse_systemctl_show():
+    text = "ActiveState=active\nMainPID=4242\nExecMainStartTimestamp=\nDescription=a=b\n"
+    assert wu.parse_systemctl_show(text) == {"ActiveState": "active", "MainPID": "4242",
+                                             "ExecMainStartTimestamp": "",
+                                             "Description": "a=b"}
+
+
+@pytest.mark.parametrize("name", ["walle.slice", "walle-web.slice", "walle-web_api-0.slice"])
+def test_valid_slice_names(name):
+    assert wu.validate_slice_name(name) == name
