@@ -1,0 +1,421 @@
+"""The local lab: a pool of real systemd nodes on this machine.
+
+Each node is a `systemd-nspawn --boot` container on the lab's own bridge, with its own address,
+sshd and a copy-on-write view (overlayfs) of the cached rootfs, so a node boots in seconds and
+costs only what it writes. Several labs can exist at once: each gets its own index k, bridge
+`walle<k>` and subnet 10.77.<k>.0/24 (the host is .1, nodes are .11 upwards).
+
+Everything a lab starts or makes is recorded in `<LAB_ROOT>/<name>/state.json` (PIDs, mounts,
+bridge), so `down()` removes exactly that, even from another process or after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+import yaml
+
+from walle.lab.rootfs import ensure_rootfs
+
+LAB_ROOT = Path(os.environ.get("WALLE_LAB_ROOT", "/var/lib/walle/lab"))
+SUBNET_PREFIX = "10.77"
+MAX_LABS = 200
+FIRST_NODE_HOST = 11
+BOOT_TIMEOUT = 90.0
+
+Progress = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class LabNode:
+    name: str
+    address: str
+    pid: int = 0  # the systemd-nspawn process
+    root: str = ""  # merged overlay mount the node boots from
+
+
+@dataclass
+class LabState:
+    name: str
+    index: int
+    nodes: list[LabNode] = field(default_factory=list)
+    processes: dict[str, int] = field(default_factory=dict)  # extra daemons (serf, consul)
+
+    @property
+    def bridge(self) -> str:
+        return f"walle{self.index}"
+
+    @property
+    def host_address(self) -> str:
+        return f"{SUBNET_PREFIX}.{self.index}.1"
+
+
+class LabError(RuntimeError):
+    pass
+
+
+class Lab:
+    """One named lab. Methods are idempotent: `up` on a running lab only adds missing nodes."""
+
+    def __init__(self, name: str = "default", progress: Progress = _stderr):
+        if not name.replace("-", "").isalnum() or len(name) > 20:
+            raise LabError(f"lab name {name!r}: use up to 20 letters, digits and dashes")
+        self.name = name
+        self.dir = LAB_ROOT / name
+        self.progress = progress
+        self.state = self._load()
+
+    # ----- public API -------------------------------------------------------------------
+    @property
+    def nodes(self) -> list[LabNode]:
+        return list(self.state.nodes) if self.state else []
+
+    @property
+    def host_address(self) -> str:
+        return self._require_state().host_address
+
+    @property
+    def bridge(self) -> str:
+        return self._require_state().bridge
+
+    @property
+    def inventory_path(self) -> Path:
+        return self.dir / "inventory.yml"
+
+    @property
+    def control_path_dir(self) -> Path:
+        return self.dir / "cp"
+
+    @property
+    def ssh_key(self) -> Path:
+        return self.dir / "id_ed25519"
+
+    def up(self, count: int = 3) -> list[LabNode]:
+        if not 1 <= count <= 50:
+            raise LabError(f"node count {count}: choose 1 to 50")
+        rootfs = ensure_rootfs(progress=self.progress)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.state is None:
+            self.state = LabState(name=self.name, index=_claim_index(self.name))
+            self._save()
+        self._ensure_ssh_key()
+        self._ensure_bridge()
+        started = time.monotonic()
+        for n in range(1, count + 1):
+            name = f"node{n}"
+            node = self._node(name)
+            if node and node.pid and _alive(node.pid):
+                continue
+            self.progress(f"[{self.name}] booting {name}...")
+            self._boot(name, rootfs)
+        self._write_inventory()
+        self._wait_for_ssh()
+        self.progress(f"[{self.name}] {len(self.state.nodes)} node(s) up in "
+                      f"{time.monotonic() - started:.1f}s")
+        return self.nodes
+
+    def status(self) -> list[dict]:
+        rows = []
+        for node in self.nodes:
+            up = bool(node.pid) and _alive(node.pid)
+            rows.append({"name": node.name, "address": node.address, "pid": node.pid,
+                         "running": up, "ssh": up and _port_open(node.address, 22)})
+        return rows
+
+    def kill_node(self, name: str) -> None:
+        """A hard failure: SIGKILL the node's init (its whole PID namespace dies with it) and its
+        nspawn process, as if the machine lost power."""
+        node = self._node(name)
+        if node is None:
+            raise LabError(f"no node {name!r} in lab {self.name!r}")
+        for pid in (*_children(node.pid), node.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _wait_gone(node.pid, 10.0)
+
+    def restart_node(self, name: str) -> LabNode:
+        """Boot a killed node again (same root, same address)."""
+        node = self._node(name)
+        if node is None:
+            raise LabError(f"no node {name!r} in lab {self.name!r}")
+        if not _alive(node.pid):
+            shutil.rmtree(self.control_path_dir, ignore_errors=True)
+            self._boot(name, ensure_rootfs(progress=self.progress))
+            self._wait_for_ssh()
+        return self._node(name)
+
+    def start_process(self, key: str, argv: list[str], log_name: str) -> int:
+        """Start a host-side daemon that belongs to this lab (Serf, the Consul stand-in) and
+        record its PID so `down()` ends it."""
+        state = self._require_state()
+        old = state.processes.get(key)
+        if old and _alive(old):
+            return old
+        log = open(self.dir / log_name, "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        state.processes[key] = proc.pid
+        self._save()
+        return proc.pid
+
+    def down(self) -> None:
+        if self.state is None and not self.dir.exists():
+            return
+        state = self.state
+        if state:
+            for key, pid in list(state.processes.items()):
+                self.progress(f"[{self.name}] stopping {key} (pid {pid})")
+                _terminate(pid, 5.0)
+            for node in state.nodes:
+                self.progress(f"[{self.name}] stopping {node.name}")
+                _stop_container(node.pid)
+                _unmount(node.root)
+            _run_quiet(["ip", "link", "del", state.bridge])
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.state = None
+        self.progress(f"[{self.name}] lab removed")
+
+    # ----- internals ----------------------------------------------------------------------
+    def _require_state(self) -> LabState:
+        if self.state is None:
+            raise LabError(f"lab {self.name!r} is not up: run `walle lab up`")
+        return self.state
+
+    def _node(self, name: str) -> LabNode | None:
+        return next((n for n in self.nodes if n.name == name), None)
+
+    def _load(self) -> LabState | None:
+        path = self.dir / "state.json"
+        if not path.exists():
+            return None
+        raw = json.loads(path.read_text())
+        raw["nodes"] = [LabNode(**n) for n in raw.get("nodes", [])]
+        return LabState(**raw)
+
+    def _save(self) -> None:
+        tmp = self.dir / "state.json.tmp"
+        tmp.write_text(json.dumps(asdict(self.state), indent=2))
+        tmp.replace(self.dir / "state.json")
+
+    def _ensure_ssh_key(self) -> None:
+        if not self.ssh_key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
+                            f"walle-lab-{self.name}", "-f", str(self.ssh_key)], check=True)
+
+    def _ensure_bridge(self) -> None:
+        state = self._require_state()
+        if not Path(f"/sys/class/net/{state.bridge}").exists():
+            subprocess.run(["ip", "link", "add", state.bridge, "type", "bridge"], check=True)
+            subprocess.run(["ip", "addr", "add", f"{state.host_address}/24", "dev",
+                            state.bridge], check=True)
+        subprocess.run(["ip", "link", "set", state.bridge, "up"], check=True)
+
+    def _boot(self, name: str, rootfs: Path) -> None:
+        state = self._require_state()
+        number = int(name.removeprefix("node"))
+        address = f"{SUBNET_PREFIX}.{state.index}.{FIRST_NODE_HOST + number - 1}"
+        node_dir = self.dir / "nodes" / name
+        root = node_dir / "root"
+        _mount_overlay(rootfs, node_dir)
+        _configure_node(root, name, address, state.host_address,
+                        self.ssh_key.with_suffix(".pub").read_text())
+        # Short machine names keep nspawn's host-side veth predictably "vb-<machine>" (at most
+        # 15 characters); a killed node's veth can outlive it briefly and block a reboot.
+        machine = f"w{state.index}-{name}"
+        _run_quiet(["ip", "link", "del", f"vb-{machine}"])
+        log = open(node_dir / "console.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "-D", str(root),
+             "-M", machine, "--hostname", name, "--boot",
+             f"--network-bridge={state.bridge}", "--console=read-only"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        node = LabNode(name=name, address=address, pid=proc.pid, root=str(root))
+        state.nodes = [n for n in state.nodes if n.name != name] + [node]
+        state.nodes.sort(key=lambda n: int(n.name.removeprefix("node")))
+        self._save()
+
+    def _wait_for_ssh(self) -> None:
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        pending = {n.name: n for n in self.nodes}
+        while pending and time.monotonic() < deadline:
+            for name, node in list(pending.items()):
+                if not _alive(node.pid):
+                    log = self.dir / "nodes" / name / "console.log"
+                    raise LabError(f"{name} exited while booting; see {log}")
+                if _port_open(node.address, 22):
+                    del pending[name]
+            time.sleep(0.2)
+        if pending:
+            raise LabError(f"sshd did not answer within {BOOT_TIMEOUT:.0f}s on: "
+                           f"{', '.join(sorted(pending))}")
+
+    def _write_inventory(self) -> None:
+        hosts = {
+            n.name: {"ansible_host": n.address, "walle_node_address": n.address}
+            for n in self.nodes
+        }
+        inventory = {
+            "all": {
+                "vars": {
+                    "ansible_user": "root",
+                    "ansible_ssh_private_key_file": str(self.ssh_key),
+                    "ansible_ssh_common_args": "-o StrictHostKeyChecking=no "
+                                               "-o UserKnownHostsFile=/dev/null",
+                    "ansible_python_interpreter": "/usr/bin/python3",
+                    # Per-lab SSH masters: a new lab (or a rebooted node) reusing an address
+                    # must never talk through a master connected to a dead container.
+                    "ansible_control_path_dir": str(self.control_path_dir),
+                    "walle_lab": self.name,
+                    "walle_lab_host_address": self._require_state().host_address,
+                    "walle_consul_http_addr": f"http://{self._require_state().host_address}:8500",
+                },
+                "children": {"walle_nodes": {"hosts": hosts}},
+            }
+        }
+        self.inventory_path.write_text(yaml.safe_dump(inventory, sort_keys=False))
+        (self.dir / "inventory.json").write_text(json.dumps(inventory, indent=2))
+
+
+# ----- node preparation -------------------------------------------------------------------
+def _mount_overlay(rootfs: Path, node_dir: Path) -> None:
+    root, upper, work = node_dir / "root", node_dir / "upper", node_dir / "work"
+    for d in (root, upper, work):
+        d.mkdir(parents=True, exist_ok=True)
+    if os.path.ismount(root):
+        return
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={rootfs},upperdir={upper},workdir={work}", str(root)],
+                   check=True)
+
+
+def _configure_node(root: Path, name: str, address: str, host: str, pubkey: str) -> None:
+    (root / "etc/hostname").write_text(name + "\n")
+    (root / "etc/hosts").write_text(f"127.0.0.1 localhost\n{address} {name}\n{host} walle-host\n")
+    ssh = root / "root/.ssh"
+    ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (ssh / "authorized_keys").write_text(pubkey)
+    (ssh / "authorized_keys").chmod(0o600)
+    network = root / "etc/systemd/network/10-walle-lab.network"
+    network.parent.mkdir(parents=True, exist_ok=True)
+    network.write_text(f"[Match]\nName=host0\n\n[Network]\nAddress={address}/24\n"
+                       "LinkLocalAddressing=no\nIPv6AcceptRA=no\n")
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / "systemd-networkd.service"
+    if not link.is_symlink():
+        link.symlink_to("/lib/systemd/system/systemd-networkd.service")
+
+
+# ----- process, mount and network helpers ---------------------------------------------------
+def _claim_index(name: str) -> int:
+    """Pick the smallest free subnet index, under a lock so concurrent labs never share one."""
+    LAB_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(LAB_ROOT / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        used = set()
+        for state in LAB_ROOT.glob("*/state.json"):
+            with contextlib.suppress(ValueError, KeyError):
+                used.add(json.loads(state.read_text())["index"])
+        for claim in LAB_ROOT.glob("*/.index"):
+            if claim.parent.name != name:
+                with contextlib.suppress(ValueError):
+                    used.add(int(claim.read_text()))
+        index = next((i for i in range(MAX_LABS) if i not in used), None)
+        if index is None:
+            raise LabError(f"all {MAX_LABS} lab subnets are in use: remove old labs")
+        (LAB_ROOT / name).mkdir(parents=True, exist_ok=True)
+        (LAB_ROOT / name / ".index").write_text(str(index))
+        return index
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [c.pid for c in psutil.Process(pid).children()]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if not _wait_gone(pid, timeout):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, 5.0)
+
+
+def _stop_container(pid: int) -> None:
+    """SIGTERM to nspawn shuts the container down cleanly; kill it if that hangs."""
+    if not pid or not _alive(pid):
+        return
+    inits = _children(pid)
+    _terminate(pid, 15.0)
+    for child in inits:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+def _unmount(root: str) -> None:
+    if not (root and os.path.ismount(root)):
+        return
+    if subprocess.run(["umount", root], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", root], capture_output=True)
+
+
+def _run_quiet(argv: list[str]) -> None:
+    subprocess.run(argv, capture_output=True)
+
+
+def _port_open(host: str, port: int, timeout: float = 0.3) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout):
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def temporary_lab(name: str, count: int = 3, progress: Progress = _stderr) -> Iterator[Lab]:
+    lab = Lab(name, progress=progress)
+    try:
+        lab.up(count)
+        yield lab
+    finally:
+        lab.down()
