@@ -248,6 +248,7 @@ def ansible_env(repo_root: Path = REPO_ROOT) -> dict[str, str]:
         "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",  # no discovery round trip
         "ANSIBLE_GATHERING": "explicit",
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_NOCOLOR": "True",
         # ansible-playbook of this interpreter's environment (a venv need not be on PATH)
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }

@@ -1,0 +1,153 @@
+"""The executor against real systemd nodes: place.yml / stop.yml through walle.adapters.runner.
+
+Consul registration is skipped (`walle_register: false`): these tests check units, slices,
+the stop hook and host isolation; registration is the consul-marked tests' business.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from walle.adapters.runner import run_playbook
+from walle.core.model import Grant
+from walle.service.params import instance_vars, stop_vars
+from walle.spec.model import Discovery, JobSpec, Range, Resources, Runtime, StopPolicy
+
+pytestmark = pytest.mark.lab
+MIB = 1024**2
+NO_CONSUL = {"walle_register": False}
+
+
+def web_spec(name: str = "web", count: int = 3, command: str = "/usr/bin/python3") -> JobSpec:
+    marker = f"/var/tmp/prestop-{name}"
+    return JobSpec(
+        name=name,
+        kind="service",
+        count=count,
+        resources=Resources(cpu=Range(0.25, 0.5), memory=Range(32 * MIB, 128 * MIB),
+                            tasks_max=32),
+        runtime=Runtime(kind="exec", command=command,
+                        args=("-m", "http.server", "--bind", "0.0.0.0", "8080")),
+        service=Discovery(name=name, port=8080),
+        stop=StopPolicy(timeout=5.0, pre_stop=("/bin/sh", "-c", f"touch {marker}-$WALLE_SLOT")),
+        restart="always",
+    )
+
+
+GRANT = Grant(cpu_weight=25, cpu_quota_percent=50, memory_min=32 * MIB,
+              memory_high=96 * MIB, memory_max=128 * MIB)
+
+
+def place_batch(lab, spec: JobSpec, slots_by_node: dict[str, list[int]]) -> dict:
+    address = {n.name: n.address for n in lab.nodes}
+    consul = f"http://{lab.host_address}:8500"
+    return {node: [instance_vars(spec, s, address[node], GRANT, consul) for s in slots]
+            for node, slots in slots_by_node.items()}
+
+
+def stop_batch(job: str, slots_by_node: dict[str, list[int]]) -> dict:
+    return {node: [stop_vars(job, s) for s in slots] for node, slots in slots_by_node.items()}
+
+
+def run(lab, playbook: str, batch: dict, **kw):
+    return run_playbook(playbook, str(lab.inventory_path), {"walle_batch": batch, **NO_CONSUL},
+                        sorted(batch), timeout=120, **kw)
+
+
+def on_node(lab, node: str, command: str) -> str:
+    out = subprocess.run(
+        [".venv/bin/ansible", "-i", str(lab.inventory_path), node, "-o", "-m", "shell",
+         "-a", command], capture_output=True, text=True, timeout=60, check=False)
+    return out.stdout
+
+
+def unit_props(lab, node: str, unit: str, *props: str) -> dict[str, str]:
+    out = on_node(lab, node, f"systemctl show {unit} -p {','.join(props)} | tr '\\n' ' '")
+    text = out.split("(stdout)", 1)[-1]
+    return dict(kv.split("=", 1) for kv in text.split() if "=" in kv)
+
+
+def test_place_two_instances_on_two_nodes_then_stop_them_gracefully(lab):
+    spec = web_spec()
+    layout = {"node1": [0], "node2": [1]}
+    finished: list[str] = []
+    result = run(lab, "place.yml", place_batch(lab, spec, layout),
+                 on_host_done=lambda host, r: finished.append(host))
+    assert result.ok_hosts == ["node1", "node2"], (result.hosts, result.output_tail)
+    assert sorted(finished) == ["node1", "node2"]
+    assert all(not r.failed_instances for r in result.hosts.values()), result.hosts
+    for node, (slot,) in layout.items():
+        props = unit_props(lab, node, f"walle-web-{slot}.service", "ActiveState", "Slice")
+        assert props == {"ActiveState": "active", "Slice": f"walle-web-{slot}.slice"}
+        slice_props = unit_props(lab, node, f"walle-web-{slot}.slice", "CPUWeight", "MemoryMax")
+        assert slice_props == {"CPUWeight": "25", "MemoryMax": str(128 * MIB)}
+
+    result = run(lab, "stop.yml", stop_batch("web", layout))
+    assert result.ok_hosts == ["node1", "node2"], (result.hosts, result.output_tail)
+    for node, (slot,) in layout.items():
+        assert f"prestop-web-{slot}" in on_node(lab, node, "ls /var/tmp")
+        props = unit_props(lab, node, f"walle-web-{slot}.service", "LoadState", "ActiveState")
+        assert props == {"LoadState": "not-found", "ActiveState": "inactive"}
+
+
+def test_a_broken_instance_fails_alone_and_is_removed(lab):
+    good, broken = web_spec("good", count=1), web_spec("bad", count=1, command="/no/such/bin")
+    batch = {"node1": place_batch(lab, broken, {"node1": [0]})["node1"]
+             + place_batch(lab, good, {"node1": [0]})["node1"]}
+    try:
+        result = run(lab, "place.yml", batch)
+        host = result.hosts["node1"]
+        assert host.ok, (result.hosts, result.output_tail)
+        assert list(host.failed_instances) == ["bad-0"]
+        assert unit_props(lab, "node1", "walle-good-0.service", "ActiveState") == {
+            "ActiveState": "active"}
+        assert unit_props(lab, "node1", "walle-bad-0.service", "LoadState") == {
+            "LoadState": "not-found"}
+    finally:
+        run(lab, "stop.yml", {"node1": [stop_vars("good", 0), stop_vars("bad", 0)]})
+
+
+def test_runner_overhead_place_three_nodes(lab, capsys):
+    """Not a pass/fail benchmark: prints the wall time of one batch run (cold and warm)."""
+    spec = web_spec("ovh")
+    layout = {"node1": [0], "node2": [1], "node3": [2]}
+    batch = place_batch(lab, spec, layout)
+    try:
+        timings = []
+        for attempt in ("first", "idempotent rerun"):
+            started = time.monotonic()
+            result = run(lab, "place.yml", batch)
+            timings.append((attempt, time.monotonic() - started, result.duration))
+            assert result.ok_hosts == ["node1", "node2", "node3"], result.hosts
+        assert not any(r.changed for r in result.hosts.values())  # second run changes nothing
+        started = time.monotonic()
+        stopped = run(lab, "stop.yml", stop_batch("ovh", layout))
+        timings.append(("stop", time.monotonic() - started, stopped.duration))
+        assert stopped.ok_hosts == ["node1", "node2", "node3"]
+    finally:
+        run(lab, "stop.yml", stop_batch("ovh", layout))
+    with capsys.disabled():
+        for what, wall, inner in timings:
+            print(f"\n[executor overhead] place.yml 3 nodes x 1 instance, {what}: "
+                  f"{wall:.2f} s wall ({inner:.2f} s in run_playbook)")
+
+
+def test_an_unreachable_host_fails_alone(lab):
+    spec = web_spec("iso")
+    layout = {"node1": [0], "node3": [1]}
+    lab.kill_node("node3")
+    try:
+        finished: list[str] = []
+        result = run(lab, "place.yml", place_batch(lab, spec, layout),
+                     on_host_done=lambda host, r: finished.append(host))
+        assert result.ok_hosts == ["node1"], (result.hosts, result.output_tail)
+        assert result.hosts["node3"].unreachable and not result.hosts["node3"].ok
+        assert sorted(finished) == ["node1", "node3"]
+        assert unit_props(lab, "node1", "walle-iso-0.service", "ActiveState") == {
+            "ActiveState": "active"}
+    finally:
+        run(lab, "stop.yml", stop_batch("iso", {"node1": [0]}))
+        lab.restart_node("node3")
