@@ -1,0 +1,500 @@
+"""Consul's HTTP API (/v1/...) over the Store. Each route is a short method; blocking reads go
+through `_blocking`, which applies ?index=/?wait= and sets the X-Consul-* headers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from . import kv
+from .catalog import STATES
+from .core import query_timeout
+from .durations import parse_duration
+from .errors import ConsulError, bad_request, not_found
+from .filters import compile_filter
+from .store import Store
+
+log = logging.getLogger("walle.consul_standin.http")
+MAX_BODY = 4 * 1024 * 1024
+SERF_STATUS = {"alive": 1, "leaving": 2, "left": 3, "failed": 4}
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    body: bytes
+    agent_node: str
+
+    def arg(self, name: str, default: str | None = None) -> str | None:
+        values = self.query.get(name)
+        return values[-1] if values else default
+
+    def flag(self, name: str) -> bool:
+        if name not in self.query:
+            return False
+        return self.query[name][-1].lower() not in ("false", "0")
+
+    def int_arg(self, name: str) -> int | None:
+        raw = self.arg(name)
+        if raw is None or raw == "":
+            return None
+        try:
+            value = int(raw)
+        except ValueError as exc:
+            raise bad_request(f"Invalid ?{name}= value {raw!r}: expected an integer") from exc
+        if value < 0:
+            raise bad_request(f"Invalid ?{name}= value {raw!r}: must not be negative")
+        return value
+
+    def json(self) -> object:
+        if not self.body.strip():
+            return None
+        try:
+            return json.loads(self.body)
+        except ValueError as exc:
+            raise bad_request(f"Request decode failed: {exc}") from exc
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: object = None
+    raw: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def node_meta_args(req: Request) -> dict[str, str]:
+    out = {}
+    for item in req.query.get("node-meta", []):
+        key, sep, value = item.partition(":")
+        if not sep:
+            raise bad_request(f"node-meta {item!r}: use key:value")
+        out[key] = value
+    return out
+
+
+class ConsulHttpApi:
+    def __init__(self, store: Store, node_name: str, serf_members: Callable[[], list[dict]],
+                 leader_addr: str):
+        self.store = store
+        self.node_name = node_name
+        self.serf_members = serf_members
+        self.leader_addr = leader_addr
+        self.routes: list[tuple[set[str], re.Pattern, Callable]] = []
+        self._build_routes()
+
+    def _route(self, methods: str, pattern: str, handler: Callable) -> None:
+        self.routes.append((set(methods.split()), re.compile(f"^{pattern}$"), handler))
+
+    def _build_routes(self) -> None:
+        r = self._route
+        r("GET PUT DELETE", r"/v1/kv/(.*)", self.kv_endpoint)
+        r("PUT", r"/v1/txn", self.txn)
+        r("PUT", r"/v1/session/create", self.session_create)
+        r("PUT", r"/v1/session/renew/(.+)", self.session_renew)
+        r("PUT", r"/v1/session/destroy/(.+)", self.session_destroy)
+        r("GET", r"/v1/session/info/(.+)", self.session_info)
+        r("GET", r"/v1/session/node/(.+)", self.session_node)
+        r("GET", r"/v1/session/list", self.session_list)
+        r("GET", r"/v1/catalog/nodes", self.catalog_nodes)
+        r("GET", r"/v1/catalog/services", self.catalog_services)
+        r("GET", r"/v1/catalog/service/(.+)", self.catalog_service)
+        r("GET", r"/v1/catalog/node/(.+)", self.catalog_node)
+        r("GET", r"/v1/catalog/datacenters", self.catalog_datacenters)
+        r("PUT", r"/v1/catalog/register", self.catalog_register)
+        r("PUT", r"/v1/catalog/deregister", self.catalog_deregister)
+        r("GET", r"/v1/health/node/(.+)", self.health_node)
+        r("GET", r"/v1/health/checks/(.+)", self.health_checks)
+        r("GET", r"/v1/health/state/(.+)", self.health_state)
+        r("GET", r"/v1/health/service/(.+)", self.health_service)
+        r("GET", r"/v1/agent/self", self.agent_self)
+        r("GET", r"/v1/agent/members", self.agent_members)
+        r("PUT", r"/v1/agent/service/register", self.agent_service_register)
+        r("PUT", r"/v1/agent/service/deregister/(.+)", self.agent_service_deregister)
+        r("PUT", r"/v1/agent/service/maintenance/(.+)", self.agent_service_maintenance)
+        r("GET", r"/v1/agent/service/(.+)", self.agent_service)
+        r("GET", r"/v1/agent/services", self.agent_services)
+        r("GET", r"/v1/agent/checks", self.agent_checks)
+        r("PUT", r"/v1/agent/check/register", self.agent_check_register)
+        r("PUT", r"/v1/agent/check/deregister/(.+)", self.agent_check_deregister)
+        r("PUT", r"/v1/agent/check/(pass|warn|fail)/(.+)", self.agent_check_ttl)
+        r("PUT", r"/v1/agent/check/update/(.+)", self.agent_check_update)
+        r("PUT", r"/v1/agent/maintenance", self.agent_maintenance)
+        r("PUT", r"/v1/event/fire/(.+)", self.event_fire)
+        r("GET", r"/v1/event/list", self.event_list)
+        r("GET", r"/v1/status/leader", lambda req: Response(body=self.leader_addr))
+        r("GET", r"/v1/status/peers", lambda req: Response(body=[self.leader_addr]))
+
+    def handle(self, req: Request) -> Response:
+        allowed: set[str] = set()
+        for methods, pattern, handler in self.routes:
+            m = pattern.match(req.path)
+            if not m:
+                continue
+            if req.method not in methods:
+                allowed |= methods
+                continue
+            try:
+                return handler(req, *(unquote(g) for g in m.groups()))
+            except ConsulError as exc:
+                return Response(exc.status, raw=exc.message.encode())
+        if allowed:
+            return Response(405, raw=f"method {req.method} not allowed".encode())
+        return Response(404, raw=b"404 page not found")
+
+    # --- blocking ------------------------------------------------------------------------
+    def _blocking(self, req: Request, view: Callable, changed: Callable | None = None,
+                  ) -> Response:
+        min_index = req.int_arg("index") or 0
+        wait_text = req.arg("wait")
+        try:
+            wait_s = parse_duration(wait_text, "wait") if wait_text else None
+        except ValueError as exc:
+            raise bad_request(f"Invalid wait time: {exc}") from exc
+        kwargs = {"changed": changed} if changed else {}
+        idx, data = self.store.block(view, min_index, query_timeout(wait_s), **kwargs)
+        return Response(body=data, headers=meta_headers(idx))
+
+    # --- KV ------------------------------------------------------------------------------
+    def kv_endpoint(self, req: Request, key: str) -> Response:
+        if req.method == "GET":
+            return self.kv_get(req, key)
+        if req.method == "PUT":
+            return self.kv_put(req, key)
+        return Response(body=self.store.kv_delete(key, req.flag("recurse"), req.int_arg("cas")))
+
+    def kv_get(self, req: Request, key: str) -> Response:
+        keys, recurse = "keys" in req.query, "recurse" in req.query
+        separator = req.arg("separator", "") or ""
+        resp = self._blocking(req, lambda: self.store.kv_read(key, recurse, keys, separator))
+        data = resp.body
+        if data is None or (not data and (recurse or key)):
+            # Consul: 404 when nothing matches; only a keys listing of the root may be empty
+            return Response(404, raw=b"", headers=resp.headers)
+        if keys:
+            return resp
+        if "raw" in req.query and not recurse:
+            return Response(raw=data[0]["Value"] or b"", headers=resp.headers)
+        resp.body = [kv.to_json(e) for e in data]
+        return resp
+
+    def kv_put(self, req: Request, key: str) -> Response:
+        if "cas" in req.query and req.int_arg("cas") is None:
+            raise bad_request("Invalid ?cas= value: expected an integer")
+        flags = req.int_arg("flags") or 0
+        ok = self.store.kv_put(key, req.body or None, flags, req.int_arg("cas"),
+                               req.arg("acquire"), req.arg("release"))
+        return Response(body=ok)
+
+    def txn(self, req: Request) -> Response:
+        status, body = self.store.txn(req.json())
+        return Response(status, body=body)
+
+    # --- sessions ------------------------------------------------------------------------
+    def session_create(self, req: Request) -> Response:
+        body = req.json() or {}
+        if not isinstance(body, dict):
+            raise bad_request("Request decode failed: expected a JSON object")
+        return Response(body={"ID": self.store.session_create(body, req.agent_node)})
+
+    def session_renew(self, req: Request, session_id: str) -> Response:
+        session = self.store.session_renew(session_id)
+        if session is None:
+            raise not_found(f"Session id '{session_id}' not found")
+        return Response(body=[session])
+
+    def session_destroy(self, req: Request, session_id: str) -> Response:
+        return Response(body=self.store.session_destroy(session_id))
+
+    def session_info(self, req: Request, session_id: str) -> Response:
+        return self._blocking(req, lambda: self.store.session_view(session_id=session_id))
+
+    def session_node(self, req: Request, node: str) -> Response:
+        return self._blocking(req, lambda: self.store.session_view(node=node))
+
+    def session_list(self, req: Request) -> Response:
+        return self._blocking(req, lambda: self.store.session_view())
+
+    # --- catalog -------------------------------------------------------------------------
+    def _filtered(self, req: Request, items: list[dict]) -> list[dict]:
+        expr = req.arg("filter")
+        return [i for i in items if compile_filter(expr)(i)] if expr else items
+
+    def catalog_nodes(self, req: Request) -> Response:
+        meta = node_meta_args(req)
+        s = self.store
+
+        def view():
+            nodes = [n for _, n in sorted(s.nodes.items())
+                     if all(n["Meta"].get(k) == v for k, v in meta.items())]
+            return s.table_index("nodes"), self._filtered(req, nodes)
+        return self._blocking(req, view)
+
+    def catalog_services(self, req: Request) -> Response:
+        meta = node_meta_args(req)
+        s = self.store
+
+        def view():
+            out: dict[str, list[str]] = {}
+            for _, svc in s.instances(node_meta=meta):
+                tags = out.setdefault(svc["Service"], [])
+                tags.extend(t for t in svc["Tags"] if t not in tags)
+            return s.table_index("services", "nodes"), out
+        return self._blocking(req, view)
+
+    def catalog_service(self, req: Request, name: str) -> Response:
+        tags, meta, s = req.query.get("tag", []), node_meta_args(req), self.store
+
+        def view():
+            rows = [catalog_row(n, svc) for n, svc in s.instances(name, tags, meta)]
+            return s.service_index(name), self._filtered(req, rows)
+        return self._blocking(req, view)
+
+    def catalog_node(self, req: Request, node: str) -> Response:
+        s = self.store
+
+        def view():
+            if node not in s.nodes:
+                return s.table_index("nodes", "services"), None
+            services = {sid: service_json(svc) for (n, sid), svc in sorted(s.services.items())
+                        if n == node}
+            return s.table_index("nodes", "services"), {"Node": s.nodes[node],
+                                                         "Services": services}
+        return self._blocking(req, view)
+
+    def catalog_datacenters(self, req: Request) -> Response:
+        return Response(body=[self.store.datacenter])
+
+    def catalog_register(self, req: Request) -> Response:
+        return Response(body=self.store.catalog_register(_object(req)))
+
+    def catalog_deregister(self, req: Request) -> Response:
+        return Response(body=self.store.catalog_deregister(_object(req)))
+
+    # --- health --------------------------------------------------------------------------
+    def health_node(self, req: Request, node: str) -> Response:
+        s = self.store
+        return self._blocking(req, lambda: (s.table_index("checks"), self._filtered(
+            req, [c for (n, _), c in sorted(s.checks.items()) if n == node])))
+
+    def health_checks(self, req: Request, service: str) -> Response:
+        s = self.store
+        return self._blocking(req, lambda: (s.service_index(service), self._filtered(
+            req, [c for _, c in sorted(s.checks.items()) if c["ServiceName"] == service])))
+
+    def health_state(self, req: Request, state: str) -> Response:
+        if state not in (*STATES, "any"):
+            raise bad_request(f"Bad check state: {state} (use any|passing|warning|critical)")
+        s = self.store
+        return self._blocking(req, lambda: (s.table_index("checks"), self._filtered(
+            req, [c for _, c in sorted(s.checks.items())
+                  if state == "any" or c["Status"] == state])))
+
+    def health_service(self, req: Request, name: str) -> Response:
+        tags, meta, s = req.query.get("tag", []), node_meta_args(req), self.store
+        passing = req.flag("passing")
+
+        def view():
+            rows = []
+            for node, svc in s.instances(name, tags, meta):
+                checks = s.checks_of(node["Node"], svc["ID"])
+                if passing and any(c["Status"] != "passing" for c in checks):
+                    continue
+                rows.append({"Node": node, "Service": service_json(svc), "Checks": checks})
+            return s.service_index(name), self._filtered(req, rows)
+        return self._blocking(req, view)
+
+    # --- agent ---------------------------------------------------------------------------
+    def agent_self(self, req: Request) -> Response:
+        node = self.store.nodes.get(req.agent_node, {})
+        return Response(body={
+            "Config": {"Datacenter": self.store.datacenter, "NodeName": req.agent_node,
+                       "NodeID": node.get("ID", ""), "Server": req.agent_node == self.node_name,
+                       "Revision": "walle-standin", "Version": "1.17.0",
+                       "PrimaryDatacenter": self.store.datacenter},
+            "Member": self._member(req.agent_node), "Meta": node.get("Meta", {}),
+            "Stats": {"walle_standin": {"lab_and_test_only": "true"}},
+            "DebugConfig": {}, "Coord": None, "xDS": None})
+
+    def _members(self) -> list[dict]:
+        members = self.serf_members()
+        known = {m["Name"] for m in members}
+        for name, node in sorted(self.store.nodes.items()):
+            if name not in known and (name, "serfHealth") in self.store.checks:
+                alive = self.store.checks[(name, "serfHealth")]["Status"] == "passing"
+                members.append(member_json(name, node["Address"], 8301, node["Meta"],
+                                           "alive" if alive else "failed"))
+        return members
+
+    def _member(self, name: str) -> dict:
+        return next((m for m in self._members() if m["Name"] == name), {})
+
+    def agent_members(self, req: Request) -> Response:
+        return Response(body=self._members())
+
+    def agent_service_register(self, req: Request) -> Response:
+        self.store.agent_register_service(req.agent_node, _object(req),
+                                          req.flag("replace-existing-checks"))
+        return Response(raw=b"")
+
+    def agent_service_deregister(self, req: Request, service_id: str) -> Response:
+        self.store.agent_deregister_service(req.agent_node, service_id)
+        return Response(raw=b"")
+
+    def agent_service(self, req: Request, service_id: str) -> Response:
+        return Response(body=self.store.agent_service(req.agent_node, service_id))
+
+    def agent_services(self, req: Request) -> Response:
+        services = self.store.agent_services(req.agent_node)
+        return Response(body={k: v for k, v in services.items()
+                              if compile_filter(req.arg("filter") or "")(v)})
+
+    def agent_checks(self, req: Request) -> Response:
+        return Response(body=self.store.agent_checks(req.agent_node))
+
+    def agent_check_register(self, req: Request) -> Response:
+        self.store.agent_register_check(req.agent_node, _object(req))
+        return Response(raw=b"")
+
+    def agent_check_deregister(self, req: Request, check_id: str) -> Response:
+        self.store.agent_deregister_check(req.agent_node, check_id)
+        return Response(raw=b"")
+
+    def agent_check_ttl(self, req: Request, verb: str, check_id: str) -> Response:
+        status = {"pass": "passing", "warn": "warning", "fail": "critical"}[verb]
+        self.store.agent_ttl_update(req.agent_node, check_id, status, req.arg("note", "") or "")
+        return Response(raw=b"")
+
+    def agent_check_update(self, req: Request, check_id: str) -> Response:
+        body = _object(req)
+        self.store.agent_ttl_update(req.agent_node, check_id, str(body.get("Status", "")),
+                                    str(body.get("Output", "")))
+        return Response(raw=b"")
+
+    def agent_service_maintenance(self, req: Request, service_id: str) -> Response:
+        self.store.agent_service_maintenance(req.agent_node, service_id, _enable_arg(req),
+                                             req.arg("reason", "") or "")
+        return Response(raw=b"")
+
+    def agent_maintenance(self, req: Request) -> Response:
+        self.store.agent_node_maintenance(req.agent_node, _enable_arg(req),
+                                          req.arg("reason", "") or "")
+        return Response(raw=b"")
+
+    # --- events --------------------------------------------------------------------------
+    def event_fire(self, req: Request, name: str) -> Response:
+        return Response(body=self.store.event_fire(
+            name, req.body, req.arg("node", "") or "", req.arg("service", "") or "",
+            req.arg("tag", "") or ""))
+
+    def event_list(self, req: Request) -> Response:
+        name = req.arg("name", "") or ""
+        return self._blocking(req, lambda: self.store.event_view(req.agent_node, name),
+                              changed=lambda idx, seen: idx != seen)
+
+
+def meta_headers(index: int) -> dict[str, str]:
+    return {"X-Consul-Index": str(index), "X-Consul-KnownLeader": "true",
+            "X-Consul-LastContact": "0"}
+
+
+def service_json(svc: dict) -> dict:
+    return {k: svc[k] for k in ("ID", "Service", "Tags", "Address", "TaggedAddresses", "Meta",
+                                "Port", "Weights", "EnableTagOverride", "CreateIndex",
+                                "ModifyIndex")}
+
+
+def catalog_row(node: dict, svc: dict) -> dict:
+    return {"ID": node["ID"], "Node": node["Node"], "Address": node["Address"],
+            "Datacenter": node["Datacenter"], "TaggedAddresses": node["TaggedAddresses"],
+            "NodeMeta": node["Meta"], "ServiceID": svc["ID"], "ServiceName": svc["Service"],
+            "ServiceTags": svc["Tags"], "ServiceAddress": svc["Address"],
+            "ServiceTaggedAddresses": svc["TaggedAddresses"], "ServiceWeights": svc["Weights"],
+            "ServiceMeta": svc["Meta"], "ServicePort": svc["Port"],
+            "ServiceEnableTagOverride": svc["EnableTagOverride"],
+            "CreateIndex": svc["CreateIndex"], "ModifyIndex": svc["ModifyIndex"]}
+
+
+def member_json(name: str, addr: str, port: int, tags: dict, status: str) -> dict:
+    return {"Name": name, "Addr": addr, "Port": port, "Tags": tags,
+            "Status": SERF_STATUS.get(status, 0), "ProtocolMin": 1, "ProtocolMax": 5,
+            "ProtocolCur": 2, "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4}
+
+
+def _object(req: Request) -> dict:
+    body = req.json()
+    if not isinstance(body, dict):
+        raise bad_request("Request decode failed: expected a JSON object body")
+    return body
+
+
+def _enable_arg(req: Request) -> bool:
+    raw = req.arg("enable")
+    if raw is None or raw == "":
+        raise bad_request("Missing value for enable")
+    if raw.lower() not in ("true", "false", "1", "0"):
+        raise bad_request(f"Invalid value for enable: {raw!r}")
+    return raw.lower() in ("true", "1")
+
+
+# --- the HTTP server adapter ---------------------------------------------------------------
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: ApiServer
+
+    def _serve(self) -> None:
+        parts = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            self._send(Response(413, raw=b"Request body too large"))
+            return
+        body = self.rfile.read(length) if length else b""
+        req = Request(self.command, parts.path, parse_qs(parts.query, keep_blank_values=True),
+                      body, self.server.agent_node_for(self.client_address[0]))
+        try:
+            resp = self.server.api.handle(req)
+        except Exception as exc:  # noqa: BLE001 - report, never kill the server thread
+            log.exception("internal error on %s %s", self.command, self.path)
+            resp = Response(500, raw=f"stand-in internal error: {exc}".encode())
+        self._send(resp)
+
+    do_GET = do_PUT = do_DELETE = do_POST = _serve
+
+    def _send(self, resp: Response) -> None:
+        if resp.raw is not None:
+            payload, ctype = resp.raw, "text/plain; charset=utf-8"
+        else:
+            payload, ctype = json.dumps(resp.body).encode(), "application/json"
+        try:
+            self.send_response(resp.status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(payload)))
+            for key, value in resp.headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, fmt: str, *args) -> None:
+        log.debug("%s " + fmt, self.client_address[0], *args)
+
+
+class ApiServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr: tuple[str, int], api: ConsulHttpApi,
+                 agent_node_for: Callable[[str], str]):
+        self.address_family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+        super().__init__(addr, _Handler)
+        self.api = api
+        self.agent_node_for = agent_node_for

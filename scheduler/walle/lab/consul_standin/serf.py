@@ -1,0 +1,106 @@
+"""Membership from a real Serf cluster, turned into catalog nodes and serfHealth the way a
+Consul server's leader reconciles LAN members (agent/consul/leader.go):
+alive -> node registered, serfHealth passing; failed -> serfHealth critical (bound sessions
+are invalidated by the store); left or reaped -> node deregistered. Detection time is Serf's:
+we only poll `serf members`, at a short bounded interval."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import threading
+
+from .store import Store
+
+log = logging.getLogger("walle.consul_standin.serf")
+POLL_INTERVAL_S = 0.25
+CALL_TIMEOUT_S = 3.0
+
+
+def parse_members(text: str) -> list[dict]:
+    """`serf members -format=json` -> [{name, ip, port, tags, status}]."""
+    out = []
+    for m in json.loads(text).get("members", []):
+        host, _, port = m["addr"].rpartition(":")
+        out.append({"name": m["name"], "ip": host.strip("[]"), "port": int(port or 0),
+                    "tags": m.get("tags") or {}, "status": m["status"]})
+    return out
+
+
+def apply_members(store: Store, members: list[dict], managed: set[str]) -> None:
+    """Reconcile the catalog with Serf; `managed` (updated in place) holds the node names that
+    Serf brought in, so that catalog-only nodes are never touched."""
+    with store.write():
+        seen = set()
+        for m in members:
+            name, status = m["name"], m["status"]
+            seen.add(name)
+            if status == "alive":
+                store.ensure_node(name, m["ip"], m["tags"])
+                store.set_serf_health(name, alive=True)
+                managed.add(name)
+            elif status == "failed" and name in store.nodes:
+                store.set_serf_health(name, alive=False)
+                managed.add(name)
+            elif status == "left" and name in managed:
+                store.delete_node(name)
+                managed.discard(name)
+        for name in sorted(managed - seen):
+            store.delete_node(name)
+            managed.discard(name)
+
+
+class SerfFollower:
+    def __init__(self, store: Store, rpc_addr: str, serf_bin: str = "serf",
+                 interval_s: float = POLL_INTERVAL_S):
+        self.store = store
+        self.rpc_addr = rpc_addr
+        self.serf_bin = serf_bin
+        self.interval_s = interval_s
+        self.managed: set[str] = set()
+        self.last: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="consul-standin-serf",
+                                        daemon=True)
+        self._failures = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=CALL_TIMEOUT_S + 1)
+
+    def poll_once(self) -> bool:
+        cmd = [self.serf_bin, "members", "-format=json", f"-rpc-addr={self.rpc_addr}"]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=CALL_TIMEOUT_S,
+                                  check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return self._failed(f"{exc}")
+        if done.returncode != 0:
+            return self._failed(done.stderr.strip() or f"exit {done.returncode}")
+        self.last = parse_members(done.stdout)
+        apply_members(self.store, self.last, self.managed)
+        self._failures = 0
+        return True
+
+    def _failed(self, why: str) -> bool:
+        # Without its local Serf agent a Consul server learns nothing new: keep the last state.
+        self._failures += 1
+        if self._failures in (1, 20) or self._failures % 240 == 0:
+            log.warning("serf members via %s failed (%d in a row): %s", self.rpc_addr,
+                        self._failures, why)
+        return False
+
+    def members(self) -> list[dict]:
+        from .http_api import member_json
+
+        return [member_json(m["name"], m["ip"], m["port"], m["tags"], m["status"])
+                for m in self.last]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.poll_once()
+            self._stop.wait(self.interval_s)
