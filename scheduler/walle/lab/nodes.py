@@ -271,10 +271,7 @@ class Lab:
                            f"{', '.join(sorted(pending))}")
 
     def _write_inventory(self) -> None:
-        hosts = {
-            n.name: {"ansible_host": n.address, "walle_node_address": n.address}
-            for n in self.nodes
-        }
+        hosts = {n.name: _node_vars(n) for n in self.nodes}
         inventory = {
             "all": {
                 "vars": {
@@ -295,6 +292,18 @@ class Lab:
         }
         self.inventory_path.write_text(yaml.safe_dump(inventory, sort_keys=False))
         (self.dir / "inventory.json").write_text(json.dumps(inventory, indent=2))
+
+
+def _node_vars(node: LabNode) -> dict:
+    """Inventory variables of a lab node: three zones round-robin, racks of three, so spread
+    and failure-domain placement have something to work with."""
+    number = int(node.name.removeprefix("node"))
+    return {
+        "ansible_host": node.address,
+        "walle_node_address": node.address,
+        "walle_node_zone": f"z{(number - 1) % 3 + 1}",
+        "walle_node_rack": f"r{(number - 1) // 3 + 1}",
+    }
 
 
 # ----- node preparation -------------------------------------------------------------------

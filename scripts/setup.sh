@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian 12 machine (as root) to develop, test and run the Walle lab:
+# Debian packages, the Python virtual environment, and the cached lab rootfs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(systemd-container debootstrap serf qemu-system-x86 dnsutils iproute2 openssh-client
+          e2fsprogs qemu-utils python3-venv)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  echo "setup: creating .venv with $($PYTHON --version)" >&2
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/pip install -q --upgrade pip >/dev/null
+.venv/bin/pip install -q -e '.[test]'
+
+echo "setup: preparing the lab rootfs (cached in /var/cache/walle)" >&2
+.venv/bin/python -m walle.lab.rootfs >/dev/null
+echo "setup: done" >&2
