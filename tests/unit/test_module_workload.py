@@ -1,0 +1,272 @@
+"""walle_workload run in-process with a fake systemctl: exact commands, check mode, diff."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import ansible.module_utils
+import pytest
+from ansible.module_utils import basic
+from ansible.module_utils.testing import patch_module_args
+
+PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
+if str(PLUGINS / "module_utils") not in ansible.module_utils.__path__:
+    # What ANSIBLE_MODULE_UTILS does for a real run: our utils under ansible.module_utils.
+    ansible.module_utils.__path__.append(str(PLUGINS / "module_utils"))
+import ansible.module_utils.walle_systemd as walle_systemd  # noqa: E402
+
+
+def load_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"walle_test_{name}",
+                                                  PLUGINS / "modules" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+walle_workload = load_module("walle_workload")
+
+
+class Exit(Exception):
+    def __init__(self, kind: str, result: dict):
+        super().__init__(kind)
+        self.kind, self.result = kind, result
+
+
+class FakeSystemctl:
+    """Answers `systemctl show` from a table, records every command run."""
+
+    def __init__(self, active=(), analyze="/usr/bin/systemd-analyze", rcs=None, ran=(),
+                 failed=()):
+        self.active = set(active)
+        self.ran = set(ran)
+        self.failed = set(failed)
+        self.analyze = analyze
+        self.rcs = rcs or {}
+        self.calls: list[list[str]] = []
+
+    def get_bin_path(self, name, required=False, opt_dirs=None):
+        return {"systemctl": "/bin/systemctl", "systemd-analyze": self.analyze,
+                "systemd-nspawn": "/usr/bin/systemd-nspawn"}.get(name)
+
+    def run_command(self, argv, **_kw):
+        self.calls.append(list(argv))
+        if argv[1] == "show":
+            unit = argv[2]
+            state = "active" if unit in self.active else (
+                "failed" if unit in self.failed else "inactive")
+            exited = "123456" if unit in self.ran or unit in self.active else "0"
+            return 0, (f"ActiveState={state}\nMainPID={4242 if state == 'active' else 0}\n"
+                       f"InactiveExitTimestampMonotonic={exited}\n"), ""
+        return self.rcs.get(argv[1], 0), "", "boom" if self.rcs.get(argv[1]) else ""
+
+    def mutating(self) -> list[list[str]]:
+        return [c for c in self.calls if c[1] != "show"]
+
+
+@pytest.fixture
+def node(tmp_path, monkeypatch):
+    unit_dir, control_dir = tmp_path / "etc", tmp_path / "run"
+    unit_dir.mkdir()
+    monkeypatch.setattr(walle_systemd, "UNIT_DIR", str(unit_dir))
+    monkeypatch.setattr(walle_systemd, "RUNTIME_CONTROL_DIR", str(control_dir))
+
+    def exit_json(_module, **kw):
+        raise Exit("exit", kw)
+
+    def fail_json(_module, **kw):
+        raise Exit("fail", kw)
+
+    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
+    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
+    return tmp_path
+
+
+def run(node_dir, fake: FakeSystemctl, module, args: dict, check=False, diff=True,
+        monkeypatch=None) -> tuple[str, dict]:
+    monkeypatch.setattr(basic.AnsibleModule, "get_bin_path",
+                        lambda _module, name, *a, **kw: fake.get_bin_path(name))
+    monkeypatch.setattr(basic.AnsibleModule, "run_command",
+                        lambda _module, argv, **kw: fake.run_command(argv))
+    internal = dict(_ansible_check_mode=check, _ansible_diff=diff,
+                    _ansible_remote_tmp=str(node_dir / "tmp"), _ansible_keep_remote_files=False)
+    with patch_module_args({**args, **internal}), pytest.raises(Exit) as info:
+        module.main()
+    return info.value.kind, info.value.result
+
+
+@pytest.fixture
+def wl_run(node, monkeypatch):
+    def call(fake, args, **kw):
+        return run(node, fake, walle_workload, args, monkeypatch=monkeypatch, **kw)
+    return call
+
+
+SC = "/bin/systemctl"
+SVC = "walle-web-0.service"
+ARGS = dict(name="walle-web-0", slice="walle-web-0.slice", command="/usr/bin/python3",
+            args=["-m", "http.server", "8080"], env={"MSG": "50% of $HOME"},
+            pre_stop=["/bin/sleep", "1"], restart="always")
+
+
+def test_started_writes_reloads_and_starts(node, wl_run):
+    fake = FakeSystemctl()
+    kind, result = wl_run(fake, ARGS)
+    assert kind == "exit" and result["changed"] and not result["restarted"]
+    assert result["units"] == [SVC]
+    assert fake.mutating()[0][:3] == ["/usr/bin/systemd-analyze", "verify", "--man=no"]
+    assert fake.mutating()[1:] == [[SC, "daemon-reload"], [SC, "start", SVC]]
+    text = (node / "etc" / SVC).read_text()
+    assert 'Environment="MSG=50%% of $HOME"' in text
+    assert 'ExecStop="/bin/sleep" "1"' in text
+    assert result["diff"][0]["before"] == "" and result["diff"][0]["after"] == text
+
+
+def test_rerun_on_a_running_instance_does_nothing(wl_run):
+    wl_run(FakeSystemctl(), ARGS)
+    fake = FakeSystemctl(active={SVC})
+    _, result = wl_run(fake, ARGS)
+    assert not result["changed"] and fake.mutating() == []
+    assert result["active_state"] == "active" and result["main_pid"] == 4242
+
+
+def test_changed_unit_text_restarts_a_running_instance(wl_run):
+    wl_run(FakeSystemctl(), ARGS)
+    fake = FakeSystemctl(active={SVC})
+    _, result = wl_run(fake, {**ARGS, "args": ["-m", "http.server", "9090"]})
+    assert result["changed"] and result["restarted"]
+    assert fake.mutating()[1:] == [[SC, "daemon-reload"], [SC, "restart", SVC]]
+    assert '"9090"' in result["diff"][0]["after"] and '"8080"' in result["diff"][0]["before"]
+
+
+def test_present_writes_without_starting(wl_run):
+    fake = FakeSystemctl()
+    _, result = wl_run(fake, {**ARGS, "state": "present"})
+    assert result["changed"] and fake.mutating()[1:] == [[SC, "daemon-reload"]]
+
+
+def test_stopped_stops_a_running_instance(wl_run):
+    wl_run(FakeSystemctl(), ARGS)
+    fake = FakeSystemctl(active={SVC})
+    _, result = wl_run(fake, {**ARGS, "state": "stopped"})
+    assert result["changed"] and fake.mutating() == [[SC, "stop", SVC]]
+
+
+def test_check_mode_runs_only_show_and_writes_nothing(node, wl_run):
+    fake = FakeSystemctl()
+    _, result = wl_run(fake, ARGS, check=True)
+    assert result["changed"] and result["diff"][0]["after"]
+    assert fake.mutating() == [] and not (node / "etc" / SVC).exists()
+
+
+def test_absent_stops_removes_reloads_and_is_then_unchanged(node, wl_run):
+    wl_run(FakeSystemctl(), {**ARGS, "kind": "cron", "schedule": "hourly", "pre_stop": []})
+    assert (node / "etc" / "walle-web-0.timer").exists()
+    fake = FakeSystemctl(active={"walle-web-0.timer"})
+    _, result = wl_run(fake, {"name": "walle-web-0", "state": "absent"})
+    assert result["changed"] and sorted(result["units"]) == ["walle-web-0.service",
+                                                             "walle-web-0.timer"]
+    assert fake.mutating() == [[SC, "stop", "walle-web-0.timer"], [SC, "daemon-reload"]]
+    assert not list((node / "etc").iterdir())
+    fake = FakeSystemctl()
+    _, again = wl_run(fake, {"name": "walle-web-0", "state": "absent"})
+    assert not again["changed"] and fake.mutating() == []
+
+
+def test_absent_in_check_mode_changes_nothing(node, wl_run):
+    wl_run(FakeSystemctl(), ARGS)
+    fake = FakeSystemctl(active={SVC})
+    _, result = wl_run(fake, {"name": "walle-web-0", "state": "absent"}, check=True)
+    assert result["changed"] and fake.mutating() == [] and (node / "etc" / SVC).exists()
+
+
+def test_cron_starts_the_timer_of_a_oneshot(node, wl_run):
+    fake = FakeSystemctl()
+    _, result = wl_run(fake, {**ARGS, "kind": "cron", "schedule": "*-*-* 02:00:00",
+                              "pre_stop": []})
+    assert result["units"] == [SVC, "walle-web-0.timer"]
+    assert fake.mutating()[-1] == [SC, "start", "walle-web-0.timer"]
+    assert "Type=oneshot" in (node / "etc" / SVC).read_text()
+    assert "OnCalendar=*-*-* 02:00:00" in (node / "etc" / "walle-web-0.timer").read_text()
+
+
+def test_batch_that_already_ran_is_not_started_again(wl_run):
+    batch = {**ARGS, "kind": "batch", "retries": 5}
+    wl_run(FakeSystemctl(), batch)
+    fake = FakeSystemctl(ran={SVC})
+    _, result = wl_run(fake, batch)
+    assert not result["changed"] and fake.mutating() == []
+
+
+def test_failed_service_is_reset_and_started(wl_run):
+    wl_run(FakeSystemctl(), ARGS)
+    fake = FakeSystemctl(failed={SVC})
+    _, result = wl_run(fake, ARGS)
+    assert fake.mutating() == [[SC, "reset-failed", SVC], [SC, "start", SVC]]
+
+
+def test_nspawn_runs_the_command_inside_the_image(node, wl_run):
+    fake = FakeSystemctl()
+    wl_run(fake, {"name": "walle-etl-0", "slice": "walle-etl-0.slice", "runtime": "nspawn",
+                  "image": "/var/lib/machines/etl", "binds": ["/srv/d:/data:ro"],
+                  "command": "/opt/run", "args": ["a b"], "env": {"K": "v"},
+                  "state": "present"})
+    text = (node / "etc" / "walle-etl-0.service").read_text()
+    assert ('ExecStart="/usr/bin/systemd-nspawn" "--quiet" "--keep-unit" "--register=no" "-D" '
+            '"/var/lib/machines/etl" "--bind=/srv/d:/data:ro" "--setenv=K=v" '
+            '"--kill-signal=SIGTERM" "--" "/opt/run" "a b"') in text
+    assert "KillMode=mixed" in text and "Delegate=yes" in text and "Environment=" not in text
+
+
+def test_nspawn_without_command_boots_the_image(node, wl_run):
+    wl_run(FakeSystemctl(), {"name": "walle-vm-0", "slice": "walle-vm-0.slice",
+                             "runtime": "nspawn", "image": "/m", "state": "present"})
+    assert '"--boot"' in (node / "etc" / "walle-vm-0.service").read_text()
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    ({**ARGS, "command": None}, "command"),
+    ({**ARGS, "command": "python3"}, "command"),
+    ({**ARGS, "args": ["ok", "bad\nExecStartPre=/bin/evil"]}, "args"),
+    ({**ARGS, "env": {"K": "v\nUser=root"}}, "env"),
+    ({**ARGS, "env": {"BAD KEY": "v"}}, "env"),
+    ({**ARGS, "user": "root\nX=1"}, "user"),
+    ({**ARGS, "working_dir": "relative"}, "working_dir"),
+    ({**ARGS, "description": "a\nb"}, "description"),
+    ({**ARGS, "pre_stop": ["/bin/x", "a\rb"]}, "pre_stop"),
+    ({**ARGS, "stop_signal": "TERM\n"}, "stop_signal"),
+    ({**ARGS, "kind": "cron", "pre_stop": []}, "schedule"),
+    ({**ARGS, "kind": "cron", "schedule": "daily\nUnit=x", "pre_stop": []}, "schedule"),
+    ({**ARGS, "kind": "cron", "schedule": "daily"}, "pre_stop"),
+    ({**ARGS, "schedule": "daily"}, "schedule"),
+    ({**ARGS, "binds": ["/a:/b"]}, "binds"),
+    ({**ARGS, "runtime": "nspawn", "image": None}, "image"),
+    ({**ARGS, "runtime": "nspawn", "image": "/m\n"}, "image"),
+    ({**ARGS, "slice": "system.slice"}, "slice"),
+    ({**ARGS, "name": "web-0"}, "name"),
+    ({**ARGS, "kind": "batch", "retries": 0}, "retries"),
+])
+def test_bad_options_fail_naming_the_option(wl_run, args, option):
+    fake = FakeSystemctl()
+    kind, result = wl_run(fake, args)
+    assert kind == "fail" and result["option"] == option, result
+    assert fake.mutating() == []
+
+
+def test_slice_is_required_unless_absent(wl_run):
+    kind, result = wl_run(FakeSystemctl(), {"name": "walle-web-0", "command": "/bin/true"})
+    assert kind == "fail" and "slice" in result["msg"]
+
+
+def test_documentation_matches_the_argument_spec():
+    import yaml
+
+    doc = yaml.safe_load(walle_workload.DOCUMENTATION)
+    assert set(doc["options"]) == set(walle_workload.ARGUMENT_SPEC)
+    for name, spec in walle_workload.ARGUMENT_SPEC.items():
+        assert doc["options"][name]["type"] == spec["type"], name
+        assert doc["options"][name].get("choices") == spec.get("choices"), name
+        assert doc["options"][name].get("default") == spec.get("default"), name
