@@ -17,6 +17,7 @@ from .catalog import STATES
 from .core import query_timeout
 from .durations import parse_duration
 from .errors import ConsulError, bad_request, not_found
+from .fields import get
 from .filters import compile_filter
 from .store import Store
 
@@ -375,8 +376,8 @@ class ConsulHttpApi:
 
     def agent_check_update(self, req: Request, check_id: str) -> Response:
         body = _object(req)
-        self.store.agent_ttl_update(req.agent_node, check_id, str(body.get("Status", "")),
-                                    str(body.get("Output", "")))
+        self.store.agent_ttl_update(req.agent_node, check_id, str(get(body, "Status", "")),
+                                    str(get(body, "Output", "")))
         return Response(raw=b"")
 
     def agent_service_maintenance(self, req: Request, service_id: str) -> Response:

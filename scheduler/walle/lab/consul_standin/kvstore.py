@@ -7,6 +7,7 @@ import binascii
 
 from . import kv
 from .errors import ConsulError, bad_request, rpc_error
+from .fields import get
 
 MAX_TXN_OPS = 128
 _WRITE_VERBS = {"set", "cas", "lock", "unlock", "delete", "delete-tree", "delete-cas"}
@@ -147,23 +148,23 @@ def _parse_txn(ops: object) -> list[dict]:
 
 
 def _parse_txn_op(i: int, op: object) -> dict:
-    if not isinstance(op, dict) or "KV" not in op:
+    body = get(op, "KV") if isinstance(op, dict) else None
+    if not isinstance(body, dict):
         raise bad_request(f"op {i}: the stand-in supports only KV operations in /v1/txn")
-    body = op["KV"] or {}
-    verb = body.get("Verb", "")
+    verb = get(body, "Verb", "")
     if verb not in _WRITE_VERBS | _READ_VERBS:
         raise bad_request(f'op {i}: unknown KV verb "{verb}"')
     try:
-        raw = body.get("Value")
+        raw = get(body, "Value")
         value = base64.b64decode(raw, validate=True) if raw is not None else None
     except (binascii.Error, TypeError) as exc:
         raise bad_request(f"op {i}: KV.Value must be base64 ({exc})") from exc
-    key = body.get("Key", "")
+    key = get(body, "Key", "")
     if not key and verb not in ("delete-tree", "get-tree"):
         raise bad_request(f"op {i}: Missing key name")
     _check_key_and_value(key or "-", value)
-    return {"Verb": verb, "Key": key, "Value": value, "Flags": int(body.get("Flags") or 0),
-            "Index": int(body.get("Index") or 0), "Session": body.get("Session") or ""}
+    return {"Verb": verb, "Key": key, "Value": value, "Flags": int(get(body, "Flags") or 0),
+            "Index": int(get(body, "Index") or 0), "Session": get(body, "Session") or ""}
 
 
 def _txn_op(space: kv.KVSpace, op: dict, idx: int) -> list[dict]:

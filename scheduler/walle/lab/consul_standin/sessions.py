@@ -7,6 +7,7 @@ import uuid
 from . import kv
 from .durations import format_duration, parse_duration
 from .errors import rpc_error
+from .fields import get
 
 SESSION_TTL_MIN_S = 10.0
 SESSION_TTL_MAX_S = 86400.0
@@ -41,10 +42,10 @@ class SessionMixin:
         return session["ID"]
 
     def _new_session(self, body: dict, agent_node: str) -> dict:
-        behavior = body.get("Behavior") or "release"
+        behavior = get(body, "Behavior") or "release"
         if behavior not in ("release", "delete"):
             raise rpc_error(f"Invalid Behavior setting '{behavior}'")
-        ttl_text = body.get("TTL") or ""
+        ttl_text = get(body, "TTL") or ""
         if ttl_text:
             try:
                 ttl = parse_duration(ttl_text, "TTL")
@@ -54,20 +55,20 @@ class SessionMixin:
                 raise rpc_error(f"Invalid Session TTL '{ttl_text}', must be between "
                                 f"[10s=24h0m0s]")
             ttl_text = format_duration(ttl) if ttl else ""
-        node_checks = body.get("NodeChecks")
-        legacy = body.get("Checks")
+        node_checks = get(body, "NodeChecks")
+        legacy = get(body, "Checks")
         if node_checks is None:
             node_checks = list(legacy) if legacy is not None else [SERF_CHECK]
         elif legacy:
             node_checks = list(dict.fromkeys([*node_checks, *legacy]))
-        delay = body.get("LockDelay")
+        delay = get(body, "LockDelay")
         return {
-            "ID": str(uuid.uuid4()), "Name": body.get("Name") or "",
-            "Node": body.get("Node") or agent_node,
+            "ID": str(uuid.uuid4()), "Name": get(body, "Name") or "",
+            "Node": get(body, "Node") or agent_node,
             "LockDelay": int(min(parse_lock_delay(delay), MAX_LOCK_DELAY_S) * 1e9)
             if delay is not None else int(DEFAULT_LOCK_DELAY_S * 1e9),
             "Behavior": behavior, "TTL": ttl_text, "NodeChecks": node_checks,
-            "ServiceChecks": body.get("ServiceChecks") or None,
+            "ServiceChecks": get(body, "ServiceChecks") or None,
         }
 
     def _validate_session_checks(self, session: dict) -> None:
