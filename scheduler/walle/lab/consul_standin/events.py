@@ -25,8 +25,6 @@ class EventMixin:
     def event_fire(self, name: str, payload: bytes, node: str, service: str, tag: str) -> dict:
         if not name:
             raise bad_request("Missing name")
-        if name.startswith("_"):
-            raise bad_request(f"User event name '{name}' is reserved (starts with '_')")
         for field, pattern in (("node", node), ("service", service), ("tag", tag)):
             try:
                 re.compile(pattern)
