@@ -135,6 +135,39 @@ def test_runner_overhead_place_three_nodes(lab, capsys):
                   f"{wall:.2f} s wall ({inner:.2f} s in run_playbook)")
 
 
+def migrate(lab, place: dict, stop: dict):
+    hosts = sorted(set(place) | set(stop))
+    extravars = {"walle_place": place, "walle_stop": stop, **NO_CONSUL}
+    return run_playbook("migrate.yml", str(lab.inventory_path), extravars,
+                        [*hosts, "localhost"], timeout=120)
+
+
+def test_migrate_starts_the_new_instance_before_stopping_the_old(lab):
+    spec = web_spec("mig", count=2)
+    old = {"node1": [0], "node2": [1]}
+    assert run(lab, "place.yml", place_batch(lab, spec, old)).ok_hosts == ["node1", "node2"]
+    broken = web_spec("mig", count=2, command="/no/such/bin")
+    new = {"node3": place_batch(lab, spec, {"node3": [0]})["node3"]
+           + place_batch(lab, broken, {"node3": [1]})["node3"]}
+    try:
+        result = migrate(lab, new, stop_batch("mig", old))
+        assert all(result.hosts[n].ok for n in ("node1", "node2", "node3")), result.hosts
+        assert list(result.hosts["node3"].failed_instances) == ["mig-1"]
+        assert result.hosts["node1"].failed_instances == {}
+        kept = result.hosts["node2"].failed_instances
+        assert list(kept) == ["mig-1"] and kept["mig-1"].startswith("kept:")
+        assert unit_props(lab, "node3", "walle-mig-0.service", "ActiveState") == {
+            "ActiveState": "active"}
+        assert unit_props(lab, "node1", "walle-mig-0.service", "LoadState") == {
+            "LoadState": "not-found"}
+        assert "prestop-mig-0" in on_node(lab, "node1", "ls /var/tmp")
+        # its replacement failed: the old instance keeps serving
+        assert unit_props(lab, "node2", "walle-mig-1.service", "ActiveState") == {
+            "ActiveState": "active"}
+    finally:
+        run(lab, "stop.yml", stop_batch("mig", {"node2": [1], "node3": [0, 1]}))
+
+
 def test_an_unreachable_host_fails_alone(lab):
     spec = web_spec("iso")
     layout = {"node1": [0], "node3": [1]}

@@ -77,6 +77,16 @@ def test_rescued_instance_failure_is_reported_per_instance_and_the_host_stays_ok
     assert host.failed_instances == {"web-1": "Wait until the unit is active: timeout"}
 
 
+def test_instance_failures_reported_from_a_loop_task():
+    c = EventCollector(["n1"])
+    c.handle(ev("runner_on_ok", "n1", runner.INSTANCE_FAILED_TASK, {"results": [
+        {"msg": {"id": "web-0", "error": "kept: not ready"}},
+        {"skipped": True},
+        {"msg": {"id": "web-2", "error": "kept: not ready"}}]}))
+    assert c.hosts["n1"].failed_instances == {"web-0": "kept: not ready",
+                                              "web-2": "kept: not ready"}
+
+
 def test_hosts_without_a_result_are_closed_as_failed_with_the_reason():
     rec = Recorder()
     c = EventCollector(["n1", "n9"], rec)

@@ -117,7 +117,7 @@ class EventCollector:
             result.changed = True
         if kind == "runner_on_ok":
             if task == INSTANCE_FAILED_TASK:
-                self._record_instance_failure(result, res.get("msg"))
+                self._record_instance_failure(result, res)
             elif task == HOST_DONE_TASK:
                 result.ok = not result.failed and not result.unreachable
                 self._done(result)
@@ -129,8 +129,13 @@ class EventCollector:
             result.failed_tasks.append(TaskFailure(task, failure_message(res), _item(res)))
             self._done(result)  # ansible drops an unreachable host from the play
 
-    @staticmethod
-    def _record_instance_failure(result: HostResult, msg: Any) -> None:
+    def _record_instance_failure(self, result: HostResult, res: Mapping[str, Any]) -> None:
+        if isinstance(res.get("results"), list):  # the task ran in a loop: one per item
+            for item in res["results"]:
+                if isinstance(item, Mapping) and not item.get("skipped"):
+                    self._record_instance_failure(result, item)
+            return
+        msg = res.get("msg")
         if isinstance(msg, Mapping) and msg.get("id"):
             result.failed_instances[str(msg["id"])] = str(msg.get("error", "failed"))
         else:
