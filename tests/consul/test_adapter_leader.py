@@ -89,3 +89,16 @@ def test_wait_for_leadership_times_out_while_held(api, consul_client, unique):
         a.step_down()
         b.step_down()
         consul_client.kv.delete(key)
+
+
+def test_a_lock_can_be_won_again_after_stepping_down(api, consul_client, unique):
+    key = unique("walle-test/leader")
+    a = LeaderLock(api, key=key, name="a", lock_delay=0)
+    try:
+        assert a.acquire()
+        a.step_down()
+        assert a.wait_for_leadership(timeout=3) and a.is_leader
+        assert consul_client.kv.get(key)[1]["Session"] == a.session_id
+    finally:
+        a.step_down()
+        consul_client.kv.delete(key)

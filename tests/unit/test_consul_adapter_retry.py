@@ -98,3 +98,10 @@ def test_other_exceptions_pass_through_untouched():
     with pytest.raises(KeyError):
         run(fn)
     assert len(calls) == 1
+
+
+def test_500_refusals_that_retrying_cannot_fix_fail_at_once():
+    fn, calls = failing([ConsulException('500 invalid session "abc"')] * 5)
+    with pytest.raises(ConsulError, match="invalid session"):
+        run(fn)
+    assert len(calls) == 1

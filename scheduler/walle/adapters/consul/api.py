@@ -60,6 +60,24 @@ class ConsulApi:
 
         return self.call(what or f"{method.upper()} {path}", once)
 
+    def get_indexed(self, path: str, params: list | None = None, what: str | None = None
+                    ) -> tuple[int, Any]:
+        """GET a blocking endpoint with this client's token -> (X-Consul-Index, JSON).
+        For endpoints whose py-consul wrapper drops the token (event list)."""
+        http = self.client.http
+        headers = self.client.prepare_headers()
+
+        def once() -> tuple[int, Any]:
+            resp = http.get(lambda r: r, path, params=params or [], headers=headers)
+            if resp.code >= 500:
+                raise ConsulException(f"{resp.code} {resp.body}")
+            if resp.code != 200:
+                raise ConsulError(f"GET {path} at {self.address} answered {resp.code}: "
+                                  f"{resp.body}")
+            return int(resp.headers.get("X-Consul-Index", 0)), _decode(resp.body)
+
+        return self.call(what or f"GET {path}", once)
+
 
 def _decode(body: str) -> Any:
     if not body:

@@ -4,6 +4,7 @@ the durable record is the KV key walle/nodes/<node>/drain, the event only wakes 
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
 from walle.adapters.consul.api import ConsulApi
@@ -44,10 +45,11 @@ def list_events(api: ConsulApi, name: str | None = None, index: int = 0,
                 wait: str | None = None) -> tuple[int, list[Event]]:
     """Recent events seen by this agent (up to 256); the index only means something against
     the same agent."""
-    ev = api.client.event
-    idx, items = api.call("list events", lambda: ev.list(name=name, index=index or None,
-                                                         wait=wait))
-    return int(idx), [_event(i) for i in items or []]
+    params: list[tuple[str, str]] = [("name", name)] if name else []
+    if index:
+        params += [("index", str(index))] + ([("wait", wait)] if wait else [])
+    idx, items = api.get_indexed("/v1/event/list", params, what="list events")
+    return idx, [_event(i) for i in items or []]
 
 
 def watch_events(api: ConsulApi, name: str | None = None, **kw) -> Watch[list[Event]]:
@@ -59,8 +61,7 @@ def fire_drain(api: ConsulApi, node: str) -> str:
 
 
 def _event(item: dict) -> Event:
-    payload = item.get("Payload") or b""
-    if isinstance(payload, str):
-        payload = payload.encode()
+    raw = item.get("Payload") or ""
+    payload = base64.b64decode(raw) if isinstance(raw, str) else bytes(raw)
     return Event(id=item.get("ID", ""), name=item.get("Name", ""), payload=payload,
                  ltime=int(item.get("LTime") or 0))

@@ -133,10 +133,8 @@ class LeaderLock:
                 index = max(1, idx if idx >= index else 0)  # block until the holder changes
                 backoff = 0.1
                 continue
-            index = 0
-            pause = min(backoff, max(deadline - time.monotonic(), 0))
-            if self._stop_renew.wait(pause):
-                return False
+            index = 0  # free but refused: inside the lock delay; back off briefly
+            time.sleep(min(backoff, max(deadline - time.monotonic(), 0)))
             backoff = min(backoff * 2, 1.0)
 
     def _read_key(self, index: int, remaining: float) -> tuple[int, dict | None]:

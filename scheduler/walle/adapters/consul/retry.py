@@ -27,6 +27,11 @@ T = TypeVar("T")
 _CLIENT_ERRORS = (BadRequest, ACLDisabled, ACLPermissionDenied, NotFound, ClientError)
 
 
+# Substrings of 500 answers that are refusals, not outages (session and catalog validation).
+PERMANENT_500 = ("invalid session", "critical state", "missing node registration",
+                 "invalid lock delay", "invalid session ttl", "permission denied")
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     attempts: int = 6  # total tries, the first included
@@ -51,8 +56,12 @@ def is_retryable(err: BaseException) -> bool:
     if isinstance(err, _CLIENT_ERRORS):
         return False
     # py-consul raises a bare ConsulException "<code> <body>" for 5xx (and for bad JSON,
-    # which we do not retry).
-    return type(err) is ConsulException and str(err)[:1] == "5"
+    # which we do not retry). Consul also answers 500 for some refusals that will not change
+    # by retrying; those fail at once.
+    text = str(err)
+    if type(err) is not ConsulException or text[:1] != "5":
+        return False
+    return not any(marker in text.lower() for marker in PERMANENT_500)
 
 
 def call_with_retry(
