@@ -181,44 +181,53 @@ def test_service_registration_uses_the_node_address():
         "meta": {"walle_job": "web-api", "walle_slot": "2", "walle_digest": spec.digest()},
         "consul_addr": "http://10.77.1.1:8500",
         "state": "present",
-        "check": {"type": "http", "http": "http://10.77.1.12:8080/healthz", "interval": 1.0,
-                  "timeout": 0.5, "deregister_critical_service_after": 90.0},
+        "check_type": "http",
+        "check_http": "http://10.77.1.12:8080/healthz",
+        "check_interval": "1s",
+        "check_timeout": "0.5s",
+        "deregister_critical_after": "90s",
     }
+
+
+CHECK_KEYS = ("check_type", "check_http", "check_tcp", "check_ttl", "check_interval",
+              "check_timeout", "deregister_critical_after")
 
 
 @pytest.mark.parametrize(
     ("health", "expected"),
     [
         (HealthCheck(type="tcp", port=9000),
-         {"type": "tcp", "tcp": "10.77.1.12:9000", "interval": 2.0, "timeout": 2.0}),
+         {"check_type": "tcp", "check_tcp": "10.77.1.12:9000", "check_interval": "2s",
+          "check_timeout": "2s"}),
         (HealthCheck(type="tcp"),
-         {"type": "tcp", "tcp": "10.77.1.12:8080", "interval": 2.0, "timeout": 2.0}),
-        (HealthCheck(type="ttl", ttl=15.0), {"type": "ttl", "ttl": 15.0}),
-        (HealthCheck(type="script", args=("/bin/check", "-q"), interval=5.0),
-         {"type": "script", "args": ["/bin/check", "-q"], "interval": 5.0, "timeout": 2.0}),
+         {"check_type": "tcp", "check_tcp": "10.77.1.12:8080", "check_interval": "2s",
+          "check_timeout": "2s"}),
+        (HealthCheck(type="ttl", ttl=15.0), {"check_type": "ttl", "check_ttl": "15s"}),
     ],
 )
 def test_check_types(health, expected):
-    check = params.service_args(make_spec(health=health), 0, "10.77.1.12")["check"]
-    assert check == {**expected, "deregister_critical_service_after": 60.0}
+    args = params.service_args(make_spec(health=health), 0, "10.77.1.12")
+    assert {k: args[k] for k in CHECK_KEYS if k in args} == {
+        **expected, "deregister_critical_after": "60s"}
 
 
 def test_ipv6_node_address_is_bracketed_in_check_urls():
-    check = params.service_args(make_spec(), 0, "fd00::5")["check"]
-    assert check["http"] == "http://[fd00::5]:8080/healthz"
+    args = params.service_args(make_spec(), 0, "fd00::5")
+    assert args["check_http"] == "http://[fd00::5]:8080/healthz"
 
 
 def test_no_service_means_no_registration_and_no_health_means_no_check():
     assert params.instance_vars(make_spec(service=None), 0, "10.77.1.11", Grant())[
         "service"] is None
-    assert "check" not in params.service_args(make_spec(health=None), 0, "10.77.1.11")
+    args = params.service_args(make_spec(health=None), 0, "10.77.1.11")
+    assert not any(k in args for k in CHECK_KEYS)
 
 
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
         ({"health": HealthCheck(type="ttl")}, "health.ttl"),
-        ({"health": HealthCheck(type="script")}, "health.args"),
+        ({"health": HealthCheck(type="script", args=("/bin/true",))}, "health.type"),
         ({"service": Discovery(name="web")}, "health.port"),
     ],
 )

@@ -160,37 +160,38 @@ def service_args(
         "state": "present",
     }
     if spec.health is not None:
-        args["check"] = check_args(spec.health, node_address, spec.service.port)
+        args.update(check_args(spec.health, node_address, spec.service.port))
     return _without_none(args)
 
 
 def check_args(health: HealthCheck, node_address: str, service_port: int | None) -> dict:
-    """The Consul check of one instance. It targets the node's address, never localhost: the
-    agent that runs it may not share the instance's network namespace."""
+    """walle_consul_service's check_* options for one instance. The check targets the node's
+    address, never localhost: the agent that runs it may not share the instance's network
+    namespace."""
     check: dict[str, Any] = {
-        "type": health.type,
-        "deregister_critical_service_after": health.deregister_after,
+        "check_type": health.type,
+        "deregister_critical_after": _duration(health.deregister_after),
     }
     if health.type == "ttl":
         if health.ttl is None:
             raise ValueError("health.ttl: a ttl check needs ttl (seconds)")
-        check["ttl"] = health.ttl
+        check["check_ttl"] = _duration(health.ttl)
         return check
-    check["interval"] = health.interval
-    check["timeout"] = health.timeout
     if health.type == "script":
-        if not health.args:
-            raise ValueError("health.args: a script check needs the argv to run")
-        check["args"] = list(health.args)
-        return check
+        raise ValueError(
+            "health.type: script checks need a node-side feeder that walle_consul_service "
+            "does not provide yet; use an http, tcp or ttl check"
+        )
     port = health.port if health.port is not None else service_port
     if port is None:
         raise ValueError(f"health.port: a {health.type} check needs health.port or service.port")
     host = f"[{node_address}]" if ":" in node_address else node_address
+    check["check_interval"] = _duration(health.interval)
+    check["check_timeout"] = _duration(health.timeout)
     if health.type == "http":
-        check["http"] = f"http://{host}:{port}{health.path}"
+        check["check_http"] = f"http://{host}:{port}{health.path}"
     else:
-        check["tcp"] = f"{host}:{port}"
+        check["check_tcp"] = f"{host}:{port}"
     return check
 
 
@@ -243,6 +244,11 @@ def _check_node_address(address: str) -> None:
             f"node_address: {address} is not reachable from other nodes; pass the node's "
             "own address (its ansible_host)"
         )
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as a Go duration string ("2s", "0.5s", "90s")."""
+    return f"{seconds:g}s"
 
 
 def _without_none(args: dict[str, Any]) -> dict[str, Any]:
