@@ -35,6 +35,8 @@ SUBNET_PREFIX = "10.77"
 MAX_LABS = 200
 FIRST_NODE_HOST = 11
 BOOT_TIMEOUT = 90.0
+CONSUL_HTTP_PORT, CONSUL_DNS_PORT = 8500, 8600
+SERF_PORT, SERF_RPC_BASE = 7946, 17373
 
 Progress = Callable[[str], None]
 
@@ -176,6 +178,43 @@ class Lab:
         self._save()
         return proc.pid
 
+    # ----- Consul for the lab: a host Serf agent and the stand-in ----------------------------
+    @property
+    def consul_http_addr(self) -> str:
+        return f"http://{self._require_state().host_address}:{CONSUL_HTTP_PORT}"
+
+    @property
+    def consul_dns_addr(self) -> tuple[str, int]:
+        return self._require_state().host_address, CONSUL_DNS_PORT
+
+    @property
+    def serf_rpc_addr(self) -> str:
+        return f"127.0.0.1:{SERF_RPC_BASE + self._require_state().index}"
+
+    def start_consul(self) -> str:
+        """Start the lab's membership and Consul API: a Serf agent on the host's bridge address
+        (lab nodes join it, see roles/consul) and the Consul stand-in following its members.
+        The `default` lab also answers on 127.0.0.1:8500/8600, where Consul's clients look
+        first. Returns the HTTP address."""
+        state = self._require_state()
+        host = state.host_address
+        server = f"walle-server-{self.name}"
+        self.start_process("serf", [
+            "serf", "agent", "-node", server, "-bind", f"{host}:{SERF_PORT}",
+            "-rpc-addr", self.serf_rpc_addr, "-tag", "walle_role=server",
+            "-log-level", "warn",
+        ], "serf.log")
+        argv = [sys.executable, "-m", "walle.lab.consul_standin",
+                "--data-dir", str(self.dir / "consul"), "--node-name", server,
+                "--http", f"{host}:{CONSUL_HTTP_PORT}", "--dns", f"{host}:{CONSUL_DNS_PORT}",
+                "--serf-rpc", self.serf_rpc_addr]
+        if self.name == "default":
+            argv += ["--http", f"127.0.0.1:{CONSUL_HTTP_PORT}",
+                     "--dns", f"127.0.0.1:{CONSUL_DNS_PORT}"]
+        self.start_process("consul-standin", argv, "consul-standin.log")
+        _wait_port(host, CONSUL_HTTP_PORT, 20.0, what="the Consul stand-in")
+        return self.consul_http_addr
+
     def down(self) -> None:
         if self.state is None and not self.dir.exists():
             return
@@ -285,7 +324,9 @@ class Lab:
                     "ansible_control_path_dir": str(self.control_path_dir),
                     "walle_lab": self.name,
                     "walle_lab_host_address": self._require_state().host_address,
-                    "walle_consul_http_addr": f"http://{self._require_state().host_address}:8500",
+                    "walle_consul_http_addr": self.consul_http_addr,
+                    "consul_mode": "standin",
+                    "consul_serf_join": f"{self._require_state().host_address}:{SERF_PORT}",
                 },
                 "children": {"walle_nodes": {"hosts": hosts}},
             }
@@ -412,6 +453,15 @@ def _unmount(root: str) -> None:
 
 def _run_quiet(argv: list[str]) -> None:
     subprocess.run(argv, capture_output=True)
+
+
+def _wait_port(host: str, port: int, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _port_open(host, port):
+            return
+        time.sleep(0.1)
+    raise LabError(f"{what} did not listen on {host}:{port} within {timeout:.0f}s")
 
 
 def _port_open(host: str, port: int, timeout: float = 0.3) -> bool:

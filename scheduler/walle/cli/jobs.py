@@ -1,0 +1,220 @@
+"""Job commands: `walle run`, `stop`, `scale`, `status`, `plan`."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from walle.cli.common import add_consul_args, cluster_command, connect, print_json, progress
+from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from walle.cli.output import print_table
+from walle.core import explain, format_explanation
+from walle.service.cluster import Snapshot, load_snapshot
+from walle.spec import SpecError, load_spec_file, parse_spec
+
+CAS_ATTEMPTS = 5
+
+
+def register(subparsers) -> None:
+    run = subparsers.add_parser("run", help="submit (or update) a job from a spec file")
+    run.add_argument("file")
+    run.add_argument("--wait", type=float, metavar="SECONDS", default=0,
+                     help="wait until every instance passes its checks (0: do not wait)")
+    add_consul_args(run)
+    run.set_defaults(func=cmd_run)
+
+    stop = subparsers.add_parser("stop", help="stop a job: its instances stop gracefully")
+    stop.add_argument("job")
+    stop.add_argument("--wait", type=float, metavar="SECONDS", default=0)
+    add_consul_args(stop)
+    stop.set_defaults(func=cmd_stop)
+
+    scale = subparsers.add_parser("scale", help="change a job's instance count")
+    scale.add_argument("job")
+    scale.add_argument("count", type=int)
+    scale.add_argument("--wait", type=float, metavar="SECONDS", default=0)
+    add_consul_args(scale)
+    scale.set_defaults(func=cmd_scale)
+
+    status = subparsers.add_parser("status", help="jobs, or one job's instances")
+    status.add_argument("job", nargs="?")
+    add_consul_args(status)
+    status.set_defaults(func=cmd_status)
+
+    plan = subparsers.add_parser("plan", help="where a job would go, and why (dry run)")
+    plan.add_argument("job", help="a job name in the cluster, or a spec file")
+    plan.add_argument("--explain", action="store_true", help="per-node scores and refusals")
+    add_consul_args(plan)
+    plan.set_defaults(func=cmd_plan)
+
+
+@cluster_command
+def cmd_run(args) -> int:
+    try:
+        spec = load_spec_file(args.file)
+    except SpecError as err:
+        print(err, file=sys.stderr)
+        return EXIT_USAGE
+    _, store = connect(args)
+    for _ in range(CAS_ATTEMPTS):
+        current = store.job(spec.name)
+        if current and current.version == spec.digest():
+            _say(args, {"job": spec.name, "version": spec.digest(), "changed": False},
+                 f"{spec.name}: already at version {spec.digest()}")
+            return _wait(args, spec.name, spec.count)
+        if store.put_job(spec, current.modify_index if current else 0,
+                         previous=current):
+            verb = "updated" if current else "submitted"
+            _say(args, {"job": spec.name, "version": spec.digest(), "changed": True},
+                 f"{spec.name}: {verb}, version {spec.digest()}")
+            return _wait(args, spec.name, spec.count)
+    print(f"walle run: {spec.name} kept changing under us; try again", file=sys.stderr)
+    return EXIT_FAILED
+
+
+@cluster_command
+def cmd_stop(args) -> int:
+    _, store = connect(args)
+    current = store.job(args.job)
+    if current is None:
+        print(f"walle stop: no job {args.job!r}", file=sys.stderr)
+        return EXIT_FAILED
+    if not store.delete_job(args.job, current.modify_index):
+        print(f"walle stop: {args.job} changed meanwhile; try again", file=sys.stderr)
+        return EXIT_FAILED
+    _say(args, {"job": args.job, "stopped": True}, f"{args.job}: stopping")
+    return _wait(args, args.job, 0)
+
+
+@cluster_command
+def cmd_scale(args) -> int:
+    if not 0 <= args.count <= 1000:
+        print("walle scale: count must be 0..1000", file=sys.stderr)
+        return EXIT_USAGE
+    _, store = connect(args)
+    for _ in range(CAS_ATTEMPTS):
+        current = store.job(args.job)
+        if current is None:
+            print(f"walle scale: no job {args.job!r}", file=sys.stderr)
+            return EXIT_FAILED
+        data = dict(current.spec)
+        data["count"] = args.count
+        spec = parse_spec(data, source=f"{args.job} scaled")
+        if store.put_job(spec, current.modify_index, previous=current):
+            _say(args, {"job": args.job, "count": args.count},
+                 f"{args.job}: scaled to {args.count}")
+            return _wait(args, args.job, args.count)
+    print(f"walle scale: {args.job} kept changing; try again", file=sys.stderr)
+    return EXIT_FAILED
+
+
+@cluster_command
+def cmd_status(args) -> int:
+    api, store = connect(args)
+    snap = load_snapshot(api, store)
+    if args.job:
+        rows = instance_rows(snap, args.job)
+        if args.job not in snap.jobs and not rows:
+            print(f"walle status: no job {args.job!r}", file=sys.stderr)
+            return EXIT_FAILED
+        if args.json:
+            print_json(rows)
+        else:
+            print_table(rows, ["instance", "node", "state", "health", "cpu_quota",
+                               "cpu_weight", "memory_max", "version", "previous"])
+        return EXIT_OK
+    rows = job_rows(snap)
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(rows, ["job", "kind", "count", "running", "pending", "failed", "version"])
+    return EXIT_OK
+
+
+@cluster_command
+def cmd_plan(args) -> int:
+    api, store = connect(args)
+    snap = load_snapshot(api, store)
+    if args.job in snap.jobs:
+        spec = snap.jobs[args.job]
+    else:
+        try:
+            spec = load_spec_file(args.job)
+        except SpecError as err:
+            print(f"walle plan: {args.job!r} is neither a job in the cluster nor a valid "
+                  f"spec file:\n{err}", file=sys.stderr)
+            return EXIT_USAGE
+    allocs = [r.alloc for r in snap.records.values() if r.alloc.job != spec.name]
+    exp = explain(spec, snap.nodes, allocs)
+    if args.json:
+        print_json(exp)
+    else:
+        print(format_explanation(exp) if args.explain else format_explanation(exp, limit=5))
+    return EXIT_OK
+
+
+# ----- tables -------------------------------------------------------------------------------
+def job_rows(snap: Snapshot) -> list[dict]:
+    rows = []
+    for name, spec in sorted(snap.jobs.items()):
+        states = [r.alloc.state for r in snap.records.values() if r.alloc.job == name]
+        rows.append({"job": name, "kind": spec.kind, "count": spec.count,
+                     "running": states.count("running"), "pending": states.count("pending"),
+                     "failed": states.count("failed"), "version": spec.digest()})
+    return rows
+
+
+def instance_rows(snap: Snapshot, job: str) -> list[dict]:
+    rows = []
+    for key, r in sorted(snap.records.items(), key=lambda kv: kv[1].alloc.slot):
+        a = r.alloc
+        if a.job != job:
+            continue
+        g = a.grant
+        rows.append({
+            "instance": key, "node": a.node, "state": a.state,
+            "health": snap.instance_status(a.node, key) or "-",
+            "cpu_quota": f"{g.cpu_quota_percent}%" if g else None,
+            "cpu_weight": g.cpu_weight if g else None,
+            "memory_max": _size(g.memory_max) if g else None,
+            "version": a.spec_digest, "previous": r.previous.node if r.previous else None,
+        })
+    return rows
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "K", "M", "G", "T"):
+        if n < 1024 or unit == "T":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return str(n)
+
+
+def _say(args, data: dict, text: str) -> None:
+    if args.json:
+        print_json(data)
+    else:
+        print(text)
+
+
+def _wait(args, job: str, count: int) -> int:
+    """Wait (bounded) until `count` instances of `job` run and pass, showing progress."""
+    if not args.wait:
+        return EXIT_OK
+    api, store = connect(args)
+    deadline = time.monotonic() + args.wait
+    last = None
+    while time.monotonic() < deadline:
+        snap = load_snapshot(api, store)
+        records = [r for r in snap.records.values() if r.alloc.job == job]
+        running = [r for r in records if r.alloc.state == "running" and r.previous is None]
+        line = f"{job}: {len(running)}/{count} running"
+        if line != last:
+            progress(line)
+            last = line
+        if len(running) == count and len(records) == count:
+            return EXIT_OK
+        time.sleep(0.2)
+    progress(f"{job}: not converged within {args.wait:.0f}s")
+    return EXIT_FAILED
+

@@ -1,0 +1,49 @@
+"""`walle scheduler run`: the scheduler service (several may run; one leads)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+
+from walle.adapters.consul import ConsulApi, ConsulConfig
+from walle.service.scheduler import Scheduler, SchedulerConfig
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("scheduler", help="the scheduler service")
+    actions = parser.add_subparsers(dest="scheduler_action", metavar="ACTION", required=True)
+    run = actions.add_parser("run", help="run a scheduler instance (leader election in Consul)")
+    run.add_argument("--consul-addr", metavar="URL", help="Consul HTTP API the scheduler uses")
+    run.add_argument("--inventory", required=True, help="Ansible inventory of the nodes")
+    run.add_argument("--node-consul-addr", default="http://127.0.0.1:8500",
+                     help="Consul agent address as seen from the nodes (default: %(default)s)")
+    run.add_argument("--name", default=socket.gethostname(), help="instance name")
+    run.add_argument("--session-node", help="bind the leader session to this Consul node's "
+                                            "health (default: the agent's node)")
+    run.add_argument("--lock-delay", type=float, default=15.0, metavar="SECONDS")
+    run.add_argument("--lock-ttl", type=int, default=10, metavar="SECONDS")
+    run.add_argument("--strategy", choices=["spread", "binpack"], default="spread",
+                     help="cluster default placement strategy (jobs may override)")
+    run.add_argument("--seed", type=int, default=0, help="placement seed (deterministic plans)")
+    run.add_argument("--no-register", action="store_true",
+                     help="do not register instances in Consul (tests without agents)")
+    run.add_argument("--log-level", default="INFO")
+    run.set_defaults(func=cmd_run)
+
+
+def cmd_run(args) -> int:
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = SchedulerConfig(
+        name=args.name, inventory=args.inventory, node_consul_addr=args.node_consul_addr,
+        seed=args.seed, strategy=args.strategy, lock_ttl=args.lock_ttl,
+        lock_delay=args.lock_delay, session_node=args.session_node,
+        register=not args.no_register,
+    )
+    api = ConsulApi(ConsulConfig.from_env(addr=args.consul_addr))
+    scheduler = Scheduler(api, config)
+    signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
+    signal.signal(signal.SIGINT, lambda *_: scheduler.stop())
+    scheduler.run_forever()
+    return 0

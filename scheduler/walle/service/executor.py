@@ -1,0 +1,107 @@
+"""The executor: turns the core's actions into playbook runs, one run per batch.
+
+Each call groups instances by node, runs one playbook on exactly the nodes involved, and
+answers per instance (ok or the error), so a failed host never fails the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from walle.adapters.runner import HostResult, RunResult, run_playbook
+from walle.core import Allocation, Grant
+from walle.service.params import instance_vars, slice_args, stop_vars
+from walle.spec import JobSpec
+
+log = logging.getLogger("walle.executor")
+
+PlaybookRunner = Callable[..., RunResult]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    error: str = ""
+
+
+OK = Outcome(True)
+
+
+def default_grant(spec: JobSpec) -> Grant:
+    """The grant of an instance the core gave none: weight by the guaranteed cores, quota at
+    the ceiling (the core's grants replace it at the next regrant)."""
+    cpu, mem = spec.resources.cpu, spec.resources.memory
+    return Grant(cpu_weight=max(1, min(10000, round(cpu.min * 100))),
+                 cpu_quota_percent=max(1, round(cpu.max * 100)),
+                 memory_min=int(mem.min), memory_high=int(mem.max * 0.9),
+                 memory_max=int(mem.max))
+
+
+class Executor:
+    def __init__(self, inventory: str | dict, node_consul_addr: str, *,
+                 register: bool = True, timeout: float = 300.0,
+                 runner: PlaybookRunner = run_playbook):
+        self.inventory = inventory
+        self.node_consul_addr = node_consul_addr
+        self.register = register
+        self.timeout = timeout
+        self.runner = runner
+
+    def place(self, items: Iterable[tuple[Allocation, JobSpec]],
+              addresses: Mapping[str, str]) -> dict[str, Outcome]:
+        batch: dict[str, list[dict]] = {}
+        for alloc, spec in items:
+            grant = alloc.grant or default_grant(spec)
+            address = addresses.get(alloc.node)
+            if not address:
+                raise ValueError(f"no address known for node {alloc.node!r}")
+            batch.setdefault(alloc.node, []).append(
+                instance_vars(spec, alloc.slot, address, grant, self.node_consul_addr))
+        return self._run("place.yml", batch)
+
+    def stop(self, allocs: Iterable[Allocation]) -> dict[str, Outcome]:
+        batch: dict[str, list[dict]] = {}
+        for alloc in allocs:
+            batch.setdefault(alloc.node, []).append(
+                stop_vars(alloc.job, alloc.slot, self.node_consul_addr))
+        return self._run("stop.yml", batch)
+
+    def regrant(self, items: Iterable[tuple[Allocation, JobSpec]]) -> dict[str, Outcome]:
+        batch: dict[str, list[dict]] = {}
+        for alloc, spec in items:
+            grant = alloc.grant or default_grant(spec)
+            batch.setdefault(alloc.node, []).append({
+                "instance": {"id": alloc.key, "job": alloc.job, "slot": alloc.slot},
+                "slice": slice_args(spec, alloc.slot, grant),
+            })
+        return self._run("grants.yml", batch)
+
+    def _run(self, playbook: str, batch: dict[str, list[dict]]) -> dict[str, Outcome]:
+        if not batch:
+            return {}
+        ids = {node: [i["instance"]["id"] for i in items] for node, items in batch.items()}
+        log.info("%s on %s: %s", playbook, ",".join(sorted(batch)),
+                 " ".join(i for v in ids.values() for i in v))
+        result = self.runner(playbook, self.inventory,
+                             {"walle_batch": batch, "walle_register": self.register},
+                             sorted(batch), timeout=self.timeout)
+        log.info("%s %s in %.1fs", playbook, result.status, result.duration)
+        outcomes: dict[str, Outcome] = {}
+        for node, instance_ids in ids.items():
+            host = result.hosts.get(node) or HostResult(node, failed=True)
+            for iid in instance_ids:
+                outcomes[iid] = _outcome(host, iid, result)
+        return outcomes
+
+
+def _outcome(host: HostResult, instance: str, result: RunResult) -> Outcome:
+    if instance in host.failed_instances:
+        return Outcome(False, host.failed_instances[instance])
+    if host.ok:
+        return OK
+    if host.unreachable:
+        return Outcome(False, f"node {host.host} unreachable")
+    reasons = "; ".join(f"{t.task}: {t.msg}" for t in host.failed_tasks)
+    return Outcome(False, reasons or f"{result.status} on {host.host}: {result.output_tail[-300:]}")

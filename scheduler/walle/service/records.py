@@ -1,0 +1,94 @@
+"""Slot records: how the scheduler keeps one instance slot's actual state in Consul KV.
+
+One key per slot (`walle/allocs/<job>/<slot>`) holds the core's Allocation of the instance that
+is "the" instance of the slot, plus, during a graceful move or replace, the `previous`
+instance that still runs until the new one passes its checks. The core only ever sees the
+primary allocation, so a move never looks like two competing instances of one slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from walle.adapters.consul import Allocation as StoredAlloc
+from walle.core import Allocation, Capacity, Grant
+
+# Fields the adapter stores itself; everything else of ours goes in `extra`.
+_ADAPTER_FIELDS = ("node", "state", "version", "grant")
+
+
+@dataclass(frozen=True)
+class SlotRecord:
+    alloc: Allocation
+    previous: Allocation | None = None  # still running elsewhere until `alloc` passes
+    modify_index: int = 0  # 0: not stored yet (create with CAS 0)
+    state_since: float = 0.0  # when `alloc.state` last changed (health timeouts)
+    critical_since: float | None = None  # when a running instance's checks turned critical
+
+    @property
+    def key(self) -> str:
+        return self.alloc.key
+
+    def with_alloc(self, alloc: Allocation, now: float) -> SlotRecord:
+        since = self.state_since if alloc.state == self.alloc.state else now
+        return replace(self, alloc=alloc, state_since=since)
+
+
+def to_stored(record: SlotRecord) -> StoredAlloc:
+    a = record.alloc
+    extra = {
+        "runtime_digest": a.runtime_digest,
+        "reserved": asdict(a.reserved),
+        "ceiling": asdict(a.ceiling),
+        "priority": a.priority,
+        "failed_nodes": list(a.failed_nodes),
+        "since": a.since,
+        "state_since": record.state_since,
+        "critical_since": record.critical_since,
+        "previous": alloc_to_dict(record.previous) if record.previous else None,
+    }
+    return StoredAlloc(job=a.job, slot=a.slot, node=a.node, state=a.state,
+                       version=a.spec_digest, grant=asdict(a.grant) if a.grant else {},
+                       modify_index=record.modify_index, extra=extra)
+
+
+def from_stored(stored: StoredAlloc) -> SlotRecord:
+    body = {"node": stored.node, "state": stored.state, "version": stored.version,
+            "grant": dict(stored.grant), **dict(stored.extra)}
+    alloc = alloc_from_dict(stored.job, stored.slot, body)
+    previous = body.get("previous")
+    return SlotRecord(
+        alloc=alloc,
+        previous=alloc_from_dict(stored.job, stored.slot, previous) if previous else None,
+        modify_index=stored.modify_index,
+        state_since=float(body.get("state_since", 0.0)),
+        critical_since=body.get("critical_since"),
+    )
+
+
+def alloc_to_dict(a: Allocation) -> dict[str, Any]:
+    return {
+        "node": a.node, "state": a.state, "version": a.spec_digest,
+        "runtime_digest": a.runtime_digest, "reserved": asdict(a.reserved),
+        "ceiling": asdict(a.ceiling), "priority": a.priority,
+        "grant": asdict(a.grant) if a.grant else {}, "failed_nodes": list(a.failed_nodes),
+        "since": a.since,
+    }
+
+
+def alloc_from_dict(job: str, slot: int, body: Mapping[str, Any]) -> Allocation:
+    grant = body.get("grant") or None
+    return Allocation(
+        job=job, slot=slot, node=body["node"],
+        reserved=Capacity(**body.get("reserved", {})),
+        ceiling=Capacity(**body.get("ceiling", {})),
+        spec_digest=body.get("version", ""),
+        runtime_digest=body.get("runtime_digest", ""),
+        priority=int(body.get("priority", 50)),
+        state=body.get("state", "pending"),
+        grant=Grant(**grant) if grant else None,
+        failed_nodes=tuple(body.get("failed_nodes", ())),
+        since=float(body.get("since", 0.0)),
+    )
