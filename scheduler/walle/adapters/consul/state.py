@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from walle.adapters.consul.api import ConsulApi
-from walle.adapters.consul.errors import ConsulError
+from walle.adapters.consul.errors import ConsulError, NotLeader
 from walle.adapters.consul.watch import Watch
 from walle.spec.model import JobSpec
 
@@ -194,7 +194,7 @@ class StateStore:
     def txn(self, ops: Sequence[KvOp], *, session: str | None = None) -> TxnResult:
         """Apply ops in chunks; with `session`, each chunk first checks it holds LEADER_KEY."""
         if session is not None and not session:
-            raise ConsulError("txn: session is empty: only the current leader may write")
+            raise NotLeader("txn: session is empty: only the current leader may write")
         guard = KvOp("check-session", LEADER_KEY, session=session) if session else None
         applied = 0
         for offset, chunk in chunk_ops(ops, guard):
