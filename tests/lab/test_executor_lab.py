@@ -6,15 +6,19 @@ the stop hook and host isolation; registration is the consul-marked tests' busin
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 import time
+import urllib.request
 
 import pytest
 
 from walle.adapters.runner import run_playbook
 from walle.core.model import Grant
+from walle.lab.consul_standin.server import start_in_thread
 from walle.service.params import instance_vars, stop_vars
-from walle.spec.model import Discovery, JobSpec, Range, Resources, Runtime, StopPolicy
+from walle.spec.model import Discovery, HealthCheck, JobSpec, Range, Resources, Runtime, StopPolicy
 
 pytestmark = pytest.mark.lab
 MIB = 1024**2
@@ -166,6 +170,75 @@ def test_migrate_starts_the_new_instance_before_stopping_the_old(lab):
             "ActiveState": "active"}
     finally:
         run(lab, "stop.yml", stop_batch("mig", {"node2": [1], "node3": [0, 1]}))
+
+
+@pytest.fixture
+def standin(lab):
+    """The Consul stand-in with one agent endpoint per node, as a node's local agent."""
+    server = start_in_thread(http=(lab.host_address, 0), dns=None,
+                             agents={n.name: (lab.host_address, 0) for n in lab.nodes})
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def agent_url(standin, node: str) -> str:
+    host, port = standin.agent_addrs[node]
+    return f"http://{host}:{port}"
+
+
+def passing_nodes(standin, service: str) -> list[str]:
+    host, port = standin.http_addr
+    url = f"http://{host}:{port}/v1/health/service/{service}?passing=1"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return sorted(e["Node"]["Node"] for e in json.load(resp))
+
+
+def wait_passing(standin, service: str, nodes: list[str], timeout: float = 20) -> list[str]:
+    deadline = time.monotonic() + timeout
+    seen = passing_nodes(standin, service)
+    while seen != nodes and time.monotonic() < deadline:
+        time.sleep(0.25)
+        seen = passing_nodes(standin, service)
+    return seen
+
+
+@pytest.mark.consul
+def test_registered_instances_pass_in_consul_and_migrate_gates_on_them(lab, standin):
+    spec = dataclasses.replace(web_spec("reg", count=1),
+                               health=HealthCheck(type="http", path="/", interval=0.5))
+    address = {n.name: n.address for n in lab.nodes}
+
+    def placed(node):
+        return [instance_vars(spec, 0, address[node], GRANT, agent_url(standin, node))]
+
+    def stopped(node):
+        return [stop_vars("reg", 0, agent_url(standin, node))]
+
+    inventory = str(lab.inventory_path)
+    try:
+        result = run_playbook("place.yml", inventory, {"walle_batch": {"node1": placed("node1")}},
+                              ["node1"], timeout=120)
+        assert result.ok_hosts == ["node1"], (result.hosts, result.output_tail)
+        assert wait_passing(standin, "reg", ["node1"]) == ["node1"]
+
+        host, port = standin.http_addr
+        result = run_playbook(
+            "migrate.yml", inventory,
+            {"walle_place": {"node2": placed("node2")}, "walle_stop": {"node1": stopped("node1")},
+             "walle_consul_addr": f"http://{host}:{port}", "walle_health_timeout_s": 20},
+            ["node1", "node2", "localhost"], timeout=120)
+        assert result.hosts["node1"].ok and result.hosts["node2"].ok, result.hosts
+        assert result.hosts["node1"].failed_instances == {}  # the replacement passed
+        assert passing_nodes(standin, "reg") == ["node2"]
+        assert unit_props(lab, "node1", "walle-reg-0.service", "LoadState") == {
+            "LoadState": "not-found"}
+    finally:
+        run_playbook("stop.yml", inventory,
+                     {"walle_batch": {"node1": stopped("node1"), "node2": stopped("node2")}},
+                     ["node1", "node2"], timeout=120)
+    assert passing_nodes(standin, "reg") == []
 
 
 def test_an_unreachable_host_fails_alone(lab):
