@@ -1,0 +1,101 @@
+"""The stand-in's timers with a fake clock (stand-in internals, no network, no waiting):
+Consul's 2xTTL session invalidation, TTL check expiry and the critical-service reaper
+(DeregisterCriticalServiceAfter, minimum 1m, reaper every 30s; docs services/usage/checks)."""
+
+from __future__ import annotations
+
+import pytest
+
+from walle.lab.consul_standin.errors import ConsulError
+from walle.lab.consul_standin.store import Store
+
+pytestmark = pytest.mark.consul
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def world():
+    clock = Clock()
+    store = Store(clock=clock)
+    store.register_agent_node("n1", "10.77.0.11")
+    return store, clock
+
+
+def _ttl_service(store: Store, ttl: str, deregister: str | None = None) -> None:
+    check = {"TTL": ttl}
+    if deregister:
+        check["DeregisterCriticalServiceAfter"] = deregister
+    store.agent_register_service("n1", {"Name": "web", "Port": 80, "Check": check}, False)
+    store.agent_ttl_update("n1", "service:web", "passing", "")
+
+
+def test_session_survives_one_ttl_and_dies_after_two(world):
+    store, clock = world
+    sid = store.session_create({"TTL": "10s"}, "n1")
+    clock.now += 15
+    store.tick()
+    assert sid in store.sessions
+    clock.now += 6
+    store.tick()
+    assert sid not in store.sessions
+
+
+def test_renew_restarts_the_ttl(world):
+    store, clock = world
+    sid = store.session_create({"TTL": "10s"}, "n1")
+    clock.now += 19
+    store.session_renew(sid)
+    clock.now += 19
+    store.tick()
+    assert sid in store.sessions
+
+
+def test_ttl_check_expires_only_after_its_ttl(world):
+    store, clock = world
+    _ttl_service(store, "5s")
+    clock.now += 4
+    store.tick()
+    assert store.checks[("n1", "service:web")]["Status"] == "passing"
+    clock.now += 2
+    store.tick()
+    check = store.checks[("n1", "service:web")]
+    assert check["Status"] == "critical" and check["Output"] == "TTL expired"
+
+
+def test_deregister_critical_after_has_a_one_minute_floor(world):
+    store, clock = world
+    _ttl_service(store, "5s", deregister="10s")  # raised to the 1m minimum
+    clock.now += 6
+    store.tick()  # check critical now
+    clock.now += 40
+    store.tick()
+    assert ("n1", "web") in store.services
+    clock.now += 60
+    store.tick()
+    assert ("n1", "web") not in store.services
+
+
+def test_serf_failure_invalidates_bound_sessions_and_keeps_unbound(world):
+    store, _ = world
+    bound = store.session_create({}, "n1")
+    unbound = store.session_create({"Checks": []}, "n1")
+    with store.write():
+        store.set_serf_health("n1", alive=False)
+    assert bound not in store.sessions and unbound in store.sessions
+    with pytest.raises(ConsulError, match="critical"):
+        store.session_create({}, "n1")
+
+
+def test_unchanged_check_does_not_move_indexes(world):
+    store, _ = world
+    _ttl_service(store, "30s")
+    before = store.index
+    store.agent_ttl_update("n1", "service:web", "passing", "")
+    assert store.index == before
