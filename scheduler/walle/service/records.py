@@ -15,9 +15,6 @@ from typing import Any
 from walle.adapters.consul import Allocation as StoredAlloc
 from walle.core import Allocation, Capacity, Grant
 
-# Fields the adapter stores itself; everything else of ours goes in `extra`.
-_ADAPTER_FIELDS = ("node", "state", "version", "grant")
-
 
 @dataclass(frozen=True)
 class SlotRecord:

@@ -26,6 +26,7 @@ from walle.adapters.consul.api import ConsulApi
 from walle.adapters.consul.errors import ConsulError, NotLeader
 from walle.adapters.consul.watch import Watch
 from walle.spec.model import JobSpec
+from walle.spec.parse import spec_to_data
 
 PREFIX = "walle/"
 JOBS = PREFIX + "jobs/"
@@ -40,8 +41,11 @@ VALUE_LIMIT = 512 * 1024  # Consul's KV value limit
 class StoredJob:
     name: str
     version: str  # JobSpec.digest()
-    spec: Mapping[str, Any]  # JobSpec.to_dict(); walle.spec.parse turns it back into a JobSpec
+    spec: Mapping[str, Any]  # walle.spec.spec_to_data(); parse_spec turns it back into a JobSpec
     modify_index: int
+    # the version this one replaced ({"version", "spec"}), kept for automatic rollback
+    previous: Mapping[str, Any] | None = None
+    rolled_back_from: str | None = None  # set when the scheduler rolled a failing version back
 
 
 @dataclass(frozen=True)
@@ -53,13 +57,14 @@ class Allocation:
     version: str = ""  # digest of the spec the instance runs
     grant: Mapping[str, float] = field(default_factory=dict)  # elastic grant: cpu, memory...
     modify_index: int = 0  # 0 = not stored yet
+    extra: Mapping[str, Any] = field(default_factory=dict)  # fields the service layer owns
 
     @property
     def key(self) -> str:
         return alloc_key(self.job, self.slot)
 
     def to_json(self) -> dict[str, Any]:
-        return {"node": self.node, "state": self.state, "version": self.version,
+        return {**self.extra, "node": self.node, "state": self.state, "version": self.version,
                 "grant": dict(self.grant)}
 
 
@@ -114,14 +119,27 @@ def drain_key(node: str) -> str:
     return f"{NODES}{node}/drain"
 
 
-def encode_job(spec: JobSpec) -> bytes:
-    return _encode({"version": spec.digest(), "spec": spec.to_dict()}, f"job {spec.name}")
+def encode_job(spec: JobSpec, previous: StoredJob | None = None,
+               rolled_back_from: str | None = None) -> bytes:
+    """The spec in its input form (so reading it back validates it again), plus the version
+    it replaced: one level of history, enough to roll a failing update back."""
+    body: dict[str, Any] = {"version": spec.digest(), "spec": spec_to_data(spec)}
+    if previous is not None and previous.version != body["version"]:
+        body["previous"] = {"version": previous.version, "spec": dict(previous.spec)}
+    if rolled_back_from:
+        body["rolled_back_from"] = rolled_back_from
+    return _encode(body, f"job {spec.name}")
 
 
 def decode_job(entry: Mapping[str, Any]) -> StoredJob:
     body = _decode(entry)
     return StoredJob(name=entry["Key"][len(JOBS):], version=body.get("version", ""),
-                     spec=body.get("spec", {}), modify_index=int(entry["ModifyIndex"]))
+                     spec=body.get("spec", {}), modify_index=int(entry["ModifyIndex"]),
+                     previous=body.get("previous"),
+                     rolled_back_from=body.get("rolled_back_from"))
+
+
+_ALLOC_FIELDS = ("node", "state", "version", "grant")
 
 
 def decode_alloc(entry: Mapping[str, Any]) -> Allocation:
@@ -129,7 +147,8 @@ def decode_alloc(entry: Mapping[str, Any]) -> Allocation:
     body = _decode(entry)
     return Allocation(job=job, slot=int(slot), node=body.get("node", ""),
                       state=body.get("state", ""), version=body.get("version", ""),
-                      grant=body.get("grant") or {}, modify_index=int(entry["ModifyIndex"]))
+                      grant=body.get("grant") or {}, modify_index=int(entry["ModifyIndex"]),
+                      extra={k: v for k, v in body.items() if k not in _ALLOC_FIELDS})
 
 
 def chunk_ops(ops: Sequence[KvOp], guard: KvOp | None, size: int = TXN_MAX_OPS
@@ -161,9 +180,11 @@ class StateStore:
             JOBS, recurse=True, index=index or None, wait=wait))
         return int(idx), {j.name: j for j in map(decode_job, entries or [])}
 
-    def put_job(self, spec: JobSpec, expected_index: int) -> bool:
-        """CAS write: expected_index 0 = the job must not exist yet, else its ModifyIndex."""
-        value = encode_job(spec)
+    def put_job(self, spec: JobSpec, expected_index: int, *,
+                previous: StoredJob | None = None, rolled_back_from: str | None = None) -> bool:
+        """CAS write: expected_index 0 = the job must not exist yet, else its ModifyIndex.
+        `previous` (the stored job this replaces) is kept for rollback."""
+        value = encode_job(spec, previous, rolled_back_from)
         return bool(self.api.call(f"write {job_key(spec.name)}", lambda: self._kv.put(
             job_key(spec.name), value, cas=expected_index)))
 

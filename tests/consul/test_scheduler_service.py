@@ -1,0 +1,252 @@
+"""The scheduler service against a Consul HTTP API (a fresh stand-in per test), with the
+playbook executor replaced by a recorder that registers instances the way place.yml does.
+
+These exercise the service's decisions and its writes to Consul: placement, adoption after a
+leader change, migration off a dead node, graceful moves, rollbacks and the leader guard. The
+lab tests (tests/lab/test_scheduler_lab.py) run the same service with real playbooks.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
+from walle.lab.consul_standin import start_in_thread
+from walle.service.executor import Outcome
+from walle.service.scheduler import LostLeadership, Scheduler, SchedulerConfig
+from walle.spec import parse_spec
+
+pytestmark = pytest.mark.consul
+
+GIB = 1024 ** 3
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RecordingExecutor:
+    """Records what the scheduler asks for; `health` decides each placed instance's check."""
+
+    def __init__(self, api: ConsulApi):
+        self.api = api
+        self.placed: list[tuple[str, str]] = []
+        self.stopped: list[tuple[str, str]] = []
+        self.regranted: list[str] = []
+        self.health = "passing"
+        self.fail_nodes: set[str] = set()
+
+    def place(self, items, addresses):
+        out = {}
+        for alloc, spec in items:
+            self.placed.append((alloc.key, alloc.node))
+            if alloc.node in self.fail_nodes:
+                out[alloc.key] = Outcome(False, f"node {alloc.node} unreachable")
+                continue
+            register_instance(self.api, alloc.node, alloc.key, spec.service.name, self.health)
+            out[alloc.key] = Outcome(True)
+        return out
+
+    def stop(self, allocs):
+        for a in allocs:
+            self.stopped.append((a.key, a.node))
+            self.api.client.catalog.deregister(a.node, service_id=a.key)
+        return {a.key: Outcome(True) for a in allocs}
+
+    def regrant(self, items):
+        self.regranted += [a.key for a, _ in items]
+        return {a.key: Outcome(True) for a, _ in items}
+
+
+def register_node(api: ConsulApi, name: str, address: str, status: str = "passing",
+                  cpu: float = 4, memory: int = 8 * GIB, zone: str = "z1") -> None:
+    body = {"Node": name, "Address": address,
+            "NodeMeta": {"walle_cpu": str(cpu), "walle_memory": str(memory),
+                         "walle_disk": str(100 * GIB), "walle_gpus": "0", "walle_zone": zone},
+            "Check": {"CheckID": "serfHealth", "Name": "Serf Health Status",
+                      "Status": status}}
+    status_code, answer = api.raw("put", "/v1/catalog/register", data=json.dumps(body))
+    assert status_code == 200, answer
+
+
+def register_instance(api: ConsulApi, node: str, sid: str, name: str, status: str) -> None:
+    body = {"Node": node, "Address": "", "SkipNodeUpdate": True,
+            "Service": {"ID": sid, "Service": name, "Port": 8080},
+            "Check": {"CheckID": f"service:{sid}", "Name": "check", "Status": status,
+                      "ServiceID": sid}}
+    code, answer = api.raw("put", "/v1/catalog/register", data=json.dumps(body))
+    assert code == 200, answer
+
+
+def web_spec(count: int = 3, args: tuple[str, ...] = ("-m", "http.server", "8080"),
+             cpu: str = "0.5-1", **extra):
+    data = {
+        "name": "web", "kind": "service", "count": count,
+        "resources": {"cpu": cpu, "memory": "128M-256M"},
+        "runtime": {"command": "/usr/bin/python3", "args": list(args)},
+        "service": {"port": 8080},
+        "health": {"type": "http", "path": "/"},
+        "update": {"max_parallel": 1, "health_timeout": "5s"},
+        **extra,
+    }
+    return parse_spec(data)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    standin = start_in_thread(data_dir=tmp_path / "consul", node_name="walle-test-server")
+    host, port = standin.http_addr
+    api = ConsulApi(ConsulConfig.from_env(addr=f"http://{host}:{port}"))
+    for i, zone in enumerate(("z1", "z2", "z3"), start=1):
+        register_node(api, f"node{i}", f"10.77.250.{10 + i}", zone=zone)
+    try:
+        yield api
+    finally:
+        standin.stop()
+
+
+def make_scheduler(api: ConsulApi, clock: Clock, name: str = "s1"):
+    executor = RecordingExecutor(api)
+    config = SchedulerConfig(name=name, inventory="unused", lock_delay=0, seed=7)
+    scheduler = Scheduler(api, config, executor=executor, clock=clock)
+    assert scheduler.lock.acquire()
+    return scheduler, executor
+
+
+def records(api: ConsulApi) -> dict:
+    _, stored = StateStore(api).allocs()
+    return {f"{j}-{s}": a for (j, s), a in stored.items()}
+
+
+def test_places_count_instances_spread_over_nodes_then_marks_them_running(cluster):
+    clock = Clock()
+    s, ex = make_scheduler(cluster, clock)
+    assert StateStore(cluster).put_job(web_spec(), 0)
+    s.step()
+    assert sorted(k for k, _ in ex.placed) == ["web-0", "web-1", "web-2"]
+    assert len({n for _, n in ex.placed}) == 3  # spread: one per node
+    assert {a.state for a in records(cluster).values()} == {"pending"}
+    report = s.step()  # the checks pass now
+    assert sorted(report.running) == ["web-0", "web-1", "web-2"]
+    assert {a.state for a in records(cluster).values()} == {"running"}
+    assert s.step().plan.is_empty
+    s.lock.step_down()
+
+
+def test_a_new_leader_adopts_healthy_instances_without_restarting_them(cluster):
+    clock = Clock()
+    s1, ex1 = make_scheduler(cluster, clock, "s1")
+    StateStore(cluster).put_job(web_spec(), 0)
+    s1.step()
+    s1.step()
+    s1.lock.step_down()
+    s2, ex2 = make_scheduler(cluster, clock, "s2")
+    report = s2.step()
+    assert ex2.placed == [] and ex2.stopped == []
+    assert report.plan.is_empty
+    s2.lock.step_down()
+
+
+def test_pending_work_of_a_crashed_leader_is_finished_by_the_next(cluster):
+    clock = Clock()
+    s1, ex1 = make_scheduler(cluster, clock, "s1")
+    ex1.fail_nodes = set()
+    StateStore(cluster).put_job(web_spec(count=2), 0)
+    # the first leader writes its intent, then "crashes" before any check passes
+    ex1.health = "critical"
+    s1.step()
+    placed_before = dict(ex1.placed)
+    s1.lock.step_down()
+    s2, ex2 = make_scheduler(cluster, clock, "s2")
+    s2.step()
+    # the same instances are placed again on the same nodes (idempotent), nothing new
+    assert dict(ex2.placed) == placed_before
+
+
+def test_instances_on_a_dead_node_move_to_healthy_nodes(cluster):
+    clock = Clock()
+    s, ex = make_scheduler(cluster, clock)
+    StateStore(cluster).put_job(web_spec(), 0)
+    s.step()
+    s.step()
+    victim = records(cluster)["web-1"].node
+    register_node(cluster, victim, "10.77.250.99", status="critical")
+    ex.placed.clear()
+    s.step()
+    moved = dict(ex.placed)
+    assert list(moved) == ["web-1"] and moved["web-1"] != victim
+    assert ex.stopped == []  # nothing can run on a dead node
+    assert records(cluster)["web-1"].node == moved["web-1"]
+
+
+def test_a_drained_node_is_emptied_gracefully(cluster):
+    clock = Clock()
+    s, ex = make_scheduler(cluster, clock)
+    StateStore(cluster).put_job(web_spec(count=2), 0)
+    s.step()
+    s.step()
+    node = records(cluster)["web-0"].node
+    cluster.client.kv.put(f"walle/nodes/{node}/drain", "drain")
+    ex.placed.clear()
+    s.step()  # the new instance starts; the old one keeps running until it passes
+    assert [k for k, _ in ex.placed] == ["web-0"]
+    assert ex.stopped == []
+    s.step()  # new passes -> pending->running; the previous instance is stopped
+    s.step()
+    assert ("web-0", node) in ex.stopped
+    assert records(cluster)["web-0"].node != node
+
+
+def test_scale_down_stops_the_highest_slots(cluster):
+    clock = Clock()
+    s, ex = make_scheduler(cluster, clock)
+    store = StateStore(cluster)
+    store.put_job(web_spec(count=3), 0)
+    s.step()
+    s.step()
+    store.put_job(web_spec(count=1), store.job("web").modify_index)
+    s.step()
+    assert sorted(k for k, _ in ex.stopped) == ["web-1", "web-2"]
+    assert sorted(records(cluster)) == ["web-0"]
+
+
+def test_a_failing_new_version_is_rolled_back(cluster):
+    clock = Clock()
+    s, ex = make_scheduler(cluster, clock)
+    store = StateStore(cluster)
+    good = web_spec(count=2)
+    store.put_job(good, 0)
+    s.step()
+    s.step()
+    bad = web_spec(count=2, args=("-m", "http.server", "9999"))
+    current = store.job("web")
+    assert store.put_job(bad, current.modify_index, previous=current)
+    ex.health = "critical"
+    s.step()  # replaces one instance (max_parallel 1) with the bad version
+    replaced = [k for k, _ in ex.placed if k.startswith("web-")][-1]
+    assert records(cluster)[replaced].version == bad.digest()
+    clock.now += 6  # past health_timeout (5 s)
+    report = s.step()
+    assert report.rolled_back == ["web"]
+    assert store.job("web").version == good.digest()
+    ex.health = "passing"
+    s.step()
+    s.step()
+    assert {a.version for a in records(cluster).values()} == {good.digest()}
+
+
+def test_a_deposed_leader_cannot_write(cluster):
+    clock = Clock()
+    s, ex = make_scheduler(cluster, clock)
+    StateStore(cluster).put_job(web_spec(count=1), 0)
+    session = s.lock.session_id
+    cluster.client.session.destroy(session)
+    with pytest.raises(LostLeadership):
+        s.step()
+    assert records(cluster) == {}
