@@ -40,7 +40,8 @@ __all__ = [
     "validate_unit_stem",
 ]
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0/C1 controls and Unicode line/paragraph separators: nothing that could end a line.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _SLICE_NAME = re.compile(r"^walle(-[A-Za-z0-9_.:]+)*\.slice$")
 _UNIT_STEM = re.compile(r"^walle-[A-Za-z0-9_.:@-]+$")
 _SIZE = re.compile(r"^(\d+(\.\d+)?[KMGTPE]?|\d+(\.\d+)?%|infinity)$")
@@ -356,7 +357,7 @@ def parse_unit(text: str) -> list[tuple[str, str, str]]:
     entries: list[tuple[str, str, str]] = []
     section = ""
     pending = ""
-    for raw in text.splitlines():
+    for raw in text.split("\n"):  # systemd splits on newline only
         line = pending + raw
         pending = ""
         if line.endswith("\\") and not line.endswith("\\\\"):

@@ -209,13 +209,3 @@ def test_bad_options_fail_naming_the_option(slice_run, args, option):
     assert kind == "fail" and result["option"] == option and result["msg"].startswith(option)
     assert fake.calls == []
 
-
-def test_documentation_matches_the_argument_spec():
-    import yaml
-
-    doc = yaml.safe_load(walle_slice.DOCUMENTATION)
-    assert set(doc["options"]) == set(walle_slice.ARGUMENT_SPEC)
-    for name, spec in walle_slice.ARGUMENT_SPEC.items():
-        assert doc["options"][name]["type"] == spec["type"], name
-        assert doc["options"][name].get("choices") == spec.get("choices"), name
-        assert doc["options"][name].get("default") == spec.get("default"), name

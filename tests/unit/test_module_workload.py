@@ -260,13 +260,3 @@ def test_slice_is_required_unless_absent(wl_run):
     kind, result = wl_run(FakeSystemctl(), {"name": "walle-web-0", "command": "/bin/true"})
     assert kind == "fail" and "slice" in result["msg"]
 
-
-def test_documentation_matches_the_argument_spec():
-    import yaml
-
-    doc = yaml.safe_load(walle_workload.DOCUMENTATION)
-    assert set(doc["options"]) == set(walle_workload.ARGUMENT_SPEC)
-    for name, spec in walle_workload.ARGUMENT_SPEC.items():
-        assert doc["options"][name]["type"] == spec["type"], name
-        assert doc["options"][name].get("choices") == spec.get("choices"), name
-        assert doc["options"][name].get("default") == spec.get("default"), name

@@ -6,6 +6,8 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 _PATH = Path(__file__).resolve().parents[2] / "plugins" / "module_utils" / "walle_units.py"
 _SPEC = importlib.util.spec_from_file_location("walle_units_under_test", _PATH)
@@ -31,7 +33,8 @@ NASTY = [
     "ünïcode ✓",
     "\\n literal",
 ]
-CONTROL = ["line\nExecStartPre=/bin/evil", "nul\x00", "tab\there", "cr\rhere", "del\x7f"]
+CONTROL = ["line\nExecStartPre=/bin/evil", "nul\x00", "tab\there", "cr\rhere", "del\x7f",
+           "nel\x85", "ls\u2028"]
 
 
 def directives(text: str, key: str) -> list[str]:
@@ -128,6 +131,17 @@ def test_every_argument_is_one_literal_word_in_one_exec_start(arg):
 def test_pre_stop_arguments_are_literal(arg):
     text = service(pre_stop=["/bin/hook", arg])
     assert [wu.split_exec_words(v) for v in directives(text, "ExecStop")] == [["/bin/hook", arg]]
+
+
+PRINTABLE = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")),
+                    max_size=40)
+
+
+@given(st.lists(PRINTABLE, max_size=6))
+def test_any_printable_argv_round_trips_through_one_exec_start(args):
+    text = service(argv=["/usr/bin/app", *args])
+    (exec_start,) = directives(text, "ExecStart")
+    assert wu.split_exec_words(exec_start) == ["/usr/bin/app", *args]
 
 
 def test_quoting_escapes_specifiers_variables_quotes_and_backslashes():
