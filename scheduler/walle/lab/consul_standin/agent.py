@@ -71,14 +71,14 @@ class AgentMixin:
     # --- services ------------------------------------------------------------------------
     def agent_register_service(self, node: str, body: dict, replace_checks: bool) -> None:
         service = service_record(body or {}, "Name")
+        if service["Address"] in ("0.0.0.0", "::", "[::]"):
+            raise bad_request("Invalid service address")
         raw_checks = [c for c in [get(body, "Check"), *(get(body, "Checks") or [])] if c]
         prepared = [self._prepare_service_check(node, service, as_dict(raw, "Check"), i,
                                                 len(raw_checks))
                     for i, raw in enumerate(raw_checks)]
         with self.write():
             self._require_node(node)
-            if not service["Address"]:
-                service["Address"] = ""
             self.put_service(node, service)
             keep = {check["CheckID"] for check, _ in prepared}
             for check, spec in prepared:

@@ -135,6 +135,9 @@ class ConsulHttpApi:
         r("GET", r"/v1/status/peers", lambda req: Response(body=[self.leader_addr]))
 
     def handle(self, req: Request) -> Response:
+        dc = req.arg("dc")
+        if dc and dc != self.store.datacenter:
+            return Response(500, raw=b"No path to datacenter")
         allowed: set[str] = set()
         for methods, pattern, handler in self.routes:
             m = pattern.match(req.path)

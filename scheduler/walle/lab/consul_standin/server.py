@@ -92,8 +92,8 @@ class Saver:
             self._dirty.clear()
             try:
                 self.save()
-            except OSError as exc:
-                log.error("saving state to %s failed: %s", self.path, exc)
+            except Exception:  # noqa: BLE001 - keep saving later changes
+                log.exception("saving state to %s failed", self.path)
 
 
 class Standin:
