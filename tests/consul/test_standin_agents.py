@@ -95,3 +95,20 @@ def test_bad_cli_argument_names_the_option(tmp_path):
     done = subprocess.run([sys.executable, "-m", "walle.lab.consul_standin", "--http", "nope"],
                           capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 2 and "--http" in done.stderr
+
+
+def test_request_from_a_nodes_address_acts_as_that_nodes_agent(standin, consul_client, unique):
+    import http.client
+
+    node = unique("by-ip")
+    consul_client.catalog.register(node, "127.0.0.5")
+    try:
+        host, port = standin.http_addr
+        conn = http.client.HTTPConnection(host, port, timeout=5, source_address=("127.0.0.5", 0))
+        try:
+            conn.request("GET", "/v1/agent/self")
+            assert json.loads(conn.getresponse().read())["Config"]["NodeName"] == node
+        finally:
+            conn.close()
+    finally:
+        consul_client.catalog.deregister(node)

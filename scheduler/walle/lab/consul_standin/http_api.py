@@ -230,7 +230,10 @@ class ConsulHttpApi:
     # --- catalog -------------------------------------------------------------------------
     def _filtered(self, req: Request, items: list[dict]) -> list[dict]:
         expr = req.arg("filter")
-        return [i for i in items if compile_filter(expr)(i)] if expr else items
+        if not expr:
+            return items
+        keep = compile_filter(expr)
+        return [i for i in items if keep(i)]
 
     def catalog_nodes(self, req: Request) -> Response:
         meta = node_meta_args(req)
@@ -358,8 +361,8 @@ class ConsulHttpApi:
 
     def agent_services(self, req: Request) -> Response:
         services = self.store.agent_services(req.agent_node)
-        return Response(body={k: v for k, v in services.items()
-                              if compile_filter(req.arg("filter") or "")(v)})
+        keep = compile_filter(req.arg("filter") or "")
+        return Response(body={k: v for k, v in services.items() if keep(v)})
 
     def agent_checks(self, req: Request) -> Response:
         return Response(body=self.store.agent_checks(req.agent_node))

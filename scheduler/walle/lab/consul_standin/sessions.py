@@ -68,7 +68,8 @@ class SessionMixin:
             "LockDelay": int(min(parse_lock_delay(delay), MAX_LOCK_DELAY_S) * 1e9)
             if delay is not None else int(DEFAULT_LOCK_DELAY_S * 1e9),
             "Behavior": behavior, "TTL": ttl_text, "NodeChecks": node_checks,
-            "ServiceChecks": get(body, "ServiceChecks") or None,
+            "ServiceChecks": [{"ID": get(c, "ID"), "Namespace": get(c, "Namespace") or ""}
+                              for c in get(body, "ServiceChecks") or []] or None,
         }
 
     def _validate_session_checks(self, session: dict) -> None:
