@@ -125,6 +125,16 @@ def test_set_property_changes_cpu_weight_without_restarting(node):
     assert "CPUWeight=300" in node.sh(f"cat /etc/systemd/system/{SLICE}")
     assert node.show(f"{STEM}.service", "MainPID")["MainPID"] == pid_before
 
+    # A list grows (reset, then every entry) and a directive goes (reset to its default).
+    fewer = {k: v for k, v in SLICE_ARGS.items() if k != "tasks_max"}
+    changed = node.ok("walle_slice", {**fewer, "cpu_weight": 300,
+                                      "device_allow": ["/dev/null rw", "/dev/zero r"]})
+    assert changed["applied_live"] == ["DeviceAllow", "TasksMax"]
+    allowed = node.sh(f"systemctl show {SLICE} --property=DeviceAllow")
+    assert "/dev/null rw" in allowed and "/dev/zero r" in allowed
+    assert node.show(SLICE, "TasksMax")["TasksMax"] != "64"
+    assert node.show(f"{STEM}.service", "MainPID")["MainPID"] == pid_before
+
 
 def test_changed_unit_text_restarts_and_stop_runs_the_pre_stop_hook(node):
     pid_before = int(node.show(f"{STEM}.service", "MainPID")["MainPID"])
