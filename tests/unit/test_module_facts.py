@@ -136,3 +136,45 @@ def test_gather_node_on_this_machine(tmp_path):
     assert (node["zone"], node["rack"], node["datasets"]) == ("z9", "r2", ["d"])
     assert [g["uuid"] for g in node["gpus"]] == ["GPU-6acf13c5-a062-4c55-9c2d-cea54cb19851"]
     assert node["gpu_source"] == "nvidia-smi"
+
+
+def test_the_module_runs_nvidia_smi_through_run_command(tmp_path, monkeypatch):
+    import sys
+
+    import ansible.module_utils
+    from ansible.module_utils import basic
+    from ansible.module_utils.testing import patch_module_args
+
+    utils = str(_PATH.parent)
+    if utils not in ansible.module_utils.__path__:
+        ansible.module_utils.__path__.append(utils)
+    spec = importlib.util.spec_from_file_location(
+        "walle_test_walle_facts", _PATH.parents[1] / "modules" / "walle_facts.py")
+    walle_facts = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = walle_facts
+    spec.loader.exec_module(walle_facts)
+
+    calls = []
+
+    class Done(Exception):
+        pass
+
+    def exit_json(_module, **kw):
+        raise Done(kw)
+
+    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
+    monkeypatch.setattr(basic.AnsibleModule, "get_bin_path",
+                        lambda _m, name, *a, **k: "/usr/bin/nvidia-smi" if name == "nvidia-smi"
+                        else None)
+    monkeypatch.setattr(basic.AnsibleModule, "run_command",
+                        lambda _m, argv, **k: calls.append(argv) or (0, H200_SMI, ""))
+    args = {"name": "n1", "zone": "z1", "disk_path": str(tmp_path),
+            "node_file": str(tmp_path / "none.json"), "_ansible_check_mode": True}
+    with patch_module_args(args), pytest.raises(Done) as done:
+        walle_facts.main()
+    result = done.value.args[0]
+    assert calls == [["/usr/bin/nvidia-smi", f"--query-gpu={wn.NVIDIA_SMI_QUERY}",
+                      "--format=csv,noheader,nounits"]]
+    assert result["changed"] is False
+    node = result["ansible_facts"]["walle_node"]
+    assert (node["name"], node["zone"], node["gpus"][0]["memory_mib"]) == ("n1", "z1", 143771)
