@@ -1,0 +1,162 @@
+"""The scheduler role's unit and environment file, rendered from the role's own defaults with
+jinja2, parsed, checked against the `walle` CLI and verified by `systemd-analyze verify`."""
+
+from __future__ import annotations
+
+import configparser
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import jinja2
+import pytest
+import yaml
+
+from walle.cli.main import build_parser
+
+ROLE = Path(__file__).resolve().parents[2] / "roles" / "scheduler"
+ENV_REF = re.compile(r"\$\{(\w+)\}")
+
+
+def role_vars(**overrides) -> dict:
+    values = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    values |= yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+    return values | overrides
+
+
+def render(template: str, **overrides) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROLE / "templates"),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["default"] = lambda value, fallback="": fallback if isinstance(
+        value, jinja2.Undefined) else value
+    return env.get_template(template).render(role_vars(**overrides))
+
+
+def parse_unit(text: str) -> configparser.ConfigParser:
+    unit = configparser.ConfigParser(strict=True, interpolation=None, delimiters=("=",))
+    unit.optionxform = str  # systemd keys are case-sensitive
+    unit.read_string(text)
+    return unit
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    return dict(ln.split("=", 1) for ln in lines)
+
+
+def exec_start_argv(unit: configparser.ConfigParser, env: dict[str, str], host: str) -> list[str]:
+    """ExecStart as systemd runs it: ${VAR} from the environment file, %H the host name."""
+    line = unit["Service"]["ExecStart"].replace("%H", host)
+    return [ENV_REF.sub(lambda m: env[m[1]], word) for word in shlex.split(line)]
+
+
+def test_unit_runs_walle_scheduler_from_the_venv_with_restarts():
+    unit = parse_unit(render("walle-scheduler.service.j2"))
+    service = unit["Service"]
+    defaults = role_vars()
+
+    words = shlex.split(service["ExecStart"])
+    assert words[:3] == [f"{defaults['walle_scheduler_venv']}/bin/walle", "scheduler", "run"]
+    pairs = dict(zip(words[3::2], words[4::2], strict=True))
+    assert pairs["--consul-addr"] == "${WALLE_CONSUL_HTTP_ADDR}"
+    assert pairs["--inventory"] == "${WALLE_INVENTORY}"
+    assert pairs["--name"] == "%H"
+    assert service["Restart"] == "always"
+    assert service["RestartSec"] == "2"
+    assert service["EnvironmentFile"] == defaults["walle_scheduler_env_file"]
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_instance_name_variable_reaches_the_unit():
+    unit = parse_unit(render("walle-scheduler.service.j2", walle_scheduler_instance_name="ctl-a"))
+    words = shlex.split(unit["Service"]["ExecStart"])
+    assert words[words.index("--name") + 1] == "ctl-a"
+
+
+def test_env_file_defines_every_variable_the_unit_uses_with_the_role_values():
+    overrides = {"walle_scheduler_consul_http_addr": "http://10.77.9.1:8500",
+                 "walle_scheduler_log_level": "DEBUG", "walle_scheduler_lock_delay": 7}
+    env = parse_env_file(render("scheduler.env.j2", **overrides))
+    used = set(ENV_REF.findall(render("walle-scheduler.service.j2")))
+
+    assert used <= set(env), f"unit uses {sorted(used - set(env))} the env file lacks"
+    assert env["WALLE_CONSUL_HTTP_ADDR"] == "http://10.77.9.1:8500"
+    assert env["WALLE_LOG_LEVEL"] == "DEBUG"
+    assert env["WALLE_LOCK_DELAY"] == "7"
+    assert env["WALLE_INVENTORY"] == role_vars()["walle_scheduler_inventory"]
+
+
+def test_walle_cli_accepts_the_command_line_the_unit_runs():
+    unit = parse_unit(render("walle-scheduler.service.j2"))
+    env = parse_env_file(render("scheduler.env.j2"))
+    argv = exec_start_argv(unit, env, host="ctl1")
+
+    args = build_parser().parse_args(argv[1:])
+
+    assert (args.command, args.scheduler_action) == ("scheduler", "run")
+    assert args.consul_addr == role_vars()["walle_scheduler_consul_http_addr"]
+    assert args.inventory == role_vars()["walle_scheduler_inventory"]
+    assert args.name == "ctl1"
+    assert args.lock_delay == float(role_vars()["walle_scheduler_lock_delay"])
+
+
+def systemd_verify(unit_path: Path) -> list[str]:
+    """Problems `systemd-analyze verify` reports about the unit (it works without systemd as
+    PID 1: it loads the file, parses every directive and checks ExecStart is executable)."""
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit_path)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    problems = [ln for ln in proc.stderr.splitlines() if unit_path.name in ln]
+    if proc.returncode != 0:
+        problems.append(f"exit {proc.returncode}: {proc.stderr.strip()}")
+    return problems
+
+
+def write_verifiable_unit(tmp_path: Path, extra: str = "") -> Path:
+    """The unit as the role writes it, pointed at a stub walle and env file under tmp_path."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    stub = venv / "bin" / "walle"
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    env_file = tmp_path / "scheduler.env"
+    env_file.write_text(render("scheduler.env.j2"))
+    text = render("walle-scheduler.service.j2", walle_scheduler_venv=str(venv),
+                  walle_scheduler_env_file=str(env_file))
+    unit_path = tmp_path / "walle-scheduler.service"
+    unit_path.write_text(text.replace("[Install]", extra + "[Install]"))
+    return unit_path
+
+
+needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                                           reason="systemd-analyze is not installed")
+
+
+@needs_systemd_analyze
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
+    assert systemd_verify(write_verifiable_unit(tmp_path)) == []
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize(("directive", "reported"), [("ProtectSystem=sometimes", "sometimes"),
+                                                     ("RestartSecs=2", "RestartSecs")])
+def test_systemd_analyze_verify_would_catch_a_bad_directive(tmp_path, directive, reported):
+    unit_path = write_verifiable_unit(tmp_path, extra=f"{directive}\n\n")
+    assert any(reported in p for p in systemd_verify(unit_path))
+
+
+def test_every_default_is_prefixed_commented_and_documented():
+    text = (ROLE / "defaults" / "main.yml").read_text().splitlines()
+    defaults = yaml.safe_load("\n".join(text))
+    spec = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())
+    options = spec["argument_specs"]["main"]["options"]
+
+    assert set(defaults) == set(options)
+    for name, value in defaults.items():
+        assert name.startswith("walle_scheduler_"), name
+        line = next(i for i, ln in enumerate(text) if ln.startswith(f"{name}:"))
+        above = next(ln for ln in reversed(text[:line]) if not ln.startswith("walle_scheduler_"))
+        assert above.startswith("#"), f"{name} has no comment above it"
+        assert options[name]["default"] == value, f"{name}: argument_specs default differs"
+        assert options[name].get("description"), name
