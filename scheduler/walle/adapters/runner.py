@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 import tempfile
 import threading
@@ -310,3 +311,50 @@ def _tail(runner: Any, limit: int = 4000) -> str:
         return ""
     return text[-limit:] if isinstance(text, str) else ""
 
+
+
+# ----- ad-hoc commands (walle exec, walle logs, the demo's read-back) ---------------------------
+@dataclass(frozen=True)
+class CommandResult:
+    host: str
+    rc: int
+    stdout: str = ""
+    stderr: str = ""
+    unreachable: bool = False
+
+
+def run_command(inventory: str | dict, hosts: list[str] | str, argv: list[str], *,
+                timeout: float = 120.0) -> dict[str, CommandResult]:
+    """Run `argv` (no shell) on `hosts` ("all" or a list) with the command module, like
+    `ansible HOSTS -m command`, one fork per host; answers per host."""
+    pattern = hosts if isinstance(hosts, str) else ",".join(hosts)
+    results: dict[str, CommandResult] = {}
+
+    def handle(event: Mapping[str, Any]) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data", {})
+        host = data.get("host")
+        res = data.get("res") or {}
+        if kind in ("runner_on_ok", "runner_on_failed"):
+            results[host] = CommandResult(host, int(res.get("rc", 1 if "failed" in kind else 0)),
+                                          res.get("stdout", ""),
+                                          res.get("stderr", "") or res.get("msg", ""))
+        elif kind == "runner_on_unreachable":
+            results[host] = CommandResult(host, -1, "", res.get("msg", "unreachable"), True)
+        return False
+
+    stop = _StopFlag(None, timeout)
+    with tempfile.TemporaryDirectory(prefix="walle-adhoc-") as private_dir:
+        ansible_runner.run(
+            private_data_dir=private_dir, inventory=inventory, host_pattern=pattern,
+            module="command", module_args=_quote(argv),
+            forks=MAX_FORKS, envvars=ansible_env(), quiet=True, ident="adhoc",
+            event_handler=handle, cancel_callback=stop,
+            settings={"pexpect_timeout": CANCEL_POLL_S, "suppress_ansible_output": True},
+        )
+    return dict(sorted(results.items()))
+
+
+def _quote(argv: list[str]) -> str:
+    """The command module's free-form string for argv (shlex-quoted: no shell runs it)."""
+    return " ".join(shlex.quote(a) for a in argv)

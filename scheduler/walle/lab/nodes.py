@@ -194,8 +194,8 @@ class Lab:
     def start_consul(self) -> str:
         """Start the lab's membership and Consul API: a Serf agent on the host's bridge address
         (lab nodes join it, see roles/consul) and the Consul stand-in following its members.
-        The `default` lab also answers on 127.0.0.1:8500/8600, where Consul's clients look
-        first. Returns the HTTP address."""
+        The `default` lab's HTTP API also answers on 127.0.0.1:8500, where Consul's clients
+        look first. Returns the HTTP address."""
         state = self._require_state()
         host = state.host_address
         server = f"walle-server-{self.name}"
@@ -209,8 +209,7 @@ class Lab:
                 "--http", f"{host}:{CONSUL_HTTP_PORT}", "--dns", f"{host}:{CONSUL_DNS_PORT}",
                 "--serf-rpc", self.serf_rpc_addr]
         if self.name == "default":
-            argv += ["--http", f"127.0.0.1:{CONSUL_HTTP_PORT}",
-                     "--dns", f"127.0.0.1:{CONSUL_DNS_PORT}"]
+            argv += ["--http", f"127.0.0.1:{CONSUL_HTTP_PORT}"]
         self.start_process("consul-standin", argv, "consul-standin.log")
         _wait_port(host, CONSUL_HTTP_PORT, 20.0, what="the Consul stand-in")
         return self.consul_http_addr
@@ -324,9 +323,10 @@ class Lab:
                     "ansible_control_path_dir": str(self.control_path_dir),
                     "walle_lab": self.name,
                     "walle_lab_host_address": self._require_state().host_address,
-                    "walle_consul_http_addr": self.consul_http_addr,
+                    # roles/consul in lab mode: Serf on every node, the stand-in on the host
                     "consul_mode": "standin",
-                    "consul_serf_join": f"{self._require_state().host_address}:{SERF_PORT}",
+                    "consul_serf_join": [self._require_state().host_address],
+                    "consul_standin_http_addr": self.consul_http_addr,
                 },
                 "children": {"walle_nodes": {"hosts": hosts}},
             }

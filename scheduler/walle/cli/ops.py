@@ -1,0 +1,79 @@
+"""Pool-wide operations: `walle exec -- CMD` on every node, `walle logs JOB`."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from walle.adapters.runner import run_command
+from walle.cli.common import add_consul_args, cluster_command, connect, print_json
+from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from walle.naming import unit_stem
+from walle.service.cluster import load_snapshot
+
+DEFAULT_INVENTORY = os.environ.get("WALLE_INVENTORY", "/var/lib/walle/lab/default/inventory.yml")
+
+
+def register(subparsers) -> None:
+    run = subparsers.add_parser("exec", help="run a command on every node (or --nodes)")
+    run.add_argument("--inventory", default=DEFAULT_INVENTORY,
+                     help="Ansible inventory (default: $WALLE_INVENTORY or the default lab)")
+    run.add_argument("--nodes", default="walle_nodes", help="host pattern (default: all nodes)")
+    run.add_argument("--timeout", type=float, default=120.0)
+    run.add_argument("--json", action="store_true")
+    run.add_argument("argv", nargs="+", metavar="-- CMD", help="the command and its arguments")
+    run.set_defaults(func=cmd_exec)
+
+    logs = subparsers.add_parser("logs", help="the journal of a job's instances")
+    logs.add_argument("job")
+    logs.add_argument("-n", "--lines", type=int, default=50)
+    logs.add_argument("--inventory", default=DEFAULT_INVENTORY)
+    add_consul_args(logs)
+    logs.set_defaults(func=cmd_logs)
+
+
+def cmd_exec(args) -> int:
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        print("walle exec: give a command after --", file=sys.stderr)
+        return EXIT_USAGE
+    results = run_command(args.inventory, args.nodes, argv, timeout=args.timeout)
+    if not results:
+        print(f"walle exec: no host matches {args.nodes!r} in {args.inventory}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print_json({h: r.__dict__ for h, r in results.items()})
+    else:
+        for host, r in results.items():
+            status = "unreachable" if r.unreachable else f"rc={r.rc}"
+            print(f"--- {host} ({status})")
+            for stream in (r.stdout, r.stderr):
+                if stream:
+                    print(stream.rstrip())
+    return EXIT_OK if all(r.rc == 0 for r in results.values()) else EXIT_FAILED
+
+
+@cluster_command
+def cmd_logs(args) -> int:
+    api, store = connect(args)
+    snap = load_snapshot(api, store)
+    where: dict[str, list[str]] = {}
+    for r in snap.records.values():
+        if r.alloc.job == args.job:
+            where.setdefault(r.alloc.node, []).append(unit_stem(r.alloc.job, r.alloc.slot))
+    if not where:
+        print(f"walle logs: no instances of {args.job!r}", file=sys.stderr)
+        return EXIT_FAILED
+    failed = False
+    for node, stems in sorted(where.items()):
+        argv = ["journalctl", "--no-pager", "-o", "short-iso", "-n", str(args.lines)]
+        for stem in sorted(stems):
+            argv += ["-u", f"{stem}.service"]
+        result = run_command(args.inventory, [node], argv).get(node)
+        print(f"--- {node}: {', '.join(sorted(stems))}")
+        if result is None or result.rc != 0:
+            failed = True
+            print(result.stderr if result else "no answer", file=sys.stderr)
+        else:
+            print(result.stdout)
+    return EXIT_FAILED if failed else EXIT_OK
