@@ -17,7 +17,7 @@ import pytest
 from walle.adapters.runner import run_playbook
 from walle.core.model import Grant
 from walle.lab.consul_standin.server import start_in_thread
-from walle.service.params import instance_vars, stop_vars
+from walle.service.params import instance_vars, slice_args, stop_vars
 from walle.spec.model import Discovery, HealthCheck, JobSpec, Range, Resources, Runtime, StopPolicy
 
 pytestmark = pytest.mark.lab
@@ -137,6 +137,22 @@ def test_runner_overhead_place_three_nodes(lab, capsys):
         for what, wall, inner in timings:
             print(f"\n[executor overhead] place.yml 3 nodes x 1 instance, {what}: "
                   f"{wall:.2f} s wall ({inner:.2f} s in run_playbook)")
+
+
+def test_grants_apply_live_without_restarting_the_workload(lab):
+    spec = web_spec("grt", count=1)
+    assert run(lab, "place.yml", place_batch(lab, spec, {"node2": [0]})).ok_hosts == ["node2"]
+    try:
+        pid = unit_props(lab, "node2", "walle-grt-0.service", "MainPID")["MainPID"]
+        bigger = dataclasses.replace(GRANT, cpu_weight=60, memory_high=112 * MIB)
+        grants = {"node2": [{"instance": {"id": "grt-0"}, "slice": slice_args(spec, 0, bigger)}]}
+        result = run(lab, "grants.yml", grants)
+        assert result.ok_hosts == ["node2"] and result.hosts["node2"].changed, result.hosts
+        assert unit_props(lab, "node2", "walle-grt-0.slice", "CPUWeight", "MemoryHigh") == {
+            "CPUWeight": "60", "MemoryHigh": str(112 * MIB)}
+        assert unit_props(lab, "node2", "walle-grt-0.service", "MainPID") == {"MainPID": pid}
+    finally:
+        run(lab, "stop.yml", stop_batch("grt", {"node2": [0]}))
 
 
 def migrate(lab, place: dict, stop: dict):
