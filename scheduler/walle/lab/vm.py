@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -91,6 +92,14 @@ class VM:
             raise VmError(f"in the VM, `{command}` exited {proc.returncode}: "
                           f"{proc.stderr.strip() or proc.stdout.strip()}")
         return proc
+
+    def write_file(self, path: str, text: str, mode: int = 0o644) -> None:
+        """Write `text` to `path` in the VM (over SSH's stdin: no quoting of the content)."""
+        quoted = shlex.quote(path)
+        proc = subprocess.run(self.ssh_argv(f"cat > {quoted} && chmod {mode:o} {quoted}"),
+                              input=text, capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise VmError(f"writing {path} in the VM failed: {proc.stderr.strip()}")
 
     def console_tail(self, lines: int = 40) -> str:
         return _tail(self.workdir / "console.log", lines)
