@@ -77,11 +77,8 @@ class JobReq:
     data: frozenset[str]
     spread_domains: bool  # score failure-domain spread and anti-affinity
     full_scan: bool
+    simple: bool = True  # no node rules, distinct_hosts or max_per: resources decide alone
     rule_cache: dict[int, bool] = field(default_factory=dict)
-
-    @property
-    def simple(self) -> bool:
-        return not (self.rules or self.distinct_hosts or self.max_per)
 
 
 def compile_job(spec: JobSpec, *, default_strategy: str, full_scan: bool = False) -> JobReq:
@@ -111,7 +108,7 @@ def compile_job(spec: JobSpec, *, default_strategy: str, full_scan: bool = False
         gpus=int(res.gpus), rules=tuple(rules), distinct_hosts=distinct,
         max_per=tuple(max_per), data=frozenset(spec.data),
         spread_domains=strategy == "spread" or (spec.kind == "service" and spec.count > 1),
-        full_scan=full_scan,
+        full_scan=full_scan, simple=not (rules or distinct or max_per),
     )
 
 

@@ -2,9 +2,9 @@
 
 Cost per placement does not grow with the pool (Borg/Nomad): only a few feasible candidates
 are scored.
-- bin-pack: best fit from the capacity index (the open nodes with the least free cpu, or
-  memory for memory-heavy jobs, that still fit), then the largest unused node; at most
-  `scan_limit` index entries are examined on each path.
+- bin-pack: best fit from the capacity index (the open nodes whose scarcer free resource is
+  the smallest that still has room), then the largest unused node; at most `scan_limit`
+  index entries are examined on each path.
 - spread: walk a seeded random permutation of all nodes from a rotating offset until
   `sample_limit` feasible nodes are found (Nomad's shuffled node iterator).
 - full scan (config or job): every feasible node is scored.
@@ -60,11 +60,12 @@ class Placer:
     def place(self, job: JobReq, avoid: frozenset[int] = frozenset()) -> Choice | Refusal:
         """Pick a node for one more instance of `job`; does not reserve it."""
         candidates = self.candidates(job)
+        if not candidates:  # the bounded paths missed: walk every node before giving up
+            limit = len(self.ix.nodes) if self._full(job) else self.limit
+            candidates = self._sample(job, limit)
         if not candidates:
-            candidates, reasons = self.full_pass(job)
-            if not candidates:
-                victims = self.preempt(job) if self.config.preemption else None
-                return victims or Refusal(reasons)
+            victims = self.preempt(job) if self.config.preemption else None
+            return victims or Refusal(self.full_pass(job)[1])
         scorers = active_scorers(job, self.config.weights, avoid)
         best, best_score = -1, -1.0
         for i in candidates:  # candidates come in a seeded/index order: ties keep the first
@@ -74,26 +75,36 @@ class Placer:
         return Choice(best, best_score)
 
     # -- candidate search -----------------------------------------------------------------
+    def _full(self, job: JobReq) -> bool:
+        return self.config.full_scan or job.full_scan or job.name in self.config.full_scan_jobs
+
     def candidates(self, job: JobReq) -> list[int]:
-        if self.config.full_scan or job.full_scan or job.name in self.config.full_scan_jobs:
+        if self._full(job):
             return [i for i in range(self.ix.n) if feasible(self.ix, job, i)]
         limit = self.limit if job.spec.kind != "batch" else self.config.batch_sample_limit
+        if job.gpus:  # GPU nodes are few: look at them all
+            fits = [i for i in self.ix.gpu_nodes if feasible(self.ix, job, i)]
+            return sorted(fits, key=lambda i: (self.ix.free_gpu[i], i))[:self.limit]
         if job.strategy == "binpack" and self.ix.indexed:
             return self._best_fit(job, limit)
         return self._sample(job, limit)
 
     def _best_fit(self, job: JobReq, limit: int) -> list[int]:
         ix, scan = self.ix, self.config.scan_limit
-        memory_heavy = job.memory * ix.total_cpu > job.cpu * ix.total_mem
-        index, need = (ix.open_mem, job.memory) if memory_heavy else (ix.open_cpu, job.cpu)
-        start = bisect_left(index, (need, -1))
-        found = [i for _, i in index[start:start + scan] if feasible(ix, job, i)][:limit]
+        start = bisect_left(ix.open, (ix.need_key(job.cpu, job.memory), -1))
+        found = []
+        for _, i in ix.open[start:start + scan]:
+            if feasible(ix, job, i):
+                found.append(i)
+                if len(found) >= limit:
+                    break
         wide = job.spread_domains or bool(job.data)  # other scorers need some choice
-        if job.data:
-            found += self._holders(job, limit)
-        if found and not (wide and len(found) < limit):
+        if job.data:  # packing first: locality may choose among busy nodes, not open one
+            found += [i for i in self._holders(job, limit, busy_only=True) if i not in found]
+        if len(found) >= (2 if wide else 1):  # a single fit leaves spread no choice
             return found
-        empties = (ix.empty_gpu,) if job.gpus else (ix.empty_plain, ix.empty_gpu)
+        by_mem = ix.memory_heavy(job.cpu, job.memory)
+        empties = (ix.empty[False, by_mem], ix.empty[True, by_mem])
         want = limit - len(found) if wide else 1
         for empty in empties:
             fresh = [i for *_, i in empty[:scan] if feasible(ix, job, i)][:want]
@@ -101,7 +112,7 @@ class Placer:
                 return found + fresh
         return found
 
-    def _holders(self, job: JobReq, limit: int) -> list[int]:
+    def _holders(self, job: JobReq, limit: int, busy_only: bool = False) -> list[int]:
         """Feasible nodes holding any of the job's datasets (soft data affinity)."""
         ix, found = self.ix, []
         for dataset in sorted(job.data):
@@ -111,6 +122,8 @@ class Placer:
             start = self.rng.randrange(len(holders))
             for step in range(min(len(holders), self.config.scan_limit)):
                 i = holders[(start + step) % len(holders)]
+                if busy_only and not ix.on_node[i]:
+                    continue
                 if i not in found and feasible(ix, job, i):
                     found.append(i)
                     if len(found) >= limit:

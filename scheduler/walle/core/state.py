@@ -4,9 +4,11 @@ Built from immutable `Node`s and `Allocation`s, then updated in place as instanc
 reserved and released, so nothing is recomputed per placement:
 - per-node free vectors (parallel lists; cpu in millicores, all integers),
 - per-node held instances (for preemption and grants), per-job node and domain counts,
-- for bin-packing, indexes of ready nodes by free capacity: `open_cpu` / `open_mem` (nodes
-  holding something, sorted by free cpu / free memory: best fit is a bisect) and `empty`
-  (unused nodes, largest first, GPU nodes kept apart so ordinary work leaves them free).
+- for bin-packing, indexes of ready nodes by free capacity: `open` (nodes holding something,
+  sorted by their scarcer free resource, memory converted to cpu-equivalents at the pool's
+  memory/cpu ratio: a bisect finds the tightest nodes with room, and nodes exhausted in one
+  resource sink to the bottom instead of clogging the search) and `empty_*` (unused nodes,
+  largest first, GPU nodes kept apart so ordinary work leaves them free).
 Nodes are ordered by name; index positions are what the planner passes around.
 """
 
@@ -64,35 +66,51 @@ class ClusterIndex:
         self.free_cpu, self.free_mem = list(self.cap_cpu), list(self.cap_mem)
         self.free_disk, self.free_gpu = list(self.cap_disk), list(self.cap_gpu)
         self.ready = [n.state == "ready" for n in self.nodes]
+        self.gpu_nodes = [i for i, c in enumerate(self.cap_gpu) if c > 0]
         self.zone = [n.zone for n in self.nodes]
         self.rack = [n.rack for n in self.nodes]
         self.on_node: list[dict[str, Held]] = [{} for _ in self.nodes]
         self.job_nodes: dict[str, dict[int, int]] = {}  # job -> node -> instances there
+        self.job_count: dict[str, int] = {}  # job -> instances held anywhere
         self.job_domains: dict[str, dict[str, dict[str, int]]] = {}  # job -> attr -> value -> n
         self.total_cpu = sum(c for c, r in zip(self.cap_cpu, self.ready, strict=True) if r)
         self.total_mem = sum(m for m, r in zip(self.cap_mem, self.ready, strict=True) if r)
         self.indexed = False
         self._holders: dict[str, list[int]] | None = None
-        self.open_cpu: list[tuple[int, int]] = []
-        self.open_mem: list[tuple[int, int]] = []
-        self.empty_plain: list[tuple[int, int, int]] = []
-        self.empty_gpu: list[tuple[int, int, int]] = []
+        self.mem_to_cpu = self.total_cpu / max(self.total_mem, 1)
+        self.open: list[tuple[float, int]] = []
+        # unused ready nodes, largest first: (gpu node?, ordered by memory?) -> sorted keys
+        self.empty: dict[tuple[bool, bool], list[tuple[int, int, int]]] = {}
 
     # -- bulk load, then indexes ---------------------------------------------------------
     def build_indexes(self) -> None:
         """Sort once after the bulk load; from here on reserve/release keep them current."""
-        self.open_cpu = sorted((self.free_cpu[i], i) for i in self._ready_with(True))
-        self.open_mem = sorted((self.free_mem[i], i) for i in self._ready_with(True))
-        empty = [i for i in self._ready_with(False)]
-        self.empty_plain = sorted(self._empty_key(i) for i in empty if not self.cap_gpu[i])
-        self.empty_gpu = sorted(self._empty_key(i) for i in empty if self.cap_gpu[i])
+        self.open = sorted((self.open_key(i), i) for i in self._ready_with(True))
+        unused = self._ready_with(False)
+        self.empty = {(gpu, by_mem): sorted(self._empty_key(i, by_mem) for i in unused
+                                            if bool(self.cap_gpu[i]) == gpu)
+                      for gpu in (False, True) for by_mem in (False, True)}
         self.indexed = True
 
     def _ready_with(self, holding: bool) -> list[int]:
         return [i for i in range(self.n) if self.ready[i] and bool(self.on_node[i]) == holding]
 
-    def _empty_key(self, i: int) -> tuple[int, int, int]:
+    def open_key(self, i: int) -> float:
+        """The scarcer free resource of node i, in millicore-equivalents."""
+        return min(self.free_cpu[i], self.free_mem[i] * self.mem_to_cpu)
+
+    def need_key(self, cpu: int, memory: int) -> float:
+        """The open_key a node needs to surely have room for (cpu, memory)."""
+        return max(cpu, memory * self.mem_to_cpu)
+
+    def _empty_key(self, i: int, by_mem: bool) -> tuple[int, int, int]:
+        if by_mem:
+            return (-self.cap_mem[i], -self.cap_cpu[i], i)
         return (-self.cap_cpu[i], -self.cap_mem[i], i)
+
+    def memory_heavy(self, cpu: int, memory: int) -> bool:
+        """Asks for more memory per core than the pool has: prefers memory-rich nodes."""
+        return memory * self.mem_to_cpu > cpu
 
     # -- reserve / release (mirror images) ------------------------------------------------
     def reserve(self, i: int, held: Held) -> None:
@@ -106,6 +124,7 @@ class ClusterIndex:
         self.on_node[i][held.key] = held
         counts = self.job_nodes.setdefault(held.job, {})
         counts[i] = counts.get(i, 0) + 1
+        self.job_count[held.job] = self.job_count.get(held.job, 0) + 1
         self._count_domains(held.job, i, +1)
         if indexed:
             self._index(i)
@@ -124,6 +143,7 @@ class ClusterIndex:
         counts[i] -= 1
         if not counts[i]:
             del counts[i]
+        self.job_count[held.job] -= 1
         self._count_domains(held.job, i, -1)
         if indexed:
             self._index(i)
@@ -131,17 +151,19 @@ class ClusterIndex:
 
     def _unindex(self, i: int) -> None:
         if self.on_node[i]:
-            _remove(self.open_cpu, (self.free_cpu[i], i))
-            _remove(self.open_mem, (self.free_mem[i], i))
+            _remove(self.open, (self.open_key(i), i))
         else:
-            _remove(self.empty_gpu if self.cap_gpu[i] else self.empty_plain, self._empty_key(i))
+            gpu = bool(self.cap_gpu[i])
+            for by_mem in (False, True):
+                _remove(self.empty[gpu, by_mem], self._empty_key(i, by_mem))
 
     def _index(self, i: int) -> None:
         if self.on_node[i]:
-            insort(self.open_cpu, (self.free_cpu[i], i))
-            insort(self.open_mem, (self.free_mem[i], i))
+            insort(self.open, (self.open_key(i), i))
         else:
-            insort(self.empty_gpu if self.cap_gpu[i] else self.empty_plain, self._empty_key(i))
+            gpu = bool(self.cap_gpu[i])
+            for by_mem in (False, True):
+                insort(self.empty[gpu, by_mem], self._empty_key(i, by_mem))
 
     # -- per-job placement facts ----------------------------------------------------------
     def count_on(self, job: str, i: int) -> int:
@@ -149,8 +171,7 @@ class ClusterIndex:
         return counts.get(i, 0) if counts else 0
 
     def job_total(self, job: str) -> int:
-        counts = self.job_nodes.get(job)
-        return sum(counts.values()) if counts else 0
+        return self.job_count.get(job, 0)
 
     def domain_counts(self, job: str, attribute: str) -> dict[str, int]:
         """Instances of `job` per value of a node attribute (zone, rack, label.x, name)."""
