@@ -32,7 +32,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from walle.lab.rootfs import CACHE_DIR, ensure_rootfs
+from walle.lab.rootfs import CACHE_DIR, NODE_PACKAGES, SUITE, cache_key, ensure_rootfs
 
 VM_CACHE = CACHE_DIR / "vm"
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
@@ -150,6 +150,12 @@ def _tail(path: Path, lines: int) -> str:
 
 
 # ---- image build (cached) ------------------------------------------------------------------
+
+def vm_image_cached() -> bool:
+    """Whether the image for the cached lab rootfs is built (a rootfs build is not started)."""
+    return (VM_CACHE / image_key(CACHE_DIR / "rootfs" / cache_key(SUITE, NODE_PACKAGES))
+            / ".walle-complete").exists()
+
 
 def ensure_vm_image(progress: Progress = _stderr) -> VmImage:
     """Return the cached VM image, building it first if needed (about 2 minutes, as root)."""
