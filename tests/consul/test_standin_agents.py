@@ -36,6 +36,16 @@ def test_agent_listener_acts_as_that_nodes_agent(standin, consul_client, unique)
         node_agent.agent.service.deregister(name)
 
 
+def test_agent_node_address_can_differ_from_its_listener(standin):
+    server = start_in_thread(dns=None, agents={"lab-n1": "127.0.0.1:0"},
+                             node_addresses={"lab-n1": "10.77.0.11"})
+    try:
+        c = consul.Consul(*server.http_addr)
+        assert c.catalog.node("lab-n1")[1]["Node"]["Address"] == "10.77.0.11"
+    finally:
+        server.stop()
+
+
 def test_state_survives_a_restart(standin, tmp_path, unique):
     data = tmp_path / "data"
     first = start_in_thread(data_dir=data, dns=None, node_name="persist-node")

@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serf-rpc", metavar="ADDR", help="follow this Serf agent's membership")
     p.add_argument("--agent", action="append", default=[], metavar="NODE=HOST:PORT",
                    help="an extra listener that acts as NODE's local agent (repeatable)")
+    p.add_argument("--node-address", action="append", default=[], metavar="NODE=IP",
+                   help="catalog address of an --agent node (default: its listener's host)")
     p.add_argument("--serf-bin", default="serf")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -38,11 +40,19 @@ def config_from_args(args: argparse.Namespace) -> StandinConfig:
         if not sep or not node:
             raise ValueError(f"--agent {item!r}: use NODE=HOST:PORT")
         agents[node] = parse_hostport(addr, f"--agent {node}")
+    addresses = {}
+    for item in args.node_address:
+        node, sep, ip = item.partition("=")
+        if not sep or not node or not ip:
+            raise ValueError(f"--node-address {item!r}: use NODE=IP")
+        if node not in agents:
+            raise ValueError(f"--node-address {node}: no --agent {node}=HOST:PORT given")
+        addresses[node] = ip
     config = StandinConfig(
         http=[parse_hostport(a, "--http") for a in args.http or ["127.0.0.1:8500"]],
         dns=None if args.dns == "off" else parse_hostport(args.dns, "--dns"),
         data_dir=args.data_dir, datacenter=args.datacenter, serf_rpc=args.serf_rpc,
-        agents=agents, serf_bin=args.serf_bin)
+        agents=agents, node_addresses=addresses, serf_bin=args.serf_bin)
     if args.node_name:
         config.node_name = args.node_name
     return config

@@ -41,6 +41,8 @@ class StandinConfig:
     datacenter: str = "dc1"
     serf_rpc: str | None = None
     agents: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # catalog address of an --agent node (default: its listener's host)
+    node_addresses: dict[str, str] = field(default_factory=dict)
     serf_bin: str = "serf"
 
 
@@ -122,7 +124,8 @@ class Standin:
         self.store.register_agent_node(self.config.node_name, self.own_address)
         self.store.consul_service(self.config.node_name)
         for node, (host, _) in self.config.agents.items():
-            self.store.register_agent_node(node, "127.0.0.1" if host == "0.0.0.0" else host)
+            address = self.config.node_addresses.get(node) or host
+            self.store.register_agent_node(node, "127.0.0.1" if address == "0.0.0.0" else address)
         if self.saver:
             self.saver.start()
         if self.serf:
@@ -194,9 +197,11 @@ def start_in_thread(*, http: str | tuple[str, int] = ("127.0.0.1", 0),
                     data_dir: str | os.PathLike | None = None, node_name: str = "standin",
                     datacenter: str = "dc1", serf_rpc: str | None = None,
                     agents: dict[str, str | tuple[str, int]] | None = None,
-                    extra_http: list[str | tuple[str, int]] | None = None) -> Standin:
+                    extra_http: list[str | tuple[str, int]] | None = None,
+                    node_addresses: dict[str, str] | None = None) -> Standin:
     """Start a stand-in in this process; port 0 picks free ports. Returns the running Standin
-    (`.http_addr`, `.dns_addr`, `.agent_addrs`, `.store`, `.stop()`)."""
+    (`.http_addr`, `.dns_addr`, `.agent_addrs`, `.store`, `.stop()`). `node_addresses` gives
+    an agent node's catalog address when it differs from its listener's host."""
     def addr(value, name):
         return parse_hostport(value, name) if isinstance(value, str) else tuple(value)
 
@@ -205,7 +210,8 @@ def start_in_thread(*, http: str | tuple[str, int] = ("127.0.0.1", 0),
         dns=addr(dns, "dns") if dns else None,
         data_dir=str(data_dir) if data_dir else None, node_name=node_name,
         datacenter=datacenter, serf_rpc=serf_rpc,
-        agents={n: addr(a, f"agents[{n}]") for n, a in (agents or {}).items()})
+        agents={n: addr(a, f"agents[{n}]") for n, a in (agents or {}).items()},
+        node_addresses=dict(node_addresses or {}))
     standin = Standin(config)
     standin.start()
     return standin
