@@ -59,7 +59,7 @@ class Placer:
 
     def place(self, job: JobReq, avoid: frozenset[int] = frozenset()) -> Choice | Refusal:
         """Pick a node for one more instance of `job`; does not reserve it."""
-        candidates = self.candidates(job)
+        candidates = self.candidates(job, avoid)
         if not candidates:  # the bounded paths missed: walk every node before giving up
             limit = len(self.ix.nodes) if self._full(job) else self.limit
             candidates = self._sample(job, limit)
@@ -78,7 +78,7 @@ class Placer:
     def _full(self, job: JobReq) -> bool:
         return self.config.full_scan or job.full_scan or job.name in self.config.full_scan_jobs
 
-    def candidates(self, job: JobReq) -> list[int]:
+    def candidates(self, job: JobReq, avoid: frozenset[int] = frozenset()) -> list[int]:
         if self._full(job):
             return [i for i in range(self.ix.n) if feasible(self.ix, job, i)]
         limit = self.limit if job.spec.kind != "batch" else self.config.batch_sample_limit
@@ -86,10 +86,10 @@ class Placer:
             fits = [i for i in self.ix.gpu_nodes if feasible(self.ix, job, i)]
             return sorted(fits, key=lambda i: (self.ix.free_gpu[i], i))[:self.limit]
         if job.strategy == "binpack" and self.ix.indexed:
-            return self._best_fit(job, limit)
+            return self._best_fit(job, limit, wide=bool(avoid))
         return self._sample(job, limit)
 
-    def _best_fit(self, job: JobReq, limit: int) -> list[int]:
+    def _best_fit(self, job: JobReq, limit: int, wide: bool) -> list[int]:
         ix, scan = self.ix, self.config.scan_limit
         start = bisect_left(ix.open, (ix.need_key(job.cpu, job.memory), -1))
         found = []
@@ -98,7 +98,7 @@ class Placer:
                 found.append(i)
                 if len(found) >= limit:
                     break
-        wide = job.spread_domains or bool(job.data)  # other scorers need some choice
+        wide = wide or job.spread_domains or bool(job.data)  # other scorers need a choice
         if job.data:  # packing first: locality may choose among busy nodes, not open one
             found += [i for i in self._holders(job, limit, busy_only=True) if i not in found]
         if len(found) >= (2 if wide else 1):  # a single fit leaves spread no choice

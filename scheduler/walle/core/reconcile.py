@@ -53,6 +53,7 @@ class _Work:
     reason: str
     old: Allocation | None = None  # the allocation it moves from / replaces / succeeds
     failed_nodes: tuple[str, ...] = ()
+    held_at: int | None = None  # node where `old` still holds its reservation until placed
 
 
 def reconcile(jobs: Mapping[str, JobSpec], allocations: Iterable[Allocation],
@@ -85,7 +86,8 @@ class _Round:
         self.evictions: list[Evict] = []
         self.failures: dict[tuple[str, str], tuple[list[int], dict[str, int]]] = {}
         self.refused: dict[str, dict[str, int]] = {}  # job -> why placement found no node
-        self.spent: set[tuple[str, int]] = set()  # batch slots out of retries
+        self.moving: set[str] = set()  # keys with a queued move/replace holding their room
+        self.settled: set[tuple[str, int]] = set()  # batch slots done or out of retries
         self.placed: list[tuple[_Work, int, float]] = []
         self.touched: set[int] = set()
 
@@ -145,12 +147,13 @@ class _Round:
         last = max(group, key=lambda a: (a.since, a.state == "failed", a.node))
         if last.state == "stopped":
             if spec.kind == "batch":
-                return  # a batch instance that stopped has finished its work
+                self.settled.add((spec.name, slot))  # a stopped batch instance is done
+                return
             self.work.append(_Work(spec.name, slot, "place", "stopped", last, last.failed_nodes))
             return
         history = last.failed_nodes + (last.node,)
         if spec.kind == "batch" and len(history) > spec.retries:
-            self.spent.add((spec.name, slot))
+            self.settled.add((spec.name, slot))
             self._fail(spec.name, slot, {f"failed {len(history)} times, retries "
                                          f"{spec.retries}": 1})
             return
@@ -167,11 +170,11 @@ class _Round:
             req = self.reqs[old.job]
             self.ix.release(i, old.key)
             why = rejections(self.ix, req, i)
-            if why:
-                self.work.append(_Work(old.job, old.slot, "migrate",
-                                       "new spec does not fit on node: " + ", ".join(why),
-                                       old, old.failed_nodes))
-                self.current.pop(old.key, None)
+            if why:  # it keeps its place until the move is placed
+                self.ix.reserve(i, held_from(old, req.priority))
+                self._push_move(_Work(old.job, old.slot, "migrate",
+                                      "new spec does not fit on node: " + ", ".join(why),
+                                      old, old.failed_nodes, held_at=i))
                 continue
             new = self._allocation(req, old.slot, old.node, old.failed_nodes)
             self.ix.reserve(i, held_from(new))
@@ -188,11 +191,12 @@ class _Round:
             if in_flight.get(old.job, 0) >= max(1, spec.update.max_parallel):
                 continue  # waits for the in-flight batch to become healthy
             in_flight[old.job] = in_flight.get(old.job, 0) + 1
-            self.ix.release(i, old.key)
-            self.current.pop(old.key)
-            self.touched.add(i)
-            self.work.append(_Work(old.job, old.slot, "replace", "runtime changed", old,
-                                   old.failed_nodes))
+            self._push_move(_Work(old.job, old.slot, "replace", "runtime changed", old,
+                                  old.failed_nodes, held_at=i))
+
+    def _push_move(self, w: _Work) -> None:
+        self.work.append(w)
+        self.moving.add(w.old.key)
 
     # -- 2. place -------------------------------------------------------------------------
     def _place_all(self) -> None:
@@ -200,7 +204,7 @@ class _Round:
         present |= {(w.job, w.slot) for w in self.work}
         for name, spec in sorted(self.jobs.items()):
             self.work.extend(_Work(name, slot, "place", "new") for slot in range(spec.count)
-                             if (name, slot) not in present and (name, slot) not in self.spent)
+                             if (name, slot) not in present and (name, slot) not in self.settled)
         heap = [self._order(w, n) for n, w in enumerate(self.work)]
         heapq.heapify(heap)
         steps, budget = 0, MAX_PLACEMENT_STEPS_PER_INSTANCE * (len(heap) + 1)
@@ -218,15 +222,19 @@ class _Round:
 
     def _place(self, w: _Work) -> list[_Work]:
         req = self.reqs[w.job]
-        if w.job in self.refused:  # the state only fills up: later slots fail the same way
+        if w.job in self.refused and w.held_at is None:
+            # the state only fills up: later slots of a refused job fail the same way
             self._fail(w.job, w.slot, self.refused[w.job])
-            return self._restore(w)
+            return []
+        released = self._release_old(w)  # a move or replace may reuse its own room
         avoid = frozenset(self.ix.pos[n] for n in w.failed_nodes if n in self.ix.pos)
         choice = self.placer.place(req, avoid)
         if not isinstance(choice, Choice):
             self.refused[w.job] = choice.reasons
             self._fail(w.job, w.slot, choice.reasons)
-            return self._restore(w)
+            if released is not None:  # nothing changed since the release: put it back
+                self._hold(w.held_at, w.old, released.priority)
+            return []
         evicted = [self._evict(choice.node, h, f"{w.job}-{w.slot}") for h in choice.evict]
         self.ix.reserve(choice.node, Held(
             f"{w.job}-{w.slot}", w.job, w.slot, req.priority, req.cpu, req.memory, req.disk,
@@ -236,12 +244,12 @@ class _Round:
         self.placed.append((w, choice.node, choice.score))
         return [e for e in evicted if e is not None]
 
-    def _restore(self, w: _Work) -> list[_Work]:
-        """A replace or move that cannot be placed keeps the old one running where it was."""
-        i = self.ix.pos.get(w.old.node) if w.old is not None and w.kind != "place" else None
-        if i is not None and self.ix.ready[i]:
-            self._hold(i, w.old, self.reqs[w.job].priority)
-        return []
+    def _release_old(self, w: _Work) -> Held | None:
+        if w.held_at is None or w.old.key not in self.ix.on_node[w.held_at]:
+            return None  # nothing held, or evicted meanwhile
+        self.current.pop(w.old.key, None)
+        self.touched.add(w.held_at)
+        return self.ix.release(w.held_at, w.old.key)
 
     def _evict(self, i: int, held: Held, by: str) -> _Work | None:
         self.ix.release(i, held.key)
@@ -250,8 +258,8 @@ class _Round:
         victim = self.current.pop(held.key)
         victim = update.old if update else victim
         self.evictions.append(Evict(victim, by))
-        if held.job not in self.jobs:
-            return None
+        if held.job not in self.jobs or held.key in self.moving:
+            return None  # a move already queued for this slot places it
         return _Work(held.job, held.slot, "place", f"evicted by {by}", None,
                      victim.failed_nodes)
 
