@@ -292,6 +292,7 @@ class Scheduler:
             keep_old = snap.nodes.get(m.old.node) and snap.nodes[m.old.node].state != "down"
             starts[m.new.key] = _new_record(records.get(m.new.key), m.new,
                                             m.old if keep_old else None, now)
+        replaced = {r.new.key for r in plan.replaces}
         for r in plan.replaces:
             other_node = r.new.node != r.old.node
             starts[r.new.key] = _new_record(records.get(r.new.key), r.new,
@@ -309,6 +310,8 @@ class Scheduler:
                 continue
             report.failed[key] = outcome.error
             after[key] = records[key] = rec.with_alloc(_failed(rec.alloc), now)
+            if key in replaced:  # a new version that cannot even start: the rollout failed
+                self._maybe_roll_back(snap, snap.jobs[rec.alloc.job], rec.alloc, report)
         self._write(after, records=records)
 
         # 3. live changes: resources updated in place and elastic grants

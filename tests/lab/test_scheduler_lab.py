@@ -1,0 +1,218 @@
+"""The whole system in the lab: real systemd nodes, Serf, the Consul stand-in, two scheduler
+instances and the placement playbooks. Each test leaves the pool converged for the next.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import dns.resolver
+import pytest
+
+from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
+from walle.adapters.runner import run_command
+from walle.cli.demo import provision, start_schedulers, submit
+from walle.lab.nodes import Lab
+from walle.service.cluster import load_snapshot
+from walle.spec import parse_spec
+
+pytestmark = pytest.mark.lab
+
+CONVERGE_S = 120.0
+
+
+def api_spec(count: int = 3, port: int = 8080, listen: int | None = None,
+             health_timeout: str = "30s", name: str = "api", **extra):
+    """A small HTTP service: no distinct_hosts, so lost instances can land anywhere. `listen`
+    other than `port` makes a version whose check can never pass."""
+    return parse_spec({
+        "name": name, "kind": "service", "count": count, "strategy": "spread",
+        "resources": {"cpu": "0.05-0.2", "memory": "16M-64M"},
+        "runtime": {"command": "/usr/bin/python3",
+                    "args": ["-m", "http.server", str(listen or port)],
+                    "user": "nobody", "working_dir": "/tmp"},
+        "health": {"type": "http", "path": "/", "port": port, "interval": "1s",
+                   "timeout": "1s"},
+        "stop": {"timeout": "5s", "pre_stop": ["/bin/sh", "-c", "echo stopping"]},
+        "service": {"port": port},
+        "update": {"max_parallel": 1, "health_timeout": health_timeout},
+        **extra,
+    })
+
+
+class Pool:
+    def __init__(self, lab: Lab, addr: str):
+        self.lab = lab
+        self.api = ConsulApi(ConsulConfig.from_env(addr=addr))
+        self.store = StateStore(self.api)
+
+    def snapshot(self):
+        return load_snapshot(self.api, self.store)
+
+    def records(self, job: str = "api") -> dict:
+        return {k: r for k, r in self.snapshot().records.items() if r.alloc.job == job}
+
+    def wait(self, what: str, predicate: Callable[[], object], timeout: float = CONVERGE_S):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.3)
+        where = {k: (r.alloc.node, r.alloc.state) for k, r in self.records().items()}
+        raise AssertionError(f"{what}: not within {timeout:.0f}s; records: {where}")
+
+    def converged(self, job: str, count: int) -> bool:
+        recs = self.records(job)
+        return len(recs) == count and all(
+            r.alloc.state == "running" and r.previous is None for r in recs.values())
+
+    def active_units(self, job: str = "api") -> dict[str, list[str]]:
+        """node -> the job's service units systemd reports active there (ground truth)."""
+        out = run_command(str(self.lab.inventory_path), "walle_nodes",
+                          ["systemctl", "list-units", "--state=active", "--plain",
+                           "--no-legend", f"walle-{job}-*.service"])
+        return {h: sorted(line.split()[0] for line in r.stdout.splitlines() if line.strip())
+                for h, r in out.items()}
+
+    def main_pids(self, job: str = "api") -> dict[str, str]:
+        pids = {}
+        for key, r in self.records(job).items():
+            unit = f"walle-{job}-{r.alloc.slot}.service"
+            out = run_command(str(self.lab.inventory_path), [r.alloc.node],
+                              ["systemctl", "show", unit, "-p", "MainPID", "--value"])
+            pids[key] = out[r.alloc.node].stdout.strip()
+        return pids
+
+    def dns_nodes(self, name: str = "api") -> set[str]:
+        host, port = self.lab.consul_dns_addr
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers, resolver.port, resolver.lifetime = [host], port, 2.0
+        try:
+            answer = resolver.resolve(f"{name}.service.consul", "SRV")
+        except dns.resolver.NXDOMAIN:
+            return set()
+        return {r.target.to_text().split(".")[0] for r in answer}
+
+    def scheduler_pids(self) -> dict[str, int]:
+        return {k: v for k, v in self.lab.state.processes.items() if k.startswith("scheduler")}
+
+    def leader_name(self) -> str | None:
+        _, entry = self.api.client.kv.get("walle/leader")
+        if not entry or not entry.get("Session"):
+            return None
+        return (entry.get("Value") or b"").decode()
+
+
+@pytest.fixture(scope="module")
+def pool():
+    lab = Lab(f"s{os.getpid()}", progress=lambda msg: None)
+    try:
+        lab.up(3)
+        addr = lab.start_consul()
+        assert provision(lab) == 0
+        start_schedulers(lab, addr)
+        p = Pool(lab, addr)
+        p.wait("nodes in the catalog", lambda: len(p.snapshot().nodes) == 3, 30)
+        yield p
+    finally:
+        lab.down()
+
+
+def test_run_places_instances_spread_and_findable_by_dns(pool):
+    spec = api_spec()
+    submit(pool.store, spec)
+    pool.wait("3 instances running", lambda: pool.converged("api", 3))
+    nodes = {r.alloc.node for r in pool.records().values()}
+    assert nodes == {"node1", "node2", "node3"}  # spread over the three zones
+    pool.wait("DNS answers every node", lambda: pool.dns_nodes() == nodes, 15)
+    units = pool.active_units()
+    assert sum(len(u) for u in units.values()) == 3
+
+
+def test_scale_down_and_up(pool):
+    submit(pool.store, api_spec(count=1))
+    pool.wait("1 running", lambda: pool.converged("api", 1))
+    pool.wait("2 units gone", lambda: sum(len(u) for u in pool.active_units().values()) == 1)
+    assert sorted(pool.records()) == ["api-0"]
+    submit(pool.store, api_spec(count=3))
+    pool.wait("3 running", lambda: pool.converged("api", 3))
+    assert sum(len(u) for u in pool.active_units().values()) == 3
+
+
+def test_failing_update_rolls_back_and_healthy_instances_keep_running(pool):
+    good = api_spec()
+    before = pool.main_pids()
+    current = pool.store.job("api")
+    # a version that listens on the wrong port: its check never passes
+    bad = api_spec(listen=9999, health_timeout="8s")
+    assert pool.store.put_job(bad, current.modify_index, previous=current)
+    pool.wait("rolled back", lambda: pool.store.job("api").version == good.digest(), 90)
+    pool.wait("converged on the good version", lambda: pool.converged("api", 3) and {
+        r.alloc.spec_digest for r in pool.records().values()} == {good.digest()})
+    after = pool.main_pids()
+    # max_parallel 1: only one instance was ever replaced; the others never restarted
+    assert sum(before[k] == after[k] for k in before) >= 2
+
+
+def test_drain_moves_instances_off_the_node(pool):
+    victim = pool.records()["api-0"].alloc.node
+    pool.api.client.kv.put(f"walle/nodes/{victim}/drain", "drain")
+    try:
+        pool.wait("nothing on the drained node", lambda: pool.converged("api", 3) and all(
+            r.alloc.node != victim for r in pool.records().values()))
+        pool.wait("no unit left there", lambda: pool.active_units()[victim] == [])
+    finally:
+        pool.api.client.kv.delete(f"walle/nodes/{victim}/drain")
+
+
+def test_killing_the_leader_scheduler_hands_over_without_duplicates(pool):
+    leader = pool.wait("a leader", pool.leader_name, 30)
+    pids = pool.scheduler_pids()
+    key = next(k for k in pids if leader.endswith(k))
+    os.kill(pids[key], signal.SIGKILL)
+    pool.wait("the standby leads", lambda: pool.leader_name() not in (None, leader), 60)
+    submit(pool.store, api_spec(count=2))
+    pool.wait("2 running under the new leader", lambda: pool.converged("api", 2))
+    units = pool.active_units()
+    assert sum(len(u) for u in units.values()) == 2
+    names = [u for us in units.values() for u in us]
+    assert len(names) == len(set(names))  # never two instances of one slot
+    start_schedulers(pool.lab, pool.lab.consul_http_addr)  # the killed one comes back
+
+
+def test_every_scheduler_killed_mid_playbook_loses_and_duplicates_nothing(pool):
+    submit(pool.store, api_spec(count=3))
+    pool.wait("3 running", lambda: pool.converged("api", 3))
+    before = pool.main_pids()
+    # a second job; kill every scheduler once its placement is under way
+    web = api_spec(count=3, port=8081, name="web2")
+    submit(pool.store, web)
+    pool.wait("web2 placement started", lambda: pool.records("web2"), 30)
+    for pid in pool.scheduler_pids().values():
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(1)
+    start_schedulers(pool.lab, pool.lab.consul_http_addr)
+    pool.wait("web2 converged", lambda: pool.converged("web2", 3))
+    pool.wait("api still converged", lambda: pool.converged("api", 3))
+    assert pool.main_pids() == before  # adopted, not restarted
+    units = pool.active_units("web2")
+    assert sum(len(u) for u in units.values()) == 3
+
+
+def test_killing_a_node_moves_its_instances_and_dns_follows(pool):
+    submit(pool.store, api_spec(count=2))  # a free node to move to (one port per node)
+    pool.wait("2 running", lambda: pool.converged("api", 2))
+    recs = pool.records()
+    victim = recs["api-1"].alloc.node
+    lost = sorted(k for k, r in recs.items() if r.alloc.node == victim)
+    pool.lab.kill_node(victim)
+    pool.wait("instances moved", lambda: pool.converged("api", 2) and all(
+        r.alloc.node != victim for r in pool.records().values()), 90)
+    pool.wait("DNS no longer answers the dead node", lambda: victim not in pool.dns_nodes()
+              and len(pool.dns_nodes()) >= 1, 15)
+    moved = {k: pool.records()[k].alloc.node for k in lost}
+    assert all(node != victim for node in moved.values())
