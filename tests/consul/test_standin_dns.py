@@ -95,3 +95,17 @@ def test_maintenance_hides_from_dns(consul_client, consul_dns, web):
     assert _ask(consul_dns, f"{name}.service.consul", "A").rcode() == dns.rcode.NXDOMAIN
     consul_client.agent.service.maintenance(name, "false")
     assert _records(_ask(consul_dns, f"{name}.service.consul", "A"), dns.rdatatype.A)
+
+
+def test_node_lookup_answers_meta_as_txt(consul_addr, consul_client, consul_dns, unique):
+    import requests
+
+    node = unique("meta")
+    body = {"Node": node, "Address": "10.77.9.10", "NodeMeta": {"walle_cpu": "8"}}
+    requests.put(f"http://{consul_addr}/v1/catalog/register", json=body, timeout=5)
+    try:
+        resp = _ask(consul_dns, f"{node}.node.consul", "TXT")
+        texts = [b"".join(r.strings) for r in _records(resp, dns.rdatatype.TXT)]
+        assert b"walle_cpu=8" in texts  # dns-static-lookups: node meta as TXT records
+    finally:
+        consul_client.catalog.deregister(node)

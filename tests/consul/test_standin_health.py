@@ -189,3 +189,22 @@ def test_catalog_register_external_node_with_meta(consul_addr, consul_client, un
     finally:
         consul_client.catalog.deregister(node)
     assert consul_client.catalog.node(node)[1] is None
+
+
+def test_agent_services_block_on_content_hash(consul_addr, consul_client, service):
+    # agent/service.mdx "List Services": blocking via ?hash= and X-Consul-ContentHash.
+    url = f"http://{consul_addr}/v1/agent/services"
+    digest = requests.get(url, timeout=5).headers["X-Consul-ContentHash"]
+    started = time.monotonic()
+    same = requests.get(url, params={"hash": digest, "wait": "1s"}, timeout=10)
+    assert time.monotonic() - started >= 0.9
+    assert same.headers["X-Consul-ContentHash"] == digest
+    timer = threading.Timer(0.3, consul_client.agent.service.register, args=(service,))
+    timer.start()
+    started = time.monotonic()
+    try:
+        changed = requests.get(url, params={"hash": digest, "wait": "10s"}, timeout=20)
+    finally:
+        timer.join()
+    assert time.monotonic() - started < 5
+    assert changed.headers["X-Consul-ContentHash"] != digest and service in changed.json()

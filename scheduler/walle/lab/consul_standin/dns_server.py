@@ -1,9 +1,10 @@
 """Consul-style DNS (docs/services/discovery/dns-static-lookups): UDP and TCP, domain consul.
 
 Answers `[tag.]<service>.service[.<dc>].consul`, `_<service>._<tag|tcp>.service[.<dc>].consul`
-(A and SRV), `<node>.node[.<dc>].consul` (A) and `<hex>.addr[.<dc>].consul`. Instances with a
-critical check (node checks and maintenance included) are left out; TTL 0; unknown names get
-NXDOMAIN with the SOA in authority; UDP answers keep at most 3 records (udp_answer_limit).
+(A and SRV), `<node>.node[.<dc>].consul` (A, and TXT `key=value` from node meta) and
+`<hex>.addr[.<dc>].consul`. Instances with a critical check (node checks and maintenance
+included) are left out; TTL 0; unknown names get NXDOMAIN with the SOA in authority; UDP
+answers keep at most 3 records (udp_answer_limit).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+from dns.rdtypes.ANY.TXT import TXT
 
 from .store import Store
 
@@ -88,6 +90,10 @@ class DnsResolver:
             return False
         if rdtype in (dns.rdatatype.A, dns.rdatatype.ANY) and _is_ipv4(node["Address"]):
             resp.answer.append(_rrset(qname, dns.rdatatype.A, node["Address"]))
+        if rdtype in (dns.rdatatype.TXT, dns.rdatatype.ANY) and node["Meta"]:
+            rdatas = [TXT(dns.rdataclass.IN, dns.rdatatype.TXT, [f"{k}={v}".encode()[:255]])
+                      for k, v in sorted(node["Meta"].items())]
+            resp.answer.append(dns.rrset.from_rdata_list(qname, 0, rdatas))
         return True
 
     def _addr(self, qname, rdtype, resp, hexip) -> bool:

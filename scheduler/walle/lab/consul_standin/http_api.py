@@ -3,6 +3,7 @@ through `_blocking`, which applies ?index=/?wait= and sets the X-Consul-* header
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -356,16 +357,33 @@ class ConsulHttpApi:
         self.store.agent_deregister_service(req.agent_node, service_id)
         return Response(raw=b"")
 
+    def _hash_blocking(self, req: Request, view: Callable[[], object]) -> Response:
+        """Agent-local endpoints block on ?hash= (X-Consul-ContentHash), not on an index."""
+        def hashed():
+            data = view()
+            return content_hash(data), data
+        seen = req.arg("hash") or ""
+        wait_text = req.arg("wait")
+        try:
+            wait_s = parse_duration(wait_text, "wait") if wait_text else None
+        except ValueError as exc:
+            raise bad_request(f"Invalid wait time: {exc}") from exc
+        seen_int = int(seen, 16) if re.fullmatch(r"[0-9a-f]{16}", seen) else 0
+        value, data = self.store.block(hashed, seen_int, query_timeout(wait_s),
+                                       changed=lambda now, old: now != old)
+        return Response(body=data, headers={"X-Consul-ContentHash": f"{value:016x}"})
+
     def agent_service(self, req: Request, service_id: str) -> Response:
-        return Response(body=self.store.agent_service(req.agent_node, service_id))
+        return self._hash_blocking(
+            req, lambda: self.store.agent_service(req.agent_node, service_id))
 
     def agent_services(self, req: Request) -> Response:
-        services = self.store.agent_services(req.agent_node)
         keep = compile_filter(req.arg("filter") or "")
-        return Response(body={k: v for k, v in services.items() if keep(v)})
+        return self._hash_blocking(req, lambda: {
+            k: v for k, v in self.store.agent_services(req.agent_node).items() if keep(v)})
 
     def agent_checks(self, req: Request) -> Response:
-        return Response(body=self.store.agent_checks(req.agent_node))
+        return self._hash_blocking(req, lambda: self.store.agent_checks(req.agent_node))
 
     def agent_check_register(self, req: Request) -> Response:
         self.store.agent_register_check(req.agent_node, _object(req))
@@ -406,6 +424,11 @@ class ConsulHttpApi:
         name = req.arg("name", "") or ""
         return self._blocking(req, lambda: self.store.event_view(req.agent_node, name),
                               changed=lambda idx, seen: idx != seen)
+
+
+def content_hash(data: object) -> int:
+    digest = hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=8)
+    return max(int.from_bytes(digest.digest(), "big"), 1)
 
 
 def meta_headers(index: int) -> dict[str, str]:
