@@ -59,6 +59,14 @@ class RecordingExecutor:
             self.api.client.catalog.deregister(a.node, service_id=a.key)
         return {a.key: Outcome(True) for a in allocs}
 
+    def stop_instances(self, instances):
+        out = {}
+        for job, slot, node in instances:
+            self.stopped.append((f"{job}-{slot}", node))
+            self.api.client.catalog.deregister(node, service_id=f"{job}-{slot}")
+            out[f"{job}-{slot}"] = Outcome(True)
+        return out
+
     def regrant(self, items):
         self.regranted += [a.key for a, _ in items]
         return {a.key: Outcome(True) for a, _ in items}
@@ -250,3 +258,19 @@ def test_a_deposed_leader_cannot_write(cluster):
     with pytest.raises(LostLeadership):
         s.step()
     assert records(cluster) == {}
+
+
+def test_an_instance_left_on_a_returning_node_is_stopped(cluster):
+    clock = Clock()
+    s, ex = make_scheduler(cluster, clock)
+    StateStore(cluster).put_job(web_spec(count=2), 0)
+    s.step()
+    s.step()
+    here = {k: a.node for k, a in records(cluster).items()}
+    elsewhere = next(n for n in ("node1", "node2", "node3") if n != here["web-0"])
+    # the node that used to run web-0 comes back with its old registration
+    register_instance(cluster, elsewhere, "web-0", "web", "passing")
+    s.step()
+    assert ("web-0", elsewhere) in ex.stopped
+    assert ("web-0", here["web-0"]) not in ex.stopped
+    assert records(cluster)["web-0"].node == here["web-0"]

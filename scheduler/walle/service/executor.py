@@ -62,10 +62,13 @@ class Executor:
         return self._run("place.yml", batch)
 
     def stop(self, allocs: Iterable[Allocation]) -> dict[str, Outcome]:
+        return self.stop_instances((a.job, a.slot, a.node) for a in allocs)
+
+    def stop_instances(self, instances: Iterable[tuple[str, int, str]]) -> dict[str, Outcome]:
+        """Stop instances known only by name (orphans found on a node): (job, slot, node)."""
         batch: dict[str, list[dict]] = {}
-        for alloc in allocs:
-            batch.setdefault(alloc.node, []).append(
-                stop_vars(alloc.job, alloc.slot, self.node_consul_addr))
+        for job, slot, node in instances:
+            batch.setdefault(node, []).append(stop_vars(job, slot, self.node_consul_addr))
         return self._run("stop.yml", batch)
 
     def regrant(self, items: Iterable[tuple[Allocation, JobSpec]]) -> dict[str, Outcome]:

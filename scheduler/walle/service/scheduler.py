@@ -32,7 +32,7 @@ from walle.adapters.consul import (
 from walle.adapters.consul.health import fetch_cluster_health
 from walle.adapters.consul.state import NODES
 from walle.core import Allocation, PlacementConfig, Plan, reconcile
-from walle.service.cluster import Snapshot, load_snapshot
+from walle.service.cluster import Snapshot, load_snapshot, records_by_node
 from walle.service.executor import Executor, Outcome
 from walle.service.records import SlotRecord, to_stored
 from walle.spec import JobSpec, parse_spec
@@ -180,6 +180,7 @@ class Scheduler:
         self._finish_moves(snap, records, changed, report)
         self._write(changed, records=records)
         changed.clear()
+        self._reap_orphans(snap, records, report)
 
         plan = reconcile(snap.jobs, [r.alloc for r in records.values()], snap.nodes,
                          seed=self.config.seed, now=now, config=self.placement)
@@ -266,6 +267,29 @@ class Scheduler:
             if outcome.ok:
                 changed[r.key] = records[r.key] = replace(r, previous=None)
                 report.stopped.append(f"{r.key}@{r.previous.node}")
+
+    def _reap_orphans(self, snap: Snapshot, records: dict[str, SlotRecord],
+                      report: StepReport) -> None:
+        """Instances registered on a live node where no record puts them: left behind by a node
+        that was down while its work moved elsewhere (or by a crash between a stop and its
+        record's removal). Stopping them keeps "one instance per slot" true after recovery."""
+        expected = {(node, key) for node, keys in records_by_node(records).items()
+                    for key in keys}
+        orphans = []
+        for node, sid in snap.health.instances:
+            parsed = parse_instance_id(sid)
+            node_info = snap.nodes.get(node)
+            if parsed is None or (node, sid) in expected or node_info is None \
+                    or node_info.state == "down":
+                continue
+            if parsed[0] in snap.jobs or sid in records:
+                orphans.append((*parsed, node))
+        if orphans:
+            log.warning("stopping %d orphaned instance(s): %s", len(orphans),
+                        ", ".join(f"{j}-{s}@{n}" for j, s, n in orphans))
+            for key, outcome in self.executor.stop_instances(orphans).items():
+                if outcome.ok:
+                    report.stopped.append(f"orphan {key}")
 
     def _execute(self, plan: Plan, snap: Snapshot, records: dict[str, SlotRecord],
                  report: StepReport, now: float) -> None:
@@ -371,6 +395,14 @@ def _instance_health(spec: JobSpec, snap: Snapshot, a: Allocation) -> str:
     if status is None:
         return "unknown"
     return "passing" if status == "passing" else "critical"
+
+
+def parse_instance_id(sid: str) -> tuple[str, int] | None:
+    """"web-3" -> ("web", 3); None for IDs that are not Walle instance IDs."""
+    job, _, slot = sid.rpartition("-")
+    if not job or not slot.isdigit():
+        return None
+    return job, int(slot)
 
 
 def _failed(a: Allocation) -> Allocation:
