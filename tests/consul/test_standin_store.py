@@ -99,3 +99,26 @@ def test_unchanged_check_does_not_move_indexes(world):
     before = store.index
     store.agent_ttl_update("n1", "service:web", "passing", "")
     assert store.index == before
+
+
+def test_serf_reconcile_like_a_consul_leader(world):
+    from walle.lab.consul_standin.serf import apply_members
+
+    store, _ = world  # n1 is an agent node the stand-in plays itself
+
+    def member(name, status):
+        return {"name": name, "ip": "10.77.0.20", "port": 7946, "tags": {"walle_cpu": "2"},
+                "status": status}
+
+    def serf_health(name):
+        return store.checks[(name, "serfHealth")]["Status"]
+
+    apply_members(store, [member("a", "alive"), member("b", "alive")], {"n1"})
+    assert serf_health("a") == serf_health("b") == "passing"
+    assert store.nodes["a"]["Meta"] == {"walle_cpu": "2"}
+    apply_members(store, [member("a", "failed"), member("b", "alive")], {"n1"})
+    assert serf_health("a") == "critical"
+    apply_members(store, [member("a", "alive"), member("b", "left")], {"n1"})
+    assert serf_health("a") == "passing" and "b" not in store.nodes
+    apply_members(store, [], {"n1"})  # a reaped; the protected agent node stays
+    assert "a" not in store.nodes and "n1" in store.nodes

@@ -28,37 +28,35 @@ def parse_members(text: str) -> list[dict]:
     return out
 
 
-def apply_members(store: Store, members: list[dict], managed: set[str]) -> None:
-    """Reconcile the catalog with Serf; `managed` (updated in place) holds the node names that
-    Serf brought in, so that catalog-only nodes are never touched."""
+def apply_members(store: Store, members: list[dict], protected: set[str]) -> None:
+    """Reconcile the catalog with Serf like a Consul leader: alive -> registered and passing,
+    failed -> serfHealth critical, left -> deregistered, and any node that carries serfHealth
+    but is no longer a member (reaped, or gone while we were down) -> deregistered.
+    `protected` nodes are the agents the stand-in plays itself; Serf never removes them."""
     with store.write():
-        seen = set()
         for m in members:
             name, status = m["name"], m["status"]
-            seen.add(name)
             if status == "alive":
                 store.ensure_node(name, m["ip"], m["tags"])
                 store.set_serf_health(name, alive=True)
-                managed.add(name)
             elif status == "failed" and name in store.nodes:
                 store.set_serf_health(name, alive=False)
-                managed.add(name)
-            elif status == "left" and name in managed:
+            elif status == "left" and name not in protected:
                 store.delete_node(name)
-                managed.discard(name)
-        for name in sorted(managed - seen):
+        known = {m["name"] for m in members}
+        reaped = {node for (node, check) in store.checks if check == "serfHealth"}
+        for name in sorted(reaped - known - protected):
             store.delete_node(name)
-            managed.discard(name)
 
 
 class SerfFollower:
     def __init__(self, store: Store, rpc_addr: str, serf_bin: str = "serf",
-                 interval_s: float = POLL_INTERVAL_S):
+                 interval_s: float = POLL_INTERVAL_S, protected: set[str] | None = None):
         self.store = store
         self.rpc_addr = rpc_addr
         self.serf_bin = serf_bin
         self.interval_s = interval_s
-        self.managed: set[str] = set()
+        self.protected = set(protected or ())
         self.last: list[dict] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="consul-standin-serf",
@@ -82,7 +80,7 @@ class SerfFollower:
         if done.returncode != 0:
             return self._failed(done.stderr.strip() or f"exit {done.returncode}")
         self.last = parse_members(done.stdout)
-        apply_members(self.store, self.last, self.managed)
+        apply_members(self.store, self.last, self.protected)
         self._failures = 0
         return True
 

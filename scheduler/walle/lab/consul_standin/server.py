@@ -103,7 +103,8 @@ class Standin:
         self.config = config
         self.store = Store(config.datacenter)
         self.saver = Saver(self.store, config.data_dir) if config.data_dir else None
-        self.serf = SerfFollower(self.store, config.serf_rpc, config.serf_bin) \
+        self.serf = SerfFollower(self.store, config.serf_rpc, config.serf_bin,
+                                 protected={config.node_name, *config.agents}) \
             if config.serf_rpc else None
         self.checks = CheckRunners(self.store)
         self._stop = threading.Event()
