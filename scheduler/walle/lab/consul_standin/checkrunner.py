@@ -87,7 +87,8 @@ class CheckRunners:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=5)
         for runner in self.runners.values():
             runner.stop_event.set()
 

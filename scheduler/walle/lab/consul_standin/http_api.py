@@ -174,7 +174,9 @@ class ConsulHttpApi:
             return self.kv_get(req, key)
         if req.method == "PUT":
             return self.kv_put(req, key)
-        return Response(body=self.store.kv_delete(key, req.flag("recurse"), req.int_arg("cas")))
+        # Consul reads ?recurse by presence, whatever its value
+        return Response(body=self.store.kv_delete(key, "recurse" in req.query,
+                                                  req.int_arg("cas")))
 
     def kv_get(self, req: Request, key: str) -> Response:
         keys, recurse = "keys" in req.query, "recurse" in req.query

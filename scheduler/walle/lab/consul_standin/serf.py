@@ -68,7 +68,8 @@ class SerfFollower:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=CALL_TIMEOUT_S + 1)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=CALL_TIMEOUT_S + 1)
 
     def poll_once(self) -> bool:
         cmd = [self.serf_bin, "members", "-format=json", f"-rpc-addr={self.rpc_addr}"]

@@ -83,7 +83,9 @@ class Saver:
     def stop(self) -> None:
         self._stop.set()
         self._dirty.set()
-        self._thread.join(timeout=10)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=10)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.save()
 
     def _run(self) -> None:
