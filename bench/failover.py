@@ -27,6 +27,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -191,19 +192,18 @@ class FailoverTrial:
 
     def phases(self) -> dict[str, float]:
         """Phase -> seconds, for the phases whose both ends were seen (all lost slots)."""
-        n = len(self.lost)
-        marks = {"kill": self.kill, "detected": self.detected,
-                 "planned": max(self.planned.values()) if len(self.planned) == n else None,
-                 "registered": max(self.registered.values())
-                 if len(self.registered) == n else None,
-                 "passing": max(self.passing.values()) if len(self.passing) == n else None,
+        def last(seen: dict[int, float]) -> float | None:
+            return max(seen.values()) if self.lost and len(seen) == len(self.lost) else None
+
+        marks = {"kill": self.kill, "detected": self.detected, "planned": last(self.planned),
+                 "registered": last(self.registered), "passing": last(self.passing),
                  "dns": self.dns}
         spans = {"detection": ("kill", "detected"), "planning": ("detected", "planned"),
                  "playbook": ("planned", "registered"), "health": ("registered", "passing"),
                  "dns": ("passing", "dns"), "total": ("detected", "passing"),
                  "total_dns": ("detected", "dns"), "kill_to_passing": ("kill", "passing")}
         return {k: marks[b] - marks[a] for k, (a, b) in spans.items()
-                if n and marks[a] is not None and marks[b] is not None}
+                if marks[a] is not None and marks[b] is not None}
 
 
 def observe(probe: Probe, trial: FailoverTrial, count: int, timeout: float,
@@ -269,6 +269,15 @@ class Bench:
                 self.probe.serf_status(n) == "passing" for n in nodes), 60) is None:
             raise SystemExit("nodes did not join Serf")
         log(f"lab ready in {time.monotonic() - t0:.1f}s")
+
+    def save_logs(self, dest: Path) -> None:
+        """The lab's logs outlive the lab: scheduler-*.log are the evidence for the figures."""
+        if not self.lab.dir.exists():
+            return
+        dest.mkdir(parents=True, exist_ok=True)
+        for path in self.lab.dir.glob("*.log"):
+            shutil.copy2(path, dest / path.name)
+        log(f"logs copied to {dest}")
 
     # schedulers ------------------------------------------------------------------------
     def start_scheduler(self, key: str, session_node: str | None) -> None:
@@ -547,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", action="append", default=[],
                         choices=["run", "node", "leader"], help="skip a part (repeatable)")
     parser.add_argument("--keep", action="store_true", help="leave the lab up at the end")
+    parser.add_argument("--logs", default="/tmp/walle-bench-failover",
+                        help="where the lab's scheduler/Consul logs are copied at the end")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("run as root: the lab needs nspawn, mounts and a bridge")
@@ -573,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted: reporting what was measured")
     finally:
         report(args, run, bench.node_results, bench.leader_results, load_before)
+        bench.save_logs(Path(args.logs))
         if args.keep:
             log(f"lab {args.lab} kept: {bench.lab.dir}; remove with walle lab down "
                 f"--lab {args.lab}")
