@@ -159,10 +159,12 @@ def test_failing_update_rolls_back_and_healthy_instances_keep_running(pool):
 
 
 def test_drain_moves_instances_off_the_node(pool):
+    submit(pool.store, api_spec(count=2))  # a free node to move to (one port per node)
+    pool.wait("2 running", lambda: pool.converged("api", 2))
     victim = pool.records()["api-0"].alloc.node
     pool.api.client.kv.put(f"walle/nodes/{victim}/drain", "drain")
     try:
-        pool.wait("nothing on the drained node", lambda: pool.converged("api", 3) and all(
+        pool.wait("nothing on the drained node", lambda: pool.converged("api", 2) and all(
             r.alloc.node != victim for r in pool.records().values()))
         pool.wait("no unit left there", lambda: pool.active_units()[victim] == [])
     finally:

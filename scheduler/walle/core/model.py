@@ -99,6 +99,7 @@ class Allocation:
     grant: Grant | None = None
     failed_nodes: tuple[str, ...] = ()  # nodes this slot failed on, oldest first
     since: float = 0.0  # when the core created it (the injected clock)
+    ports: tuple[int, ...] = ()  # static ports it listens on: one holder per node and port
 
     @property
     def key(self) -> str:

@@ -21,6 +21,7 @@ import heapq
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from walle.core.feasibility import JobReq, compile_job, rejections, summarise
 from walle.core.grants import grants_for
@@ -78,7 +79,7 @@ class _Round:
             self.reqs[name] = compile_job(
                 spec, default_strategy=config.default_strategy,
                 full_scan=name in config.full_scan_jobs)
-            self.digests[name] = (spec.digest(), spec.runtime_digest())
+            self.digests[name] = _digests(spec)
         self.current: dict[str, Allocation] = {}  # key -> allocation holding resources
         self.work: list[_Work] = []
         self.stops: list[Stop] = []
@@ -109,7 +110,7 @@ class _Round:
             else:
                 group.append(a)
         to_update, to_replace = [], []
-        for (job, slot), group in sorted(groups.items()):
+        for (job, slot), group in groups.items():  # order-free: all output is sorted later
             spec = self.jobs.get(job)
             if spec is None or slot >= spec.count:
                 why = "job removed" if spec is None else f"scaled down to {spec.count}"
@@ -128,12 +129,15 @@ class _Round:
                 self.work.append(_Work(job, slot, "migrate", f"node {keeper.node} {state}",
                                        keeper, keeper.failed_nodes))
                 continue
-            self._hold(i, keeper, spec.priority)
             digest, runtime = self.digests[job]
-            if keeper.spec_digest != digest:
-                target = to_replace if keeper.runtime_digest != runtime else to_update
-                target.append((i, keeper))
-        return to_update, to_replace
+            if keeper.spec_digest == digest:  # the common case: reserve what the spec says
+                self._hold_current(i, keeper, self.reqs[job])
+                continue
+            self._hold(i, keeper, spec.priority)
+            target = to_replace if keeper.runtime_digest != runtime else to_update
+            target.append((i, keeper))
+        key = lambda item: (item[1].job, item[1].slot)  # noqa: E731
+        return sorted(to_update, key=key), sorted(to_replace, key=key)
 
     @staticmethod
     def _keeper(group: list[Allocation]) -> Allocation | None:
@@ -159,6 +163,15 @@ class _Round:
             return
         self.work.append(_Work(spec.name, slot, "place", f"failed on {last.node}", last, history))
 
+    def _hold_current(self, i: int, alloc: Allocation, req: JobReq) -> None:
+        res = req.spec.resources
+        self.ix.reserve(i, Held(alloc.key, alloc.job, alloc.slot, req.priority, req.cpu,
+                                req.memory, req.disk, req.gpus, res.cpu.min, res.cpu.max,
+                                int(res.memory.min), int(res.memory.max)))
+        self.current[alloc.key] = alloc
+        if alloc.grant is None:
+            self.touched.add(i)
+
     def _hold(self, i: int, alloc: Allocation, priority: int) -> None:
         self.ix.reserve(i, held_from(alloc, priority))
         self.current[alloc.key] = alloc
@@ -182,10 +195,20 @@ class _Round:
             self.touched.add(i)
 
     def _decide_replaces(self, items: list[tuple[int, Allocation]]) -> None:
+        """Rolling update: a job has at most max_parallel slots down at a time, counting new
+        versions still pending and slots with no instance holding a node (missing, failed,
+        moving off a lost node); the rest wait for a later round."""
+        if not items:
+            return
         in_flight: dict[str, int] = {}
+        held = {(a.job, a.slot) for a in self.current.values()}
+        for job in {old.job for _, old in items}:
+            in_flight[job] = sum(1 for slot in range(self.jobs[job].count)
+                                 if (job, slot) not in held and (job, slot) not in self.settled)
         for a in self.current.values():
-            if a.state == "pending" and a.spec_digest == self.digests[a.job][0]:
-                in_flight[a.job] = in_flight.get(a.job, 0) + 1
+            if a.job in in_flight and a.state == "pending" and \
+                    a.spec_digest == self.digests[a.job][0]:
+                in_flight[a.job] += 1
         for i, old in sorted(items, key=lambda item: (item[1].job, item[1].slot)):
             spec = self.jobs[old.job]
             if in_flight.get(old.job, 0) >= max(1, spec.update.max_parallel):
@@ -239,7 +262,7 @@ class _Round:
         self.ix.reserve(choice.node, Held(
             f"{w.job}-{w.slot}", w.job, w.slot, req.priority, req.cpu, req.memory, req.disk,
             req.gpus, req.spec.resources.cpu.min, req.spec.resources.cpu.max,
-            int(req.spec.resources.memory.min), int(req.spec.resources.memory.max)))
+            int(req.spec.resources.memory.min), int(req.spec.resources.memory.max), req.ports))
         self.touched.add(choice.node)
         self.placed.append((w, choice.node, choice.score))
         return [e for e in evicted if e is not None]
@@ -278,7 +301,8 @@ class _Round:
             reserved=Capacity(res.cpu.min, int(res.memory.min), int(res.disk), int(res.gpus)),
             ceiling=Capacity(res.cpu.max, int(res.memory.max), int(res.disk), int(res.gpus)),
             spec_digest=digest, runtime_digest=runtime, priority=req.priority,
-            state="pending", grant=grant, failed_nodes=failed_nodes, since=self.now)
+            state="pending", grant=grant, failed_nodes=failed_nodes, since=self.now,
+            ports=req.ports)
 
     def _grants(self) -> dict[str, Grant]:
         grants: dict[str, Grant] = {}
@@ -312,10 +336,17 @@ class _Round:
         failures = [Failure(job, tuple(sorted(slots)),
                             tuple(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))), msg)
                     for (job, msg), (slots, counts) in sorted(self.failures.items())]
-        return Plan(places=tuple(places), stops=tuple(self.stops), migrates=tuple(migrates),
+        stops = sorted(self.stops, key=lambda s: (s.alloc.job, s.alloc.slot, s.alloc.node))
+        return Plan(places=tuple(places), stops=tuple(stops), migrates=tuple(migrates),
                     updates=tuple(updates), replaces=tuple(replaces),
                     evictions=tuple(self.evictions), regrants=tuple(regrants),
                     failures=tuple(failures))
+
+
+@lru_cache(maxsize=1 << 16)
+def _digests(spec: JobSpec) -> tuple[str, str]:
+    """(digest, runtime digest): hashing a spec is cheap, digesting it is not."""
+    return spec.digest(), spec.runtime_digest()
 
 
 def _superseded(a: Allocation, keeper: Allocation | None) -> bool:

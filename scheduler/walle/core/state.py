@@ -41,6 +41,7 @@ class Held:
     cpu_max: float
     mem_min: int
     mem_max: int
+    ports: tuple[int, ...] = ()
 
 
 def held_from(alloc: Allocation, priority: int | None = None) -> Held:
@@ -48,7 +49,7 @@ def held_from(alloc: Allocation, priority: int | None = None) -> Held:
     return Held(alloc.key, alloc.job, alloc.slot,
                 alloc.priority if priority is None else priority,
                 millicores(r.cpu), r.memory, r.disk, r.gpus,
-                r.cpu, max(c.cpu, r.cpu), r.memory, max(c.memory, r.memory))
+                r.cpu, max(c.cpu, r.cpu), r.memory, max(c.memory, r.memory), alloc.ports)
 
 
 class ClusterIndex:
@@ -70,6 +71,7 @@ class ClusterIndex:
         self.zone = [n.zone for n in self.nodes]
         self.rack = [n.rack for n in self.nodes]
         self.on_node: list[dict[str, Held]] = [{} for _ in self.nodes]
+        self.ports_on: list[dict[int, int]] = [{} for _ in self.nodes]  # port -> holders
         self.job_nodes: dict[str, dict[int, int]] = {}  # job -> node -> instances there
         self.job_count: dict[str, int] = {}  # job -> instances held anywhere
         self.job_domains: dict[str, dict[str, dict[str, int]]] = {}  # job -> attr -> value -> n
@@ -79,13 +81,18 @@ class ClusterIndex:
         self._holders: dict[str, list[int]] | None = None
         self.mem_to_cpu = self.total_cpu / max(self.total_mem, 1)
         self.open: list[tuple[float, int]] = []
+        self.open_cpu: list[tuple[int, int]] = []  # by free cpu: fits for cpu-led jobs
+        self.open_mem: list[tuple[int, int]] = []  # by free memory: for memory-led jobs
         # unused ready nodes, largest first: (gpu node?, ordered by memory?) -> sorted keys
         self.empty: dict[tuple[bool, bool], list[tuple[int, int, int]]] = {}
 
     # -- bulk load, then indexes ---------------------------------------------------------
     def build_indexes(self) -> None:
         """Sort once after the bulk load; from here on reserve/release keep them current."""
-        self.open = sorted((self.open_key(i), i) for i in self._ready_with(True))
+        busy = self._ready_with(True)
+        self.open = sorted((self.open_key(i), i) for i in busy)
+        self.open_cpu = sorted((self.free_cpu[i], i) for i in busy)
+        self.open_mem = sorted((self.free_mem[i], i) for i in busy)
         unused = self._ready_with(False)
         self.empty = {(gpu, by_mem): sorted(self._empty_key(i, by_mem) for i in unused
                                             if bool(self.cap_gpu[i]) == gpu)
@@ -122,6 +129,8 @@ class ClusterIndex:
         self.free_disk[i] -= held.disk
         self.free_gpu[i] -= held.gpus
         self.on_node[i][held.key] = held
+        for port in held.ports:
+            self.ports_on[i][port] = self.ports_on[i].get(port, 0) + 1
         counts = self.job_nodes.setdefault(held.job, {})
         counts[i] = counts.get(i, 0) + 1
         self.job_count[held.job] = self.job_count.get(held.job, 0) + 1
@@ -135,6 +144,8 @@ class ClusterIndex:
         if indexed:
             self._unindex(i)
         del self.on_node[i][key]
+        for port in held.ports:
+            self.ports_on[i][port] -= 1
         self.free_cpu[i] += held.cpu
         self.free_mem[i] += held.memory
         self.free_disk[i] += held.disk
@@ -152,6 +163,8 @@ class ClusterIndex:
     def _unindex(self, i: int) -> None:
         if self.on_node[i]:
             _remove(self.open, (self.open_key(i), i))
+            _remove(self.open_cpu, (self.free_cpu[i], i))
+            _remove(self.open_mem, (self.free_mem[i], i))
         else:
             gpu = bool(self.cap_gpu[i])
             for by_mem in (False, True):
@@ -160,6 +173,8 @@ class ClusterIndex:
     def _index(self, i: int) -> None:
         if self.on_node[i]:
             insort(self.open, (self.open_key(i), i))
+            insort(self.open_cpu, (self.free_cpu[i], i))
+            insort(self.open_mem, (self.free_mem[i], i))
         else:
             gpu = bool(self.cap_gpu[i])
             for by_mem in (False, True):

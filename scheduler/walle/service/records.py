@@ -42,6 +42,7 @@ def to_stored(record: SlotRecord) -> StoredAlloc:
         "priority": a.priority,
         "failed_nodes": list(a.failed_nodes),
         "since": a.since,
+        "ports": list(a.ports),
         "state_since": record.state_since,
         "critical_since": record.critical_since,
         "previous": alloc_to_dict(record.previous) if record.previous else None,
@@ -71,7 +72,7 @@ def alloc_to_dict(a: Allocation) -> dict[str, Any]:
         "runtime_digest": a.runtime_digest, "reserved": asdict(a.reserved),
         "ceiling": asdict(a.ceiling), "priority": a.priority,
         "grant": asdict(a.grant) if a.grant else {}, "failed_nodes": list(a.failed_nodes),
-        "since": a.since,
+        "since": a.since, "ports": list(a.ports),
     }
 
 
@@ -88,4 +89,5 @@ def alloc_from_dict(job: str, slot: int, body: Mapping[str, Any]) -> Allocation:
         grant=Grant(**grant) if grant else None,
         failed_nodes=tuple(body.get("failed_nodes", ())),
         since=float(body.get("since", 0.0)),
+        ports=tuple(int(p) for p in body.get("ports", ())),
     )
