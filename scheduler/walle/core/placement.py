@@ -91,25 +91,34 @@ class Placer:
 
     def _best_fit(self, job: JobReq, limit: int, wide: bool) -> list[int]:
         ix, scan = self.ix, self.config.scan_limit
-        start = bisect_left(ix.open, (ix.need_key(job.cpu, job.memory), -1))
-        found = []
-        for _, i in ix.open[start:start + scan]:
-            if feasible(ix, job, i):
-                found.append(i)
-                if len(found) >= limit:
-                    break
+        by_mem = ix.memory_heavy(job.cpu, job.memory)
+        found = self._scan(job, ix.open, ix.need_key(job.cpu, job.memory), limit, [])
+        if by_mem:  # the tightest nodes in the job's leading resource: complementary fits
+            found = self._scan(job, ix.open_mem, job.memory, limit, found)
+        else:
+            found = self._scan(job, ix.open_cpu, job.cpu, limit, found)
         wide = wide or job.spread_domains or bool(job.data)  # other scorers need a choice
         if job.data:  # packing first: locality may choose among busy nodes, not open one
             found += [i for i in self._holders(job, limit, busy_only=True) if i not in found]
         if len(found) >= (2 if wide else 1):  # a single fit leaves spread no choice
             return found
-        by_mem = ix.memory_heavy(job.cpu, job.memory)
         empties = (ix.empty[False, by_mem], ix.empty[True, by_mem])
         want = limit - len(found) if wide else 1
         for empty in empties:
             fresh = [i for *_, i in empty[:scan] if feasible(ix, job, i)][:want]
             if fresh:
                 return found + fresh
+        return found
+
+    def _scan(self, job: JobReq, index: list, need: float, limit: int,
+              found: list[int]) -> list[int]:
+        """Up to `limit` more feasible nodes from `index`, tightest first."""
+        start, want = bisect_left(index, (need, -1)), len(found) + limit
+        for _, i in index[start:start + self.config.scan_limit]:
+            if i not in found and feasible(self.ix, job, i):
+                found.append(i)
+                if len(found) >= want:
+                    break
         return found
 
     def _holders(self, job: JobReq, limit: int, busy_only: bool = False) -> list[int]:
