@@ -63,6 +63,22 @@ def test_vm_has_two_vcpus_and_full_cgroup_v2(vm):
     assert out[2] == "cgroup2fs"
 
 
+def test_two_vcpus_really_run_in_parallel(vm):
+    # Why the weight test pins its workloads: unpinned, two busy loops take a vCPU each.
+    # (A harness fact, so plain systemd-run, outside walle.slice.)
+    probes = " ".join(f"probe-{i}.service" for i in range(2))
+    try:
+        for i in range(2):
+            vm.run(f"systemd-run -q --unit=probe-{i} -p Slice=probe.slice "
+                   "/bin/sh -c 'while :; do :; done'", check=True)
+        folder = "/sys/fs/cgroup/probe.slice"
+        used = cpu_fractions(vm, [folder], seconds=3)[folder]
+    finally:
+        vm.run(f"systemctl stop {probes}", timeout=60)
+    FIGURES["two_unpinned_busy_loops_used_cpus"] = round(used, 2)
+    assert used > 1.6
+
+
 def test_slice_files_match_the_spec(vm, walle, units_to_stop):
     spec = dict(cpu_weight=250, cpu_quota=150, allowed_cpus="1", memory_min=16 * MIB,
                 memory_high=96 * MIB, memory_max=128 * MIB, io_weight=300, tasks_max=64)
