@@ -224,3 +224,13 @@ def test_memory_reserved_is_the_minimum():
     assert len(plan.places) == 3
     assert all(p.alloc.reserved.memory == GiB and p.alloc.ceiling.memory == 8 * GiB
                for p in plan.places)
+
+
+def test_kept_instances_keep_holding_their_port():
+    from walle.spec.model import Discovery
+    web = replace(make_job("web", 1), service=Discovery("web", port=8080))
+    api = replace(make_job("api", 1), service=Discovery("api", port=8080))
+    nodes = [make_node("a")]
+    allocs, _ = converge([web], nodes)
+    plan = plan_for([web, api], allocs, nodes)
+    assert not plan.places and plan.failures[0].message == "1 node: port 8080 in use"

@@ -167,7 +167,7 @@ class _Round:
         res = req.spec.resources
         self.ix.reserve(i, Held(alloc.key, alloc.job, alloc.slot, req.priority, req.cpu,
                                 req.memory, req.disk, req.gpus, res.cpu.min, res.cpu.max,
-                                int(res.memory.min), int(res.memory.max)))
+                                int(res.memory.min), int(res.memory.max), req.ports))
         self.current[alloc.key] = alloc
         if alloc.grant is None:
             self.touched.add(i)
