@@ -131,9 +131,8 @@ def ssh_argv(port: int, key: Path, command: str) -> list[str]:
 
 
 def inventory_text(port: int, key: Path, host: str = "walle-vm") -> str:
-    """An INI inventory with one host, `host`, in group `vm`."""
-    ssh_args = " ".join(o for o in SSH_OPTIONS if o != "-o" and not o.startswith("Batch"))
-    common = " ".join(f"-o {o}" for o in ssh_args.split())
+    """An INI inventory with one host, `host`, in group `vm` (Ansible adds its own BatchMode)."""
+    common = " ".join(f"-o {opt}" for opt in SSH_OPTIONS[1::2] if not opt.startswith("Batch"))
     return (
         "[vm]\n"
         f"{host} ansible_host=127.0.0.1 ansible_port={port} ansible_user=root "
