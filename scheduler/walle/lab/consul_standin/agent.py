@@ -33,7 +33,8 @@ def parse_check_type(raw: dict, where: str) -> dict:
     kind = kinds[0].lower()
     spec = {"Type": kind, "TTL": 0.0, "HTTP": get(raw, "HTTP") or "", "TCP": get(raw, "TCP") or "",
             "Method": get(raw, "Method") or "GET", "Header": get(raw, "Header") or {},
-            "Body": get(raw, "Body") or "", "Interval": 0.0, "Timeout": DEFAULT_TIMEOUT_S,
+            "Body": get(raw, "Body") or "", "TLSSkipVerify": bool(get(raw, "TLSSkipVerify")),
+            "Interval": 0.0, "Timeout": DEFAULT_TIMEOUT_S,
             "Deregister": 0.0}
     try:
         if kind == "ttl":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -28,7 +29,10 @@ def probe_http(spec: dict) -> tuple[str, str]:
     headers.setdefault("User-Agent", "Consul Health Check")
     body = spec["Body"].encode() if spec["Body"] else None
     req = urllib.request.Request(url, data=body, method=method, headers=headers)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    handlers: list = [urllib.request.ProxyHandler({})]
+    if spec.get("TLSSkipVerify"):
+        handlers.append(urllib.request.HTTPSHandler(context=ssl._create_unverified_context()))
+    opener = urllib.request.build_opener(*handlers)
     try:
         with opener.open(req, timeout=spec["Timeout"]) as resp:
             code, reason, text = resp.status, resp.reason, resp.read(MAX_OUTPUT)
