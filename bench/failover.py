@@ -396,18 +396,43 @@ class Bench:
             log(f"re-running site.yml for {trial.victim} so its Serf rejoins")
             self.provision_limit(trial.victim)
         self.ensure_schedulers()
-        time.sleep(3)  # let the stand-in run the old registration's check once or twice
-        trial.orphan = self.find_orphans(trial)
+        trial.orphan = self.watch_orphans(trial)
         log(f"{trial.victim} back in {time.monotonic() - t0:.1f}s; orphans: "
             f"{trial.orphan or 'none'}")
-        if trial.orphan:
-            self.remove_orphans(trial)
 
     def provision_limit(self, node: str) -> None:
         subprocess.run([str(self.python_bin / "ansible-playbook"), "-i",
                         str(self.lab.inventory_path), "--limit", node,
                         str(REPO_ROOT / "site.yml")], cwd=REPO_ROOT, capture_output=True,
                        timeout=600, env={**os.environ, "WALLE_LAB": self.lab.name})
+
+    def watch_orphans(self, trial: FailoverTrial, timeout: float = 30.0) -> str:
+        """The returned node may bring back the lost instances' old registrations (and units):
+        time how long until the scheduler's orphan reaper clears them; clear them ourselves
+        after `timeout` so the next trial starts clean."""
+        old = {f"{JOB}-{slot}" for slot in trial.lost}
+
+        def stale() -> set[str]:
+            return {sid for node, sid in self.probe.instances(JOB, passing=False)
+                    if node == trial.victim and sid in old}
+
+        start, seen = time.monotonic(), set()
+        while time.monotonic() - start < timeout:
+            with contextlib.suppress(requests.RequestException):
+                now = stale()
+                seen |= now
+                if seen and not now:
+                    return (f"{','.join(sorted(seen))} registered again on {trial.victim}, "
+                            f"reaped by the scheduler {time.monotonic() - start:.1f}s after "
+                            "the node was back")
+            if not seen and time.monotonic() - start > 5.0:
+                break  # nothing came back within 5 s: the old registration was not kept
+            time.sleep(POLL * 4)
+        left = self.find_orphans(trial)
+        if left:
+            self.remove_orphans(trial)
+            return f"NOT reaped within {timeout:.0f}s: {left} (removed by the bench)"
+        return ""
 
     def find_orphans(self, trial: FailoverTrial) -> str:
         found = []
