@@ -180,7 +180,7 @@ def test_pending_work_of_a_crashed_leader_is_finished_by_the_next(cluster):
 def test_instances_on_a_dead_node_move_to_healthy_nodes(cluster):
     clock = Clock()
     s, ex = make_scheduler(cluster, clock)
-    StateStore(cluster).put_job(web_spec(), 0)
+    StateStore(cluster).put_job(web_spec(count=2), 0)  # a node with port 8080 free
     s.step()
     s.step()
     victim = records(cluster)["web-1"].node
@@ -274,3 +274,18 @@ def test_an_instance_left_on_a_returning_node_is_stopped(cluster):
     assert ("web-0", elsewhere) in ex.stopped
     assert ("web-0", here["web-0"]) not in ex.stopped
     assert records(cluster)["web-0"].node == here["web-0"]
+
+
+def test_a_lost_instance_with_nowhere_to_go_is_reported_not_doubled(cluster):
+    clock = Clock()
+    s, ex = make_scheduler(cluster, clock)
+    StateStore(cluster).put_job(web_spec(count=3), 0)  # port 8080 on every node
+    s.step()
+    s.step()
+    victim = records(cluster)["web-1"].node
+    register_node(cluster, victim, "10.77.250.99", status="critical")
+    ex.placed.clear()
+    report = s.step()
+    assert ex.placed == []
+    (failure,) = report.plan.failures
+    assert failure.job == "web" and "port 8080 in use" in failure.message
