@@ -111,3 +111,13 @@ def test_refusal_counts_every_reason_per_node():
 
 def test_summarise_orders_by_count_then_name():
     assert summarise({"b": 1, "a": 1, "c": 3}) == "3 nodes: c; 1 node: a; 1 node: b"
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"cpu": 0}, "capacity.cpu"), ({"memory_gib": 0}, "capacity.memory"),
+    ({"state": "sleeping"}, "state 'sleeping'"),
+])
+def test_bad_nodes_are_named(kwargs, field):
+    with pytest.raises(ValueError, match="node 'n1'") as err:
+        make_node("n1", **kwargs)
+    assert field in str(err.value)

@@ -47,9 +47,10 @@ class Node:
         if self.state not in NODE_STATES:
             raise ValueError(f"node {self.name!r}: state {self.state!r} is not one of "
                              f"{', '.join(NODE_STATES)}")
-        if self.capacity.cpu <= 0 or self.capacity.memory <= 0:
-            raise ValueError(f"node {self.name!r}: capacity.cpu and capacity.memory must be "
-                             "positive (a node without resources is not schedulable)")
+        if self.capacity.cpu < 0.001 or self.capacity.memory <= 0:
+            raise ValueError(f"node {self.name!r}: capacity.cpu (at least 0.001 cores) and "
+                             "capacity.memory must be positive (a node without resources is "
+                             "not schedulable)")
 
     def label(self, key: str) -> str | None:
         for k, v in self.labels:

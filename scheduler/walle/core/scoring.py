@@ -102,7 +102,7 @@ def total(ix: ClusterIndex, job: JobReq, i: int, avoid: frozenset[int],
     for _, fn, w in scorers:  # a plain loop: this is the hottest code of a plan
         weighted += w * fn(ix, job, i, avoid)
         weights += w
-    return weighted / weights
+    return weighted / weights if weights else 0.0
 
 
 def breakdown(ix: ClusterIndex, job: JobReq, i: int, avoid: frozenset[int],
