@@ -289,3 +289,13 @@ def test_a_lost_instance_with_nowhere_to_go_is_reported_not_doubled(cluster):
     assert ex.placed == []
     (failure,) = report.plan.failures
     assert failure.job == "web" and "port 8080 in use" in failure.message
+
+
+def test_a_deposed_leader_stops_acting_at_once(cluster):
+    clock = Clock()
+    s, ex = make_scheduler(cluster, clock)
+    StateStore(cluster).put_job(web_spec(count=1), 0)
+    cluster.client.session.destroy(s.lock.session_id)
+    s._lead()  # returns as soon as the guarded write fails
+    assert not s.lock.is_leader and s.lock.session_id is None
+    assert records(cluster) == {}

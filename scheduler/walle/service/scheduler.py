@@ -74,6 +74,20 @@ class LostLeadership(ConsulError):
     pass
 
 
+class Backoff:
+    """Capped exponential back-off for retrying the leadership contest."""
+
+    def __init__(self, base: float = 0.5, cap: float = 10.0):
+        self.base, self.cap, self.delay = base, cap, base
+
+    def next(self) -> float:
+        delay, self.delay = self.delay, min(self.cap, self.delay * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = self.base
+
+
 class Scheduler:
     def __init__(self, api: ConsulApi, config: SchedulerConfig,
                  executor: Executor | None = None, clock: Callable[[], float] = time.time):
@@ -96,8 +110,17 @@ class Scheduler:
 
     # ----- the service loop ---------------------------------------------------------------
     def run_forever(self) -> None:
+        backoff = Backoff()
         while not self.stopping.is_set():
-            if not self.lock.wait_for_leadership(timeout=30.0):
+            try:
+                leader = self.lock.wait_for_leadership(timeout=30.0)
+            except ConsulError as err:  # e.g. our node's serfHealth is critical: no session
+                delay = backoff.next()
+                log.error("cannot contend for leadership (retry in %.1fs): %s", delay, err)
+                self.stopping.wait(delay)
+                continue
+            backoff.reset()
+            if not leader:
                 continue
             self.leader_since = self.clock()
             log.info("%s is the leader", self.config.name)
@@ -118,8 +141,9 @@ class Scheduler:
             self.wake.clear()
             try:
                 report = self.step()
-            except LostLeadership:
+            except LostLeadership as err:
                 log.warning("lost leadership during a step: stopping work")
+                self.lock.mark_lost(str(err))
                 return
             except ConsulError as err:
                 log.error("step failed, retrying at the next change: %s", err)

@@ -182,6 +182,11 @@ class LeaderLock:
             raise LostLock(f"{self.key} is no longer held by session {sid}")
         return _parse_ttl((answer or {}).get("TTL"), self.ttl)
 
+    def mark_lost(self, why: str) -> None:
+        """The caller learned first (a guarded write failed its check-session): stop acting as
+        leader now instead of at the next renewal. The renewer finds no session and ends."""
+        self._lost(why)
+
     def _lost(self, why: str) -> None:
         log.warning("leadership of %s lost: %s", self.key, why)
         was_leader = self.is_leader
