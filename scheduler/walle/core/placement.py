@@ -34,6 +34,8 @@ class PlacementConfig:
     full_scan: bool = False  # score every feasible node for every job
     full_scan_jobs: frozenset[str] = frozenset()  # ... or only for these jobs
     preemption: bool = True
+    # plan each round in packing order first, priority order only if something is refused
+    packing_order: bool = True
     weights: Weights = Weights()
 
 

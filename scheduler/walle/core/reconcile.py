@@ -7,9 +7,14 @@ One round:
    in flight: new-version allocations still pending count against it), re-place (failed:
    penalty on the nodes it failed on; batch jobs stop after `retries` failures), place
    (missing slot);
-2. place the work in priority order (higher first), larger instances first within a
-   priority (first-fit-decreasing packs better); a refused instance may evict strictly
-   lower-priority ones, which are re-placed in the same round if anything fits;
+2. place the work. First in packing order (`packing_order`): GPU work, then cpu-heavy and
+   memory-heavy instances interleaved so the placed demand keeps the round's cpu/memory
+   ratio, each stream largest first; one sorted pass gives every node a mix that fills
+   both resources. Priorities only matter when something does not fit, so if any instance
+   is refused in that order the round is planned again in priority order (higher first,
+   larger first within a priority), where a refused instance may evict strictly
+   lower-priority ones, re-placed in the same round if anything fits. Either way no
+   instance fails because of packing order;
 3. recompute the elastic grants of every node whose load changed.
 Deterministic for a given seed (the only randomness is a `random.Random(seed)`), and
 idempotent: `reconcile(apply_plan(allocs, plan))` has no actions.
@@ -62,15 +67,27 @@ def reconcile(jobs: Mapping[str, JobSpec], allocations: Iterable[Allocation],
               config: PlacementConfig | None = None) -> Plan:
     config = config or PlacementConfig()
     node_list = list(nodes.values()) if isinstance(nodes, Mapping) else list(nodes)
+    allocations = tuple(allocations)
+    if config.packing_order:
+        try:
+            return _Round(jobs, node_list, config, seed, now, packing=True).run(allocations)
+        except _OrderMatters:
+            pass  # something did not fit: priorities decide who gets the room
     return _Round(jobs, node_list, config, seed, now).run(allocations)
+
+
+class _OrderMatters(Exception):
+    """An instance was refused in packing order: plan the round in priority order."""
 
 
 class _Round:
     def __init__(self, jobs: Mapping[str, JobSpec], nodes: list[Node],
-                 config: PlacementConfig, seed: int, now: float) -> None:
-        self.jobs, self.config, self.now = jobs, config, now
+                 config: PlacementConfig, seed: int, now: float, packing: bool = False) -> None:
+        self.jobs, self.config, self.now, self.packing = jobs, config, now, packing
         self.ix = ClusterIndex(nodes)
-        self.placer = Placer(self.ix, config, random.Random(seed))
+        # in packing order nothing is evicted: a refusal hands the round to priority order
+        placer_config = replace(config, preemption=False) if packing else config
+        self.placer = Placer(self.ix, placer_config, random.Random(seed))
         self.reqs: dict[str, JobReq] = {}
         self.digests: dict[str, tuple[str, str]] = {}
         for name, spec in sorted(jobs.items()):
@@ -228,7 +245,10 @@ class _Round:
         for name, spec in sorted(self.jobs.items()):
             self.work.extend(_Work(name, slot, "place", "new") for slot in range(spec.count)
                              if (name, slot) not in present and (name, slot) not in self.settled)
-        heap = [self._order(w, n) for n, w in enumerate(self.work)]
+        if self.packing:
+            heap = [(k, n) for k, n in enumerate(self._packing_sequence())]
+        else:
+            heap = [self._order(w, n) for n, w in enumerate(self.work)]
         heapq.heapify(heap)
         steps, budget = 0, MAX_PLACEMENT_STEPS_PER_INSTANCE * (len(heap) + 1)
         while heap and steps < budget:
@@ -237,6 +257,36 @@ class _Round:
             for evicted in self._place(self.work[n]):
                 self.work.append(evicted)
                 heapq.heappush(heap, self._order(evicted, len(self.work) - 1))
+
+    def _packing_sequence(self) -> list[int]:
+        """Work indexes in packing order: GPU work first (few nodes can take it), then two
+        streams, instances heavier in memory than the round's demand ratio and the rest,
+        each largest first, merged so that the demand placed so far keeps the round's
+        cpu/memory ratio: best fit then lays cpu-heavy and memory-heavy work side by side
+        instead of filling nodes' cpu first and stranding their memory (or the reverse)."""
+        reqs = [self.reqs[w.job] for w in self.work]
+        total_cpu = sum(r.cpu for r in reqs) or 1
+        total_mem = sum(r.memory for r in reqs) or 1
+
+        def key(n: int) -> tuple:
+            r, w = reqs[n], self.work[n]
+            return (-r.gpus, -(r.cpu / total_cpu + r.memory / total_mem), w.job, w.slot)
+
+        ordered = sorted(range(len(self.work)), key=key)
+        gpu = [n for n in ordered if reqs[n].gpus]
+        heavy = [n for n in ordered if not reqs[n].gpus
+                 and reqs[n].memory * total_cpu > reqs[n].cpu * total_mem]
+        light = [n for n in ordered if not reqs[n].gpus
+                 and reqs[n].memory * total_cpu <= reqs[n].cpu * total_mem]
+        out, cpu, mem, h, k = gpu, 0, 0, 0, 0
+        while h < len(heavy) or k < len(light):
+            if k >= len(light) or (h < len(heavy) and mem * total_cpu < cpu * total_mem):
+                n, h = heavy[h], h + 1  # memory lags behind the round's ratio
+            else:
+                n, k = light[k], k + 1
+            cpu, mem = cpu + reqs[n].cpu, mem + reqs[n].memory
+            out.append(n)
+        return out
 
     def _order(self, w: _Work, n: int) -> tuple:
         req = self.reqs[w.job]
@@ -253,6 +303,8 @@ class _Round:
         avoid = frozenset(self.ix.pos[n] for n in w.failed_nodes if n in self.ix.pos)
         choice = self.placer.place(req, avoid)
         if not isinstance(choice, Choice):
+            if self.packing:
+                raise _OrderMatters
             self.refused[w.job] = choice.reasons
             self._fail(w.job, w.slot, choice.reasons)
             if released is not None:  # nothing changed since the release: put it back
