@@ -74,8 +74,8 @@ def serf_cluster(tmp_path, unique):
             name, rpc = unique(f"serf{i}"), f"127.0.0.1:{_free_tcp_port()}"
             cmd = ["serf", "agent", f"-node={name}", f"-bind={ip}:{port}", f"-rpc-addr={rpc}",
                    "-log-level=warn", f"-tag=walle_cpu={i}"]
-            if i > 1:
-                cmd.append(f"-join={ips[0]}:{port}")
+            if i > 1:  # retry: under load the first agent may not listen yet
+                cmd += [f"-retry-join={ips[0]}:{port}", "-retry-interval=1s"]
             log = open(tmp_path / f"serf{i}.log", "w")  # noqa: SIM115 - closed below
             agents.append((name, rpc, subprocess.Popen(cmd, stdout=log, stderr=log), log))
         names = [a[0] for a in agents]
