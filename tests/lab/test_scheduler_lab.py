@@ -5,15 +5,19 @@ instances and the placement playbooks. Each test leaves the pool converged for t
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import dns.resolver
 import pytest
 
 from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
-from walle.adapters.runner import run_command
+from walle.adapters.runner import REPO_ROOT, ansible_env, run_command
 from walle.cli.demo import provision, start_schedulers, submit
 from walle.lab.nodes import Lab
 from walle.service.cluster import load_snapshot
@@ -120,6 +124,21 @@ def pool():
         yield p
     finally:
         lab.down()
+
+
+def test_a_second_site_yml_run_changes_nothing(pool):
+    env = {**os.environ, **ansible_env()}
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i",
+         str(pool.lab.inventory_path), str(REPO_ROOT / "site.yml")],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    recap = re.findall(r"^(node\d+)\s+: ok=\d+\s+changed=(\d+)", proc.stdout, re.MULTILINE)
+    assert sorted(recap) == [("node1", "0"), ("node2", "0"), ("node3", "0")], proc.stdout[-2000:]
+    # and the nodes are in the catalog with their resources as node meta
+    meta = {n.name: n.capacity for n in pool.snapshot().nodes.values()}
+    assert set(meta) == {"node1", "node2", "node3"}
+    assert all(c.cpu > 0 and c.memory > 0 for c in meta.values())
 
 
 def test_run_places_instances_spread_and_findable_by_dns(pool):
