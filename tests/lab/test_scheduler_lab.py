@@ -190,6 +190,21 @@ def test_drain_moves_instances_off_the_node(pool):
         pool.api.client.kv.delete(f"walle/nodes/{victim}/drain")
 
 
+def test_a_failing_instance_leaves_dns_then_is_healed(pool):
+    submit(pool.store, api_spec(count=2))
+    pool.wait("2 running", lambda: pool.converged("api", 2))
+    node = pool.records()["api-0"].alloc.node
+    pool.wait("DNS lists both", lambda: node in pool.dns_nodes(), 15)
+    # stopped by hand: systemd will not restart it, its check turns critical
+    run_command(str(pool.lab.inventory_path), [node],
+                ["systemctl", "stop", "walle-api-0.service"])
+    pool.wait("the critical instance leaves DNS", lambda: node not in pool.dns_nodes(), 15)
+    # after the grace period the leader places it again, away from the node it failed on
+    pool.wait("healed elsewhere", lambda: pool.converged("api", 2)
+              and pool.records()["api-0"].alloc.node != node, 90)
+    assert len(pool.dns_nodes()) == 2
+
+
 def test_killing_the_leader_scheduler_hands_over_without_duplicates(pool):
     leader = pool.wait("a leader", pool.leader_name, 30)
     pids = pool.scheduler_pids()
