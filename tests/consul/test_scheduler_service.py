@@ -41,6 +41,7 @@ class RecordingExecutor:
         self.regranted: list[str] = []
         self.health = "passing"
         self.fail_nodes: set[str] = set()
+        self.units: dict[str, dict] = {}  # unit -> what `systemctl show` would say
 
     def place(self, items, addresses):
         out = {}
@@ -49,7 +50,9 @@ class RecordingExecutor:
             if alloc.node in self.fail_nodes:
                 out[alloc.key] = Outcome(False, f"node {alloc.node} unreachable")
                 continue
-            register_instance(self.api, alloc.node, alloc.key, spec.service.name, self.health)
+            if spec.service is not None:
+                register_instance(self.api, alloc.node, alloc.key, spec.service.name,
+                                  self.health)
             out[alloc.key] = Outcome(True)
         return out
 
@@ -66,6 +69,9 @@ class RecordingExecutor:
             self.api.client.catalog.deregister(node, service_id=f"{job}-{slot}")
             out[f"{job}-{slot}"] = Outcome(True)
         return out
+
+    def probe_units(self, units):
+        return {(node, unit): self.units[unit] for node, unit in units if unit in self.units}
 
     def regrant(self, items):
         self.regranted += [a.key for a, _ in items]
@@ -299,3 +305,28 @@ def test_a_deposed_leader_stops_acting_at_once(cluster):
     s._lead()  # returns as soon as the guarded write fails
     assert not s.lock.is_leader and s.lock.session_id is None
     assert records(cluster) == {}
+
+
+def test_batch_instances_that_succeed_are_done_and_failures_are_retried(cluster):
+    clock = Clock()
+    s, ex = make_scheduler(cluster, clock)
+    batch = parse_spec({"name": "etl", "kind": "batch", "count": 2, "retries": 2,
+                        "resources": {"cpu": 0.1, "memory": "16M"},
+                        "runtime": {"command": "/bin/true"}})
+    StateStore(cluster).put_job(batch, 0)
+    s.step()
+    s.step()
+    assert {a.state for a in records(cluster).values()} == {"running"}
+    ex.units = {"walle-etl-0.service": {"ActiveState": "inactive", "Result": "success",
+                                        "ExecMainStatus": "0"},
+                "walle-etl-1.service": {"ActiveState": "failed", "Result": "exit-code",
+                                        "ExecMainStatus": "3"}}
+    clock.now += 6
+    failed_on = records(cluster)["etl-1"].node
+    report = s.step()
+    assert report.finished == ["etl-0"]
+    assert records(cluster)["etl-0"].state == "stopped"
+    # the failed slot is placed again elsewhere; the finished one is not run again
+    placed = [k for k, _ in ex.placed]
+    assert placed.count("etl-0") == 1 and placed.count("etl-1") == 2
+    assert records(cluster)["etl-1"].node != failed_on

@@ -205,6 +205,19 @@ def test_a_failing_instance_leaves_dns_then_is_healed(pool):
     assert len(pool.dns_nodes()) == 2
 
 
+def test_a_batch_job_runs_to_completion_once(pool):
+    spec = parse_spec({"name": "etl", "kind": "batch", "count": 2, "retries": 1,
+                       "resources": {"cpu": 0.05, "memory": "16M"},
+                       "runtime": {"command": "/bin/sh",
+                                   "args": ["-c", "echo crunching; sleep 2"]}})
+    submit(pool.store, spec)
+    pool.wait("both instances finished", lambda: (recs := pool.records("etl")) and len(recs) == 2
+              and all(r.alloc.state == "stopped" for r in recs.values()), 90)
+    out = run_command(str(pool.lab.inventory_path), "walle_nodes",
+                      ["journalctl", "--no-pager", "-u", "walle-etl-*", "-g", "crunching"])
+    assert sum(r.stdout.count("crunching") for r in out.values()) == 2  # each ran once
+
+
 def test_killing_the_leader_scheduler_hands_over_without_duplicates(pool):
     leader = pool.wait("a leader", pool.leader_name, 30)
     pids = pool.scheduler_pids()

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from walle.adapters.runner import HostResult, RunResult, run_playbook
+from walle.adapters.runner import HostResult, RunResult, run_command, run_playbook
 from walle.core import Allocation, Grant
 from walle.service.params import instance_vars, slice_args, stop_vars
 from walle.spec import JobSpec
@@ -80,6 +80,24 @@ class Executor:
                 "slice": slice_args(spec, alloc.slot, grant),
             })
         return self._run("grants.yml", batch)
+
+    def probe_units(self, units: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+        """systemd's view of units: {(node, unit): {ActiveState, Result, ExecMainStatus}}, one
+        ad-hoc command per node. Nodes that do not answer are left out."""
+        by_node: dict[str, list[str]] = {}
+        for node, unit in units:
+            by_node.setdefault(node, []).append(unit)
+        out: dict[tuple[str, str], dict] = {}
+        for node, names in sorted(by_node.items()):
+            argv = ["systemctl", "show", *names, "-p", "Id,ActiveState,Result,ExecMainStatus"]
+            result = run_command(self.inventory, [node], argv, timeout=30).get(node)
+            if result is None or result.rc != 0:
+                continue
+            for block in result.stdout.split("\n\n"):
+                props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+                if props.get("Id"):
+                    out[(node, props["Id"])] = props
+        return out
 
     def _run(self, playbook: str, batch: dict[str, list[dict]]) -> dict[str, Outcome]:
         if not batch:

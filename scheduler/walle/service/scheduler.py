@@ -32,6 +32,7 @@ from walle.adapters.consul import (
 from walle.adapters.consul.health import fetch_cluster_health
 from walle.adapters.consul.state import NODES
 from walle.core import Allocation, PlacementConfig, Plan, reconcile
+from walle.naming import service_unit
 from walle.service.cluster import Snapshot, load_snapshot, records_by_node
 from walle.service.executor import Executor, Outcome
 from walle.service.records import SlotRecord, to_stored
@@ -40,6 +41,7 @@ from walle.spec import JobSpec, parse_spec
 log = logging.getLogger("walle.scheduler")
 
 FAILED_CHECK_GRACE = 10.0  # a running instance critical this long is moved elsewhere
+BATCH_PROBE = 5.0  # seconds between reads of running batch units
 MIN_WAKE = 0.05
 
 
@@ -67,6 +69,7 @@ class StepReport:
     failed: dict[str, str] = field(default_factory=dict)
     running: list[str] = field(default_factory=list)
     rolled_back: list[str] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)  # batch instances that succeeded
     next_deadline: float | None = None
 
 
@@ -106,6 +109,7 @@ class Scheduler:
         self.stopping = threading.Event()
         self._watches: list[Watch] = []
         self._resumed = False
+        self._last_batch_probe = float("-inf")
         self.leader_since: float | None = None
 
     # ----- the service loop ---------------------------------------------------------------
@@ -205,6 +209,7 @@ class Scheduler:
         self._write(changed, records=records)
         changed.clear()
         self._reap_orphans(snap, records, report)
+        self._finish_batches(snap, records, report, now)
 
         plan = reconcile(snap.jobs, [r.alloc for r in records.values()], snap.nodes,
                          seed=self.config.seed, now=now, config=self.placement)
@@ -291,6 +296,33 @@ class Scheduler:
             if outcome.ok:
                 changed[r.key] = records[r.key] = replace(r, previous=None)
                 report.stopped.append(f"{r.key}@{r.previous.node}")
+
+    def _finish_batches(self, snap: Snapshot, records: dict[str, SlotRecord],
+                        report: StepReport, now: float) -> None:
+        """Batch instances end on their own: read their units (at most every BATCH_PROBE
+        seconds) and record success as `stopped` (done) and failure as `failed` (the core
+        retries elsewhere, up to the job's retries)."""
+        running = [r for r in records.values() if r.alloc.state == "running"
+                   and (spec := snap.jobs.get(r.alloc.job)) is not None and spec.kind == "batch"
+                   and snap.nodes.get(r.alloc.node) and snap.nodes[r.alloc.node].state != "down"]
+        if not running or now - self._last_batch_probe < BATCH_PROBE:
+            return
+        self._last_batch_probe = now
+        units = {(r.alloc.node, service_unit(r.alloc.job, r.alloc.slot)): r for r in running}
+        changed: dict[str, SlotRecord] = {}
+        for where, props in self.executor.probe_units(units).items():
+            record = units[where]
+            if props.get("ActiveState") not in ("inactive", "failed"):
+                continue
+            done = props.get("Result") == "success" and props.get("ExecMainStatus") == "0"
+            state = "stopped" if done else "failed"
+            changed[record.key] = records[record.key] = record.with_alloc(
+                replace(record.alloc, state=state), now)
+            if done:
+                report.finished.append(record.key)
+            else:
+                report.failed[record.key] = f"exited: {props.get('Result')}"
+        self._write(changed, records=records)
 
     def _reap_orphans(self, snap: Snapshot, records: dict[str, SlotRecord],
                       report: StepReport) -> None:
@@ -382,6 +414,8 @@ class Scheduler:
                 deadlines.append(r.state_since + spec.update.health_timeout + 0.1)
             if spec and r.alloc.state == "running" and r.critical_since is not None:
                 deadlines.append(r.critical_since + FAILED_CHECK_GRACE + 0.1)
+            if spec and spec.kind == "batch" and r.alloc.state == "running":
+                deadlines.append(self._last_batch_probe + BATCH_PROBE + 0.1)
         return min(deadlines) if deadlines else None
 
     # ----- guarded writes -------------------------------------------------------------------
