@@ -1,0 +1,172 @@
+"""`walle metrics`: the pool as Prometheus metrics (text exposition format 0.0.4).
+
+Cluster state comes from one Consul snapshot; `--usage` adds what each instance really uses
+(systemd's CPUUsageNSec and MemoryCurrent, one ad-hoc command over all nodes). Print once, or
+`--listen HOST:PORT` to serve /metrics for a Prometheus scrape.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from walle.adapters.runner import run_command
+from walle.cli.common import add_consul_args, cluster_command, connect
+from walle.cli.main import EXIT_OK, EXIT_USAGE
+from walle.cli.ops import DEFAULT_INVENTORY
+from walle.naming import service_unit
+from walle.service.cluster import Snapshot, load_snapshot
+
+HELP = {
+    "walle_node_up": ("gauge", "1 when the node's serfHealth passes"),
+    "walle_node_schedulable": ("gauge", "1 when the node is ready (not draining or down)"),
+    "walle_node_cpu_cores": ("gauge", "CPU cores the node offers"),
+    "walle_node_memory_bytes": ("gauge", "memory the node offers"),
+    "walle_node_reserved_cpu_cores": ("gauge", "guaranteed CPU of the live instances there"),
+    "walle_node_reserved_memory_bytes": ("gauge", "guaranteed memory of the live instances"),
+    "walle_node_instances": ("gauge", "live instances on the node"),
+    "walle_job_desired_instances": ("gauge", "the job's count"),
+    "walle_job_instances": ("gauge", "the job's instances by state"),
+    "walle_instance_healthy": ("gauge", "1 when every check of the instance passes"),
+    "walle_instance_cpu_quota_percent": ("gauge", "granted CPUQuota (percent of one core)"),
+    "walle_instance_cpu_weight": ("gauge", "granted CPUWeight"),
+    "walle_instance_memory_max_bytes": ("gauge", "granted MemoryMax"),
+    "walle_instance_cpu_seconds_total": ("counter", "CPU time used (systemd CPUUsageNSec)"),
+    "walle_instance_memory_bytes": ("gauge", "memory in use (systemd MemoryCurrent)"),
+}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("metrics", help="the pool as Prometheus metrics")
+    parser.add_argument("--usage", action="store_true",
+                        help="add each instance's CPU and memory use, read from its node")
+    parser.add_argument("--inventory", default=DEFAULT_INVENTORY,
+                        help="Ansible inventory for --usage")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="serve /metrics instead of "
+                                                             "printing once")
+    add_consul_args(parser)
+    parser.set_defaults(func=cmd_metrics)
+
+
+@cluster_command
+def cmd_metrics(args) -> int:
+    api, store = connect(args)
+
+    def scrape() -> str:
+        snap = load_snapshot(api, store)
+        usage = read_usage(args.inventory, snap) if args.usage else {}
+        return render_metrics(snap, usage)
+
+    if not args.listen:
+        sys.stdout.write(scrape())
+        return EXIT_OK
+    host, _, port = args.listen.rpartition(":")
+    if not port.isdigit():
+        print(f"walle metrics: --listen {args.listen!r}: use HOST:PORT", file=sys.stderr)
+        return EXIT_USAGE
+    serve(host or "127.0.0.1", int(port), scrape)
+    return EXIT_OK
+
+
+def render_metrics(snap: Snapshot, usage: Mapping[tuple[str, str], Mapping[str, str]]) -> str:
+    samples: dict[str, list[tuple[dict, float]]] = {name: [] for name in HELP}
+    for info in snap.health.nodes:
+        node = snap.nodes.get(info.name)
+        if node is None:
+            continue
+        live = [r.alloc for r in snap.records.values()
+                if r.alloc.node == info.name and r.alloc.live]
+        labels = {"node": info.name, "zone": info.zone or ""}
+        samples["walle_node_up"].append((labels, info.health == "passing"))
+        samples["walle_node_schedulable"].append((labels, node.state == "ready"))
+        samples["walle_node_cpu_cores"].append((labels, info.cpu))
+        samples["walle_node_memory_bytes"].append((labels, info.memory))
+        samples["walle_node_reserved_cpu_cores"].append(
+            (labels, sum(a.reserved.cpu for a in live)))
+        samples["walle_node_reserved_memory_bytes"].append(
+            (labels, sum(a.reserved.memory for a in live)))
+        samples["walle_node_instances"].append((labels, len(live)))
+    for name, spec in sorted(snap.jobs.items()):
+        samples["walle_job_desired_instances"].append(({"job": name}, spec.count))
+        states = [r.alloc.state for r in snap.records.values() if r.alloc.job == name]
+        for state in ("pending", "running", "failed", "stopped"):
+            samples["walle_job_instances"].append(
+                ({"job": name, "state": state}, states.count(state)))
+    for key, r in sorted(snap.records.items()):
+        a = r.alloc
+        labels = {"job": a.job, "slot": str(a.slot), "node": a.node}
+        samples["walle_instance_healthy"].append(
+            (labels, a.state == "running" and snap.instance_status(a.node, key)
+             in (None, "passing")))
+        if a.grant:
+            samples["walle_instance_cpu_quota_percent"].append(
+                (labels, a.grant.cpu_quota_percent))
+            samples["walle_instance_cpu_weight"].append((labels, a.grant.cpu_weight))
+            samples["walle_instance_memory_max_bytes"].append((labels, a.grant.memory_max))
+        used = usage.get((a.node, service_unit(a.job, a.slot)), {})
+        if used.get("CPUUsageNSec", "").isdigit():
+            samples["walle_instance_cpu_seconds_total"].append(
+                (labels, int(used["CPUUsageNSec"]) / 1e9))
+        if used.get("MemoryCurrent", "").isdigit():
+            samples["walle_instance_memory_bytes"].append((labels, int(used["MemoryCurrent"])))
+    return exposition(samples)
+
+
+def exposition(samples: Mapping[str, list[tuple[dict, float]]]) -> str:
+    lines = []
+    for name, values in samples.items():
+        kind, text = HELP[name]
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+        for labels, value in values:
+            body = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+            lines.append(f"{name}{{{body}}} {_number(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float) -> str:
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def read_usage(inventory: str, snap: Snapshot) -> dict[tuple[str, str], dict[str, str]]:
+    nodes = sorted({r.alloc.node for r in snap.records.values() if r.alloc.live})
+    if not nodes:
+        return {}
+    argv = ["systemctl", "show", "--all", "-p", "Id,CPUUsageNSec,MemoryCurrent",
+            "walle-*.service"]
+    usage: dict[tuple[str, str], dict[str, str]] = {}
+    for node, result in run_command(inventory, nodes, argv, timeout=30).items():
+        for block in result.stdout.split("\n\n"):
+            props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+            if props.get("Id"):
+                usage[(node, props["Id"])] = props
+    return usage
+
+
+def serve(host: str, port: int, scrape) -> None:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if self.path.split("?", 1)[0] != "/metrics":
+                self.send_error(404, "try /metrics")
+                return
+            body = scrape().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    print(f"serving http://{host}:{port}/metrics", file=sys.stderr)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()

@@ -1,0 +1,69 @@
+"""Prometheus exposition of the pool: built from one snapshot, parsed back here."""
+
+import re
+
+from walle.adapters.consul import NodeInfo
+from walle.adapters.consul.health import ClusterHealth
+from walle.cli.metrics import render_metrics
+from walle.core import Allocation, Capacity, Grant
+from walle.service.cluster import Snapshot, core_node
+from walle.service.records import SlotRecord
+from walle.spec import parse_spec
+
+GIB = 1024 ** 3
+SAMPLE = re.compile(r'^(\w+)\{(.*)\} (\S+)$')
+
+
+def snapshot() -> Snapshot:
+    infos = [NodeInfo("n1", "10.77.9.11", cpu=4, memory=8 * GIB, zone="z1", health="passing",
+                      schedulable=True),
+             NodeInfo("n2", "10.77.9.12", cpu=4, memory=8 * GIB, zone="z2",
+                      health="critical", schedulable=True)]
+    spec = parse_spec({"name": "web", "kind": "service", "count": 2,
+                       "resources": {"cpu": "0.5-1", "memory": "1G"},
+                       "runtime": {"command": "/bin/true"}, "service": {"port": 80}})
+    grant = Grant(cpu_weight=50, cpu_quota_percent=100, memory_min=GIB, memory_high=GIB,
+                  memory_max=GIB)
+    records = {
+        f"web-{slot}": SlotRecord(Allocation(
+            "web", slot, node, Capacity(0.5, GIB), Capacity(1, GIB), "d", "r",
+            state=state, grant=grant))
+        for slot, node, state in ((0, "n1", "running"), (1, "n2", "pending"))
+    }
+    health = ClusterHealth(7, infos, {("n1", "web-0"): "passing", ("n2", "web-1"): "critical"})
+    return Snapshot({"web": spec}, {}, records, {i.name: core_node(i, False) for i in infos},
+                    {i.name: i.address for i in infos}, health, {})
+
+
+def parse(text: str) -> dict[tuple[str, str], float]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        name, labels, value = SAMPLE.match(line).groups()
+        out[(name, labels)] = float(value)
+    return out
+
+
+def test_nodes_jobs_and_instances_are_exported_with_their_values():
+    usage = {("n1", "walle-web-0.service"): {"CPUUsageNSec": "2500000000",
+                                             "MemoryCurrent": "1048576"}}
+    m = parse(render_metrics(snapshot(), usage))
+    assert m[("walle_node_up", 'node="n1",zone="z1"')] == 1
+    assert m[("walle_node_up", 'node="n2",zone="z2"')] == 0
+    assert m[("walle_node_reserved_cpu_cores", 'node="n1",zone="z1"')] == 0.5
+    assert m[("walle_node_memory_bytes", 'node="n1",zone="z1"')] == 8 * GIB
+    assert m[("walle_job_desired_instances", 'job="web"')] == 2
+    assert m[("walle_job_instances", 'job="web",state="running"')] == 1
+    assert m[("walle_instance_healthy", 'job="web",slot="0",node="n1"')] == 1
+    assert m[("walle_instance_healthy", 'job="web",slot="1",node="n2"')] == 0
+    assert m[("walle_instance_cpu_seconds_total", 'job="web",slot="0",node="n1"')] == 2.5
+    assert m[("walle_instance_memory_bytes", 'job="web",slot="0",node="n1"')] == 1048576
+    assert ("walle_instance_memory_bytes", 'job="web",slot="1",node="n2"') not in m
+
+
+def test_every_metric_has_help_and_type_once():
+    text = render_metrics(snapshot(), {})
+    helps = re.findall(r"^# HELP (\w+)", text, re.MULTILINE)
+    types = re.findall(r"^# TYPE (\w+) (gauge|counter)$", text, re.MULTILINE)
+    assert len(helps) == len(set(helps)) == len(types)
