@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 
@@ -147,7 +148,7 @@ def cmd_plan(args) -> int:
     allocs = [r.alloc for r in snap.records.values() if r.alloc.job != spec.name]
     exp = explain(spec, snap.nodes, allocs)
     if args.json:
-        print_json(exp)
+        print_json(dataclasses.asdict(exp))
     else:
         print(format_explanation(exp) if args.explain else format_explanation(exp, limit=5))
     return EXIT_OK
