@@ -8,13 +8,13 @@ started with a random stagger within the interval as Consul does, stopped when t
 from __future__ import annotations
 
 import logging
-import random
 import socket
 import ssl
 import threading
 import urllib.error
 import urllib.request
 
+from .core import RNG
 from .store import Store
 
 log = logging.getLogger("walle.consul_standin.checks")
@@ -64,7 +64,7 @@ class _Runner:
 
     def _run(self) -> None:
         probe = probe_http if self.spec["Type"] == "http" else probe_tcp
-        if self.stop_event.wait(random.uniform(0, self.spec["Interval"])):
+        if self.stop_event.wait(RNG.uniform(0, self.spec["Interval"])):
             return
         while not self.stop_event.is_set():
             status, output = probe(self.spec)

@@ -21,10 +21,15 @@ MAX_WAIT_S = 600.0
 JITTER_FRACTION = 16
 
 
+# The stand-in's own generator: server threads never touch the global `random` state that
+# the process they run in (tests, property-based ones included) may rely on.
+RNG = random.Random()
+
+
 def query_timeout(wait_s: float | None, rng: random.Random | None = None) -> float:
     """Consul: wait defaults to 5m, is capped at 10m, and gets up to wait/16 of jitter."""
     wait = DEFAULT_WAIT_S if not wait_s or wait_s <= 0 else min(wait_s, MAX_WAIT_S)
-    return wait + (rng or random).uniform(0, wait / JITTER_FRACTION)
+    return wait + (rng or RNG).uniform(0, wait / JITTER_FRACTION)
 
 
 class StoreCore:

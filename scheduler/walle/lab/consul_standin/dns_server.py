@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import random
 import socketserver
 import struct
 import threading
@@ -27,6 +26,7 @@ import dns.rdatatype
 import dns.rrset
 from dns.rdtypes.ANY.TXT import TXT
 
+from .core import RNG
 from .store import Store
 
 log = logging.getLogger("walle.consul_standin.dns")
@@ -113,7 +113,7 @@ class DnsResolver:
                 and s.healthy_for_dns(n["Node"], svc["ID"])]
         if not rows:
             return False
-        random.shuffle(rows)
+        RNG.shuffle(rows)
         if udp:
             rows = rows[:UDP_ANSWER_LIMIT]
         for node, svc in rows:
