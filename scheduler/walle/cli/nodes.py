@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 from walle.adapters.consul import fire_drain
-from walle.adapters.consul.state import drain_key
 from walle.cli.common import add_consul_args, cluster_command, connect, print_json
 from walle.cli.main import EXIT_FAILED, EXIT_OK
 from walle.cli.output import print_table
@@ -63,12 +62,11 @@ def cmd_drain(args) -> int:
         print(f"walle drain: no node {args.node!r} (known: {', '.join(sorted(known))})",
               file=sys.stderr)
         return EXIT_FAILED
-    key = drain_key(args.node)
     if args.undo:
-        api.call(f"delete {key}", lambda: api.client.kv.delete(key))
+        store.set_drain(args.node, False)
         print(f"{args.node}: schedulable again")
         return EXIT_OK
-    api.call(f"write {key}", lambda: api.client.kv.put(key, "drain"))
+    store.set_drain(args.node)
     fire_drain(api, args.node)
     print(f"{args.node}: draining; its instances move to other nodes")
     return EXIT_OK

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 from walle.adapters.consul import ConsulApi, NodeInfo, StateStore, StoredJob
 from walle.adapters.consul.health import ClusterHealth, fetch_cluster_health
-from walle.adapters.consul.state import NODES
 from walle.core import Capacity, Node
 from walle.service.records import SlotRecord, from_stored
 from walle.spec import JobSpec, SpecError, parse_spec
@@ -48,11 +47,6 @@ def core_node(info: NodeInfo, draining: bool) -> Node:
     )
 
 
-def draining_nodes(api: ConsulApi) -> set[str]:
-    _, keys = api.call("read drain keys", lambda: api.client.kv.get(NODES, keys=True))
-    return {k[len(NODES):].split("/", 1)[0] for k in keys or [] if k.endswith("/drain")}
-
-
 def load_snapshot(api: ConsulApi, store: StateStore) -> Snapshot:
     _, stored_jobs = store.jobs()
     jobs, bad = {}, {}
@@ -68,7 +62,7 @@ def load_snapshot(api: ConsulApi, store: StateStore) -> Snapshot:
         record = from_stored(stored)
         records[record.key] = record
     _, health = fetch_cluster_health(api)
-    drains = draining_nodes(api)
+    _, drains = store.drains()
     nodes = {n.name: core_node(n, n.name in drains) for n in health.nodes if n.schedulable}
     addresses = {n.name: n.address for n in health.nodes}
     return Snapshot(jobs, stored_jobs, records, nodes, addresses, health, bad)

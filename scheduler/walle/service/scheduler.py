@@ -30,7 +30,6 @@ from walle.adapters.consul import (
     Watch,
 )
 from walle.adapters.consul.health import fetch_cluster_health
-from walle.adapters.consul.state import NODES
 from walle.core import Allocation, PlacementConfig, Plan, reconcile
 from walle.naming import service_unit
 from walle.service.cluster import Snapshot, load_snapshot, records_by_node
@@ -110,7 +109,6 @@ class Scheduler:
         self._watches: list[Watch] = []
         self._resumed = False
         self._last_batch_probe = float("-inf")
-        self.leader_since: float | None = None
 
     # ----- the service loop ---------------------------------------------------------------
     def run_forever(self) -> None:
@@ -126,7 +124,6 @@ class Scheduler:
             backoff.reset()
             if not leader:
                 continue
-            self.leader_since = self.clock()
             log.info("%s is the leader", self.config.name)
             self._resumed = False
             self._start_watches()
@@ -163,19 +160,13 @@ class Scheduler:
         self.wake.set()
 
     def _start_watches(self) -> None:
-        def kv_prefix(prefix: str):
-            kv = self.api.client.kv
-            return lambda index, wait: self.api.call(
-                f"watch {prefix}", lambda: kv.get(prefix, recurse=True, index=index or None,
-                                                  wait=wait))
-
-        sources = {
-            "jobs": kv_prefix("walle/jobs/"),
-            "nodes": kv_prefix(NODES),
-            "health": lambda index, wait: fetch_cluster_health(self.api, index, wait),
+        watches = {
+            "jobs": self.store.watch_jobs(wait=60.0),
+            "drains": self.store.watch_drains(wait=60.0),
+            "health": Watch(lambda index, wait: fetch_cluster_health(self.api, index, wait),
+                            wait=60.0),
         }
-        for name, fetch in sources.items():
-            watch = Watch(fetch, wait=60.0)
+        for name, watch in watches.items():
             self._watches.append(watch)
             threading.Thread(target=self._follow, args=(name, watch), daemon=True,
                              name=f"watch-{name}").start()

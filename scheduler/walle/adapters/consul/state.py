@@ -230,12 +230,30 @@ class StateStore:
             raise ConsulError(f"txn at {self.api.address} answered {status}: {body}")
         return TxnResult(True, applied)
 
+    # --- operator marks on nodes: drain ----------------------------------------------------
+    def drains(self, index: int = 0, wait: str | None = None) -> tuple[int, frozenset[str]]:
+        """Nodes marked for draining (`walle/nodes/<node>/drain`), blocking when index > 0."""
+        idx, keys = self.api.call("read drain keys", lambda: self._kv.get(
+            NODES, keys=True, index=index or None, wait=wait))
+        names = {k[len(NODES):].split("/", 1)[0] for k in keys or [] if k.endswith("/drain")}
+        return int(idx), frozenset(names)
+
+    def set_drain(self, node: str, drain: bool = True) -> None:
+        key = drain_key(node)
+        if drain:
+            self.api.call(f"write {key}", lambda: self._kv.put(key, "drain"))
+        else:
+            self.api.call(f"delete {key}", lambda: self._kv.delete(key))
+
     # --- watches -------------------------------------------------------------------------
     def watch_jobs(self, **kw: Any) -> Watch[dict[str, StoredJob]]:
         return Watch(lambda index, wait: self.jobs(index, wait), **kw)
 
     def watch_allocs(self, **kw: Any) -> Watch[dict[tuple[str, int], Allocation]]:
         return Watch(lambda index, wait: self.allocs(None, index, wait), **kw)
+
+    def watch_drains(self, **kw: Any) -> Watch[frozenset[str]]:
+        return Watch(lambda index, wait: self.drains(index, wait), **kw)
 
 
 def _txn_errors(body: Any, offset: int, guarded: bool) -> tuple[TxnError, ...]:
