@@ -32,6 +32,19 @@ class WalleError(Exception):
         self.details = details
 
 
+def run_and_exit(module, run_module) -> None:
+    """The edge of a systemd module: run it, report a WalleError once with fail_json (naming
+    the option at fault), else exit_json with its result."""
+    try:
+        result = run_module(module, Systemd(module))
+    except WalleError as exc:
+        extra = dict(exc.details)
+        if exc.option:
+            extra["option"] = exc.option
+        module.fail_json(msg=exc.msg, **extra)
+    module.exit_json(**result)
+
+
 def value_error(exc: ValueError) -> WalleError:
     """walle_units raises 'field: reason'; keep the field as the option at fault."""
     text = str(exc)

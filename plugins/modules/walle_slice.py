@@ -172,7 +172,11 @@ applied_live:
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.walle_systemd import Systemd, WalleError, value_error  # noqa: E402
+from ansible.module_utils.walle_systemd import (  # noqa: E402
+    Systemd,
+    run_and_exit,
+    value_error,
+)
 from ansible.module_utils.walle_units import (  # noqa: E402
     SLICE_PROPERTY_ORDER,
     parse_unit,
@@ -300,14 +304,7 @@ def remove_slice(systemd: Systemd, name: str, active: bool) -> None:
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    try:
-        result = run_module(module, Systemd(module))
-    except WalleError as exc:
-        extra = dict(exc.details)
-        if exc.option:
-            extra["option"] = exc.option
-        module.fail_json(msg=exc.msg, **extra)
-    module.exit_json(**result)
+    run_and_exit(module, run_module)
 
 
 if __name__ == "__main__":

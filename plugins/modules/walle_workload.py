@@ -212,6 +212,7 @@ from ansible.module_utils.walle_systemd import (  # noqa: E402
     ACTIVE_STATES,
     Systemd,
     WalleError,
+    run_and_exit,
     value_error,
 )
 from ansible.module_utils.walle_units import (  # noqa: E402
@@ -437,14 +438,7 @@ def run_module(module, systemd: Systemd) -> dict:
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF,
                            supports_check_mode=True)
-    try:
-        result = run_module(module, Systemd(module))
-    except WalleError as exc:
-        extra = dict(exc.details)
-        if exc.option:
-            extra["option"] = exc.option
-        module.fail_json(msg=exc.msg, **extra)
-    module.exit_json(**result)
+    run_and_exit(module, run_module)
 
 
 if __name__ == "__main__":
