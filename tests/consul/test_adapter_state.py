@@ -105,3 +105,25 @@ def test_alloc_updates_are_cas(api, consul_client, unique):
     finally:
         lock.step_down()
         consul_client.kv.delete(f"walle/allocs/{name}/", recurse=True)
+
+
+def test_a_write_answers_the_new_modify_index_so_the_writer_can_cas_again(api, consul_client,
+                                                                          unique):
+    # api-docs/txn.mdx: set/cas ops return the entry (without its value) in Results
+    store = StateStore(api)
+    name = unique("idx")
+    lock = LeaderLock(api, name=unique("leader"), lock_delay=0)
+    if not lock.acquire():
+        pytest.skip("walle/leader is held by someone else on this Consul")
+    try:
+        result = store.write_allocs([Allocation(name, 0, "node1", "pending")],
+                                    session=lock.session_id)
+        _, allocs = store.allocs(name)
+        stored = allocs[(name, 0)].modify_index
+        assert result.indexes[f"walle/allocs/{name}/0"] == stored
+        again = store.write_allocs([Allocation(name, 0, "node1", "running",
+                                               modify_index=stored)], session=lock.session_id)
+        assert again.ok
+    finally:
+        lock.step_down()
+        consul_client.kv.delete(f"walle/allocs/{name}/", recurse=True)

@@ -30,6 +30,7 @@ from walle.adapters.consul import (
     Watch,
 )
 from walle.adapters.consul.health import fetch_cluster_health
+from walle.adapters.consul.state import alloc_key
 from walle.core import Allocation, PlacementConfig, Plan, reconcile
 from walle.naming import service_unit
 from walle.service.cluster import Snapshot, load_snapshot, records_by_node
@@ -426,12 +427,11 @@ class Scheduler:
             raise LostLeadership("the leader lock is held by another session")
         if not result.ok:  # a CAS lost: someone else wrote; the next step re-reads
             raise ConsulError(f"state write conflicted: {result.errors}")
-        if put and records is not None:
-            _, stored = self.store.allocs()
+        if records is not None:
             for key, record in put.items():
-                s = stored.get((record.alloc.job, record.alloc.slot))
-                if s is not None:
-                    records[key] = replace(record, modify_index=s.modify_index)
+                index = result.indexes.get(alloc_key(record.alloc.job, record.alloc.slot))
+                if index is not None:
+                    records[key] = replace(record, modify_index=index)
 
 
 def _instance_health(spec: JobSpec, snap: Snapshot, a: Allocation) -> str:

@@ -100,6 +100,9 @@ class TxnResult:
     ok: bool
     applied_ops: int  # ops of the caller's list that were applied (whole chunks only)
     errors: tuple[TxnError, ...] = ()
+    # key -> ModifyIndex after the write, from Consul's Results (set/cas return the entry),
+    # so a writer can CAS again without reading back
+    indexes: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def lost_leadership(self) -> bool:
@@ -217,18 +220,23 @@ class StateStore:
         if session is not None and not session:
             raise NotLeader("txn: session is empty: only the current leader may write")
         guard = KvOp("check-session", LEADER_KEY, session=session) if session else None
-        applied = 0
+        applied, indexes = 0, {}
         for offset, chunk in chunk_ops(ops, guard):
             status, body = self.api.raw("put", "/v1/txn",
                                         data=json.dumps([op.to_txn() for op in chunk]),
                                         what=f"txn of {len(chunk)} ops")
             if status == 200:
                 applied += len(chunk) - (1 if guard else 0)
+                for result in (body or {}).get("Results") or []:
+                    kv = result.get("KV") or {}
+                    if kv.get("Key") and kv.get("ModifyIndex"):
+                        indexes[kv["Key"]] = int(kv["ModifyIndex"])
                 continue
             if status == 409:
-                return TxnResult(False, applied, _txn_errors(body, offset, bool(guard)))
+                return TxnResult(False, applied, _txn_errors(body, offset, bool(guard)),
+                                 indexes)
             raise ConsulError(f"txn at {self.api.address} answered {status}: {body}")
-        return TxnResult(True, applied)
+        return TxnResult(True, applied, indexes=indexes)
 
     # --- operator marks on nodes: drain ----------------------------------------------------
     def drains(self, index: int = 0, wait: str | None = None) -> tuple[int, frozenset[str]]:
