@@ -162,10 +162,10 @@ class Scheduler:
 
     def _start_watches(self) -> None:
         watches = {
-            "jobs": self.store.watch_jobs(wait=60.0),
-            "drains": self.store.watch_drains(wait=60.0),
+            "jobs": self.store.watch_jobs(wait=60.0, name="watch jobs"),
+            "drains": self.store.watch_drains(wait=60.0, name="watch drains"),
             "health": Watch(lambda index, wait: fetch_cluster_health(self.api, index, wait),
-                            wait=60.0),
+                            wait=60.0, name="watch health"),
         }
         for name, watch in watches.items():
             self._watches.append(watch)
@@ -173,11 +173,19 @@ class Scheduler:
                              name=f"watch-{name}").start()
 
     def _follow(self, name: str, watch: Watch) -> None:
-        try:
-            for _ in watch:
-                self.wake.set()
-        except ConsulError as err:  # the loop's resync covers the gap; say why
-            log.error("watch %s ended: %s", name, err)
+        """Wake the loop on every change for as long as we lead (until _stop_watches). The
+        watch retries failed calls itself; this loop only outlives a bug in the iteration."""
+        backoff = Backoff(base=1.0, cap=30.0)
+        while not watch.stopped:
+            try:
+                for _ in watch:
+                    backoff.reset()
+                    self.wake.set()
+            except Exception:  # never let a watch die while we lead: log it, wait, go on
+                delay = backoff.next()
+                log.exception("watch %s failed; following it again in %.1fs", name, delay)
+                self.wake.set()  # the gap may have hidden a change: re-read now
+                watch.pause(delay)
 
     def _stop_watches(self) -> None:
         for watch in self._watches:
