@@ -19,8 +19,9 @@ from test_scheduler_service import (  # the recording executor and a fresh 3-nod
     web_spec,
 )
 
+import walle.service.scheduler as scheduler_module
 from walle.adapters.consul import ConsulUnreachable, StateStore
-from walle.service.scheduler import Scheduler, SchedulerConfig
+from walle.service.scheduler import Scheduler, SchedulerConfig, StepReport
 from walle.spec import parse_spec
 from walle.spec.parse import spec_to_data
 
@@ -281,3 +282,47 @@ def test_the_jobs_watch_outlives_failed_calls(cluster, wait_until):
     finally:
         s.stop()
         thread.join(timeout=70)
+
+
+def test_a_job_the_core_cannot_plan_is_set_aside_and_keeps_its_instances(cluster,
+                                                                         monkeypatch):
+    clock = Clock()
+    ex = RecordingExecutor(cluster)
+    s = scheduler(cluster, clock, ex)
+    store = StateStore(cluster)
+    store.put_job(web_spec(count=1), 0)
+    store.put_job(api_spec(count=2), 0)
+    s.step()
+    s.step()
+    real = scheduler_module.reconcile
+
+    def core_with_a_bug(jobs, allocs, nodes, **kw):
+        if "api" in jobs:
+            raise ZeroDivisionError("a core bug that only api's spec reaches")
+        return real(jobs, allocs, nodes, **kw)
+
+    monkeypatch.setattr(scheduler_module, "reconcile", core_with_a_bug)
+    store.put_job(web_spec(count=3), store.job("web").modify_index)
+    s.step()
+    s.step()
+    assert ex.stopped == []  # api is set aside, not stopped as if it were gone
+    assert states(cluster) == {"web-0": "running", "web-1": "running", "web-2": "running",
+                               "api-0": "running", "api-1": "running"}
+    s.lock.step_down()
+
+
+def test_an_unexpected_error_in_a_step_does_not_end_the_loop(cluster):
+    s = scheduler(cluster, Clock(), RecordingExecutor(cluster))
+    calls = []
+
+    def step():
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise RuntimeError("a bug outside any job")
+        s.stop()
+        return StepReport()
+
+    s.step = step
+    s._lead()  # returns only because the second step stops it
+    assert calls == [0, 1]
+    s.lock.step_down()
