@@ -411,13 +411,17 @@ class Scheduler:
                 jobs.pop(name)
             plan = reconcile(jobs, allocs, snap.nodes, seed=self.config.seed, now=now,
                              config=self.placement)
+        left_alone = snap.frozen_jobs | unplannable
         hands_off = {r.key for r in records.values()
-                     if r.alloc.job in snap.frozen_jobs | unplannable} | snap.blocked_slots
+                     if r.alloc.job in left_alone} | snap.blocked_slots
         waiting = {r.key for r in records.values() if _retry_at(r) > now} | snap.blocked_slots
         return _hold_back(plan, hands_off, waiting)
 
     def _unplannable(self, jobs: dict[str, JobSpec], allocs: list[Allocation],
                      snap: Snapshot, now: float) -> set[str]:
+        """Jobs the core raises on when planned alone. (If none does, the failure needs
+        several jobs together: the second reconcile raises again and the loop's back-off
+        takes over.)"""
         bad = set()
         for name, spec in jobs.items():
             try:
