@@ -38,7 +38,7 @@ class FaultyExecutor(RecordingExecutor):
 
     def __init__(self, api, method: str, bad: set[str]):
         super().__init__(api)
-        self.method, self.bad = method, set(bad)
+        self.method, self.bad = method, set(bad)  # job or node names
         self.raised = 0
         self.tried: list[str] = []  # instance keys handed to place(), raised or not
 
@@ -50,7 +50,7 @@ class FaultyExecutor(RecordingExecutor):
     def place(self, items, addresses):
         items = list(items)
         self.tried += [a.key for a, _ in items]
-        self._check("place", [a.job for a, _ in items])
+        self._check("place", [a.job for a, _ in items] + [a.node for a, _ in items])
         return super().place(items, addresses)
 
     def stop(self, allocs):
@@ -122,6 +122,19 @@ def test_an_exception_placing_one_job_fails_only_that_job(cluster):
         "web-0": "running", "web-1": "running", "cache-0": "running"}
     assert all(k.startswith("api") for k, _ in ex2.placed)  # nothing healthy placed again
     s2.lock.step_down()
+
+
+def test_an_exception_placing_on_one_node_fails_only_the_instance_there(cluster):
+    clock = Clock()
+    ex = FaultyExecutor(cluster, "place", {"node2"})
+    s = scheduler(cluster, clock, ex)
+    StateStore(cluster).put_job(web_spec(count=3), 0)
+    report = s.step()
+    (failed,) = report.failed  # one instance per node (spread): only node2's fails
+    assert SCRIPT_ERROR in report.failed[failed]
+    assert sorted(report.placed) == sorted(f"{k}@{n}" for k, n in ex.placed)
+    assert len(report.placed) == 2 and all(not p.endswith("@node2") for p in report.placed)
+    s.lock.step_down()
 
 
 def test_a_pending_bad_job_left_by_a_crashed_leader_does_not_crash_the_next(cluster):

@@ -525,29 +525,40 @@ class Scheduler:
                  job_of: Callable[[T], str],
                  on_error: Callable[[list[T], str], dict[Any, Any]] | None = None
                  ) -> dict[Any, Any]:
-        """Run one executor call for all items (one playbook run); if it raises, run it once
-        per job, so an exception caused by one job (a spec the parameters refuse, a bug) fails
-        that job's items only: `on_error(items, reason)` answers for them."""
+        """Run one executor call for all items (one playbook run). If it raises, find whom
+        it raises for: once per job, then, within a job that still raises, once per item (a
+        node of its own). So an exception caused by one job or node (a spec the parameters
+        refuse, a node without an address, a bug) fails only the items it concerns:
+        `on_error(items, reason)` answers for them."""
         if not items:
             return {}
-        by_job: dict[str, list[T]] = defaultdict(list)
-        for item in items:
-            by_job[job_of(item)].append(item)
         try:
             return call(items)
         except ConsulError:
             raise
         except Exception as err:  # noqa: BLE001 - isolated just below
-            if len(by_job) == 1:
-                return self._job_failed(what, next(iter(by_job)), items, err, on_error)
+            return self._isolate(what, call, items, job_of, on_error, err)
+
+    def _isolate(self, what: str, call: Callable[[list[T]], dict[Any, Any]], items: list[T],
+                 job_of: Callable[[T], str],
+                 on_error: Callable[[list[T], str], dict[Any, Any]] | None,
+                 err: Exception) -> dict[Any, Any]:
+        """`call(items)` raised `err`: split by job (or, for one job, item by item) and retry
+        each part; a single item that raises is failed."""
+        if len(items) == 1:
+            return self._job_failed(what, job_of(items[0]), items, err, on_error)
+        by_job: dict[str, list[T]] = defaultdict(list)
+        for item in items:
+            by_job[job_of(item)].append(item)
+        parts = list(by_job.values()) if len(by_job) > 1 else [[item] for item in items]
         out: dict[Any, Any] = {}
-        for job, group in by_job.items():
+        for part in parts:
             try:
-                out.update(call(group))
+                out.update(call(part))
             except ConsulError:
                 raise
-            except Exception as err:  # noqa: BLE001 - this job's own trouble
-                out.update(self._job_failed(what, job, group, err, on_error))
+            except Exception as part_err:  # noqa: BLE001 - narrow it down further
+                out.update(self._isolate(what, call, part, job_of, on_error, part_err))
         return out
 
     def _job_failed(self, what: str, job: str, items: list[T], err: Exception,
