@@ -1,4 +1,5 @@
 import threading
+import time
 
 import pytest
 import requests
@@ -164,3 +165,14 @@ def test_a_blocking_call_failing_after_a_long_wait_is_retried():
     assert w.next_change() == (8, "x")
     assert w.failures == 0
     assert w.next_change() == (9, "y")
+
+
+def test_a_timeout_bounds_the_back_off():
+    def fetch(index, wait):
+        raise ConsulError("down")
+
+    w = Watch(fetch, wait=10, rate=1000, burst=100, retry_base=0.1, retry_cap=30.0)
+    started = time.monotonic()
+    assert w.next_change(timeout=0.5) is None
+    assert time.monotonic() - started < 3  # not the 30 s cap: the caller's timeout wins
+    assert w.failures >= 2

@@ -117,7 +117,7 @@ class Watch(Generic[T]):
         try:
             raw_index, data = self._fetch(sent, go_duration(min(wait or self.wait, self.wait)))
         except Exception as err:  # any failure: back off and ask again (the caller's stop ends it)
-            self._back_off(err)
+            self._back_off(err, limit=wait)
             return None
         if self.failures:
             log.info("%s answers again after %d failed call(s)", self.name, self.failures)
@@ -128,12 +128,15 @@ class Watch(Generic[T]):
         self._data, self._has_data = data, True
         return self.index, data, changed
 
-    def _back_off(self, err: Exception) -> None:
-        """Wait base * 2^(failures-1), capped, or until stop(). Logs the first failure of a run
-        and then every tenth, so an outage does not flood the log."""
+    def _back_off(self, err: Exception, limit: float | None = None) -> None:
+        """Wait base * 2^(failures-1), capped (and no longer than `limit`, what is left of a
+        caller's timeout), or until stop(). Logs the first failure of a run and then every
+        tenth, so an outage does not flood the log."""
         self.failures += 1
         self.last_error = f"{type(err).__name__}: {err}"
         delay = min(self.retry_cap, self.retry_base * 2 ** (self.failures - 1))
+        if limit is not None:
+            delay = min(delay, limit)
         if self.failures == 1 or self.failures % 10 == 0:
             log.warning("%s: call failed %d time(s) in a row, retrying in %.1fs: %s",
                         self.name, self.failures, delay, self.last_error)
