@@ -40,7 +40,7 @@ def test_run_stores_the_job_and_a_second_run_changes_nothing(addr, capsys):
     code, out, _ = walle(capsys, "run", WEB, "--consul-addr", addr, "--json")
     assert code == 0 and json.loads(out)["changed"] is False
     code, out, _ = walle(capsys, "status", "--consul-addr", addr, "--json")
-    (row,) = json.loads(out)
+    (row,) = json.loads(out)["jobs"]
     assert row["job"] == "web" and row["count"] == 3 and row["running"] == 0
 
 
@@ -68,7 +68,7 @@ def test_stop_removes_the_job(addr, capsys):
     code, _, _ = walle(capsys, "stop", "web", "--consul-addr", addr)
     assert code == 0
     code, out, _ = walle(capsys, "status", "--consul-addr", addr, "--json")
-    assert json.loads(out) == []
+    assert json.loads(out) == {"jobs": [], "unreadable": []}
 
 
 def test_an_unreachable_consul_exits_3_naming_the_address(capsys):

@@ -32,7 +32,7 @@ def snapshot() -> Snapshot:
     }
     health = ClusterHealth(7, infos, {("n1", "web-0"): "passing", ("n2", "web-1"): "critical"})
     return Snapshot({"web": spec}, {}, records, {i.name: core_node(i, False) for i in infos},
-                    {i.name: i.address for i in infos}, health, {})
+                    {i.name: i.address for i in infos}, health)
 
 
 def parse(text: str) -> dict[tuple[str, str], float]:

@@ -1,6 +1,17 @@
-import pytest
+import threading
+import time
 
-from walle.adapters.consul import TokenBucket, Watch
+import pytest
+import requests
+
+from walle.adapters.consul import (
+    ConsulError,
+    ConsulUnreachable,
+    RetryPolicy,
+    TokenBucket,
+    Watch,
+    call_with_retry,
+)
 from walle.adapters.consul.watch import advance_index, request_index
 
 
@@ -85,3 +96,83 @@ def test_next_change_times_out_and_stop_ends_iteration():
 def test_wait_is_bounded():
     with pytest.raises(ValueError, match="wait"):
         Watch(lambda i, w: (1, None), wait=601)
+
+
+# ----- a failing call never ends the watch (issue 9, item 11) -------------------------------
+def flaky(answers):
+    """A fetch that replays answers; an exception in the list is raised instead of answered."""
+    sent = []
+
+    def fetch(index, wait):
+        sent.append(index)
+        answer = answers[len(sent) - 1]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    return fetch, sent
+
+
+def test_a_failing_call_is_retried_and_the_watch_keeps_firing():
+    fetch, sent = flaky([(5, "a"), ConsulError("stand-in closed the long poll"),
+                         ConsulUnreachable("127.0.0.1:1", "read jobs", 6, 3.0, "refused"),
+                         RuntimeError("garbled answer"), (6, "b"), (7, "c")])
+    w = Watch(fetch, wait=10, rate=1000, burst=10, retry_base=0.001, retry_cap=0.01)
+    assert w.next_change() == (5, "a")
+    assert w.next_change() == (6, "b")  # three failures in a row, then the change
+    assert w.next_change() == (7, "c")
+    assert sent == [0, 5, 5, 5, 5, 6]  # retried with the index it had: nothing missed
+    assert w.failures == 0 and w.last_error is None  # a good answer resets the back-off
+
+
+def test_retry_waits_grow_to_the_cap_and_stop_ends_the_wait():
+    waits = []
+
+    class Stop(threading.Event):
+        def wait(self, timeout=None):
+            waits.append(timeout)
+            if len(waits) == 8:
+                self.set()
+            return self.is_set()
+
+    def fetch(index, wait):
+        raise ConsulError("down")
+
+    w = Watch(fetch, wait=10, rate=1000, burst=100, retry_base=0.5, retry_cap=4.0, stop=Stop())
+    assert w.next_change() is None  # stopped while backing off: no exception, no spin
+    assert waits == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0]
+    assert w.failures == 8 and "down" in w.last_error
+
+
+def test_a_blocking_call_failing_after_a_long_wait_is_retried():
+    """call_with_retry gives up at once on a call that failed after more than its 30 s total
+    (a long poll): the watch must still go on."""
+    clock = Clock()
+    answers = iter(["long-poll-dies", (8, "x"), (9, "y")])
+
+    def once():
+        answer = next(answers)
+        if answer == "long-poll-dies":
+            clock.now += 45.0  # the blocking query hung for 45 s, then the connection dropped
+            raise requests.ConnectionError("connection closed by peer")
+        return answer
+
+    def fetch(index, wait):
+        return call_with_retry(once, what="read jobs", address="127.0.0.1:8500",
+                               policy=RetryPolicy(), sleep=lambda s: None, clock=clock)
+
+    w = Watch(fetch, wait=60, rate=1000, burst=10, retry_base=0.001, retry_cap=0.01)
+    assert w.next_change() == (8, "x")
+    assert w.failures == 0
+    assert w.next_change() == (9, "y")
+
+
+def test_a_timeout_bounds_the_back_off():
+    def fetch(index, wait):
+        raise ConsulError("down")
+
+    w = Watch(fetch, wait=10, rate=1000, burst=100, retry_base=0.1, retry_cap=30.0)
+    started = time.monotonic()
+    assert w.next_change(timeout=0.5) is None
+    assert time.monotonic() - started < 3  # not the 30 s cap: the caller's timeout wins
+    assert w.failures >= 2

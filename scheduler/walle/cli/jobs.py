@@ -6,6 +6,7 @@ import dataclasses
 import sys
 import time
 
+from walle.adapters.consul.state import ALLOCS, job_key
 from walle.cli.common import add_consul_args, cluster_command, connect, print_json, progress
 from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from walle.cli.output import print_table
@@ -115,21 +116,32 @@ def cmd_status(args) -> int:
     snap = load_snapshot(api, store)
     if args.job:
         rows = instance_rows(snap, args.job)
-        if args.job not in snap.jobs and not rows:
+        unreadable = unreadable_rows(snap, args.job)
+        if args.job not in snap.jobs and not rows and not unreadable:
             print(f"walle status: no job {args.job!r}", file=sys.stderr)
             return EXIT_FAILED
         if args.json:
             print_json(rows)
         else:
             print_table(rows, ["instance", "node", "state", "health", "cpu_quota",
-                               "cpu_weight", "memory_max", "version", "previous"])
+                               "cpu_weight", "memory_max", "version", "previous", "reason"])
+            _print_unreadable(unreadable)
         return EXIT_OK
     rows = job_rows(snap)
+    unreadable = unreadable_rows(snap)
     if args.json:
-        print_json(rows)
+        print_json({"jobs": rows, "unreadable": unreadable})
     else:
         print_table(rows, ["job", "kind", "count", "running", "pending", "failed", "version"])
+        _print_unreadable(unreadable)
     return EXIT_OK
+
+
+def _print_unreadable(rows: list[dict]) -> None:
+    if rows:
+        print(f"\nunreadable records ({len(rows)}): skipped by the scheduler, which leaves what "
+              f"they name alone; fix or delete them")
+        print_table(rows, ["key", "reason"])
 
 
 @cluster_command
@@ -165,6 +177,22 @@ def job_rows(snap: Snapshot) -> list[dict]:
     return rows
 
 
+def unreadable_rows(snap: Snapshot, job: str | None = None) -> list[dict]:
+    """Records the snapshot skipped (all, or those of one job), one line each: keys and
+    reasons come from KV, so control characters are shown escaped, never sent to the
+    terminal."""
+    rows = []
+    for key, reason in snap.unreadable:
+        if job is None or key == job_key(job) or key.startswith(f"{ALLOCS}{job}/"):
+            rows.append({"key": _printable(key), "reason": _printable(reason)})
+    return rows
+
+
+def _printable(text: str) -> str:
+    one_line = " ".join(text.split())
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in one_line)
+
+
 def instance_rows(snap: Snapshot, job: str) -> list[dict]:
     rows = []
     for key, r in sorted(snap.records.items(), key=lambda kv: kv[1].alloc.slot):
@@ -179,6 +207,7 @@ def instance_rows(snap: Snapshot, job: str) -> list[dict]:
             "cpu_weight": g.cpu_weight if g else None,
             "memory_max": _size(g.memory_max) if g else None,
             "version": a.spec_digest, "previous": r.previous.node if r.previous else None,
+            "reason": _printable(r.reason) if r.reason else None,
         })
     return rows
 

@@ -1,19 +1,21 @@
 """One consistent read of the cluster for the scheduler: desired jobs, slot records, nodes (as
-the core sees them) and instance health. Reads only; the scheduler decides and writes."""
+the core sees them) and instance health. Reads only; the scheduler decides and writes.
+
+A record that cannot be read (a stray key, a value that is not a record, a spec that no longer
+validates) is skipped and listed in `Snapshot.unreadable`; the read never fails for it."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from walle.adapters.consul import ConsulApi, NodeInfo, StateStore, StoredJob
+from walle.adapters.consul import ConsulApi, NodeInfo, StateStore, StoredJob, Unreadable
 from walle.adapters.consul.health import ClusterHealth, fetch_cluster_health
+from walle.adapters.consul.state import JOBS, job_key, parse_alloc_key
 from walle.core import Capacity, Node
+from walle.naming import instance_id
 from walle.service.records import SlotRecord, from_stored
 from walle.spec import JobSpec, SpecError, parse_spec
-
-log = logging.getLogger("walle.cluster")
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,11 @@ class Snapshot:
     nodes: dict[str, Node]  # schedulable nodes, with state ready/draining/down
     addresses: dict[str, str]
     health: ClusterHealth
-    bad_jobs: dict[str, str]  # stored jobs that no longer parse: name -> why
+    # records that cannot be read (bad key, value, field, or a spec that no longer parses),
+    # skipped so the others are scheduled; reported, never deleted
+    unreadable: tuple[Unreadable, ...] = ()
+    frozen_jobs: frozenset[str] = frozenset()  # jobs whose record is unreadable: hands off
+    blocked_slots: frozenset[str] = frozenset()  # instance keys whose record is unreadable
 
     def instance_status(self, node: str, key: str) -> str | None:
         """Worst check status of the instance registered as `key` on `node` (None: not
@@ -48,24 +54,54 @@ def core_node(info: NodeInfo, draining: bool) -> Node:
 
 
 def load_snapshot(api: ConsulApi, store: StateStore) -> Snapshot:
-    _, stored_jobs = store.jobs()
-    jobs, bad = {}, {}
+    unreadable: list[Unreadable] = []
+    _, stored_jobs = store.jobs(unreadable=unreadable)
+    jobs = {}
     for name, stored in stored_jobs.items():
         try:
-            jobs[name] = parse_spec(dict(stored.spec), source=f"walle/jobs/{name}")
-        except SpecError as err:  # written by an older Walle, or by hand: keep it visible
-            bad[name] = str(err)
-            log.error("job %s in Consul does not parse: %s", name, err)
-    _, stored_allocs = store.allocs()
+            jobs[name] = _job_spec(name, stored)
+        except Exception as err:  # noqa: BLE001 - any bad record is reported, never fatal
+            unreadable.append(Unreadable(job_key(name), describe_error(err)))
+    _, stored_allocs = store.allocs(unreadable=unreadable)
     records = {}
     for stored in stored_allocs.values():
-        record = from_stored(stored)
+        try:
+            record = from_stored(stored)
+        except Exception as err:  # noqa: BLE001 - as above
+            unreadable.append(Unreadable(stored.key, describe_error(err)))
+            continue
         records[record.key] = record
     _, health = fetch_cluster_health(api)
     _, drains = store.drains()
     nodes = {n.name: core_node(n, n.name in drains) for n in health.nodes if n.schedulable}
     addresses = {n.name: n.address for n in health.nodes}
-    return Snapshot(jobs, stored_jobs, records, nodes, addresses, health, bad)
+    return Snapshot(jobs, stored_jobs, records, nodes, addresses, health,
+                    tuple(sorted(unreadable)), *_hands_off(unreadable))
+
+
+def _job_spec(name: str, stored: StoredJob) -> JobSpec:
+    spec = parse_spec(dict(stored.spec), source=job_key(name))
+    if spec.name != name:
+        raise SpecError(f"{job_key(name)}: holds the spec of job {spec.name!r}")
+    return spec
+
+
+def describe_error(err: Exception) -> str:
+    """An error as an operator reads it: a spec error says field and fix already; anything
+    else is named by its type too."""
+    return str(err) if isinstance(err, SpecError) else f"{type(err).__name__}: {err}"
+
+
+def _hands_off(unreadable: list[Unreadable]) -> tuple[frozenset[str], frozenset[str]]:
+    """Jobs and slots the scheduler must leave alone while their record is unreadable: it
+    cannot know what they want (a job) or what runs there (a slot)."""
+    jobs, slots = set(), set()
+    for key, _ in unreadable:
+        if key.startswith(JOBS) and "/" not in key[len(JOBS):]:
+            jobs.add(key[len(JOBS):])
+        elif (parsed := parse_alloc_key(key)) is not None:
+            slots.add(instance_id(*parsed))
+    return frozenset(jobs), frozenset(slots)
 
 
 def records_by_node(records: Mapping[str, SlotRecord]) -> dict[str, list[str]]:

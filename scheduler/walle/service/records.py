@@ -14,6 +14,9 @@ from typing import Any
 
 from walle.adapters.consul import Allocation as StoredAlloc
 from walle.core import Allocation, Capacity, Grant
+from walle.core.model import ALLOC_STATES
+
+REASON_MAX = 2000  # a failure reason is a message, not a log: keep records small
 
 
 @dataclass(frozen=True)
@@ -23,14 +26,23 @@ class SlotRecord:
     modify_index: int = 0  # 0: not stored yet (create with CAS 0)
     state_since: float = 0.0  # when `alloc.state` last changed (health timeouts)
     critical_since: float | None = None  # when a running instance's checks turned critical
+    reason: str = ""  # why the slot failed (state `failed`), for the operator
 
     @property
     def key(self) -> str:
         return self.alloc.key
 
     def with_alloc(self, alloc: Allocation, now: float) -> SlotRecord:
-        since = self.state_since if alloc.state == self.alloc.state else now
-        return replace(self, alloc=alloc, state_since=since)
+        """The record with a new allocation; a change of state starts a new `state_since` and
+        drops the old failure reason."""
+        if alloc.state == self.alloc.state:
+            return replace(self, alloc=alloc)
+        return replace(self, alloc=alloc, state_since=now, reason="")
+
+    def failed(self, reason: str, now: float) -> SlotRecord:
+        """The slot's instance failed: state `failed`, and why."""
+        return replace(self.with_alloc(replace(self.alloc, state="failed"), now),
+                       reason=reason[:REASON_MAX])
 
 
 def to_stored(record: SlotRecord) -> StoredAlloc:
@@ -45,6 +57,7 @@ def to_stored(record: SlotRecord) -> StoredAlloc:
         "ports": list(a.ports),
         "state_since": record.state_since,
         "critical_since": record.critical_since,
+        "reason": record.reason,
         "previous": alloc_to_dict(record.previous) if record.previous else None,
     }
     return StoredAlloc(job=a.job, slot=a.slot, node=a.node, state=a.state,
@@ -53,6 +66,12 @@ def to_stored(record: SlotRecord) -> StoredAlloc:
 
 
 def from_stored(stored: StoredAlloc) -> SlotRecord:
+    """The record as the scheduler uses it; ValueError/TypeError for a value it cannot use (the
+    snapshot reports such a record as unreadable)."""
+    if stored.state not in ALLOC_STATES:
+        raise ValueError(f"state {stored.state!r} is not one of {', '.join(ALLOC_STATES)}")
+    if not stored.node:
+        raise ValueError("node is empty")
     body = {"node": stored.node, "state": stored.state, "version": stored.version,
             "grant": dict(stored.grant), **dict(stored.extra)}
     alloc = alloc_from_dict(stored.job, stored.slot, body)
@@ -63,6 +82,7 @@ def from_stored(stored: StoredAlloc) -> SlotRecord:
         modify_index=stored.modify_index,
         state_since=float(body.get("state_since", 0.0)),
         critical_since=body.get("critical_since"),
+        reason=str(body.get("reason") or ""),
     )
 
 

@@ -12,6 +12,12 @@ queries (each change wakes the loop; a short debounce batches bursts) -> `step()
      the next leader re-runs idempotently), then live grant changes.
 Every write is a CAS carrying a check-session guard on the leader key: a deposed leader
 cannot write. Deadlines (health timeouts) wake the loop too; there is no polling sleep.
+
+One bad job, record or node never stops scheduling for the others (docs/architecture.md, "The
+scheduler's step"): an exception while handling one job or slot marks that slot `failed` with
+the reason in its record (a failing slot is retried with back-off, not at every step); records
+that cannot be read are reported once and left alone; only Consul errors (which concern every
+job) end a step, and the loop retries it.
 """
 
 from __future__ import annotations
@@ -19,8 +25,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from walle.adapters.consul import (
     ConsulApi,
@@ -33,16 +42,20 @@ from walle.adapters.consul.health import fetch_cluster_health
 from walle.adapters.consul.state import alloc_key
 from walle.core import Allocation, PlacementConfig, Plan, reconcile
 from walle.naming import service_unit
-from walle.service.cluster import Snapshot, load_snapshot, records_by_node
+from walle.service.cluster import Snapshot, describe_error, load_snapshot, records_by_node
 from walle.service.executor import Executor, Outcome
 from walle.service.records import SlotRecord, to_stored
-from walle.spec import JobSpec, parse_spec
+from walle.spec import JobSpec, SpecError, parse_spec
 
 log = logging.getLogger("walle.scheduler")
 
 FAILED_CHECK_GRACE = 10.0  # a running instance critical this long is moved elsewhere
 BATCH_PROBE = 5.0  # seconds between reads of running batch units
 MIN_WAKE = 0.05
+RETRY_BASE = 5.0  # a slot that failed twice in a row waits this long before its next try...
+RETRY_CAP = 120.0  # ...doubling with each failure, up to this
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -110,6 +123,7 @@ class Scheduler:
         self._watches: list[Watch] = []
         self._resumed = False
         self._last_batch_probe = float("-inf")
+        self._reported: set[tuple[str, str]] = set()  # (key, reason) already logged
 
     # ----- the service loop ---------------------------------------------------------------
     def run_forever(self) -> None:
@@ -139,10 +153,12 @@ class Scheduler:
         self.wake.set()
 
     def _lead(self) -> None:
+        backoff = Backoff(base=2.0, cap=60.0)
         while self.lock.is_leader and not self.stopping.is_set():
             self.wake.clear()
             try:
                 report = self.step()
+                backoff.reset()
             except LostLeadership as err:
                 log.warning("lost leadership during a step: stopping work")
                 self.lock.mark_lost(str(err))
@@ -150,6 +166,10 @@ class Scheduler:
             except ConsulError as err:
                 log.error("step failed, retrying at the next change: %s", err)
                 report = StepReport(next_deadline=self.clock() + 2.0)
+            except Exception:  # a bug outside any one job's handling: never end the loop for it
+                delay = backoff.next()
+                log.exception("step failed unexpectedly; retrying in %.0fs", delay)
+                report = StepReport(next_deadline=self.clock() + delay)
             timeout = self.config.resync
             if report.next_deadline is not None:
                 timeout = min(timeout, max(MIN_WAKE, report.next_deadline - self.clock()))
@@ -162,10 +182,10 @@ class Scheduler:
 
     def _start_watches(self) -> None:
         watches = {
-            "jobs": self.store.watch_jobs(wait=60.0),
-            "drains": self.store.watch_drains(wait=60.0),
+            "jobs": self.store.watch_jobs(wait=60.0, name="watch jobs"),
+            "drains": self.store.watch_drains(wait=60.0, name="watch drains"),
             "health": Watch(lambda index, wait: fetch_cluster_health(self.api, index, wait),
-                            wait=60.0),
+                            wait=60.0, name="watch health"),
         }
         for name, watch in watches.items():
             self._watches.append(watch)
@@ -173,11 +193,19 @@ class Scheduler:
                              name=f"watch-{name}").start()
 
     def _follow(self, name: str, watch: Watch) -> None:
-        try:
-            for _ in watch:
-                self.wake.set()
-        except ConsulError as err:  # the loop's resync covers the gap; say why
-            log.error("watch %s ended: %s", name, err)
+        """Wake the loop on every change for as long as we lead (until _stop_watches). The
+        watch retries failed calls itself; this loop only outlives a bug in the iteration."""
+        backoff = Backoff(base=1.0, cap=30.0)
+        while not watch.stopped:
+            try:
+                for _ in watch:
+                    backoff.reset()
+                    self.wake.set()
+            except Exception:  # never let a watch die while we lead: log it, wait, go on
+                delay = backoff.next()
+                log.exception("watch %s failed; following it again in %.1fs", name, delay)
+                self.wake.set()  # the gap may have hidden a change: re-read now
+                watch.pause(delay)
 
     def _stop_watches(self) -> None:
         for watch in self._watches:
@@ -188,6 +216,7 @@ class Scheduler:
     def step(self) -> StepReport:
         now = self.clock()
         snap = load_snapshot(self.api, self.store)
+        self._report_unreadable(snap)
         report = StepReport()
         records = dict(snap.records)
         changed: dict[str, SlotRecord] = {}
@@ -203,15 +232,14 @@ class Scheduler:
         self._reap_orphans(snap, records, report)
         self._finish_batches(snap, records, report, now)
 
-        plan = reconcile(snap.jobs, [r.alloc for r in records.values()], snap.nodes,
-                         seed=self.config.seed, now=now, config=self.placement)
+        plan = self._plan(snap, records, now)
         report.plan = plan
         for failure in plan.failures:
             log.warning("cannot place %s slots %s: %s", failure.job, failure.slots,
                         failure.message)
         if not plan.is_empty:
             self._execute(plan, snap, records, report, now)
-        report.next_deadline = self._next_deadline(snap, records)
+        report.next_deadline = self._next_deadline(snap, records, now)
         return report
 
     def _resume(self, snap: Snapshot, records: dict[str, SlotRecord],
@@ -225,54 +253,72 @@ class Scheduler:
         if not pending:
             return
         log.info("resuming %d pending instance(s) left by the previous leader", len(pending))
-        outcomes = self.executor.place([(r.alloc, snap.jobs[r.alloc.job]) for r in pending],
-                                       snap.addresses)
+        outcomes = self._place([r.alloc for r in pending], snap)
         for r in pending:
             outcome = outcomes.get(r.key)
             if outcome is not None and not outcome.ok:
-                failed = _failed(r.alloc)
-                changed[r.key] = records[r.key] = r.with_alloc(failed, self.clock())
+                changed[r.key] = records[r.key] = r.failed(outcome.error, self.clock())
                 report.failed[r.key] = outcome.error
 
     def _advance_health(self, snap: Snapshot, records: dict[str, SlotRecord],
                         changed: dict[str, SlotRecord], report: StepReport, now: float) -> None:
         for key, record in list(records.items()):
-            a = record.alloc
-            spec = snap.jobs.get(a.job)
-            if spec is None or a.state not in ("pending", "running"):
+            spec = snap.jobs.get(record.alloc.job)
+            if spec is None or record.alloc.state not in ("pending", "running"):
                 continue
-            status = _instance_health(spec, snap, a)
-            if a.state == "pending" and status == "passing":
-                changed[key] = records[key] = record.with_alloc(replace(a, state="running"), now)
-                report.running.append(key)
-            elif a.state == "pending" and now - record.state_since > spec.update.health_timeout:
-                log.warning("%s did not pass its checks on %s within %.0fs", key, a.node,
-                            spec.update.health_timeout)
-                changed[key] = records[key] = record.with_alloc(_failed(a), now)
-                report.failed[key] = "health timeout"
-                self._maybe_roll_back(snap, spec, a, report)
-            elif a.state == "running" and status == "critical":
-                if record.critical_since is None:
-                    # systemd restarts a crashed process in place (Restart=); give it time
-                    changed[key] = records[key] = replace(record, critical_since=now)
-                elif now - record.critical_since > FAILED_CHECK_GRACE:
-                    changed[key] = records[key] = record.with_alloc(_failed(a), now)
-                    report.failed[key] = "checks critical"
-            elif a.state == "running" and record.critical_since is not None:
-                changed[key] = records[key] = replace(record, critical_since=None)
+            with self._slot_guard(key, "health", record, changed, records, report, now):
+                self._advance_one(snap, spec, record, changed, records, report, now)
+
+    def _advance_one(self, snap: Snapshot, spec: JobSpec, record: SlotRecord,
+                     changed: dict[str, SlotRecord], records: dict[str, SlotRecord],
+                     report: StepReport, now: float) -> None:
+        a, key = record.alloc, record.key
+        status = _instance_health(spec, snap, a)
+        if a.state == "pending" and status == "passing":
+            changed[key] = records[key] = record.with_alloc(replace(a, state="running"), now)
+            report.running.append(key)
+        elif a.state == "pending" and now - record.state_since > spec.update.health_timeout:
+            log.warning("%s did not pass its checks on %s within %.0fs", key, a.node,
+                        spec.update.health_timeout)
+            reason = f"health: checks did not pass within {spec.update.health_timeout:.0f}s"
+            rollback = self._maybe_roll_back(snap, spec, a, report)
+            if rollback:
+                reason += f"; {rollback}"
+            changed[key] = records[key] = record.failed(reason, now)
+            report.failed[key] = reason
+        elif a.state == "running" and status == "critical":
+            if record.critical_since is None:
+                # systemd restarts a crashed process in place (Restart=); give it time
+                changed[key] = records[key] = replace(record, critical_since=now)
+            elif now - record.critical_since > FAILED_CHECK_GRACE:
+                reason = f"health: checks critical for over {FAILED_CHECK_GRACE:.0f}s"
+                changed[key] = records[key] = record.failed(reason, now)
+                report.failed[key] = reason
+        elif a.state == "running" and record.critical_since is not None:
+            changed[key] = records[key] = replace(record, critical_since=None)
 
     def _maybe_roll_back(self, snap: Snapshot, spec: JobSpec, alloc: Allocation,
-                         report: StepReport) -> None:
+                         report: StepReport) -> str:
+        """Put the job's previous version back when its new one fails. Returns "" or why the
+        rollback could not be done (e.g. the kept version no longer validates): the slot's
+        failure carries that, and the job stays where it is."""
         stored = snap.stored_jobs.get(spec.name)
         if not (spec.update.auto_rollback and stored and stored.previous):
-            return
+            return ""
         if alloc.spec_digest != spec.digest():
-            return
-        previous = parse_spec(dict(stored.previous["spec"]), source=f"{spec.name} previous")
+            return ""
+        try:
+            previous = parse_spec(dict(stored.previous["spec"]),
+                                  source=f"{spec.name} previous")
+        except Exception as err:  # noqa: BLE001 - a bad kept version only stops the rollback
+            reason = f"cannot roll back: {describe_error(err)}"
+            self._note(spec.name, reason)
+            return reason
         if self.store.put_job(previous, stored.modify_index, rolled_back_from=spec.digest()):
             log.warning("rolled %s back from %s to %s", spec.name, spec.digest(),
                         previous.digest())
             report.rolled_back.append(spec.name)
+        return ""
 
     def _finish_moves(self, snap: Snapshot, records: dict[str, SlotRecord],
                       changed: dict[str, SlotRecord], report: StepReport) -> None:
@@ -282,12 +328,14 @@ class Scheduler:
                 and r.alloc.state == "running"]
         alive = [r for r in done if snap.nodes.get(r.previous.node)
                  and snap.nodes[r.previous.node].state != "down"]
-        outcomes = self.executor.stop([r.previous for r in alive]) if alive else {}
+        outcomes = self._stop([r.previous for r in alive])
         for r in done:
             outcome = outcomes.get(r.key, Outcome(True))
             if outcome.ok:
                 changed[r.key] = records[r.key] = replace(r, previous=None)
                 report.stopped.append(f"{r.key}@{r.previous.node}")
+            else:  # the previous instance keeps running; the next step tries again
+                report.failed[f"{r.key}@{r.previous.node}"] = f"stop: {outcome.error}"
 
     def _finish_batches(self, snap: Snapshot, records: dict[str, SlotRecord],
                         report: StepReport, now: float) -> None:
@@ -301,26 +349,31 @@ class Scheduler:
             return
         self._last_batch_probe = now
         units = {(r.alloc.node, service_unit(r.alloc.job, r.alloc.slot)): r for r in running}
+        probes = self._per_job("probe", self.executor.probe_units, list(units),
+                               lambda where: units[where].alloc.job)
         changed: dict[str, SlotRecord] = {}
-        for where, props in self.executor.probe_units(units).items():
+        for where, props in probes.items():
             record = units[where]
             if props.get("ActiveState") not in ("inactive", "failed"):
                 continue
             done = props.get("Result") == "success" and props.get("ExecMainStatus") == "0"
-            state = "stopped" if done else "failed"
-            changed[record.key] = records[record.key] = record.with_alloc(
-                replace(record.alloc, state=state), now)
             if done:
+                changed[record.key] = records[record.key] = record.with_alloc(
+                    replace(record.alloc, state="stopped"), now)
                 report.finished.append(record.key)
             else:
-                report.failed[record.key] = f"exited: {props.get('Result')}"
+                reason = (f"exited: {props.get('Result')} (status "
+                          f"{props.get('ExecMainStatus')})")
+                changed[record.key] = records[record.key] = record.failed(reason, now)
+                report.failed[record.key] = reason
         self._write(changed, records=records)
 
     def _reap_orphans(self, snap: Snapshot, records: dict[str, SlotRecord],
                       report: StepReport) -> None:
         """Instances registered on a live node where no record puts them: left behind by a node
         that was down while its work moved elsewhere (or by a crash between a stop and its
-        record's removal). Stopping them keeps "one instance per slot" true after recovery."""
+        record's removal). Stopping them keeps "one instance per slot" true after recovery.
+        A slot whose record cannot be read is left alone: we do not know what it holds."""
         expected = {(node, key) for node, keys in records_by_node(records).items()
                     for key in keys}
         orphans = []
@@ -328,16 +381,56 @@ class Scheduler:
             parsed = parse_instance_id(sid)
             node_info = snap.nodes.get(node)
             if parsed is None or (node, sid) in expected or node_info is None \
-                    or node_info.state == "down":
+                    or node_info.state == "down" or sid in snap.blocked_slots:
                 continue
             if parsed[0] in snap.jobs or sid in records:
                 orphans.append((*parsed, node))
         if orphans:
             log.warning("stopping %d orphaned instance(s): %s", len(orphans),
                         ", ".join(f"{j}-{s}@{n}" for j, s, n in orphans))
-            for key, outcome in self.executor.stop_instances(orphans).items():
+            outcomes = self._per_job("stop orphans", self.executor.stop_instances, orphans,
+                                     lambda o: o[0], _failed_outcomes(lambda o: f"{o[0]}-{o[1]}"))
+            for key, outcome in outcomes.items():
                 if outcome.ok:
                     report.stopped.append(f"orphan {key}")
+
+    # ----- planning -----------------------------------------------------------------------
+    def _plan(self, snap: Snapshot, records: dict[str, SlotRecord], now: float) -> Plan:
+        """The core's plan, less what must wait: slots whose record cannot be read, jobs whose
+        record cannot be read or that the core cannot plan (their instances are left as they
+        are), and failed slots still backing off."""
+        allocs = [r.alloc for r in records.values()]
+        jobs = dict(snap.jobs)
+        try:
+            plan = reconcile(jobs, allocs, snap.nodes, seed=self.config.seed, now=now,
+                             config=self.placement)
+            unplannable: set[str] = set()
+        except Exception:  # noqa: BLE001 - find the job(s) that make the core fail, plan the rest
+            unplannable = self._unplannable(jobs, allocs, snap, now)
+            for name in unplannable:
+                jobs.pop(name)
+            plan = reconcile(jobs, allocs, snap.nodes, seed=self.config.seed, now=now,
+                             config=self.placement)
+        left_alone = snap.frozen_jobs | unplannable
+        hands_off = {r.key for r in records.values()
+                     if r.alloc.job in left_alone} | snap.blocked_slots
+        waiting = {r.key for r in records.values() if _retry_at(r) > now} | snap.blocked_slots
+        return _hold_back(plan, hands_off, waiting)
+
+    def _unplannable(self, jobs: dict[str, JobSpec], allocs: list[Allocation],
+                     snap: Snapshot, now: float) -> set[str]:
+        """Jobs the core raises on when planned alone. (If none does, the failure needs
+        several jobs together: the second reconcile raises again and the loop's back-off
+        takes over.)"""
+        bad = set()
+        for name, spec in jobs.items():
+            try:
+                reconcile({name: spec}, [a for a in allocs if a.job == name], snap.nodes,
+                          seed=self.config.seed, now=now, config=self.placement)
+            except Exception as err:  # noqa: BLE001 - this job is the one: set it aside
+                self._note(name, f"cannot plan: {describe_error(err)}", exc=err)
+                bad.add(name)
+        return bad
 
     def _execute(self, plan: Plan, snap: Snapshot, records: dict[str, SlotRecord],
                  report: StepReport, now: float) -> None:
@@ -345,7 +438,7 @@ class Scheduler:
         gone = [s.alloc for s in plan.stops] + [e.alloc for e in plan.evictions]
         live = [a for a in gone if a.node in snap.nodes and snap.nodes[a.node].state != "down"
                 and a.state in ("pending", "running")]
-        outcomes = self.executor.stop(live)
+        outcomes = self._stop(live)
         deletes = []
         for a in gone:
             outcome = outcomes.get(a.key, Outcome(True))
@@ -371,8 +464,7 @@ class Scheduler:
                                             r.old if other_node else None, now)
         records.update(starts)
         self._write(starts, records=records)
-        outcomes = self.executor.place(
-            [(rec.alloc, snap.jobs[rec.alloc.job]) for rec in starts.values()], snap.addresses)
+        outcomes = self._place([rec.alloc for rec in starts.values()], snap)
         after: dict[str, SlotRecord] = {}
         for key in starts:
             rec = records[key]
@@ -380,17 +472,23 @@ class Scheduler:
             if outcome.ok:
                 report.placed.append(f"{key}@{rec.alloc.node}")
                 continue
-            report.failed[key] = outcome.error
-            after[key] = records[key] = rec.with_alloc(_failed(rec.alloc), now)
+            reason = outcome.error
             if key in replaced:  # a new version that cannot even start: the rollout failed
-                self._maybe_roll_back(snap, snap.jobs[rec.alloc.job], rec.alloc, report)
+                rollback = self._maybe_roll_back(snap, snap.jobs[rec.alloc.job], rec.alloc,
+                                                 report)
+                reason += f"; {rollback}" if rollback else ""
+            report.failed[key] = reason
+            after[key] = records[key] = rec.failed(reason, now)
         self._write(after, records=records)
 
         # 3. live changes: resources updated in place and elastic grants
         regrants = [(u.new, u.old.state) for u in plan.updates]
         regrants += [(g.new, g.old.state) for g in plan.regrants]
         regrants = [(a, state) for a, state in regrants if a.key in records]
-        outcomes = self.executor.regrant([(a, snap.jobs[a.job]) for a, _ in regrants])
+        outcomes = self._per_job("regrant", self.executor.regrant,
+                                 [(a, snap.jobs[a.job]) for a, _ in regrants],
+                                 lambda item: item[0].job,
+                                 _failed_outcomes(lambda item: item[0].key))
         grants: dict[str, SlotRecord] = {}
         for a, state in regrants:
             if outcomes.get(a.key, Outcome(False)).ok:
@@ -398,7 +496,8 @@ class Scheduler:
                                                          alloc=replace(a, state=state))
         self._write(grants, records=records)
 
-    def _next_deadline(self, snap: Snapshot, records: dict[str, SlotRecord]) -> float | None:
+    def _next_deadline(self, snap: Snapshot, records: dict[str, SlotRecord],
+                       now: float) -> float | None:
         deadlines = []
         for r in records.values():
             spec = snap.jobs.get(r.alloc.job)
@@ -408,7 +507,100 @@ class Scheduler:
                 deadlines.append(r.critical_since + FAILED_CHECK_GRACE + 0.1)
             if spec and spec.kind == "batch" and r.alloc.state == "running":
                 deadlines.append(self._last_batch_probe + BATCH_PROBE + 0.1)
+            if spec and _retry_at(r) > now:  # a failed slot's back-off ends
+                deadlines.append(_retry_at(r) + 0.1)
         return min(deadlines) if deadlines else None
+
+    # ----- one job's trouble stays its own -------------------------------------------------
+    def _place(self, allocs: list[Allocation], snap: Snapshot) -> dict[str, Outcome]:
+        return self._per_job("place", lambda items: self.executor.place(items, snap.addresses),
+                             [(a, snap.jobs[a.job]) for a in allocs], lambda item: item[0].job,
+                             _failed_outcomes(lambda item: item[0].key))
+
+    def _stop(self, allocs: list[Allocation]) -> dict[str, Outcome]:
+        return self._per_job("stop", self.executor.stop, allocs, lambda a: a.job,
+                             _failed_outcomes(lambda a: a.key))
+
+    def _per_job(self, what: str, call: Callable[[list[T]], dict[Any, Any]], items: list[T],
+                 job_of: Callable[[T], str],
+                 on_error: Callable[[list[T], str], dict[Any, Any]] | None = None
+                 ) -> dict[Any, Any]:
+        """Run one executor call for all items (one playbook run). If it raises, find whom
+        it raises for: once per job, then, within a job that still raises, once per item (a
+        node of its own). So an exception caused by one job or node (a spec the parameters
+        refuse, a node without an address, a bug) fails only the items it concerns:
+        `on_error(items, reason)` answers for them."""
+        if not items:
+            return {}
+        try:
+            return call(items)
+        except ConsulError:
+            raise
+        except Exception as err:  # noqa: BLE001 - isolated just below
+            return self._isolate(what, call, items, job_of, on_error, err)
+
+    def _isolate(self, what: str, call: Callable[[list[T]], dict[Any, Any]], items: list[T],
+                 job_of: Callable[[T], str],
+                 on_error: Callable[[list[T], str], dict[Any, Any]] | None,
+                 err: Exception) -> dict[Any, Any]:
+        """`call(items)` raised `err`: split by job (or, for one job, item by item) and retry
+        each part; a single item that raises is failed."""
+        if len(items) == 1:
+            return self._job_failed(what, job_of(items[0]), items, err, on_error)
+        by_job: dict[str, list[T]] = defaultdict(list)
+        for item in items:
+            by_job[job_of(item)].append(item)
+        parts = list(by_job.values()) if len(by_job) > 1 else [[item] for item in items]
+        out: dict[Any, Any] = {}
+        for part in parts:
+            try:
+                out.update(call(part))
+            except ConsulError:
+                raise
+            except Exception as part_err:  # noqa: BLE001 - narrow it down further
+                out.update(self._isolate(what, call, part, job_of, on_error, part_err))
+        return out
+
+    def _job_failed(self, what: str, job: str, items: list[T], err: Exception,
+                    on_error: Callable[[list[T], str], dict[Any, Any]] | None
+                    ) -> dict[Any, Any]:
+        reason = f"{what}: {describe_error(err)}"
+        self._note(job, reason, exc=err)
+        return on_error(items, reason) if on_error else {}
+
+    @contextmanager
+    def _slot_guard(self, key: str, what: str, record: SlotRecord,
+                    changed: dict[str, SlotRecord], records: dict[str, SlotRecord],
+                    report: StepReport, now: float) -> Iterator[None]:
+        """Handle one slot: an exception (other than Consul's, which concern every job) marks
+        the slot failed with the reason and the step goes on with the others."""
+        try:
+            yield
+        except ConsulError:
+            raise
+        except Exception as err:  # noqa: BLE001 - one slot's trouble
+            reason = f"{what}: {describe_error(err)}"
+            self._note(key, reason, exc=err)
+            changed[key] = records[key] = record.failed(reason, now)
+            report.failed[key] = reason
+
+    def _note(self, key: str, reason: str, exc: Exception | None = None) -> None:
+        """Log a job's or slot's trouble once per distinct reason (with the traceback of an
+        unexpected exception), not at every step."""
+        if (key, reason) in self._reported:
+            return
+        if len(self._reported) > 10_000:  # a long-lived leader: forget, do not grow forever
+            self._reported.clear()
+        self._reported.add((key, reason))
+        log.error("%s: %s", key, reason, exc_info=exc if not isinstance(exc, SpecError)
+                  else None)
+
+    def _report_unreadable(self, snap: Snapshot) -> None:
+        for key, reason in snap.unreadable:
+            if (key, reason) not in self._reported:
+                self._reported.add((key, reason))
+                log.warning("skipping unreadable record %s (fix or delete it; Walle leaves "
+                            "it and what it names alone): %s", key, reason)
 
     # ----- guarded writes -------------------------------------------------------------------
     def _write(self, put: dict[str, SlotRecord], delete: Iterable[SlotRecord] = (),
@@ -454,8 +646,44 @@ def parse_instance_id(sid: str) -> tuple[str, int] | None:
     return job, int(slot)
 
 
-def _failed(a: Allocation) -> Allocation:
-    return replace(a, state="failed")
+def _retry_at(record: SlotRecord) -> float:
+    """When a failed slot may be placed again: at once after its first failure (an instance
+    that died is moved right away), then after RETRY_BASE seconds, doubling per failure up to
+    RETRY_CAP, so a slot that fails everywhere is not retried at every step."""
+    if record.alloc.state != "failed":
+        return float("-inf")
+    failures = len(record.alloc.failed_nodes) + 1
+    if failures < 2:
+        return record.state_since
+    return record.state_since + min(RETRY_CAP, RETRY_BASE * 2 ** (failures - 2))
+
+
+def _hold_back(plan: Plan, hands_off: set[str], waiting: set[str]) -> Plan:
+    """`plan` without actions on instances that must be left as they are (`hands_off`: no
+    stop, move, update or eviction) and without new instances that must wait (`waiting`),
+    nor anything that depended on a dropped action: an eviction made for a dropped placement,
+    a placement that needed a dropped eviction, the re-placement of a victim that stays."""
+    if not hands_off and not waiting:
+        return plan
+    dropped = hands_off | waiting  # slots that get no new instance this step
+    kept_victims = {e.alloc.key for e in plan.evictions if e.alloc.key in hands_off
+                    or e.by in dropped}
+    dropped |= kept_victims | {e.by for e in plan.evictions if e.alloc.key in kept_victims}
+    return replace(
+        plan,
+        places=tuple(p for p in plan.places if p.alloc.key not in dropped),
+        stops=tuple(st for st in plan.stops if st.alloc.key not in hands_off),
+        migrates=tuple(m for m in plan.migrates if m.new.key not in dropped),
+        updates=tuple(u for u in plan.updates if u.new.key not in dropped),
+        replaces=tuple(r for r in plan.replaces if r.new.key not in dropped),
+        evictions=tuple(e for e in plan.evictions if e.alloc.key not in kept_victims),
+        regrants=tuple(g for g in plan.regrants if g.new.key not in dropped),
+    )
+
+
+def _failed_outcomes(key_of: Callable[[Any], str]) -> Callable[[list, str], dict[str, Outcome]]:
+    """on_error for executor calls answering per instance: each item failed, with the reason."""
+    return lambda items, reason: {key_of(item): Outcome(False, reason) for item in items}
 
 
 def _new_record(current: SlotRecord | None, alloc: Allocation, previous: Allocation | None,

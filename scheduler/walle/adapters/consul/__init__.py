@@ -43,6 +43,7 @@ from walle.adapters.consul.state import (
     StoredJob,
     TxnError,
     TxnResult,
+    Unreadable,
 )
 from walle.adapters.consul.watch import TokenBucket, Watch
 
@@ -56,7 +57,7 @@ __all__ = [
     "DRAIN_EVENT", "LEADER_KEY", "TXN_MAX_OPS", "Allocation", "ConsulApi", "ConsulConfig",
     "ConsulConfigError", "ConsulError", "ConsulNotFound", "ConsulUnreachable", "Event",
     "KvOp", "LeaderLock", "NodeInfo", "NotLeader", "RetryPolicy", "ServiceInstance",
-    "StateStore", "StoredJob", "TokenBucket", "TxnError", "TxnResult", "Watch",
+    "StateStore", "StoredJob", "TokenBucket", "TxnError", "TxnResult", "Unreadable", "Watch",
     "call_with_retry", "check_definition", "check_id", "deregister_instance", "fetch_nodes",
     "fire_drain", "fire_event", "go_duration", "list_events", "node_from_catalog", "nodes",
     "parse_address", "register_instance", "registration", "service_health", "update_ttl",

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from walle.adapters.consul.api import ConsulApi
 from walle.adapters.consul.errors import ConsulError, NotLeader
@@ -34,6 +34,7 @@ ALLOCS = PREFIX + "allocs/"
 NODES = PREFIX + "nodes/"
 LEADER_KEY = PREFIX + "leader"
 TXN_MAX_OPS = 64
+T = TypeVar("T")
 VALUE_LIMIT = 512 * 1024  # Consul's KV value limit
 
 
@@ -134,10 +135,34 @@ def encode_job(spec: JobSpec, previous: StoredJob | None = None,
     return _encode(body, f"job {spec.name}")
 
 
+class Unreadable(NamedTuple):
+    """A record under walle/ that cannot be read: reported (scheduler log, `walle status`) and
+    skipped, never deleted; fixing or deleting it is the operator's call."""
+
+    key: str
+    reason: str
+
+
+class BadRecord(ConsulError):
+    """One KV entry's key or value is not a record Walle can read."""
+
+    def __init__(self, key: str, reason: str):
+        self.key, self.reason = key, reason
+        super().__init__(f"{key}: {reason}")
+
+
 def decode_job(entry: Mapping[str, Any]) -> StoredJob:
+    key = entry["Key"]
+    name = key[len(JOBS):]
+    if not name or "/" in name:
+        raise BadRecord(key, "not a job key: expected walle/jobs/<name>")
     body = _decode(entry)
-    return StoredJob(name=entry["Key"][len(JOBS):], version=body.get("version", ""),
-                     spec=body.get("spec", {}), modify_index=int(entry["ModifyIndex"]),
+    _expect(key, body, "spec", Mapping, required=True)
+    _expect(key, body, "previous", Mapping)
+    _expect(key, body, "version", str)
+    _expect(key, body, "rolled_back_from", str)
+    return StoredJob(name=name, version=body.get("version", ""),
+                     spec=body["spec"], modify_index=int(entry["ModifyIndex"]),
                      previous=body.get("previous"),
                      rolled_back_from=body.get("rolled_back_from"))
 
@@ -145,13 +170,52 @@ def decode_job(entry: Mapping[str, Any]) -> StoredJob:
 _ALLOC_FIELDS = ("node", "state", "version", "grant")
 
 
+def parse_alloc_key(key: str) -> tuple[str, int] | None:
+    """walle/allocs/<job>/<slot> -> (job, slot); None for any other shape."""
+    job, _, slot = key[len(ALLOCS):].rpartition("/") if key.startswith(ALLOCS) else ("", "", "")
+    if not job or "/" in job or not slot.isdigit() or not slot.isascii():
+        return None
+    return job, int(slot)
+
+
 def decode_alloc(entry: Mapping[str, Any]) -> Allocation:
-    job, _, slot = entry["Key"][len(ALLOCS):].rpartition("/")
+    key = entry["Key"]
+    parsed = parse_alloc_key(key)
+    if parsed is None:
+        raise BadRecord(key, "not a slot key: expected walle/allocs/<job>/<slot number>")
     body = _decode(entry)
-    return Allocation(job=job, slot=int(slot), node=body.get("node", ""),
-                      state=body.get("state", ""), version=body.get("version", ""),
+    for name in ("node", "state"):
+        _expect(key, body, name, str, required=True)
+    _expect(key, body, "version", str)
+    _expect(key, body, "grant", Mapping)
+    return Allocation(job=parsed[0], slot=parsed[1], node=body["node"],
+                      state=body["state"], version=body.get("version", ""),
                       grant=body.get("grant") or {}, modify_index=int(entry["ModifyIndex"]),
                       extra={k: v for k, v in body.items() if k not in _ALLOC_FIELDS})
+
+
+def _expect(key: str, body: Mapping[str, Any], name: str, kind: type,
+            required: bool = False) -> None:
+    if name not in body or (body[name] is None and not required):
+        if required:
+            raise BadRecord(key, f"field {name!r} is missing")
+        return
+    if not isinstance(body[name], kind):
+        raise BadRecord(key, f"field {name!r} is a {type(body[name]).__name__}, "
+                             f"not a {'object' if kind is Mapping else kind.__name__}")
+
+
+def _decode_all(entries: Iterable[Mapping[str, Any]], decode: Callable[[Mapping[str, Any]], T],
+                unreadable: list[Unreadable] | None) -> list[T]:
+    """Decode each entry; one that cannot be read is skipped (and added to `unreadable`)."""
+    out = []
+    for entry in entries:
+        try:
+            out.append(decode(entry))
+        except BadRecord as bad:
+            if unreadable is not None:
+                unreadable.append(Unreadable(bad.key, bad.reason))
+    return out
 
 
 def chunk_ops(ops: Sequence[KvOp], guard: KvOp | None, size: int = TXN_MAX_OPS
@@ -178,10 +242,14 @@ class StateStore:
         _, entry = self.api.call(f"read {job_key(name)}", lambda: self._kv.get(job_key(name)))
         return decode_job(entry) if entry else None
 
-    def jobs(self, index: int = 0, wait: str | None = None) -> tuple[int, dict[str, StoredJob]]:
+    def jobs(self, index: int = 0, wait: str | None = None,
+             unreadable: list[Unreadable] | None = None) -> tuple[int, dict[str, StoredJob]]:
+        """All stored jobs. Entries that cannot be read are skipped and, when given, added to
+        `unreadable`: one bad record never hides the others."""
         idx, entries = self.api.call("read jobs", lambda: self._kv.get(
             JOBS, recurse=True, index=index or None, wait=wait))
-        return int(idx), {j.name: j for j in map(decode_job, entries or [])}
+        jobs = _decode_all(entries or [], decode_job, unreadable)
+        return int(idx), {j.name: j for j in jobs}
 
     def put_job(self, spec: JobSpec, expected_index: int, *,
                 previous: StoredJob | None = None, rolled_back_from: str | None = None) -> bool:
@@ -199,12 +267,14 @@ class StateStore:
             job_key(name), cas=expected_index)))
 
     # --- actual state: allocations (leader only) -----------------------------------------
-    def allocs(self, job: str | None = None, index: int = 0, wait: str | None = None
+    def allocs(self, job: str | None = None, index: int = 0, wait: str | None = None,
+               unreadable: list[Unreadable] | None = None
                ) -> tuple[int, dict[tuple[str, int], Allocation]]:
+        """Slot records (of one job or all). Unreadable entries are skipped, as in jobs()."""
         prefix = f"{ALLOCS}{job}/" if job else ALLOCS
         idx, entries = self.api.call(f"read {prefix}", lambda: self._kv.get(
             prefix, recurse=True, index=index or None, wait=wait))
-        allocs = map(decode_alloc, entries or [])
+        allocs = _decode_all(entries or [], decode_alloc, unreadable)
         return int(idx), {(a.job, a.slot): a for a in allocs}
 
     def write_allocs(self, put: Iterable[Allocation] = (), delete: Iterable[Allocation] = (),
@@ -287,9 +357,10 @@ def _decode(entry: Mapping[str, Any]) -> dict[str, Any]:
     raw = entry.get("Value") or b"{}"
     try:
         body = json.loads(raw)
-    except ValueError as err:
-        raise ConsulError(f"{entry.get('Key')}: value is not JSON ({err})") from err
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        raise BadRecord(entry.get("Key", "?"), f"value is not JSON ({err})") from err
     if not isinstance(body, dict):
-        raise ConsulError(f"{entry.get('Key')}: value is not a JSON object")
+        raise BadRecord(entry.get("Key", "?"),
+                        f"value is a JSON {type(body).__name__}, not an object")
     return body
 
