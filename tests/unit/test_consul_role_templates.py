@@ -83,11 +83,52 @@ def test_client_agent_config():
 def test_server_agent_with_encryption_and_acl_token():
     key = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="
     cfg = agent_config(consul_server=True, consul_bootstrap_expect=3, consul_encrypt_key=key,
-                       consul_acl_enabled=True, consul_acl_token="tok")
+                       consul_acl_enabled=True, consul_acl_agent_token="agent-tok")
     assert cfg["server"] is True and cfg["bootstrap_expect"] == 3
     assert cfg["encrypt"] == key
     assert cfg["acl"]["enabled"] is True and cfg["acl"]["default_policy"] == "deny"
-    assert cfg["acl"]["tokens"] == {"agent": "tok", "default": "tok"}
+    assert cfg["acl"]["tokens"] == {"agent": "agent-tok"}
+
+
+def test_the_agent_token_is_never_the_default_token():
+    # The default token is what every local process gets without asking (workloads included):
+    # it stays the anonymous token. The node-side Walle token never reaches the agent config.
+    cfg = agent_config(consul_acl_enabled=True, consul_acl_agent_token="agent-tok",
+                       consul_walle_token="walle-tok")
+    tokens = cfg["acl"]["tokens"]
+    assert tokens["agent"] == "agent-tok"
+    assert "default" not in tokens
+    assert "walle-tok" not in json.dumps(cfg)
+
+
+def test_dns_gets_its_own_token_when_given():
+    cfg = agent_config(consul_acl_enabled=True, consul_acl_agent_token="agent-tok",
+                       consul_acl_dns_token="dns-tok")
+    assert cfg["acl"]["tokens"] == {"agent": "agent-tok", "dns": "dns-tok"}
+
+
+def test_acl_without_tokens_has_no_tokens_block():
+    cfg = agent_config(consul_acl_enabled=True)
+    assert "tokens" not in cfg["acl"]
+
+
+def role_tasks(name):
+    return yaml.safe_load((ROLE / "tasks" / name).read_text())
+
+
+def test_node_side_walle_token_is_a_root_only_file_and_never_logged():
+    tasks = {t["name"]: t for t in role_tasks("walle_token.yml")}
+    write = next(t for t in tasks.values() if "ansible.builtin.copy" in t
+                 and "consul_walle_token " in t["ansible.builtin.copy"]["content"] + " ")
+    copy = write["ansible.builtin.copy"]
+    assert copy["dest"] == "{{ consul_walle_token_file }}"
+    assert (copy["owner"], copy["group"], copy["mode"]) == ("root", "root", "0600")
+    assert write["no_log"] is True
+    assert "consul_walle_token | length > 0" in write["when"]
+    main = role_tasks("main.yml")
+    imported = [t for t in main if t.get("ansible.builtin.import_tasks") == "walle_token.yml"]
+    assert imported and "when" not in imported[0], "both modes install the token file"
+    assert role_vars()["consul_walle_token"] == ""  # unset: no file, no header (the lab)
 
 
 def test_serf_config_carries_the_same_meta_as_tags():
