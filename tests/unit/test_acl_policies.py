@@ -58,6 +58,7 @@ ACTOR_CALLS: dict[str, list[tuple[str, str]]] = {
         ("kv.get", "walle/jobs/web"), ("kv.put", "walle/jobs/web"),  # automatic rollback
         ("kv.get", "walle/allocs/web/0"), ("/v1/txn", "walle/allocs/web/0"),
         ("kv.get", "walle/nodes/node1/drain"),
+        ("kv.get", "walle/secrets/db/password"),  # a job's `secrets:` read at placement
         ("health.state", "node1"), ("health.state", "web"), ("catalog.nodes", "node1"),
     ],
     "operator": [  # walle run/stop/scale, drain/undrain, status/plan/nodes
@@ -78,9 +79,12 @@ ACTOR_CALLS: dict[str, list[tuple[str, str]]] = {
         ("health.state", "node1"), ("health.state", "web"), ("catalog.nodes", "node1"),
         ("health.service", "web"), ("health.service", "node1"), ("/v1/event/list", "walle-drain"),
     ],
+    "secrets-admin": [("kv.put", "walle/secrets/db/password"),
+                      ("kv.delete", "walle/secrets/db/password")],
 }
 POLICY_OF = {"scheduler": "scheduler.json", "operator": "operator.json",
-             "node-walle": "node-walle.json", "monitoring": "monitoring.json"}
+             "node-walle": "node-walle.json", "monitoring": "monitoring.json",
+             "secrets-admin": "secrets-admin.json"}
 
 
 def load(name: str) -> dict:
@@ -145,6 +149,13 @@ def test_least_privilege():
     for key in ("walle/allocs/web/0", "walle/leader"):
         assert allows(scheduler, "key", key, "write")
         assert not allows(operator, "key", key, "write")
+    # secret values: read by the scheduler only, written only with the secrets-admin token
+    secret = "walle/secrets/db/password"
+    assert allows(scheduler, "key", secret, "read")
+    assert not allows(scheduler, "key", secret, "write")
+    for policy in (operator, monitoring, node):
+        assert not allows(policy, "key", secret, "read")
+    assert load("secrets-admin.json") == {"key_prefix": {"walle/secrets/": {"policy": "write"}}}
     # nothing outside walle/ for anyone
     for policy in (scheduler, operator, monitoring, node):
         assert not allows(policy, "key", "vault/secret", "read")
@@ -155,7 +166,7 @@ def test_least_privilege():
     assert not allows(node, "service", "consul", "write")
     assert not allows(node, "node", "node1", "write")
     # read-only monitoring, scheduler reads the catalog only
-    assert all(rule["policy"] in ("read", "list") for rules in monitoring.values()
+    assert all(rule["policy"] in ("read", "list", "deny") for rules in monitoring.values()
                for rule in rules.values())
     assert not allows(scheduler, "service", "web", "write")
     assert not allows(scheduler, "node", "node1", "write")
