@@ -181,3 +181,21 @@ def test_agent_and_dns_tokens():
     dns = load("dns.json")
     for resource in ("node", "service", "query"):
         assert access(dns, resource, "x") == "read"
+
+
+HCL_BLOCK = re.compile(r"```hcl\n# (roles/consul/files/acl/[\w.-]+\.json)\n(.*?)```", re.S)
+HCL_RULE = re.compile(r'^(\w+) "([^"]*)" \{ policy = "(\w+)" \}$')
+
+
+def test_security_doc_shows_exactly_the_shipped_policies():
+    doc = (REPO / "docs/security.md").read_text()
+    shown = {}
+    for path, body in HCL_BLOCK.findall(doc):
+        policy: dict = {}
+        for line in body.strip().splitlines():
+            resource, label, level = HCL_RULE.match(line).groups()
+            policy.setdefault(resource, {})[label] = {"policy": level}
+        shown[path] = policy
+    shipped = {str(p.relative_to(REPO)): json.loads(p.read_text())
+               for p in POLICY_DIR.glob("*.json")}
+    assert shown == shipped
