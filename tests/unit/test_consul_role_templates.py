@@ -1,8 +1,10 @@
 """The consul role's templates rendered with jinja2 from sample walle facts."""
 
 import json
+import os
 import re
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -189,3 +191,37 @@ def test_every_default_is_prefixed_commented_and_in_argument_specs():
     specs = yaml.safe_load((ROLE / "meta/argument_specs.yml").read_text())
     options = specs["argument_specs"]["main"]["options"]
     assert set(names) == set(options)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the token file is owned by root")
+def test_token_file_task_writes_0600_and_logs_nothing(tmp_path):
+    """The role's walle_token.yml run for real (ansible-runner, local connection): the file
+    holds the token, mode 0600, and no event or artifact of the run contains the token."""
+    import ansible_runner
+
+    from walle.adapters import runner
+
+    token = "7c0ffee0-node-side-walle-token"
+    dest = tmp_path / "etc/walle/consul-token"
+    project = tmp_path / "project"
+    project.mkdir()
+    # the token as inventory or vault vars would give it: a variable of the play
+    (project / "play.yml").write_text(yaml.safe_dump([{
+        "hosts": "localhost", "connection": "local", "gather_facts": False,
+        "vars": {"consul_walle_token": token, "consul_walle_token_file": str(dest)},
+        "tasks": [{"ansible.builtin.include_role": {"name": "consul",
+                                                    "tasks_from": "walle_token.yml"}}]}]))
+    private = tmp_path / "runner"
+    private.mkdir()
+    kwargs = runner.runner_args("play.yml", {"all": {"hosts": {}}}, {}, ["localhost"],
+                                str(private), project)
+    events: list = []
+    result = ansible_runner.run(**kwargs, event_handler=lambda e: events.append(e) or True,
+                                timeout=120)
+    assert result.rc == 0, result.stdout.read()
+    assert dest.read_text() == token + "\n"
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o600 and dest.stat().st_uid == 0
+    assert token not in json.dumps(events)
+    assert token not in result.stdout.read()
+    artifacts = [p for p in private.rglob("*") if p.is_file()]
+    assert artifacts and not [p for p in artifacts if token.encode() in p.read_bytes()]
