@@ -201,6 +201,7 @@ check:
 
 import hashlib  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import re  # noqa: E402
 from urllib.error import HTTPError, URLError  # noqa: E402
 from urllib.parse import quote  # noqa: E402
@@ -458,6 +459,10 @@ def acl_token(module):
     if module.params["token_file"]:
         token = read_token_file(module.params["token_file"])
         module.no_log_values.add(token)
+        mode = os.stat(module.params["token_file"]).st_mode & 0o777
+        if mode & 0o077:  # a workload (another user) could read the token
+            module.warn(f"token_file: {module.params['token_file']} has mode {mode:04o}; "
+                        f"chmod 0600 it so only root can read the token")
         return token
     return module.params["token"] or None
 

@@ -312,3 +312,12 @@ def test_consul_addr_must_be_an_http_url(monkeypatch, out):
     run(FakeAgent(), monkeypatch, **dict(WEB, consul_addr="ftp://127.0.0.1:8500"))
     res = out()
     assert res["failed"] and res.get("option") == "consul_addr"
+
+
+def test_a_token_file_others_can_read_is_warned_about(monkeypatch, out, tmp_path):
+    run(FakeAgent(), monkeypatch, token_file=token_file(tmp_path, mode=0o644), **PLAIN)
+    res = out()
+    assert res["changed"]
+    assert any("0644" in w and "chmod 0600" in w for w in res.get("warnings", [])), res
+    run(FakeAgent(), monkeypatch, token_file=token_file(tmp_path, mode=0o600), **PLAIN)
+    assert not out().get("warnings")
