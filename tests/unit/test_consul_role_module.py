@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.error import HTTPError, URLError
 
 import pytest
+from ansible.module_utils.common import warnings as ansible_warnings
 from ansible.module_utils.testing import patch_module_args
 
 MODULE_PATH = Path(__file__).resolve().parents[2] / "plugins/modules/walle_consul_service.py"
@@ -315,9 +316,13 @@ def test_consul_addr_must_be_an_http_url(monkeypatch, out):
 
 
 def test_a_token_file_others_can_read_is_warned_about(monkeypatch, out, tmp_path):
+    # warnings are process-global (each real module run is its own process): start empty
+    monkeypatch.setattr(ansible_warnings, "_global_warnings", {})
     run(FakeAgent(), monkeypatch, token_file=token_file(tmp_path, mode=0o644), **PLAIN)
     res = out()
     assert res["changed"]
-    assert any("0644" in w and "chmod 0600" in w for w in res.get("warnings", [])), res
+    warnings = json.dumps(res.get("warnings", []))  # ansible 2.19: structured summaries
+    assert "mode 0644" in warnings and "chmod 0600" in warnings, res
+    monkeypatch.setattr(ansible_warnings, "_global_warnings", {})
     run(FakeAgent(), monkeypatch, token_file=token_file(tmp_path, mode=0o600), **PLAIN)
     assert not out().get("warnings")
