@@ -23,18 +23,36 @@ description:
     a TTL check (O(check_type=ttl)).
 options:
   consul_addr:
-    description: The local agent's HTTP address, V(http://127.0.0.1:8500) or V(https://host:8501).
+    description:
+      - The local agent's HTTP address, V(http://127.0.0.1:8500) or V(https://host:8501); an
+        V(https://) address makes the module use TLS with the options below.
     type: str
     default: http://127.0.0.1:8500
   token:
-    description: ACL token sent as C(X-Consul-Token).
+    description:
+      - ACL token sent as C(X-Consul-Token). Never logged (C(no_log)). Prefer O(token_file):
+        a token passed here travels through the controller's variables.
+      - Unset (and no O(token_file)) sends no token header (the agent's default token applies).
     type: str
+  token_file:
+    description:
+      - File on the node holding the ACL token (the C(consul) role writes one, mode 0600, owner
+        root). Read on the node, so the token never passes through the controller, its
+        variables or ansible-runner's artifacts. Mutually exclusive with O(token).
+    type: path
   validate_certs:
     description: Verify the agent's TLS certificate (HTTPS only).
     type: bool
     default: true
   ca_path:
-    description: CA bundle used to verify the agent's certificate.
+    description: CA bundle on the node used to verify the agent's certificate (HTTPS only).
+    type: path
+    aliases: [ca_file]
+  client_cert:
+    description: Client certificate (PEM) on the node, for agents that verify clients.
+    type: path
+  client_key:
+    description: Private key of O(client_cert) on the node.
     type: path
   timeout:
     description: Seconds to wait for each HTTP request.
@@ -144,6 +162,15 @@ EXAMPLES = r"""
   walle_consul_service:
     service_id: web-0
     state: absent
+
+- name: With ACLs and TLS; the token is read on the node from the file the consul role wrote
+  walle_consul_service:
+    service_id: web-0
+    name: web
+    port: 8080
+    consul_addr: https://127.0.0.1:8501
+    token_file: /etc/walle/consul-token
+    ca_file: /etc/walle/consul-ca.pem
 """
 
 RETURN = r"""
@@ -174,6 +201,7 @@ check:
 
 import hashlib  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import re  # noqa: E402
 from urllib.error import HTTPError, URLError  # noqa: E402
 from urllib.parse import quote  # noqa: E402
@@ -184,8 +212,11 @@ from ansible.module_utils.urls import open_url  # noqa: E402
 ARGUMENT_SPEC = dict(
     consul_addr=dict(type="str", default="http://127.0.0.1:8500"),
     token=dict(type="str", no_log=True),
+    token_file=dict(type="path"),
     validate_certs=dict(type="bool", default=True),
-    ca_path=dict(type="path"),
+    ca_path=dict(type="path", aliases=["ca_file"]),
+    client_cert=dict(type="path"),
+    client_key=dict(type="path"),
     timeout=dict(type="int", default=10),
     state=dict(type="str", choices=["present", "absent"], default="present"),
     service_id=dict(type="str"),
@@ -203,6 +234,8 @@ ARGUMENT_SPEC = dict(
     deregister_critical_after=dict(type="str", default="1m"),
 )
 REQUIRED_ONE_OF = [("service_id", "name")]
+MUTUALLY_EXCLUSIVE = [("token", "token_file")]
+REQUIRED_TOGETHER = [("client_cert", "client_key")]
 REQUIRED_IF = [
     ("state", "present", ("name",)),
     ("check_type", "http", ("check_http",)),
@@ -398,16 +431,54 @@ def run_module(params, agent, check_mode):
     return result
 
 
-def http_request(module):
+def check_consul_addr(addr):
+    if not re.match(r"^https?://[^\s/]+/?$", addr or ""):
+        raise ConsulModuleError(
+            f"consul_addr: {addr!r} is not an agent address; use http://host:port or "
+            f"https://host:port", option="consul_addr")
+
+
+def read_token_file(path):
+    """The token in `path` (surrounding whitespace dropped), read on the node."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    except OSError as err:
+        raise ConsulModuleError(
+            f"token_file: cannot read {path}: {err.strerror}; install it with the consul "
+            f"role (consul_walle_token) or drop token_file", option="token_file") from err
+    if not token:
+        raise ConsulModuleError(f"token_file: {path} is empty; put the ACL token in it",
+                                option="token_file")
+    return token
+
+
+def acl_token(module):
+    """The token to send: token, or token_file's content, or None (no header). A token read
+    from a file is added to the module's no_log values, so it is masked like `token`."""
+    if module.params["token_file"]:
+        token = read_token_file(module.params["token_file"])
+        module.no_log_values.add(token)
+        mode = os.stat(module.params["token_file"]).st_mode & 0o777
+        if mode & 0o077:  # a workload (another user) could read the token
+            module.warn(f"token_file: {module.params['token_file']} has mode {mode:04o}; "
+                        f"chmod 0600 it so only root can read the token")
+        return token
+    return module.params["token"] or None
+
+
+def http_request(module, token):
     headers = {"Content-Type": "application/json"}
-    if module.params["token"]:
-        headers["X-Consul-Token"] = module.params["token"]
+    if token:
+        headers["X-Consul-Token"] = token
 
     def request(method, url, data):
         try:
             resp = open_url(url, method=method, data=data, headers=headers,
                             validate_certs=module.params["validate_certs"],
                             ca_path=module.params["ca_path"],
+                            client_cert=module.params["client_cert"],
+                            client_key=module.params["client_key"],
                             timeout=module.params["timeout"])
             return resp.getcode(), resp.read().decode("utf-8", "replace")
         except HTTPError as err:
@@ -423,9 +494,11 @@ def http_request(module):
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_one_of=REQUIRED_ONE_OF,
-                           required_if=REQUIRED_IF, supports_check_mode=True)
-    agent = Agent(http_request(module), module.params["consul_addr"])
+                           required_if=REQUIRED_IF, mutually_exclusive=MUTUALLY_EXCLUSIVE,
+                           required_together=REQUIRED_TOGETHER, supports_check_mode=True)
     try:
+        check_consul_addr(module.params["consul_addr"])
+        agent = Agent(http_request(module, acl_token(module)), module.params["consul_addr"])
         result = run_module(module.params, agent, module.check_mode)
     except ConsulModuleError as exc:
         extra = dict(exc.details)

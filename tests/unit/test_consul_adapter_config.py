@@ -64,3 +64,23 @@ def test_bad_bool_and_half_client_cert_are_refused():
         ConsulConfig.from_env(env={"CONSUL_HTTP_SSL_VERIFY": "maybe"})
     with pytest.raises(ConsulConfigError, match="CONSUL_CLIENT_KEY"):
         ConsulConfig.from_env(env={"CONSUL_CLIENT_CERT": "/c.pem"})
+
+
+def test_token_file_is_read_when_no_token_is_given(tmp_path):
+    # Consul's CONSUL_HTTP_TOKEN_FILE: the scheduler role names a root-only file there, so
+    # the token is never in the environment its children (ansible, ssh) inherit.
+    path = tmp_path / "token"
+    path.write_text("from-file\n")
+    assert ConsulConfig.from_env(env={"CONSUL_HTTP_TOKEN_FILE": str(path)}).token == "from-file"
+    both = {"CONSUL_HTTP_TOKEN_FILE": str(path), "CONSUL_HTTP_TOKEN": "from-env"}
+    assert ConsulConfig.from_env(env=both).token == "from-env"
+    assert ConsulConfig.from_env(token="explicit", env=both).token == "explicit"
+
+
+@pytest.mark.parametrize("content", [None, "  \n"])
+def test_unreadable_or_empty_token_file_fails_naming_the_variable(tmp_path, content):
+    path = tmp_path / "token"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConsulConfigError, match="CONSUL_HTTP_TOKEN_FILE"):
+        ConsulConfig.from_env(env={"CONSUL_HTTP_TOKEN_FILE": str(path)})

@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.error import HTTPError, URLError
 
 import pytest
+from ansible.module_utils.common import warnings as ansible_warnings
 from ansible.module_utils.testing import patch_module_args
 
 MODULE_PATH = Path(__file__).resolve().parents[2] / "plugins/modules/walle_consul_service.py"
@@ -208,3 +209,120 @@ def test_token_is_not_logged(monkeypatch, out):
     agent = FakeAgent()
     run(agent, monkeypatch, **WEB)
     assert "secret" not in json.dumps(out())
+
+
+# ----------------------------------------------------------------------------- token and TLS
+
+class RecordingAgent(FakeAgent):
+    """Also keeps the TLS keywords of every open_url call."""
+
+    def __init__(self):
+        super().__init__()
+        self.tls = []
+
+    def open_url(self, url, method="GET", data=None, headers=None, **kw):
+        self.tls.append({"url": url, **{k: kw.get(k) for k in (
+            "validate_certs", "ca_path", "client_cert", "client_key")}})
+        return super().open_url(url, method=method, data=data, headers=headers, **kw)
+
+
+PLAIN = {k: v for k, v in WEB.items() if k != "token"}
+
+
+def token_file(tmp_path, text="s3cr3t-from-file\n", mode=0o600):
+    path = tmp_path / "consul-token"
+    path.write_text(text)
+    path.chmod(mode)
+    return str(path)
+
+
+def test_no_token_means_no_header(monkeypatch, out):
+    agent = FakeAgent()
+    run(agent, monkeypatch, **PLAIN)
+    assert out()["changed"]
+    assert agent.calls and all("X-Consul-Token" not in h for _, _, h in agent.calls)
+
+
+def test_token_file_is_read_on_the_node_and_sent_as_the_header(monkeypatch, out, tmp_path):
+    agent = FakeAgent()
+    run(agent, monkeypatch, token_file=token_file(tmp_path), **PLAIN)
+    res = out()
+    assert res["changed"] and res["operation"] == "create"
+    assert agent.calls and all(h.get("X-Consul-Token") == "s3cr3t-from-file"
+                               for _, _, h in agent.calls)
+    assert "s3cr3t-from-file" not in json.dumps(res)
+
+
+def test_the_token_never_reaches_result_diff_or_invocation(monkeypatch, out, tmp_path):
+    # A token that also appears in a service field must still be masked everywhere: Ansible
+    # removes no_log values from the whole result, including the diff and the invocation.
+    agent = FakeAgent()
+    run(agent, monkeypatch, **dict(WEB, token="web-secret-tag", tags=["web-secret-tag"]))
+    text = json.dumps(out())
+    assert "web-secret-tag" not in text
+    run(FakeAgent(), monkeypatch, token_file=token_file(tmp_path, "v1"), **PLAIN)
+    res = out()
+    assert "v1" not in json.dumps(res["diff"]) and "v1" not in json.dumps(res["service"])
+
+
+def test_invocation_shows_the_token_masked(monkeypatch, out):
+    run(FakeAgent(), monkeypatch, **WEB)
+    res = out()
+    assert res["invocation"]["module_args"]["token"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
+
+
+@pytest.mark.parametrize("problem", ["missing", "empty", "both"])
+def test_token_file_problems_fail_naming_the_option(monkeypatch, out, tmp_path, problem):
+    args = dict(PLAIN, token_file=str(tmp_path / "nope"))
+    if problem == "empty":
+        args["token_file"] = token_file(tmp_path, "  \n")
+    if problem == "both":
+        args.update(token_file=token_file(tmp_path), token="secret")
+    agent = FakeAgent()
+    run(agent, monkeypatch, **args)
+    res = out()
+    assert res["failed"] and "token_file" in res["msg"], res
+    assert agent.calls == []
+
+
+def test_https_and_tls_options_reach_open_url(monkeypatch, out):
+    agent = RecordingAgent()
+    run(agent, monkeypatch, consul_addr="https://127.0.0.1:8501", ca_file="/etc/walle/ca.pem",
+        client_cert="/etc/walle/c.pem", client_key="/etc/walle/c.key", **WEB)
+    assert out()["changed"]
+    assert agent.tls and all(t["url"].startswith("https://127.0.0.1:8501/v1/") for t in agent.tls)
+    assert {(t["ca_path"], t["client_cert"], t["client_key"], t["validate_certs"])
+            for t in agent.tls} == {("/etc/walle/ca.pem", "/etc/walle/c.pem",
+                                     "/etc/walle/c.key", True)}
+
+
+def test_validate_certs_false_is_passed_on(monkeypatch, out):
+    agent = RecordingAgent()
+    run(agent, monkeypatch, consul_addr="https://127.0.0.1:8501", validate_certs=False, **WEB)
+    assert out()["changed"]
+    assert {t["validate_certs"] for t in agent.tls} == {False}
+
+
+def test_client_cert_needs_its_key(monkeypatch, out):
+    run(RecordingAgent(), monkeypatch, client_cert="/etc/walle/c.pem", **WEB)
+    res = out()
+    assert res["failed"] and "client_key" in res["msg"]
+
+
+def test_consul_addr_must_be_an_http_url(monkeypatch, out):
+    run(FakeAgent(), monkeypatch, **dict(WEB, consul_addr="ftp://127.0.0.1:8500"))
+    res = out()
+    assert res["failed"] and res.get("option") == "consul_addr"
+
+
+def test_a_token_file_others_can_read_is_warned_about(monkeypatch, out, tmp_path):
+    # warnings are process-global (each real module run is its own process): start empty
+    monkeypatch.setattr(ansible_warnings, "_global_warnings", {})
+    run(FakeAgent(), monkeypatch, token_file=token_file(tmp_path, mode=0o644), **PLAIN)
+    res = out()
+    assert res["changed"]
+    warnings = json.dumps(res.get("warnings", []))  # ansible 2.19: structured summaries
+    assert "mode 0644" in warnings and "chmod 0600" in warnings, res
+    monkeypatch.setattr(ansible_warnings, "_global_warnings", {})
+    run(FakeAgent(), monkeypatch, token_file=token_file(tmp_path, mode=0o600), **PLAIN)
+    assert not out().get("warnings")

@@ -1,8 +1,10 @@
 """The consul role's templates rendered with jinja2 from sample walle facts."""
 
 import json
+import os
 import re
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -83,11 +85,52 @@ def test_client_agent_config():
 def test_server_agent_with_encryption_and_acl_token():
     key = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="
     cfg = agent_config(consul_server=True, consul_bootstrap_expect=3, consul_encrypt_key=key,
-                       consul_acl_enabled=True, consul_acl_token="tok")
+                       consul_acl_enabled=True, consul_acl_agent_token="agent-tok")
     assert cfg["server"] is True and cfg["bootstrap_expect"] == 3
     assert cfg["encrypt"] == key
     assert cfg["acl"]["enabled"] is True and cfg["acl"]["default_policy"] == "deny"
-    assert cfg["acl"]["tokens"] == {"agent": "tok", "default": "tok"}
+    assert cfg["acl"]["tokens"] == {"agent": "agent-tok"}
+
+
+def test_the_agent_token_is_never_the_default_token():
+    # The default token is what every local process gets without asking (workloads included):
+    # it stays the anonymous token. The node-side Walle token never reaches the agent config.
+    cfg = agent_config(consul_acl_enabled=True, consul_acl_agent_token="agent-tok",
+                       consul_walle_token="walle-tok")
+    tokens = cfg["acl"]["tokens"]
+    assert tokens["agent"] == "agent-tok"
+    assert "default" not in tokens
+    assert "walle-tok" not in json.dumps(cfg)
+
+
+def test_dns_gets_its_own_token_when_given():
+    cfg = agent_config(consul_acl_enabled=True, consul_acl_agent_token="agent-tok",
+                       consul_acl_dns_token="dns-tok")
+    assert cfg["acl"]["tokens"] == {"agent": "agent-tok", "dns": "dns-tok"}
+
+
+def test_acl_without_tokens_has_no_tokens_block():
+    cfg = agent_config(consul_acl_enabled=True)
+    assert "tokens" not in cfg["acl"]
+
+
+def role_tasks(name):
+    return yaml.safe_load((ROLE / "tasks" / name).read_text())
+
+
+def test_node_side_walle_token_is_a_root_only_file_and_never_logged():
+    tasks = {t["name"]: t for t in role_tasks("walle_token.yml")}
+    write = next(t for t in tasks.values() if "ansible.builtin.copy" in t
+                 and "consul_walle_token " in t["ansible.builtin.copy"]["content"] + " ")
+    copy = write["ansible.builtin.copy"]
+    assert copy["dest"] == "{{ consul_walle_token_file }}"
+    assert (copy["owner"], copy["group"], copy["mode"]) == ("root", "root", "0600")
+    assert write["no_log"] is True
+    assert "consul_walle_token | length > 0" in write["when"]
+    main = role_tasks("main.yml")
+    imported = [t for t in main if t.get("ansible.builtin.import_tasks") == "walle_token.yml"]
+    assert imported and "when" not in imported[0], "both modes install the token file"
+    assert role_vars()["consul_walle_token"] == ""  # unset: no file, no header (the lab)
 
 
 def test_serf_config_carries_the_same_meta_as_tags():
@@ -148,3 +191,37 @@ def test_every_default_is_prefixed_commented_and_in_argument_specs():
     specs = yaml.safe_load((ROLE / "meta/argument_specs.yml").read_text())
     options = specs["argument_specs"]["main"]["options"]
     assert set(names) == set(options)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the token file is owned by root")
+def test_token_file_task_writes_0600_and_logs_nothing(tmp_path):
+    """The role's walle_token.yml run for real (ansible-runner, local connection): the file
+    holds the token, mode 0600, and no event or artifact of the run contains the token."""
+    import ansible_runner
+
+    from walle.adapters import runner
+
+    token = "7c0ffee0-node-side-walle-token"
+    dest = tmp_path / "etc/walle/consul-token"
+    project = tmp_path / "project"
+    project.mkdir()
+    # the token as inventory or vault vars would give it: a variable of the play
+    (project / "play.yml").write_text(yaml.safe_dump([{
+        "hosts": "localhost", "connection": "local", "gather_facts": False,
+        "vars": {"consul_walle_token": token, "consul_walle_token_file": str(dest)},
+        "tasks": [{"ansible.builtin.include_role": {"name": "consul",
+                                                    "tasks_from": "walle_token.yml"}}]}]))
+    private = tmp_path / "runner"
+    private.mkdir()
+    kwargs = runner.runner_args("play.yml", {"all": {"hosts": {}}}, {}, ["localhost"],
+                                str(private), project)
+    events: list = []
+    result = ansible_runner.run(**kwargs, event_handler=lambda e: events.append(e) or True,
+                                timeout=120)
+    assert result.rc == 0, result.stdout.read()
+    assert dest.read_text() == token + "\n"
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o600 and dest.stat().st_uid == 0
+    assert token not in json.dumps(events)
+    assert token not in result.stdout.read()
+    artifacts = [p for p in private.rglob("*") if p.is_file()]
+    assert artifacts and not [p for p in artifacts if token.encode() in p.read_bytes()]

@@ -257,3 +257,35 @@ def test_stop_vars_name_everything_to_remove():
         "service": {"service_id": "web-api-4", "state": "absent",
                     "consul_addr": "http://10.77.1.1:8500"},
     }
+
+
+# ----------------------------------------------------------------------------- ACL token and CA
+
+AUTH = params.consul_auth(token_file="/etc/walle/consul-token",
+                          ca_file="/etc/walle/consul-ca.pem")
+
+
+def test_consul_auth_names_paths_on_the_node_never_a_token():
+    assert AUTH == {"token_file": "/etc/walle/consul-token",
+                    "ca_path": "/etc/walle/consul-ca.pem"}
+    assert params.consul_auth() == {} and params.consul_auth("", "") == {}
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [({"token_file": "consul-token"}, "token_file"),
+                                               ({"ca_file": "ca.pem"}, "ca_file")])
+def test_consul_auth_paths_must_be_absolute(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        params.consul_auth(**kwargs)
+
+
+def test_registration_and_deregistration_carry_the_auth_options():
+    placed = params.instance_vars(make_spec(), 0, "10.77.1.12", Grant(), "https://127.0.0.1:8501",
+                                  consul_auth=AUTH)
+    assert placed["service"]["token_file"] == "/etc/walle/consul-token"
+    assert placed["service"]["ca_path"] == "/etc/walle/consul-ca.pem"
+    assert placed["service"]["consul_addr"] == "https://127.0.0.1:8501"
+    stopped = params.stop_vars("web-api", 0, "https://127.0.0.1:8501", consul_auth=AUTH)
+    assert stopped["service"] == {"service_id": "web-api-0", "state": "absent",
+                                  "consul_addr": "https://127.0.0.1:8501", **AUTH}
+    plain = params.instance_vars(make_spec(), 0, "10.77.1.12", Grant())
+    assert not {"token", "token_file", "ca_path"} & set(plain["service"])

@@ -160,3 +160,52 @@ def test_every_default_is_prefixed_commented_and_documented():
         assert above.startswith("#"), f"{name} has no comment above it"
         assert options[name]["default"] == value, f"{name}: argument_specs default differs"
         assert options[name].get("description"), name
+
+
+# ----------------------------------------------------------------------------- Consul ACL/TLS
+
+def role_task(file: str, module: str, dest_fragment: str) -> dict:
+    tasks = yaml.safe_load((ROLE / "tasks" / file).read_text())
+    return next(t for t in tasks if module in t and dest_fragment in str(t[module].get("dest")))
+
+
+def test_env_file_is_root_only():
+    task = role_task("configure.yml", "ansible.builtin.template", "walle_scheduler_env_file")
+    args = task["ansible.builtin.template"]
+    assert (args["owner"], args["group"], args["mode"]) == ("root", "root", "0600")
+
+
+def test_the_scheduler_token_is_a_root_only_file_never_logged_and_named_by_the_env_file():
+    task = role_task("configure.yml", "ansible.builtin.copy",
+                     "walle_scheduler_consul_token_file")
+    args = task["ansible.builtin.copy"]
+    assert (args["owner"], args["group"], args["mode"]) == ("root", "root", "0600")
+    assert args["content"].startswith("{{ walle_scheduler_consul_token")
+    assert task["no_log"] is True
+    env = parse_env_file(render("scheduler.env.j2", walle_scheduler_consul_token="tok-123",
+                                walle_scheduler_consul_ca_file="/etc/walle/consul-ca.pem"))
+    assert env["CONSUL_HTTP_TOKEN_FILE"] == role_vars()["walle_scheduler_consul_token_file"]
+    assert env["CONSUL_CACERT"] == "/etc/walle/consul-ca.pem"
+    # The token itself stays out of the environment: ansible-runner records its whole
+    # environment in each run's artifacts, and every child (ansible, ssh) inherits it.
+    assert "tok-123" not in render("scheduler.env.j2", walle_scheduler_consul_token="tok-123")
+    assert "CONSUL_HTTP_TOKEN" not in env
+
+
+def test_no_token_no_ca_means_no_consul_auth_variables():
+    env = parse_env_file(render("scheduler.env.j2"))
+    assert not {"CONSUL_HTTP_TOKEN_FILE", "CONSUL_CACERT", "CONSUL_HTTP_TOKEN"} & set(env)
+    assert env["WALLE_NODE_CONSUL_TOKEN_FILE"] == "" and env["WALLE_NODE_CONSUL_CA_FILE"] == ""
+
+
+def test_the_unit_never_carries_a_token_and_passes_the_node_side_paths():
+    overrides = {"walle_scheduler_consul_token": "tok-123",
+                 "walle_scheduler_node_consul_token_file": "/etc/walle/consul-token",
+                 "walle_scheduler_node_consul_ca_file": "/etc/walle/consul-ca.pem"}
+    text = render("walle-scheduler.service.j2", **overrides)
+    assert "tok-123" not in text and "TOKEN=" not in text
+    unit = parse_unit(text)
+    env = parse_env_file(render("scheduler.env.j2", **overrides))
+    args = build_parser().parse_args(exec_start_argv(unit, env, host="ctl1")[1:])
+    assert args.node_consul_token_file == "/etc/walle/consul-token"
+    assert args.node_consul_ca_file == "/etc/walle/consul-ca.pem"

@@ -7,6 +7,7 @@ import signal
 import socket
 
 from walle.adapters.consul import ConsulApi, ConsulConfig
+from walle.service.params import consul_auth
 from walle.service.scheduler import Scheduler, SchedulerConfig
 
 
@@ -18,6 +19,11 @@ def register(subparsers) -> None:
     run.add_argument("--inventory", required=True, help="Ansible inventory of the nodes")
     run.add_argument("--node-consul-addr", default="http://127.0.0.1:8500",
                      help="Consul agent address as seen from the nodes (default: %(default)s)")
+    run.add_argument("--node-consul-token-file", metavar="PATH", default="",
+                     help="file ON THE NODES holding the node-side Walle ACL token (the consul "
+                          "role's consul_walle_token_file); read there, never sent from here")
+    run.add_argument("--node-consul-ca-file", metavar="PATH", default="",
+                     help="CA bundle ON THE NODES for the agents' HTTPS certificate")
     run.add_argument("--name", default=socket.gethostname(), help="instance name")
     run.add_argument("--session-node", help="bind the leader session to this Consul node's "
                                             "health (default: the agent's node)")
@@ -32,15 +38,25 @@ def register(subparsers) -> None:
     run.set_defaults(func=cmd_run)
 
 
-def cmd_run(args) -> int:
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config = SchedulerConfig(
+def scheduler_config(args) -> SchedulerConfig:
+    """SchedulerConfig from `walle scheduler run`'s arguments (ValueError names a bad one)."""
+    return SchedulerConfig(
         name=args.name, inventory=args.inventory, node_consul_addr=args.node_consul_addr,
+        node_consul_auth=consul_auth(args.node_consul_token_file, args.node_consul_ca_file),
         seed=args.seed, strategy=args.strategy, lock_ttl=args.lock_ttl,
         lock_delay=args.lock_delay, session_node=args.session_node,
         register=not args.no_register,
     )
+
+
+def cmd_run(args) -> int:
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = scheduler_config(args)
+    except ValueError as err:
+        logging.getLogger("walle.scheduler").error("--node-consul-*: %s", err)
+        return 2
     api = ConsulApi(ConsulConfig.from_env(addr=args.consul_addr))
     scheduler = Scheduler(api, config)
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())

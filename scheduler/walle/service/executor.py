@@ -42,9 +42,11 @@ def default_grant(spec: JobSpec) -> Grant:
 class Executor:
     def __init__(self, inventory: str | dict, node_consul_addr: str, *,
                  register: bool = True, timeout: float = 300.0,
-                 runner: PlaybookRunner = run_playbook):
+                 runner: PlaybookRunner = run_playbook,
+                 node_consul_auth: Mapping[str, str] | None = None):
         self.inventory = inventory
         self.node_consul_addr = node_consul_addr
+        self.node_consul_auth = dict(node_consul_auth or {})  # params.consul_auth: node paths
         self.register = register
         self.timeout = timeout
         self.runner = runner
@@ -58,7 +60,8 @@ class Executor:
             if not address:
                 raise ValueError(f"no address known for node {alloc.node!r}")
             batch.setdefault(alloc.node, []).append(
-                instance_vars(spec, alloc.slot, address, grant, self.node_consul_addr))
+                instance_vars(spec, alloc.slot, address, grant, self.node_consul_addr,
+                              consul_auth=self.node_consul_auth))
         return self._run("place.yml", batch)
 
     def stop(self, allocs: Iterable[Allocation]) -> dict[str, Outcome]:
@@ -68,7 +71,8 @@ class Executor:
         """Stop instances known only by name (orphans found on a node): (job, slot, node)."""
         batch: dict[str, list[dict]] = {}
         for job, slot, node in instances:
-            batch.setdefault(node, []).append(stop_vars(job, slot, self.node_consul_addr))
+            batch.setdefault(node, []).append(
+                stop_vars(job, slot, self.node_consul_addr, consul_auth=self.node_consul_auth))
         return self._run("stop.yml", batch)
 
     def regrant(self, items: Iterable[tuple[Allocation, JobSpec]]) -> dict[str, Outcome]:

@@ -8,7 +8,7 @@ value is unset are left out, so the modules' own defaults apply. See docs/execut
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from walle import naming
@@ -38,6 +38,7 @@ def instance_vars(
     consul_addr: str = DEFAULT_CONSUL_ADDR,
     *,
     gpu_indices: Sequence[int] | None = None,
+    consul_auth: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Everything place.yml needs for one instance: `instance` (identity and what to wait
     for), `slice`, `workload` and `service` (None when the spec has no service)."""
@@ -46,8 +47,23 @@ def instance_vars(
         "instance": instance_identity(spec, slot),
         "slice": slice_args(spec, slot, grant, gpu_indices=gpu_indices),
         "workload": workload_args(spec, slot, gpu_indices=gpu_indices),
-        "service": service_args(spec, slot, node_address, consul_addr),
+        "service": service_args(spec, slot, node_address, consul_addr, consul_auth=consul_auth),
     }
+
+
+def consul_auth(token_file: str | None = None, ca_file: str | None = None) -> dict[str, str]:
+    """walle_consul_service's ACL/TLS options. Both are paths ON THE NODE (the consul role
+    installs them): the module reads the token there, so no token ever travels through the
+    scheduler's playbook variables or ansible-runner's artifacts. Empty values are left out."""
+    out = {}
+    for field, option, path in (("token_file", "token_file", token_file),
+                                ("ca_file", "ca_path", ca_file)):
+        if path and not path.startswith("/"):
+            raise ValueError(f"{field}: {path!r} is not an absolute path on the nodes; use the "
+                             "consul role's path, e.g. /etc/walle/consul-token")
+        if path:
+            out[option] = path
+    return out
 
 
 def instance_identity(spec: JobSpec, slot: int) -> dict[str, Any]:
@@ -139,7 +155,8 @@ def workload_args(
 
 
 def service_args(
-    spec: JobSpec, slot: int, node_address: str, consul_addr: str = DEFAULT_CONSUL_ADDR
+    spec: JobSpec, slot: int, node_address: str, consul_addr: str = DEFAULT_CONSUL_ADDR,
+    *, consul_auth: Mapping[str, str] | None = None,
 ) -> dict[str, Any] | None:
     """walle_consul_service arguments, or None when the job is not a discoverable service."""
     if spec.service is None:
@@ -157,6 +174,7 @@ def service_args(
             "walle_digest": spec.digest(),
         },
         "consul_addr": consul_addr,
+        **(consul_auth or {}),
         "state": "present",
     }
     if spec.health is not None:
@@ -195,7 +213,8 @@ def check_args(health: HealthCheck, node_address: str, service_port: int | None)
     return check
 
 
-def stop_vars(job: str, slot: int, consul_addr: str = DEFAULT_CONSUL_ADDR) -> dict[str, Any]:
+def stop_vars(job: str, slot: int, consul_addr: str = DEFAULT_CONSUL_ADDR, *,
+              consul_auth: Mapping[str, str] | None = None) -> dict[str, Any]:
     """What stop.yml needs for one instance. Only names: stopping needs no spec, so instances
     found on a node (adoption, orphans) can be stopped too. walle_workload state=absent stops
     the timer and service (ExecStop=, KillSignal=, TimeoutStopSec= apply) before removing
@@ -208,7 +227,7 @@ def stop_vars(job: str, slot: int, consul_addr: str = DEFAULT_CONSUL_ADDR) -> di
         "slice": {"name": slice_name, "state": "absent"},
         "workload": {"name": stem, "state": "absent"},
         "service": {"service_id": naming.instance_id(job, slot), "state": "absent",
-                    "consul_addr": consul_addr},
+                    "consul_addr": consul_addr, **(consul_auth or {})},
     }
 
 

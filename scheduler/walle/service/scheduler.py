@@ -63,6 +63,8 @@ class SchedulerConfig:
     name: str = "walle-scheduler"
     inventory: str = ""
     node_consul_addr: str = "http://127.0.0.1:8500"
+    # walle_consul_service's token_file/ca_path: paths on the nodes (params.consul_auth)
+    node_consul_auth: dict[str, str] = field(default_factory=dict)
     seed: int = 0
     strategy: str = "spread"
     lock_ttl: int = 10
@@ -113,7 +115,8 @@ class Scheduler:
         self.clock = clock
         self.executor = executor or Executor(config.inventory, config.node_consul_addr,
                                              register=config.register,
-                                             timeout=config.playbook_timeout)
+                                             timeout=config.playbook_timeout,
+                                             node_consul_auth=config.node_consul_auth)
         self.lock = LeaderLock(api, name=config.name, ttl=config.lock_ttl,
                                lock_delay=config.lock_delay, node=config.session_node,
                                on_lost=self._on_lost)

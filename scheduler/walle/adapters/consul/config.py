@@ -7,6 +7,8 @@ values to its constructor:
   ourselves, so a bad value fails here with a message naming the variable);
 - py-consul lets CONSUL_HTTP_TOKEN override an explicit token argument (we set the token on
   the client after construction, so an explicit token really wins).
+CONSUL_HTTP_TOKEN_FILE (a file holding the token, as the consul CLI reads it) comes after
+CONSUL_HTTP_TOKEN; the scheduler role uses it so the token is not in the environment.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ class ConsulConfig:
             scheme=scheme,
             host=host,
             port=port,
-            token=token or env.get("CONSUL_HTTP_TOKEN") or None,
+            token=token or env.get("CONSUL_HTTP_TOKEN") or _token_file(env) or None,
             ca_cert=ca_cert or env.get("CONSUL_CACERT") or None,
             client_cert=client_cert,
             client_key=client_key,
@@ -125,6 +127,22 @@ def parse_address(raw: str, field: str, *, default_https: bool = False) -> tuple
             f"{field}={raw!r}: expected host:port or scheme://host:port, e.g. 127.0.0.1:8500"
         )
     return parsed.scheme, parsed.hostname, port
+
+
+def _token_file(env: Mapping[str, str]) -> str | None:
+    """CONSUL_HTTP_TOKEN_FILE's token (Consul's own convention; below CONSUL_HTTP_TOKEN)."""
+    path = env.get("CONSUL_HTTP_TOKEN_FILE")
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    except OSError as err:
+        raise ConsulConfigError(
+            f"CONSUL_HTTP_TOKEN_FILE={path}: cannot read it ({err.strerror})") from err
+    if not token:
+        raise ConsulConfigError(f"CONSUL_HTTP_TOKEN_FILE={path}: the file is empty")
+    return token
 
 
 def _parse_bool(value: str | None, name: str) -> bool | None:

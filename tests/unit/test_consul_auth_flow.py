@@ -1,0 +1,76 @@
+"""The node-side Consul token and CA reach walle_consul_service as paths on the node: from
+`walle scheduler run`'s flags through SchedulerConfig and the executor into the playbook
+variables, which never hold a token (ansible-runner writes them to its artifacts)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from walle.adapters.runner import HostResult, RunResult
+from walle.cli.main import build_parser
+from walle.cli.scheduler import scheduler_config
+from walle.core import Allocation
+from walle.core.model import Capacity
+from walle.service.executor import Executor, default_grant
+from walle.spec.parse import parse_spec
+
+SPEC = parse_spec({"name": "web", "kind": "service", "count": 1,
+                   "resources": {"cpu": 0.5, "memory": "64M"},
+                   "runtime": {"command": "/usr/bin/python3", "args": ["-m", "http.server"]},
+                   "service": {"port": 8080}, "health": {"type": "tcp"}})
+BASE = ["scheduler", "run", "--inventory", "/etc/walle/inventory.yml"]
+
+
+class RecordingRunner:
+    def __init__(self):
+        self.extravars = []
+
+    def __call__(self, playbook, inventory, extravars, limit, timeout=None):
+        self.extravars.append(extravars)
+        hosts = {h: HostResult(h, ok=True, done=True) for h in limit}
+        return RunResult("successful", 0, hosts, 0.1)
+
+
+def test_flags_become_the_module_options_in_the_scheduler_config():
+    args = build_parser().parse_args(BASE + ["--node-consul-addr", "https://127.0.0.1:8501",
+                                             "--node-consul-token-file", "/etc/walle/consul-token",
+                                             "--node-consul-ca-file", "/etc/walle/ca.pem"])
+    config = scheduler_config(args)
+    assert config.node_consul_addr == "https://127.0.0.1:8501"
+    assert config.node_consul_auth == {"token_file": "/etc/walle/consul-token",
+                                       "ca_path": "/etc/walle/ca.pem"}
+
+
+def test_empty_flags_mean_no_token_and_no_ca():
+    # systemd passes an unset ${WALLE_NODE_CONSUL_TOKEN_FILE} as one empty argument
+    args = build_parser().parse_args(BASE + ["--node-consul-token-file", "",
+                                             "--node-consul-ca-file", ""])
+    assert scheduler_config(args).node_consul_auth == {}
+    assert scheduler_config(build_parser().parse_args(BASE)).node_consul_auth == {}
+
+
+def test_a_relative_node_path_is_refused_naming_the_flag():
+    args = build_parser().parse_args(BASE + ["--node-consul-token-file", "consul-token"])
+    with pytest.raises(ValueError, match="token_file"):
+        scheduler_config(args)
+
+
+def test_place_and_stop_runs_carry_the_paths_not_a_token():
+    runner = RecordingRunner()
+    auth = {"token_file": "/etc/walle/consul-token", "ca_path": "/etc/walle/ca.pem"}
+    executor = Executor({}, "https://127.0.0.1:8501", runner=runner, node_consul_auth=auth)
+    alloc = Allocation(job="web", slot=0, node="node1", reserved=Capacity(),
+                       ceiling=Capacity(), spec_digest=SPEC.digest(),
+                       runtime_digest=SPEC.runtime_digest())
+    assert executor.place([(alloc, SPEC)], {"node1": "10.77.1.11"})["web-0"].ok
+    assert executor.stop([alloc])["web-0"].ok
+    placed, stopped = (ev["walle_batch"]["node1"][0]["service"] for ev in runner.extravars)
+    for service in (placed, stopped):
+        assert service["token_file"] == "/etc/walle/consul-token"
+        assert service["ca_path"] == "/etc/walle/ca.pem"
+        assert service["consul_addr"] == "https://127.0.0.1:8501"
+        assert "token" not in service
+    assert default_grant(SPEC)  # the spec is schedulable as written
+    assert "X-Consul-Token" not in json.dumps(runner.extravars)
