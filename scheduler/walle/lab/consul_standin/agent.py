@@ -214,7 +214,7 @@ class AgentMixin:
             return
         with self.write():
             for key in due:
-                self.check_defs[key]["ttl_deadline"] = None
+                self.check_defs[key] = {**self.check_defs[key], "ttl_deadline": None}
                 self.set_check_status(*key, "critical", "TTL expired")
 
     def reap_critical_services(self, now: float) -> None:

@@ -20,6 +20,7 @@ from .durations import parse_duration
 from .errors import ConsulError, bad_request, not_found
 from .fields import get
 from .filters import compile_filter
+from .persist import PersistError
 from .store import Store
 
 log = logging.getLogger("walle.consul_standin.http")
@@ -148,9 +149,15 @@ class ConsulHttpApi:
                 allowed |= methods
                 continue
             try:
-                return handler(req, *(unquote(g) for g in m.groups()))
+                resp = handler(req, *(unquote(g) for g in m.groups()))
             except ConsulError as exc:
-                return Response(exc.status, raw=exc.message.encode())
+                resp = Response(exc.status, raw=exc.message.encode())
+            try:
+                # answer a write only once it is on disk (Consul: after the Raft commit)
+                self.store.wait_durable()
+            except PersistError as exc:
+                return Response(500, raw=str(exc).encode())
+            return resp
         if allowed:
             return Response(405, raw=f"method {req.method} not allowed".encode())
         return Response(404, raw=b"404 page not found")
@@ -526,6 +533,9 @@ class _Handler(BaseHTTPRequestHandler):
 class ApiServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 resets connections when many clients connect at
+    # once (Consul, in Go, listens with the system's somaxconn)
+    request_queue_size = 1024
 
     def __init__(self, addr: tuple[str, int], api: ConsulHttpApi,
                  agent_node_for: Callable[[str], str]):

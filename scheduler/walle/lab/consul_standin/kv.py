@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 
+from .journal import copy_table
+
 MAX_VALUE_BYTES = 512 * 1024
 
 
@@ -19,7 +21,7 @@ class KVSpace:
     tombstones: dict[str, int] = field(default_factory=dict)
 
     def copy(self) -> KVSpace:
-        return KVSpace(dict(self.entries), dict(self.tombstones))
+        return KVSpace(copy_table(self.entries), copy_table(self.tombstones))
 
 
 def new_entry(key: str, value: bytes | None, flags: int, idx: int, **rest) -> dict:
