@@ -21,6 +21,7 @@ from .errors import ConsulError, bad_request, not_found
 from .fields import get
 from .filters import compile_filter
 from .persist import PersistError
+from .snapshot import MAX_ARCHIVE_BYTES, SnapshotError, make_archive, read_archive
 from .store import Store
 
 log = logging.getLogger("walle.consul_standin.http")
@@ -72,6 +73,7 @@ class Response:
     body: object = None
     raw: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    content_type: str | None = None
 
 
 def node_meta_args(req: Request) -> dict[str, str]:
@@ -133,6 +135,7 @@ class ConsulHttpApi:
         r("PUT", r"/v1/agent/maintenance", self.agent_maintenance)
         r("PUT", r"/v1/event/fire/(.+)", self.event_fire)
         r("GET", r"/v1/event/list", self.event_list)
+        r("GET PUT", r"/v1/snapshot", self.snapshot)
         r("GET", r"/v1/status/leader", lambda req: Response(body=self.leader_addr))
         r("GET", r"/v1/status/peers", lambda req: Response(body=[self.leader_addr]))
 
@@ -423,6 +426,22 @@ class ConsulHttpApi:
                                           req.arg("reason", "") or "")
         return Response(raw=b"")
 
+    # --- snapshot ----------------------------------------------------------------------
+    def snapshot(self, req: Request) -> Response:
+        """GET: a gzipped tar archive of the whole state, X-Consul-Index = its index.
+        PUT: verify the archive completely, then replace the state in one write."""
+        if req.method == "GET":
+            state = self.store.snapshot()
+            return Response(raw=make_archive(state, state["index"]),
+                            headers=meta_headers(state["index"]),
+                            content_type="application/x-gzip")
+        try:
+            state = read_archive(req.body)
+        except SnapshotError as exc:
+            return Response(500, raw=str(exc).encode())
+        self.store.restore_snapshot(state)
+        return Response(raw=b"")
+
     # --- events --------------------------------------------------------------------------
     def event_fire(self, req: Request, name: str) -> Response:
         return Response(body=self.store.event_fire(
@@ -495,7 +514,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         parts = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
+        if length > (MAX_ARCHIVE_BYTES if parts.path == "/v1/snapshot" else MAX_BODY):
             self._send(Response(413, raw=b"Request body too large"))
             return
         body = self.rfile.read(length) if length else b""
@@ -512,7 +531,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, resp: Response) -> None:
         if resp.raw is not None:
-            payload, ctype = resp.raw, "text/plain; charset=utf-8"
+            payload, ctype = resp.raw, resp.content_type or "text/plain; charset=utf-8"
         else:
             payload, ctype = json.dumps(resp.body).encode(), "application/json"
         try:

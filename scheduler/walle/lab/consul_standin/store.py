@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 
-from .agent import AgentMixin
+from .agent import CONSUL_SERVICE_ID, AgentMixin
 from .catalog import CatalogMixin, make_check
 from .core import StoreCore
 from .events import MAX_EVENTS, EventMixin
@@ -225,7 +225,7 @@ class Store(KVMixin, SessionMixin, CatalogMixin, AgentMixin, EventMixin, StoreCo
     def consul_service(self, node: str, port: int = 8300) -> None:
         """Servers register the `consul` service on themselves."""
         with self.write():
-            self.put_service(node, {"ID": "consul", "Service": "consul", "Tags": [],
+            self.put_service(node, {"ID": CONSUL_SERVICE_ID, "Service": "consul", "Tags": [],
                                     "Address": "", "TaggedAddresses": {}, "Meta": {},
                                     "Port": port, "Weights": {"Passing": 1, "Warning": 1},
                                     "EnableTagOverride": False})
