@@ -13,8 +13,9 @@ import threading
 import time
 
 import pytest
+import requests
 
-from walle.lab.consul_standin import persist
+from walle.lab.consul_standin import persist, start_in_thread
 from walle.lab.consul_standin.persist import Persistence, wal_path
 from walle.lab.consul_standin.store import Store
 
@@ -164,3 +165,18 @@ def test_legacy_state_file_is_loaded_once_and_replaced(tmp_path):
         assert (tmp_path / persist.SNAPSHOT_FILE).exists()
     finally:
         p.close()
+
+
+def test_a_write_that_cannot_be_synced_is_not_acknowledged(tmp_path, monkeypatch):
+    standin = start_in_thread(data_dir=tmp_path / "data", dns=None)
+    host, port = standin.http_addr
+    try:
+        def broken_disk(fd):
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(persist.os, "fdatasync", broken_disk)
+        resp = requests.put(f"http://{host}:{port}/v1/kv/lost", data=b"v", timeout=10)
+        assert resp.status_code == 500 and "failed to persist" in resp.text
+    finally:
+        monkeypatch.undo()
+        standin.stop()

@@ -16,7 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m walle.lab.consul_standin",
         description="Consul HTTP API and DNS stand-in for the Walle lab and tests "
                     "(NOT Consul; lab and test use only).")
-    p.add_argument("--data-dir", help="persist state here (JSON snapshot, saved on change)")
+    p.add_argument("--data-dir", help="persist state here (write-ahead log, fsynced before "
+                                      "each answer, compacted into snapshot.json)")
     p.add_argument("--http", action="append", metavar="HOST:PORT",
                    help="HTTP API listener (repeatable; default 127.0.0.1:8500)")
     p.add_argument("--dns", metavar="HOST:PORT", default="127.0.0.1:8600",

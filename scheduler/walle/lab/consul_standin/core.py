@@ -55,12 +55,17 @@ class StoreCore:
             finally:
                 self._depth -= 1
                 if self._depth == 0:
-                    self.commit()
-                if self._depth == 0 and self._write_index is not None:
-                    self._write_index = None
-                    self.cond.notify_all()
-                    for listener in self.listeners:
-                        listener()
+                    try:
+                        self.commit()
+                    finally:
+                        self._end_write()
+
+    def _end_write(self) -> None:
+        if self._write_index is not None:
+            self._write_index = None
+            self.cond.notify_all()
+            for listener in self.listeners:
+                listener()
 
     def commit(self) -> None:
         """End of the outermost write, still under the lock: the persistence hook."""

@@ -17,10 +17,9 @@ from . import kv
 from .catalog import STATES
 from .core import query_timeout
 from .durations import parse_duration
-from .errors import ConsulError, bad_request, not_found
+from .errors import ConsulError, PersistError, bad_request, not_found
 from .fields import get
 from .filters import compile_filter
-from .persist import PersistError
 from .snapshot import MAX_ARCHIVE_BYTES, SnapshotError, make_archive, read_archive
 from .store import Store
 

@@ -29,6 +29,7 @@ import threading
 import zlib
 from pathlib import Path
 
+from .errors import PersistError
 from .store import SNAPSHOT_VERSION, Persister, Store
 
 log = logging.getLogger("walle.consul_standin.persist")
@@ -36,10 +37,6 @@ SNAPSHOT_FILE = "snapshot.json"
 LEGACY_STATE_FILE = "standin-state.json"
 COMPACT_BYTES = 8 * 1024 * 1024
 _WAL_NAME = re.compile(r"^wal-(\d+)\.log$")
-
-
-class PersistError(Exception):
-    """The log could not be written: the write is not durable and must not be acknowledged."""
 
 
 def wal_path(data_dir: Path, gen: int) -> Path:

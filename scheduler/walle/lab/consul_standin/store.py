@@ -4,6 +4,7 @@ for --data-dir (persist.py writes them)."""
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -11,12 +12,14 @@ from collections.abc import Callable, Hashable
 from .agent import CONSUL_SERVICE_ID, AgentMixin
 from .catalog import CatalogMixin, make_check
 from .core import StoreCore
+from .errors import PersistError
 from .events import MAX_EVENTS, EventMixin
 from .journal import TUPLE_KEYED, Journal, TrackedDict
 from .kv import KVSpace
 from .kvstore import KVMixin
 from .sessions import SessionMixin, parse_duration
 
+log = logging.getLogger("walle.consul_standin.store")
 SNAPSHOT_VERSION = 1
 REAP_INTERVAL_S = 30.0  # Consul's check_reap_interval
 # The tables a write-ahead log record carries key by key ("kv" and "tombstones" are the two
@@ -179,10 +182,18 @@ class Store(KVMixin, SessionMixin, CatalogMixin, AgentMixin, EventMixin, StoreCo
             last = self._logged_events[-1]["LTime"] if self._logged_events else 0
             record["e"] = [e for e in self.events if e["LTime"] > last]
             self._logged_events = self.events
-        self._pending.seq = self.persister.log(record)
+        try:
+            self._pending.seq = self.persister.log(record)
+        except Exception as exc:  # noqa: BLE001 - the writer answers 500, the server goes on
+            log.exception("cannot log a write")
+            self._pending.failed = exc
 
     def wait_durable(self) -> None:
         """Block until this thread's last write is on disk (raises if it cannot be saved)."""
+        failed = getattr(self._pending, "failed", None)
+        if failed is not None:
+            self._pending.failed = None
+            raise PersistError(f"failed to persist the write: {failed}")
         seq = getattr(self._pending, "seq", 0)
         if seq and self.persister is not None:
             self._pending.seq = 0
