@@ -30,13 +30,13 @@ SCHEDULER_DIR = Path(__file__).resolve().parents[2] / "scheduler"
 class StandinProcess:
     """`python -m walle.lab.consul_standin` on a free loopback port and a given data dir."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, *extra: str):
         env = {**os.environ, "PYTHONPATH": f"{SCHEDULER_DIR}{os.pathsep}"
                                            f"{os.environ.get('PYTHONPATH', '')}"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "walle.lab.consul_standin", "--data-dir", str(data_dir),
              "--http", "127.0.0.1:0", "--dns", "off", "--node-name", "durable-server",
-             "--log-level", "WARNING"],
+             "--log-level", "WARNING", *extra],
             stdout=subprocess.PIPE, text=True, env=env)
         line = self.proc.stdout.readline()
         assert line.startswith("ready "), f"stand-in did not start: {line!r}"
@@ -152,9 +152,12 @@ def test_paced_writes_survive_sigkill(data_dir):
         restarted.stop()
 
 
-def test_tight_loop_writes_survive_sigkill(data_dir):
-    """Writes as fast as they are acknowledged, from 4 clients; SIGKILL mid-stream."""
-    standin = StandinProcess(data_dir)
+@pytest.mark.parametrize("compaction", ["default", "every-64KiB"])
+def test_tight_loop_writes_survive_sigkill(data_dir, compaction):
+    """Writes as fast as they are acknowledged, from 4 clients; SIGKILL mid-stream (with
+    compactions running all along in the second case)."""
+    extra = ["--compact-bytes", "65536"] if compaction == "every-64KiB" else []
+    standin = StandinProcess(data_dir, *extra)
     ackeds = [Acked() for _ in range(4)]
     stop = threading.Event()
 
@@ -186,7 +189,9 @@ def test_tight_loop_writes_survive_sigkill(data_dir):
         acked.nodes.update(a.nodes)
         acked.services += a.services
     assert len(acked.kv) > 20, "the clients did not get going before the kill"
-    restarted = StandinProcess(data_dir)
+    if compaction != "default":  # the kill found compactions done (or under way)
+        assert (data_dir / "snapshot.json").exists()
+    restarted = StandinProcess(data_dir, *extra)
     try:
         assert_all_present(restarted, acked)
     finally:
