@@ -22,6 +22,7 @@ import base64
 import http.client
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -102,6 +103,23 @@ def run_phase(port: int, op, clients: int, seconds: float) -> float:
     return sum(counts) / elapsed
 
 
+def fsync_latency_ms(directory: str, rounds: int = 100) -> float:
+    """Median time of a small append + fdatasync here: the floor of one durable write."""
+    path = os.path.join(directory, "fsync-probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    times = []
+    try:
+        for _ in range(rounds):
+            start = time.perf_counter()
+            os.write(fd, b"x" * 200)
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return statistics.median(times) * 1000
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=5.0)
@@ -113,12 +131,14 @@ def main() -> int:
         proc, port = start_standin(data_dir)
         try:
             print(f"stand-in pid {proc.pid} data_dir={data_dir or 'none'} "
-                  f"load={os.getloadavg()[0]:.2f}")
+                  f"load={os.getloadavg()[0]:.2f} "
+                  f"fdatasync={fsync_latency_ms(tmp):.2f}ms (median, small append)")
             for name, op in (("KV PUT", kv_put), ("txn", txn)):
                 for clients in (1, args.clients):
                     rate = run_phase(port, op, clients, args.seconds)
                     print(f"{name:7s} clients={clients:3d}: {rate:8.0f} writes/s")
-            print(f"load={os.getloadavg()[0]:.2f}")
+            print(f"load={os.getloadavg()[0]:.2f} "
+                  f"fdatasync={fsync_latency_ms(tmp):.2f}ms")
         finally:
             proc.terminate()
             proc.wait(timeout=30)
