@@ -42,7 +42,12 @@ def cmd_backup(args) -> int:
     if target.is_dir():
         return _bad_file(f"cannot write {target}: it is a directory")
     api, _ = connect(args)
-    archive = save_snapshot(api)
+    try:
+        archive = save_snapshot(api)
+    except SnapshotFileError as exc:
+        print(f"walle: Consul at {api.address} answered something that is not a snapshot: "
+              f"{exc}; {target} was not written", file=sys.stderr)
+        return EXIT_FAILED
     try:
         write_private_atomically(target, archive.data)
     except OSError as exc:

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import tarfile
+import zlib
 from dataclasses import dataclass
 
 from consul.exceptions import ConsulException
@@ -21,6 +22,7 @@ from walle.adapters.consul.api import ConsulApi
 from walle.adapters.consul.errors import ConsulError
 
 SNAPSHOT_PATH = "/v1/snapshot"
+_SMALL = 1024 * 1024  # meta.json and SHA256SUMS are a few hundred bytes
 
 
 @dataclass(frozen=True)
@@ -68,34 +70,41 @@ def restore_snapshot(api: ConsulApi, data: bytes) -> None:
 
 
 def check_archive(data: bytes) -> dict:
-    """Verify an archive as Consul will (gzip, tar, SHA256SUMS); returns its meta.json."""
+    """Verify an archive as Consul will (gzip, tar, SHA256SUMS); returns its meta.json.
+    Members are hashed as they stream by: a large (or hostile) archive is never held whole."""
+    digests: dict[str, str] = {}
+    small: dict[str, bytes] = {}
     try:
-        raw = gzip.decompress(data)
-        members: dict[str, bytes] = {}
-        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+        with tarfile.open(fileobj=gzip.GzipFile(fileobj=io.BytesIO(data)), mode="r|") as tar:
             for info in tar:
-                if info.isfile():
-                    members[info.name] = tar.extractfile(info).read()
-    except (OSError, EOFError, tarfile.TarError) as exc:
+                if not info.isfile():
+                    continue
+                digest, member = hashlib.sha256(), tar.extractfile(info)
+                while chunk := member.read(1024 * 1024):
+                    digest.update(chunk)
+                    if info.name in ("meta.json", "SHA256SUMS") and info.size <= _SMALL:
+                        small[info.name] = small.get(info.name, b"") + chunk
+                digests[info.name] = digest.hexdigest()
+    except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
         raise SnapshotFileError(f"not a Consul snapshot (gzipped tar archive): {exc}") from exc
     for required in ("meta.json", "SHA256SUMS"):
-        if required not in members:
+        if required not in small:
             raise SnapshotFileError(f"not a Consul snapshot: the archive has no {required}")
     sums = {}
-    for line in members["SHA256SUMS"].decode(errors="replace").splitlines():
+    for line in small["SHA256SUMS"].decode(errors="replace").splitlines():
         digest, _, name = line.partition("  ")
         sums[name.strip()] = digest.strip()
-    unlisted = sorted(set(members) - set(sums) - {"SHA256SUMS"})
+    unlisted = sorted(set(digests) - set(sums) - {"SHA256SUMS"})
     if unlisted:
         raise SnapshotFileError(f"snapshot member(s) {', '.join(unlisted)} not in SHA256SUMS")
     for name, digest in sums.items():
-        if name not in members:
+        if name not in digests:
             raise SnapshotFileError(f"snapshot member {name} listed in SHA256SUMS is missing")
-        if hashlib.sha256(members[name]).hexdigest() != digest:
+        if digests[name] != digest:
             raise SnapshotFileError(f"snapshot member {name} fails its SHA-256 checksum "
                                     f"(the file is damaged or was edited)")
     try:
-        meta = json.loads(members["meta.json"])
+        meta = json.loads(small["meta.json"])
     except ValueError as exc:
         raise SnapshotFileError(f"snapshot meta.json is not JSON: {exc}") from exc
     if not isinstance(meta, dict):

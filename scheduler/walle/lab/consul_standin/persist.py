@@ -128,7 +128,6 @@ class WriteAheadLog:
     def __init__(self, data_dir: Path, gen: int):
         self.data_dir = data_dir
         self.gen = gen
-        self.size = 0
         self._fd = _open_log(wal_path(data_dir, gen))
         self.size = os.fstat(self._fd).st_size
         fsync_dir(data_dir)
@@ -257,6 +256,7 @@ class Persistence(Persister):
                                  f"{SNAPSHOT_VERSION}")
             self.store.restore(data["state"])
             gen, loaded = int(data["wal_gen"]), True
+            legacy.unlink(missing_ok=True)  # migrated; the stop before removing it was cut short
         elif legacy.exists():
             self.store.restore(json.loads(legacy.read_bytes()))
             loaded = from_legacy = True
