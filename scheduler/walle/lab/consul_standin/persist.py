@@ -143,6 +143,8 @@ class WriteAheadLog:
 
     def append(self, data: bytes) -> int:
         with self._cond:
+            if self._closing:
+                raise PersistError("the stand-in is stopping")
             self._queue.append(data)
             self._appended += 1
             self.size += len(data)
