@@ -180,3 +180,22 @@ def test_a_write_that_cannot_be_synced_is_not_acknowledged(tmp_path, monkeypatch
     finally:
         monkeypatch.undo()
         standin.stop()
+
+
+def test_a_rolled_back_transaction_replays_to_the_same_state(tmp_path):
+    store, p = open_store(tmp_path)
+    put(store, "keep", b"old")
+    value = "bmV3"  # base64 "new"
+    status, _ = store.txn([{"KV": {"Verb": "set", "Key": "added", "Value": value}},
+                           {"KV": {"Verb": "delete", "Key": "keep"}},
+                           {"KV": {"Verb": "cas", "Key": "keep", "Value": value, "Index": 1}}])
+    store.wait_durable()
+    assert status == 409
+    before = (dict(store.kv.entries), dict(store.kv.tombstones), store.index)
+    assert "added" not in before[0] and "keep" not in before[1]
+    crash(p)
+    again, p2 = open_store(tmp_path)
+    try:
+        assert (dict(again.kv.entries), dict(again.kv.tombstones), again.index) == before
+    finally:
+        p2.close()

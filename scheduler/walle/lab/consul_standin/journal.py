@@ -3,7 +3,7 @@
 The store's tables are `TrackedDict`s. Their records are replaced, never mutated in place (see
 kv.py), so knowing the keys that were set or removed is enough to log a write as the new value
 of each touched key (or its removal). A key marked by a write that was then rolled back (a
-failed transaction works on a clone) is logged with its unchanged value: harmless.
+failed transaction) is logged with its unchanged value: harmless.
 """
 
 from __future__ import annotations
@@ -28,40 +28,66 @@ class Journal:
         return out
 
 
-class TrackedDict(dict):
-    """A dict that marks every key it sets or removes in a journal under its table name."""
+_MISSING = object()
 
-    __slots__ = ("journal", "table")
+
+class TrackedDict(dict):
+    """A dict that marks every key it sets or removes in a journal under its table name, and
+    can roll back to a savepoint (a failed transaction undoes only the keys it touched)."""
+
+    __slots__ = ("journal", "table", "undo")
 
     def __init__(self, journal: Journal, table: str, data=()):
         super().__init__(data)
         self.journal = journal
         self.table = table
+        self.undo: dict | None = None
 
-    def clone(self) -> TrackedDict:
-        return TrackedDict(self.journal, self.table, self)
+    # --- savepoints ----------------------------------------------------------------------
+    def savepoint(self) -> None:
+        self.undo = {}
 
-    def __setitem__(self, key, value) -> None:
+    def release(self) -> None:
+        self.undo = None
+
+    def rollback(self) -> None:
+        for key, old in (self.undo or {}).items():
+            if old is _MISSING:
+                super().pop(key, None)
+            else:
+                super().__setitem__(key, old)
+        self.undo = None
+
+    def _changing(self, key) -> None:
         self.journal.mark(self.table, key)
+        if self.undo is not None and key not in self.undo:
+            self.undo[key] = super().get(key, _MISSING)
+
+    # --- every mutation goes through _changing ---------------------------------------------
+    def __setitem__(self, key, value) -> None:
+        self._changing(key)
         super().__setitem__(key, value)
 
     def __delitem__(self, key) -> None:
+        if key in self:
+            self._changing(key)
         super().__delitem__(key)
-        self.journal.mark(self.table, key)
 
     def pop(self, key, *default):
         if key in self:
-            self.journal.mark(self.table, key)
+            self._changing(key)
         return super().pop(key, *default)
 
     def popitem(self):
         key, value = super().popitem()
         self.journal.mark(self.table, key)
+        if self.undo is not None:
+            self.undo.setdefault(key, value)
         return key, value
 
     def setdefault(self, key, default=None):
         if key not in self:
-            self.journal.mark(self.table, key)
+            self._changing(key)
         return super().setdefault(key, default)
 
     def update(self, *args, **kwargs) -> None:
@@ -69,15 +95,11 @@ class TrackedDict(dict):
             self[key] = value
 
     def clear(self) -> None:
-        for key in self:
-            self.journal.mark(self.table, key)
+        for key in list(self):
+            self._changing(key)
         super().clear()
 
     def __ior__(self, other):
         self.update(other)
         return self
 
-
-def copy_table(table: dict) -> dict:
-    """A copy that keeps tracking (transactions work on copies of the KV tables)."""
-    return table.clone() if isinstance(table, TrackedDict) else dict(table)
