@@ -107,6 +107,15 @@ def write_private_file(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def _truncate(path: Path, size: int) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _open_log(path: Path) -> int:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     os.fchmod(fd, 0o600)
@@ -269,7 +278,7 @@ class Persistence(Persister):
             path = wal_path(self.dir, g)
             records, good = read_log(path)
             if good < path.stat().st_size:
-                os.truncate(path, good)
+                _truncate(path, good)
             for record in records:
                 self.store.apply_record(record)
             loaded = loaded or bool(records)
