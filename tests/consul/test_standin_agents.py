@@ -97,7 +97,7 @@ def test_command_line_prints_ready_and_saves_on_sigterm(standin, tmp_path):
             proc.wait(timeout=5)
         proc.stdout.close()
         proc.stderr.close()
-    saved = json.loads((data / "standin-state.json").read_text())
+    saved = json.loads((data / "snapshot.json").read_text())["state"]  # compacted at stop
     assert "from-cli" in [e["Key"] for e in saved["kv"]]
 
 

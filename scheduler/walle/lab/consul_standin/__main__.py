@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 
+from .persist import COMPACT_BYTES
 from .server import Standin, StandinConfig, parse_hostport
 
 
@@ -16,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m walle.lab.consul_standin",
         description="Consul HTTP API and DNS stand-in for the Walle lab and tests "
                     "(NOT Consul; lab and test use only).")
-    p.add_argument("--data-dir", help="persist state here (JSON snapshot, saved on change)")
+    p.add_argument("--data-dir", help="persist state here (write-ahead log, fsynced before "
+                                      "each answer, compacted into snapshot.json)")
     p.add_argument("--http", action="append", metavar="HOST:PORT",
                    help="HTTP API listener (repeatable; default 127.0.0.1:8500)")
     p.add_argument("--dns", metavar="HOST:PORT", default="127.0.0.1:8600",
@@ -29,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-address", action="append", default=[], metavar="NODE=IP",
                    help="catalog address of an --agent node (default: its listener's host)")
     p.add_argument("--serf-bin", default="serf")
+    p.add_argument("--compact-bytes", type=int, default=COMPACT_BYTES, metavar="N",
+                   help=f"compact the write-ahead log into a snapshot past N bytes "
+                        f"(default {COMPACT_BYTES})")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -48,11 +53,14 @@ def config_from_args(args: argparse.Namespace) -> StandinConfig:
         if node not in agents:
             raise ValueError(f"--node-address {node}: no --agent {node}=HOST:PORT given")
         addresses[node] = ip
+    if args.compact_bytes < 1:
+        raise ValueError("--compact-bytes: must be a positive number of bytes")
     config = StandinConfig(
         http=[parse_hostport(a, "--http") for a in args.http or ["127.0.0.1:8500"]],
         dns=None if args.dns == "off" else parse_hostport(args.dns, "--dns"),
         data_dir=args.data_dir, datacenter=args.datacenter, serf_rpc=args.serf_rpc,
-        agents=agents, node_addresses=addresses, serf_bin=args.serf_bin)
+        agents=agents, node_addresses=addresses, serf_bin=args.serf_bin,
+        compact_bytes=args.compact_bytes)
     if args.node_name:
         config.node_name = args.node_name
     return config

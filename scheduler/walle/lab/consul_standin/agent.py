@@ -16,6 +16,7 @@ DEFAULT_TIMEOUT_S = 10.0
 MIN_DEREGISTER_S = 60.0
 MAX_OUTPUT = 4096
 SERVICE_MAINT_PREFIX = "_service_maintenance:"
+CONSUL_SERVICE_ID = "consul"  # the servers' own service: catalog only, no agent registers it
 NODE_MAINT = "_node_maintenance"
 _DEFAULT_REASON = ("Maintenance mode is enabled for this {what}, but no reason was provided. "
                    "This is a default message.")
@@ -123,12 +124,14 @@ class AgentMixin:
             self.delete_service(node, service_id)
 
     def agent_services(self, node: str) -> dict[str, dict]:
+        """A server's internal `consul` service is in the catalog, not in its agent's list."""
         return {sid: _agent_service(svc, self.datacenter)
-                for (n, sid), svc in sorted(self.services.items()) if n == node}
+                for (n, sid), svc in sorted(self.services.items())
+                if n == node and sid != CONSUL_SERVICE_ID}
 
     def agent_service(self, node: str, service_id: str) -> dict:
         svc = self.services.get((node, service_id))
-        if svc is None:
+        if svc is None or service_id == CONSUL_SERVICE_ID:
             raise not_found(f'unknown service ID: "{service_id}"')
         return _agent_service(svc, self.datacenter)
 
@@ -214,7 +217,7 @@ class AgentMixin:
             return
         with self.write():
             for key in due:
-                self.check_defs[key]["ttl_deadline"] = None
+                self.check_defs[key] = {**self.check_defs[key], "ttl_deadline": None}
                 self.set_check_status(*key, "critical", "TTL expired")
 
     def reap_critical_services(self, now: float) -> None:

@@ -40,7 +40,11 @@ class StoreCore:
         self.tables: dict[str, int] = defaultdict(int)
         self._depth = 0
         self._write_index: int | None = None
+        self._touched: set[str] = set()
         self.listeners: list[Callable[[], None]] = []
+        # moves when a snapshot restore replaces the state: blocking queries return at once,
+        # as Consul abandons its old state store (their index may then go backwards)
+        self.generation = 0
 
     @contextmanager
     def write(self) -> Iterator[None]:
@@ -50,11 +54,21 @@ class StoreCore:
                 yield
             finally:
                 self._depth -= 1
-                if self._depth == 0 and self._write_index is not None:
-                    self._write_index = None
-                    self.cond.notify_all()
-                    for listener in self.listeners:
-                        listener()
+                if self._depth == 0:
+                    try:
+                        self.commit()
+                    finally:
+                        self._end_write()
+
+    def _end_write(self) -> None:
+        if self._write_index is not None:
+            self._write_index = None
+            self.cond.notify_all()
+            for listener in self.listeners:
+                listener()
+
+    def commit(self) -> None:
+        """End of the outermost write, still under the lock: the persistence hook."""
 
     def touch(self, *tables: str) -> int:
         """The index of the current write, stamped on the named tables."""
@@ -64,6 +78,7 @@ class StoreCore:
             self._write_index = self.index
         for table in tables:
             self.tables[table] = self._write_index
+        self._touched.update(tables)
         return self._write_index
 
     def table_index(self, *tables: str) -> int:
@@ -75,10 +90,12 @@ class StoreCore:
         """Evaluate `view` until its index changes against min_index or the timeout passes."""
         deadline = time.monotonic() + timeout_s
         with self.cond:
+            generation = self.generation
             while True:
                 idx, data = view()
                 idx = max(idx, 1)
                 left = deadline - time.monotonic()
-                if min_index <= 0 or changed(idx, min_index) or left <= 0:
+                if min_index <= 0 or changed(idx, min_index) or left <= 0 \
+                        or generation != self.generation:
                     return idx, data
                 self.cond.wait(left)

@@ -21,3 +21,7 @@ def not_found(message: str) -> ConsulError:
 def rpc_error(message: str) -> ConsulError:
     """Errors raised by a Consul server RPC reach HTTP clients as 500."""
     return ConsulError(500, message)
+
+
+class PersistError(Exception):
+    """A write could not be put on disk: it must not be acknowledged (the answer is a 500)."""

@@ -17,9 +17,10 @@ from . import kv
 from .catalog import STATES
 from .core import query_timeout
 from .durations import parse_duration
-from .errors import ConsulError, bad_request, not_found
+from .errors import ConsulError, PersistError, bad_request, not_found
 from .fields import get
 from .filters import compile_filter
+from .snapshot import MAX_ARCHIVE_BYTES, SnapshotError, make_archive, read_archive
 from .store import Store
 
 log = logging.getLogger("walle.consul_standin.http")
@@ -71,6 +72,7 @@ class Response:
     body: object = None
     raw: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    content_type: str | None = None
 
 
 def node_meta_args(req: Request) -> dict[str, str]:
@@ -132,6 +134,7 @@ class ConsulHttpApi:
         r("PUT", r"/v1/agent/maintenance", self.agent_maintenance)
         r("PUT", r"/v1/event/fire/(.+)", self.event_fire)
         r("GET", r"/v1/event/list", self.event_list)
+        r("GET PUT", r"/v1/snapshot", self.snapshot)
         r("GET", r"/v1/status/leader", lambda req: Response(body=self.leader_addr))
         r("GET", r"/v1/status/peers", lambda req: Response(body=[self.leader_addr]))
 
@@ -148,9 +151,15 @@ class ConsulHttpApi:
                 allowed |= methods
                 continue
             try:
-                return handler(req, *(unquote(g) for g in m.groups()))
+                resp = handler(req, *(unquote(g) for g in m.groups()))
             except ConsulError as exc:
-                return Response(exc.status, raw=exc.message.encode())
+                resp = Response(exc.status, raw=exc.message.encode())
+            try:
+                # answer a write only once it is on disk (Consul: after the Raft commit)
+                self.store.wait_durable()
+            except PersistError as exc:
+                return Response(500, raw=str(exc).encode())
+            return resp
         if allowed:
             return Response(405, raw=f"method {req.method} not allowed".encode())
         return Response(404, raw=b"404 page not found")
@@ -416,6 +425,22 @@ class ConsulHttpApi:
                                           req.arg("reason", "") or "")
         return Response(raw=b"")
 
+    # --- snapshot ----------------------------------------------------------------------
+    def snapshot(self, req: Request) -> Response:
+        """GET: a gzipped tar archive of the whole state, X-Consul-Index = its index.
+        PUT: verify the archive completely, then replace the state in one write."""
+        if req.method == "GET":
+            state = self.store.snapshot()
+            return Response(raw=make_archive(state, state["index"]),
+                            headers=meta_headers(state["index"]),
+                            content_type="application/x-gzip")
+        try:
+            state = read_archive(req.body)
+        except SnapshotError as exc:
+            return Response(500, raw=str(exc).encode())
+        self.store.restore_snapshot(state)
+        return Response(raw=b"")
+
     # --- events --------------------------------------------------------------------------
     def event_fire(self, req: Request, name: str) -> Response:
         return Response(body=self.store.event_fire(
@@ -488,7 +513,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         parts = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
+        if length > (MAX_ARCHIVE_BYTES if parts.path == "/v1/snapshot" else MAX_BODY):
             self._send(Response(413, raw=b"Request body too large"))
             return
         body = self.rfile.read(length) if length else b""
@@ -505,7 +530,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, resp: Response) -> None:
         if resp.raw is not None:
-            payload, ctype = resp.raw, "text/plain; charset=utf-8"
+            payload, ctype = resp.raw, resp.content_type or "text/plain; charset=utf-8"
         else:
             payload, ctype = json.dumps(resp.body).encode(), "application/json"
         try:
@@ -526,6 +551,9 @@ class _Handler(BaseHTTPRequestHandler):
 class ApiServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 resets connections when many clients connect at
+    # once (Consul, in Go, listens with the system's somaxconn)
+    request_queue_size = 1024
 
     def __init__(self, addr: tuple[str, int], api: ConsulHttpApi,
                  agent_node_for: Callable[[str], str]):

@@ -1,8 +1,9 @@
 """Consul KV semantics as pure functions over a key->entry dict and a tombstone dict.
 
-Mirrors agent/consul/state/kvs.go: entries are replaced, never mutated, so a transaction can
-work on shallow copies and be dropped on rollback. Each function takes the Raft-like index of
-the write it belongs to.
+Mirrors agent/consul/state/kvs.go. Entries are replaced, never mutated: the write-ahead log
+logs a write as the new value of each key it touched, and a failed transaction rolls back by
+putting the old values back (journal.TrackedDict savepoints). Each function takes the
+Raft-like index of the write it belongs to.
 """
 
 from __future__ import annotations
@@ -17,9 +18,6 @@ MAX_VALUE_BYTES = 512 * 1024
 class KVSpace:
     entries: dict[str, dict] = field(default_factory=dict)
     tombstones: dict[str, int] = field(default_factory=dict)
-
-    def copy(self) -> KVSpace:
-        return KVSpace(dict(self.entries), dict(self.tombstones))
 
 
 def new_entry(key: str, value: bytes | None, flags: int, idx: int, **rest) -> dict:

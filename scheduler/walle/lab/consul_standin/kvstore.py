@@ -81,19 +81,32 @@ class KVMixin:
         if errors:
             return 409, {"Results": None, "Errors": errors}
         with self.write():
-            space = self.kv.copy()
+            # the ops apply in place; a failure rolls back only the keys they touched (a
+            # savepoint), so a transaction costs its ops, not the size of the KV table
+            tables = (self.kv.entries, self.kv.tombstones)
+            for table in tables:
+                table.savepoint()
             idx = self._peek_index()
             results, errors = [], []
-            for i, op in enumerate(parsed):
-                try:
-                    results.extend(_txn_op(space, op, idx))
-                except TxnOpError as exc:
-                    errors.append({"OpIndex": i, "What": str(exc)})
+            try:
+                for i, op in enumerate(parsed):
+                    try:
+                        results.extend(_txn_op(self.kv, op, idx))
+                    except TxnOpError as exc:
+                        errors.append({"OpIndex": i, "What": str(exc)})
+            except BaseException:
+                errors.append({"OpIndex": -1, "What": "internal error"})
+                raise
+            finally:
+                for table in tables:
+                    if errors:
+                        table.rollback()
+                    else:
+                        table.release()
             if errors:
                 return 409, {"Results": None, "Errors": errors}
             if any(op["Verb"] in _WRITE_VERBS for op in parsed):
                 self.touch("kvs", "tombstones")
-                self.kv = space
             return 200, {"Results": results, "Errors": None}
 
     def _txn_precheck(self, parsed: list[dict]) -> list[dict]:

@@ -5,23 +5,20 @@ LAB AND TEST ONLY. This is not Consul: one process, no Raft, no ACLs, no TLS.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .checkrunner import CheckRunners
 from .dns_server import start_dns
 from .http_api import ApiServer, ConsulHttpApi
+from .persist import COMPACT_BYTES, Persistence
 from .serf import SerfFollower
 from .store import Store
 
 log = logging.getLogger("walle.consul_standin")
-STATE_FILE = "standin-state.json"
-SAVE_DEBOUNCE_S = 0.2
 TICK_S = 0.1
 
 
@@ -44,67 +41,16 @@ class StandinConfig:
     # catalog address of an --agent node (default: its listener's host)
     node_addresses: dict[str, str] = field(default_factory=dict)
     serf_bin: str = "serf"
-
-
-class Saver:
-    """Debounced atomic JSON snapshots: write to a temp file, fsync, rename."""
-
-    def __init__(self, store: Store, data_dir: str):
-        self.store = store
-        self.path = Path(data_dir) / STATE_FILE
-        self._dirty = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="consul-standin-save",
-                                        daemon=True)
-        store.listeners.append(self._dirty.set)
-
-    def load(self) -> bool:
-        if not self.path.exists():
-            return False
-        try:
-            self.store.restore(json.loads(self.path.read_text()))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SystemExit(f"--data-dir: cannot load {self.path}: {exc}") from exc
-        return True
-
-    def save(self) -> None:
-        data = json.dumps(self.store.snapshot())
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-
-    def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._dirty.set()
-        if self._thread.ident is not None:
-            self._thread.join(timeout=10)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.save()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if not self._dirty.wait(1.0):
-                continue
-            self._stop.wait(SAVE_DEBOUNCE_S)
-            self._dirty.clear()
-            try:
-                self.save()
-            except Exception:  # noqa: BLE001 - keep saving later changes
-                log.exception("saving state to %s failed", self.path)
+    # write-ahead log size that triggers a compaction into snapshot.json
+    compact_bytes: int = COMPACT_BYTES
 
 
 class Standin:
     def __init__(self, config: StandinConfig):
         self.config = config
         self.store = Store(config.datacenter)
-        self.saver = Saver(self.store, config.data_dir) if config.data_dir else None
+        self.persistence = Persistence(self.store, config.data_dir, config.compact_bytes) \
+            if config.data_dir else None
         self.serf = SerfFollower(self.store, config.serf_rpc, config.serf_bin,
                                  protected={config.node_name, *config.agents}) \
             if config.serf_rpc else None
@@ -122,15 +68,11 @@ class Standin:
         return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
     def start(self) -> None:
-        loaded = self.saver.load() if self.saver else False
+        loaded = self.persistence.open() if self.persistence else False
         log.info("state %s", "restored from disk" if loaded else "starts empty")
-        self.store.register_agent_node(self.config.node_name, self.own_address)
-        self.store.consul_service(self.config.node_name)
-        for node, (host, _) in self.config.agents.items():
-            address = self.config.node_addresses.get(node) or host
-            self.store.register_agent_node(node, "127.0.0.1" if address == "0.0.0.0" else address)
-        if self.saver:
-            self.saver.start()
+        self.register_own_nodes()
+        self.store.wait_durable()
+        self.store.restore_hooks.append(self.register_own_nodes)
         if self.serf:
             self.serf.poll_once()
             self.serf.start()
@@ -146,6 +88,15 @@ class Standin:
             self.agent_servers[node] = self._serve(ApiServer(addr, api, lambda _ip, n=node: n))
         if self.config.dns:
             self.dns_servers, self.dns_addr = start_dns(self.store, *self.config.dns)
+
+    def register_own_nodes(self) -> None:
+        """The server's node with its `consul` service and the --agent nodes: at start and
+        after a snapshot restore (their agents would re-register them)."""
+        self.store.register_agent_node(self.config.node_name, self.own_address)
+        self.store.consul_service(self.config.node_name)
+        for node, (host, _) in self.config.agents.items():
+            address = self.config.node_addresses.get(node) or host
+            self.store.register_agent_node(node, "127.0.0.1" if address == "0.0.0.0" else address)
 
     def _serve(self, server: ApiServer) -> ApiServer:
         self._spawn(lambda: server.serve_forever(poll_interval=0.2), "consul-standin-http")
@@ -191,8 +142,8 @@ class Standin:
         self.checks.stop()
         for thread in self._threads:
             thread.join(timeout=5)
-        if self.saver:
-            self.saver.stop()
+        if self.persistence:
+            self.persistence.close()
 
 
 def start_in_thread(*, http: str | tuple[str, int] = ("127.0.0.1", 0),
@@ -201,7 +152,8 @@ def start_in_thread(*, http: str | tuple[str, int] = ("127.0.0.1", 0),
                     datacenter: str = "dc1", serf_rpc: str | None = None,
                     agents: dict[str, str | tuple[str, int]] | None = None,
                     extra_http: list[str | tuple[str, int]] | None = None,
-                    node_addresses: dict[str, str] | None = None) -> Standin:
+                    node_addresses: dict[str, str] | None = None,
+                    compact_bytes: int = COMPACT_BYTES) -> Standin:
     """Start a stand-in in this process; port 0 picks free ports. Returns the running Standin
     (`.http_addr`, `.dns_addr`, `.agent_addrs`, `.store`, `.stop()`). `node_addresses` gives
     an agent node's catalog address when it differs from its listener's host."""
@@ -214,7 +166,7 @@ def start_in_thread(*, http: str | tuple[str, int] = ("127.0.0.1", 0),
         data_dir=str(data_dir) if data_dir else None, node_name=node_name,
         datacenter=datacenter, serf_rpc=serf_rpc,
         agents={n: addr(a, f"agents[{n}]") for n, a in (agents or {}).items()},
-        node_addresses=dict(node_addresses or {}))
+        node_addresses=dict(node_addresses or {}), compact_bytes=compact_bytes)
     standin = Standin(config)
     standin.start()
     return standin
