@@ -47,6 +47,9 @@ ENDPOINT_RULES: dict[str, list[tuple[str, str]]] = {
     "/v1/agent/service/deregister/": [("service", "write")],
     "agent.service.deregister": [("service", "write")],
     "/v1/agent/check/update/": [("service", "write")],  # a service's TTL check
+    # walle backup/restore: Consul requires a management token (acl = "write"); no Walle
+    # actor's policy grants it (docs/security.md: use an offline management token).
+    "/v1/snapshot": [("acl", "write")],
 }
 
 # actor -> (endpoint, the key / service / session node / event the call touches)
