@@ -31,6 +31,7 @@ from walle.spec.model import (
     StopPolicy,
     UpdatePolicy,
 )
+from walle.spec.regex import compile_pattern
 
 ROOT = "<root>"  # the path of a problem with the document as a whole
 MAX_SPEC_BYTES = 256 * 1024
@@ -427,9 +428,9 @@ def _regex(r: _Report, value: object, path: str) -> str | None:
     if text is None:
         return None
     try:
-        re.compile(text)
-    except re.error as exc:
-        r.add(path, f"not a valid regular expression: {exc}")
+        compile_pattern(text)
+    except ValueError as exc:
+        r.add(path, str(exc))
         return None
     return text
 
