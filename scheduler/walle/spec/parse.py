@@ -39,7 +39,7 @@ MAX_TEXT = 4096  # longest single string value
 
 JOB_KINDS = ("service", "batch", "cron")
 RUNTIME_KINDS = ("exec", "nspawn")
-CHECK_TYPES = ("http", "tcp", "script", "ttl")
+CHECK_TYPES = ("http", "tcp", "ttl")
 RESTART_POLICIES = ("always", "on-failure", "no")
 STRATEGIES = ("spread", "binpack")
 OPERATORS = ("eq", "ne", "in", "not_in", "regex", "distinct_hosts", "max_per")
@@ -178,7 +178,7 @@ def _constraint_data(c: Constraint) -> dict:
 def _health_data(h: HealthCheck) -> dict:
     data = {"type": h.type, "interval": h.interval, "timeout": h.timeout,
             "deregister_after": h.deregister_after}
-    only = {"path": h.path, "port": h.port, "args": list(h.args), "ttl": h.ttl}
+    only = {"path": h.path, "port": h.port, "ttl": h.ttl}
     data.update({k: v for k, v in only.items() if h.type in HEALTH_ONLY[k]})
     return _drop_none(data)
 
@@ -465,12 +465,19 @@ def _dataset(r: _Report, value: object, path: str) -> str | None:
     return text
 
 
-HEALTH_KEYS = ("type", "path", "port", "args", "interval", "timeout", "ttl", "deregister_after")
-HEALTH_ONLY = {"path": ("http",), "port": ("http", "tcp"), "args": ("script",), "ttl": ("ttl",)}
+HEALTH_KEYS = ("type", "path", "port", "interval", "timeout", "ttl", "deregister_after")
+HEALTH_ONLY = {"path": ("http",), "port": ("http", "tcp"), "ttl": ("ttl",)}
+SCRIPT_CHECK_REFUSED = (
+    "script checks are not supported: Consul would run the command from the Consul agent, as "
+    "its user, outside the instance's sandbox and limits; use an http, tcp or ttl check (a ttl "
+    "check lets the workload itself report its health)")
 
 
 def _health(service_has_port: bool) -> Callable:
     def parse(r: _Report, value: object, path: str) -> HealthCheck | None:
+        if isinstance(value, Mapping) and value.get("type") == "script":
+            r.add(_at(path, "type"), SCRIPT_CHECK_REFUSED)
+            return None
         f = _fields(r, value, path, HEALTH_KEYS)
         if f is None:
             return None
@@ -479,7 +486,6 @@ def _health(service_has_port: bool) -> Callable:
         parts = {
             "path": _optional(r, f, "path", _url_path, path),
             "port": _optional(r, f, "port", _integer(1, 65535), path),
-            "args": _optional(r, f, "args", _list_of(_argument), path),
             "interval": _optional(r, f, "interval", _duration(0.1, 86400), path),
             "timeout": _optional(r, f, "timeout", _duration(0.1, 3600), path),
             "ttl": _optional(r, f, "ttl", _duration(1, 86400), path),
@@ -505,9 +511,6 @@ def _health_fits(r: _Report, f: dict, kind: str, path: str, parts: dict,
         r.add(_at(path, "port"), f"required for {kind} checks: set health.port or service.port")
     if kind == "ttl" and "ttl" not in f:
         r.add(_at(path, "ttl"), "required for ttl checks: a duration such as '30s'")
-    if kind == "script" and not parts["args"]:
-        r.add(_at(path, "args"), "required for script checks: the argv to run, such as "
-                                 "['/usr/local/bin/check']")
     return len(r.problems) == before
 
 
