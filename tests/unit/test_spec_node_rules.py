@@ -259,3 +259,42 @@ def test_whatever_the_parser_accepts_renders_and_systemd_loads(programs, walle_u
         assert argv == [spec.runtime.command, *spec.runtime.args]
 
     check()
+
+
+# ------------------------------------------------------- the report's files, via the CLI
+
+HOSTILE_FILES = {
+    "cpu-400-digits": ("name: web\nkind: batch\nresources: {cpu: " + "9" * 400 + ", memory: 64M}"
+                       "\nruntime: {command: /bin/true}\n", "<root>"),
+    "duration-400-digits": ("name: web\nkind: batch\nresources: {cpu: 1, memory: 64M}\n"
+                            "runtime: {command: /bin/true}\nstop: {timeout: " + "9" * 400 +
+                            "}\n", "<root>"),
+    "count-5000-digits": ("name: web\ncount: " + "9" * 5000 + "\n", "<root>"),
+    "alias-bomb": ("name: web\nkind: batch\nresources: {cpu: 1, memory: 64M}\nx: &a [" +
+                   ", ".join(["xxxxxxxx"] * 100) + "]\nruntime:\n  command: /bin/true\n"
+                   "  args: [" + ", ".join(["*a"] * 20000) + "]\n", "<root>"),
+    "memory-1e30": ("name: web\nkind: batch\nresources: {cpu: 1, memory: " + "1" + "0" * 30 +
+                    "}\nruntime: {command: /bin/true}\n", "resources.memory"),
+    "sigstop": ("name: web\nkind: batch\nresources: {cpu: 1, memory: 64M}\n"
+                "runtime: {command: /bin/true}\nstop: {signal: SIGSTOP}\n", "stop.signal"),
+    "quote-in-command": ("name: web\nkind: batch\nresources: {cpu: 1, memory: 64M}\n"
+                         "runtime: {command: '/opt/a\"b'}\n", "runtime.command"),
+    "working-dir-space": ("name: web\nkind: batch\nresources: {cpu: 1, memory: 64M}\n"
+                          "runtime: {command: /bin/true, working_dir: '/srv '}\n",
+                          "runtime.working_dir"),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", sorted(HOSTILE_FILES))
+def test_walle_validate_reports_hostile_files_with_exit_2(case, tmp_path, capsys):
+    from walle.cli.main import main
+
+    text, field = HOSTILE_FILES[case]
+    path = tmp_path / f"{case}.yml"
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"{path}: {field}: "), err[:300]
+    assert "Traceback" not in err
