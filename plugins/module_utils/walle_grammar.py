@@ -89,12 +89,12 @@ def check_path(value: object) -> str:
     """An absolute, normalised path that systemd reads back unchanged when written raw."""
     text = check_text(value)
     if not text.startswith("/") or text.startswith("//") or posixpath.normpath(text) != text:
-        raise ValueError(f"{text!r} must be an absolute, normalised path (starting with '/', "
+        raise ValueError(f"{_show(text)} must be an absolute, normalised path (starting with '/', "
                          "without '..', '.', '//' or a trailing '/')")
     if text != text.strip():
-        raise ValueError(f"{text!r} must not end with whitespace (systemd strips it)")
+        raise ValueError(f"{_show(text)} must not end with whitespace (systemd strips it)")
     if text.endswith("\\"):
-        raise ValueError(f"{text!r} must not end with a backslash (systemd reads it as a line "
+        raise ValueError(f"{_show(text)} must not end with a backslash (systemd reads it as a line "
                          "continuation)")
     return text
 
@@ -106,9 +106,9 @@ def check_executable(value: object) -> str:
     bad = sorted({c for c in text if c in _EXECUTABLE_REFUSED})
     if bad:
         shown = " ".join(bad)
-        raise ValueError(f"{text!r} contains {shown}: systemd refuses quotes and backslashes in "
-                         "a program path and cannot pass '$' in it literally; move or link "
-                         "the program to a path without them")
+        raise ValueError(f"{_show(text)} contains {shown}: systemd refuses quotes and "
+                         "backslashes in a program path and cannot pass '$' in it literally; "
+                         "move or link the program to a path without them")
     return text
 
 
@@ -118,7 +118,7 @@ def check_signal(value: object) -> str:
     if text not in STOP_SIGNALS:
         guess = text.upper() if text.upper().startswith("SIG") else f"SIG{text.upper()}"
         hint = f"; did you mean {guess}?" if guess in STOP_SIGNALS and guess != text else ""
-        raise ValueError(f"{text!r} is not a signal name that ends a process: use one of "
+        raise ValueError(f"{_show(text)} is not a signal name that ends a process: use one of "
                          f"{', '.join(STOP_SIGNALS)}{hint}")
     return text
 
@@ -219,6 +219,12 @@ def format_duration(seconds: object) -> str:
                          f"got {_short(seconds)}")
     millis = round(seconds * 1000)
     return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
+
+
+def _show(text: str) -> str:
+    """A value quoted for a one-line message: escapes shown, long text cut."""
+    shown = repr(text)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
 def _short(value: object) -> str:

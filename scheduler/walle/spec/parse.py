@@ -32,7 +32,6 @@ from walle.spec.regex import compile_pattern
 
 ROOT = "<root>"  # the path of a problem with the document as a whole
 MAX_SPEC_BYTES = 256 * 1024
-MAX_TEXT = grammar.MAX_TEXT  # longest single string value
 
 JOB_KINDS = ("service", "batch", "cron")
 RUNTIME_KINDS = ("exec", "nspawn")
@@ -40,7 +39,6 @@ CHECK_TYPES = ("http", "tcp", "ttl")
 RESTART_POLICIES = ("always", "on-failure", "no")
 STRATEGIES = ("spread", "binpack")
 OPERATORS = ("eq", "ne", "in", "not_in", "regex", "distinct_hosts", "max_per")
-SIGNALS = grammar.STOP_SIGNALS  # signals that end a process: the node's allow-list
 
 DNS_LABEL = re.compile(r"[a-z][a-z0-9-]*")
 DNS_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
