@@ -35,6 +35,7 @@ __all__ = [
     "MAX_SECONDS",
     "MAX_TEXT",
     "STOP_SIGNALS",
+    "check_calendar",
     "check_executable",
     "check_path",
     "check_signal",
@@ -66,6 +67,7 @@ _DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _EXECUTABLE_REFUSED = "\"'\\$"  # quotes and backslash: systemd; `$`: see the module text
+_CALENDAR = re.compile(r"[A-Za-z0-9 _*:,./~+-]{1,200}")
 
 
 # ------------------------------------------------------------------------------ text
@@ -109,6 +111,19 @@ def check_executable(value: object) -> str:
         raise ValueError(f"{_show(text)} contains {shown}: systemd refuses quotes and "
                          "backslashes in a program path and cannot pass '$' in it literally; "
                          "move or link the program to a path without them")
+    return text
+
+
+def check_calendar(value: object) -> str:
+    """The characters of an OnCalendar= expression (its shape is the spec parser's concern,
+    its meaning systemd's); no edge whitespace, which systemd would strip."""
+    text = check_text(value)
+    if not _CALENDAR.fullmatch(text):
+        raise ValueError(f"{_show(text)} is not an OnCalendar= expression: letters, digits, "
+                         "spaces and * : , . / ~ + - _ only, at most 200 characters")
+    if text != text.strip():
+        raise ValueError(f"{_show(text)} must not start or end with whitespace (systemd strips "
+                         "it)")
     return text
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 
 from ansible.module_utils.walle_grammar import (
+    check_calendar,
     check_executable,
     check_path,
     check_signal,
@@ -64,7 +65,6 @@ _CPUS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 _DEVICE_ALLOW = re.compile(
     r"^(/dev/[A-Za-z0-9._/:-]+|(char|block)-[A-Za-z0-9._*?-]+)( [rwm]{1,3})?$")
 _BLOCK_DEVICE = re.compile(r"^/dev/[A-Za-z0-9._/:-]+$")
-_CALENDAR = re.compile(r"^[A-Za-z0-9 _*:,./~+-]+$")
 _MAX_WEIGHT = 10000
 
 # Order in which slice directives are written (and compared).
@@ -346,10 +346,7 @@ def render_timer(name: str, *, schedule: str, description: str | None = None,
                  persistent: bool = True) -> str:
     """The text of `<name>.timer`, starting `<name>.service` on the OnCalendar= schedule."""
     validate_unit_stem(name)
-    check_text("schedule", schedule)
-    if schedule != schedule.strip() or not _CALENDAR.match(schedule):
-        raise ValueError(f"schedule: {schedule!r} is not an OnCalendar= expression "
-                         "(letters, digits, spaces and * : , . / ~ + - _ only)")
+    _by_grammar("schedule", check_calendar, schedule)
     unit = [("Description", _plain("description", description or f"Walle schedule {name}"))]
     timer = [("OnCalendar", schedule), ("Persistent", "true" if persistent else "false"),
              ("Unit", f"{name}.service")]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_spec_rejects import changed, problems_of
+from test_spec_rejects import DELETE, changed, problems_of
 
 from walle.spec import SpecError, load_spec_text, parse_spec
 from walle.spec.grammar import grammar
@@ -68,12 +68,23 @@ REFUSED = [
     ({"runtime.working_dir": "/srv/app "}, "runtime.working_dir", "whitespace"),
     ({"runtime.working_dir": "/srv/app\\"}, "runtime.working_dir", "backslash"),
     ({"runtime.command": "/usr/bin/app "}, "runtime.command", "whitespace"),
+    # cron: the timer renderer refuses edge whitespace, walle_workload a cron pre_stop
+    ({"kind": "cron", "schedule": " daily", "stop.pre_stop": DELETE}, "schedule", "whitespace"),
+    ({"kind": "cron", "schedule": "daily", "stop.pre_stop": DELETE}, None, None),
+    ({"kind": "cron", "schedule": "daily"}, "stop.pre_stop", "cron"),
+    ({"kind": "cron", "schedule": "*-*-* 02:00:00 Foo/Bar", "stop.pre_stop": DELETE}, "schedule",
+     "unknown time zone"),
+    ({"kind": "cron", "schedule": "*-*-* 02:00:00 Europe/Berlin", "stop.pre_stop": DELETE},
+     None, None),
 ]
 
 
 @pytest.mark.parametrize(("changes", "path", "fragment"), REFUSED,
                          ids=[f"{i}-{p}" for i, (_, p, _) in enumerate(REFUSED)])
 def test_what_the_node_refuses_is_refused_at_its_field(changes, path, fragment):
+    if path is None:  # the control case of its neighbours: this one is fine
+        parse_spec(changed(changes))
+        return
     problems = problems_of(changed(changes))
     assert [p for p, _ in problems] == [path], problems
     assert fragment in problems[0][1], problems[0][1]
@@ -174,8 +185,17 @@ def tricky_specs(draw, programs: list[str]):
             "pre_stop": [draw(st.sampled_from(programs)), *draw(st.lists(EDGE_TEXT,
                                                                           max_size=3))]}
     memory = draw(st.sampled_from(["1", "1.5K", "512M", "8191P", (1 << 63) - 1, "64MiB"]))
-    return {"name": "web", "kind": "service", "resources": {"cpu": 0.5, "memory": memory},
+    kind = draw(st.sampled_from(["service", "batch", "cron"]))
+    spec = {"name": "web", "kind": kind, "resources": {"cpu": 0.5, "memory": memory},
             "runtime": runtime, "stop": stop}
+    if kind == "cron":
+        spec["schedule"] = draw(st.sampled_from(
+            ["daily", " daily", "Daily", "Mon..Fri 09:30", "*:0/15", "*-*-* 02:00:00 UTC",
+             "*-*-* 02:00:00 ", "Sat,Sun *-*-1..7 04:00", "*-*-* 02:00:00 Foo/Bar",
+             "Mon 02:00 Europe/Berlin"]))
+        if draw(st.booleans()):
+            del stop["pre_stop"]
+    return spec
 
 
 @pytest.fixture(scope="module")
@@ -205,20 +225,30 @@ def render_units(spec, wu) -> dict[str, str]:
     sl = params.slice_args(spec, 0, Grant())
     slice_text = wu.render_slice(sl["name"], description=sl["description"], **{
         k: v for k, v in sl.items() if k not in ("name", "state", "description")})
+    by_kind = {"service": dict(service_type="exec", restart=work.get("restart")),
+               "batch": dict(service_type="exec", restart="on-failure",
+                             start_limit_burst=work.get("retries")),
+               "cron": dict(service_type="oneshot")}[spec.kind]
+    if spec.kind == "cron":
+        assert not work.get("pre_stop")  # walle_workload refuses a pre_stop for cron
     service = wu.render_service(
         work["name"], slice=work["slice"], argv=[work["command"], *work["args"]],
         env=work["env"], user=work.get("user"), working_dir=work.get("working_dir"),
-        restart=work.get("restart"), pre_stop=work.get("pre_stop"),
-        stop_signal=work["stop_signal"], stop_timeout=work["stop_timeout"],
-        description=work["description"])
-    return {f"{work['name']}.service": service, sl["name"]: slice_text}
+        pre_stop=work.get("pre_stop"), stop_signal=work["stop_signal"],
+        stop_timeout=work["stop_timeout"], description=work["description"], **by_kind)
+    units = {f"{work['name']}.service": service, sl["name"]: slice_text}
+    if spec.kind == "cron":
+        units[f"{work['name']}.timer"] = wu.render_timer(work["name"],
+                                                         schedule=work["schedule"],
+                                                         description=work["description"])
+    return units
 
 
 def systemd_verify(folder: Path, units: dict[str, str]) -> list[str]:
     for name, text in units.items():
         (folder / name).write_text(text)
-    unit = next(n for n in units if n.endswith(".service"))
-    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", str(folder / unit)],
+    paths = [str(folder / n) for n in units if not n.endswith(".slice")]
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", *paths],
                           capture_output=True, text=True, timeout=60, check=False,
                           env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"})
     return [] if proc.returncode == 0 else proc.stderr.splitlines()
@@ -241,7 +271,7 @@ def walle_units():
 @pytest.mark.timeout(600)
 def test_whatever_the_parser_accepts_renders_and_systemd_loads(programs, walle_units,
                                                                tmp_path_factory):
-    @settings(max_examples=40, deadline=None,
+    @settings(max_examples=60, deadline=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture,
                                      HealthCheck.too_slow])
     @given(data=tricky_specs(programs))

@@ -33,7 +33,7 @@ BASE = {
     "service": {"name": "web", "port": 8080, "tags": ["v1"]},
 }
 
-CRON = {"kind": "cron", "schedule": "*-*-* 02:00:00"}
+CRON = {"kind": "cron", "schedule": "*-*-* 02:00:00", "stop.pre_stop": DELETE}  # no hook: oneshot
 NSPAWN = {"runtime.type": "nspawn", "runtime.image": "/var/lib/machines/web"}
 
 
@@ -177,7 +177,7 @@ BAD = [
     ({"service.tags": ["a b"]}, "service.tags[0]", "not a valid tag"),
     ({"service.tags": ["v1", "a.b"]}, "service.tags[1]", "not a valid tag"),
     # schedule and update
-    ({"kind": "cron"}, "schedule", "required for cron jobs"),
+    ({"kind": "cron", "stop.pre_stop": DELETE}, "schedule", "required for cron jobs"),
     ({"schedule": "daily"}, "schedule", "only cron jobs have a schedule"),
     ({**CRON, "schedule": "every day"}, "schedule", "not a systemd OnCalendar expression"),
     ({**CRON, "schedule": "*-*-* 02:00:00; rm -rf /"}, "schedule", "OnCalendar"),

@@ -9,7 +9,9 @@ relative or unnormalised paths and unsafe names; the unit renderer still escapes
 from __future__ import annotations
 
 import difflib
+import functools
 import re
+import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -296,6 +298,10 @@ def _check_kind_rules(r: _Report, f: dict, kind: str | None) -> None:
                           f"(this job is {kind})")
     if kind == "service" and "retries" in f:
         r.add("retries", "only batch and cron jobs have retries; services use restart")
+    stop = f.get("stop")
+    if kind == "cron" and isinstance(stop, Mapping) and stop.get("pre_stop"):
+        r.add("stop.pre_stop", "cron jobs run as a oneshot service, which has no graceful stop "
+                               "hook; remove it (stop.signal and stop.timeout still apply)")
 
 
 def _job_name(r: _Report, value: object, path: str) -> str | None:
@@ -627,7 +633,30 @@ def _calendar(r: _Report, value: object, path: str) -> str | None:
                     "'[weekdays] [year-month-day] [hour:minute[:second]] [timezone]', "
                     "such as '*-*-* 02:00:00' or 'Mon..Fri 09:30'")
         return None
-    return text
+    zone = _calendar_zone(text)
+    if zone is not None and not _known_timezone(zone):
+        r.add(path, f"unknown time zone {_show(zone)}: systemd refuses the schedule; use UTC or "
+                    "a tz database name such as Europe/Berlin")
+        return None
+    return _by_grammar(r, grammar.check_calendar, text, path)
+
+
+def _calendar_zone(text: str) -> str | None:
+    """The time zone at the end of an OnCalendar expression, if it names one."""
+    tokens = text.split()
+    return tokens[-1] if len(tokens) > 1 and TIMEZONE.fullmatch(tokens[-1]) else None
+
+
+@functools.lru_cache(maxsize=256)
+def _known_timezone(name: str) -> bool:
+    """In the tz database (the scheduler's; nodes run the same distribution's tzdata)."""
+    if name == "UTC":
+        return True
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
 
 
 def _calendar_shape_ok(text: str) -> bool:
