@@ -12,13 +12,27 @@ systemd facts this relies on (systemd.syntax(7), systemd.service(5)):
   so control characters are refused everywhere;
 - specifiers (`%n`, `%h` ...) are expanded in most values: `%` is written `%%`;
 - Exec*= words are split on whitespace, unquoted with C escapes, and `$VAR` is substituted:
-  each argument is written double-quoted with `\\`, `\"`, `%%` and `$$`.
+  each argument is written double-quoted with `\\`, `\"`, `%%` and `$$`. The program (the
+  first word) is quoted the same way except `$`, which systemd does not substitute there; the
+  characters it cannot carry at all are refused by the grammar (check_executable).
+
+What a value may be (sizes, durations, signals, paths, text) is decided by walle_grammar, the
+file the scheduler's spec parser reads too: the renderer accepts what the parser accepts.
 """
 
 from __future__ import annotations
 
-import math
 import re
+
+from ansible.module_utils.walle_grammar import (
+    check_calendar,
+    check_executable,
+    check_path,
+    check_signal,
+)
+from ansible.module_utils.walle_grammar import check_text as _grammar_text
+from ansible.module_utils.walle_grammar import format_duration as _grammar_duration
+from ansible.module_utils.walle_grammar import parse_size as _grammar_size
 
 __all__ = [
     "SLICE_PROPERTY_ORDER",
@@ -31,6 +45,7 @@ __all__ = [
     "quote_env",
     "quote_exec_arg",
     "quote_exec_line",
+    "quote_exec_program",
     "render_service",
     "render_slice",
     "render_timer",
@@ -40,19 +55,16 @@ __all__ = [
     "validate_unit_stem",
 ]
 
-# C0/C1 controls and Unicode line/paragraph separators: nothing that could end a line.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _SLICE_NAME = re.compile(r"^walle(-[A-Za-z0-9_.:]+)*\.slice$")
 _UNIT_STEM = re.compile(r"^walle-[A-Za-z0-9_.:@-]+$")
-_SIZE = re.compile(r"^(\d+(\.\d+)?[KMGTPE]?|\d+(\.\d+)?%|infinity)$")
+_SYSTEMD_SIZE = re.compile(r"^\d+(\.\d+)?[KMGTPE]?$")  # written as given
+_PERCENT = re.compile(r"^\d+(\.\d+)?%$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _USER = re.compile(r"^([a-z_][a-z0-9_-]*[$]?|\d+)$")
-_SIGNAL = re.compile(r"^SIG[A-Z0-9]+([+-]\d+)?$")
 _CPUS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 _DEVICE_ALLOW = re.compile(
     r"^(/dev/[A-Za-z0-9._/:-]+|(char|block)-[A-Za-z0-9._*?-]+)( [rwm]{1,3})?$")
 _BLOCK_DEVICE = re.compile(r"^/dev/[A-Za-z0-9._/:-]+$")
-_CALENDAR = re.compile(r"^[A-Za-z0-9 _*:,./~+-]+$")
 _MAX_WEIGHT = 10000
 
 # Order in which slice directives are written (and compared).
@@ -66,13 +78,17 @@ SLICE_PROPERTY_ORDER = (
 # ---------------------------------------------------------------------------------- checks
 
 def check_text(field: str, value: str) -> str:
-    """Return value if it is a str without control characters (newline, tab, NUL ...)."""
-    if not isinstance(value, str):
-        raise ValueError(f"{field}: expected a string, got {type(value).__name__}")
-    if _CONTROL.search(value):
-        raise ValueError(f"{field}: control characters (newline, tab, NUL ...) are not allowed, "
-                         f"got {value!r}")
-    return value
+    """Return value if it is a str without control characters (newline, tab, NUL ...) and not
+    longer than the grammar allows."""
+    return _by_grammar(field, _grammar_text, value)
+
+
+def _by_grammar(field: str, check, value):
+    """One rule of walle_grammar; its message gets the field name in front."""
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise ValueError(f"{field}: {exc}") from None
 
 
 def _match(field: str, pattern: re.Pattern, value: str, what: str) -> str:
@@ -94,10 +110,7 @@ def _plain(field: str, value: str) -> str:
 
 
 def _abs_path(field: str, value: str) -> str:
-    check_text(field, value)
-    if not value.startswith("/"):
-        raise ValueError(f"{field}: must be an absolute path, got {value!r}")
-    return _plain(field, value)
+    return _plain(field, _by_grammar(field, check_path, value))
 
 
 def validate_slice_name(name: str, field: str = "name") -> str:
@@ -124,24 +137,20 @@ def _positive_int(field: str, value: int) -> int:
 
 
 # ------------------------------------------------------------------------ sizes, durations
-
-_SIZE_FACTORS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50,
-                 "E": 1 << 60}
-
+# The grammar is walle_grammar's (the spec's); percentages and infinity are systemd's own
+# forms that only the modules' direct users write.
 
 def format_size(field: str, value: int | str) -> str:
-    """Bytes (int or digit string) or a systemd size string: "512M", "2G", "50%", "infinity"."""
-    if isinstance(value, bool):
-        raise ValueError(f"{field}: expected bytes or a size string, got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"{field}: must not be negative, got {value}")
-        return str(value)
-    text = check_text(field, value).strip()
-    if not _SIZE.match(text):
-        raise ValueError(f"{field}: {value!r} is not a size: use bytes, a number with K/M/G/T "
-                         "(base 1024), a percentage or 'infinity'")
-    return text
+    """A size directive's value: bytes (int) or a size string of the grammar ("512M", "1.5G",
+    "4GiB"), at most walle_grammar.MAX_BYTES; also "50%" and "infinity". Sizes systemd reads
+    as given are written as given, others as bytes."""
+    if isinstance(value, str):
+        text = check_text(field, value).strip()
+        if text == "infinity" or _PERCENT.match(text) or _SYSTEMD_SIZE.match(text):
+            if _SYSTEMD_SIZE.match(text):
+                _by_grammar(field, _grammar_size, text)  # the upper bound
+            return text
+    return str(_by_grammar(field, _grammar_size, value))
 
 
 def parse_size(text: str) -> int | None:
@@ -149,20 +158,12 @@ def parse_size(text: str) -> int | None:
     text = text.strip()
     if text in ("infinity", "", "[not set]"):
         return None
-    number, suffix = (text[:-1], text[-1]) if text[-1] in _SIZE_FACTORS else (text, "")
-    return int(float(number) * _SIZE_FACTORS[suffix])
+    return _grammar_size(text)
 
 
 def format_duration(field: str, seconds: float) -> str:
     """Seconds as a systemd time span: whole seconds as "30s", otherwise whole ms "1500ms"."""
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        raise ValueError(f"{field}: expected seconds as a number, got {seconds!r}")
-    if math.isinf(seconds) and seconds > 0:
-        return "infinity"
-    if math.isnan(seconds) or seconds < 0:
-        raise ValueError(f"{field}: must be a non-negative number of seconds, got {seconds!r}")
-    millis = round(seconds * 1000)
-    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
+    return _by_grammar(field, _grammar_duration, seconds)
 
 
 # -------------------------------------------------------------------------------- quoting
@@ -176,15 +177,21 @@ def quote_exec_arg(arg: str, field: str = "args") -> str:
     return f'"{escaped}"'
 
 
+def quote_exec_program(path: str, field: str = "command") -> str:
+    """The program of an Exec*= line: a path the grammar allows (no quote, backslash or `$`:
+    systemd refuses the first two there and does not substitute `$` in it), double-quoted
+    with specifiers escaped so spaces and `%` reach systemd literally."""
+    _by_grammar(field, check_executable, path)
+    return '"' + path.replace("%", "%%") + '"'
+
+
 def quote_exec_line(argv: list[str] | tuple[str, ...], field: str = "command",
                     args_field: str | None = None) -> str:
     """A whole Exec*= value from an argv whose first element is an absolute path; errors name
     `field` for the program and `args_field` (default: field) for the arguments."""
     if not argv:
         raise ValueError(f"{field}: must not be empty")
-    if not isinstance(argv[0], str) or not argv[0].startswith("/"):
-        raise ValueError(f"{field}: the program must be an absolute path, got {argv[0]!r}")
-    return " ".join([quote_exec_arg(argv[0], field)] +
+    return " ".join([quote_exec_program(argv[0], field)] +
                     [quote_exec_arg(a, args_field or field) for a in argv[1:]])
 
 
@@ -328,20 +335,18 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
 
 
 def _signal(value: str) -> str:
-    check_text("stop_signal", value)
-    name = value.upper()
+    """KillSignal=: a signal of the grammar's allow-list (one that ends the process); a
+    lower-case name or one without SIG is read as the signal it names."""
+    name = check_text("stop_signal", value).upper()
     name = name if name.startswith("SIG") else f"SIG{name}"
-    return _match("stop_signal", _SIGNAL, name, "a signal name such as SIGTERM or SIGRTMIN+3")
+    return _by_grammar("stop_signal", check_signal, name)
 
 
 def render_timer(name: str, *, schedule: str, description: str | None = None,
                  persistent: bool = True) -> str:
     """The text of `<name>.timer`, starting `<name>.service` on the OnCalendar= schedule."""
     validate_unit_stem(name)
-    check_text("schedule", schedule)
-    if schedule != schedule.strip() or not _CALENDAR.match(schedule):
-        raise ValueError(f"schedule: {schedule!r} is not an OnCalendar= expression "
-                         "(letters, digits, spaces and * : , . / ~ + - _ only)")
+    _by_grammar("schedule", check_calendar, schedule)
     unit = [("Description", _plain("description", description or f"Walle schedule {name}"))]
     timer = [("OnCalendar", schedule), ("Persistent", "true" if persistent else "false"),
              ("Unit", f"{name}.service")]

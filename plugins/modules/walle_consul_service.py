@@ -19,8 +19,8 @@ description:
     so the module stores a digest of the check it registered in the service meta key
     C(walle_check) and also verifies that the check C(service:<id>) still exists.
   - Registration uses C(?replace-existing-checks=true), so a changed check replaces the old one.
-  - Script checks are not registered with Consul; a node-side timer runs the script and feeds
-    a TTL check (O(check_type=ttl)).
+  - There are no script checks: Consul would run them from its agent, outside the instance's
+    sandbox. Job specs refuse them at validation.
 options:
   consul_addr:
     description:

@@ -116,6 +116,25 @@ def test_workload_runs_arguments_and_env_literally(node):
     assert again["changed"] is False and again["main_pid"] == started["main_pid"]
 
 
+def test_a_program_path_the_grammar_allows_runs_with_its_exact_argv(node):
+    """Spaces, braces, `%`, `#`, `;` and non-ASCII in the program path (walle_grammar allows
+    them; quotes, backslash and `$` it refuses): systemd runs that very file, argv[0] intact."""
+    program = f"/opt/{TAG} a/{{b}}/50%/#;é/run"
+    node.sh(f"mkdir -p {shlex.quote(program.rsplit('/', 1)[0])} && "
+            f"printf '#!/bin/sh\\nprintf \"%%s\\\\n\" \"$0\" \"$@\" > /run/{TAG}.prog\\n' "
+            f"> {shlex.quote(program)} && chmod 755 {shlex.quote(program)}")
+    node.ok("walle_slice", SLICE_ARGS)
+    args = dict(name=f"{STEM}p", slice=SLICE, kind="batch", command=program,
+                args=["%n", "$HOME", "a b"], restart="no")
+    try:
+        node.ok("walle_workload", args)
+        seen = node.sh(f"for i in $(seq 50); do [ -s /run/{TAG}.prog ] && break; sleep 0.1; "
+                       f"done; cat /run/{TAG}.prog")
+        assert seen.splitlines() == [program, "%n", "$HOME", "a b"]
+    finally:
+        node.module("walle_workload", {"name": f"{STEM}p", "state": "absent"})
+
+
 def test_set_property_changes_cpu_weight_without_restarting(node):
     pid_before = node.show(f"{STEM}.service", "MainPID")["MainPID"]
     assert int(pid_before) > 0

@@ -105,8 +105,7 @@ def test_registration_builds_checks_from_the_job_spec():
                              "DeregisterCriticalServiceAfter": "60s"}  # Consul's minimum 1m
     tcp = registration("db-0", "db", "10.77.0.12", 5432, check=HealthCheck(type="tcp"))
     assert tcp["Check"]["TCP"] == "10.77.0.12:5432"
-    script = registration("b-0", "b", "10.77.0.12", None,
-                          check=HealthCheck(type="script", args=("/bin/true",), interval=5))
-    assert "TTL" in script["Check"] and "HTTP" not in script["Check"]
+    ttl = registration("b-0", "b", "10.77.0.12", None, check=HealthCheck(type="ttl", ttl=30))
+    assert ttl["Check"]["TTL"] == "30s" and "HTTP" not in ttl["Check"]
     with pytest.raises(ValueError, match="health.port"):
         registration("x-0", "x", "10.77.0.12", None, check=HealthCheck(type="http"))

@@ -227,7 +227,6 @@ def test_no_service_means_no_registration_and_no_health_means_no_check():
     ("overrides", "field"),
     [
         ({"health": HealthCheck(type="ttl")}, "health.ttl"),
-        ({"health": HealthCheck(type="script", args=("/bin/true",))}, "health.type"),
         ({"service": Discovery(name="web")}, "health.port"),
     ],
 )

@@ -11,12 +11,12 @@ depend on where the job's other instances are (distinct_hosts, max_per).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from walle.core.model import Node
 from walle.spec.model import Constraint, JobSpec
+from walle.spec.regex import compile_pattern
 
 if TYPE_CHECKING:
     from walle.core.state import ClusterIndex
@@ -38,7 +38,7 @@ class NodeRule:
     attribute: str
     operator: str
     values: tuple[str, ...]
-    pattern: re.Pattern | None = None
+    pattern: Any = None  # an RE2 pattern (walle.spec.regex): linear-time search
 
     def holds(self, node: Node) -> bool:
         value = node.attribute(self.attribute)
@@ -131,8 +131,8 @@ def _node_rule(c: Constraint, where: str) -> NodeRule:
     pattern = None
     if c.operator == "regex":
         try:
-            pattern = re.compile(values[0])
-        except re.error as exc:
+            pattern = compile_pattern(values[0])
+        except ValueError as exc:
             raise ValueError(f"{where}: regex {values[0]!r} does not compile: {exc}") from None
     return NodeRule(c.attribute, c.operator, values, pattern)
 

@@ -195,11 +195,6 @@ def check_args(health: HealthCheck, node_address: str, service_port: int | None)
             raise ValueError("health.ttl: a ttl check needs ttl (seconds)")
         check["check_ttl"] = _duration(health.ttl)
         return check
-    if health.type == "script":
-        raise ValueError(
-            "health.type: script checks need a node-side feeder that walle_consul_service "
-            "does not provide yet; use an http, tcp or ttl check"
-        )
     port = health.port if health.port is not None else service_port
     if port is None:
         raise ValueError(f"health.port: a {health.type} check needs health.port or service.port")

@@ -13,7 +13,7 @@ from typing import Literal
 
 JobKind = Literal["service", "batch", "cron"]
 RuntimeKind = Literal["exec", "nspawn"]
-CheckType = Literal["http", "tcp", "script", "ttl"]
+CheckType = Literal["http", "tcp", "ttl"]
 RestartPolicy = Literal["always", "on-failure", "no"]
 Strategy = Literal["spread", "binpack"]
 ConstraintOp = Literal["eq", "ne", "in", "not_in", "regex", "distinct_hosts", "max_per"]
@@ -64,7 +64,6 @@ class HealthCheck:
     type: CheckType
     path: str = "/"  # http
     port: int | None = None  # http/tcp; defaults to the service port
-    args: tuple[str, ...] = ()  # script
     interval: float = 2.0
     timeout: float = 2.0
     ttl: float | None = None  # ttl checks

@@ -9,17 +9,16 @@ relative or unnormalised paths and unsafe names; the unit renderer still escapes
 from __future__ import annotations
 
 import difflib
-import math
-import posixpath
+import functools
 import re
-import signal
-import unicodedata
+import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 
+from walle.spec.grammar import grammar
 from walle.spec.model import (
     Constraint,
     Discovery,
@@ -31,18 +30,17 @@ from walle.spec.model import (
     StopPolicy,
     UpdatePolicy,
 )
+from walle.spec.regex import compile_pattern
 
 ROOT = "<root>"  # the path of a problem with the document as a whole
 MAX_SPEC_BYTES = 256 * 1024
-MAX_TEXT = 4096  # longest single string value
 
 JOB_KINDS = ("service", "batch", "cron")
 RUNTIME_KINDS = ("exec", "nspawn")
-CHECK_TYPES = ("http", "tcp", "script", "ttl")
+CHECK_TYPES = ("http", "tcp", "ttl")
 RESTART_POLICIES = ("always", "on-failure", "no")
 STRATEGIES = ("spread", "binpack")
 OPERATORS = ("eq", "ne", "in", "not_in", "regex", "distinct_hosts", "max_per")
-SIGNALS = tuple(sorted(s.name for s in signal.Signals if not s.name.startswith("SIGRT")))
 
 DNS_LABEL = re.compile(r"[a-z][a-z0-9-]*")
 DNS_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
@@ -50,11 +48,6 @@ USER = re.compile(r"[a-z_][a-z0-9_-]*\$?")
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 DATASET = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 ATTRIBUTE = re.compile(r"(name|zone|rack|label\.[A-Za-z0-9_][A-Za-z0-9_.-]*)")
-DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
-DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-SECONDS_PER = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
-SIZE_POWER = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}
 CALENDAR_SHORTHANDS = ("minutely", "hourly", "daily", "weekly", "monthly", "quarterly",
                        "semiannually", "yearly", "annually")
 CALENDAR_CHARS = re.compile(r"[A-Za-z0-9*,./:~ +_-]+")
@@ -113,6 +106,9 @@ def load_spec_text(text: str, source: str = "<input>") -> JobSpec:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise SpecError([Problem(ROOT, f"not valid YAML: {_yaml_reason(exc)}")], source) from exc
+    except RecursionError:
+        raise SpecError([Problem(ROOT, "not valid YAML: lists or mappings are nested too "
+                                       "deeply")], source) from None
     return parse_spec(data, source)
 
 
@@ -177,7 +173,7 @@ def _constraint_data(c: Constraint) -> dict:
 def _health_data(h: HealthCheck) -> dict:
     data = {"type": h.type, "interval": h.interval, "timeout": h.timeout,
             "deregister_after": h.deregister_after}
-    only = {"path": h.path, "port": h.port, "args": list(h.args), "ttl": h.ttl}
+    only = {"path": h.path, "port": h.port, "ttl": h.ttl}
     data.update({k: v for k, v in only.items() if h.type in HEALTH_ONLY[k]})
     return _drop_none(data)
 
@@ -187,7 +183,23 @@ def _drop_none(data: dict) -> dict:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
+    """SafeLoader that refuses duplicate keys instead of silently keeping the last one, aliases
+    (a few kilobytes of `*a` expand to hundreds of megabytes: a spec is written out) and
+    numbers longer than the node's grammar allows (before converting them)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a job spec; write the value "
+                "out where it is needed", mark)
+        return super().compose_node(parent, index)
+
+    def construct_yaml_int(self, node):
+        return super().construct_yaml_int(_short_number(node))
+
+    def construct_yaml_float(self, node):
+        return super().construct_yaml_float(_short_number(node))
 
     def construct_mapping(self, node, deep=False):
         seen: set = set()
@@ -201,6 +213,19 @@ class _StrictLoader(yaml.SafeLoader):
                     None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _short_number(node: yaml.ScalarNode) -> yaml.ScalarNode:
+    if len(node.value) > grammar.MAX_NUMBER_CHARS:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"a number of {len(node.value)} characters; numbers are at most "
+            f"{grammar.MAX_NUMBER_CHARS} characters long (quote it if it is text)",
+            node.start_mark)
+    return node
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _StrictLoader.construct_yaml_float)
 
 
 def _yaml_reason(exc: yaml.YAMLError) -> str:
@@ -273,6 +298,10 @@ def _check_kind_rules(r: _Report, f: dict, kind: str | None) -> None:
                           f"(this job is {kind})")
     if kind == "service" and "retries" in f:
         r.add("retries", "only batch and cron jobs have retries; services use restart")
+    stop = f.get("stop")
+    if kind == "cron" and isinstance(stop, Mapping) and stop.get("pre_stop"):
+        r.add("stop.pre_stop", "cron jobs run as a oneshot service, which has no graceful stop "
+                               "hook; remove it (stop.signal and stop.timeout still apply)")
 
 
 def _job_name(r: _Report, value: object, path: str) -> str | None:
@@ -334,7 +363,7 @@ def _runtime(r: _Report, value: object, path: str) -> Runtime | None:
         return None
     kind = _optional(r, f, "type", _choice(RUNTIME_KINDS), path) or "exec"
     parts = {
-        "command": _optional(r, f, "command", _abs_path, path),
+        "command": _optional(r, f, "command", _program, path),
         "args": _optional(r, f, "args", _list_of(_argument), path),
         "env": _optional(r, f, "env", _env, path),
         "user": _optional(r, f, "user", _user, path),
@@ -427,9 +456,9 @@ def _regex(r: _Report, value: object, path: str) -> str | None:
     if text is None:
         return None
     try:
-        re.compile(text)
-    except re.error as exc:
-        r.add(path, f"not a valid regular expression: {exc}")
+        compile_pattern(text)
+    except ValueError as exc:
+        r.add(path, str(exc))
         return None
     return text
 
@@ -464,12 +493,19 @@ def _dataset(r: _Report, value: object, path: str) -> str | None:
     return text
 
 
-HEALTH_KEYS = ("type", "path", "port", "args", "interval", "timeout", "ttl", "deregister_after")
-HEALTH_ONLY = {"path": ("http",), "port": ("http", "tcp"), "args": ("script",), "ttl": ("ttl",)}
+HEALTH_KEYS = ("type", "path", "port", "interval", "timeout", "ttl", "deregister_after")
+HEALTH_ONLY = {"path": ("http",), "port": ("http", "tcp"), "ttl": ("ttl",)}
+SCRIPT_CHECK_REFUSED = (
+    "script checks are not supported: Consul would run the command from the Consul agent, as "
+    "its user, outside the instance's sandbox and limits; use an http, tcp or ttl check (a ttl "
+    "check lets the workload itself report its health)")
 
 
 def _health(service_has_port: bool) -> Callable:
     def parse(r: _Report, value: object, path: str) -> HealthCheck | None:
+        if isinstance(value, Mapping) and value.get("type") == "script":
+            r.add(_at(path, "type"), SCRIPT_CHECK_REFUSED)
+            return None
         f = _fields(r, value, path, HEALTH_KEYS)
         if f is None:
             return None
@@ -478,7 +514,6 @@ def _health(service_has_port: bool) -> Callable:
         parts = {
             "path": _optional(r, f, "path", _url_path, path),
             "port": _optional(r, f, "port", _integer(1, 65535), path),
-            "args": _optional(r, f, "args", _list_of(_argument), path),
             "interval": _optional(r, f, "interval", _duration(0.1, 86400), path),
             "timeout": _optional(r, f, "timeout", _duration(0.1, 3600), path),
             "ttl": _optional(r, f, "ttl", _duration(1, 86400), path),
@@ -504,9 +539,6 @@ def _health_fits(r: _Report, f: dict, kind: str, path: str, parts: dict,
         r.add(_at(path, "port"), f"required for {kind} checks: set health.port or service.port")
     if kind == "ttl" and "ttl" not in f:
         r.add(_at(path, "ttl"), "required for ttl checks: a duration such as '30s'")
-    if kind == "script" and not parts["args"]:
-        r.add(_at(path, "args"), "required for script checks: the argv to run, such as "
-                                 "['/usr/local/bin/check']")
     return len(r.problems) == before
 
 
@@ -526,18 +558,12 @@ def _stop(r: _Report, value: object, path: str) -> StopPolicy | None:
 
 def _signal(r: _Report, value: object, path: str) -> str | None:
     text = _text(r, value, path)
-    if text is not None and text not in SIGNALS:
-        guess = text.upper() if text.upper() in SIGNALS else f"SIG{text.upper()}"
-        hint = f"; did you mean {guess}?" if guess in SIGNALS else ""
-        r.add(path, f"{_show(text)} is not a signal name: use SIGTERM, SIGINT, SIGHUP, "
-                    f"SIGQUIT, SIGUSR1, SIGUSR2, SIGKILL, ...{hint}")
-        return None
-    return text
+    return None if text is None else _by_grammar(r, grammar.check_signal, text, path)
 
 
 def _argv(r: _Report, value: object, path: str) -> tuple[str, ...] | None:
     items = _list_of(_argument)(r, value, path)
-    if items and _abs_path(r, items[0], f"{path}[0]") is None:
+    if items and _program(r, items[0], f"{path}[0]") is None:
         return None
     return items
 
@@ -607,7 +633,30 @@ def _calendar(r: _Report, value: object, path: str) -> str | None:
                     "'[weekdays] [year-month-day] [hour:minute[:second]] [timezone]', "
                     "such as '*-*-* 02:00:00' or 'Mon..Fri 09:30'")
         return None
-    return text
+    zone = _calendar_zone(text)
+    if zone is not None and not _known_timezone(zone):
+        r.add(path, f"unknown time zone {_show(zone)}: systemd refuses the schedule; use UTC or "
+                    "a tz database name such as Europe/Berlin")
+        return None
+    return _by_grammar(r, grammar.check_calendar, text, path)
+
+
+def _calendar_zone(text: str) -> str | None:
+    """The time zone at the end of an OnCalendar expression, if it names one."""
+    tokens = text.split()
+    return tokens[-1] if len(tokens) > 1 and TIMEZONE.fullmatch(tokens[-1]) else None
+
+
+@functools.lru_cache(maxsize=256)
+def _known_timezone(name: str) -> bool:
+    """In the tz database (the scheduler's; nodes run the same distribution's tzdata)."""
+    if name == "UTC":
+        return True
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
 
 
 def _calendar_shape_ok(text: str) -> bool:
@@ -709,58 +758,30 @@ def _boolean(r: _Report, value: object, path: str) -> bool | None:
 
 def _duration(low: float, high: float) -> Callable:
     def parse(r: _Report, value: object, path: str) -> float | None:
-        seconds = _seconds(value)
-        if seconds is None:
-            r.add(path, f"expected a duration: seconds as a number, or text such as '500ms', "
-                        f"'10s', '2m', '1h' (or combined: '1m30s'), got {_describe(value)}")
-        elif not low <= seconds <= high:
+        seconds = _by_grammar(r, grammar.parse_duration, value, path, shown=True)
+        if seconds is not None and not low <= seconds <= high:
             r.add(path, f"must be between {_secs(low)} and {_secs(high)}, got {_secs(seconds)}")
-        else:
-            return seconds
-        return None
+            return None
+        return seconds
 
     return parse
 
 
-def _seconds(value: object) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, str) and DURATION.fullmatch(value.strip()):
-        parts = DURATION_PART.findall(value.strip())
-        return round(sum(float(n) * SECONDS_PER[unit] for n, unit in parts), 6)
-    return None
-
-
 def _cores(r: _Report, value: object, path: str) -> float | None:
-    number = _number_like(value)
-    if number is None or not 0 <= number <= 1024:
-        r.add(path, f"expected cores as a number from 0 to 1024 (fractions allowed), "
-                    f"got {_describe(value)}")
-        return None
-    return number
+    return _by_grammar(r, grammar.parse_cpus, value, path, shown=True)
 
 
 def _size(r: _Report, value: object, path: str) -> int | None:
-    size = _bytes(value)
-    if size is None:
-        r.add(path, f"expected a size: bytes as a whole number, or a number with a unit K, M, G "
-                    f"or T (powers of 1024) such as '512M', got {_describe(value)}")
-    return size
+    return _by_grammar(r, grammar.parse_size, value, path, shown=True)
 
 
-def _bytes(value: object) -> int | None:
-    if isinstance(value, bool):
+def _by_grammar(r: _Report, check: Callable, value: object, path: str, shown: bool = False):
+    """Apply one rule of the node's grammar; its ValueError becomes the field's problem."""
+    try:
+        return check(value)
+    except ValueError as exc:
+        r.add(path, f"{exc}, got {_describe(value)}" if shown else str(exc))
         return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, float):
-        return int(value) if value.is_integer() and value >= 0 else None
-    match = SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
-    if match is None:
-        return None
-    return int(float(match[1]) * 1024 ** SIZE_POWER[match[2].upper()])
 
 
 def _range(r: _Report, value: object, path: str, one: Callable) -> Range | None:
@@ -787,28 +808,15 @@ def _range(r: _Report, value: object, path: str, one: Callable) -> Range | None:
     return Range(min=low, max=high)
 
 
-def _number_like(value: object) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    if isinstance(value, int | float) and math.isfinite(value):
-        return float(value)
-    return None
-
-
 def _abs_path(r: _Report, value: object, path: str) -> str | None:
     text = _text(r, value, path)
-    if text is None:
-        return None
-    if not text.startswith("/") or text.startswith("//") or posixpath.normpath(text) != text:
-        r.add(path, f"{_show(text)} must be an absolute, normalised path (starting with '/', "
-                    "without '..', '.', '//' or a trailing '/')")
-        return None
-    return text
+    return None if text is None else _by_grammar(r, grammar.check_path, text, path)
+
+
+def _program(r: _Report, value: object, path: str) -> str | None:
+    """The program of an Exec*= line (runtime.command, stop.pre_stop[0])."""
+    text = _text(r, value, path)
+    return None if text is None else _by_grammar(r, grammar.check_executable, text, path)
 
 
 def _url_path(r: _Report, value: object, path: str) -> str | None:
@@ -826,7 +834,7 @@ def _argument(r: _Report, value: object, path: str) -> str | None:
 def _scalar_text(r: _Report, value: object, path: str) -> str | None:
     """A string; numbers are turned into their text (YAML reads `8080` as a number)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if isinstance(value, float) and not math.isfinite(value):
+        if grammar.safe_number(value) is None:  # inf, nan, or too many digits to print
             r.add(path, f"expected a string, got {_describe(value)}")
             return None
         return str(value)
@@ -839,20 +847,7 @@ def _text(r: _Report, value: object, path: str) -> str | None:
         quote = "; quote it to keep it as text" if isinstance(value, bool) else ""
         r.add(path, f"expected a string, got {_describe(value)}{quote}")
         return None
-    bad = next((c for c in value if _is_control(c)), None)
-    if bad is not None:
-        r.add(path, f"contains the control character {bad!r} at position {value.index(bad)}; "
-                    "newlines, carriage returns, tabs, NUL and other control characters are "
-                    "not allowed (values are written into unit files and Consul)")
-        return None
-    if len(value) > MAX_TEXT:
-        r.add(path, f"is {len(value)} characters long; at most {MAX_TEXT} are allowed")
-        return None
-    return value
-
-
-def _is_control(char: str) -> bool:
-    return unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp")
+    return _by_grammar(r, grammar.check_text, value, path)
 
 
 # ---------------------------------------------------------------- wording
@@ -874,7 +869,10 @@ def _did_you_mean(value: object, choices: tuple[str, ...]) -> str:
 
 
 def _printable(text: str) -> bool:
-    return not any(_is_control(c) for c in text) and len(text) <= 100
+    try:
+        return len(grammar.check_text(text)) <= 100
+    except ValueError:
+        return False
 
 
 def _show(value: object) -> str:
@@ -889,6 +887,8 @@ def _describe(value: object) -> str:
     if isinstance(value, bool):
         return f"the boolean {str(value).lower()}"
     if isinstance(value, int | float):
+        if grammar.safe_number(value) is None and isinstance(value, int):
+            return f"a number of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
         return f"the number {value!r}"
     if isinstance(value, str):
         return f"the string {_show(value)}"

@@ -37,15 +37,9 @@ def check_id(service_id: str) -> str:
     return f"service:{service_id}"
 
 
-def script_ttl(check: HealthCheck) -> float:
-    """A script check runs on the node as a timer feeding a TTL check: give it time to miss
-    one run before turning critical."""
-    return check.ttl or max(2 * check.interval + check.timeout, 10.0)
-
-
 def check_definition(check: HealthCheck, *, name: str, address: str, port: int | None
                      ) -> dict[str, Any]:
-    """A Consul check body for a JobSpec HealthCheck (script -> TTL, fed from the node)."""
+    """A Consul check body for a JobSpec HealthCheck (http, tcp or ttl)."""
     target_port = check.port or port
     body: dict[str, Any] = {
         "Name": f"{name} {check.type}",
@@ -66,13 +60,9 @@ def check_definition(check: HealthCheck, *, name: str, address: str, port: int |
             body["TCP"] = f"{host}:{target_port}"
     elif check.type == "ttl":
         body["TTL"] = go_duration(check.ttl or max(3 * check.interval, 10.0))
-    elif check.type == "script":
-        body["TTL"] = go_duration(script_ttl(check))
-        body["Notes"] = "script check run on the node by a walle timer; argv: " + " ".join(
-            check.args)
     else:
         raise ValueError(f"health.type: unknown check type {check.type!r} "
-                         f"(use http, tcp, script or ttl)")
+                         f"(use http, tcp or ttl)")
     return body
 
 
