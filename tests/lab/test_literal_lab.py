@@ -161,6 +161,12 @@ def test_exec_argv_comes_back_verbatim(lab, tmp_path):
     assert results[node].rc == 0, results
     assert results[node].stdout == "\n".join(f"[{a}]" for a in args)
 
+    # a host pattern (walle exec's default) reaches every node
+    everywhere = run_command(str(lab.inventory_path), "walle_nodes", ["printf", "%s", "{{ x }}"],
+                             timeout=120)
+    assert {h: (r.rc, r.stdout) for h, r in everywhere.items()} == {
+        n.name: (0, "{{ x }}") for n in lab.nodes}
+
     # the same through the CLI, as an operator types it
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "scheduler")}
     out = subprocess.run(
