@@ -36,7 +36,8 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 PLAYBOOK_DIR = REPO_ROOT / "playbooks"
 # Task names the playbooks use to talk to this adapter.
 HOST_DONE_TASK = "walle: host done"
-COMMAND_PLAYBOOK = "command.yml"  # run_command's playbook
+COMMAND_PLAYBOOK = "command.yml"  # run_command's playbook ...
+COMMAND_TASK = "walle: command"  # ... and its task whose results are the answers
 INSTANCE_FAILED_TASK = "walle: instance failed"
 MAX_FORKS = 50
 CANCEL_POLL_S = 0.1  # how often ansible-runner asks whether to cancel
@@ -422,8 +423,6 @@ def run_command(inventory: str | dict, hosts: list[str] | str, argv: list[str], 
         ansible_runner.run(**kwargs, event_handler=handle, cancel_callback=stop)
     return dict(sorted(results.items()))
 
-
-COMMAND_TASK = "walle: command"  # the task of COMMAND_PLAYBOOK whose results are answered
 
 
 def command_result(host: str, kind: str, res: Mapping[str, Any]) -> CommandResult | None:
