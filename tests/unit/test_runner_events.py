@@ -135,6 +135,16 @@ def test_runner_args_limit_forks_and_env(tmp_path):
     assert Path(env["ANSIBLE_LIBRARY"]).name == "modules"
 
 
+def test_runner_args_hand_ansible_the_extravars_only_as_the_unsafe_file(tmp_path):
+    extravars = {"walle_batch": {"a": [{"args": ["{{ 7*6 }}"]}]}}
+    args = runner.runner_args("place.yml", "/inv", extravars, ["a"], str(tmp_path))
+    assert "extravars" not in args  # ansible-runner would write it as (trusted) JSON
+    written = tmp_path / "env" / "extravars"
+    assert written.read_text() == runner.extravars_text(extravars)
+    assert '!unsafe "{{ 7*6 }}"' in written.read_text()
+    assert written.stat().st_mode & 0o777 == 0o600
+
+
 @pytest.mark.parametrize(
     ("limit", "inventory", "forks"),
     [

@@ -110,14 +110,16 @@ def test_cancel_and_timeout_stop_the_run_quickly(project, how):
                for r in result.hosts.values())
 
 
-@pytest.mark.parametrize("playbook", ["place.yml", "stop.yml", "grants.yml", "migrate.yml"])
+@pytest.mark.parametrize("playbook", ["place.yml", "stop.yml", "grants.yml", "migrate.yml",
+                                      "command.yml"])
 def test_walle_playbooks_parse(playbook):
     path = runner.PLAYBOOK_DIR / playbook
     env = {**runner.ansible_env(), "PATH": "/usr/bin:/bin",
            "ANSIBLE_LOCAL_TEMP": "/tmp/walle-ansible-tmp"}
     out = subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "--syntax-check", "-i",
-         "localhost,", "-e", '{"walle_batch": {}, "walle_place": {}, "walle_stop": {}}',
+         "localhost,", "-e",
+         '{"walle_batch": {}, "walle_place": {}, "walle_stop": {}, "walle_hosts": "all"}',
          str(path)],
         capture_output=True, text=True, env=env, timeout=120, check=False)
     assert out.returncode == 0, out.stdout + out.stderr

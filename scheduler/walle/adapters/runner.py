@@ -5,11 +5,17 @@ One call = one ansible-playbook run over the hosts of one batch. Events are fold
 the caller can record allocations before the whole run ends. A failed or unreachable host
 never fails the others; the playbooks catch a failed instance inside its host and report it
 through a task named `INSTANCE_FAILED_TASK` (see docs/executor.md).
+
+Every value handed to Ansible comes from a job, a node or Consul and is untrusted: the
+extravars are written by `extravars_text` with every string tagged `!unsafe`, so Ansible never
+evaluates one as a template, in any playbook. `walle exec` goes through the same path.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import shlex
 import sys
@@ -22,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import ansible_runner
+import yaml
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +36,8 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 PLAYBOOK_DIR = REPO_ROOT / "playbooks"
 # Task names the playbooks use to talk to this adapter.
 HOST_DONE_TASK = "walle: host done"
+COMMAND_PLAYBOOK = "command.yml"  # run_command's playbook ...
+COMMAND_TASK = "walle: command"  # ... and its task whose results are the answers
 INSTANCE_FAILED_TASK = "walle: instance failed"
 MAX_FORKS = 50
 CANCEL_POLL_S = 0.1  # how often ansible-runner asks whether to cancel
@@ -222,18 +231,24 @@ def run_playbook(
 def runner_args(
     playbook: str,
     inventory: str | dict,
-    extravars: dict,
+    extravars: Mapping[str, Any],
     limit: list[str] | None,
     private_dir: str,
     project_dir: Path = PLAYBOOK_DIR,
 ) -> dict[str, Any]:
-    """The ansible_runner.run keywords of one run (no callbacks)."""
+    """The ansible_runner.run keywords of one run (no callbacks). Writes the extravars into
+    `private_dir` as `env/extravars` (ansible-runner passes it as `-e @file`): the one way
+    values reach a playbook, so none can skip the unsafe marking."""
+    env_dir = Path(private_dir) / "env"
+    env_dir.mkdir(mode=0o700, exist_ok=True)
+    extravars_file = env_dir / "extravars"
+    extravars_file.write_text(extravars_text(extravars), encoding="utf-8")
+    extravars_file.chmod(0o600)
     return {
         "private_data_dir": private_dir,
         "project_dir": str(project_dir),
         "playbook": playbook,
         "inventory": inventory,
-        "extravars": extravars,
         "limit": ",".join(limit) if limit else None,
         "forks": forks_for(limit, inventory),
         "envvars": ansible_env(),
@@ -241,6 +256,64 @@ def runner_args(
         "ident": "run",
         "settings": {"pexpect_timeout": CANCEL_POLL_S, "suppress_ansible_output": True},
     }
+
+
+class _UnsafeDumper(yaml.SafeDumper):
+    """YAML for Ansible's loader in which nothing is trusted as a template: every mapping and
+    list is `!unsafe` (Ansible constructs everything beneath an unsafe node untrusted), and
+    so is every string. Strings YAML would read as another type when untagged ("8080", "on",
+    "", "null", dates) stay plainly quoted instead: Ansible resolves an `!unsafe` scalar's type
+    as if unquoted, and such strings hold no template markers anyway. Numbers, booleans and
+    null stay native for the playbooks' logic. No anchors: each value is written out."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    value = str(value)
+    implicit = dumper.resolve(yaml.ScalarNode, value, (True, False))
+    tag = "!unsafe" if implicit == _STR_TAG else _STR_TAG
+    # double-quoted: every character (newline, tab, unicode) round-trips exactly
+    return dumper.represent_scalar(tag, value, style='"')
+
+
+def _represent_mapping(dumper: yaml.SafeDumper, value: Mapping) -> yaml.MappingNode:
+    bad = [k for k in value if not isinstance(k, str)]
+    if bad:
+        raise TypeError(f"extravars: mapping key {bad[0]!r} is not a string")
+    node = dumper.represent_dict(dict(value))
+    node.tag = "!unsafe"
+    return node
+
+
+def _represent_list(dumper: yaml.SafeDumper, value: list | tuple) -> yaml.SequenceNode:
+    node = dumper.represent_list(list(value))
+    node.tag = "!unsafe"
+    return node
+
+
+def _refuse(dumper: yaml.SafeDumper, value: Any) -> yaml.Node:
+    raise TypeError(f"extravars: {type(value).__name__} value {value!r} cannot be passed to "
+                    "a playbook; use str, int, float, bool, None, list or dict")
+
+
+for _type, _represent in ((str, _represent_str), (dict, _represent_mapping),
+                          (list, _represent_list), (tuple, _represent_list),
+                          (bytes, _refuse)):
+    _UnsafeDumper.add_representer(_type, _represent)
+for _type, _represent in ((str, _represent_str), (Mapping, _represent_mapping),
+                          (object, _refuse)):
+    _UnsafeDumper.add_multi_representer(_type, _represent)
+
+
+def extravars_text(extravars: Mapping[str, Any]) -> str:
+    """The extravars file of a run: JSON-like data with every string marked `!unsafe`."""
+    return yaml.dump(dict(extravars), Dumper=_UnsafeDumper, allow_unicode=True,
+                     sort_keys=False, width=math.inf)
 
 
 def ansible_env(repo_root: Path = REPO_ROOT) -> dict[str, str]:
@@ -325,36 +398,71 @@ class CommandResult:
 
 def run_command(inventory: str | dict, hosts: list[str] | str, argv: list[str], *,
                 timeout: float = 120.0) -> dict[str, CommandResult]:
-    """Run `argv` (no shell) on `hosts` ("all" or a list) with the command module, like
-    `ansible HOSTS -m command`, one fork per host; answers per host."""
+    """Run `argv` (no shell) on `hosts` (a host pattern such as "all", or a list), one fork
+    per host; answers per host. The argv reaches the command module as its `argv` list
+    through the unsafe extravars: no `creates=`/`chdir=` parsing, no templating."""
     pattern = hosts if isinstance(hosts, str) else ",".join(hosts)
+    if not pattern or not argv:
+        return {}
     results: dict[str, CommandResult] = {}
 
     def handle(event: Mapping[str, Any]) -> bool:
-        kind = event.get("event", "")
-        data = event.get("event_data", {})
+        data = event.get("event_data") or {}
         host = data.get("host")
-        res = data.get("res") or {}
-        if kind in ("runner_on_ok", "runner_on_failed"):
-            results[host] = CommandResult(host, int(res.get("rc", 1 if "failed" in kind else 0)),
-                                          res.get("stdout", ""),
-                                          res.get("stderr", "") or res.get("msg", ""))
-        elif kind == "runner_on_unreachable":
-            results[host] = CommandResult(host, -1, "", res.get("msg", "unreachable"), True)
+        if host and data.get("task") == COMMAND_TASK:
+            result = command_result(str(host), event.get("event", ""), data.get("res") or {})
+            if result is not None:
+                results[result.host] = result
         return False
 
+    extravars = {"walle_hosts": pattern, "walle_argv": [str(a) for a in argv]}
     stop = _StopFlag(None, timeout)
-    with tempfile.TemporaryDirectory(prefix="walle-adhoc-") as private_dir:
-        ansible_runner.run(
-            private_data_dir=private_dir, inventory=inventory, host_pattern=pattern,
-            module="command", module_args=_quote(argv),
-            forks=MAX_FORKS, envvars=ansible_env(), quiet=True, ident="adhoc",
-            event_handler=handle, cancel_callback=stop,
-            settings={"pexpect_timeout": CANCEL_POLL_S, "suppress_ansible_output": True},
-        )
+    with tempfile.TemporaryDirectory(prefix="walle-command-") as private_dir:
+        kwargs = runner_args(COMMAND_PLAYBOOK, inventory, extravars, None, private_dir)
+        kwargs["forks"] = MAX_FORKS if isinstance(hosts, str) else forks_for(hosts, inventory)
+        ansible_runner.run(**kwargs, event_handler=handle, cancel_callback=stop)
     return dict(sorted(results.items()))
 
 
-def _quote(argv: list[str]) -> str:
-    """The command module's free-form string for argv (shlex-quoted: no shell runs it)."""
-    return " ".join(shlex.quote(a) for a in argv)
+
+def command_result(host: str, kind: str, res: Mapping[str, Any]) -> CommandResult | None:
+    """One host's answer from one ansible-runner event (None: not a result event). Never
+    raises on odd module results, and a failed or skipped task never reads as rc 0."""
+    if kind == "runner_on_unreachable":
+        return CommandResult(host, -1, "", _text(res.get("msg")) or "unreachable", True)
+    if kind == "runner_on_skipped":
+        reason = _text(res.get("skip_reason")) or "the task was skipped"
+        return CommandResult(host, 1, "", f"skipped: {reason}")
+    if kind not in ("runner_on_ok", "runner_on_failed"):
+        return None
+    rc = _rc(res.get("rc"))
+    if kind == "runner_on_failed" and not rc:
+        rc = 1  # failed before or without running the command (chdir, missing program)
+    stderr = _text(res.get("stderr"))
+    if rc and not stderr:  # the module's own error ("Error executing command."), with argv
+        stderr = _text(res.get("msg")) or "failed"
+        if res.get("cmd") and not res.get("stdout"):
+            stderr += f" ({_command_line(res['cmd'])})"
+    return CommandResult(host, rc, _text(res.get("stdout")), stderr)
+
+
+def _command_line(cmd: Any) -> str:
+    return shlex.join(map(str, cmd)) if isinstance(cmd, list) else _text(cmd)
+
+
+def _rc(value: Any) -> int:
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return 0
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, default=str)
