@@ -33,7 +33,8 @@ from walle.adapters.consul.health import fetch_cluster_health
 from walle.adapters.consul.state import alloc_key
 from walle.core import Allocation, PlacementConfig, Plan, reconcile
 from walle.naming import service_unit
-from walle.service.cluster import Snapshot, load_snapshot, records_by_node
+from walle.service.adopt import Adopter
+from walle.service.cluster import Snapshot, load_snapshot
 from walle.service.executor import Executor, Outcome
 from walle.service.records import SlotRecord, to_stored
 from walle.spec import JobSpec, parse_spec
@@ -70,6 +71,7 @@ class StepReport:
     running: list[str] = field(default_factory=list)
     rolled_back: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)  # batch instances that succeeded
+    adopted: list[str] = field(default_factory=list)  # found running with no record: kept
     next_deadline: float | None = None
 
 
@@ -110,6 +112,7 @@ class Scheduler:
         self._watches: list[Watch] = []
         self._resumed = False
         self._last_batch_probe = float("-inf")
+        self.adopter = Adopter(api, clock)
 
     # ----- the service loop ---------------------------------------------------------------
     def run_forever(self) -> None:
@@ -127,6 +130,7 @@ class Scheduler:
                 continue
             log.info("%s is the leader", self.config.name)
             self._resumed = False
+            self.adopter = Adopter(self.api, self.clock)
             self._start_watches()
             try:
                 self._lead()
@@ -318,20 +322,18 @@ class Scheduler:
 
     def _reap_orphans(self, snap: Snapshot, records: dict[str, SlotRecord],
                       report: StepReport) -> None:
-        """Instances registered on a live node where no record puts them: left behind by a node
-        that was down while its work moved elsewhere (or by a crash between a stop and its
-        record's removal). Stopping them keeps "one instance per slot" true after recovery."""
-        expected = {(node, key) for node, keys in records_by_node(records).items()
-                    for key in keys}
-        orphans = []
-        for node, sid in snap.health.instances:
-            parsed = parse_instance_id(sid)
-            node_info = snap.nodes.get(node)
-            if parsed is None or (node, sid) in expected or node_info is None \
-                    or node_info.state == "down":
-                continue
-            if parsed[0] in snap.jobs or sid in records:
-                orphans.append((*parsed, node))
+        """Instances registered on a live node where no record puts them. Healthy ones of a
+        slot with no record are adopted (lost or restored state: walle.service.adopt); the
+        rest are stopped (left behind by a node that was down while its work moved, or by a
+        crash between a stop and its record's removal), which keeps "one instance per slot"
+        true after recovery. Instances of unknown jobs are stopped only after `walle stop`."""
+        claims = self.adopter.claim(snap, records)
+        if claims.records:
+            records.update(claims.records)
+            self._write(claims.records, records=records)
+            report.adopted += claims.adopted
+            report.failed.update(dict.fromkeys(claims.lost, "instance registered nowhere"))
+        orphans = [(f.job, f.slot, f.node) for f in claims.reap]
         if orphans:
             log.warning("stopping %d orphaned instance(s): %s", len(orphans),
                         ", ".join(f"{j}-{s}@{n}" for j, s, n in orphans))
@@ -408,6 +410,8 @@ class Scheduler:
                 deadlines.append(r.critical_since + FAILED_CHECK_GRACE + 0.1)
             if spec and spec.kind == "batch" and r.alloc.state == "running":
                 deadlines.append(self._last_batch_probe + BATCH_PROBE + 0.1)
+        if (missing := self.adopter.next_deadline()) is not None:
+            deadlines.append(missing)
         return min(deadlines) if deadlines else None
 
     # ----- guarded writes -------------------------------------------------------------------
@@ -444,14 +448,6 @@ def _instance_health(spec: JobSpec, snap: Snapshot, a: Allocation) -> str:
     if status is None:
         return "unknown"
     return "passing" if status == "passing" else "critical"
-
-
-def parse_instance_id(sid: str) -> tuple[str, int] | None:
-    """"web-3" -> ("web", 3); None for IDs that are not Walle instance IDs."""
-    job, _, slot = sid.rpartition("-")
-    if not job or not slot.isdigit():
-        return None
-    return job, int(slot)
 
 
 def _failed(a: Allocation) -> Allocation:
