@@ -54,7 +54,8 @@ class RecordingExecutor:
                 register_instance(self.api, alloc.node, alloc.key, spec.service.name,
                                   self.health, meta={"walle_job": alloc.job,
                                                      "walle_slot": str(alloc.slot),
-                                                     "walle_digest": alloc.spec_digest})
+                                                     "walle_digest": alloc.spec_digest,
+                                                     "walle_runtime": alloc.runtime_digest})
             out[alloc.key] = Outcome(True)
         return out
 
@@ -461,3 +462,14 @@ def test_two_unrecorded_instances_of_one_slot_are_never_both_kept(cluster):
     assert ex2.placed == []
     assert ex2.stopped == [("web-0", max(node, other))]
     assert records(cluster)["web-0"].node == min(node, other)
+
+
+def test_an_adopted_version_differing_only_in_resources_is_updated_in_place(cluster):
+    clock = Clock()
+    before = run_web_then_lose_the_state(cluster, clock)
+    s2, ex2 = make_scheduler(cluster, clock, "s2")
+    StateStore(cluster).put_job(web_spec(cpu="0.5-2"), 0)  # the same runtime, more CPU
+    s2.step()
+    assert ex2.placed == [] and ex2.stopped == []
+    assert sorted(ex2.regranted) == sorted(before)
+    assert running_where(cluster) == before

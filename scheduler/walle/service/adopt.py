@@ -238,15 +238,16 @@ def unclaimed_instances(snap: Snapshot) -> list[Found]:
             if f.job not in snap.jobs and f.key not in snap.records]
 
 
-def instance_manifest(alloc: Allocation, spec: JobSpec, grant: Grant,
-                      placed_at: float) -> dict[str, Any]:
+def instance_manifest(alloc: Allocation, spec: JobSpec, grant: Grant) -> dict[str, Any]:
     """The small file placement leaves on the node (MANIFEST_DIR/<instance id>.json, 0600):
-    what runs there and from which version, readable without Consul."""
+    what runs there and from which version, readable without Consul. Only values that do not
+    change when the same allocation is placed again (`placed_at` is the core's creation time),
+    so a re-run of place.yml leaves the file unchanged."""
     return {
         "job": spec.name, "slot": alloc.slot, "instance": alloc.key, "kind": spec.kind,
         "spec_digest": spec.digest(), "runtime_digest": spec.runtime_digest(),
         "reserved": {"cpu": alloc.reserved.cpu, "memory": alloc.reserved.memory},
         "grant": {"cpu_weight": grant.cpu_weight, "cpu_quota_percent": grant.cpu_quota_percent,
                   "memory_max": grant.memory_max},
-        "placed_at": placed_at,
+        "placed_at": alloc.since,
     }

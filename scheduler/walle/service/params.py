@@ -155,6 +155,7 @@ def service_args(
             "walle_job": spec.name,
             "walle_slot": str(slot),
             "walle_digest": spec.digest(),
+            "walle_runtime": spec.runtime_digest(),  # adoption after lost state: replace?
         },
         "consul_addr": consul_addr,
         "state": "present",
