@@ -392,6 +392,10 @@ def test_a_stop_with_its_tombstone_still_stops_unrecorded_instances(cluster, cap
     s2, ex2 = make_scheduler(cluster, clock, "s2")
     s2.step()
     assert ex2.stopped == []
+    capsys.readouterr()
+    assert main(["status", "--consul-addr", cluster.address]) == 0
+    warning = capsys.readouterr().err
+    assert "unclaimed" in warning and all(f"{k}@{n}" in warning for k, (n, _) in before.items())
     # the operator stops the job whose instances run unclaimed: `walle stop` leaves a tombstone
     assert main(["stop", "web", "--consul-addr", cluster.address]) == 0
     s2.step()
