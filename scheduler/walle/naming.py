@@ -34,3 +34,11 @@ def timer_unit(job: str, slot: int) -> str:
 def instance_id(job: str, slot: int) -> str:
     """Consul service ID of one instance: unique per agent and stable across moves."""
     return f"{job}-{slot}"
+
+
+def parse_instance_id(sid: str) -> tuple[str, int] | None:
+    """"web-3" -> ("web", 3); None for IDs that are not Walle instance IDs."""
+    job, _, slot = sid.rpartition("-")
+    if not job or not slot.isdigit():
+        return None
+    return job, int(slot)

@@ -50,9 +50,12 @@ class RecordingExecutor:
             if alloc.node in self.fail_nodes:
                 out[alloc.key] = Outcome(False, f"node {alloc.node} unreachable")
                 continue
-            if spec.service is not None:
+            if spec.service is not None:  # with the meta service_args gives it
                 register_instance(self.api, alloc.node, alloc.key, spec.service.name,
-                                  self.health)
+                                  self.health, meta={"walle_job": alloc.job,
+                                                     "walle_slot": str(alloc.slot),
+                                                     "walle_digest": alloc.spec_digest,
+                                                     "walle_runtime": alloc.runtime_digest})
             out[alloc.key] = Outcome(True)
         return out
 
@@ -89,9 +92,10 @@ def register_node(api: ConsulApi, name: str, address: str, status: str = "passin
     assert status_code == 200, answer
 
 
-def register_instance(api: ConsulApi, node: str, sid: str, name: str, status: str) -> None:
+def register_instance(api: ConsulApi, node: str, sid: str, name: str, status: str,
+                      meta: dict | None = None) -> None:
     body = {"Node": node, "Address": "", "SkipNodeUpdate": True,
-            "Service": {"ID": sid, "Service": name, "Port": 8080},
+            "Service": {"ID": sid, "Service": name, "Port": 8080, "Meta": meta or {}},
             "Check": {"CheckID": f"service:{sid}", "Name": "check", "Status": status,
                       "ServiceID": sid}}
     code, answer = api.raw("put", "/v1/catalog/register", data=json.dumps(body))
@@ -330,3 +334,146 @@ def test_batch_instances_that_succeed_are_done_and_failures_are_retried(cluster)
     placed = [k for k, _ in ex.placed]
     assert placed.count("etl-0") == 1 and placed.count("etl-1") == 2
     assert records(cluster)["etl-1"].node != failed_on
+
+
+# ----- disaster recovery: records rebuilt from what runs (walle.service.adopt) ---------------
+def wipe_walle_state(api: ConsulApi) -> None:
+    api.client.kv.delete("walle/", recurse=True)
+
+
+def running_where(api: ConsulApi) -> dict[str, tuple[str, str]]:
+    return {k: (a.node, a.state) for k, a in records(api).items()}
+
+
+def run_web_then_lose_the_state(api: ConsulApi, clock: Clock, count: int = 3):
+    s1, _ = make_scheduler(api, clock, "s1")
+    StateStore(api).put_job(web_spec(count=count), 0)
+    s1.step()
+    s1.step()
+    before = running_where(api)
+    assert {state for _, state in before.values()} == {"running"}
+    s1.lock.step_down()
+    wipe_walle_state(api)
+    return before
+
+
+def test_after_a_wipe_a_resubmitted_job_adopts_its_running_instances(cluster):
+    clock = Clock()
+    before = run_web_then_lose_the_state(cluster, clock)
+    s2, ex2 = make_scheduler(cluster, clock, "s2")
+    s2.step()  # no job and no tombstone: the state looks lost, the instances keep running
+    assert ex2.placed == [] and ex2.stopped == []
+    assert StateStore(cluster).put_job(web_spec(), 0)  # the operator submits it again
+    report = s2.step()
+    assert ex2.placed == [] and ex2.stopped == []
+    assert sorted(report.adopted) == sorted(f"{k}@{n}" for k, (n, _) in before.items())
+    assert running_where(cluster) == before
+    assert s2.step().plan.is_empty
+    s2.lock.step_down()
+
+
+def test_an_adopted_older_version_is_rolled_not_restarted_all_at_once(cluster):
+    clock = Clock()
+    before = run_web_then_lose_the_state(cluster, clock)
+    s2, ex2 = make_scheduler(cluster, clock, "s2")
+    newer = web_spec(args=("-m", "http.server", "8080", "--bind", "0.0.0.0"))
+    StateStore(cluster).put_job(newer, 0)
+    s2.step()
+    assert ex2.stopped == []
+    assert len(ex2.placed) == 1  # max_parallel 1: the normal rolling update
+    versions = [a.version for a in records(cluster).values()]
+    assert versions.count(newer.digest()) == 1 and len(versions) == len(before)
+
+
+def test_a_stop_with_its_tombstone_still_stops_unrecorded_instances(cluster, capsys):
+    from walle.cli.main import main
+    clock = Clock()
+    before = run_web_then_lose_the_state(cluster, clock)
+    s2, ex2 = make_scheduler(cluster, clock, "s2")
+    s2.step()
+    assert ex2.stopped == []
+    capsys.readouterr()
+    assert main(["status", "--consul-addr", cluster.address]) == 0
+    warning = capsys.readouterr().err
+    assert "unclaimed" in warning and all(f"{k}@{n}" in warning for k, (n, _) in before.items())
+    # the operator stops the job whose instances run unclaimed: `walle stop` leaves a tombstone
+    assert main(["stop", "web", "--consul-addr", cluster.address]) == 0
+    s2.step()
+    assert sorted(ex2.stopped) == sorted((k, n) for k, (n, _) in before.items())
+    assert ex2.placed == []
+
+
+def test_walle_stop_of_a_running_job_stops_at_once_and_resubmitting_clears_the_tombstone(
+        cluster):
+    from walle.adapters.consul.tombstones import stopped_jobs
+    from walle.cli.main import main
+    clock = Clock()
+    s, ex = make_scheduler(cluster, clock)
+    StateStore(cluster).put_job(web_spec(count=2), 0)
+    s.step()
+    s.step()
+    assert main(["stop", "web", "--consul-addr", cluster.address]) == 0
+    assert stopped_jobs(cluster) == {"web"}
+    s.step()
+    assert sorted(k for k, _ in ex.stopped) == ["web-0", "web-1"]
+    assert records(cluster) == {}
+    assert main(["run", "examples/web.yml", "--consul-addr", cluster.address]) == 0
+    assert stopped_jobs(cluster) == frozenset()
+
+
+def test_an_old_backup_is_reconciled_with_what_runs(cluster):
+    """Records restored from an old backup: web-0's record points at a node where it no longer
+    runs (it runs elsewhere now), web-1's at a node where nothing runs any more."""
+    clock = Clock()
+    s1, ex1 = make_scheduler(cluster, clock, "s1")
+    StateStore(cluster).put_job(web_spec(count=2), 0)
+    s1.step()
+    s1.step()
+    now = records(cluster)
+    old = {"web-0": now["web-0"].node, "web-1": now["web-1"].node}
+    free = next(n for n in ("node1", "node2", "node3") if n not in old.values())
+    # since the backup: web-0 moved to the free node; web-1 vanished (its node was rebuilt)
+    cluster.client.catalog.deregister(old["web-0"], service_id="web-0")
+    register_instance(cluster, free, "web-0", "web", "passing",
+                      meta={"walle_job": "web", "walle_slot": "0",
+                            "walle_digest": web_spec(count=2).digest()})
+    cluster.client.catalog.deregister(old["web-1"], service_id="web-1")
+    s1.lock.step_down()
+    s2, ex2 = make_scheduler(cluster, clock, "s2")
+    report = s2.step()
+    assert report.adopted == [f"web-0@{free}"]
+    assert ex2.stopped == [] and [k for k, _ in ex2.placed] == []
+    assert records(cluster)["web-0"].node == free
+    clock.now += 31  # web-1 stays registered nowhere: its record is lost, the slot re-placed
+    s2.step()
+    s2.step()
+    assert [k for k, _ in ex2.placed] == ["web-1"]
+    assert {a.state for a in records(cluster).values()} == {"running"}
+    assert ex2.stopped == []
+
+
+def test_two_unrecorded_instances_of_one_slot_are_never_both_kept(cluster):
+    clock = Clock()
+    before = run_web_then_lose_the_state(cluster, clock, count=1)
+    (node, _), = before.values()
+    other = next(n for n in ("node1", "node2", "node3") if n != node)
+    register_instance(cluster, other, "web-0", "web", "passing",
+                      meta={"walle_job": "web", "walle_slot": "0",
+                            "walle_digest": web_spec(count=1).digest()})
+    s2, ex2 = make_scheduler(cluster, clock, "s2")
+    StateStore(cluster).put_job(web_spec(count=1), 0)
+    s2.step()
+    assert ex2.placed == []
+    assert ex2.stopped == [("web-0", max(node, other))]
+    assert records(cluster)["web-0"].node == min(node, other)
+
+
+def test_an_adopted_version_differing_only_in_resources_is_updated_in_place(cluster):
+    clock = Clock()
+    before = run_web_then_lose_the_state(cluster, clock)
+    s2, ex2 = make_scheduler(cluster, clock, "s2")
+    StateStore(cluster).put_job(web_spec(cpu="0.5-2"), 0)  # the same runtime, more CPU
+    s2.step()
+    assert ex2.placed == [] and ex2.stopped == []
+    assert sorted(ex2.regranted) == sorted(before)
+    assert running_where(cluster) == before

@@ -48,7 +48,9 @@ GRANT = Grant(cpu_weight=25, cpu_quota_percent=50, memory_min=32 * MIB,
 def place_batch(lab, spec: JobSpec, slots_by_node: dict[str, list[int]]) -> dict:
     address = {n.name: n.address for n in lab.nodes}
     consul = f"http://{lab.host_address}:8500"
-    return {node: [instance_vars(spec, s, address[node], GRANT, consul) for s in slots]
+    return {node: [{**instance_vars(spec, s, address[node], GRANT, consul),
+                    "manifest": {"job": spec.name, "slot": s, "spec_digest": spec.digest()}}
+                   for s in slots]
             for node, slots in slots_by_node.items()}
 
 
@@ -88,11 +90,16 @@ def test_place_two_instances_on_two_nodes_then_stop_them_gracefully(lab):
         assert props == {"ActiveState": "active", "Slice": f"walle-web-{slot}.slice"}
         slice_props = unit_props(lab, node, f"walle-web-{slot}.slice", "CPUWeight", "MemoryMax")
         assert slice_props == {"CPUWeight": "25", "MemoryMax": str(128 * MIB)}
+        # the manifest disaster recovery reads: on the node, readable by root only
+        manifest = on_node(lab, node, f"stat -c %a /var/lib/walle/instances/web-{slot}.json"
+                           f" && cat /var/lib/walle/instances/web-{slot}.json")
+        assert "600" in manifest and f'"slot": {slot}' in manifest, manifest
 
     result = run(lab, "stop.yml", stop_batch("web", layout))
     assert result.ok_hosts == ["node1", "node2"], (result.hosts, result.output_tail)
     for node, (slot,) in layout.items():
         assert f"prestop-web-{slot}" in on_node(lab, node, "ls /var/tmp")
+        assert f"web-{slot}.json" not in on_node(lab, node, "ls /var/lib/walle/instances")
         props = unit_props(lab, node, f"walle-web-{slot}.service", "LoadState", "ActiveState")
         assert props == {"LoadState": "not-found", "ActiveState": "inactive"}
 

@@ -252,6 +252,41 @@ def test_every_scheduler_killed_mid_playbook_loses_and_duplicates_nothing(pool):
     assert sum(len(u) for u in units.values()) == 3
 
 
+def test_after_walle_state_is_wiped_the_resubmitted_job_adopts_what_runs(pool):
+    """Disaster recovery: `walle/` in KV is lost while the jobs run and every scheduler
+    restarts; the jobs are submitted again. The instances found running are adopted: each keeps
+    its process (MainPID) and node, and there are exactly `count` of them."""
+    submit(pool.store, api_spec(count=3))
+    pool.wait("3 running", lambda: pool.converged("api", 3))
+    specs = {name: parse_spec(dict(j.spec)) for name, j in pool.store.jobs()[1].items()}
+    for name, spec in specs.items():  # whatever earlier tests left running too
+        pool.wait(f"{name} converged", lambda n=name, c=spec.count: pool.converged(n, c))
+    where = {k: r.alloc.node for name in specs for k, r in pool.records(name).items()}
+    before = {name: pool.main_pids(name) for name in specs}
+    manifests = run_command(str(pool.lab.inventory_path), "walle_nodes", [
+        "find", "/var/lib/walle/instances", "-name", "*.json", "-perm", "0600"])
+    assert sorted(line.rsplit("/", 1)[1] for r in manifests.values()
+                  for line in r.stdout.split()) == [f"{k}.json" for k in sorted(where)]
+
+    pool.api.client.kv.delete("walle/", recurse=True)  # lost while everything runs
+    for pid in pool.scheduler_pids().values():
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(1)
+    start_schedulers(pool.lab, pool.lab.consul_http_addr)
+    pool.wait("a new leader", pool.leader_name, 60)
+    time.sleep(3)  # the leader passes over instances of jobs it does not know: kept
+    assert sum(len(u) for u in pool.active_units().values()) == 3
+
+    for spec in specs.values():
+        submit(pool.store, spec)
+    for name, spec in specs.items():
+        pool.wait(f"{name} converged again",
+                  lambda n=name, c=spec.count: pool.converged(n, c))
+        assert pool.main_pids(name) == before[name]  # adopted, not restarted
+        assert sum(len(u) for u in pool.active_units(name).values()) == spec.count
+    assert {k: r.alloc.node for name in specs for k, r in pool.records(name).items()} == where
+
+
 def test_killing_a_node_moves_its_instances_and_dns_follows(pool):
     submit(pool.store, api_spec(count=2))  # a free node to move to (one port per node)
     pool.wait("2 running", lambda: pool.converged("api", 2))

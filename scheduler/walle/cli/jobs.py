@@ -7,10 +7,12 @@ import sys
 import time
 
 from walle.adapters.consul.state import ALLOCS, job_key
+from walle.adapters.consul.tombstones import clear_tombstone, mark_stopped, stop_job
 from walle.cli.common import add_consul_args, cluster_command, connect, print_json, progress
 from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from walle.cli.output import print_table
 from walle.core import explain, format_explanation
+from walle.service.adopt import unclaimed_instances
 from walle.service.cluster import Snapshot, load_snapshot
 from walle.spec import SpecError, load_spec_file, parse_spec
 
@@ -66,6 +68,8 @@ def cmd_run(args) -> int:
             return _wait(args, spec.name, spec.count)
         if store.put_job(spec, current.modify_index if current else 0,
                          previous=current):
+            if current is None:  # submitted again after `walle stop`: not stopped any more
+                clear_tombstone(store.api, spec.name)
             verb = "updated" if current else "submitted"
             _say(args, {"job": spec.name, "version": spec.digest(), "changed": True},
                  f"{spec.name}: {verb}, version {spec.digest()}")
@@ -76,12 +80,24 @@ def cmd_run(args) -> int:
 
 @cluster_command
 def cmd_stop(args) -> int:
-    _, store = connect(args)
+    """Delete the job and leave its tombstone (walle/stopped/<job>): the leader stops its
+    instances, even those it finds running with no record. A job absent from KV whose
+    instances still run (state lost) gets the tombstone alone."""
+    api, store = connect(args)
     current = store.job(args.job)
     if current is None:
-        print(f"walle stop: no job {args.job!r}", file=sys.stderr)
-        return EXIT_FAILED
-    if not store.delete_job(args.job, current.modify_index):
+        unclaimed = [f for f in unclaimed_instances(load_snapshot(api, store))
+                     if f.job == args.job]
+        if not unclaimed:
+            print(f"walle stop: no job {args.job!r}", file=sys.stderr)
+            return EXIT_FAILED
+        mark_stopped(api, args.job, stopped_at=time.time())
+        _say(args, {"job": args.job, "stopped": True, "unclaimed": list(map(str, unclaimed))},
+             f"{args.job}: not in Consul; stopping its {len(unclaimed)} unclaimed "
+             "instance(s) at the leader's next pass")
+        return EXIT_OK
+    if not stop_job(store, args.job, current.modify_index, version=current.version,
+                    stopped_at=time.time()):
         print(f"walle stop: {args.job} changed meanwhile; try again", file=sys.stderr)
         return EXIT_FAILED
     _say(args, {"job": args.job, "stopped": True}, f"{args.job}: stopping")
@@ -134,6 +150,7 @@ def cmd_status(args) -> int:
     else:
         print_table(rows, ["job", "kind", "count", "running", "pending", "failed", "version"])
         _print_unreadable(unreadable)
+    _warn_unclaimed(snap)
     return EXIT_OK
 
 
@@ -142,6 +159,16 @@ def _print_unreadable(rows: list[dict]) -> None:
         print(f"\nunreadable records ({len(rows)}): skipped by the scheduler, which leaves what "
               f"they name alone; fix or delete them")
         print_table(rows, ["key", "reason"])
+
+
+def _warn_unclaimed(snap: Snapshot) -> None:
+    """Instances running for jobs that are not in Consul (state wiped or restored from an old
+    backup): the leader keeps them; say so, on stderr so JSON output stays a table."""
+    unclaimed = unclaimed_instances(snap)
+    if unclaimed:
+        print(f"unclaimed (running, no job in Consul): {', '.join(map(str, unclaimed))}\n"
+              "  `walle run` the job to adopt them, or `walle stop JOB` to stop them",
+              file=sys.stderr)
 
 
 @cluster_command

@@ -30,7 +30,7 @@ from functools import lru_cache
 
 from walle.core.feasibility import JobReq, compile_job, rejections, summarise
 from walle.core.grants import grants_for
-from walle.core.model import Allocation, Capacity, Grant, Node
+from walle.core.model import Allocation, AllocState, Capacity, Grant, Node
 from walle.core.placement import Choice, PlacementConfig, Placer
 from walle.core.plan import (
     Evict,
@@ -346,15 +346,8 @@ class _Round:
     # -- 3. grants and the plan -----------------------------------------------------------
     def _allocation(self, req: JobReq, slot: int, node: str,
                     failed_nodes: tuple[str, ...], grant: Grant | None = None) -> Allocation:
-        res = req.spec.resources
-        digest, runtime = self.digests[req.name]
-        return Allocation(
-            job=req.name, slot=slot, node=node,
-            reserved=Capacity(res.cpu.min, int(res.memory.min), int(res.disk), int(res.gpus)),
-            ceiling=Capacity(res.cpu.max, int(res.memory.max), int(res.disk), int(res.gpus)),
-            spec_digest=digest, runtime_digest=runtime, priority=req.priority,
-            state="pending", grant=grant, failed_nodes=failed_nodes, since=self.now,
-            ports=req.ports)
+        return allocation_for(req, slot, node, self.digests[req.name], since=self.now,
+                              grant=grant, failed_nodes=failed_nodes)
 
     def _grants(self) -> dict[str, Grant]:
         grants: dict[str, Grant] = {}
@@ -393,6 +386,23 @@ class _Round:
                     updates=tuple(updates), replaces=tuple(replaces),
                     evictions=tuple(self.evictions), regrants=tuple(regrants),
                     failures=tuple(failures))
+
+
+def allocation_for(req: JobReq, slot: int, node: str, digests: tuple[str, str], *,
+                   since: float, state: AllocState = "pending", grant: Grant | None = None,
+                   failed_nodes: tuple[str, ...] = ()) -> Allocation:
+    """The allocation of one slot of `req` on `node`, holding what the spec reserves.
+    `digests` is (spec digest, runtime digest) of the version the instance runs: the service
+    layer passes an older version's when it adopts an instance found running (disaster
+    recovery), so the usual update path replaces it."""
+    res = req.spec.resources
+    digest, runtime = digests
+    return Allocation(
+        job=req.name, slot=slot, node=node,
+        reserved=Capacity(res.cpu.min, int(res.memory.min), int(res.disk), int(res.gpus)),
+        ceiling=Capacity(res.cpu.max, int(res.memory.max), int(res.disk), int(res.gpus)),
+        spec_digest=digest, runtime_digest=runtime, priority=req.priority,
+        state=state, grant=grant, failed_nodes=failed_nodes, since=since, ports=req.ports)
 
 
 @lru_cache(maxsize=1 << 16)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from walle.adapters.runner import HostResult, RunResult, run_command, run_playbook
 from walle.core import Allocation, Grant
+from walle.service.adopt import instance_manifest
 from walle.service.params import instance_vars, slice_args, stop_vars
 from walle.spec import JobSpec
 
@@ -59,9 +60,10 @@ class Executor:
             address = addresses.get(alloc.node)
             if not address:
                 raise ValueError(f"no address known for node {alloc.node!r}")
-            batch.setdefault(alloc.node, []).append(
-                instance_vars(spec, alloc.slot, address, grant, self.node_consul_addr,
-                              consul_auth=self.node_consul_auth))
+            item = instance_vars(spec, alloc.slot, address, grant, self.node_consul_addr,
+                                 consul_auth=self.node_consul_auth)
+            item["manifest"] = instance_manifest(alloc, spec, grant)
+            batch.setdefault(alloc.node, []).append(item)
         return self._run("place.yml", batch)
 
     def stop(self, allocs: Iterable[Allocation]) -> dict[str, Outcome]:

@@ -172,6 +172,7 @@ def service_args(
             "walle_job": spec.name,
             "walle_slot": str(slot),
             "walle_digest": spec.digest(),
+            "walle_runtime": spec.runtime_digest(),  # adoption: replace, or update in place
         },
         "consul_addr": consul_addr,
         **(consul_auth or {}),

@@ -42,7 +42,8 @@ from walle.adapters.consul.health import fetch_cluster_health
 from walle.adapters.consul.state import alloc_key
 from walle.core import Allocation, PlacementConfig, Plan, reconcile
 from walle.naming import service_unit
-from walle.service.cluster import Snapshot, describe_error, load_snapshot, records_by_node
+from walle.service.adopt import Adopter
+from walle.service.cluster import Snapshot, describe_error, load_snapshot
 from walle.service.executor import Executor, Outcome
 from walle.service.records import SlotRecord, to_stored
 from walle.spec import JobSpec, SpecError, parse_spec
@@ -85,6 +86,7 @@ class StepReport:
     running: list[str] = field(default_factory=list)
     rolled_back: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)  # batch instances that succeeded
+    adopted: list[str] = field(default_factory=list)  # found running with no record: kept
     next_deadline: float | None = None
 
 
@@ -127,6 +129,7 @@ class Scheduler:
         self._resumed = False
         self._last_batch_probe = float("-inf")
         self._reported: set[tuple[str, str]] = set()  # (key, reason) already logged
+        self.adopter = Adopter(api, clock)
 
     # ----- the service loop ---------------------------------------------------------------
     def run_forever(self) -> None:
@@ -144,6 +147,7 @@ class Scheduler:
                 continue
             log.info("%s is the leader", self.config.name)
             self._resumed = False
+            self.adopter = Adopter(self.api, self.clock)
             self._start_watches()
             try:
                 self._lead()
@@ -373,21 +377,19 @@ class Scheduler:
 
     def _reap_orphans(self, snap: Snapshot, records: dict[str, SlotRecord],
                       report: StepReport) -> None:
-        """Instances registered on a live node where no record puts them: left behind by a node
-        that was down while its work moved elsewhere (or by a crash between a stop and its
-        record's removal). Stopping them keeps "one instance per slot" true after recovery.
-        A slot whose record cannot be read is left alone: we do not know what it holds."""
-        expected = {(node, key) for node, keys in records_by_node(records).items()
-                    for key in keys}
-        orphans = []
-        for node, sid in snap.health.instances:
-            parsed = parse_instance_id(sid)
-            node_info = snap.nodes.get(node)
-            if parsed is None or (node, sid) in expected or node_info is None \
-                    or node_info.state == "down" or sid in snap.blocked_slots:
-                continue
-            if parsed[0] in snap.jobs or sid in records:
-                orphans.append((*parsed, node))
+        """Instances registered on a live node where no record puts them. Healthy ones of a
+        slot with no record are adopted (lost or restored state: walle.service.adopt); the
+        rest are stopped (left behind by a node that was down while its work moved, or by a
+        crash between a stop and its record's removal), which keeps "one instance per slot"
+        true after recovery. Instances of unknown jobs are stopped only after `walle stop`.
+        A job or slot whose record cannot be read is left alone: we do not know what it holds."""
+        claims = self.adopter.claim(snap, records)
+        if claims.records:
+            records.update(claims.records)
+            self._write(claims.records, records=records)
+            report.adopted += claims.adopted
+            report.failed.update(dict.fromkeys(claims.lost, "instance registered nowhere"))
+        orphans = [(f.job, f.slot, f.node) for f in claims.reap]
         if orphans:
             log.warning("stopping %d orphaned instance(s): %s", len(orphans),
                         ", ".join(f"{j}-{s}@{n}" for j, s, n in orphans))
@@ -512,6 +514,8 @@ class Scheduler:
                 deadlines.append(self._last_batch_probe + BATCH_PROBE + 0.1)
             if spec and _retry_at(r) > now:  # a failed slot's back-off ends
                 deadlines.append(_retry_at(r) + 0.1)
+        if (missing := self.adopter.next_deadline()) is not None:
+            deadlines.append(missing)
         return min(deadlines) if deadlines else None
 
     # ----- one job's trouble stays its own -------------------------------------------------
@@ -641,14 +645,6 @@ def _instance_health(spec: JobSpec, snap: Snapshot, a: Allocation) -> str:
     return "passing" if status == "passing" else "critical"
 
 
-def parse_instance_id(sid: str) -> tuple[str, int] | None:
-    """"web-3" -> ("web", 3); None for IDs that are not Walle instance IDs."""
-    job, _, slot = sid.rpartition("-")
-    if not job or not slot.isdigit():
-        return None
-    return job, int(slot)
-
-
 def _retry_at(record: SlotRecord) -> float:
     """When a failed slot may be placed again: at once after its first failure (an instance
     that died is moved right away), then after RETRY_BASE seconds, doubling per failure up to
@@ -687,6 +683,10 @@ def _hold_back(plan: Plan, hands_off: set[str], waiting: set[str]) -> Plan:
 def _failed_outcomes(key_of: Callable[[Any], str]) -> Callable[[list, str], dict[str, Outcome]]:
     """on_error for executor calls answering per instance: each item failed, with the reason."""
     return lambda items, reason: {key_of(item): Outcome(False, reason) for item in items}
+
+
+def _failed(a: Allocation) -> Allocation:
+    return replace(a, state="failed")
 
 
 def _new_record(current: SlotRecord | None, alloc: Allocation, previous: Allocation | None,
