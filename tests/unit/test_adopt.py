@@ -25,7 +25,7 @@ def snapshot(jobs, instances, records=None, down=()):
     nodes = {n: Node(n, Capacity(4, 8 * GIB), state="down" if n in down else "ready")
              for n in ("n1", "n2", "n3")}
     return Snapshot(jobs=jobs, stored_jobs={}, records=records or {}, nodes=nodes,
-                    addresses={}, health=ClusterHealth(1, [], instances), bad_jobs={})
+                    addresses={}, health=ClusterHealth(1, [], instances))
 
 
 def meta(job="web", slot=0, digest=""):
