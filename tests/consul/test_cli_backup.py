@@ -80,7 +80,7 @@ def test_backup_mutate_restore_brings_the_state_back(cluster, tmp_path, capsys):
     assert code == 0 and "restored" in out
     assert state_of(c) == before
     code, out, _ = walle(capsys, "status", "--consul-addr", addr, "--json")
-    assert [(r["job"], r["count"]) for r in json.loads(out)] == [("web", 3)]
+    assert [(r["job"], r["count"]) for r in json.loads(out)["jobs"]] == [("web", 3)]
 
 
 def test_restore_asks_first_and_a_no_changes_nothing(cluster, tmp_path, capsys, monkeypatch):

@@ -16,7 +16,8 @@ def _cell(value) -> str:
     return str(value)
 
 
-def print_table(rows: Iterable[Mapping], columns: Sequence[str], file=sys.stdout) -> None:
+def print_table(rows: Iterable[Mapping], columns: Sequence[str], file=None) -> None:
+    file = file or sys.stdout  # looked up per call: a default bound at import goes stale
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip(),
