@@ -119,7 +119,7 @@ def parse_package(data: object, templates: Mapping[str, str], files: Mapping[str
             bad(path, "a package cannot depend on itself")
         rng = _field(lambda v=versions, p=path: parse_range(v, p), path, bad)
         if rng is not None:
-            deps.append(Dependency(dep_name, rng))
+            deps.append(Dependency(dep_name, rng, versions))
     chosen = _templates(data.get("templates"), templates, bad)
     if problems or version is None:
         raise CatalogError(problems)

@@ -47,9 +47,11 @@ class Parameter:
 class Dependency:
     name: str
     versions: SpecifierSet  # e.g. >=1.0,<2
+    text: str = ""  # the range as the author wrote it (SpecifierSet sorts its clauses)
 
-    def __str__(self) -> str:
-        return f"{self.name} {self.versions}"
+    @property
+    def wanted(self) -> str:
+        return self.text or str(self.versions)
 
 
 @dataclass(frozen=True)

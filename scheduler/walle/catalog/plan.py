@@ -54,7 +54,7 @@ def resolve(catalog: Catalog, root: Package, installed: Mapping[str, Installed]
             if have is not None:
                 if Version(have.version) not in dep.versions:
                     raise CatalogError(
-                        f"{pkg.ref} needs {dep.name} {dep.versions}, but {dep.name} "
+                        f"{pkg.ref} needs {dep.name} {dep.wanted}, but {dep.name} "
                         f"{have.version} is installed: upgrade it first (walle package upgrade "
                         f"{dep.name} --version V)")
                 continue
@@ -75,14 +75,14 @@ def pick(catalog: Catalog, dep: Dependency, needed_by: Package) -> Package:
     fits = list(dep.versions.filter(have, prereleases=True))
     if not fits:
         listed = ", ".join(str(v) for v in have)
-        raise CatalogError(f"no version satisfies {dep.versions} of {dep.name} (have {listed}); "
+        raise CatalogError(f"no version satisfies {dep.wanted} of {dep.name} (have {listed}); "
                            f"needed by {needed_by.ref}")
     return catalog.packages[dep.name][max(fits)]
 
 
 def _check_chosen(pkg: Package, dep: Dependency, needed_by: Package) -> None:
     if pkg.version not in dep.versions:
-        raise CatalogError(f"{needed_by.ref} needs {dep.name} {dep.versions}, but this install "
+        raise CatalogError(f"{needed_by.ref} needs {dep.name} {dep.wanted}, but this install "
                            f"already chose {pkg.ref}")
 
 
@@ -116,7 +116,7 @@ def plan_install(catalog: Catalog, root: Package, installed: Mapping[str, Instal
             services[pkg.name] = service
         record = Installed(name=pkg.name, version=str(pkg.version), values=values,
                            jobs=tuple(s.name for s in specs),
-                           dependencies={d.name: str(d.versions) for d in pkg.dependencies},
+                           dependencies={d.name: d.wanted for d in pkg.dependencies},
                            service=service.to_json() if service else None,
                            modify_index=installed[pkg.name].modify_index
                            if pkg.name in installed else 0)
