@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from jinja2 import DictLoader, StrictUndefined, TemplateError, TemplateSyntaxError
+from jinja2 import DictLoader, StrictUndefined, TemplateError, TemplateSyntaxError, Undefined
 from jinja2.sandbox import SandboxedEnvironment
 
 from walle.catalog.model import CatalogError, Package
@@ -118,9 +118,19 @@ def _environment(pkg: Package) -> SandboxedEnvironment:
 def yaml_value(value: Any) -> str:
     """Every `{{ }}` output as JSON: a YAML flow scalar, list or mapping that cannot be
     anything else, whatever text it holds."""
+    if isinstance(value, Undefined):
+        str(value)  # StrictUndefined: raises UndefinedError naming the variable
     if isinstance(value, (str, int, float, bool, list, dict, tuple)) or value is None:
-        return json.dumps(value, ensure_ascii=False)
+        return "".join(map(_yaml_char, json.dumps(value, ensure_ascii=False)))
     raise TemplateError(f"cannot write a {type(value).__name__} into a spec")
+
+
+def _yaml_char(char: str) -> str:
+    """Characters YAML would read as line breaks or refuse (U+2028, NEL, DEL...) written as
+    escapes, so the value arrives intact and the spec parser judges it."""
+    if char.isprintable():
+        return char
+    return f"\\u{ord(char):04x}" if ord(char) < 0x10000 else f"\\U{ord(char):08x}"
 
 
 def python_inline(pkg: Package, name: str) -> list[str]:
