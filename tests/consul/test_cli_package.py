@@ -61,7 +61,8 @@ def test_install_writes_the_dependency_first_then_the_app_and_records_both(addr,
     records = {name: body for name, (body, _) in store.packages().items()}
     assert records["kv-app"] == {
         "version": "1.0.0", "jobs": ["kv-app"], "dependencies": {"kvstore": ">=1.0,<2"},
-        "values": {"greeting": "bonjour", "port": 8081, "count": 3, "cpu": 0.5},
+        "values": {"greeting": "bonjour", "port": 8081, "count": 3, "cpu": 0.5,
+                   "consul_http": "http://127.0.0.1:8500"},
         "service": {"service": "kv-app", "port": 8081}}
     assert records["kvstore"]["jobs"] == ["kvstore"]
     code, out, _ = walle(capsys, addr, "installed", "--json")
