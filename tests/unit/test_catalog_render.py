@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from catalog_helpers import SERVICE_TEMPLATE, package
 
 from walle.catalog import CatalogError, ServiceRef, render_package, resolve_values
+from walle.catalog.render import yaml_value
 
 
 def render(pkg, deps=None, **sets):
@@ -68,6 +70,12 @@ def test_template_output_that_fails_job_validation_names_template_and_field():
     assert "app 1.0.0: templates/job.yml.j2: resources.cpu:" in str(err.value)
 
 
+def test_an_error_in_a_template_expression_names_the_template():
+    broken = SERVICE_TEMPLATE.replace("{{ count }}", "{{ count / 0 }}")
+    with pytest.raises(CatalogError, match="templates/job.yml.j2: division by zero"):
+        render(package("app", template=broken))
+
+
 def test_output_that_is_not_yaml_is_refused():
     with pytest.raises(CatalogError, match="renders to invalid YAML"):
         render(package("app", template="name: [unclosed\n"))
@@ -95,8 +103,4 @@ def test_python_inline_ships_a_script_as_one_line_and_a_missing_file_is_named():
 @pytest.mark.parametrize("value", ["é😀", "a\u2028b", "x\x7fy", "a\x85b", 'q"\n\\', "\U000e0001",
                                    "key: value", "{{ x }}", "# not a comment", "@at"])
 def test_every_inserted_value_reads_back_as_exactly_itself(value):
-    import yaml
-
-    from walle.catalog.render import yaml_value
-
     assert yaml.safe_load(f"k: {yaml_value(value)}\n") == {"k": value}

@@ -78,7 +78,10 @@ def read_package(folder: Path) -> Package:
 
 
 def _read_text(path: Path, source: str) -> str:
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CatalogError(f"{source}: cannot read {path.name}: {exc.strerror or exc}") from exc
     if len(raw) > MAX_FILE_BYTES:
         raise CatalogError(f"{source}: {path.name} is over {MAX_FILE_BYTES} bytes")
     try:

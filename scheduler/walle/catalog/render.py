@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from jinja2 import DictLoader, StrictUndefined, TemplateError, TemplateSyntaxError, Undefined
+from jinja2 import (
+    DictLoader,
+    StrictUndefined,
+    TemplateError,
+    TemplateRuntimeError,
+    TemplateSyntaxError,
+    Undefined,
+)
 from jinja2.sandbox import SandboxedEnvironment
 
 from walle.catalog.model import CatalogError, Package
@@ -67,7 +74,7 @@ def render_package(pkg: Package, values: Mapping[str, Any],
         except TemplateSyntaxError as err:
             problems.append(f"{where}: line {err.lineno}: {err.message}")
             continue
-        except TemplateError as err:
+        except (TemplateError, TypeError, ArithmeticError) as err:  # the author's mistake
             problems.append(f"{where}: {err}")
             continue
         except yaml.YAMLError as err:
@@ -137,6 +144,6 @@ def python_inline(pkg: Package, name: str) -> list[str]:
     """argv (after /usr/bin/python3) that runs a script shipped in the package's files/:
     specs are one-line strings, so the script travels base64-encoded."""
     if name not in pkg.files:
-        raise CatalogError(f"{pkg.ref}: python_inline({name!r}): no files/{name} in the package")
+        raise TemplateRuntimeError(f"python_inline({name!r}): no files/{name} in the package")
     encoded = base64.b64encode(pkg.files[name].encode()).decode()
     return ["-c", f"import base64;exec(compile(base64.b64decode('{encoded}'),'{name}','exec'))"]
