@@ -153,3 +153,19 @@ def test_install_never_overwrites_a_job_submitted_by_hand(addr, store, capsys, t
     code, _, err = walle(capsys, addr, "install", "kvstore")
     assert code == 2 and "job 'kvstore' already runs and was not installed" in err
     assert store.job("kvstore").version == before.version and store.packages() == {}
+
+
+def test_a_values_file_sets_values_and_a_bad_one_writes_nothing(addr, store, capsys, tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("port: '8081'\nprot: 1\n")
+    code, _, err = walle(capsys, addr, "install", "kvstore", "-f", str(bad))
+    assert code == 2 and "values file port: expected an integer, got text '8081'" in err
+    assert "values file 'prot': unknown parameter; did you mean 'port'?" in err
+    assert kv_keys(store) == []
+    good = tmp_path / "good.yml"
+    good.write_text("port: 7000\nmemory: 128M\n")
+    code, _, err = walle(capsys, addr, "install", "kvstore", "-f", str(good), "--set",
+                         "port=7001")
+    assert code == 0, err
+    assert store.job("kvstore").spec["service"]["port"] == 7001  # --set wins over the file
+    assert store.packages()["kvstore"][0]["values"] == {"port": 7001, "memory": "128M"}
