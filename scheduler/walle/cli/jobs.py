@@ -60,22 +60,31 @@ def cmd_run(args) -> int:
         print(err, file=sys.stderr)
         return EXIT_USAGE
     _, store = connect(args)
+    verb = write_job(store, spec)
+    if verb is None:
+        print(f"walle run: {spec.name} kept changing under us; try again", file=sys.stderr)
+        return EXIT_FAILED
+    if verb == "unchanged":
+        _say(args, {"job": spec.name, "version": spec.digest(), "changed": False},
+             f"{spec.name}: already at version {spec.digest()}")
+    else:
+        _say(args, {"job": spec.name, "version": spec.digest(), "changed": True},
+             f"{spec.name}: {verb}, version {spec.digest()}")
+    return _wait(args, spec.name, spec.count)
+
+
+def write_job(store, spec) -> str | None:
+    """CAS-write a job, keeping the version it replaces for rollback: "submitted", "updated"
+    or "unchanged"; None when it kept changing under us (CAS_ATTEMPTS lost races)."""
     for _ in range(CAS_ATTEMPTS):
         current = store.job(spec.name)
         if current and current.version == spec.digest():
-            _say(args, {"job": spec.name, "version": spec.digest(), "changed": False},
-                 f"{spec.name}: already at version {spec.digest()}")
-            return _wait(args, spec.name, spec.count)
-        if store.put_job(spec, current.modify_index if current else 0,
-                         previous=current):
+            return "unchanged"
+        if store.put_job(spec, current.modify_index if current else 0, previous=current):
             if current is None:  # submitted again after `walle stop`: not stopped any more
                 clear_tombstone(store.api, spec.name)
-            verb = "updated" if current else "submitted"
-            _say(args, {"job": spec.name, "version": spec.digest(), "changed": True},
-                 f"{spec.name}: {verb}, version {spec.digest()}")
-            return _wait(args, spec.name, spec.count)
-    print(f"walle run: {spec.name} kept changing under us; try again", file=sys.stderr)
-    return EXIT_FAILED
+            return "updated" if current else "submitted"
+    return None
 
 
 @cluster_command

@@ -32,6 +32,7 @@ PREFIX = "walle/"
 JOBS = PREFIX + "jobs/"
 ALLOCS = PREFIX + "allocs/"
 NODES = PREFIX + "nodes/"
+PACKAGES = PREFIX + "packages/"
 LEADER_KEY = PREFIX + "leader"
 TXN_MAX_OPS = 64
 T = TypeVar("T")
@@ -322,6 +323,25 @@ class StateStore:
             self.api.call(f"write {key}", lambda: self._kv.put(key, "drain"))
         else:
             self.api.call(f"delete {key}", lambda: self._kv.delete(key))
+
+    # --- installed catalog packages (walle package) -----------------------------------------
+    def packages(self) -> dict[str, tuple[dict[str, Any], int]]:
+        """walle/packages/<name> records: name -> (body, ModifyIndex). A value that is not a
+        JSON object raises BadRecord: the catalog must not act on a record it cannot read."""
+        _, entries = self.api.call("read packages", lambda: self._kv.get(PACKAGES, recurse=True))
+        return {e["Key"][len(PACKAGES):]: (_decode(e), int(e["ModifyIndex"]))
+                for e in entries or [] if "/" not in e["Key"][len(PACKAGES):]}
+
+    def put_package(self, name: str, body: Mapping[str, Any], expected_index: int) -> bool:
+        """CAS write of one record: expected_index 0 = it must not exist yet."""
+        key, value = PACKAGES + name, _encode(body, f"package {name}")
+        return bool(self.api.call(f"write {key}", lambda: self._kv.put(
+            key, value, cas=expected_index)))
+
+    def delete_package(self, name: str, expected_index: int) -> bool:
+        key = PACKAGES + name
+        return bool(self.api.call(f"delete {key}", lambda: self._kv.delete(
+            key, cas=expected_index)))
 
     # --- watches -------------------------------------------------------------------------
     def watch_jobs(self, **kw: Any) -> Watch[dict[str, StoredJob]]:
