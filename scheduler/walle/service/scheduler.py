@@ -35,7 +35,9 @@ from walle.core import Allocation, PlacementConfig, Plan, reconcile
 from walle.naming import service_unit
 from walle.service.cluster import Snapshot, load_snapshot, records_by_node
 from walle.service.executor import Executor, Outcome
+from walle.service.policy import PrivilegePolicy
 from walle.service.records import SlotRecord, to_stored
+from walle.service.secrets import DEFAULT_SECRETS_DIR, SecretReader
 from walle.spec import JobSpec, parse_spec
 
 log = logging.getLogger("walle.scheduler")
@@ -59,6 +61,9 @@ class SchedulerConfig:
     debounce: float = 0.05  # batch changes that arrive together
     register: bool = True
     playbook_timeout: float = 300.0
+    # Who may leave the workload sandbox (default: nobody) and where file secrets live.
+    privilege: PrivilegePolicy = field(default_factory=PrivilegePolicy)
+    secrets_dir: str = DEFAULT_SECRETS_DIR
 
 
 @dataclass
@@ -100,7 +105,9 @@ class Scheduler:
         self.clock = clock
         self.executor = executor or Executor(config.inventory, config.node_consul_addr,
                                              register=config.register,
-                                             timeout=config.playbook_timeout)
+                                             timeout=config.playbook_timeout,
+                                             policy=config.privilege,
+                                             secrets=SecretReader(api, config.secrets_dir))
         self.lock = LeaderLock(api, name=config.name, ttl=config.lock_ttl,
                                lock_delay=config.lock_delay, node=config.session_node,
                                on_lost=self._on_lost)
