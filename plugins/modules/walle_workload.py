@@ -364,8 +364,10 @@ def check_params(params: dict) -> None:
             if params[option]:
                 raise WalleError(f"{option}: only for runtime=exec (an nspawn container is "
                                  "confined by its user namespace)", option)
-        if params["write_execute"]:
-            raise WalleError("write_execute: only for runtime=exec", "write_execute")
+        for option in ("write_execute", "privileged"):
+            if params[option]:
+                raise WalleError(f"{option}: only for runtime=exec (an nspawn container is "
+                                 "confined by its user namespace)", option)
     elif params["privileged"]:
         for option in ("capabilities", "device_allow"):
             if params[option]:
