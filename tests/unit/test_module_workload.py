@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 from module_harness import load_module, prepare_node, run
+
+from walle.service.params import workload_args
+from walle.spec import load_spec_file
 
 walle_workload = load_module("walle_workload")
 from ansible.module_utils import walle_units as wu  # noqa: E402
@@ -372,3 +380,17 @@ def test_credentials_are_refused_for_nspawn(node, wl_run):
     kind, result = wl_run(FakeSystemctl(), nspawn_args(node, credentials={"k": SECRET}))
     assert kind == "fail" and result["option"] == "credentials"
     assert SECRET not in repr(result)
+
+
+def test_the_default_web_service_rates_ok_with_systemd_analyze_offline(node, wl_run):
+    """The VM tier measures this on a running unit; offline, the rating of the rendered file
+    is the same (the VM goal is <= 4.0)."""
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze (package systemd) is part of the dev machine setup"
+    spec = load_spec_file(Path(__file__).resolve().parents[2] / "examples" / "web.yml")
+    wl_run(FakeSystemctl(), {**workload_args(spec, 0), "state": "present"})
+    out = subprocess.run([analyze, "security", "--offline=true", "--no-pager",
+                          str(node / "etc" / SVC)], capture_output=True, text=True,
+                         timeout=120, check=False).stdout
+    score = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out)[1])
+    assert score <= 2.0, out
