@@ -22,7 +22,7 @@ description:
     C(systemd-nspawn --quiet --keep-unit --register=no -D O(image) [--bind=...] -- O(command))
     (C(--boot) when O(command) is not given); O(env), O(user) and O(working_dir) then apply
     inside the container.
-  - Sandbox. An O(runtime=exec) service runs unprivileged and confined by default:
+  - Sandbox. An O(runtime=exec) service runs unprivileged and confined by default, with
     C(DynamicUser=yes) unless O(user) names a user, and the hardening baseline of
     C(walle_units.sandbox_directives) (C(NoNewPrivileges), C(ProtectSystem=strict) with
     C(StateDirectory=<name>), C(RuntimeDirectory=<name>) and O(working_dir) writable,
@@ -35,7 +35,7 @@ description:
     C(UMask=0077)). O(privileged=true) renders none of it and allows O(user=root); whether a
     job may ask for that is the scheduler's cluster policy, not this module's.
   - O(runtime=nspawn) runs the container in a user namespace (C(--private-users=pick
-    --private-users-ownership=auto)): root inside it is an unprivileged uid range on the node.
+    --private-users-ownership=auto)), so root inside it is an unprivileged uid range on the node.
     The image is a directory inside O(image_store); O(pre_stop) runs inside the container.
   - O(credentials) are written root-only (directory 0700, files 0600) under
     C(/run/walle/credentials/<name>/) and loaded with C(LoadCredential=); the service reads
@@ -102,7 +102,7 @@ options:
     type: str
   image:
     description:
-      - O(runtime=nspawn) (required there unless O(state=absent)) the machine image: a
+      - O(runtime=nspawn) (required there unless O(state=absent)) the machine image, a
         directory inside O(image_store), named relative to it (V(etl), V(team/web)) or by an
         absolute path under it. Paths outside the store (V(/), C(..), a symlink that leads
         out) are refused.
