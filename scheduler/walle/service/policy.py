@@ -38,3 +38,16 @@ class PrivilegePolicy:
                     f"{', '.join(sorted(self.allowed_capabilities)) or 'none'}: "
                     "--allow-capability)")
         return None
+
+
+def policy_notes(spec: JobSpec) -> list[dict[str, str]]:
+    """What in a valid spec only the cluster policy can grant ({path, message} each), for
+    `walle validate` to say so: the spec is fine, whether it runs is the cluster's call."""
+    notes = []
+    if spec.runtime.privileged:
+        notes.append({"path": "runtime.privileged", "message": "runs only where the cluster "
+                      "policy allows privileged jobs (walle scheduler run --allow-privileged)"})
+    for cap in spec.runtime.capabilities:
+        notes.append({"path": "runtime.capabilities", "message": f"{cap} is kept only where "
+                      f"the cluster policy allows it (--allow-capability {cap})"})
+    return notes
