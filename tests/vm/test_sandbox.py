@@ -154,7 +154,8 @@ for d in proc sys dev run tmp var; do mkdir -p "$root/$d"; done
 cp /etc/os-release "$root"/etc/
 cp /usr/bin/dash /usr/bin/cat /usr/bin/sleep "$root"/usr/bin/
 ln -sfn dash "$root"/usr/bin/sh
-for lib in $(ldd /usr/bin/dash /usr/bin/cat /usr/bin/sleep | grep -o '/[^ ]*' | sort -u); do
+libs=$(ldd /usr/bin/dash /usr/bin/cat /usr/bin/sleep | grep -o '/[^ ]*' | grep -v ':$')
+for lib in $(echo "$libs" | sort -u); do
   cp -L --parents "$lib" "$root"/
 done
 """
