@@ -328,9 +328,12 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
         service += sandbox_directives(name, user=user, working_dir=working_dir,
                                       capabilities=capabilities, device_allow=device_allow,
                                       write_execute=write_execute)
-    elif capabilities or device_allow or write_execute:
-        raise ValueError("capabilities: only for a sandboxed unit (an unsandboxed one already "
-                         "has every capability and device)")
+    else:
+        for field, value in (("capabilities", capabilities), ("device_allow", device_allow),
+                             ("write_execute", write_execute)):
+            if value:
+                raise ValueError(f"{field}: only for a sandboxed unit (an unsandboxed one "
+                                 "already has every capability and device)")
     service.append(("ExecStart", quote_exec_line(argv, "command", "args")))
     if pre_stop:
         service.append(("ExecStop", quote_exec_line(pre_stop, "pre_stop")))
