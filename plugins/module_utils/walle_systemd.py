@@ -19,6 +19,7 @@ from ansible.module_utils.walle_units import parse_systemctl_show
 UNIT_DIR = "/etc/systemd/system"
 # Where `systemctl set-property --runtime` keeps its drop-ins (systemd.resource-control(5)).
 RUNTIME_CONTROL_DIR = "/run/systemd/system.control"
+UNIT_MODE = 0o640  # unit files: root reads them (systemd); other users may not
 ACTIVE_STATES = ("active", "activating", "reloading", "deactivating")
 
 
@@ -106,11 +107,14 @@ class Systemd:
                 paths[unit] = os.path.join(staging, unit)
                 with open(paths[unit], "w", encoding="utf-8") as handle:
                     handle.write(text)
-                os.chmod(paths[unit], 0o644)
+                # 0640: root (systemd) reads units; other users have no business there.
+                os.chmod(paths[unit], UNIT_MODE)
             self._verify(list(paths.values()))
             os.makedirs(self.unit_dir, exist_ok=True)
             for unit, path in paths.items():
                 self.module.atomic_move(path, self.unit_path(unit))
+                # atomic_move keeps an old file's mode or applies the umask to a new one
+                os.chmod(self.unit_path(unit), UNIT_MODE)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

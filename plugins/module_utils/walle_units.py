@@ -49,6 +49,7 @@ __all__ = [
     "render_service",
     "render_slice",
     "render_timer",
+    "sandbox_directives",
     "slice_properties",
     "split_exec_words",
     "validate_slice_name",
@@ -65,6 +66,9 @@ _CPUS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 _DEVICE_ALLOW = re.compile(
     r"^(/dev/[A-Za-z0-9._/:-]+|(char|block)-[A-Za-z0-9._*?-]+)( [rwm]{1,3})?$")
 _BLOCK_DEVICE = re.compile(r"^/dev/[A-Za-z0-9._/:-]+$")
+_CAPABILITY = re.compile(r"^CAP_[A-Z_]+$")
+_CREDENTIAL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+ROOT_USERS = ("root", "0")
 _MAX_WEIGHT = 10000
 
 # Order in which slice directives are written (and compared).
@@ -292,8 +296,17 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
                    restart: str | None = None, start_limit_burst: int | None = None,
                    pre_stop: list[str] | tuple[str, ...] | None = None,
                    stop_signal: str | None = None, stop_timeout: float | None = None,
-                   kill_mode: str | None = None, delegate: bool = False) -> str:
-    """The text of a Walle service unit running `argv` (argv[0] an absolute path)."""
+                   kill_mode: str | None = None, delegate: bool = False,
+                   sandbox: bool = True, capabilities: list[str] | tuple[str, ...] = (),
+                   device_allow: list[str] | tuple[str, ...] = (), write_execute: bool = False,
+                   credentials: dict[str, str] | None = None) -> str:
+    """The text of a Walle service unit running `argv` (argv[0] an absolute path).
+
+    With `sandbox` (the default) the unit gets sandbox_directives(): an unprivileged identity
+    and the hardening baseline. `sandbox=False` is for privileged jobs and for the nspawn
+    runtime, whose confinement is the container's user namespace. `credentials` maps a
+    credential name to a root-only file on the node (LoadCredential=): the service reads it
+    from $CREDENTIALS_DIRECTORY/<name>, and the value never enters the unit."""
     validate_unit_stem(name)
     validate_slice_name(slice, "slice")
     if service_type not in ("exec", "oneshot", "notify", "simple"):
@@ -315,6 +328,19 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
         service.append(("User", _match("user", _USER, user, "a user name or numeric uid")))
     if working_dir is not None:
         service.append(("WorkingDirectory", _abs_path("working_dir", working_dir)))
+    for cred, path in sorted((credentials or {}).items()):
+        service.append(("LoadCredential", f"{_credential_name(cred)}:"
+                                          f"{_abs_path(f'credentials.{cred}', path)}"))
+    if sandbox:
+        service += sandbox_directives(name, user=user, working_dir=working_dir,
+                                      capabilities=capabilities, device_allow=device_allow,
+                                      write_execute=write_execute)
+    else:
+        for field, value in (("capabilities", capabilities), ("device_allow", device_allow),
+                             ("write_execute", write_execute)):
+            if value:
+                raise ValueError(f"{field}: only for a sandboxed unit (an unsandboxed one "
+                                 "already has every capability and device)")
     service.append(("ExecStart", quote_exec_line(argv, "command", "args")))
     if pre_stop:
         service.append(("ExecStop", quote_exec_line(pre_stop, "pre_stop")))
@@ -332,6 +358,60 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
     if delegate:
         service.append(("Delegate", "yes"))
     return _format_unit([("Unit", unit), ("Service", service)])
+
+
+def sandbox_directives(name: str, *, user: str | None = None, working_dir: str | None = None,
+                       capabilities: list[str] | tuple[str, ...] = (),
+                       device_allow: list[str] | tuple[str, ...] = (),
+                       write_execute: bool = False) -> list[tuple[str, str]]:
+    """The hardening baseline of a workload service (systemd.exec(5)), as ordered pairs.
+
+    - Identity: DynamicUser=yes (a fresh uid per start) unless the job names a user; root is
+      refused here: a root workload is a privileged one and is rendered without sandbox.
+    - Files: the whole system read-only (ProtectSystem=strict), no /home, a private /tmp; the
+      writable places are StateDirectory= (/var/lib/<name>), RuntimeDirectory= (/run/<name>)
+      and the job's working_dir (ReadWritePaths=, as far as file permissions allow).
+    - Devices: PrivateDevices=yes, unless devices are granted (GPUs): then the same
+      DevicePolicy=closed + DeviceAllow= list as the slice.
+    - Kernel, cgroups, clock, hostname, namespaces, realtime, personality, SUID: protected.
+    - Capabilities: none (empty bounding set) unless asked; what is asked is also ambient, so a
+      non-root user can use it (e.g. CAP_NET_BIND_SERVICE for a port below 1024).
+    - System calls: the @system-service set minus @privileged, native architecture only, and
+      an EPERM answer (not a kill) for the rest; sockets: IPv4, IPv6 and Unix only.
+    - MemoryDenyWriteExecute=yes unless `write_execute` (JIT runtimes: Java, Node.js, PyPy).
+    """
+    if user is not None and user in ROOT_USERS:
+        raise ValueError("user: root is a privileged workload; it needs privileged=true "
+                         "(rendered without the sandbox), or run as an unprivileged user")
+    caps = [_match(f"capabilities[{i}]", _CAPABILITY, cap, "a capability name such as "
+                   "CAP_NET_BIND_SERVICE") for i, cap in enumerate(capabilities)]
+    out = [("DynamicUser", "yes")] if user is None else []
+    out += [("StateDirectory", name), ("RuntimeDirectory", name)]
+    if working_dir is not None:
+        out.append(("ReadWritePaths", f"-{_abs_path('working_dir', working_dir)}"))
+    out += [("UMask", "0077"), ("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"),
+            ("ProtectHome", "yes"), ("PrivateTmp", "yes"), ("PrivateMounts", "yes")]
+    if device_allow:
+        out += slice_properties(device_policy="closed", device_allow=list(device_allow))
+    else:
+        out.append(("PrivateDevices", "yes"))
+    out += [(directive, "yes") for directive in (
+        "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
+        "ProtectControlGroups", "ProtectClock", "ProtectHostname", "RestrictNamespaces",
+        "RestrictRealtime", "RestrictSUIDSGID", "LockPersonality", "RemoveIPC")]
+    out += [("ProtectProc", "invisible"), ("KeyringMode", "private")]
+    if not write_execute:
+        out.append(("MemoryDenyWriteExecute", "yes"))
+    out += [("CapabilityBoundingSet", " ".join(caps)), ("AmbientCapabilities", " ".join(caps)),
+            ("SystemCallFilter", "@system-service"), ("SystemCallFilter", "~@privileged"),
+            ("SystemCallErrorNumber", "EPERM"), ("SystemCallArchitectures", "native"),
+            ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX")]
+    return out
+
+
+def _credential_name(value: str) -> str:
+    return _match("credentials", _CREDENTIAL, value,
+                  "a credential name: letters, digits, '_', '.', '-' (at most 64)")
 
 
 def _signal(value: str) -> str:

@@ -22,6 +22,26 @@ description:
     C(systemd-nspawn --quiet --keep-unit --register=no -D O(image) [--bind=...] -- O(command))
     (C(--boot) when O(command) is not given); O(env), O(user) and O(working_dir) then apply
     inside the container.
+  - Sandbox. An O(runtime=exec) service runs unprivileged and confined by default, with
+    C(DynamicUser=yes) unless O(user) names a user, and the hardening baseline of
+    C(walle_units.sandbox_directives) (C(NoNewPrivileges), C(ProtectSystem=strict) with
+    C(StateDirectory=<name>), C(RuntimeDirectory=<name>) and O(working_dir) writable,
+    C(ProtectHome), C(PrivateTmp), C(PrivateDevices) unless O(device_allow) grants devices,
+    C(ProtectKernel*), C(ProtectControlGroups), C(ProtectClock), C(ProtectHostname),
+    C(RestrictNamespaces), C(RestrictRealtime), C(RestrictSUIDSGID), C(LockPersonality),
+    C(MemoryDenyWriteExecute) unless O(write_execute), an empty C(CapabilityBoundingSet) but
+    for O(capabilities), C(SystemCallFilter=@system-service ~@privileged),
+    C(SystemCallArchitectures=native), C(RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX),
+    C(UMask=0077)). O(privileged=true) renders none of it and allows O(user=root); whether a
+    job may ask for that is the scheduler's cluster policy, not this module's.
+  - O(runtime=nspawn) runs the container in a user namespace (C(--private-users=pick
+    --private-users-ownership=auto)), so root inside it is an unprivileged uid range on the node.
+    The image is a directory inside O(image_store); O(pre_stop) runs inside the container.
+  - O(credentials) are written root-only (directory 0700, files 0600) under
+    C(/run/walle/credentials/<name>/) and loaded with C(LoadCredential=); the service reads
+    C($CREDENTIALS_DIRECTORY/<credential>). Their values never enter a unit file, the result
+    or the diff (the option is C(no_log)). A changed value restarts a running instance.
+  - Unit files are written mode 0640 (root may read them; other users may not).
   - Every argument is quoted so systemd passes it literally (no word splitting, no C(%)
     specifier or C($VAR) expansion); values that cannot be made safe (control characters) fail.
   - Resources are not set here; they belong to the slice (see the walle_slice module), which
@@ -81,9 +101,44 @@ options:
     description: An absolute working directory (C(WorkingDirectory=), or C(--chdir)).
     type: str
   image:
-    description: O(runtime=nspawn) (required there unless O(state=absent)) the machine image
-      directory on the node.
+    description:
+      - O(runtime=nspawn) (required there unless O(state=absent)) the machine image, a
+        directory inside O(image_store), named relative to it (V(etl), V(team/web)) or by an
+        absolute path under it. Paths outside the store (V(/), C(..), a symlink that leads
+        out) are refused.
+    type: str
+  image_store:
+    description: The node's image store, the only place O(image) may come from.
     type: path
+    default: /var/lib/walle/images
+  privileged:
+    description: Run without the sandbox (as root unless O(user) says otherwise), with every
+      capability and device. For jobs the cluster policy allows to be privileged.
+    type: bool
+    default: false
+  capabilities:
+    description: Capabilities the sandboxed service keeps (C(CapabilityBoundingSet=) and
+      C(AmbientCapabilities=)), for example V(CAP_NET_BIND_SERVICE). Default none.
+    type: list
+    elements: str
+    default: []
+  device_allow:
+    description: Devices the sandboxed service may use (C(DevicePolicy=closed) and one
+      C(DeviceAllow=) each, the slice's GPU list); replaces C(PrivateDevices=yes).
+    type: list
+    elements: str
+    default: []
+  write_execute:
+    description: Allow writable-and-executable memory (no C(MemoryDenyWriteExecute=)), for
+      JIT runtimes such as Java, Node.js or PyPy.
+    type: bool
+    default: false
+  credentials:
+    description: Secrets as credential name -> value, delivered with C(LoadCredential=)
+      from root-only files; never logged, never in the unit, the result or the diff.
+      O(runtime=exec) only.
+    type: dict
+    default: {}
   binds:
     description: O(runtime=nspawn) bind mounts, each C(SRC[:DST[:OPTIONS]]) as for
       C(systemd-nspawn --bind=).
@@ -115,7 +170,9 @@ options:
   pre_stop:
     description:
       - The graceful stop hook, an argv (absolute program path first) run as C(ExecStop=)
-        before the stop signal. It runs on the node, also for O(runtime=nspawn).
+        before the stop signal, in the service's sandbox. For O(runtime=nspawn) it runs
+        inside the container (its namespaces, as the container's root, which the user
+        namespace maps to an unprivileged uid), never on the node.
       - Not for O(kind=cron).
     type: list
     elements: str
@@ -172,7 +229,7 @@ EXAMPLES = r"""
     kind: batch
     retries: 5
     runtime: nspawn
-    image: /var/lib/machines/etl
+    image: etl            # /var/lib/walle/images/etl
     binds: [/srv/data:/data:ro]
     command: /opt/etl/run
 
@@ -201,11 +258,22 @@ main_pid:
   type: int
   sample: 4242
 restarted:
-  description: Whether a running instance was restarted because its unit text changed.
+  description: Whether a running instance was restarted because its unit text or a
+    credential changed.
   returned: always
   type: bool
   sample: false
+credentials:
+  description: The names (never the values) of the credentials the instance has.
+  returned: always
+  type: list
+  elements: str
+  sample: ["db_password"]
 """
+
+import os  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.walle_systemd import (  # noqa: E402
@@ -216,6 +284,7 @@ from ansible.module_utils.walle_systemd import (  # noqa: E402
     value_error,
 )
 from ansible.module_utils.walle_units import (  # noqa: E402
+    ROOT_USERS,
     check_text,
     quote_env,
     render_service,
@@ -235,7 +304,13 @@ ARGUMENT_SPEC = dict(
     environment_file=dict(type="path"),
     user=dict(type="str"),
     working_dir=dict(type="str"),
-    image=dict(type="path"),
+    image=dict(type="str"),
+    image_store=dict(type="path", default="/var/lib/walle/images"),
+    privileged=dict(type="bool", default=False),
+    capabilities=dict(type="list", elements="str", default=[]),
+    device_allow=dict(type="list", elements="str", default=[]),
+    write_execute=dict(type="bool", default=False),
+    credentials=dict(type="dict", default={}, no_log=True),
     binds=dict(type="list", elements="str", default=[]),
     restart=dict(type="str", choices=["always", "on-failure", "no"], default="on-failure"),
     retries=dict(type="int", default=3),
@@ -251,6 +326,17 @@ REQUIRED_IF = [
     ("state", "stopped", ["slice"]),
 ]
 SHOW_PROPS = ("ActiveState", "SubState", "MainPID", "InactiveExitTimestampMonotonic")
+CREDENTIALS_DIR = "/run/walle/credentials"  # tmpfs: secrets never reach the node's disk
+# ExecStop= of an nspawn instance: enter the container (the child of systemd-nspawn whose
+# innermost pid is 1) with all its namespaces, user namespace included, and run the hook
+# there. The script is fixed text; the hook's argv follows as positional arguments, and
+# $MAINPID comes from systemd's environment for ExecStop=.
+NSPAWN_EXEC_STOP = (
+    'for p in $(cat /proc/"$MAINPID"/task/*/children); do '
+    'if grep -qE "^NSpid:.*[[:space:]]1$" /proc/"$p"/status; then '
+    'exec nsenter --target "$p" --all -- "$@"; fi; done; '
+    'echo "walle: no container under pid $MAINPID" >&2; exit 1'
+)
 
 
 def _require(params: dict, option: str, why: str) -> None:
@@ -273,6 +359,43 @@ def check_params(params: dict) -> None:
         raise WalleError(f"schedule: only for kind=cron, got kind={params['kind']}", "schedule")
     if params["runtime"] == "exec" and params["binds"]:
         raise WalleError("binds: only for runtime=nspawn", "binds")
+    if params["runtime"] == "nspawn":
+        for option in ("capabilities", "device_allow", "credentials"):
+            if params[option]:
+                raise WalleError(f"{option}: only for runtime=exec (an nspawn container is "
+                                 "confined by its user namespace)", option)
+        for option in ("write_execute", "privileged"):
+            if params[option]:
+                raise WalleError(f"{option}: only for runtime=exec (an nspawn container is "
+                                 "confined by its user namespace)", option)
+    elif params["privileged"]:
+        for option in ("capabilities", "device_allow"):
+            if params[option]:
+                raise WalleError(f"{option}: a privileged workload already has every "
+                                 "capability and device; drop it", option)
+    elif params["user"] in ROOT_USERS:
+        raise WalleError("user: root needs privileged=true (a root workload is not "
+                         "sandboxed); run as an unprivileged user or drop user for a "
+                         "dynamic one", "user")
+
+
+def image_path(params: dict) -> str:
+    """The image directory inside the store; refuses anything that resolves outside it."""
+    image, store = params["image"], params["image_store"]
+    check_text("image", image)
+    check_text("image_store", store)
+    if not os.path.isabs(store):
+        raise WalleError(f"image_store: must be an absolute path, got {store!r}", "image_store")
+    path = image if os.path.isabs(image) else os.path.join(store, image)
+    real_store = os.path.realpath(store)
+    real = os.path.realpath(path)
+    if os.path.commonpath([real_store, real]) != real_store or real == real_store:
+        raise WalleError(f"image: {image!r} is outside the image store {store}; name an "
+                         f"image directory inside it (e.g. {store}/<name>)", "image")
+    if not os.path.isdir(real):
+        raise WalleError(f"image: {real} is not a directory on the node (put the image in "
+                         f"the store {store})", "image")
+    return real
 
 
 def _string_env(env: dict) -> dict[str, str]:
@@ -285,12 +408,13 @@ def _string_env(env: dict) -> dict[str, str]:
 
 
 def nspawn_argv(nspawn: str, params: dict, env: dict[str, str]) -> list[str]:
-    for option in ("image", "user", "working_dir"):
+    for option in ("user", "working_dir"):
         if params[option] is not None:
             check_text(option, params[option])
     for i, bind in enumerate(params["binds"]):
         check_text(f"binds[{i}]", bind)
-    argv = [nspawn, "--quiet", "--keep-unit", "--register=no", "-D", params["image"]]
+    argv = [nspawn, "--quiet", "--keep-unit", "--register=no", "-D", image_path(params),
+            "--private-users=pick", "--private-users-ownership=auto"]
     argv += [f"--bind={bind}" for bind in params["binds"]]
     # Inside the container, not for the nspawn process itself.
     argv += [f"--setenv={key}={value}" for key, value in sorted(env.items())]
@@ -322,12 +446,18 @@ def render_units(params: dict, nspawn_bin: str | None) -> dict[str, str]:
                 raise WalleError("runtime=nspawn: systemd-nspawn not found on the node "
                                  "(Debian package systemd-container)", "runtime")
             service = dict(common, argv=nspawn_argv(nspawn_bin, params, env),
-                           stop_signal="SIGTERM", kill_mode="mixed", delegate=True)
+                           stop_signal="SIGTERM", kill_mode="mixed", delegate=True,
+                           sandbox=False, pre_stop=nspawn_pre_stop(params["pre_stop"]))
             service_type = "notify"
         else:
             service = dict(common, argv=[params["command"], *params["args"]], env=env,
                            user=params["user"], working_dir=params["working_dir"],
-                           stop_signal=params["stop_signal"])
+                           stop_signal=params["stop_signal"],
+                           sandbox=not params["privileged"],
+                           capabilities=params["capabilities"],
+                           device_allow=params["device_allow"],
+                           write_execute=params["write_execute"],
+                           credentials=credential_paths(name, params["credentials"]))
             service_type = "exec"
         if kind == "service":
             service.update(service_type=service_type, restart=params["restart"])
@@ -345,6 +475,79 @@ def render_units(params: dict, nspawn_bin: str | None) -> dict[str, str]:
     return units
 
 
+def nspawn_pre_stop(pre_stop: list[str]) -> list[str] | None:
+    """The hook's ExecStop= argv for an nspawn instance: run inside the container."""
+    if not pre_stop:
+        return None
+    if not pre_stop[0].startswith("/"):
+        raise WalleError(f"pre_stop: the program must be an absolute path, got {pre_stop[0]!r}",
+                         "pre_stop")
+    return ["/bin/sh", "-c", NSPAWN_EXEC_STOP, "walle-pre-stop", *pre_stop]
+
+
+def credential_dir(name: str) -> str:
+    return os.path.join(CREDENTIALS_DIR, name)
+
+
+def credential_paths(name: str, credentials: dict) -> dict[str, str]:
+    """credential name -> its root-only file on the node (what LoadCredential= reads)."""
+    return {str(key): os.path.join(credential_dir(name), str(key)) for key in credentials}
+
+
+def _credential_values(credentials: dict) -> dict[str, bytes]:
+    out = {}
+    for key, value in credentials.items():
+        if not isinstance(value, str):
+            raise WalleError(f"credentials.{key}: values must be strings", "credentials")
+        out[str(key)] = value.encode("utf-8")
+    return out
+
+
+def stale_credentials(name: str, credentials: dict) -> list[str]:
+    """Names whose file is missing, differs, or should not be there (compared, not shown)."""
+    wanted = _credential_values(credentials)
+    folder = credential_dir(name)
+    present = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+    changed = sorted(key for key in present - set(wanted))
+    for key, value in wanted.items():
+        try:
+            with open(os.path.join(folder, key), "rb") as handle:
+                same = handle.read() == value
+        except FileNotFoundError:
+            same = False
+        if not same:
+            changed.append(key)
+    return sorted(changed)
+
+
+def write_credentials(name: str, credentials: dict) -> None:
+    """Root-only files (0700 folder, 0600 files, written through a temp file), stale ones
+    removed. The folder lives on /run (tmpfs)."""
+    wanted = _credential_values(credentials)
+    folder = credential_dir(name)
+    os.makedirs(CREDENTIALS_DIR, mode=0o700, exist_ok=True)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    os.chmod(folder, 0o700)
+    for stale in set(os.listdir(folder)) - set(wanted):
+        os.unlink(os.path.join(folder, stale))
+    for key, value in wanted.items():
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, value)
+        finally:
+            os.close(fd)
+        os.replace(tmp, os.path.join(folder, key))
+
+
+def remove_credentials(name: str) -> bool:
+    folder = credential_dir(name)
+    if not os.path.isdir(folder):
+        return False
+    shutil.rmtree(folder)
+    return True
+
+
 def _diff(systemd: Systemd, before: dict, after: dict) -> list[dict]:
     return [dict(before_header=systemd.unit_path(u), after_header=systemd.unit_path(u),
                  before=before.get(u) or "", after=after.get(u) or "")
@@ -356,8 +559,9 @@ def run_absent(module, systemd: Systemd, name: str) -> dict:
     current = {u: systemd.read_unit(u) for u in units}
     present = [u for u in units if current[u] is not None]
     active = [u for u in units if systemd.is_active(u)]
-    result = dict(changed=bool(present or active), units=present, restarted=False,
-                  active_state="inactive", main_pid=0)
+    secrets = os.path.isdir(credential_dir(name))
+    result = dict(changed=bool(present or active or secrets), units=present, restarted=False,
+                  active_state="inactive", main_pid=0, credentials=[])
     if module._diff and present:
         result["diff"] = _diff(systemd, current, {})
     if module.check_mode or not result["changed"]:
@@ -368,6 +572,7 @@ def run_absent(module, systemd: Systemd, name: str) -> dict:
         systemd.remove_unit(unit)
     if present:
         systemd.daemon_reload()
+    remove_credentials(name)
     for unit in units:  # a failed unit stays loaded until its failure is forgotten
         if systemd.show(unit, ("ActiveState",)).get("ActiveState") == "failed":
             systemd.systemctl_run("reset-failed", unit)
@@ -413,16 +618,21 @@ def run_module(module, systemd: Systemd) -> dict:
     desired = render_units(params, module.get_bin_path("systemd-nspawn"))
     current = {u: systemd.read_unit(u) for u in desired}
     changed_units = [u for u in desired if current[u] != desired[u]]
+    changed_credentials = stale_credentials(name, params["credentials"])
     stale_timer = params["kind"] != "cron" and systemd.read_unit(f"{name}.timer") is not None
     if stale_timer:  # the instance was cron before: its timer must go, or it would fire
         raise WalleError(f"{name}.timer exists but kind={params['kind']}: remove the instance "
                          "(state=absent) before changing its kind", "kind")
+    if changed_credentials and not module.check_mode:
+        write_credentials(name, params["credentials"])
     if changed_units and not module.check_mode:
         systemd.install_units({u: desired[u] for u in changed_units})
         systemd.daemon_reload()
-    outcome = converge(module, systemd, params, changed_units)
-    result = dict(changed=bool(changed_units or outcome["actions"]), units=list(desired),
-                  restarted=outcome["restarted"])
+    # A new secret value is read only at start: it restarts a running instance too.
+    outcome = converge(module, systemd, params, changed_units + changed_credentials)
+    result = dict(changed=bool(changed_units or changed_credentials or outcome["actions"]),
+                  units=list(desired), restarted=outcome["restarted"],
+                  credentials=sorted(params["credentials"]))
     if module._diff and changed_units:
         result["diff"] = _diff(systemd, {u: current[u] for u in changed_units},
                                {u: desired[u] for u in changed_units})

@@ -97,18 +97,19 @@ def test_slice_create_rerun_check_and_read_back(node):
 def test_workload_runs_arguments_and_env_literally(node):
     node.ok("walle_slice", SLICE_ARGS)
     nasty = ['$HOME %n "q" \\', "two words", ";", "it's 100%"]
+    # The sandbox leaves the workload its RuntimeDirectory (/run/<stem>) writable.
     script = ("import json, os, sys, time; "
-              f"open('/run/{TAG}.args', 'w').write(json.dumps([sys.argv[1:], "
-              "os.environ['MSG']])); time.sleep(600)")
+              "open(os.environ['RUNTIME_DIRECTORY'] + '/args', 'w').write(json.dumps(["
+              "sys.argv[1:], os.environ['MSG']])); time.sleep(600)")
     args = dict(name=STEM, slice=SLICE, command="/usr/bin/python3", args=["-c", script, *nasty],
                 env={"MSG": 'x $USER %h "y"'}, restart="always",
-                pre_stop=["/bin/sh", "-c", f"echo drained > /run/{TAG}.prestop"],
+                pre_stop=["/bin/sh", "-c", 'echo drained > "$STATE_DIRECTORY/prestop"'],
                 stop_timeout=10)
     started = node.ok("walle_workload", args)
     assert started["changed"] and started["active_state"] == "active", started
     assert started["main_pid"] > 0 and not started["restarted"]
-    seen = node.sh(f"for i in $(seq 50); do [ -s /run/{TAG}.args ] && break; sleep 0.1; done; "
-                   f"cat /run/{TAG}.args")
+    seen = node.sh(f"for i in $(seq 50); do [ -s /run/{STEM}/args ] && break; sleep 0.1; "
+                   f"done; cat /run/{STEM}/args")
     assert json.loads(seen) == [nasty, 'x $USER %h "y"']
     assert node.show(f"{STEM}.service", "Slice")["Slice"] == SLICE
 
@@ -157,18 +158,49 @@ def test_set_property_changes_cpu_weight_without_restarting(node):
 
 def test_changed_unit_text_restarts_and_stop_runs_the_pre_stop_hook(node):
     pid_before = int(node.show(f"{STEM}.service", "MainPID")["MainPID"])
+    # The hook runs in the service's sandbox: its StateDirectory (/var/lib/<stem>) outlives it.
     args = dict(name=STEM, slice=SLICE, command="/bin/sleep", args=["600"],
-                pre_stop=["/bin/sh", "-c", f"echo drained > /run/{TAG}.prestop"],
+                pre_stop=["/bin/sh", "-c", 'echo drained > "$STATE_DIRECTORY/prestop"'],
                 stop_timeout=10)
     replaced = node.ok("walle_workload", args)
     assert replaced["changed"] and replaced["restarted"]
     assert replaced["main_pid"] not in (0, pid_before)
-    node.sh(f"rm -f /run/{TAG}.prestop")
+    node.sh(f"rm -f /var/lib/{STEM}/prestop")
 
     stopped = node.ok("walle_workload", {**args, "state": "stopped"})
     assert stopped["changed"] and stopped["active_state"] in ("inactive", "failed")
-    assert node.sh(f"cat /run/{TAG}.prestop") == "drained"
+    assert node.sh(f"cat /var/lib/{STEM}/prestop") == "drained"
     assert node.ok("walle_workload", {**args, "state": "stopped"})["changed"] is False
+
+
+SECRET = f"lab-secret-{os.getpid()}-value"
+
+
+def test_sandboxed_workload_reads_its_secret_from_credentials_only(node):
+    """The default sandbox holds in a lab node (systemd in nspawn) and a credential reaches
+    the workload through $CREDENTIALS_DIRECTORY, never through a unit file or systemctl."""
+    script = ("import os, time, pathlib; "
+              "v = pathlib.Path(os.environ['CREDENTIALS_DIRECTORY'], 'db').read_text(); "
+              "pathlib.Path(os.environ['STATE_DIRECTORY'], 'seen').write_text(v); "
+              "pathlib.Path(os.environ['STATE_DIRECTORY'], 'uid').write_text(str(os.getuid())); "
+              "time.sleep(600)")
+    args = dict(name=STEM, slice=SLICE, command="/usr/bin/python3", args=["-c", script],
+                credentials={"db": SECRET}, stop_timeout=5)
+    started = node.module("walle_workload", args)
+    assert started["_outcome"] == "ok", started
+    assert SECRET not in json.dumps(started)
+    seen = node.sh(f"for i in $(seq 50); do [ -s /var/lib/{STEM}/uid ] && break; sleep 0.1; "
+                   f"done; cat /var/lib/{STEM}/seen; echo; cat /var/lib/{STEM}/uid")
+    value, uid = seen.split("\n")
+    assert value == SECRET and int(uid) != 0  # DynamicUser: not root
+    unit = f"/etc/systemd/system/{STEM}.service"
+    assert node.sh(f"stat -c %a {unit}") == "640"
+    assert node.sh(f"stat -c %a /run/walle/credentials/{STEM}/db") == "600"
+    leaks = node.sh(f"grep -rl {shlex.quote(SECRET)} /etc/systemd /run/systemd || true; "
+                    f"systemctl show {STEM}.service | grep -c {shlex.quote(SECRET)} || true")
+    assert leaks == "0", leaks
+    node.ok("walle_workload", {"name": STEM, "state": "absent"})
+    assert node.sh(f"test -e /run/walle/credentials/{STEM} && echo left || echo gone") == "gone"
 
 
 def test_cron_timer_and_absent(node):

@@ -78,3 +78,16 @@ def test_no_file_is_a_usage_error(capsys):
         main(["validate"])
     assert caught.value.code == 2
     assert "FILE" in capsys.readouterr().err
+
+
+def test_privileged_spec_is_valid_and_says_the_cluster_policy_decides(capsys, tmp_path):
+    head = "kind: service\nresources: {cpu: 0.1, memory: 32M}\n"
+    root, caps = tmp_path / "root.yml", tmp_path / "caps.yml"
+    root.write_text(f"name: root-job\n{head}"
+                    "runtime: {command: /usr/sbin/app, user: root, privileged: true}\n")
+    caps.write_text(f"name: caps-job\n{head}"
+                    "runtime: {command: /usr/sbin/app, capabilities: [CAP_NET_ADMIN]}\n")
+    assert main(["validate", str(root), str(caps)]) == 0
+    out = capsys.readouterr().out
+    assert "note: runtime.privileged: runs only where the cluster policy allows" in out
+    assert "(--allow-capability CAP_NET_ADMIN)" in out

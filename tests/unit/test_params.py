@@ -146,10 +146,10 @@ def test_instance_identity_names_the_unit_to_wait_for(kind, schedule, wait_unit)
 
 
 def test_nspawn_runtime_passes_the_image_and_no_unset_options():
-    spec = make_spec(runtime=Runtime(kind="nspawn", image="/var/lib/machines/web"))
+    spec = make_spec(runtime=Runtime(kind="nspawn", image="web"))
     args = params.workload_args(spec, 0)
     assert args["runtime"] == "nspawn"
-    assert args["image"] == "/var/lib/machines/web"
+    assert args["image"] == "web"
     assert "command" not in args and "user" not in args and args["args"] == []
 
 
@@ -289,3 +289,27 @@ def test_registration_and_deregistration_carry_the_auth_options():
                                   "consul_addr": "https://127.0.0.1:8501", **AUTH}
     plain = params.instance_vars(make_spec(), 0, "10.77.1.12", Grant())
     assert not {"token", "token_file", "ca_path"} & set(plain["service"])
+
+
+# ----------------------------------------------------------------------- the sandbox
+
+def test_a_plain_job_asks_for_no_privilege():
+    args = params.workload_args(make_spec(), 0)
+    assert not {"privileged", "capabilities", "write_execute", "device_allow",
+                "credentials"} & set(args)
+
+
+def test_privilege_capabilities_and_jit_reach_the_workload():
+    rt = Runtime(kind="exec", command="/usr/bin/java", privileged=False, jit=True,
+                 capabilities=("CAP_NET_BIND_SERVICE",))
+    args = params.workload_args(make_spec(runtime=rt), 0)
+    assert args["capabilities"] == ["CAP_NET_BIND_SERVICE"] and args["write_execute"] is True
+    rt = Runtime(kind="exec", command="/bin/app", privileged=True, user="root")
+    args = params.workload_args(make_spec(runtime=rt), 0)
+    assert args["privileged"] is True and args["user"] == "root"
+
+
+def test_gpu_jobs_get_the_slices_device_list_in_their_sandbox():
+    spec = make_spec(resources=Resources(cpu=Range(1, 1), memory=Range(GIB, GIB), gpus=1))
+    out = params.instance_vars(spec, 0, "10.77.1.11", Grant(), gpu_indices=[3])
+    assert out["workload"]["device_allow"] == out["slice"]["device_allow"]

@@ -102,6 +102,22 @@ def test_walle_cli_accepts_the_command_line_the_unit_runs():
     assert args.lock_delay == float(role_vars()["walle_scheduler_lock_delay"])
 
 
+def test_privilege_policy_defaults_to_deny_and_the_role_variables_reach_the_cli():
+    env = parse_env_file(render("scheduler.env.j2"))
+    default = build_parser().parse_args(exec_start_argv(
+        parse_unit(render("walle-scheduler.service.j2")), env, host="ctl1")[1:])
+    assert default.allow_privileged is False and default.allow_capability == []
+    assert default.secrets_dir == "/etc/walle/secrets"
+
+    unit = parse_unit(render("walle-scheduler.service.j2", walle_scheduler_allow_privileged=True,
+                             walle_scheduler_allowed_capabilities=["CAP_NET_BIND_SERVICE",
+                                                                   "CAP_NET_RAW"],
+                             walle_scheduler_secrets_dir="/srv/secrets"))
+    args = build_parser().parse_args(exec_start_argv(unit, env, host="ctl1")[1:])
+    assert args.allow_privileged is True and args.secrets_dir == "/srv/secrets"
+    assert args.allow_capability == ["CAP_NET_BIND_SERVICE", "CAP_NET_RAW"]
+
+
 def systemd_verify(unit_path: Path) -> list[str]:
     """Problems `systemd-analyze verify` reports about the unit (it works without systemd as
     PID 1: it loads the file, parses every directive and checks ExecStart is executable)."""

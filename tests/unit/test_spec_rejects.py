@@ -34,7 +34,7 @@ BASE = {
 }
 
 CRON = {"kind": "cron", "schedule": "*-*-* 02:00:00", "stop.pre_stop": DELETE}  # no hook: oneshot
-NSPAWN = {"runtime.type": "nspawn", "runtime.image": "/var/lib/machines/web"}
+NSPAWN = {"runtime.type": "nspawn", "runtime.image": "web"}
 
 
 def changed(changes: dict, base: dict = BASE) -> dict:
@@ -108,7 +108,7 @@ BAD = [
     ({"runtime.command": "/usr/../bin/sh"}, "runtime.command", "without '..'"),
     ({"runtime.command": "/usr/bin/"}, "runtime.command", "trailing '/'"),
     ({"runtime.command": DELETE}, "runtime.command", "required for the exec runtime"),
-    ({"runtime.image": "/var/lib/machines/web"}, "runtime.image", "only the nspawn runtime"),
+    ({"runtime.image": "web"}, "runtime.image", "only the nspawn runtime"),
     ({"runtime.type": "nspawn"}, "runtime.image", "required for the nspawn runtime"),
     ({"runtime.args": "-m http.server"}, "runtime.args", "expected a list"),
     ({"runtime.args": [["nested"]]}, "runtime.args[0]", "expected a string"),
@@ -123,7 +123,22 @@ BAD = [
     ({"runtime.user": "a" * 33}, "runtime.user", "up to 32 characters"),
     ({"runtime.user": "../root"}, "runtime.user", "not a valid user name"),
     ({"runtime.working_dir": "tmp"}, "runtime.working_dir", "absolute"),
-    ({**NSPAWN, "runtime.image": "machines/web"}, "runtime.image", "absolute"),
+    ({**NSPAWN, "runtime.image": "/var/lib/machines/web"}, "runtime.image", "image store"),
+    ({**NSPAWN, "runtime.image": "/"}, "runtime.image", "image store"),
+    ({**NSPAWN, "runtime.image": "../../etc"}, "runtime.image", "no '..'"),
+    ({**NSPAWN, "runtime.image": "/var/lib/walle/images/../../x"}, "runtime.image", "store"),
+    ({"runtime.user": "root"}, "runtime.user", "runtime.privileged: true"),
+    ({"runtime.capabilities": ["CAP_NOPE"]}, "runtime.capabilities[0]", "CAP_NET_ADMIN"),
+    ({"runtime.privileged": True, "runtime.capabilities": ["CAP_NET_RAW"]},
+     "runtime.capabilities", "already has every capability"),
+    ({**NSPAWN, "runtime.privileged": True}, "runtime.privileged", "exec runtime"),
+    ({"secrets": ["db"]}, "secrets", "a mapping"),
+    ({"secrets": {"db": {"consul": "../walle/jobs/x"}}}, "secrets.db.consul", "no '..'"),
+    ({"secrets": {"db": {"file": "/etc/shadow"}}}, "secrets.db.file", "no leading '/'"),
+    ({"secrets": {"db": {"vault": "x"}}}, "secrets.db.vault", "unknown key"),
+    ({"secrets": {"db": {}}}, "secrets.db", "exactly one source"),
+    ({"secrets": {"a/b": {"consul": "x"}}}, "secrets", "secret name"),
+    ({**NSPAWN, "secrets": {"db": {"consul": "x"}}}, "secrets", "exec runtime only"),
     # constraints and data
     ({"constraints": {"zone": "z1"}}, "constraints", "expected a list"),
     ({"constraints[0].operator": "neq"}, "constraints[0].operator", "eq, ne, in"),
@@ -210,7 +225,7 @@ STRING_FIELDS = [
     ({"runtime.env": {"A{}B": "x"}}, "runtime.env"),
     ({"runtime.user": "root{}User=root"}, "runtime.user"),
     ({"runtime.working_dir": "/tmp{}"}, "runtime.working_dir"),
-    ({**NSPAWN, "runtime.image": "/var/lib/machines/web{}"}, "runtime.image"),
+    ({**NSPAWN, "runtime.image": "web{}"}, "runtime.image"),
     ({"constraints[0].attribute": "zone{}"}, "constraints[0].attribute"),
     ({"constraints[0].value": "z3{}"}, "constraints[0].value"),
     ({"constraints[0].operator": "in", "constraints[0].value": ["a", "b{}"]},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from pathlib import Path
 
 import ansible.module_utils
@@ -269,3 +271,27 @@ def test_parse_systemctl_show():
 @pytest.mark.parametrize("name", ["walle.slice", "walle-web.slice", "walle-web_api-0.slice"])
 def test_valid_slice_names(name):
     assert wu.validate_slice_name(name) == name
+
+
+# ------------------------------------------------------------------------------ sandbox
+
+def test_every_service_is_sandboxed_unless_told_otherwise():
+    keys = [k for _s, k, _v in wu.parse_unit(service())]
+    assert {"DynamicUser", "NoNewPrivileges", "ProtectSystem", "CapabilityBoundingSet",
+            "SystemCallFilter", "PrivateDevices"} <= set(keys)
+    bare = [k for _s, k, _v in wu.parse_unit(service(sandbox=False))]
+    assert "DynamicUser" not in bare and "ProtectSystem" not in bare
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    (dict(user="root"), "user"),
+    (dict(user="0"), "user"),
+    (dict(capabilities=["CAP_SYS_ADMIN\nUser=root"]), "capabilities[0]"),
+    (dict(sandbox=False, capabilities=["CAP_NET_RAW"]), "capabilities"),
+    (dict(sandbox=False, device_allow=["/dev/null rw"]), "device_allow"),
+    (dict(credentials={"a/b": "/run/x"}), "credentials"),
+    (dict(credentials={"ok": "relative"}), "credentials.ok"),
+])
+def test_sandbox_refusals_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=rf"^{re.escape(field)}:"):
+        service(**kwargs)

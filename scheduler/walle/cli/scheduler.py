@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import socket
 
 from walle.adapters.consul import ConsulApi, ConsulConfig
 from walle.service.params import consul_auth
+from walle.service.policy import PrivilegePolicy
 from walle.service.scheduler import Scheduler, SchedulerConfig
+from walle.service.secrets import DEFAULT_SECRETS_DIR
+from walle.spec.parse import CAPABILITIES
 
 
 def register(subparsers) -> None:
@@ -34,8 +38,25 @@ def register(subparsers) -> None:
     run.add_argument("--seed", type=int, default=0, help="placement seed (deterministic plans)")
     run.add_argument("--no-register", action="store_true",
                      help="do not register instances in Consul (tests without agents)")
+    run.add_argument("--allow-privileged", action="store_true",
+                     help="cluster policy: jobs may ask for runtime.privileged (root, no "
+                          "sandbox); default: refused")
+    run.add_argument("--allow-capability", action="append", default=[], metavar="CAP",
+                     type=_capability,
+                     help="cluster policy: jobs may keep this capability in their sandbox "
+                          "(repeat for more; default: none)")
+    run.add_argument("--secrets-dir", default=DEFAULT_SECRETS_DIR, metavar="DIR",
+                     help="where `secrets: {NAME: {file: PATH}}` are read on this control node "
+                          "(default: %(default)s)")
     run.add_argument("--log-level", default="INFO")
     run.set_defaults(func=cmd_run)
+
+
+def _capability(text: str) -> str:
+    if text.upper() not in CAPABILITIES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a capability; use one of "
+                                         f"{', '.join(CAPABILITIES)}")
+    return text.upper()
 
 
 def scheduler_config(args) -> SchedulerConfig:
@@ -46,6 +67,8 @@ def scheduler_config(args) -> SchedulerConfig:
         seed=args.seed, strategy=args.strategy, lock_ttl=args.lock_ttl,
         lock_delay=args.lock_delay, session_node=args.session_node,
         register=not args.no_register,
+        privilege=PrivilegePolicy.of(args.allow_privileged, args.allow_capability),
+        secrets_dir=args.secrets_dir,
     )
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from walle.service.policy import policy_notes
 from walle.spec import JobSpec, SpecError, load_spec_file
 
 EXIT_OK, EXIT_INVALID = 0, 2
@@ -38,13 +39,15 @@ def check_file(path: str) -> dict:
         problems = [{"path": p.path, "message": p.message} for p in exc.problems]
         return {"file": path, "ok": False, "problems": problems}
     return {"file": path, "ok": True, "problems": [], "kind": spec.kind, "name": spec.name,
-            "digest": spec.digest()}
+            "digest": spec.digest(), "notes": policy_notes(spec)}
 
 
 def print_result(result: dict) -> None:
     if result["ok"]:
         print(f"ok {result['file']} ({result['kind']} {result['name']}, "
               f"digest {result['digest']})")
+        for note in result["notes"]:
+            print(f"  note: {note['path']}: {note['message']}")
         return
     for problem in result["problems"]:
         print(f"{result['file']}: {problem['path']}: {problem['message']}", file=sys.stderr)

@@ -44,7 +44,8 @@ KERNEL_CMDLINE = (
     "systemd.show_status=0 quiet"
 )
 QEMU = "qemu-system-x86_64"
-BOOT_TIMEOUT = 240.0  # tcg boots in about 30 s on an idle machine; the host is shared
+# tcg boots in about 30 s on an idle machine; the host is shared (WALLE_VM_BOOT_TIMEOUT: more)
+BOOT_TIMEOUT = float(os.environ.get("WALLE_VM_BOOT_TIMEOUT", "240"))
 SHUTDOWN_TIMEOUT = 30.0
 SSH_OPTIONS = (
     "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",

@@ -14,6 +14,8 @@ from walle.adapters.runner import HostResult, RunResult, run_command, run_playbo
 from walle.core import Allocation, Grant
 from walle.service.adopt import instance_manifest
 from walle.service.params import instance_vars, slice_args, stop_vars
+from walle.service.policy import PrivilegePolicy
+from walle.service.secrets import SecretError, SecretResolver
 from walle.spec import JobSpec
 
 log = logging.getLogger("walle.executor")
@@ -44,27 +46,58 @@ class Executor:
     def __init__(self, inventory: str | dict, node_consul_addr: str, *,
                  register: bool = True, timeout: float = 300.0,
                  runner: PlaybookRunner = run_playbook,
-                 node_consul_auth: Mapping[str, str] | None = None):
+                 node_consul_auth: Mapping[str, str] | None = None,
+                 policy: PrivilegePolicy | None = None,
+                 secrets: SecretResolver | None = None):
         self.inventory = inventory
         self.node_consul_addr = node_consul_addr
         self.node_consul_auth = dict(node_consul_auth or {})  # params.consul_auth: node paths
         self.register = register
         self.timeout = timeout
         self.runner = runner
+        self.policy = policy or PrivilegePolicy()
+        self.secrets = secrets
 
     def place(self, items: Iterable[tuple[Allocation, JobSpec]],
               addresses: Mapping[str, str]) -> dict[str, Outcome]:
         batch: dict[str, list[dict]] = {}
+        refused: dict[str, Outcome] = {}
+        credentials: dict[str, dict[str, str]] = {}
         for alloc, spec in items:
             grant = alloc.grant or default_grant(spec)
             address = addresses.get(alloc.node)
             if not address:
                 raise ValueError(f"no address known for node {alloc.node!r}")
-            item = instance_vars(spec, alloc.slot, address, grant, self.node_consul_addr,
-                                 consul_auth=self.node_consul_auth)
-            item["manifest"] = instance_manifest(alloc, spec, grant)
-            batch.setdefault(alloc.node, []).append(item)
-        return self._run("place.yml", batch)
+            instance = instance_vars(spec, alloc.slot, address, grant, self.node_consul_addr,
+                                     consul_auth=self.node_consul_auth)
+            instance["manifest"] = instance_manifest(alloc, spec, grant)
+            iid = instance["instance"]["id"]
+            try:
+                self._admit(spec)
+                if spec.secrets:
+                    credentials[iid] = self._secrets_of(spec)
+            except _Refused as refusal:
+                refused[iid] = Outcome(False, str(refusal))
+                continue
+            batch.setdefault(alloc.node, []).append(instance)
+        # Secret values travel apart from the instances (which appear in loop results) and
+        # only to the node that runs them; place_instance.yml hands them over with no_log.
+        extra = {"walle_credentials": credentials} if credentials else {}
+        return {**refused, **self._run("place.yml", batch, extra)}
+
+    def _admit(self, spec: JobSpec) -> None:
+        """The cluster policy, checked before anything reaches a node."""
+        reason = self.policy.refusal(spec)
+        if reason:
+            raise _Refused(reason)
+
+    def _secrets_of(self, spec: JobSpec) -> dict[str, str]:
+        if self.secrets is None:
+            raise _Refused(f"job {spec.name}: has secrets, but this scheduler reads none")
+        try:
+            return self.secrets(spec)
+        except SecretError as err:
+            raise _Refused(f"job {spec.name}: {err}") from err
 
     def stop(self, allocs: Iterable[Allocation]) -> dict[str, Outcome]:
         return self.stop_instances((a.job, a.slot, a.node) for a in allocs)
@@ -105,14 +138,16 @@ class Executor:
                     out[(node, props["Id"])] = props
         return out
 
-    def _run(self, playbook: str, batch: dict[str, list[dict]]) -> dict[str, Outcome]:
+    def _run(self, playbook: str, batch: dict[str, list[dict]],
+             extra: dict | None = None) -> dict[str, Outcome]:
         if not batch:
             return {}
         ids = {node: [i["instance"]["id"] for i in items] for node, items in batch.items()}
         log.info("%s on %s: %s", playbook, ",".join(sorted(batch)),
                  " ".join(i for v in ids.values() for i in v))
         result = self.runner(playbook, self.inventory,
-                             {"walle_batch": batch, "walle_register": self.register},
+                             {"walle_batch": batch, "walle_register": self.register,
+                              **(extra or {})},
                              sorted(batch), timeout=self.timeout)
         log.info("%s %s in %.1fs", playbook, result.status, result.duration)
         outcomes: dict[str, Outcome] = {}
@@ -121,6 +156,10 @@ class Executor:
             for iid in instance_ids:
                 outcomes[iid] = _outcome(host, iid, result)
         return outcomes
+
+
+class _Refused(Exception):
+    """An instance the leader will not place; the message is its recorded reason."""
 
 
 def _outcome(host: HostResult, instance: str, result: RunResult) -> Outcome:

@@ -139,6 +139,7 @@ def workload_args(
         "user": rt.user,
         "working_dir": rt.working_dir,
         "image": rt.image,
+        **sandbox_args(spec, gpu_indices),
         "stop_signal": spec.stop.signal,
         "stop_timeout": spec.stop.timeout,
         "pre_stop": list(spec.stop.pre_stop) or None,
@@ -152,6 +153,23 @@ def workload_args(
     else:
         args["schedule"] = spec.schedule
     return _without_none(args)
+
+
+def sandbox_args(spec: JobSpec, gpu_indices: Sequence[int] | None = None) -> dict[str, Any]:
+    """walle_workload's sandbox options: what the job asked for (privilege, capabilities,
+    JIT) and the devices its grant gives (the slice's GPU list, so PrivateDevices= goes).
+    Whether the job may have them is the scheduler's policy (service/policy.py)."""
+    rt = spec.runtime
+    args: dict[str, Any] = {}
+    if rt.privileged:
+        args["privileged"] = True
+    if rt.capabilities:
+        args["capabilities"] = list(rt.capabilities)
+    if rt.jit:
+        args["write_execute"] = True
+    if spec.resources.gpus > 0 and rt.kind == "exec" and not rt.privileged:
+        args["device_allow"] = gpu_device_allow(spec.resources.gpus, gpu_indices)
+    return args
 
 
 def service_args(

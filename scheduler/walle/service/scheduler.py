@@ -45,7 +45,9 @@ from walle.naming import service_unit
 from walle.service.adopt import Adopter
 from walle.service.cluster import Snapshot, describe_error, load_snapshot
 from walle.service.executor import Executor, Outcome
+from walle.service.policy import PrivilegePolicy
 from walle.service.records import SlotRecord, to_stored
+from walle.service.secrets import DEFAULT_SECRETS_DIR, SecretReader
 from walle.spec import JobSpec, SpecError, parse_spec
 
 log = logging.getLogger("walle.scheduler")
@@ -75,6 +77,9 @@ class SchedulerConfig:
     debounce: float = 0.05  # batch changes that arrive together
     register: bool = True
     playbook_timeout: float = 300.0
+    # Who may leave the workload sandbox (default: nobody) and where file secrets live.
+    privilege: PrivilegePolicy = field(default_factory=PrivilegePolicy)
+    secrets_dir: str = DEFAULT_SECRETS_DIR
 
 
 @dataclass
@@ -118,7 +123,9 @@ class Scheduler:
         self.executor = executor or Executor(config.inventory, config.node_consul_addr,
                                              register=config.register,
                                              timeout=config.playbook_timeout,
-                                             node_consul_auth=config.node_consul_auth)
+                                             node_consul_auth=config.node_consul_auth,
+                                             policy=config.privilege,
+                                             secrets=SecretReader(api, config.secrets_dir))
         self.lock = LeaderLock(api, name=config.name, ttl=config.lock_ttl,
                                lock_delay=config.lock_delay, node=config.session_node,
                                on_lost=self._on_lost)

@@ -8,6 +8,7 @@ from walle.spec.model import (
     Range,
     Resources,
     Runtime,
+    Secret,
     StopPolicy,
     UpdatePolicy,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "Range",
     "Resources",
     "Runtime",
+    "Secret",
     "SpecError",
     "StopPolicy",
     "UpdatePolicy",

@@ -49,7 +49,20 @@ class Runtime:
     env: tuple[tuple[str, str], ...] = ()  # sorted pairs, so specs hash stably
     user: str | None = None
     working_dir: str | None = None
-    image: str | None = None  # nspawn: a machine image directory on the node
+    image: str | None = None  # nspawn: an image name inside the node's image store
+    privileged: bool = False  # root, no sandbox: only where the cluster policy allows it
+    capabilities: tuple[str, ...] = ()  # kept in the sandbox (cluster policy allows each)
+    jit: bool = False  # writable+executable memory (no MemoryDenyWriteExecute)
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret delivered as the systemd credential `name` ($CREDENTIALS_DIRECTORY/<name>).
+    Only the reference is stored with the job; the value is read at each placement."""
+
+    name: str
+    source: Literal["consul", "file"]  # Consul KV under walle/secrets/, or the secrets dir
+    path: str  # relative: walle/secrets/<path> in KV, or <secrets dir>/<path>
 
 
 @dataclass(frozen=True)
@@ -109,6 +122,7 @@ class JobSpec:
     retries: int = 3  # batch: attempts before the job fails
     schedule: str | None = None  # cron: systemd OnCalendar= expression
     update: UpdatePolicy = field(default_factory=UpdatePolicy)
+    secrets: tuple[Secret, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,7 +136,7 @@ class JobSpec:
         in place (resources alone can change live)."""
         d = self.to_dict()
         return _digest({k: d[k] for k in ("runtime", "kind", "schedule", "stop", "health",
-                                           "service", "restart")})
+                                           "service", "restart", "secrets")})
 
 
 def _digest(data: dict) -> str:

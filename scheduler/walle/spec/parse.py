@@ -27,6 +27,7 @@ from walle.spec.model import (
     Range,
     Resources,
     Runtime,
+    Secret,
     StopPolicy,
     UpdatePolicy,
 )
@@ -55,6 +56,23 @@ WEEKDAY = re.compile(r"(mon|tue|wed|thu|fri|sat|sun)[a-z]*", re.IGNORECASE)
 CALENDAR_DATE = re.compile(r"[0-9*][0-9*,./~-]*-[0-9*][0-9*,./~]*")
 CALENDAR_TIME = re.compile(r"[0-9*][0-9*,./]*:[0-9*][0-9*,./]*(:[0-9*][0-9*,./]*)?")
 TIMEZONE = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*")
+# Sandbox and secrets (docs/security.md): an image is named inside the node's image store, a
+# secret's source is a relative path under a dedicated prefix; neither may climb out.
+IMAGE_STORE = "/var/lib/walle/images"
+STORE_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
+CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+SECRET_SOURCES = ("consul", "file")
+CAPABILITIES = (
+    "CAP_AUDIT_CONTROL", "CAP_AUDIT_READ", "CAP_AUDIT_WRITE", "CAP_BLOCK_SUSPEND", "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER", "CAP_FSETID", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_KILL", "CAP_LEASE",
+    "CAP_LINUX_IMMUTABLE", "CAP_MAC_ADMIN", "CAP_MAC_OVERRIDE", "CAP_MKNOD", "CAP_NET_ADMIN",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_RAW", "CAP_PERFMON", "CAP_SETFCAP",
+    "CAP_SETGID", "CAP_SETPCAP", "CAP_SETUID", "CAP_SYSLOG", "CAP_SYS_ADMIN", "CAP_SYS_BOOT",
+    "CAP_SYS_CHROOT", "CAP_SYS_MODULE", "CAP_SYS_NICE", "CAP_SYS_PACCT", "CAP_SYS_PTRACE",
+    "CAP_SYS_RAWIO", "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG",
+    "CAP_WAKE_ALARM",
+)
 
 
 @dataclass(frozen=True)
@@ -143,6 +161,7 @@ def spec_to_data(spec: JobSpec) -> dict:
         "update": {"max_parallel": spec.update.max_parallel,
                    "health_timeout": spec.update.health_timeout,
                    "auto_rollback": spec.update.auto_rollback},
+        "secrets": {s.name: {s.source: s.path} for s in spec.secrets} or None,
     }
     return _drop_none(data)
 
@@ -160,6 +179,8 @@ def _runtime_data(rt: Runtime) -> dict:
     return _drop_none({
         "type": rt.kind, "command": rt.command, "args": list(rt.args), "env": dict(rt.env),
         "user": rt.user, "working_dir": rt.working_dir, "image": rt.image,
+        "privileged": rt.privileged or None, "capabilities": list(rt.capabilities) or None,
+        "jit": rt.jit or None,
     })
 
 
@@ -248,7 +269,7 @@ class _Report:
 
 TOP_KEYS = ("name", "kind", "count", "priority", "strategy", "resources", "runtime",
             "constraints", "data", "health", "stop", "service", "restart", "retries",
-            "schedule", "update")
+            "schedule", "update", "secrets")
 
 
 def _job(r: _Report, data: object) -> JobSpec | None:
@@ -278,8 +299,10 @@ def _job(r: _Report, data: object) -> JobSpec | None:
         "retries": _optional(r, f, "retries", _integer(0, 100)),
         "schedule": _optional(r, f, "schedule", _calendar),
         "update": _optional(r, f, "update", _update),
+        "secrets": _optional(r, f, "secrets", _secrets),
     }
     _check_kind_rules(r, f, kind)
+    _check_secret_runtime(r, f)
     if r.problems:
         return None
     present = {k: v for k, v in fields.items() if v is not None}
@@ -354,7 +377,8 @@ def _memory_range(r: _Report, value: object, path: str) -> Range | None:
     return rng
 
 
-RUNTIME_KEYS = ("type", "command", "args", "env", "user", "working_dir", "image")
+RUNTIME_KEYS = ("type", "command", "args", "env", "user", "working_dir", "image", "privileged",
+                "capabilities", "jit")
 
 
 def _runtime(r: _Report, value: object, path: str) -> Runtime | None:
@@ -368,8 +392,12 @@ def _runtime(r: _Report, value: object, path: str) -> Runtime | None:
         "env": _optional(r, f, "env", _env, path),
         "user": _optional(r, f, "user", _user, path),
         "working_dir": _optional(r, f, "working_dir", _abs_path, path),
-        "image": _optional(r, f, "image", _abs_path, path),
+        "image": _optional(r, f, "image", _image, path),
+        "privileged": _optional(r, f, "privileged", _boolean, path),
+        "capabilities": _optional(r, f, "capabilities", _capabilities, path),
+        "jit": _optional(r, f, "jit", _boolean, path),
     }
+    _check_privilege(r, f, kind, path)
     if "type" in f and f["type"] not in RUNTIME_KINDS:
         return None
     if kind == "exec" and "command" not in f:
@@ -379,11 +407,97 @@ def _runtime(r: _Report, value: object, path: str) -> Runtime | None:
         r.add(_at(path, "image"), "only the nspawn runtime has an image; set type: nspawn or "
                                   "remove it")
     if kind == "nspawn" and "image" not in f:
-        r.add(_at(path, "image"), "required for the nspawn runtime: an absolute directory such "
-                                  "as /var/lib/machines/web")
+        r.add(_at(path, "image"), "required for the nspawn runtime: an image name in the "
+                                  f"node's image store, such as 'web' for {IMAGE_STORE}/web")
     if any(parts[k] is None for k in f if k in parts) or ("command" not in f and kind == "exec"):
         return None
     return Runtime(kind=kind, **{k: v for k, v in parts.items() if v is not None})
+
+
+def _check_privilege(r: _Report, f: dict, kind: str, path: str) -> None:
+    """Root is asked for, never implied: `user: root` needs `privileged: true`. Whether a
+    privileged job or a capability may run is the cluster's policy (the scheduler's
+    --allow-privileged / --allow-capability), decided where the leader places."""
+    if f.get("user") == "root" and f.get("privileged") is not True and kind == "exec":
+        r.add(_at(path, "user"), "root is a privileged workload: set runtime.privileged: true "
+                                 "(the cluster policy decides whether it may run), or remove "
+                                 "user to run as a dynamic unprivileged user")
+    if kind == "nspawn":
+        for key in ("privileged", "capabilities", "jit"):
+            if f.get(key):
+                r.add(_at(path, key), "only for the exec runtime; an nspawn container is "
+                                      "confined by its user namespace")
+    elif f.get("privileged") is True and f.get("capabilities"):
+        r.add(_at(path, "capabilities"), "a privileged job already has every capability; "
+                                         "drop capabilities or privileged")
+
+
+def _image(r: _Report, value: object, path: str) -> str | None:
+    """An image inside the node's image store: `web`, `team/web` (or the same as an absolute
+    path under the store). Host paths (`/`, `/etc`), `..` and dot-files are refused."""
+    text = _text(r, value, path)
+    if text is None:
+        return None
+    name = text[len(IMAGE_STORE) + 1:] if text.startswith(IMAGE_STORE + "/") else text
+    if not STORE_PATH.fullmatch(name) or len(name) > 255:
+        r.add(path, f"{_show(text)} is not an image in the image store: name a directory "
+                    f"under {IMAGE_STORE} such as 'web' or 'team/web' (letters, digits, '_', "
+                    "'.', '-'; no '..', no host path)")
+        return None
+    return name
+
+
+def _capabilities(r: _Report, value: object, path: str) -> tuple[str, ...] | None:
+    caps = _list_of(_choice(CAPABILITIES))(r, value, path)
+    return None if caps is None else tuple(sorted(set(caps)))
+
+
+def _secrets(r: _Report, value: object, path: str) -> tuple[Secret, ...] | None:
+    if not isinstance(value, Mapping):
+        r.add(path, f"expected a mapping of NAME: {{consul: KEY}} or {{file: PATH}}, got "
+                    f"{_describe(value)}")
+        return None
+    out, ok = [], True
+    for name, source in value.items():
+        if not (isinstance(name, str) and CREDENTIAL_NAME.fullmatch(name)):
+            r.add(path, f"secret name {_show(name)} is not valid: 1-64 letters, digits, '_', "
+                        "'.', '-', not starting with '.' or '-' (the app reads "
+                        "$CREDENTIALS_DIRECTORY/<name>)")
+            ok = False
+            continue
+        secret = _secret(r, name, source, _at(path, name))
+        ok = ok and secret is not None
+        out.append(secret)
+    return tuple(sorted(out, key=lambda s: s.name)) if ok else None
+
+
+def _secret(r: _Report, name: str, value: object, path: str) -> Secret | None:
+    f = _fields(r, value, path, SECRET_SOURCES)
+    if f is None:
+        return None
+    if not f and any(key not in SECRET_SOURCES for key in value):
+        return None  # the unknown key is the problem, reported above
+    if len(f) != 1:
+        r.add(path, "give exactly one source: consul (a key under walle/secrets/) or file (a "
+                    "path under the scheduler's secrets directory)")
+        return None
+    (source, raw), = f.items()
+    text = _text(r, raw, _at(path, source))
+    if text is None:
+        return None
+    if not STORE_PATH.fullmatch(text) or len(text) > 255:
+        r.add(_at(path, source), f"{_show(text)} must be a relative path such as 'app/db' "
+                                 "(letters, digits, '_', '.', '-' and '/'; no leading '/', "
+                                 "no '..')")
+        return None
+    return Secret(name=name, source=source, path=text)
+
+
+def _check_secret_runtime(r: _Report, f: dict) -> None:
+    runtime = f.get("runtime")
+    if f.get("secrets") and isinstance(runtime, Mapping) and runtime.get("type") == "nspawn":
+        r.add("secrets", "secrets are delivered as systemd credentials to the exec runtime "
+                         "only; the nspawn runtime cannot take them yet")
 
 
 def _env(r: _Report, value: object, path: str) -> tuple[tuple[str, str], ...] | None:

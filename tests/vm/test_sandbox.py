@@ -1,0 +1,202 @@
+"""The workload sandbox and secrets against real systemd (qemu VM, tests/vm/conftest.py).
+
+The default web service (examples/web.yml) is placed by the real place.yml (walle_slice and
+walle_workload through the runner adapter), rated with `systemd-analyze security` and asked
+for a page from inside the VM. A job with a secret reads it from $CREDENTIALS_DIRECTORY and
+the value is in no unit file, no `systemctl show` output and no runner artifact. An nspawn
+job runs in a user namespace and its pre_stop hook runs inside the container.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from vmtools import FIGURES, REPO, show, wait_until
+
+from walle import naming
+from walle.adapters import runner
+from walle.service.executor import default_grant
+from walle.service.params import instance_vars
+from walle.spec import load_spec_file, parse_spec
+
+pytestmark = pytest.mark.vm
+
+EXPOSURE_GOAL = 4.0
+VM_HOST = "walle-vm"  # the inventory's host name (walle.lab.vm.inventory_text)
+VM_ADDRESS = "10.0.2.15"  # qemu user networking: the guest's own address
+SECRET = "vm-secret-7f3a-do-not-log"
+STORE = "/var/lib/walle/images"
+
+
+@pytest.fixture
+def kept_runs(tmp_path, monkeypatch):
+    """run_playbook's private folders, kept after each run for inspection."""
+    kept: list[Path] = []
+
+    @contextlib.contextmanager
+    def keep(prefix=""):
+        folder = tmp_path / f"run{len(kept)}"
+        folder.mkdir()
+        kept.append(folder)
+        yield str(folder)
+
+    monkeypatch.setattr(runner.tempfile, "TemporaryDirectory", keep)
+    return kept
+
+
+def place(vm, instances: list[dict], credentials: dict | None = None) -> runner.RunResult:
+    """The real place.yml on the VM, as the executor runs it (no Consul registration)."""
+    extravars = {"walle_batch": {VM_HOST: instances}, "walle_register": False,
+                 "walle_wait_active_s": 60}
+    if credentials:
+        extravars["walle_credentials"] = credentials
+    result = runner.run_playbook("place.yml", str(vm.inventory_path), extravars, [VM_HOST],
+                                 timeout=300)
+    host = result.hosts.get(VM_HOST)
+    assert result.status == "successful" and host and host.ok and not host.failed_instances, (
+        result.status, host, result.output_tail[-2000:])
+    return result
+
+
+def instance(spec, slot: int = 0) -> dict:
+    return instance_vars(spec, slot, VM_ADDRESS, default_grant(spec))
+
+
+def stop(vm, *units: str) -> None:
+    names = " ".join(shlex.quote(u) for u in units)
+    vm.run(f"systemctl stop {names}; systemctl reset-failed {names}", timeout=120)
+
+
+def exposure(vm, unit: str) -> float:
+    out = vm.run(f"systemd-analyze security --no-pager {shlex.quote(unit)}", timeout=120,
+                 check=True).stdout
+    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", out)
+    assert match, out[-2000:]
+    return float(match[1])
+
+
+def test_default_web_service_scores_safe_and_still_serves_http(vm):
+    spec = load_spec_file(REPO / "examples" / "web.yml")
+    unit = naming.service_unit(spec.name, 0)
+    try:
+        place(vm, [instance(spec)])
+        fetch = ("python3 -c \"import urllib.request; "
+                 "print(urllib.request.urlopen('http://127.0.0.1:8080/', timeout=5).status)\"")
+        status = wait_until(lambda: vm.run(fetch, timeout=60).stdout.strip() == "200", 60,
+                            "the web service to answer")
+        assert status
+        score = exposure(vm, unit)
+        FIGURES["web_service_exposure"] = score
+        assert score <= EXPOSURE_GOAL
+        props = show(vm, unit, "DynamicUser", "User", "NoNewPrivileges", "ProtectSystem",
+                     "CapabilityBoundingSet", "MainPID")
+        assert props["DynamicUser"] == "yes" and props["NoNewPrivileges"] == "yes"
+        assert props["ProtectSystem"] == "strict" and props["CapabilityBoundingSet"] == ""
+        uid = vm.run(f"stat -c %u /proc/{props['MainPID']}", check=True).stdout.strip()
+        assert uid != "0"
+        mode = vm.run(f"stat -c %a /etc/systemd/system/{unit}", check=True).stdout.strip()
+        assert mode == "640"
+    finally:
+        stop(vm, unit)
+
+
+def secret_job():
+    script = ("import os, pathlib, time; "
+              "v = pathlib.Path(os.environ['CREDENTIALS_DIRECTORY'], 'db_password').read_text(); "
+              "pathlib.Path(os.environ['STATE_DIRECTORY'], 'seen').write_text(v); "
+              "time.sleep(600)")
+    return parse_spec({
+        "name": "vault", "kind": "service",
+        "resources": {"cpu": 0.1, "memory": "64M"},
+        "runtime": {"type": "exec", "command": "/usr/bin/python3", "args": ["-c", script]},
+        "secrets": {"db_password": {"consul": "app/db"}},
+    })
+
+
+def test_a_secret_reaches_the_workload_as_a_credential_and_nowhere_else(vm, kept_runs):
+    spec = secret_job()
+    stem = naming.unit_stem(spec.name, 0)
+    unit = naming.service_unit(spec.name, 0)
+    try:
+        result = place(vm, [instance(spec)], {naming.instance_id(spec.name, 0):
+                                              {"db_password": SECRET}})
+        seen = wait_until(lambda: vm.run(f"cat /var/lib/{stem}/seen").stdout, 60,
+                          "the workload to read its credential")
+        assert seen == SECRET
+        # nowhere on the node but the root-only credential file
+        leaks = vm.run(f"grep -rl {shlex.quote(SECRET)} /etc/systemd /run/systemd "
+                       "/var/log/journal 2>/dev/null; "
+                       f"systemctl show {unit} | grep -c {shlex.quote(SECRET)}").stdout.split()
+        assert leaks == ["0"], leaks
+        modes = vm.run(f"stat -c '%a %U' /run/walle/credentials/{stem} "
+                       f"/run/walle/credentials/{stem}/db_password /etc/systemd/system/{unit}",
+                       check=True).stdout.splitlines()
+        assert modes == ["700 root", "600 root", "640 root"]
+        # nowhere on the controller: not in what the adapter returns, not in any artifact
+        assert SECRET not in repr(result)
+        files = [p for run in kept_runs for p in (run / "artifacts").rglob("*") if p.is_file()]
+        assert files and [str(p) for p in files if SECRET.encode() in p.read_bytes()] == []
+    finally:
+        stop(vm, unit)
+
+
+# A tiny image in the store: sh, cat, sleep and their libraries, copied (not bind-mounted:
+# the user namespace maps the image's ownership for the container).
+TINY_IMAGE = """set -e
+root=$1
+rm -rf "$root"; mkdir -p "$root"/usr/bin "$root"/usr/lib "$root"/usr/lib64 "$root"/etc
+for d in bin lib lib64 sbin; do ln -sfn usr/$d "$root/$d"; done
+for d in proc sys dev run tmp var; do mkdir -p "$root/$d"; done
+cp /etc/os-release "$root"/etc/
+cp /usr/bin/dash /usr/bin/cat /usr/bin/sleep "$root"/usr/bin/
+ln -sfn dash "$root"/usr/bin/sh
+libs=$(ldd /usr/bin/dash /usr/bin/cat /usr/bin/sleep | grep -o '/[^ ]*' | grep -v ':$')
+for lib in $(echo "$libs" | sort -u); do
+  cp -L --parents "$lib" "$root"/
+done
+"""
+PAYLOAD = """cg=/sys/fs/cgroup$(systemctl show -P ControlGroup "$1")
+for p in $(find "$cg" -name cgroup.procs -exec cat {} +); do
+  [ "$(cat /proc/$p/comm)" = sleep ] && echo "$p"
+done
+"""
+
+
+def test_nspawn_runs_in_a_user_namespace_and_pre_stop_runs_inside(vm):
+    root = f"{STORE}/tiny"
+    vm.write_file("/root/tiny-image.sh", TINY_IMAGE)
+    vm.write_file("/root/payload.sh", PAYLOAD)
+    vm.run(f"sh /root/tiny-image.sh {root}", timeout=120, check=True)
+    spec = parse_spec({
+        "name": "boxed", "kind": "service",
+        "resources": {"cpu": 0.1, "memory": "64M"},
+        "runtime": {"type": "nspawn", "image": "tiny", "command": "/usr/bin/sleep",
+                    "args": ["600"]},
+        "stop": {"pre_stop": ["/bin/sh", "-c", "cat /proc/self/uid_map > /hook.out"]},
+    })
+    unit = naming.service_unit(spec.name, 0)
+    try:
+        place(vm, [instance(spec)])
+        payload = wait_until(lambda: vm.run(f"sh /root/payload.sh {unit}").stdout.split(), 60,
+                             "the container's payload")
+        uid = vm.run(f"stat -c %u /proc/{payload[0]}", check=True).stdout.strip()
+        FIGURES["nspawn_payload_host_uid"] = int(uid)
+        assert uid != "0"  # root inside, an unprivileged uid range on the node
+    finally:
+        stop(vm, unit)
+    # The hook wrote into the container's root (the image), from inside its user namespace.
+    uid_map = vm.run(f"cat {root}/hook.out", check=True).stdout.split()
+    assert uid_map[:1] == ["0"] and uid_map[1] != "0", uid_map
+    assert vm.run("test -e /hook.out && echo host || echo none").stdout.strip() == "none"
+
+
+def test_a_host_path_image_is_refused(vm, walle):
+    with pytest.raises(AssertionError, match="image store"):
+        walle.apply(("walle_workload", {"name": "walle-escape-0", "slice": "walle-escape-0.slice",
+                                        "runtime": "nspawn", "image": "/",
+                                        "command": "/bin/true", "state": "present"}))
+    assert show(vm, "walle-escape-0.service", "LoadState") == {"LoadState": "not-found"}
