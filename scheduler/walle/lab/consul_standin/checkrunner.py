@@ -7,6 +7,7 @@ started with a random stagger within the interval as Consul does, stopped when t
 
 from __future__ import annotations
 
+import http.client
 import logging
 import socket
 import ssl
@@ -28,17 +29,19 @@ def probe_http(spec: dict) -> tuple[str, str]:
                for k, v in (spec["Header"] or {}).items()}
     headers.setdefault("User-Agent", "Consul Health Check")
     body = spec["Body"].encode() if spec["Body"] else None
-    req = urllib.request.Request(url, data=body, method=method, headers=headers)
     handlers: list = [urllib.request.ProxyHandler({})]
     if spec.get("TLSSkipVerify"):
         handlers.append(urllib.request.HTTPSHandler(context=ssl._create_unverified_context()))
     opener = urllib.request.build_opener(*handlers)
     try:
+        req = urllib.request.Request(url, data=body, method=method, headers=headers)
         with opener.open(req, timeout=spec["Timeout"]) as resp:
             code, reason, text = resp.status, resp.reason, resp.read(MAX_OUTPUT)
     except urllib.error.HTTPError as exc:
         code, reason, text = exc.code, exc.reason, exc.read(MAX_OUTPUT)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        # e.g. InvalidURL for a URL with whitespace: the check is critical, as in Consul; the
+        # check thread must not die of it.
         return "critical", f"Get \"{url}\": {exc}"
     output = f"HTTP {method} {url}: {code} {reason} Output: {text.decode(errors='replace')}"
     if 200 <= code < 300:
