@@ -14,6 +14,8 @@ from walle.core import (
     format_explanation,
     reconcile,
 )
+from walle.core.feasibility import compile_job
+from walle.core.reconcile import allocation_for
 from walle.core.testing import GiB, make_job, make_node
 from walle.spec.model import Constraint
 
@@ -234,3 +236,31 @@ def test_kept_instances_keep_holding_their_port():
     allocs, _ = converge([web], nodes)
     plan = plan_for([web, api], allocs, nodes)
     assert not plan.places and plan.failures[0].message == "1 node: port 8080 in use"
+
+
+def test_room_left_by_a_move_is_offered_to_what_found_no_node_before():
+    # db and web (same priority) both grow past what node a holds, so both must move. db is
+    # tried first and finds a still holding web's old reservation; web then moves to b
+    # (evicting low). The room web left on a must go to db in the same round, not to low,
+    # or the next round evicts low again: applying a plan and reconciling is a fixed point.
+    nodes = [make_node("a", cpu=4, memory_gib=4, zone="z2"),
+             make_node("b", cpu=4, memory_gib=4, zone="z1"),
+             make_node("c", cpu=2, memory_gib=4, zone="z1")]
+    small = {"low": make_job("low", priority=10, cpu=(0.5, 0.5), memory_gib=(0.5, 1)),
+             "web": make_job("web", priority=90, cpu=(0.5, 0.5), memory_gib=(0.5, 1)),
+             "db": make_job("db", priority=90, cpu=(0.5, 0.5), memory_gib=(1, 2),
+                            constraints=(Constraint("zone", "ne", "z1"),))}
+    allocs = tuple(
+        allocation_for(compile_job(small[job], default_strategy="spread"), 0, node,
+                       (small[job].digest(), small[job].runtime_digest()), since=0.0,
+                       state="running")
+        for job, node in (("web", "a"), ("db", "a"), ("low", "b")))
+    grown = [replace(small[name], resources=replace(small[name].resources,
+                                                    cpu=replace(small[name].resources.cpu,
+                                                                min=4, max=4)))
+             for name in ("web", "db")] + [small["low"]]
+    allocs2, plan = converge(grown, nodes, allocs)
+    assert not plan.failures
+    assert {a.job: a.node for a in allocs2} == {"db": "a", "web": "b", "low": "c"}
+    assert [(e.alloc.job, e.by) for e in plan.evictions] == [("low", "web-0")]
+    assert plan_for(grown, allocs2, nodes).is_empty

@@ -14,7 +14,9 @@ One round:
    is refused in that order the round is planned again in priority order (higher first,
    larger first within a priority), where a refused instance may evict strictly
    lower-priority ones, re-placed in the same round if anything fits. Either way no
-   instance fails because of packing order;
+   instance fails because of packing order. A refused instance is offered the room again
+   whenever a later move releases its old reservation, before lower priorities take it,
+   so the next round has nothing left to move;
 3. recompute the elastic grants of every node whose load changed.
 Deterministic for a given seed (the only randomness is a `random.Random(seed)`), and
 idempotent: `reconcile(apply_plan(allocs, plan))` has no actions.
@@ -104,6 +106,7 @@ class _Round:
         self.evictions: list[Evict] = []
         self.failures: dict[tuple[str, str], tuple[list[int], dict[str, int]]] = {}
         self.refused: dict[str, dict[str, int]] = {}  # job -> why placement found no node
+        self.unplaced: dict[int, dict[str, int]] = {}  # work index -> why no node took it
         self.moving: set[str] = set()  # keys with a queued move/replace holding their room
         self.settled: set[tuple[str, int]] = set()  # batch slots done or out of retries
         self.placed: list[tuple[_Work, int, float]] = []
@@ -250,13 +253,34 @@ class _Round:
         else:
             heap = [self._order(w, n) for n, w in enumerate(self.work)]
         heapq.heapify(heap)
+        queued: set[int] = set()  # unplaced work pushed back onto the heap
         steps, budget = 0, MAX_PLACEMENT_STEPS_PER_INSTANCE * (len(heap) + 1)
         while heap and steps < budget:
             steps += 1
             *_, n = heapq.heappop(heap)
-            for evicted in self._place(self.work[n]):
-                self.work.append(evicted)
-                heapq.heappush(heap, self._order(evicted, len(self.work) - 1))
+            queued.discard(n)
+            outcome = self._place(self.work[n])
+            if isinstance(outcome, dict):  # no node took it: why
+                self.unplaced[n] = outcome
+                continue
+            self.unplaced.pop(n, None)
+            evicted, freed = outcome
+            for e in evicted:
+                self.work.append(e)
+                heapq.heappush(heap, self._order(e, len(self.work) - 1))
+            if freed and self.unplaced:
+                # a move left its old room behind: what found no node before may fit now
+                # (or evict into it), and must get it before lower priorities do, or the
+                # next round would undo this one's placements. Each move frees room once,
+                # so the retries are bounded; they get steps of their own.
+                self.refused.clear()
+                retry = [m for m in sorted(self.unplaced) if m not in queued]
+                queued.update(retry)
+                budget += len(retry)
+                for m in retry:
+                    heapq.heappush(heap, self._order(self.work[m], m))
+        for n, reasons in sorted(self.unplaced.items()):
+            self._fail(self.work[n].job, self.work[n].slot, reasons)
 
     def _packing_sequence(self) -> list[int]:
         """Work indexes in packing order: GPU work first (few nodes can take it), then two
@@ -293,12 +317,14 @@ class _Round:
         size = req.cpu / max(self.ix.total_cpu, 1) + req.memory / max(self.ix.total_mem, 1)
         return (-req.priority, -size, w.job, w.slot, n)
 
-    def _place(self, w: _Work) -> list[_Work]:
+    def _place(self, w: _Work) -> tuple[list[_Work], bool] | dict[str, int]:
+        """Reserve a node for `w`: (evicted instances to re-place, whether a move released
+        its old room), or why no node took it."""
         req = self.reqs[w.job]
         if w.job in self.refused and w.held_at is None:
-            # the state only fills up: later slots of a refused job fail the same way
-            self._fail(w.job, w.slot, self.refused[w.job])
-            return []
+            # until a move frees room the state only fills up: later slots of a refused job
+            # fail the same way
+            return self.refused[w.job]
         released = self._release_old(w)  # a move or replace may reuse its own room
         avoid = frozenset(self.ix.pos[n] for n in w.failed_nodes if n in self.ix.pos)
         choice = self.placer.place(req, avoid)
@@ -306,10 +332,9 @@ class _Round:
             if self.packing:
                 raise _OrderMatters
             self.refused[w.job] = choice.reasons
-            self._fail(w.job, w.slot, choice.reasons)
             if released is not None:  # nothing changed since the release: put it back
                 self._hold(w.held_at, w.old, released.priority)
-            return []
+            return choice.reasons
         evicted = [self._evict(choice.node, h, f"{w.job}-{w.slot}") for h in choice.evict]
         self.ix.reserve(choice.node, Held(
             f"{w.job}-{w.slot}", w.job, w.slot, req.priority, req.cpu, req.memory, req.disk,
@@ -317,7 +342,7 @@ class _Round:
             int(req.spec.resources.memory.min), int(req.spec.resources.memory.max), req.ports))
         self.touched.add(choice.node)
         self.placed.append((w, choice.node, choice.score))
-        return [e for e in evicted if e is not None]
+        return [e for e in evicted if e is not None], released is not None
 
     def _release_old(self, w: _Work) -> Held | None:
         if w.held_at is None or w.old.key not in self.ix.on_node[w.held_at]:
