@@ -7,6 +7,10 @@ If the session is lost (renew answers 404, the key names another session, or Con
 unreachable past the TTL), is_leader turns False and `on_lost` is called once.
 Followers block on the key until its Session is empty, then try again; after an invalidation
 Consul refuses acquires for LockDelay, which lets the old leader notice before a new one acts.
+A follower's session is renewed while it waits too (each blocking read is capped at TTL/2):
+Consul invalidates a session 2 x TTL after its last renewal, and a follower that won with a
+session about to die would lose the lock before the renewer's first turn. For the same reason
+a won lock is renewed once before `is_leader` is set.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class LeaderLock:
         self._stop_renew = threading.Event()
         self._renewer: threading.Thread | None = None
         self._mutex = threading.Lock()
+        self._renewed_at = 0.0  # monotonic time of the session's creation or last renewal
 
     @property
     def is_leader(self) -> bool:
@@ -89,7 +94,32 @@ class LeaderLock:
     def _ensure_session(self) -> str:
         if self.session_id is None:
             self.session_id = self._create_session()
+            self._renewed_at = time.monotonic()
         return self.session_id
+
+    def _renew_session(self, sid: str) -> float:
+        """Renew `sid`; ConsulNotFound when it is gone. Returns the TTL in force."""
+        c = self.api.client
+        answer = self.api.call("renew leader session", lambda: c.session.renew(sid))
+        self._renewed_at = time.monotonic()
+        return _parse_ttl((answer or {}).get("TTL"), self.ttl)
+
+    def _keep_standby_session(self) -> None:
+        """While we wait, renew our session every TTL/2 so it is alive when we win; replace
+        one that was invalidated (expired, or its node check failed). Creating may raise
+        ConsulError (e.g. our node's serfHealth is critical): the caller retries later."""
+        with self._mutex:
+            if self.is_leader:
+                return
+            due = time.monotonic() - self._renewed_at >= self.ttl / 2
+            if self.session_id is not None and due:
+                try:
+                    self._renew_session(self.session_id)
+                except ConsulNotFound:
+                    log.info("standby session for %s was invalidated: creating a new one",
+                             self.key)
+                    self.session_id = None
+            self._ensure_session()
 
     # --- acquire / wait ------------------------------------------------------------------
     def acquire(self) -> bool:
@@ -101,10 +131,30 @@ class LeaderLock:
             got = self.api.call(f"acquire {self.key}", lambda: self._try_acquire(sid))
             if got is None:  # our session died (e.g. its node check failed): make a new one
                 self.session_id = None
-            if got:
+            if got and self._confirm_won(sid):
                 self._leader.set()
                 self._start_renewer()
-            return bool(got)
+                return True
+            return False
+
+    def _confirm_won(self, sid: str) -> bool:
+        """Renew right after winning: the session may have been close to its 2 x TTL end, and
+        the renewer's first turn is TTL/2 away. False (and the session dropped) when it is
+        already gone or the key names another session; a Consul we cannot reach is not
+        leadership either: release the key (guarded by our session) and re-raise."""
+        try:
+            self.renew_once()
+            return True
+        except (ConsulNotFound, LostLock) as err:
+            log.warning("won %s but lost it at once: %s", self.key, err)
+            self.session_id = None
+            return False
+        except ConsulError:
+            c = self.api.client
+            with contextlib.suppress(ConsulError):
+                self.api.call(f"release {self.key}",
+                              lambda: c.kv.put(self.key, self.value, release=sid))
+            raise
 
     def _try_acquire(self, sid: str) -> bool | None:
         try:
@@ -127,7 +177,8 @@ class LeaderLock:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            idx, entry = self._read_key(index, remaining)
+            self._keep_standby_session()
+            idx, entry = self._read_key(index, min(remaining, self.ttl / 2))
             holder = entry.get("Session") if entry else None
             if holder:
                 index = max(1, idx if idx >= index else 0)  # block until the holder changes
@@ -175,12 +226,12 @@ class LeaderLock:
         sid = self.session_id
         if sid is None:
             raise ConsulNotFound("no session")
+        ttl = self._renew_session(sid)
         c = self.api.client
-        answer = self.api.call("renew leader session", lambda: c.session.renew(sid))
         _, entry = self.api.call(f"read {self.key}", lambda: c.kv.get(self.key))
         if not entry or entry.get("Session") != sid:
             raise LostLock(f"{self.key} is no longer held by session {sid}")
-        return _parse_ttl((answer or {}).get("TTL"), self.ttl)
+        return ttl
 
     def mark_lost(self, why: str) -> None:
         """The caller learned first (a guarded write failed its check-session): stop acting as
