@@ -47,6 +47,17 @@ def test_systemctl_show_blocks_become_instances_with_the_slices_limit():
     assert big.memory_max_bytes is None  # infinity everywhere: no limit
 
 
+def test_a_lab_nodes_units_yield_only_the_instance_not_the_node_daemons():
+    """Captured on a lab node running Prometheus: walle-serf, walle-exporter and
+    walle-prometheus-sd match walle-*.service too, but live outside walle.slice."""
+    lab = wx.parse_systemctl_show((DATA / "systemctl-show.lab-node1.txt").read_text())
+    found = wx.instances_from_units(lab)
+    assert list(found) == ["walle-hog-0"]
+    hog, cgroup = found["walle-hog-0"]
+    assert (hog.job, hog.slot, hog.memory_max_bytes) == ("hog", 0, 128 * 2**20)
+    assert cgroup == "/walle.slice/walle-hog.slice/walle-hog-0.slice/walle-hog-0.service"
+
+
 def test_cpu_stat_from_a_hybrid_host_gives_seconds():
     assert wx.parse_cpu_stat((DATA / "cpu.stat.hybrid").read_text()) == 825.459022
     assert wx.parse_cpu_stat("user_usec 5\n") is None
@@ -117,7 +128,7 @@ def test_cpu_percent_and_summary_totals(monkeypatch):
 
     def read():
         return [{"Id": "walle-api-0.service", "ActiveState": "active", "NRestarts": "1",
-                 "ControlGroup": "/nowhere", "MemoryMax": "infinity"}]
+                 "ControlGroup": "/walle.slice/nowhere", "MemoryMax": "infinity"}]
 
     sampler = wx.Sampler("node1", 0, read=read, clock=lambda: next(clock))
 

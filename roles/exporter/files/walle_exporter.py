@@ -81,6 +81,9 @@ def instances_from_units(units: list[dict[str, str]]) -> dict[str, tuple[Instanc
         match = _UNIT.match(props["Id"])
         if not match:
             continue  # walle-<job>.slice, timers and anything else that is not an instance
+        control_group = props.get("ControlGroup", "")
+        if control_group and not control_group.startswith("/walle.slice/"):
+            continue  # a node daemon named like an instance (walle-<x>-<n>) is not one
         stem = props["Id"].rsplit(".", 1)[0]
         limit = _bytes_or_none(props.get("MemoryMax", ""))
         if match["kind"] == "slice":
@@ -91,7 +94,7 @@ def instances_from_units(units: list[dict[str, str]]) -> dict[str, tuple[Instanc
                         unit=props["Id"], active=props.get("ActiveState") == "active",
                         restarts=_int(props.get("NRestarts", "")) or 0,
                         memory_max_bytes=limit)
-        found[stem] = (inst, props.get("ControlGroup", ""))
+        found[stem] = (inst, control_group)
     for stem, (inst, _) in found.items():
         limits = [v for v in (inst.memory_max_bytes, slice_max.get(stem)) if v is not None]
         inst.memory_max_bytes = min(limits) if limits else None
