@@ -73,3 +73,20 @@ def test_catalog_entries_become_target_groups_labelled_with_their_node():
                                               ["[fd00::3]:9851"]]
     assert groups[1]["labels"] == {"node": "node2", "consul_service": "walle-exporter",
                                    "consul_service_id": "walle-exporter"}
+
+
+@pytest.mark.parametrize("role, prefix", [("exporter", "walle_exporter_"),
+                                          ("monitoring", "walle_monitoring_")])
+def test_every_default_is_prefixed_and_in_the_argument_specs(role, prefix):
+    root = ROLE.parent / role
+    defaults = yaml.safe_load((root / "defaults/main.yml").read_text())
+    spec = yaml.safe_load((root / "meta/argument_specs.yml").read_text())
+    options = spec["argument_specs"]["main"]["options"]
+    assert set(defaults) == set(options)
+    for name, value in defaults.items():
+        assert name.startswith(prefix), name
+        assert options[name].get("description"), name
+        if isinstance(value, str) and "{{" in value:
+            assert "default" not in options[name], f"{name}: templated, no literal default"
+        elif "default" in options[name]:
+            assert options[name]["default"] == value, f"{name}: argument_specs default differs"
