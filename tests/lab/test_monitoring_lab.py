@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -65,6 +66,14 @@ def wait_for(what: str, probe, timeout: float):
     raise AssertionError(f"{what}: not within {timeout:.0f}s (last error: {last!r})")
 
 
+def site_yml(lab: Lab) -> subprocess.CompletedProcess:
+    env = {**os.environ, **ansible_env(), "WALLE_LAB": lab.name}
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(lab.inventory_path),
+         "-i", str(lab.dir / "monitoring.yml"), str(REPO_ROOT / "site.yml")],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False)
+
+
 @pytest.fixture(scope="module")
 def pool():
     lab = Lab(f"m{os.getpid()}", progress=lambda msg: None)
@@ -78,11 +87,7 @@ def pool():
             "vars": {"walle_monitoring_scrape_interval": "5s",
                      "walle_monitoring_evaluation_interval": "5s",
                      "walle_monitoring_sd_refresh": "5s"}}}))
-        env = {**os.environ, **ansible_env(), "WALLE_LAB": lab.name}
-        proc = subprocess.run(
-            [str(Path(sys.executable).parent / "ansible-playbook"), "-i",
-             str(lab.inventory_path), "-i", str(extra), str(REPO_ROOT / "site.yml")],
-            env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False)
+        proc = site_yml(lab)
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
         start_schedulers(lab, addr)
         host = lab.state.host_address
@@ -160,3 +165,11 @@ def test_exporter_reports_the_instance_and_prometheus_scrapes_every_target(pool)
         result = get_json(f"{prometheus}/api/v1/query?query=walle_scheduler_leader")
         return [float(r["value"][1]) for r in result["data"]["result"]] == [1.0]
     wait_for("a scheduler leader seen by Prometheus", leader_seen, 60)
+
+
+def test_a_second_run_with_monitoring_changes_nothing(pool):
+    lab, _, _ = pool
+    proc = site_yml(lab)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    recap = re.findall(r"^(node\d+)\s+: ok=\d+\s+changed=(\d+)", proc.stdout, re.MULTILINE)
+    assert sorted(recap) == [("node1", "0"), ("node2", "0"), ("node3", "0")], proc.stdout[-3000:]
