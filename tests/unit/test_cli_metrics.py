@@ -11,7 +11,7 @@ from walle.service.records import SlotRecord
 from walle.spec import parse_spec
 
 GIB = 1024 ** 3
-SAMPLE = re.compile(r'^(\w+)\{(.*)\} (\S+)$')
+SAMPLE = re.compile(r'^(\w+)(?:\{(.*)\})? (\S+)$')
 
 
 def snapshot() -> Snapshot:
@@ -46,8 +46,7 @@ def parse(text: str) -> dict[tuple[str, str], float]:
 
 
 def test_nodes_jobs_and_instances_are_exported_with_their_values():
-    usage = {("n1", "walle-web-0.service"): {"CPUUsageNSec": "2500000000",
-                                             "MemoryCurrent": "1048576"}}
+    usage = {("n1", "web-0"): {"cpu_seconds": 2.5, "memory_bytes": 1048576}}
     m = parse(render_metrics(snapshot(), usage))
     assert m[("walle_node_up", 'node="n1",zone="z1"')] == 1
     assert m[("walle_node_up", 'node="n2",zone="z2"')] == 0
@@ -67,3 +66,77 @@ def test_every_metric_has_help_and_type_once():
     helps = re.findall(r"^# HELP (\w+)", text, re.MULTILINE)
     types = re.findall(r"^# TYPE (\w+) (gauge|counter)$", text, re.MULTILINE)
     assert len(helps) == len(set(helps)) == len(types)
+
+
+def test_the_leader_gauge_says_whether_a_scheduler_leads():
+    key = ("walle_scheduler_leader", None)
+    assert parse(render_metrics(snapshot(), {}, leader=True))[key] == 1
+    assert parse(render_metrics(snapshot(), {}, leader=False))[key] == 0
+    assert ("walle_scheduler_leader", None) not in parse(render_metrics(snapshot(), {}))
+
+
+class _Health:
+    def __init__(self, entries):
+        self.entries = entries
+
+    def service(self, name, passing, index, wait):
+        assert name == "walle-exporter"
+        return 3, self.entries
+
+
+class _Api:
+    def __init__(self, entries):
+        self.client = type("Client", (), {"health": _Health(entries)})()
+
+    def call(self, what, fn):
+        return fn()
+
+
+def _exporter_entry(node: str, port: int) -> dict:
+    return {"Node": {"Node": node, "Address": "127.0.0.1"},
+            "Service": {"ID": "walle-exporter", "Service": "walle-exporter", "Port": port,
+                        "Address": "127.0.0.1"}, "Checks": []}
+
+
+def test_usage_comes_from_the_exporters_summaries_found_in_consul():
+    """--usage reads /summary of the exporter of each node with live instances: n1's answers
+    (real HTTP), n2's exporter is not listening; only n1's instance gets usage."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from walle.cli.metrics import read_usage
+
+    summary = {"node": "n1", "time": 1.0, "instances": {
+        "web-0": {"job": "web", "slot": 0, "cpu_seconds": 7.25, "memory_bytes": 2048}}}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = json.dumps(summary).encode()
+            self.send_response(200 if self.path == "/summary" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    closed = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    dead_port = closed.server_address[1]
+    closed.server_close()
+    try:
+        snap = snapshot()
+        snap.records["web-1"] = SlotRecord(Allocation(
+            "web", 1, "n2", Capacity(0.5, GIB), Capacity(1, GIB), "d", "r", state="running"))
+        api = _Api([_exporter_entry("n1", server.server_address[1]),
+                    _exporter_entry("n2", dead_port)])
+        usage = read_usage(api, snap)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert usage == {("n1", "web-0"): summary["instances"]["web-0"]}
+    m = parse(render_metrics(snap, usage))
+    assert m[("walle_instance_cpu_seconds_total", 'job="web",slot="0",node="n1"')] == 7.25
+    assert ("walle_instance_cpu_seconds_total", 'job="web",slot="1",node="n2"') not in m

@@ -1,22 +1,29 @@
 """`walle metrics`: the pool as Prometheus metrics (text exposition format 0.0.4).
 
-Cluster state comes from one Consul snapshot; `--usage` adds what each instance really uses
-(systemd's CPUUsageNSec and MemoryCurrent, one ad-hoc command over all nodes). Print once, or
-`--listen HOST:PORT` to serve /metrics for a Prometheus scrape.
+Cluster state comes from one Consul snapshot; `--usage` adds what each instance really uses,
+read from the `walle-exporter` of each node that runs instances (found in the Consul catalog,
+its /summary endpoint; roles/exporter), one HTTP request per node, in parallel. Print once,
+or `--listen HOST:PORT` to serve /metrics for a Prometheus scrape.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+import urllib.request
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from walle.adapters.runner import run_command
+from walle.adapters.consul import LEADER_KEY
+from walle.adapters.consul.services import ServiceInstance, service_health
 from walle.cli.common import add_consul_args, cluster_command, connect
 from walle.cli.main import EXIT_OK, EXIT_USAGE
-from walle.cli.ops import DEFAULT_INVENTORY
-from walle.naming import service_unit
+from walle.naming import instance_id
 from walle.service.cluster import Snapshot, load_snapshot
+
+EXPORTER_SERVICE = "walle-exporter"
+SUMMARY_TIMEOUT_S = 5.0
 
 HELP = {
     "walle_node_up": ("gauge", "1 when the node's serfHealth passes"),
@@ -32,17 +39,17 @@ HELP = {
     "walle_instance_cpu_quota_percent": ("gauge", "granted CPUQuota (percent of one core)"),
     "walle_instance_cpu_weight": ("gauge", "granted CPUWeight"),
     "walle_instance_memory_max_bytes": ("gauge", "granted MemoryMax"),
-    "walle_instance_cpu_seconds_total": ("counter", "CPU time used (systemd CPUUsageNSec)"),
-    "walle_instance_memory_bytes": ("gauge", "memory in use (systemd MemoryCurrent)"),
+    "walle_instance_cpu_seconds_total": ("counter", "CPU time used (walle-exporter)"),
+    "walle_instance_memory_bytes": ("gauge", "memory in use (walle-exporter)"),
+    "walle_scheduler_leader": ("gauge", "1 when a scheduler holds the leader lock"),
 }
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("metrics", help="the pool as Prometheus metrics")
     parser.add_argument("--usage", action="store_true",
-                        help="add each instance's CPU and memory use, read from its node")
-    parser.add_argument("--inventory", default=DEFAULT_INVENTORY,
-                        help="Ansible inventory for --usage")
+                        help="add each instance's CPU and memory use, read from the "
+                             "walle-exporter of its node")
     parser.add_argument("--listen", metavar="HOST:PORT", help="serve /metrics instead of "
                                                              "printing once")
     add_consul_args(parser)
@@ -55,8 +62,8 @@ def cmd_metrics(args) -> int:
 
     def scrape() -> str:
         snap = load_snapshot(api, store)
-        usage = read_usage(args.inventory, snap) if args.usage else {}
-        return render_metrics(snap, usage)
+        usage = read_usage(api, snap) if args.usage else {}
+        return render_metrics(snap, usage, leader=has_leader(api))
 
     if not args.listen:
         sys.stdout.write(scrape())
@@ -69,8 +76,12 @@ def cmd_metrics(args) -> int:
     return EXIT_OK
 
 
-def render_metrics(snap: Snapshot, usage: Mapping[tuple[str, str], Mapping[str, str]]) -> str:
+def render_metrics(snap: Snapshot, usage: Mapping[tuple[str, str], Mapping[str, float]],
+                   leader: bool | None = None) -> str:
+    """`usage`: (node, instance id) -> the exporter's measures (cpu_seconds, memory_bytes)."""
     samples: dict[str, list[tuple[dict, float]]] = {name: [] for name in HELP}
+    if leader is not None:
+        samples["walle_scheduler_leader"].append(({}, leader))
     for info in snap.health.nodes:
         node = snap.nodes.get(info.name)
         if node is None:
@@ -104,12 +115,11 @@ def render_metrics(snap: Snapshot, usage: Mapping[tuple[str, str], Mapping[str, 
                 (labels, a.grant.cpu_quota_percent))
             samples["walle_instance_cpu_weight"].append((labels, a.grant.cpu_weight))
             samples["walle_instance_memory_max_bytes"].append((labels, a.grant.memory_max))
-        used = usage.get((a.node, service_unit(a.job, a.slot)), {})
-        if used.get("CPUUsageNSec", "").isdigit():
-            samples["walle_instance_cpu_seconds_total"].append(
-                (labels, int(used["CPUUsageNSec"]) / 1e9))
-        if used.get("MemoryCurrent", "").isdigit():
-            samples["walle_instance_memory_bytes"].append((labels, int(used["MemoryCurrent"])))
+        used = usage.get((a.node, instance_id(a.job, a.slot)), {})
+        for field, name in (("cpu_seconds", "walle_instance_cpu_seconds_total"),
+                            ("memory_bytes", "walle_instance_memory_bytes")):
+            if isinstance(used.get(field), int | float):
+                samples[name].append((labels, used[field]))
     return exposition(samples)
 
 
@@ -120,7 +130,8 @@ def exposition(samples: Mapping[str, list[tuple[dict, float]]]) -> str:
         lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
         for labels, value in values:
             body = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-            lines.append(f"{name}{{{body}}} {_number(value)}")
+            lines.append(f"{name}{{{body}}} {_number(value)}" if body else
+                         f"{name} {_number(value)}")
     return "\n".join(lines) + "\n"
 
 
@@ -133,19 +144,39 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def read_usage(inventory: str, snap: Snapshot) -> dict[tuple[str, str], dict[str, str]]:
-    nodes = sorted({r.alloc.node for r in snap.records.values() if r.alloc.live})
+def has_leader(api) -> bool:
+    """Whether a scheduler holds the leader lock (the key is held by a live session)."""
+    _, entry = api.call("leader key", lambda: api.client.kv.get(LEADER_KEY))
+    return bool(entry and entry.get("Session"))
+
+
+def read_usage(api, snap: Snapshot) -> dict[tuple[str, str], dict[str, float]]:
+    """(node, instance id) -> measures, from the /summary of the exporter on every node that
+    runs live instances. A node whose exporter is missing or does not answer adds nothing."""
+    nodes = {r.alloc.node for r in snap.records.values() if r.alloc.live}
     if not nodes:
         return {}
-    argv = ["systemctl", "show", "--all", "-p", "Id,CPUUsageNSec,MemoryCurrent",
-            "walle-*.service"]
-    usage: dict[tuple[str, str], dict[str, str]] = {}
-    for node, result in run_command(inventory, nodes, argv, timeout=30).items():
-        for block in result.stdout.split("\n\n"):
-            props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-            if props.get("Id"):
-                usage[(node, props["Id"])] = props
+    _, exporters = service_health(api, EXPORTER_SERVICE, passing=False)
+    wanted = [e for e in exporters if e.node in nodes and e.port]
+    usage: dict[tuple[str, str], dict[str, float]] = {}
+    with ThreadPoolExecutor(max_workers=min(16, len(wanted) or 1)) as pool:
+        for exporter, doc in zip(wanted, pool.map(fetch_summary, wanted), strict=True):
+            for key, measures in (doc or {}).get("instances", {}).items():
+                if isinstance(measures, dict):
+                    usage[(exporter.node, key)] = measures
     return usage
+
+
+def fetch_summary(exporter: ServiceInstance) -> dict | None:
+    host = f"[{exporter.address}]" if ":" in exporter.address else exporter.address
+    url = f"http://{host}:{exporter.port}/summary"
+    try:
+        with urllib.request.urlopen(url, timeout=SUMMARY_TIMEOUT_S) as reply:  # noqa: S310
+            doc = json.load(reply)
+    except (OSError, ValueError) as exc:
+        print(f"walle metrics: {exporter.node}: {url}: {exc}", file=sys.stderr)
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def serve(host: str, port: int, scrape) -> None:

@@ -23,6 +23,8 @@ NODE_PACKAGES: tuple[str, ...] = (
     "systemd", "systemd-sysv", "dbus", "iproute2", "python3", "python3-psutil",
     "openssh-server", "serf", "systemd-container", "procps", "curl", "iputils-ping",
     "ca-certificates", "libpam-systemd",
+    # roles/exporter and roles/monitoring (lab nodes have no route to a mirror)
+    "python3-prometheus-client", "prometheus-node-exporter", "prometheus",
 )
 
 
@@ -84,9 +86,10 @@ def _prepare(root: Path) -> None:
     link = wants / keygen.name
     if not link.exists():
         link.symlink_to(f"/etc/systemd/system/{keygen.name}")
-    # serf is started by the consul role with the node's own config, not by the package
-    serf_link = wants / "serf.service"
-    serf_link.unlink(missing_ok=True)
+    # serf is started by the consul role with the node's own config, and Prometheus and its
+    # node exporter by roles/monitoring and roles/exporter, not by their packages
+    for unit in ("serf.service", "prometheus.service", "prometheus-node-exporter.service"):
+        (wants / unit).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
