@@ -314,6 +314,7 @@ class Chaos:
         self.attempts: list[tuple[str, str, int | str, bool]] = []
         self.service_count = args.count
         self.batch_jobs: dict[str, int] = {}  # acknowledged batch job -> count
+        self.stale_sessions: set[str] = set()  # leader sessions of killed schedulers
         self.versions: dict[str, str] = {}  # acknowledged batch job -> spec digest
         self.spec_dir = Path(tempfile.mkdtemp(prefix="walle-chaos-"))
         self.t0 = time.monotonic()
@@ -492,13 +493,14 @@ class Chaos:
                 faults.heal(self.lab, victim)
             self.back(victim)
         elif kind == "leader-kill":
-            key = self.leader_key()
+            key = self.wait_leader_key()
             fault.target = key or "(no leader)"
             if key:
                 faults.kill_daemon(self.lab, key)
             time.sleep(self.rng.uniform(2, 5))
             start_schedulers(self.lab, self.addr)
         elif kind == "schedulers-kill":
+            self.note_stale_leader()
             for key in self.scheduler_keys():
                 faults.kill_daemon(self.lab, key)
             time.sleep(self.rng.uniform(2, 8))
@@ -546,14 +548,32 @@ class Chaos:
     def scheduler_keys(self) -> list[str]:
         return sorted(k for k in self.lab.state.processes if k.startswith("scheduler-"))
 
-    def leader_key(self) -> str | None:
-        """The lab process key of the leading scheduler (walle/leader names it)."""
+    def leader(self) -> tuple[str | None, str | None]:
+        """(session, lab process key) of the scheduler holding walle/leader."""
         with contextlib.suppress(requests.RequestException, ValueError, IndexError, KeyError):
             entry = self.get("/v1/kv/walle/leader")[0]
             if entry.get("Session"):
                 name = base64.b64decode(entry["Value"] or b"").decode()
-                return next((k for k in self.scheduler_keys()
-                             if name == f"{self.lab.name}-{k}"), None)
+                return entry["Session"], next((k for k in self.scheduler_keys()
+                                               if name == f"{self.lab.name}-{k}"), None)
+        return None, None
+
+    def note_stale_leader(self) -> None:
+        """A killed leader's session holds the key until its TTL runs out; the same process
+        key then names a new, non-leading incarnation, which leader-kill must not take for it."""
+        sid, _ = self.leader()
+        if sid:
+            self.stale_sessions.add(sid)
+
+    def wait_leader_key(self, timeout: float = 60.0) -> str | None:
+        """The process key of a live leader (not a session left by a killed one)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            sid, key = self.leader()
+            if sid and key and sid not in self.stale_sessions:
+                self.stale_sessions.add(sid)
+                return key
+            time.sleep(0.5)
         return None
 
     # --- submissions ---
