@@ -125,6 +125,7 @@ class Sample:
     records: dict[tuple[str, int], Record] = field(default_factory=dict)
     passing: dict[str, set[str]] = field(default_factory=dict)  # service ID -> passing nodes
     serf: dict[str, str] = field(default_factory=dict)  # node -> serfHealth status
+    leader: str | None = None  # the session holding walle/leader
 
 
 def parse_units(listing: str, cron_jobs: set[str]) -> set[tuple[str, int]]:
@@ -255,6 +256,8 @@ class Observer(threading.Thread):
             sample.records = parse_records(self.chaos.get("/v1/kv/walle/allocs/",
                                                           recurse="true"))
             sample.passing, sample.serf = parse_checks(self.chaos.get("/v1/health/state/any"))
+            lock = self.chaos.get("/v1/kv/walle/leader")
+            sample.leader = lock[0].get("Session") if lock else None
             sample.consul_ok = True
             self._last_records = sample.records
         except (requests.RequestException, ValueError):
@@ -397,6 +400,8 @@ class Chaos:
         nodes = {n.name for n in self.lab.nodes}
         if s.up != nodes:
             gaps.append(f"nodes not up: {sorted(nodes - s.up)}")
+        if s.leader is None or s.leader in self.stale_sessions:
+            gaps.append("no live scheduler holds walle/leader")
         bad_serf = sorted(n for n in nodes if s.serf.get(n) != "passing")
         if bad_serf:
             gaps.append(f"serfHealth not passing: {bad_serf}")
@@ -432,9 +437,11 @@ class Chaos:
         while time.monotonic() < deadline:
             if self.observer.samples != seen:  # judge fresh samples only
                 seen = self.observer.samples
-                gaps = self.convergence_gaps(self.observer.latest)
+                previous, gaps = gaps, self.convergence_gaps(self.observer.latest)
                 if not gaps:
                     return True, []
+                if gaps != previous:  # what the cluster is waiting for, as it changes
+                    log(f"  waiting: {'; '.join(gaps[:4])}")
             time.sleep(0.2)
         return False, gaps
 
@@ -476,11 +483,15 @@ class Chaos:
         victim = self.rng.choice(nodes)
         fault = Fault(kind, victim if kind in ("node-kill", "partition", "agent-restart")
                       else "", time.monotonic())
-        log(f"fault: {fault.label}")
+        s = self.observer.latest
+        lost = bool(s) and any(job == SERVICE and victim in nodes
+                               for (job, _), nodes in s.running.items())
+        log(f"fault: {fault.label}" + (" (runs service instances)" if lost and fault.target
+                                        else ""))
         if kind == "node-kill":
             self.cut_off(victim)
             self.lab.kill_node(victim)
-            self.hold(fault, self.rng.uniform(*self.args.node_down))
+            self.hold(fault, self.rng.uniform(*self.args.node_down), lost)
             self.lab.restart_node(victim)
             self.ensure_member(victim)
             self.back(victim)
@@ -488,7 +499,7 @@ class Chaos:
             self.cut_off(victim)
             faults.partition(self.lab, victim)
             try:
-                self.hold(fault, self.rng.uniform(*self.args.partition))
+                self.hold(fault, self.rng.uniform(*self.args.partition), lost)
             finally:
                 faults.heal(self.lab, victim)
             self.back(victim)
@@ -514,11 +525,12 @@ class Chaos:
         fault.healed = time.monotonic()
         return fault
 
-    def hold(self, fault: Fault, seconds: float) -> None:
-        """Keep a node fault for `seconds`, timing the service's failover meanwhile."""
+    def hold(self, fault: Fault, seconds: float, lost: bool) -> None:
+        """Keep a node fault for `seconds`, timing the service's failover meanwhile when the
+        node ran service instances (`lost`)."""
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            if fault.failover is None and self.service_whole_without(fault.target):
+            if lost and fault.failover is None and self.service_whole_without(fault.target):
                 fault.failover = time.monotonic() - fault.start
             time.sleep(0.25)
 
@@ -666,30 +678,33 @@ class Chaos:
         summary = Counter()
         for job, count in sorted(jobs.items()):
             for slot in range(count):
-                runs = done.get(service_unit(job, slot), 0)
+                marks = done.get(service_unit(job, slot), [])
+                runs = len(marks)
                 r = records.get((job, slot))
                 summary[f"completed {runs}x"] += 1
                 if runs != 1 or r is None or r.state != "stopped":
                     self.violate("batch-not-once", f"{job}-{slot}: completed {runs} time(s) "
-                                 f"in the journals; record "
+                                 f"in the journals ({', '.join(marks) or 'never'}); record "
                                  f"{f'{r.state} on {r.node}' if r else 'missing'}")
         return dict(summary)
 
-    def journal_markers(self) -> Counter:
-        """unit -> how many times it printed the batch marker, over every node's journal."""
-        out: Counter = Counter()
+    def journal_markers(self) -> dict[str, list[str]]:
+        """unit -> where and when it printed the batch marker, over every node's journal."""
+        out: dict[str, list[str]] = defaultdict(list)
         units = unit_stem(BATCH_PREFIX, 0).removesuffix("-0") + "*"  # every batch job's units
         for node in [n.name for n in self.lab.nodes]:
             with contextlib.suppress(LabError, subprocess.TimeoutExpired):
                 proc = faults.node_exec(self.lab, node, [
-                    "journalctl", "--no-pager", "-o", "json", "-u",
-                    units, "--output-fields=MESSAGE,_SYSTEMD_UNIT"],
+                    "journalctl", "--no-pager", "-o", "json", "-u", units,
+                    "--output-fields=MESSAGE,_SYSTEMD_UNIT,__REALTIME_TIMESTAMP"],
                     timeout=60)
                 for line in proc.stdout.splitlines():
                     with contextlib.suppress(ValueError):
                         entry = json.loads(line)
                         if entry.get("MESSAGE") == BATCH_MARKER:
-                            out[entry.get("_SYSTEMD_UNIT")] += 1
+                            at = time.strftime("%H:%M:%S", time.gmtime(
+                                int(entry.get("__REALTIME_TIMESTAMP", 0)) / 1e6))
+                            out[entry.get("_SYSTEMD_UNIT")].append(f"{node} {at}")
         return out
 
     def stop(self) -> None:
