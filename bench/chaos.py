@@ -66,6 +66,7 @@ SERVICE, CRON, BATCH_PREFIX = "chaos-web", "chaos-tick", "chaos-b"
 SERVICE_PORT = 8090
 BATCH_MARKER = "chaos-batch-done"
 RUNNING_STATES = ("active", "activating", "deactivating", "reloading")
+BOOTED = ("running", "degraded")  # systemctl is-system-running of a node done booting
 CLI_TIMEOUT = 40.0
 
 
@@ -119,7 +120,7 @@ class Record:
 @dataclass
 class Sample:
     at: float
-    up: set[str]  # nodes whose container runs
+    up: set[str]  # nodes done booting (systemd running or degraded)
     running: dict[tuple[str, int], set[str]]  # (job, slot) -> nodes where its unit is active
     consul_ok: bool = False
     records: dict[tuple[str, int], Record] = field(default_factory=dict)
@@ -245,12 +246,14 @@ class Observer(threading.Thread):
         for node in [n.name for n in lab.nodes]:
             with contextlib.suppress(LabError, subprocess.TimeoutExpired):
                 proc = faults.node_exec(lab, node, [
-                    "systemctl", "list-units", "--all", "--plain", "--no-legend",
-                    "walle-*.service", "walle-*.timer"], timeout=10)
-                if proc.returncode == 0:
+                    "sh", "-c", 'systemctl is-system-running; systemctl list-units --all '
+                    '--plain --no-legend "$@"', "list", "walle-*.service", "walle-*.timer"],
+                    timeout=10)
+                state, _, units = proc.stdout.partition("\n")
+                if state.strip() in BOOTED:  # a node still booting may yet start units
                     up.add(node)
-                    for slot in parse_units(proc.stdout, cron):
-                        running[slot].add(node)
+                for slot in parse_units(units, cron):
+                    running[slot].add(node)
         sample = Sample(time.monotonic(), up, dict(running))
         try:
             sample.records = parse_records(self.chaos.get("/v1/kv/walle/allocs/",
