@@ -28,24 +28,60 @@ def parse_members(text: str) -> list[dict]:
     return out
 
 
-def apply_members(store: Store, members: list[dict], protected: set[str]) -> None:
+class AgentStash:
+    """What each node's Consul agent keeps in its data dir: the services and checks registered
+    through it. A real agent that leaves (a restart is a graceful leave) is deregistered by the
+    servers and, when it joins again, re-registers that local state by anti-entropy; the
+    stand-in plays every agent, so it keeps the state here meanwhile (checks come back
+    critical until they run again, as after an agent restart)."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, dict] = {}
+
+    def keep(self, store: Store, node: str) -> None:
+        self._nodes[node] = {
+            "services": [dict(s) for (n, _), s in store.services.items() if n == node],
+            "checks": [dict(c) for (n, cid), c in store.checks.items()
+                       if n == node and cid != "serfHealth" and c.get("ServiceID")],
+            "defs": {cid: dict(d) for (n, cid), d in store.check_defs.items() if n == node},
+        }
+
+    def restore(self, store: Store, node: str) -> None:
+        state = self._nodes.pop(node, None)
+        if state is None:
+            return
+        for service in state["services"]:
+            store.put_service(node, service)
+        for check in state["checks"]:
+            store.put_check({**check, "Status": "critical", "Output": ""})
+            if check["CheckID"] in state["defs"]:
+                store.check_defs[(node, check["CheckID"])] = state["defs"][check["CheckID"]]
+
+
+def apply_members(store: Store, members: list[dict], protected: set[str],
+                  stash: AgentStash | None = None) -> None:
     """Reconcile the catalog with Serf like a Consul leader: alive -> registered and passing,
     failed -> serfHealth critical, left -> deregistered, and any node that carries serfHealth
     but is no longer a member (reaped, or gone while we were down) -> deregistered.
-    `protected` nodes are the agents the stand-in plays itself; Serf never removes them."""
+    `protected` nodes are the agents the stand-in plays itself; Serf never removes them.
+    With a `stash`, a deregistered node's agent state comes back when it is alive again."""
+    stash = stash or AgentStash()
     with store.write():
         for m in members:
             name, status = m["name"], m["status"]
             if status == "alive":
                 store.ensure_node(name, m["ip"], m["tags"])
                 store.set_serf_health(name, alive=True)
+                stash.restore(store, name)
             elif status == "failed" and name in store.nodes:
                 store.set_serf_health(name, alive=False)
-            elif status == "left" and name not in protected:
+            elif status == "left" and name not in protected and name in store.nodes:
+                stash.keep(store, name)
                 store.delete_node(name)
         known = {m["name"] for m in members}
         reaped = {node for (node, check) in store.checks if check == "serfHealth"}
         for name in sorted(reaped - known - protected):
+            stash.keep(store, name)
             store.delete_node(name)
 
 
@@ -62,6 +98,7 @@ class SerfFollower:
         self._thread = threading.Thread(target=self._run, name="consul-standin-serf",
                                         daemon=True)
         self._failures = 0
+        self.stash = AgentStash()
 
     def start(self) -> None:
         self._thread.start()
@@ -81,7 +118,7 @@ class SerfFollower:
         if done.returncode != 0:
             return self._failed(done.stderr.strip() or f"exit {done.returncode}")
         self.last = parse_members(done.stdout)
-        apply_members(self.store, self.last, self.protected)
+        apply_members(self.store, self.last, self.protected, self.stash)
         self._failures = 0
         return True
 
