@@ -56,8 +56,7 @@ from walle.adapters.runner import REPO_ROOT, ansible_env
 from walle.cli.demo import provision, start_schedulers
 from walle.lab import faults
 from walle.lab.nodes import Lab, LabError
-from walle.naming import service_unit, unit_stem
-from walle.service.scheduler import parse_instance_id
+from walle.naming import parse_instance_id, service_unit, unit_stem
 from walle.spec import parse_spec
 
 KINDS = ("node-kill", "leader-kill", "schedulers-kill", "standin-kill", "partition",
