@@ -199,6 +199,15 @@ def quote_exec_line(argv: list[str] | tuple[str, ...], field: str = "command",
                     [quote_exec_arg(a, args_field or field) for a in argv[1:]])
 
 
+def quote_path_item(path: str, field: str, prefix: str = "") -> str:
+    """One entry of a space-separated path list (ReadWritePaths=, ...): double-quoted so a
+    space does not split it, with the `-`/`+` prefix inside the quotes as systemd reads it;
+    backslash and quote C-escaped, specifiers escaped (no `$` expansion in these lists)."""
+    _abs_path(field, path)  # the grammar's and the edges' checks (its result is escaped)
+    escaped = path.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{prefix}{escaped}"'
+
+
 def quote_env(key: str, value: str, field: str = "env") -> str:
     """An Environment= value: `"KEY=value"` read back literally by systemd."""
     _match(f"{field}.{key}" if isinstance(key, str) else field, _ENV_KEY, key,
@@ -388,7 +397,7 @@ def sandbox_directives(name: str, *, user: str | None = None, working_dir: str |
     out = [("DynamicUser", "yes")] if user is None else []
     out += [("StateDirectory", name), ("RuntimeDirectory", name)]
     if working_dir is not None:
-        out.append(("ReadWritePaths", f"-{_abs_path('working_dir', working_dir)}"))
+        out.append(("ReadWritePaths", quote_path_item(working_dir, "working_dir", prefix="-")))
     out += [("UMask", "0077"), ("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"),
             ("ProtectHome", "yes"), ("PrivateTmp", "yes"), ("PrivateMounts", "yes")]
     if device_allow:

@@ -26,7 +26,9 @@ NO_CONSUL = {"walle_register": False}
 
 
 def web_spec(name: str = "web", count: int = 3, command: str = "/usr/bin/python3") -> JobSpec:
-    marker = f"/var/tmp/prestop-{name}"
+    # The hook runs in the instance's sandbox: its private /tmp and /var/tmp go with the unit,
+    # its StateDirectory (/var/lib/walle-<job>-<slot>) stays for the test to read.
+    marker = f"$STATE_DIRECTORY/prestop-{name}"
     return JobSpec(
         name=name,
         kind="service",
@@ -98,7 +100,7 @@ def test_place_two_instances_on_two_nodes_then_stop_them_gracefully(lab):
     result = run(lab, "stop.yml", stop_batch("web", layout))
     assert result.ok_hosts == ["node1", "node2"], (result.hosts, result.output_tail)
     for node, (slot,) in layout.items():
-        assert f"prestop-web-{slot}" in on_node(lab, node, "ls /var/tmp")
+        assert f"prestop-web-{slot}" in on_node(lab, node, f"ls /var/lib/walle-web-{slot}/")
         assert f"web-{slot}.json" not in on_node(lab, node, "ls /var/lib/walle/instances")
         props = unit_props(lab, node, f"walle-web-{slot}.service", "LoadState", "ActiveState")
         assert props == {"LoadState": "not-found", "ActiveState": "inactive"}
@@ -187,7 +189,7 @@ def test_migrate_starts_the_new_instance_before_stopping_the_old(lab):
             "ActiveState": "active"}
         assert unit_props(lab, "node1", "walle-mig-0.service", "LoadState") == {
             "LoadState": "not-found"}
-        assert "prestop-mig-0" in on_node(lab, "node1", "ls /var/tmp")
+        assert "prestop-mig-0" in on_node(lab, "node1", "ls /var/lib/walle-mig-0/")
         # its replacement failed: the old instance keeps serving
         assert unit_props(lab, "node2", "walle-mig-1.service", "ActiveState") == {
             "ActiveState": "active"}

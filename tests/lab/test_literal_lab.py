@@ -72,6 +72,9 @@ def hostile_spec() -> JobSpec:
                   "{% raw %}x{% endraw %}"),
             env=(("LIT_A", JINJA), ("LIT_B", ODD), ("LIT_C", "{{ lookup('pipe', 'id') }}")),
             working_dir=f"/var/tmp/lit wd {JINJA}",
+            # not sandboxed: the probe program lives in and writes to the node's /var/tmp,
+            # which a sandboxed unit sees as its own private, empty one
+            privileged=True,
         ),
         health=HealthCheck(type="http", path=f"/health/{JINJA_URL}", interval=5.0),
         service=Discovery(name="lit", port=8080, tags=(JINJA, ODD, "{% raw %}t")),

@@ -125,8 +125,9 @@ def test_a_program_path_the_grammar_allows_runs_with_its_exact_argv(node):
             f"printf '#!/bin/sh\\nprintf \"%%s\\\\n\" \"$0\" \"$@\" > /run/{TAG}.prog\\n' "
             f"> {shlex.quote(program)} && chmod 755 {shlex.quote(program)}")
     node.ok("walle_slice", SLICE_ARGS)
+    # privileged: the probe program writes its argv to the node's /run, outside a sandbox
     args = dict(name=f"{STEM}p", slice=SLICE, kind="batch", command=program,
-                args=["%n", "$HOME", "a b"], restart="no")
+                args=["%n", "$HOME", "a b"], restart="no", privileged=True)
     try:
         node.ok("walle_workload", args)
         seen = node.sh(f"for i in $(seq 50); do [ -s /run/{TAG}.prog ] && break; sleep 0.1; "

@@ -291,7 +291,7 @@ def test_a_named_user_replaces_the_dynamic_one_and_working_dir_is_writable(node,
     wl_run(FakeSystemctl(), {**ARGS, "user": "www-data", "working_dir": "/srv/www"})
     unit = unit_of(node)
     assert unit["User"] == ["www-data"] and "DynamicUser" not in unit
-    assert unit["WorkingDirectory"] == ["/srv/www"] and unit["ReadWritePaths"] == ["-/srv/www"]
+    assert unit["WorkingDirectory"] == ["/srv/www"] and unit["ReadWritePaths"] == ['"-/srv/www"']
     assert unit["ProtectSystem"] == ["strict"]
 
 

@@ -294,3 +294,11 @@ def test_every_service_is_sandboxed_unless_told_otherwise():
 def test_sandbox_refusals_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=rf"^{re.escape(field)}:"):
         service(**kwargs)
+
+
+def test_a_working_dir_with_spaces_stays_one_writable_path():
+    """ReadWritePaths= is a space-separated list: an unquoted working_dir with a space was split
+    into a missing path and a relative one, so the directory was not writable."""
+    text = wu.render_service("walle-web-0", slice="walle-web-0.slice", argv=["/bin/true"],
+                             working_dir='/srv/a b/{{ x }}/50%/"q"')
+    assert 'ReadWritePaths="-/srv/a b/{{ x }}/50%%/\\"q\\""' in text.splitlines()
