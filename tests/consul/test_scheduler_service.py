@@ -477,3 +477,38 @@ def test_an_adopted_version_differing_only_in_resources_is_updated_in_place(clus
     assert ex2.placed == [] and ex2.stopped == []
     assert sorted(ex2.regranted) == sorted(before)
     assert running_where(cluster) == before
+
+
+# ----- chaos findings (bench/chaos.py, docs/benchmarks.md "Findings") -------------------------
+def registered_on(api: ConsulApi, sid: str) -> list[str]:
+    _, nodes = api.client.catalog.nodes()
+    out = []
+    for n in nodes:
+        _, info = api.client.catalog.node(n["Node"])
+        if info and sid in (info.get("Services") or {}):
+            out.append(n["Node"])
+    return sorted(out)
+
+
+def test_a_registration_an_agent_restart_dropped_is_restored_where_the_instance_runs(cluster):
+    """Finding 1: `systemctl restart` of a node's agent forgot web-0's registration while its
+    unit kept running. The record is healed by placing the instance again where it runs
+    (idempotent: the unit keeps its process, the registration comes back), never by starting
+    a second copy elsewhere while the first still runs."""
+    clock = Clock()
+    s, ex = make_scheduler(cluster, clock)
+    StateStore(cluster).put_job(web_spec(count=2), 0)
+    s.step()
+    s.step()
+    node = records(cluster)["web-0"].node
+    cluster.client.catalog.deregister(node, service_id="web-0")  # the agent restart
+    ex.placed.clear()
+    s.step()
+    assert ex.placed == []  # within MISSING_GRACE: an agent restart re-registers by itself
+    clock.now += 31
+    s.step()
+    s.step()
+    assert ex.placed == [("web-0", node)]
+    assert registered_on(cluster, "web-0") == [node]
+    assert (records(cluster)["web-0"].node, records(cluster)["web-0"].state) == (node, "running")
+    assert ex.stopped == []

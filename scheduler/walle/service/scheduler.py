@@ -42,7 +42,7 @@ from walle.adapters.consul.health import fetch_cluster_health
 from walle.adapters.consul.state import alloc_key
 from walle.core import Allocation, PlacementConfig, Plan, reconcile
 from walle.naming import service_unit
-from walle.service.adopt import Adopter
+from walle.service.adopt import MISSING_GRACE, Adopter
 from walle.service.cluster import Snapshot, describe_error, load_snapshot
 from walle.service.executor import Executor, Outcome
 from walle.service.policy import PrivilegePolicy
@@ -395,7 +395,7 @@ class Scheduler:
             records.update(claims.records)
             self._write(claims.records, records=records)
             report.adopted += claims.adopted
-            report.failed.update(dict.fromkeys(claims.lost, "instance registered nowhere"))
+        self._place_lost_again(snap, records, claims.lost, report)
         orphans = [(f.job, f.slot, f.node) for f in claims.reap]
         if orphans:
             log.warning("stopping %d orphaned instance(s): %s", len(orphans),
@@ -405,6 +405,28 @@ class Scheduler:
             for key, outcome in outcomes.items():
                 if outcome.ok:
                     report.stopped.append(f"orphan {key}")
+
+    def _place_lost_again(self, snap: Snapshot, records: dict[str, SlotRecord],
+                          lost: list[SlotRecord], report: StepReport) -> None:
+        """Running records whose registration vanished (an agent restart, an old backup):
+        place them again on their own node. The modules are idempotent, so a unit that still
+        runs keeps its process and gets its registration back; only if that fails is the
+        record failed (the playbook's rescue has then removed the unit: no second copy)."""
+        if not lost:
+            return
+        outcomes = self._place([r.alloc for r in lost], snap)
+        self.adopter.replaced([r.key for r in lost if outcomes.get(r.key, Outcome(False)).ok])
+        now = self.clock()
+        failed: dict[str, SlotRecord] = {}
+        for r in lost:
+            outcome = outcomes.get(r.key, Outcome(False, "no result"))
+            if outcome.ok:
+                report.placed.append(f"{r.key}@{r.alloc.node}")
+                continue
+            reason = f"lost: registered nowhere for {MISSING_GRACE:.0f}s; {outcome.error}"
+            failed[r.key] = records[r.key] = r.failed(reason, now)
+            report.failed[r.key] = reason
+        self._write(failed, records=records)
 
     # ----- planning -----------------------------------------------------------------------
     def _plan(self, snap: Snapshot, records: dict[str, SlotRecord], now: float) -> Plan:
