@@ -31,6 +31,18 @@ def timer_unit(job: str, slot: int) -> str:
     return f"{unit_stem(job, slot)}.timer"
 
 
+def parse_unit(unit: str) -> tuple[str, int] | None:
+    """"walle-my_web-3.service" (or .timer) -> ("my-web", 3): the inverse of service_unit and
+    timer_unit; None for any other unit (slices, other units)."""
+    stem, dot, suffix = unit.rpartition(".")
+    if not dot or suffix not in ("service", "timer") or not stem.startswith("walle-"):
+        return None
+    job, _, slot = stem[len("walle-"):].rpartition("-")
+    if not job or not slot.isdigit():
+        return None
+    return job.replace("_", "-"), int(slot)
+
+
 def instance_id(job: str, slot: int) -> str:
     """Consul service ID of one instance: unique per agent and stable across moves."""
     return f"{job}-{slot}"

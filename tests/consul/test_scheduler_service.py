@@ -14,7 +14,8 @@ import pytest
 
 from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
 from walle.lab.consul_standin import start_in_thread
-from walle.service.executor import Outcome
+from walle.naming import service_unit, timer_unit
+from walle.service.executor import NodeInstances, Outcome
 from walle.service.scheduler import LostLeadership, Scheduler, SchedulerConfig
 from walle.spec import parse_spec
 
@@ -42,6 +43,9 @@ class RecordingExecutor:
         self.health = "passing"
         self.fail_nodes: set[str] = set()
         self.units: dict[str, dict] = {}  # unit -> what `systemctl show` would say
+        # what each node keeps: instance id -> its kind (manifest and units, until stopped)
+        self.on_node: dict[str, dict[str, str]] = {}
+        self.listed: list[list[str]] = []  # the nodes of each list_instances call
 
     def place(self, items, addresses):
         out = {}
@@ -50,6 +54,10 @@ class RecordingExecutor:
             if alloc.node in self.fail_nodes:
                 out[alloc.key] = Outcome(False, f"node {alloc.node} unreachable")
                 continue
+            self.on_node.setdefault(alloc.node, {})[alloc.key] = spec.kind
+            if spec.kind == "batch":  # place.yml started it: it runs until a test says not
+                self.units[service_unit(alloc.job, alloc.slot)] = {
+                    "ActiveState": "active", "InactiveExitTimestampMonotonic": "1"}
             if spec.service is not None:  # with the meta service_args gives it
                 register_instance(self.api, alloc.node, alloc.key, spec.service.name,
                                   self.health, meta={"walle_job": alloc.job,
@@ -62,6 +70,7 @@ class RecordingExecutor:
     def stop(self, allocs):
         for a in allocs:
             self.stopped.append((a.key, a.node))
+            self.on_node.get(a.node, {}).pop(a.key, None)
             self.api.client.catalog.deregister(a.node, service_id=a.key)
         return {a.key: Outcome(True) for a in allocs}
 
@@ -69,12 +78,29 @@ class RecordingExecutor:
         out = {}
         for job, slot, node in instances:
             self.stopped.append((f"{job}-{slot}", node))
+            self.on_node.get(node, {}).pop(f"{job}-{slot}", None)
             self.api.client.catalog.deregister(node, service_id=f"{job}-{slot}")
             out[f"{job}-{slot}"] = Outcome(True)
         return out
 
     def probe_units(self, units):
         return {(node, unit): self.units[unit] for node, unit in units if unit in self.units}
+
+    def list_instances(self, nodes):
+        """Manifests and units of what each node keeps (a service or batch unit's state from
+        `units`, default active; a cron job's timer active)."""
+        self.listed.append(sorted(nodes))
+        out = {}
+        for node in nodes:
+            if node in self.fail_nodes:
+                continue
+            units = {}
+            for iid, kind in self.on_node.get(node, {}).items():
+                job, _, slot = iid.rpartition("-")
+                unit = (timer_unit if kind == "cron" else service_unit)(job, int(slot))
+                units[unit] = self.units.get(unit, {}).get("ActiveState", "active")
+            out[node] = NodeInstances(frozenset(self.on_node.get(node, {})), units)
+        return out
 
     def regrant(self, items):
         self.regranted += [a.key for a, _ in items]
@@ -129,8 +155,10 @@ def cluster(tmp_path):
         standin.stop()
 
 
-def make_scheduler(api: ConsulApi, clock: Clock, name: str = "s1"):
-    executor = RecordingExecutor(api)
+def make_scheduler(api: ConsulApi, clock: Clock, name: str = "s1",
+                   executor: RecordingExecutor | None = None):
+    """A scheduler holding the lock; `executor` shares the fake nodes of an earlier one."""
+    executor = executor or RecordingExecutor(api)
     config = SchedulerConfig(name=name, inventory="unused", lock_delay=0, seed=7)
     scheduler = Scheduler(api, config, executor=executor, clock=clock)
     assert scheduler.lock.acquire()
@@ -477,3 +505,156 @@ def test_an_adopted_version_differing_only_in_resources_is_updated_in_place(clus
     assert ex2.placed == [] and ex2.stopped == []
     assert sorted(ex2.regranted) == sorted(before)
     assert running_where(cluster) == before
+
+
+# ----- chaos findings (bench/chaos.py, docs/benchmarks.md "Findings") -------------------------
+def registered_on(api: ConsulApi, sid: str) -> list[str]:
+    _, nodes = api.client.catalog.nodes()
+    out = []
+    for n in nodes:
+        _, info = api.client.catalog.node(n["Node"])
+        if info and sid in (info.get("Services") or {}):
+            out.append(n["Node"])
+    return sorted(out)
+
+
+def test_a_registration_an_agent_restart_dropped_is_restored_where_the_instance_runs(cluster):
+    """Finding 1: `systemctl restart` of a node's agent forgot web-0's registration while its
+    unit kept running. The record is healed by placing the instance again where it runs
+    (idempotent: the unit keeps its process, the registration comes back), never by starting
+    a second copy elsewhere while the first still runs."""
+    clock = Clock()
+    s, ex = make_scheduler(cluster, clock)
+    StateStore(cluster).put_job(web_spec(count=2), 0)
+    s.step()
+    s.step()
+    node = records(cluster)["web-0"].node
+    cluster.client.catalog.deregister(node, service_id="web-0")  # the agent restart
+    ex.placed.clear()
+    s.step()
+    assert ex.placed == []  # within MISSING_GRACE: an agent restart re-registers by itself
+    clock.now += 31
+    s.step()
+    s.step()
+    assert ex.placed == [("web-0", node)]
+    assert registered_on(cluster, "web-0") == [node]
+    assert (records(cluster)["web-0"].node, records(cluster)["web-0"].state) == (node, "running")
+    assert ex.stopped == []
+
+
+def test_a_new_leader_records_batch_work_that_ran_instead_of_running_it_again(cluster):
+    """Finding 2: the leader placed 4 batch instances and died before recording any outcome.
+    By the time the next leader resumes, etl-0 finished (and systemd unloaded its unit: only
+    the manifest shows it ran), etl-1 still runs, etl-2 failed, etl-3 never started (the
+    playbook died first). Only etl-3 is placed; the others' records follow their units."""
+    clock = Clock()
+    s1, ex = make_scheduler(cluster, clock, "s1")
+    batch = parse_spec({"name": "etl", "kind": "batch", "count": 4, "retries": 2,
+                        "resources": {"cpu": 0.1, "memory": "16M"},
+                        "runtime": {"command": "/bin/true"}})
+    StateStore(cluster).put_job(batch, 0)
+    s1.step()
+    assert {a.state for a in records(cluster).values()} == {"pending"}
+    s1.lock.step_down()  # the leader dies before it records any outcome
+    where = {k: a.node for k, a in records(cluster).items()}
+    ex.on_node[where["etl-3"]].pop("etl-3")  # its playbook never got to it
+    ex.units = {
+        "walle-etl-0.service": {"ActiveState": "inactive", "Result": "success",
+                                "ExecMainStatus": "0", "InactiveExitTimestampMonotonic": "0"},
+        "walle-etl-1.service": {"ActiveState": "active", "Result": "success",
+                                "ExecMainStatus": "0",
+                                "InactiveExitTimestampMonotonic": "1234"},
+        "walle-etl-2.service": {"ActiveState": "failed", "Result": "exit-code",
+                                "ExecMainStatus": "3",
+                                "InactiveExitTimestampMonotonic": "1234"},
+        "walle-etl-3.service": {"ActiveState": "inactive", "Result": "success",
+                                "ExecMainStatus": "0", "InactiveExitTimestampMonotonic": "0"},
+    }
+    ex.placed.clear()
+    s2, _ = make_scheduler(cluster, clock, "s2", executor=ex)
+    report = s2.step()
+    assert ("etl-3", where["etl-3"]) in ex.placed
+    assert [k for k, _ in ex.placed].count("etl-0") == 0
+    assert [k for k, _ in ex.placed].count("etl-1") == 0
+    assert report.finished == ["etl-0"]
+    state = {k: a.state for k, a in records(cluster).items()}
+    assert state["etl-0"] == "stopped" and state["etl-1"] == "running"
+    assert "exit-code" in report.failed["etl-2"]
+    # the failed one is retried like any failure (elsewhere); the done one never again
+    s2.step()
+    assert [k for k, _ in ex.placed].count("etl-0") == 0
+
+
+def test_a_pending_batch_on_a_node_that_does_not_answer_is_not_started_again(cluster):
+    clock = Clock()
+    s1, ex = make_scheduler(cluster, clock, "s1")
+    batch = parse_spec({"name": "etl", "kind": "batch", "count": 1,
+                        "resources": {"cpu": 0.1, "memory": "16M"},
+                        "runtime": {"command": "/bin/true"}})
+    StateStore(cluster).put_job(batch, 0)
+    s1.step()
+    s1.lock.step_down()
+    node = records(cluster)["etl-0"].node
+    ex.fail_nodes = {node}  # the node is up in Consul but does not answer us
+    ex.placed.clear()
+    s2, _ = make_scheduler(cluster, clock, "s2", executor=ex)
+    s2.step()
+    s2.step()
+    assert ex.placed == [] and records(cluster)["etl-0"].state == "pending"
+    ex.fail_nodes = set()  # it answers: the unit finished meanwhile
+    ex.units = {"walle-etl-0.service": {"ActiveState": "inactive", "Result": "success",
+                                        "ExecMainStatus": "0"}}
+    clock.now += 6
+    report = s2.step()
+    assert report.finished == ["etl-0"] and ex.placed == []
+
+
+def cron_spec(count: int = 1):
+    return parse_spec({"name": "tick", "kind": "cron", "count": count,
+                       "schedule": "*-*-* *:*:00",
+                       "resources": {"cpu": 0.1, "memory": "16M"},
+                       "runtime": {"command": "/bin/true"}})
+
+
+def test_a_cron_copy_left_on_a_node_that_comes_back_is_stopped(cluster):
+    """Finding 4: the node running tick-0 died, the slot moved; the node boots with its timer
+    still there. Cron registers nothing in Consul, so the node itself is asked."""
+    clock = Clock()
+    s, ex = make_scheduler(cluster, clock)
+    StateStore(cluster).put_job(cron_spec(), 0)
+    s.step()
+    assert ex.listed == [["node1", "node2", "node3"]]  # a new leader lists every ready node
+    s.step()
+    victim = records(cluster)["tick-0"].node
+    register_node(cluster, victim, "10.77.250.99", status="critical")
+    s.step()
+    moved_to = records(cluster)["tick-0"].node
+    assert moved_to != victim and "tick-0" in ex.on_node[victim]
+    # an instance of a job Consul does not know, with no tombstone: unclaimed, kept
+    ex.on_node[victim]["gone-0"] = "cron"
+    ex.listed.clear()
+    s.step()
+    assert ex.listed == []  # nothing came back: nobody is asked
+    register_node(cluster, victim, "10.77.250.99", status="passing")
+    s.step()
+    assert ex.listed == [[victim]]
+    assert ("tick-0", victim) in ex.stopped and ("tick-0", moved_to) not in ex.stopped
+    assert ("gone-0", victim) not in ex.stopped
+    assert records(cluster)["tick-0"].node == moved_to
+    s.step()
+    assert ex.listed == [[victim]]  # once per return, not every step
+
+
+def test_a_node_back_with_a_copy_of_a_frozen_job_keeps_it(cluster):
+    clock = Clock()
+    s, ex = make_scheduler(cluster, clock)
+    StateStore(cluster).put_job(cron_spec(), 0)
+    s.step()
+    s.step()
+    victim = records(cluster)["tick-0"].node
+    register_node(cluster, victim, "10.77.250.99", status="critical")
+    s.step()
+    cluster.client.kv.put("walle/allocs/tick/0", "{not json")  # unreadable: hands off
+    register_node(cluster, victim, "10.77.250.99", status="passing")
+    s.step()
+    assert ("tick-0", victim) not in ex.stopped

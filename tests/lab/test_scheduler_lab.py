@@ -301,3 +301,35 @@ def test_killing_a_node_moves_its_instances_and_dns_follows(pool):
               and len(pool.dns_nodes()) >= 1, 15)
     moved = {k: pool.records()[k].alloc.node for k in lost}
     assert all(node != victim for node in moved.values())
+
+
+def test_a_cron_copy_on_a_node_that_comes_back_is_stopped(pool):
+    """Chaos finding 4: the node holding a cron slot dies, the slot moves, the node boots
+    again. Cron registers nothing in Consul, so only asking the node shows its copy: the
+    leader stops it (timer inactive, units and manifest removed) and keeps the moved one."""
+    spec = parse_spec({"name": "tick", "kind": "cron", "count": 1,
+                       "schedule": "*-*-* *:*:00",
+                       "resources": {"cpu": 0.05, "memory": "16M"},
+                       "runtime": {"command": "/bin/true"}})
+    submit(pool.store, spec)
+    pool.wait("tick running", lambda: pool.converged("tick", 1))
+    victim = pool.records("tick")["tick-0"].alloc.node
+    pool.lab.kill_node(victim)
+    pool.wait("tick moved", lambda: pool.converged("tick", 1)
+              and pool.records("tick")["tick-0"].alloc.node != victim, 90)
+    moved_to = pool.records("tick")["tick-0"].alloc.node
+    pool.lab.restart_node(victim)
+    pool.wait("the node is back", lambda: pool.snapshot().nodes.get(victim) is not None
+              and pool.snapshot().nodes[victim].state != "down", 90)
+
+    def copy_on(node: str) -> str:
+        script = "ls /var/lib/walle/instances; systemctl is-active walle-tick-0.timer; true"
+        out = run_command(str(pool.lab.inventory_path), [node], ["sh", "-c", script])
+        return out[node].stdout if node in out else "no answer"
+
+    pool.wait("the returning node's copy is removed",
+              lambda: "tick-0.json" not in copy_on(victim)
+              and "\nactive" not in "\n" + copy_on(victim), 60)
+    assert pool.records("tick")["tick-0"].alloc.node == moved_to
+    assert "tick-0.json" in copy_on(moved_to)
+    pool.store.delete_job("tick", pool.store.job("tick").modify_index)

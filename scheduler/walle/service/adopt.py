@@ -19,9 +19,12 @@ module sorts out every instance registered on a live node where no record puts i
   running and are reported until the job is submitted again (then adopted) or an operator
   stops them (`walle stop <job>` writes the tombstone).
 - **lost**: a running record of a service whose instance has not been registered on its
-  (live) node for MISSING_GRACE seconds, and is not registered anywhere else: an old backup
-  points at an instance that is gone. The record is marked failed so the core places the
-  slot again.
+  (live) node for MISSING_GRACE seconds, and is not registered anywhere else: an agent
+  restart forgot the registration (the unit still runs), or an old backup points at an
+  instance that is gone. The leader places it again on the record's own node: idempotent, so
+  a unit that still runs keeps its process and is registered again, and one that is gone
+  starts again. (Failing the record instead would start a second copy elsewhere while the
+  first may still run, unregistered.) If that placement fails, the record fails.
 
 Only the registration meta and the health read already in the snapshot are used; the meta is
 read (one health query per job) only when there is something to sort out.
@@ -71,9 +74,9 @@ class Found:
 
 @dataclass
 class Claims:
-    records: dict[str, SlotRecord] = field(default_factory=dict)  # adopted or lost: to write
+    records: dict[str, SlotRecord] = field(default_factory=dict)  # adopted: to write
     adopted: list[str] = field(default_factory=list)  # "key@node"
-    lost: list[str] = field(default_factory=list)
+    lost: list[SlotRecord] = field(default_factory=list)  # to place again where they are
     reap: list[Found] = field(default_factory=list)
     unclaimed: list[Found] = field(default_factory=list)
 
@@ -189,18 +192,21 @@ class Adopter:
             stopped = stopped_jobs(self.api) if unknown else frozenset()
             claims = sort_out(snap, records, found, self._meta(snap, found), stopped, now)
         self._report_unclaimed(claims.unclaimed)
-        for r in self._lost(snap, records, now):
-            claims.records[r.key] = r.failed(
-                f"lost: instance registered nowhere for {MISSING_GRACE:.0f}s", now)
-            claims.lost.append(f"{r.key}@{r.alloc.node}")
+        claims.lost = self._lost(snap, records, now)
         if claims.adopted:
             log.warning("adopted %d running instance(s) with no record: %s",
                         len(claims.adopted), ", ".join(claims.adopted))
         if claims.lost:
             log.warning("%d record(s) point at instances registered nowhere for %.0fs: %s; "
-                        "placing them again", len(claims.lost), MISSING_GRACE,
-                        ", ".join(claims.lost))
+                        "placing them again where they are", len(claims.lost), MISSING_GRACE,
+                        ", ".join(f"{r.key}@{r.alloc.node}" for r in claims.lost))
         return claims
+
+    def replaced(self, keys: list[str]) -> None:
+        """These lost instances were placed again: give their registration a new grace."""
+        now = self.clock()
+        for key in keys:
+            self._missing_since[key] = now
 
     def _meta(self, snap: Snapshot, found: list[Found]) -> dict[tuple[str, str], dict]:
         services = {snap.jobs[f.job].service.name for f in found

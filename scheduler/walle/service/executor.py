@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from walle import naming
 from walle.adapters.runner import HostResult, RunResult, run_command, run_playbook
 from walle.core import Allocation, Grant
 from walle.service.adopt import instance_manifest
@@ -30,6 +31,44 @@ class Outcome:
 
 
 OK = Outcome(True)
+
+# What runs on a node, read from the node itself: the instance manifests place_instance.yml
+# writes, then every loaded walle-* unit. A fixed script (no value from a job, a node or Consul
+# enters it), run through command.yml's argv.
+LIST_INSTANCES = ("ls -1 /var/lib/walle/instances 2>/dev/null; echo '--'; "
+                  "systemctl list-units --all --plain --no-legend --no-pager 'walle-*'")
+
+
+@dataclass(frozen=True)
+class NodeInstances:
+    """The Walle instances one node knows of: ids with a manifest, and its walle-* units
+    (unit name -> ActiveState)."""
+
+    manifests: frozenset[str] = frozenset()
+    units: dict[str, str] = field(default_factory=dict)
+
+    def instance_ids(self) -> set[str]:
+        ids = set(self.manifests)
+        for unit in self.units:
+            parsed = naming.parse_unit(unit)
+            if parsed is not None:
+                ids.add(naming.instance_id(*parsed))
+        return ids
+
+
+def parse_instance_listing(stdout: str) -> NodeInstances:
+    """LIST_INSTANCES' output -> NodeInstances (lines it does not recognise are ignored)."""
+    manifest_part, _, unit_part = stdout.partition("\n--\n")
+    if not unit_part and stdout.startswith("--\n"):
+        manifest_part, unit_part = "", stdout[3:]
+    manifests = frozenset(line.strip()[:-len(".json")] for line in manifest_part.splitlines()
+                          if line.strip().endswith(".json"))
+    units = {}
+    for line in unit_part.splitlines():
+        cols = line.split()
+        if len(cols) >= 3 and naming.parse_unit(cols[0]) is not None and cols[1] == "loaded":
+            units[cols[0]] = cols[2]
+    return NodeInstances(manifests, units)
 
 
 def default_grant(spec: JobSpec) -> Grant:
@@ -121,14 +160,16 @@ class Executor:
         return self._run("grants.yml", batch)
 
     def probe_units(self, units: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict]:
-        """systemd's view of units: {(node, unit): {ActiveState, Result, ExecMainStatus}}, one
+        """systemd's view of units: {(node, unit): {ActiveState, Result, ExecMainStatus,
+        InactiveExitTimestampMonotonic (0: not started since loaded)}}, one
         ad-hoc command per node. Nodes that do not answer are left out."""
         by_node: dict[str, list[str]] = {}
         for node, unit in units:
             by_node.setdefault(node, []).append(unit)
         out: dict[tuple[str, str], dict] = {}
         for node, names in sorted(by_node.items()):
-            argv = ["systemctl", "show", *names, "-p", "Id,ActiveState,Result,ExecMainStatus"]
+            argv = ["systemctl", "show", *names, "-p",
+                    "Id,ActiveState,Result,ExecMainStatus,InactiveExitTimestampMonotonic"]
             result = run_command(self.inventory, [node], argv, timeout=30).get(node)
             if result is None or result.rc != 0:
                 continue
@@ -137,6 +178,17 @@ class Executor:
                 if props.get("Id"):
                     out[(node, props["Id"])] = props
         return out
+
+    def list_instances(self, nodes: Iterable[str]) -> dict[str, NodeInstances]:
+        """What runs on `nodes` by their own account (one ad-hoc command for all of them).
+        Nodes that do not answer are left out."""
+        nodes = sorted(set(nodes))
+        if not nodes:
+            return {}
+        results = run_command(self.inventory, nodes, ["sh", "-c", LIST_INSTANCES],
+                              timeout=30)
+        return {node: parse_instance_listing(r.stdout) for node, r in results.items()
+                if r.rc == 0}
 
     def _run(self, playbook: str, batch: dict[str, list[dict]],
              extra: dict | None = None) -> dict[str, Outcome]:

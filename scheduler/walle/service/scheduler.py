@@ -40,11 +40,12 @@ from walle.adapters.consul import (
 )
 from walle.adapters.consul.health import fetch_cluster_health
 from walle.adapters.consul.state import alloc_key
+from walle.adapters.consul.tombstones import stopped_jobs
 from walle.core import Allocation, PlacementConfig, Plan, reconcile
-from walle.naming import service_unit
-from walle.service.adopt import Adopter
+from walle.naming import parse_instance_id, service_unit
+from walle.service.adopt import MISSING_GRACE, Adopter
 from walle.service.cluster import Snapshot, describe_error, load_snapshot
-from walle.service.executor import Executor, Outcome
+from walle.service.executor import Executor, NodeInstances, Outcome
 from walle.service.policy import PrivilegePolicy
 from walle.service.records import SlotRecord, to_stored
 from walle.service.secrets import DEFAULT_SECRETS_DIR, SecretReader
@@ -54,6 +55,7 @@ log = logging.getLogger("walle.scheduler")
 
 FAILED_CHECK_GRACE = 10.0  # a running instance critical this long is moved elsewhere
 BATCH_PROBE = 5.0  # seconds between reads of running batch units
+INSPECT_RETRY = 10.0  # a returning node that did not answer the listing is asked again then
 MIN_WAKE = 0.05
 RETRY_BASE = 5.0  # a slot that failed twice in a row waits this long before its next try...
 RETRY_CAP = 120.0  # ...doubling with each failure, up to this
@@ -133,8 +135,8 @@ class Scheduler:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self._watches: list[Watch] = []
-        self._resumed = False
         self._last_batch_probe = float("-inf")
+        self._new_term()
         self._reported: set[tuple[str, str]] = set()  # (key, reason) already logged
         self.adopter = Adopter(api, clock)
 
@@ -153,14 +155,24 @@ class Scheduler:
             if not leader:
                 continue
             log.info("%s is the leader", self.config.name)
-            self._resumed = False
-            self.adopter = Adopter(self.api, self.clock)
+            self._new_term()
             self._start_watches()
             try:
                 self._lead()
             finally:
                 self._stop_watches()
         self.lock.step_down()
+
+    def _new_term(self) -> None:
+        """Forget what the last term saw: a new leader resumes, re-reads unsettled batch work
+        and lists what runs on every ready node once."""
+        self._resumed = False
+        self.adopter = Adopter(self.api, self.clock)
+        self._unsettled: set[str] = set()  # pending batch records whose outcome is unknown
+        self._last_settle = float("-inf")
+        self._node_states: dict[str, str] = {}  # node -> its state at the last step
+        self._to_inspect: set[str] = set()  # nodes back (or new to this term): list them
+        self._inspect_after: dict[str, float] = {}  # ...but not before (after no answer)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -237,6 +249,7 @@ class Scheduler:
         if not self._resumed:
             self._resume(snap, records, changed, report)
             self._resumed = True
+        self._settle_batches(snap, records, changed, report, now)
         self._advance_health(snap, records, changed, report, now)
         self._write(changed, records=records)
         changed.clear()
@@ -244,6 +257,7 @@ class Scheduler:
         self._write(changed, records=records)
         changed.clear()
         self._reap_orphans(snap, records, report)
+        self._reap_leftovers(snap, records, report, now)
         self._finish_batches(snap, records, report, now)
 
         plan = self._plan(snap, records, now)
@@ -260,10 +274,14 @@ class Scheduler:
                 changed: dict[str, SlotRecord], report: StepReport) -> None:
         """A new leader finishes what the last one started: pending instances are placed again
         (the modules are idempotent: a unit already running unchanged keeps its PID), and
-        running instances whose checks pass are adopted as they are."""
+        running instances whose checks pass are adopted as they are. Pending batch instances
+        are not placed blindly: their unit may have run to completion already, so they are
+        settled from the node first (_settle_batches)."""
         pending = [r for r in records.values() if r.alloc.state == "pending"
                    and r.alloc.job in snap.jobs and r.alloc.node in snap.nodes
                    and snap.nodes[r.alloc.node].state != "down"]
+        self._unsettled = {r.key for r in pending if snap.jobs[r.alloc.job].kind == "batch"}
+        pending = [r for r in pending if r.key not in self._unsettled]
         if not pending:
             return
         log.info("resuming %d pending instance(s) left by the previous leader", len(pending))
@@ -279,6 +297,8 @@ class Scheduler:
         for key, record in list(records.items()):
             spec = snap.jobs.get(record.alloc.job)
             if spec is None or record.alloc.state not in ("pending", "running"):
+                continue
+            if key in self._unsettled:  # not known to have started: no health to read yet
                 continue
             with self._slot_guard(key, "health", record, changed, records, report, now):
                 self._advance_one(snap, spec, record, changed, records, report, now)
@@ -367,20 +387,74 @@ class Scheduler:
                                lambda where: units[where].alloc.job)
         changed: dict[str, SlotRecord] = {}
         for where, props in probes.items():
-            record = units[where]
-            if props.get("ActiveState") not in ("inactive", "failed"):
-                continue
-            done = props.get("Result") == "success" and props.get("ExecMainStatus") == "0"
-            if done:
-                changed[record.key] = records[record.key] = record.with_alloc(
-                    replace(record.alloc, state="stopped"), now)
-                report.finished.append(record.key)
-            else:
-                reason = (f"exited: {props.get('Result')} (status "
-                          f"{props.get('ExecMainStatus')})")
-                changed[record.key] = records[record.key] = record.failed(reason, now)
-                report.failed[record.key] = reason
+            # placed by this leader: its playbook started the unit (ran = True)
+            self._record_progress(units[where], batch_progress(props, ran=True), changed,
+                                  records, report, now)
         self._write(changed, records=records)
+
+    def _record_progress(self, record: SlotRecord, progress: tuple[str, str],
+                         changed: dict[str, SlotRecord], records: dict[str, SlotRecord],
+                         report: StepReport, now: float) -> None:
+        """Record what a batch unit did (batch_progress): done -> stopped, failed -> failed
+        with the reason, running -> running; "absent" is the caller's business."""
+        state, reason = progress
+        key = record.key
+        if state == "done":
+            changed[key] = records[key] = record.with_alloc(replace(record.alloc,
+                                                                    state="stopped"), now)
+            report.finished.append(key)
+        elif state == "failed":
+            changed[key] = records[key] = record.failed(reason, now)
+            report.failed[key] = reason
+        elif state == "running" and record.alloc.state != "running":
+            changed[key] = records[key] = record.with_alloc(replace(record.alloc,
+                                                                    state="running"), now)
+            report.running.append(key)
+
+    def _settle_batches(self, snap: Snapshot, records: dict[str, SlotRecord],
+                        changed: dict[str, SlotRecord], report: StepReport,
+                        now: float) -> None:
+        """Pending batch instances a previous leader left (its playbook may have started
+        them, and they may have finished since): ask their node before placing anything.
+        A unit that ran is recorded as done or failed, an active one as running; only one
+        that never started is placed. A node that does not answer is asked again (every
+        BATCH_PROBE s) and nothing is started meanwhile; if it goes down, the core re-places
+        the slot (at-least-once: docs/architecture.md, "Batch jobs run once")."""
+        live: dict[tuple[str, str], SlotRecord] = {}
+        for key in sorted(self._unsettled):
+            r = records.get(key)
+            node = snap.nodes.get(r.alloc.node) if r else None
+            if (r is None or r.alloc.state != "pending" or r.alloc.job not in snap.jobs
+                    or node is None or node.state == "down"):
+                self._unsettled.discard(key)  # settled otherwise: stopped, moved, node lost
+                continue
+            live[(r.alloc.node, service_unit(r.alloc.job, r.alloc.slot))] = r
+        if not live or now - self._last_settle < BATCH_PROBE:
+            return
+        self._last_settle = now
+        probes = self._per_job("probe", self.executor.probe_units, list(live),
+                               lambda where: live[where].alloc.job)
+        listings = self._list_instances({node for node, _ in live})
+        never_started = []
+        for where, r in live.items():
+            props, listing = probes.get(where), listings.get(where[0])
+            if props is None or listing is None:
+                continue  # no answer: ask again, start nothing
+            self._unsettled.discard(r.key)
+            progress = batch_progress(props, ran=r.key in listing.manifests)
+            if progress[0] == "absent":
+                never_started.append(r)
+            else:
+                self._record_progress(r, progress, changed, records, report, now)
+        if never_started:
+            log.info("placing %d pending batch instance(s) that never started: %s",
+                     len(never_started), ", ".join(r.key for r in never_started))
+        outcomes = self._place([r.alloc for r in never_started], snap)
+        for r in never_started:
+            outcome = outcomes.get(r.key, Outcome(False, "no result"))
+            if not outcome.ok:
+                changed[r.key] = records[r.key] = r.failed(outcome.error, now)
+                report.failed[r.key] = outcome.error
 
     def _reap_orphans(self, snap: Snapshot, records: dict[str, SlotRecord],
                       report: StepReport) -> None:
@@ -395,7 +469,7 @@ class Scheduler:
             records.update(claims.records)
             self._write(claims.records, records=records)
             report.adopted += claims.adopted
-            report.failed.update(dict.fromkeys(claims.lost, "instance registered nowhere"))
+        self._place_lost_again(snap, records, claims.lost, report)
         orphans = [(f.job, f.slot, f.node) for f in claims.reap]
         if orphans:
             log.warning("stopping %d orphaned instance(s): %s", len(orphans),
@@ -405,6 +479,110 @@ class Scheduler:
             for key, outcome in outcomes.items():
                 if outcome.ok:
                     report.stopped.append(f"orphan {key}")
+
+    def _reap_leftovers(self, snap: Snapshot, records: dict[str, SlotRecord],
+                        report: StepReport, now: float) -> None:
+        """Stop what a node that comes back still runs although its work moved on: cron
+        timers, batch units and services (registered or not). Consul registrations alone
+        cannot show them (cron and batch register nothing), so the node is asked (manifests
+        and walle-* units, one command for all such nodes). Only nodes back from down, and
+        at a new leader's first step every ready node, once per term: not every step."""
+        for name, info in snap.nodes.items():
+            was = self._node_states.get(name)
+            if info.state == "down":
+                self._to_inspect.discard(name)
+            elif was is None or was == "down":
+                self._to_inspect.add(name)
+        self._node_states = {n: info.state for n, info in snap.nodes.items()}
+        due = sorted(n for n in self._to_inspect if self._inspect_after.get(n, -1.0) <= now)
+        if not due:
+            return
+        listings = self._list_instances(due)
+        for node in due:
+            if node in listings:
+                self._to_inspect.discard(node)
+                self._inspect_after.pop(node, None)
+            else:
+                self._inspect_after[node] = now + INSPECT_RETRY
+        leftovers = self._leftovers(snap, records, listings)
+        if not leftovers:
+            return
+        log.warning("stopping %d instance(s) left on returning node(s) where no record puts "
+                    "them: %s", len(leftovers), ", ".join(f"{j}-{s}@{n}" for j, s, n in leftovers))
+        outcomes = self._per_job("stop leftovers", self.executor.stop_instances, leftovers,
+                                 lambda o: o[0], _failed_outcomes(lambda o: f"{o[0]}-{o[1]}"))
+        for (job, slot, node) in leftovers:
+            outcome = outcomes.get(f"{job}-{slot}", Outcome(False, "no result"))
+            if outcome.ok:
+                report.stopped.append(f"leftover {job}-{slot}@{node}")
+            else:  # the node is asked again later
+                self._to_inspect.add(node)
+                self._inspect_after[node] = now + INSPECT_RETRY
+
+    def _leftovers(self, snap: Snapshot, records: dict[str, SlotRecord],
+                   listings: dict[str, NodeInstances]) -> list[tuple[str, int, str]]:
+        """(job, slot, node) of listed instances no record puts on their node. Left alone:
+        instances Consul has registered (the adopter sorts those out), those of a job or slot
+        whose record cannot be read (hands off), unclaimed ones (a job with neither a record
+        nor a tombstone: the state looks lost, walle.service.adopt), and those of a slot of a
+        known job that has no record at all (lost state too: only a registered service can be
+        adopted; a cron or batch instance is reported, not killed)."""
+        claimed = {(r.alloc.node, key) for key, r in records.items()}
+        claimed |= {(r.previous.node, key) for key, r in records.items() if r.previous}
+        stopped: frozenset[str] | None = None
+        out = []
+        for node, listing in sorted(listings.items()):
+            for iid in sorted(listing.instance_ids()):
+                parsed = parse_instance_id(iid)
+                if (parsed is None or (node, iid) in claimed
+                        or (node, iid) in snap.health.instances
+                        or parsed[0] in snap.frozen_jobs or iid in snap.blocked_slots):
+                    continue
+                if parsed[0] not in snap.jobs and iid not in records:
+                    stopped = stopped_jobs(self.api) if stopped is None else stopped
+                    if parsed[0] not in stopped:
+                        self._note(f"{iid}@{node}", "runs unclaimed (no job, no record, no "
+                                   "tombstone): kept; `walle stop` the job to stop it")
+                        continue
+                spec = snap.jobs.get(parsed[0])
+                if spec is not None and iid not in records and parsed[1] < spec.count:
+                    # a slot with no record at all (lost state): not stopped blindly
+                    self._note(f"{iid}@{node}", "runs with no record for its slot: kept")
+                    continue
+                out.append((parsed[0], parsed[1], node))
+        return out
+
+    def _list_instances(self, nodes: Iterable[str]) -> dict[str, NodeInstances]:
+        """executor.list_instances; a failure (any node's) leaves every node unanswered."""
+        try:
+            return self.executor.list_instances(sorted(nodes))
+        except ConsulError:
+            raise
+        except Exception as err:  # noqa: BLE001 - asked again later
+            self._note("list instances", describe_error(err), exc=err)
+            return {}
+
+    def _place_lost_again(self, snap: Snapshot, records: dict[str, SlotRecord],
+                          lost: list[SlotRecord], report: StepReport) -> None:
+        """Running records whose registration vanished (an agent restart, an old backup):
+        place them again on their own node. The modules are idempotent, so a unit that still
+        runs keeps its process and gets its registration back; only if that fails is the
+        record failed (the playbook's rescue has then removed the unit: no second copy)."""
+        if not lost:
+            return
+        outcomes = self._place([r.alloc for r in lost], snap)
+        self.adopter.replaced([r.key for r in lost if outcomes.get(r.key, Outcome(False)).ok])
+        now = self.clock()
+        failed: dict[str, SlotRecord] = {}
+        for r in lost:
+            outcome = outcomes.get(r.key, Outcome(False, "no result"))
+            if outcome.ok:
+                report.placed.append(f"{r.key}@{r.alloc.node}")
+                continue
+            reason = f"lost: registered nowhere for {MISSING_GRACE:.0f}s; {outcome.error}"
+            failed[r.key] = records[r.key] = r.failed(reason, now)
+            report.failed[r.key] = reason
+        self._write(failed, records=records)
 
     # ----- planning -----------------------------------------------------------------------
     def _plan(self, snap: Snapshot, records: dict[str, SlotRecord], now: float) -> Plan:
@@ -521,6 +699,10 @@ class Scheduler:
                 deadlines.append(self._last_batch_probe + BATCH_PROBE + 0.1)
             if spec and _retry_at(r) > now:  # a failed slot's back-off ends
                 deadlines.append(_retry_at(r) + 0.1)
+        if self._unsettled:
+            deadlines.append(self._last_settle + BATCH_PROBE + 0.1)
+        if self._inspect_after:
+            deadlines.append(min(self._inspect_after.values()) + 0.1)
         if (missing := self.adopter.next_deadline()) is not None:
             deadlines.append(missing)
         return min(deadlines) if deadlines else None
@@ -650,6 +832,25 @@ def _instance_health(spec: JobSpec, snap: Snapshot, a: Allocation) -> str:
     if status is None:
         return "unknown"
     return "passing" if status == "passing" else "critical"
+
+
+def batch_progress(props: dict[str, str], ran: bool) -> tuple[str, str]:
+    """What a batch unit did, from `systemctl show` (executor.probe_units) and whether it is
+    known to have started (`ran`: a placement of this leader, or the instance's manifest on
+    the node, which place.yml writes right after starting the unit): (state, reason), state
+    one of running, done, failed, absent (never started). systemd unloads a unit that
+    finished successfully, and an unloaded unit reads inactive with no start timestamp, just
+    like one that never ran: the manifest tells them apart."""
+    state = props.get("ActiveState")
+    if state in ("active", "activating", "deactivating", "reloading"):
+        return "running", ""
+    ran = ran or props.get("InactiveExitTimestampMonotonic", "0") not in ("", "0")
+    if state != "failed" and not ran:
+        return "absent", ""
+    if state != "failed" and props.get("Result") == "success" \
+            and props.get("ExecMainStatus") == "0":
+        return "done", ""
+    return "failed", f"exited: {props.get('Result')} (status {props.get('ExecMainStatus')})"
 
 
 def _retry_at(record: SlotRecord) -> float:

@@ -1,0 +1,43 @@
+"""Reading what runs on a node (executor.list_instances) and what a batch unit did."""
+
+from __future__ import annotations
+
+from walle.naming import parse_unit, service_unit, timer_unit
+from walle.service.executor import parse_instance_listing
+from walle.service.scheduler import batch_progress
+
+
+def test_unit_names_map_back_to_their_instance():
+    assert parse_unit(service_unit("my-web", 3)) == ("my-web", 3)
+    assert parse_unit(timer_unit("tick", 0)) == ("tick", 0)
+    for other in ("walle-web.slice", "walle.slice", "sshd.service", "walle-web-x.service",
+                  "walle--1.service", "walle-web-0.socket"):
+        assert parse_unit(other) is None
+
+
+def test_a_listing_gives_manifests_and_loaded_walle_units():
+    out = ("web-0.json\nnotes.txt\n--\n"
+           "walle-web-0.service loaded active running walle web slot 0\n"
+           "walle-web.slice loaded active active slice\n"
+           "walle-tick-1.timer loaded active waiting walle tick\n"
+           "walle-etl-2.service loaded failed failed walle etl\n"
+           "walle-gone-2.service not-found inactive dead walle-gone-2.service\n")
+    listing = parse_instance_listing(out)
+    assert listing.manifests == {"web-0"}
+    assert listing.units == {"walle-web-0.service": "active", "walle-tick-1.timer": "active",
+                             "walle-etl-2.service": "failed"}
+    assert listing.instance_ids() == {"web-0", "tick-1", "etl-2"}
+    assert parse_instance_listing("--\n").instance_ids() == set()
+
+
+def test_batch_progress_tells_an_unloaded_finished_unit_from_one_never_started():
+    unloaded = {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0",
+                "InactiveExitTimestampMonotonic": "0"}
+    assert batch_progress(unloaded, ran=False) == ("absent", "")
+    assert batch_progress(unloaded, ran=True) == ("done", "")
+    loaded = dict(unloaded, InactiveExitTimestampMonotonic="123")
+    assert batch_progress(loaded, ran=False) == ("done", "")
+    assert batch_progress({"ActiveState": "activating"}, ran=False) == ("running", "")
+    state, reason = batch_progress({"ActiveState": "failed", "Result": "exit-code",
+                                    "ExecMainStatus": "3"}, ran=False)
+    assert state == "failed" and "exit-code" in reason and "3" in reason
