@@ -10,6 +10,7 @@ import socket
 from walle.adapters.consul import ConsulApi, ConsulConfig
 from walle.service.params import consul_auth
 from walle.service.policy import PrivilegePolicy
+from walle.service.presence import DEFAULT_LEAVE_GRACE
 from walle.service.scheduler import Scheduler, SchedulerConfig
 from walle.service.secrets import DEFAULT_SECRETS_DIR
 from walle.spec.parse import CAPABILITIES
@@ -33,6 +34,10 @@ def register(subparsers) -> None:
                                             "health (default: the agent's node)")
     run.add_argument("--lock-delay", type=float, default=15.0, metavar="SECONDS")
     run.add_argument("--lock-ttl", type=int, default=10, metavar="SECONDS")
+    run.add_argument("--node-leave-grace", type=_seconds, default=DEFAULT_LEAVE_GRACE,
+                     metavar="SECONDS",
+                     help="a node gone from the catalog (graceful leave, agent restart) keeps "
+                          "its instances this long before they move (default: %(default)s)")
     run.add_argument("--strategy", choices=["spread", "binpack"], default="spread",
                      help="cluster default placement strategy (jobs may override)")
     run.add_argument("--seed", type=int, default=0, help="placement seed (deterministic plans)")
@@ -52,6 +57,16 @@ def register(subparsers) -> None:
     run.set_defaults(func=cmd_run)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
 def _capability(text: str) -> str:
     if text.upper() not in CAPABILITIES:
         raise argparse.ArgumentTypeError(f"{text!r} is not a capability; use one of "
@@ -66,6 +81,7 @@ def scheduler_config(args) -> SchedulerConfig:
         node_consul_auth=consul_auth(args.node_consul_token_file, args.node_consul_ca_file),
         seed=args.seed, strategy=args.strategy, lock_ttl=args.lock_ttl,
         lock_delay=args.lock_delay, session_node=args.session_node,
+        node_leave_grace=args.node_leave_grace,
         register=not args.no_register,
         privilege=PrivilegePolicy.of(args.allow_privileged, args.allow_capability),
         secrets_dir=args.secrets_dir,

@@ -31,6 +31,9 @@ class Snapshot:
     unreadable: tuple[Unreadable, ...] = ()
     frozen_jobs: frozenset[str] = frozenset()  # jobs whose record is unreadable: hands off
     blocked_slots: frozenset[str] = frozenset()  # instance keys whose record is unreadable
+    # nodes gone from the catalog (a graceful leave) within their grace: not in `nodes`, and
+    # their instances are held as they are (service/presence.py; set by the scheduler)
+    away: frozenset[str] = frozenset()
 
     def instance_status(self, node: str, key: str) -> str | None:
         """Worst check status of the instance registered as `key` on `node` (None: not

@@ -47,6 +47,7 @@ from walle.service.adopt import MISSING_GRACE, Adopter
 from walle.service.cluster import Snapshot, describe_error, load_snapshot
 from walle.service.executor import Executor, NodeInstances, Outcome
 from walle.service.policy import PrivilegePolicy
+from walle.service.presence import DEFAULT_LEAVE_GRACE, NodePresence
 from walle.service.records import SlotRecord, to_stored
 from walle.service.secrets import DEFAULT_SECRETS_DIR, SecretReader
 from walle.spec import JobSpec, SpecError, parse_spec
@@ -82,6 +83,8 @@ class SchedulerConfig:
     # Who may leave the workload sandbox (default: nobody) and where file secrets live.
     privilege: PrivilegePolicy = field(default_factory=PrivilegePolicy)
     secrets_dir: str = DEFAULT_SECRETS_DIR
+    # a node gone from the catalog (left: agent restart) keeps its instances this long
+    node_leave_grace: float = DEFAULT_LEAVE_GRACE
 
 
 @dataclass
@@ -138,7 +141,6 @@ class Scheduler:
         self._last_batch_probe = float("-inf")
         self._new_term()
         self._reported: set[tuple[str, str]] = set()  # (key, reason) already logged
-        self.adopter = Adopter(api, clock)
 
     # ----- the service loop ---------------------------------------------------------------
     def run_forever(self) -> None:
@@ -168,6 +170,7 @@ class Scheduler:
         and lists what runs on every ready node once."""
         self._resumed = False
         self.adopter = Adopter(self.api, self.clock)
+        self.presence = NodePresence(self.config.node_leave_grace)  # grace from our eyes
         self._unsettled: set[str] = set()  # pending batch records whose outcome is unknown
         self._last_settle = float("-inf")
         self._node_states: dict[str, str] = {}  # node -> its state at the last step
@@ -241,7 +244,7 @@ class Scheduler:
     # ----- one reconciliation step ----------------------------------------------------------
     def step(self) -> StepReport:
         now = self.clock()
-        snap = load_snapshot(self.api, self.store)
+        snap = self.presence.observe(load_snapshot(self.api, self.store), now)
         self._report_unreadable(snap)
         report = StepReport()
         records = dict(snap.records)
@@ -299,6 +302,8 @@ class Scheduler:
             if spec is None or record.alloc.state not in ("pending", "running"):
                 continue
             if key in self._unsettled:  # not known to have started: no health to read yet
+                continue
+            if record.alloc.node in snap.away:  # its node left the catalog: held as it is
                 continue
             with self._slot_guard(key, "health", record, changed, records, report, now):
                 self._advance_one(snap, spec, record, changed, records, report, now)
@@ -359,7 +364,7 @@ class Scheduler:
         """Stop the previous instance of slots whose new instance now passes (or failed: then
         the old one keeps its place only if the new one is gone for good)."""
         done = [r for r in records.values() if r.previous is not None
-                and r.alloc.state == "running"]
+                and r.alloc.state == "running" and r.previous.node not in snap.away]
         alive = [r for r in done if snap.nodes.get(r.previous.node)
                  and snap.nodes[r.previous.node].state != "down"]
         outcomes = self._stop([r.previous for r in alive])
@@ -604,6 +609,7 @@ class Scheduler:
         left_alone = snap.frozen_jobs | unplannable
         hands_off = {r.key for r in records.values()
                      if r.alloc.job in left_alone} | snap.blocked_slots
+        hands_off |= {r.key for r in records.values() if r.alloc.live and r.alloc.node in snap.away}
         waiting = {r.key for r in records.values() if _retry_at(r) > now} | snap.blocked_slots
         return _hold_back(plan, hands_off, waiting)
 
@@ -705,6 +711,8 @@ class Scheduler:
             deadlines.append(min(self._inspect_after.values()) + 0.1)
         if (missing := self.adopter.next_deadline()) is not None:
             deadlines.append(missing)
+        if (back_by := self.presence.next_deadline(now)) is not None:  # a leave grace ends
+            deadlines.append(back_by)
         return min(deadlines) if deadlines else None
 
     # ----- one job's trouble stays its own -------------------------------------------------
