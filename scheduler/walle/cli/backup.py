@@ -4,7 +4,6 @@ restore replaces everything, not only Walle's records; it asks first unless --ye
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from walle.adapters.consul.snapshot import (
 )
 from walle.cli.common import add_consul_args, cluster_command, connect, print_json
 from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from walle.files import write_private_atomically
 
 MAX_SNAPSHOT_BYTES = 1024 * 1024 * 1024
 
@@ -93,30 +93,6 @@ def _confirmed(source: Path, index, address: str) -> bool:
     print("Type 'yes' to continue: ", end="", file=sys.stderr, flush=True)
     answer = sys.stdin.readline()
     return answer.strip().lower() == "yes"
-
-
-def write_private_atomically(path: Path, data: bytes) -> None:
-    """Temp file 0600 next to `path`, fsync, rename over it, fsync the directory: a crash
-    leaves the old file or the new one, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _bad_file(message: str) -> int:

@@ -29,6 +29,8 @@ import threading
 import zlib
 from pathlib import Path
 
+from walle.files import fsync_dir, write_private_atomically
+
 from .errors import PersistError
 from .store import SNAPSHOT_VERSION, Persister, Store
 
@@ -81,30 +83,6 @@ def _decode_line(line: bytes) -> dict | None:
     except ValueError:
         return None
     return record if isinstance(record, dict) else None
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_private_file(path: Path, data: bytes) -> None:
-    """Atomically replace `path` (0600): temp file, fsync, rename, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def _truncate(path: Path, size: int) -> None:
@@ -318,7 +296,7 @@ class Persistence(Persister):
         try:
             data = json.dumps({"version": SNAPSHOT_VERSION, "wal_gen": gen, "state": state},
                               separators=(",", ":")).encode()
-            write_private_file(self.dir / SNAPSHOT_FILE, data)
+            write_private_atomically(self.dir / SNAPSHOT_FILE, data)
             for old in [g for g in self._logs() if g < gen]:
                 wal_path(self.dir, old).unlink(missing_ok=True)
         except OSError:
