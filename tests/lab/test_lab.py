@@ -45,3 +45,19 @@ def test_killed_node_is_gone_and_can_restart(lab):
     row = next(r for r in lab.status() if r["name"] == "node3")
     log = (lab.dir / "nodes/node3/console.log").read_text()[-2000:]
     assert row["running"] and row["ssh"], log
+
+
+def test_a_node_restarts_while_another_stays_down(lab):
+    """restart_node waits for the node it boots, not for nodes killed on purpose (it used to
+    report "node2 exited while booting" when node3 came back)."""
+    lab.kill_node("node2")
+    lab.kill_node("node3")
+    try:
+        lab.restart_node("node3")
+        rows = {r["name"]: r for r in lab.status()}
+        assert rows["node3"]["running"] and rows["node3"]["ssh"]
+        assert not rows["node2"]["running"]
+    finally:
+        lab.restart_node("node2")
+        lab.restart_node("node3")
+    assert all(r["running"] and r["ssh"] for r in lab.status())

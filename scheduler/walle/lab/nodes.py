@@ -160,7 +160,7 @@ class Lab:
         if not _alive(node.pid):
             shutil.rmtree(self.control_path_dir, ignore_errors=True)
             self._boot(name, ensure_rootfs(progress=self.progress))
-            self._wait_for_ssh()
+            self._wait_for_ssh(only={name})  # other nodes may be down on purpose
         return self._node(name)
 
     def start_process(self, key: str, argv: list[str], log_name: str) -> int:
@@ -293,9 +293,10 @@ class Lab:
         state.nodes.sort(key=lambda n: int(n.name.removeprefix("node")))
         self._save()
 
-    def _wait_for_ssh(self) -> None:
+    def _wait_for_ssh(self, only: set[str] | None = None) -> None:
+        """Wait for sshd on the nodes just booted (`only`, default all of them)."""
         deadline = time.monotonic() + BOOT_TIMEOUT
-        pending = {n.name: n for n in self.nodes}
+        pending = {n.name: n for n in self.nodes if only is None or n.name in only}
         while pending and time.monotonic() < deadline:
             for name, node in list(pending.items()):
                 if not _alive(node.pid):
