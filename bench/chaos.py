@@ -21,7 +21,7 @@ which also sees a partitioned node) and from Consul (slot records, checks), and 
   duplicate        one slot's unit active on two nodes, unless the slot's record names both (a
                    graceful move) or the extra copy is on a node cut off by a fault (or back for
                    less than --reap-grace s): such "fenced" overlaps are reported with durations
-  two-serving      one service instance passing its checks in Consul on two nodes at once
+  two-serving      one Walle instance passing its checks (its node's serfHealth too) on two nodes at once
 After every fault is undone, the cluster must converge within --bound s (every slot running on
 exactly its record's node, services passing, every node's serfHealth passing): `no-convergence`
 otherwise. At the end: every acknowledged `walle run`/`walle scale` is in the job keys
@@ -148,7 +148,10 @@ def parse_units(listing: str, cron_jobs: set[str]) -> set[tuple[str, int]]:
 
 
 def parse_checks(checks: list[dict]) -> tuple[dict[str, set[str]], dict[str, str]]:
-    """/v1/health/state/any -> (service ID -> nodes where every check passes, serfHealth)."""
+    """/v1/health/state/any -> (Walle instance ID -> nodes where every check passes, the
+    node's serfHealth included, as Consul's `?passing` filter and DNS judge it; serfHealth).
+    Node-level services registered on every node (walle-exporter, node-exporter) are not
+    instances of a slot and are left out."""
     status: dict[tuple[str, str], list[str]] = defaultdict(list)
     serf = {}
     for c in checks:
@@ -158,6 +161,8 @@ def parse_checks(checks: list[dict]) -> tuple[dict[str, set[str]], dict[str, str
             status[(c["ServiceID"], c["Node"])].append(c["Status"])
     passing: dict[str, set[str]] = defaultdict(set)
     for (sid, node), states in status.items():
+        if parse_instance_id(sid) is None or serf.get(node) != "passing":
+            continue  # not a slot's instance, or its node is failed: out of DNS
         if all(s == "passing" for s in states):
             passing[sid].add(node)
     return dict(passing), serf

@@ -44,10 +44,19 @@ def test_an_instance_passes_only_where_every_check_passes():
         {"Node": "node1", "CheckID": "service:web-0", "Status": "passing", "ServiceID": "web-0"},
         {"Node": "node2", "CheckID": "service:web-0", "Status": "passing", "ServiceID": "web-0"},
         {"Node": "node2", "CheckID": "x", "Status": "critical", "ServiceID": "web-0"},
+        # a partitioned node: its last service status stays passing, its serfHealth fails
+        {"Node": "node3", "CheckID": "serfHealth", "Status": "critical", "ServiceID": ""},
+        {"Node": "node3", "CheckID": "service:web-1", "Status": "passing", "ServiceID": "web-1"},
+        {"Node": "node1", "CheckID": "service:web-1", "Status": "passing", "ServiceID": "web-1"},
+        # node-level services on every node are not a slot's instances
+        {"Node": "node1", "CheckID": "service:walle-exporter", "Status": "passing",
+         "ServiceID": "walle-exporter"},
+        {"Node": "node2", "CheckID": "service:walle-exporter", "Status": "passing",
+         "ServiceID": "walle-exporter"},
     ]
     passing, serf = chaos.parse_checks(checks)
-    assert passing == {"web-0": {"node1"}}
-    assert serf == {"node1": "passing", "node2": "critical"}
+    assert passing == {"web-0": {"node1"}, "web-1": {"node1"}}
+    assert serf == {"node1": "passing", "node2": "critical", "node3": "critical"}
 
 
 def test_slot_records_name_their_node_state_and_previous_node():
