@@ -13,6 +13,7 @@ from vmtools import (
     cgroup_dir,
     cpu_fractions,
     flat_keyed,
+    make_tiny_image,
     read_files,
     show,
     wait_until,
@@ -257,22 +258,19 @@ TINY_IMAGE = "/var/lib/walle/images/walle-tiny"  # inside the module's image sto
 
 @pytest.fixture
 def tiny_image(vm):
-    """A minimal machine image: the VM's /usr bind-mounted read-only plus an os-release."""
-    root = TINY_IMAGE
-    vm.run(f"mkdir -p {root}/usr {root}/etc {root}/proc {root}/sys {root}/dev {root}/run "
-           f"{root}/tmp {root}/var && for d in bin lib lib64 sbin; do "
-           f"ln -sfn usr/$d {root}/$d; done && cp /etc/os-release {root}/etc/ && "
-           f"(mountpoint -q {root}/usr || mount --bind -o ro /usr {root}/usr)", check=True)
-    yield root
-    vm.run(f"umount {root}/usr", timeout=30)
+    """A minimal machine image in the store: dash and tail with their libraries, copied so
+    the container's user namespace can map their ownership (a bind-mounted host /usr cannot)."""
+    make_tiny_image(vm, TINY_IMAGE, ["/usr/bin/tail"])
+    yield TINY_IMAGE
+    vm.run(f"rm -rf {TINY_IMAGE}", timeout=60)
 
 
 def test_nspawn_runtime_gets_the_slice_limits(vm, walle, tiny_image, units_to_stop):
     spec = dict(memory_max=48 * MIB, cpu_quota=50, tasks_max=16)
-    vm.write_file(f"{tiny_image}/hog.py", HOG)  # not /tmp: nspawn mounts a tmpfs there
+    # tail buffers a line that never ends: memory grows until the slice's limit stops it
     made, started = walle.apply(
         slice_task("box", 0, **spec),
-        workload("box", 0, ["/usr/bin/python3", "/hog.py"], runtime="nspawn",
+        workload("box", 0, ["/usr/bin/tail", "/dev/zero"], runtime="nspawn",
                  image=tiny_image))
     unit = started["units"][0]
     units_to_stop.append(unit)

@@ -15,7 +15,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from vmtools import FIGURES, REPO, show, wait_until
+from vmtools import FIGURES, REPO, make_tiny_image, show, wait_until
 
 from walle import naming
 from walle.adapters import runner
@@ -144,21 +144,6 @@ def test_a_secret_reaches_the_workload_as_a_credential_and_nowhere_else(vm, kept
         stop(vm, unit)
 
 
-# A tiny image in the store: sh, cat, sleep and their libraries, copied (not bind-mounted:
-# the user namespace maps the image's ownership for the container).
-TINY_IMAGE = """set -e
-root=$1
-rm -rf "$root"; mkdir -p "$root"/usr/bin "$root"/usr/lib "$root"/usr/lib64 "$root"/etc
-for d in bin lib lib64 sbin; do ln -sfn usr/$d "$root/$d"; done
-for d in proc sys dev run tmp var; do mkdir -p "$root/$d"; done
-cp /etc/os-release "$root"/etc/
-cp /usr/bin/dash /usr/bin/cat /usr/bin/sleep "$root"/usr/bin/
-ln -sfn dash "$root"/usr/bin/sh
-libs=$(ldd /usr/bin/dash /usr/bin/cat /usr/bin/sleep | grep -o '/[^ ]*' | grep -v ':$')
-for lib in $(echo "$libs" | sort -u); do
-  cp -L --parents "$lib" "$root"/
-done
-"""
 PAYLOAD = """cg=/sys/fs/cgroup$(systemctl show -P ControlGroup "$1")
 for p in $(find "$cg" -name cgroup.procs -exec cat {} +); do
   [ "$(cat /proc/$p/comm)" = sleep ] && echo "$p"
@@ -168,9 +153,8 @@ done
 
 def test_nspawn_runs_in_a_user_namespace_and_pre_stop_runs_inside(vm):
     root = f"{STORE}/tiny"
-    vm.write_file("/root/tiny-image.sh", TINY_IMAGE)
+    make_tiny_image(vm, root, ["/usr/bin/cat", "/usr/bin/sleep"])
     vm.write_file("/root/payload.sh", PAYLOAD)
-    vm.run(f"sh /root/tiny-image.sh {root}", timeout=120, check=True)
     spec = parse_spec({
         "name": "boxed", "kind": "service",
         "resources": {"cpu": 0.1, "memory": "64M"},

@@ -137,3 +137,27 @@ def cpu_fractions(vm: walle_vm.VM, folders: list[str], seconds: float) -> dict[s
     return {f: (after[i + 1] - before[i + 1]) / elapsed_usec for i, f in enumerate(folders)}
 
 
+
+
+# A tiny machine image for the nspawn runtime: the named programs and their libraries,
+# copied (not bind-mounted: the user namespace maps the image's ownership for the container).
+# Usage: sh tiny-image.sh ROOT /usr/bin/PROGRAM...
+TINY_IMAGE_SCRIPT = """set -e
+root=$1; shift
+rm -rf "$root"; mkdir -p "$root"/usr/bin "$root"/usr/lib "$root"/usr/lib64 "$root"/etc
+for d in bin lib lib64 sbin; do ln -sfn usr/$d "$root/$d"; done
+for d in proc sys dev run tmp var; do mkdir -p "$root/$d"; done
+cp /etc/os-release "$root"/etc/
+cp /usr/bin/dash "$@" "$root"/usr/bin/
+ln -sfn dash "$root"/usr/bin/sh
+libs=$(ldd /usr/bin/dash "$@" | grep -o '/[^ ]*' | grep -v ':$')
+for lib in $(echo "$libs" | sort -u); do
+  cp -L --parents "$lib" "$root"/
+done
+"""
+
+
+def make_tiny_image(vm, root: str, programs: list[str]) -> None:
+    vm.write_file("/root/tiny-image.sh", TINY_IMAGE_SCRIPT)
+    vm.run(f"sh /root/tiny-image.sh {shlex.quote(root)} "
+           + " ".join(shlex.quote(p) for p in programs), timeout=120, check=True)
