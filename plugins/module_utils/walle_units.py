@@ -308,8 +308,12 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
                    kill_mode: str | None = None, delegate: bool = False,
                    sandbox: bool = True, capabilities: list[str] | tuple[str, ...] = (),
                    device_allow: list[str] | tuple[str, ...] = (), write_execute: bool = False,
-                   credentials: dict[str, str] | None = None) -> str:
+                   credentials: dict[str, str] | None = None,
+                   remain_after_exit: bool = False) -> str:
     """The text of a Walle service unit running `argv` (argv[0] an absolute path).
+
+    `remain_after_exit` (batch work) keeps the unit active (exited) after a successful run:
+    systemd does not unload it, so its outcome can be read until it is stopped.
 
     With `sandbox` (the default) the unit gets sandbox_directives(): an unprivileged identity
     and the hardening baseline. `sandbox=False` is for privileged jobs and for the nspawn
@@ -357,6 +361,8 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
         service.append(("Restart", restart))
     if service_type == "oneshot":
         service.append(("RemainAfterExit", "no"))
+    elif remain_after_exit:
+        service.append(("RemainAfterExit", "yes"))
     if stop_signal is not None:
         service.append(("KillSignal", _signal(stop_signal)))
     if kill_mode is not None:

@@ -15,7 +15,8 @@ description:
     only when a unit changed, and brings them to O(state).
   - O(kind=service) is a long-running C(Type=exec) service with C(Restart=O(restart)).
     O(kind=batch) runs to completion (C(Type=exec), C(Restart=on-failure),
-    C(StartLimitBurst=O(retries)) over the whole boot, C(RemainAfterExit=no)).
+    C(StartLimitBurst=O(retries)) over the whole boot, C(RemainAfterExit=yes), so a finished run
+    stays active (exited) and its outcome is readable until the unit is stopped).
     O(kind=cron) writes C(<name>.timer) (C(OnCalendar=O(schedule)), C(Persistent=true)) and a
     C(Type=oneshot) C(<name>.service) it starts.
   - O(runtime=exec) runs O(command) directly. O(runtime=nspawn) runs
@@ -462,8 +463,10 @@ def render_units(params: dict, nspawn_bin: str | None) -> dict[str, str]:
         if kind == "service":
             service.update(service_type=service_type, restart=params["restart"])
         elif kind == "batch":
+            # RemainAfterExit: a finished run stays visible (active, exited) instead of being
+            # unloaded, so a new leader can tell it from one that never started
             service.update(service_type=service_type, restart="on-failure",
-                           start_limit_burst=params["retries"])
+                           start_limit_burst=params["retries"], remain_after_exit=True)
         else:
             service.update(service_type="oneshot")
         units = {f"{name}.service": render_service(name, **service)}

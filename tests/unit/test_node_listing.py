@@ -41,3 +41,16 @@ def test_batch_progress_tells_an_unloaded_finished_unit_from_one_never_started()
     state, reason = batch_progress({"ActiveState": "failed", "Result": "exit-code",
                                     "ExecMainStatus": "3"}, ran=False)
     assert state == "failed" and "exit-code" in reason and "3" in reason
+
+
+def test_a_batch_run_that_remains_after_exit_reads_done_even_without_a_manifest():
+    """Chaos: the leader was killed inside place.yml after the unit started and before the
+    manifest was written; the run finished. RemainAfterExit keeps it active (exited), so the
+    next leader records it instead of running it again."""
+    exited = {"ActiveState": "active", "SubState": "exited", "Result": "success",
+              "ExecMainStatus": "0", "InactiveExitTimestampMonotonic": "123"}
+    assert batch_progress(exited, ran=False) == ("done", "")
+    state, reason = batch_progress(dict(exited, Result="exit-code", ExecMainStatus="2"),
+                                   ran=False)
+    assert state == "failed" and "2" in reason
+    assert batch_progress(dict(exited, SubState="running"), ran=False) == ("running", "")

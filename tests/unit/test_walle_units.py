@@ -302,3 +302,12 @@ def test_a_working_dir_with_spaces_stays_one_writable_path():
     text = wu.render_service("walle-web-0", slice="walle-web-0.slice", argv=["/bin/true"],
                              working_dir='/srv/a b/{{ x }}/50%/"q"')
     assert 'ReadWritePaths="-/srv/a b/{{ x }}/50%%/\\"q\\""' in text.splitlines()
+
+
+def test_batch_units_remain_after_exit_so_their_outcome_stays_readable():
+    text = wu.render_service("walle-etl-0", slice="walle-etl-0.slice", argv=["/bin/true"],
+                             restart="on-failure", start_limit_burst=3,
+                             remain_after_exit=True)
+    assert "RemainAfterExit=yes" in text.splitlines()
+    plain = wu.render_service("walle-web-0", slice="walle-web-0.slice", argv=["/bin/true"])
+    assert "RemainAfterExit" not in plain

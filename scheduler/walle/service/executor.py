@@ -169,7 +169,8 @@ class Executor:
         out: dict[tuple[str, str], dict] = {}
         for node, names in sorted(by_node.items()):
             argv = ["systemctl", "show", *names, "-p",
-                    "Id,ActiveState,Result,ExecMainStatus,InactiveExitTimestampMonotonic"]
+                    "Id,ActiveState,SubState,Result,ExecMainStatus,"
+                    "InactiveExitTimestampMonotonic"]
             result = run_command(self.inventory, [node], argv, timeout=30).get(node)
             if result is None or result.rc != 0:
                 continue

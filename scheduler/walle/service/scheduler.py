@@ -848,8 +848,15 @@ def batch_progress(props: dict[str, str], ran: bool) -> tuple[str, str]:
     the node, which place.yml writes right after starting the unit): (state, reason), state
     one of running, done, failed, absent (never started). systemd unloads a unit that
     finished successfully, and an unloaded unit reads inactive with no start timestamp, just
-    like one that never ran: the manifest tells them apart."""
+    like one that never ran: the manifest tells them apart. Batch units are written with
+    RemainAfterExit=yes, so a finished run reads active (exited) and is never unloaded: that
+    closes the window in which a leader killed inside place.yml, before the manifest was
+    written, left no trace of a run that then finished."""
     state = props.get("ActiveState")
+    if state == "active" and props.get("SubState") == "exited":
+        if props.get("Result") == "success" and props.get("ExecMainStatus") == "0":
+            return "done", ""
+        return "failed", f"exited: {props.get('Result')} (status {props.get('ExecMainStatus')})"
     if state in ("active", "activating", "deactivating", "reloading"):
         return "running", ""
     ran = ran or props.get("InactiveExitTimestampMonotonic", "0") not in ("", "0")
