@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
+from typing import Protocol
 
 from .agent import CONSUL_SERVICE_ID, AgentMixin
 from .catalog import CatalogMixin, make_check
@@ -28,15 +29,13 @@ LOGGED_TABLES = ("kv", "tombstones", "sessions", "lock_delay", "nodes", "service
                  "check_defs", "critical_since")
 
 
-class Persister:
+class Persister(Protocol):
     """What the store needs from persistence (persist.Persistence): log a record under the
     store lock and return its sequence number; wait until a sequence number is on disk."""
 
-    def log(self, record: dict) -> int:
-        raise NotImplementedError
+    def log(self, record: dict) -> int: ...
 
-    def wait(self, seq: int) -> None:
-        raise NotImplementedError
+    def wait(self, seq: int) -> None: ...
 
 
 class Store(KVMixin, SessionMixin, CatalogMixin, AgentMixin, EventMixin, StoreCore):
