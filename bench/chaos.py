@@ -21,12 +21,17 @@ which also sees a partitioned node) and from Consul (slot records, checks), and 
   duplicate        one slot's unit active on two nodes, unless the slot's record names both (a
                    graceful move) or the extra copy is on a node cut off by a fault (or back for
                    less than --reap-grace s): such "fenced" overlaps are reported with durations
-  two-serving      one Walle instance passing its checks (its node's serfHealth too) on two nodes at once
+  two-serving      one Walle instance passing its checks (its node's serfHealth too) on two
+                   nodes at once
 After every fault is undone, the cluster must converge within --bound s (every slot running on
 exactly its record's node, services passing, every node's serfHealth passing): `no-convergence`
 otherwise. At the end: every acknowledged `walle run`/`walle scale` is in the job keys
-(`lost-submission` otherwise), and every batch slot completed exactly once, counted from the
-marker line it prints in the node journals (`batch-not-once`). Exit status 1 on any violation.
+(`lost-submission` otherwise), and every batch slot completed exactly once (`batch-not-once`):
+its run was committed once (the "committed" line walle-batch-commit prints in the node's
+journal once Consul saved walle/done/<job>/<slot>), it ran to its end (the marker line the job
+prints) and its record says stopped. A run that ended but was not committed (its node died
+in the milliseconds between the job's exit and Consul's answer) is retried: the report counts
+those re-runs apart, they are not completions. Exit status 1 on any violation.
 See bench/README.md.
 """
 
@@ -64,6 +69,7 @@ KINDS = ("node-kill", "leader-kill", "schedulers-kill", "standin-kill", "partiti
 SERVICE, CRON, BATCH_PREFIX = "chaos-web", "chaos-tick", "chaos-b"
 SERVICE_PORT = 8090
 BATCH_MARKER = "chaos-batch-done"
+COMMIT_MARKER = "walle-batch-commit: committed "  # roles/node/files/walle-batch-commit
 RUNNING_STATES = ("active", "activating", "deactivating", "reloading")
 BOOTED = ("running", "degraded")  # systemctl is-system-running of a node done booting
 CLI_TIMEOUT = 40.0
@@ -680,24 +686,31 @@ class Chaos:
                     v in ("stopped", "failed") for v in states.values()):
                 break
             time.sleep(1)
-        done = self.journal_markers()
+        runs, commits = self.journal_markers()
         records = self.observer.latest.records if self.observer.latest else {}
         summary = Counter()
         for job, count in sorted(jobs.items()):
             for slot in range(count):
-                marks = done.get(service_unit(job, slot), [])
-                runs = len(marks)
+                unit = service_unit(job, slot)
+                marks, committed = runs.get(unit, []), commits.get(unit, [])
                 r = records.get((job, slot))
-                summary[f"completed {runs}x"] += 1
-                if runs != 1 or r is None or r.state != "stopped":
-                    self.violate("batch-not-once", f"{job}-{slot}: completed {runs} time(s) "
-                                 f"in the journals ({', '.join(marks) or 'never'}); record "
+                summary[f"committed {len(committed)}x"] += 1
+                if len(marks) > len(committed):
+                    summary["re-runs after an uncommitted finish"] += len(marks) - 1
+                if len(committed) > 1 or not marks or r is None or r.state != "stopped":
+                    self.violate("batch-not-once", f"{job}-{slot}: committed "
+                                 f"{len(committed)} time(s) ({', '.join(committed) or 'never'}), "
+                                 f"ran to its end {len(marks)} time(s) "
+                                 f"({', '.join(marks) or 'never'}); record "
                                  f"{f'{r.state} on {r.node}' if r else 'missing'}")
         return dict(summary)
 
-    def journal_markers(self) -> dict[str, list[str]]:
-        """unit -> where and when it printed the batch marker, over every node's journal."""
-        out: dict[str, list[str]] = defaultdict(list)
+    def journal_markers(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """unit -> where and when it printed the batch marker (its work ran to its end), and
+        unit -> where and when walle-batch-commit recorded the run in Consul (the commit: what
+        'exactly once' counts), over every node's journal."""
+        runs: dict[str, list[str]] = defaultdict(list)
+        commits: dict[str, list[str]] = defaultdict(list)
         units = unit_stem(BATCH_PREFIX, 0).removesuffix("-0") + "*"  # every batch job's units
         for node in [n.name for n in self.lab.nodes]:
             with contextlib.suppress(LabError, subprocess.TimeoutExpired):
@@ -708,11 +721,16 @@ class Chaos:
                 for line in proc.stdout.splitlines():
                     with contextlib.suppress(ValueError):
                         entry = json.loads(line)
-                        if entry.get("MESSAGE") == BATCH_MARKER:
-                            at = time.strftime("%H:%M:%S", time.gmtime(
-                                int(entry.get("__REALTIME_TIMESTAMP", 0)) / 1e6))
-                            out[entry.get("_SYSTEMD_UNIT")].append(f"{node} {at}")
-        return out
+                        message = entry.get("MESSAGE")
+                        if not isinstance(message, str):
+                            continue
+                        at = time.strftime("%H:%M:%S", time.gmtime(
+                            int(entry.get("__REALTIME_TIMESTAMP", 0)) / 1e6))
+                        if message == BATCH_MARKER:
+                            runs[entry.get("_SYSTEMD_UNIT")].append(f"{node} {at}")
+                        elif message.startswith(COMMIT_MARKER):
+                            commits[entry.get("_SYSTEMD_UNIT")].append(f"{node} {at}")
+        return runs, commits
 
     def stop(self) -> None:
         if hasattr(self, "observer"):

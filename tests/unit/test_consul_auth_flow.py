@@ -74,3 +74,23 @@ def test_place_and_stop_runs_carry_the_paths_not_a_token():
         assert "token" not in service
     assert default_grant(SPEC)  # the spec is schedulable as written
     assert "X-Consul-Token" not in json.dumps(runner.extravars)
+
+
+def test_a_batch_placement_tells_the_node_where_to_commit_with_the_same_paths():
+    """walle-batch-commit on the node writes walle/done/<job>/<slot> with the node's token
+    file (a path: no token in the run) and the placement it ran (the leader compares it)."""
+    runner = RecordingRunner()
+    auth = {"token_file": "/etc/walle/consul-token", "ca_path": "/etc/walle/ca.pem"}
+    executor = Executor({}, "https://127.0.0.1:8501", runner=runner, node_consul_auth=auth)
+    batch = parse_spec({"name": "etl", "kind": "batch", "count": 1,
+                        "resources": {"cpu": 0.1, "memory": "16M"},
+                        "runtime": {"command": "/bin/true"}})
+    alloc = Allocation(job="etl", slot=0, node="node1", reserved=Capacity(),
+                       ceiling=Capacity(), spec_digest=batch.digest(),
+                       runtime_digest=batch.runtime_digest(), since=1234.5)
+    assert executor.place([(alloc, batch)], {"node1": "10.77.1.11"})["etl-0"].ok
+    commit = runner.extravars[0]["walle_batch"]["node1"][0]["workload"]["commit"]
+    assert commit == {"consul_addr": "https://127.0.0.1:8501", "key": "walle/done/etl/0",
+                      "node": "node1", "attempt": "1234.500000", **auth}
+    executor.place([(alloc, SPEC)], {"node1": "10.77.1.11"})  # a service commits nothing
+    assert "commit" not in runner.extravars[1]["walle_batch"]["node1"][0]["workload"]

@@ -14,8 +14,9 @@ from walle import naming
 from walle.adapters.runner import HostResult, RunResult, run_command, run_playbook
 from walle.core import Allocation, Grant
 from walle.service.adopt import instance_manifest
-from walle.service.params import instance_vars, slice_args, stop_vars
+from walle.service.params import batch_commit_args, instance_vars, slice_args, stop_vars
 from walle.service.policy import PrivilegePolicy
+from walle.service.records import attempt_of
 from walle.service.secrets import SecretError, SecretResolver
 from walle.spec import JobSpec
 
@@ -110,6 +111,10 @@ class Executor:
             instance = instance_vars(spec, alloc.slot, address, grant, self.node_consul_addr,
                                      consul_auth=self.node_consul_auth)
             instance["manifest"] = instance_manifest(alloc, spec, grant)
+            if spec.kind == "batch":
+                instance["workload"]["commit"] = batch_commit_args(
+                    alloc.job, alloc.slot, alloc.node, attempt_of(alloc),
+                    self.node_consul_addr, self.node_consul_auth)
             iid = instance["instance"]["id"]
             try:
                 self._admit(spec)

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from walle import naming
+from walle.adapters.consul.state import done_key
 from walle.spec.model import HealthCheck, JobSpec
 
 DEFAULT_CONSUL_ADDR = "http://127.0.0.1:8500"
@@ -64,6 +65,15 @@ def consul_auth(token_file: str | None = None, ca_file: str | None = None) -> di
         if path:
             out[option] = path
     return out
+
+
+def batch_commit_args(job: str, slot: int, node: str, attempt: str, consul_addr: str,
+                      consul_auth: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """walle_workload's `commit` for a batch instance: where its node records a successful
+    run (walle/done/<job>/<slot>), with the placement (`attempt`) it ran. The token and CA
+    are node paths (consul_auth), read on the node by walle-batch-commit as root."""
+    return {"consul_addr": consul_addr, "key": done_key(job, slot), "node": node,
+            "attempt": attempt, **(consul_auth or {})}
 
 
 def instance_identity(spec: JobSpec, slot: int) -> dict[str, Any]:

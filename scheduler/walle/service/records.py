@@ -45,6 +45,13 @@ class SlotRecord:
                        reason=reason[:REASON_MAX])
 
 
+def attempt_of(alloc: Allocation) -> str:
+    """Which placement of its slot an allocation is: the core's creation time, unique per
+    slot. A batch run records it with its commit (walle-batch-commit), so the leader can tell
+    the commit of this placement from a late one of an earlier placement."""
+    return f"{alloc.since:.6f}"
+
+
 def to_stored(record: SlotRecord) -> StoredAlloc:
     a = record.alloc
     extra = {

@@ -38,6 +38,7 @@ from walle.adapters.consul.state import (
     LEADER_KEY,
     TXN_MAX_OPS,
     Allocation,
+    BatchCommit,
     KvOp,
     StateStore,
     StoredJob,
@@ -54,7 +55,8 @@ def watch_nodes(api: ConsulApi, **kw) -> Watch[list[NodeInfo]]:
 
 
 __all__ = [
-    "DRAIN_EVENT", "LEADER_KEY", "TXN_MAX_OPS", "Allocation", "ConsulApi", "ConsulConfig",
+    "DRAIN_EVENT", "LEADER_KEY", "TXN_MAX_OPS", "Allocation", "BatchCommit", "ConsulApi",
+    "ConsulConfig",
     "ConsulConfigError", "ConsulError", "ConsulNotFound", "ConsulUnreachable", "Event",
     "KvOp", "LeaderLock", "NodeInfo", "NotLeader", "RetryPolicy", "ServiceInstance",
     "StateStore", "StoredJob", "TokenBucket", "TxnError", "TxnResult", "Unreadable", "Watch",

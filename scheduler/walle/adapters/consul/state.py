@@ -33,6 +33,7 @@ JOBS = PREFIX + "jobs/"
 ALLOCS = PREFIX + "allocs/"
 NODES = PREFIX + "nodes/"
 PACKAGES = PREFIX + "packages/"
+DONE = PREFIX + "done/"  # batch commits, written by the nodes (walle-batch-commit)
 LEADER_KEY = PREFIX + "leader"
 TXN_MAX_OPS = 64
 T = TypeVar("T")
@@ -68,6 +69,21 @@ class Allocation:
     def to_json(self) -> dict[str, Any]:
         return {**self.extra, "node": self.node, "state": self.state, "version": self.version,
                 "grant": dict(self.grant)}
+
+
+@dataclass(frozen=True)
+class BatchCommit:
+    """A node's record that a batch run succeeded (walle/done/<job>/<slot>)."""
+
+    job: str
+    slot: int
+    node: str
+    attempt: str  # the placement it ran (records.attempt_of: the allocation's `since`)
+    modify_index: int
+
+    @property
+    def key(self) -> str:
+        return done_key(self.job, self.slot)
 
 
 @dataclass(frozen=True)
@@ -118,6 +134,11 @@ def job_key(name: str) -> str:
 
 def alloc_key(job: str, slot: int) -> str:
     return f"{ALLOCS}{job}/{slot}"
+
+
+def done_key(job: str, slot: int) -> str:
+    """Where a node records that the batch instance `job`-`slot` finished successfully."""
+    return f"{DONE}{job}/{slot}"
 
 
 def drain_key(node: str) -> str:
@@ -177,6 +198,17 @@ def parse_alloc_key(key: str) -> tuple[str, int] | None:
     if not job or "/" in job or not slot.isdigit() or not slot.isascii():
         return None
     return job, int(slot)
+
+
+def decode_commit(entry: Mapping[str, Any]) -> BatchCommit:
+    key = entry["Key"]
+    job, _, slot = key[len(DONE):].partition("/")
+    if not key.startswith(DONE) or not job or not slot.isdigit():
+        raise BadRecord(key, "not walle/done/<job>/<slot>")
+    body = _decode(entry)
+    for name in ("node", "attempt"):
+        _expect(key, body, name, str, required=True)
+    return BatchCommit(job, int(slot), body["node"], body["attempt"], int(entry["ModifyIndex"]))
 
 
 def decode_alloc(entry: Mapping[str, Any]) -> Allocation:
@@ -279,12 +311,23 @@ class StateStore:
         return int(idx), {(a.job, a.slot): a for a in allocs}
 
     def write_allocs(self, put: Iterable[Allocation] = (), delete: Iterable[Allocation] = (),
-                     *, session: str) -> TxnResult:
-        """Leader write: CAS every alloc (modify_index 0 = new) and prove the lock is held."""
+                     *, session: str, consumed: Iterable[BatchCommit] = ()) -> TxnResult:
+        """Leader write: CAS every alloc (modify_index 0 = new) and prove the lock is held.
+        `consumed` batch commits are deleted in the same transaction (CAS: a newer commit
+        written meanwhile stays)."""
         ops = [KvOp("cas", a.key, _encode(a.to_json(), a.key), index=a.modify_index)
                for a in put]
         ops += [KvOp("delete-cas", a.key, index=a.modify_index) for a in delete]
+        ops += [KvOp("delete-cas", c.key, index=c.modify_index) for c in consumed]
         return self.txn(ops, session=session)
+
+    def batch_commits(self, unreadable: list[Unreadable] | None = None
+                      ) -> dict[tuple[str, int], BatchCommit]:
+        """Every node's record of a finished batch run (walle-batch-commit writes them)."""
+        _, entries = self.api.call("read batch commits", lambda: self._kv.get(
+            DONE, recurse=True))
+        commits = _decode_all(entries or [], decode_commit, unreadable)
+        return {(c.job, c.slot): c for c in commits}
 
     def txn(self, ops: Sequence[KvOp], *, session: str | None = None) -> TxnResult:
         """Apply ops in chunks; with `session`, each chunk first checks it holds LEADER_KEY."""
