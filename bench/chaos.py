@@ -476,7 +476,12 @@ class Chaos:
         submitter = threading.Thread(target=self.submit_loop, args=(end,), daemon=True)
         submitter.start()
         order: list[str] = []
-        while time.monotonic() < end:
+        # --every-kind: a loaded machine converges slowly and fits fewer faults in the time;
+        # finish the first round (every kind once) anyway, up to --max-minutes
+        hard_end = self.t0 + max(self.args.minutes, self.args.max_minutes) * 60
+        while time.monotonic() < end or (
+                self.args.every_kind and time.monotonic() < hard_end
+                and not set(self.args.kinds) <= {f.kind for f in self.faults}):
             if not order:
                 order = self.rng.sample(self.args.kinds, len(self.args.kinds))
             fault = self.inject(order.pop())
@@ -794,6 +799,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lab", default="chaos")
     parser.add_argument("--kinds", default=",".join(KINDS),
                         help="comma-separated fault kinds (default: all)")
+    parser.add_argument("--every-kind", action="store_true",
+                        help="go on past --minutes until every kind was injected once")
+    parser.add_argument("--max-minutes", type=float, default=0.0,
+                        help="with --every-kind: stop injecting after this long anyway")
     parser.add_argument("--bound", type=float, default=90.0,
                         help="seconds after a fault is undone within which the cluster must "
                              "converge")
