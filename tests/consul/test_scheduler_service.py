@@ -109,10 +109,11 @@ class RecordingExecutor:
 
 
 def register_node(api: ConsulApi, name: str, address: str, status: str = "passing",
-                  cpu: float = 4, memory: int = 8 * GIB, zone: str = "z1") -> None:
+                  cpu: float = 4, memory: int = 8 * GIB, zone: str = "z1", gpus: int = 0) -> None:
     body = {"Node": name, "Address": address,
             "NodeMeta": {"walle_cpu": str(cpu), "walle_memory": str(memory),
-                         "walle_disk": str(100 * GIB), "walle_gpus": "0", "walle_zone": zone},
+                         "walle_disk": str(100 * GIB), "walle_gpus": str(gpus),
+                         "walle_zone": zone},
             "Check": {"CheckID": "serfHealth", "Name": "Serf Health Status",
                       "Status": status}}
     status_code, answer = api.raw("put", "/v1/catalog/register", data=json.dumps(body))
@@ -666,6 +667,30 @@ def test_a_late_commit_of_an_earlier_placement_does_not_end_the_current_one(clus
     # the current placement's own commit ends it, without a probe of its node
     commit_as_the_node(cluster, "etl-0", node, attempt_of_record(cluster, "etl-0"))
     assert s.step().finished == ["etl-0"]
+
+
+def test_gpu_instances_get_their_own_gpus_which_a_new_leader_keeps(cluster):
+    """GPUs one by one: two 1-GPU instances on the only GPU node (2 GPUs) hold index 0 and 1
+    in their records; a third cannot be placed; after a leader change nothing moves."""
+    register_node(cluster, "gpu1", "10.77.250.21", zone="z1", gpus=2)
+    clock = Clock()
+    s1, ex = make_scheduler(cluster, clock, "s1")
+    StateStore(cluster).put_job(parse_spec({
+        "name": "train", "kind": "service", "count": 3,
+        "resources": {"cpu": 0.5, "memory": "64M", "gpus": 1},
+        "runtime": {"command": "/usr/bin/python3"}}), 0)
+    report = s1.step()
+    stored = {k: (a.node, a.extra.get("gpu_indices")) for k, a in records(cluster).items()}
+    assert sorted(stored.values()) == [("gpu1", [0]), ("gpu1", [1])]
+    assert any("gpus" in f.message for f in report.plan.failures)
+    s1.lock.step_down()
+    ex.placed.clear()
+    s2, _ = make_scheduler(cluster, clock, "s2", executor=ex)
+    s2.step()
+    s2.step()
+    assert {k: (a.node, a.extra.get("gpu_indices")) for k, a in records(cluster).items()} \
+        == stored
+    assert ex.placed == [(k, "gpu1") for k in sorted(stored)]  # resumed in place, same GPUs
 
 
 def cron_spec(count: int = 1):

@@ -94,3 +94,23 @@ def test_a_batch_placement_tells_the_node_where_to_commit_with_the_same_paths():
                       "node": "node1", "attempt": "1234.500000", **auth}
     executor.place([(alloc, SPEC)], {"node1": "10.77.1.11"})  # a service commits nothing
     assert "commit" not in runner.extravars[1]["walle_batch"]["node1"][0]["workload"]
+
+
+def test_a_gpu_instance_gets_exactly_the_gpus_the_core_gave_it_at_placement_and_regrant():
+    """Before the core assigned indices, a 1-GPU instance's slice allowed every GPU of the
+    node (`char-nvidia`)."""
+    runner = RecordingRunner()
+    executor = Executor({}, "http://127.0.0.1:8500", runner=runner)
+    gpu = parse_spec({"name": "train", "kind": "service", "count": 1,
+                      "resources": {"cpu": 1, "memory": "1G", "gpus": 1},
+                      "runtime": {"command": "/usr/bin/python3"}})
+    alloc = Allocation(job="train", slot=0, node="node1", reserved=Capacity(gpus=1),
+                       ceiling=Capacity(gpus=1), spec_digest=gpu.digest(),
+                       runtime_digest=gpu.runtime_digest(), gpu_indices=(1,))
+    assert executor.place([(alloc, gpu)], {"node1": "10.77.1.11"})["train-0"].ok
+    assert executor.regrant([(alloc, gpu)])["train-0"].ok
+    placed, regranted = (ev["walle_batch"]["node1"][0] for ev in runner.extravars)
+    for instance in (placed, regranted):
+        assert instance["slice"]["device_allow"][0] == "/dev/nvidia1 rw"
+        assert "char-nvidia rw" not in instance["slice"]["device_allow"]
+    assert placed["workload"]["env"]["CUDA_VISIBLE_DEVICES"] == "1"

@@ -82,6 +82,14 @@ def default_grant(spec: JobSpec) -> Grant:
                  memory_max=int(mem.max))
 
 
+def gpu_indices_of(alloc: Allocation, spec: JobSpec) -> tuple[int, ...] | None:
+    """The GPUs the core gave the instance (core/gpus.py); None for one placed before the
+    core assigned indices (its slice then allows every GPU of the node until a regrant)."""
+    if spec.resources.gpus <= 0:
+        return None
+    return alloc.gpu_indices if len(alloc.gpu_indices) == spec.resources.gpus else None
+
+
 class Executor:
     def __init__(self, inventory: str | dict, node_consul_addr: str, *,
                  register: bool = True, timeout: float = 300.0,
@@ -109,7 +117,8 @@ class Executor:
             if not address:
                 raise ValueError(f"no address known for node {alloc.node!r}")
             instance = instance_vars(spec, alloc.slot, address, grant, self.node_consul_addr,
-                                     consul_auth=self.node_consul_auth)
+                                     consul_auth=self.node_consul_auth,
+                                     gpu_indices=gpu_indices_of(alloc, spec))
             instance["manifest"] = instance_manifest(alloc, spec, grant)
             if spec.kind == "batch":
                 instance["workload"]["commit"] = batch_commit_args(
@@ -160,7 +169,8 @@ class Executor:
             grant = alloc.grant or default_grant(spec)
             batch.setdefault(alloc.node, []).append({
                 "instance": {"id": alloc.key, "job": alloc.job, "slot": alloc.slot},
-                "slice": slice_args(spec, alloc.slot, grant),
+                "slice": slice_args(spec, alloc.slot, grant,
+                                    gpu_indices=gpu_indices_of(alloc, spec)),
             })
         return self._run("grants.yml", batch)
 

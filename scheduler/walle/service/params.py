@@ -260,7 +260,11 @@ def _workload_env(spec: JobSpec, slot: int, gpu_indices: Sequence[int] | None) -
     if spec.service is not None and spec.service.port is not None:
         env["WALLE_PORT"] = str(spec.service.port)
     if gpu_indices is not None:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in sorted(gpu_indices))
+        # the driver's indices are the /dev/nvidia<i> minors, in PCI bus order; CUDA's own
+        # default order (fastest first) may differ, so pin it
+        visible = ",".join(str(i) for i in sorted(gpu_indices))
+        env.update(CUDA_VISIBLE_DEVICES=visible, NVIDIA_VISIBLE_DEVICES=visible,
+                   CUDA_DEVICE_ORDER="PCI_BUS_ID")
     env.update(dict(spec.runtime.env))  # the spec's own values win
     return env
 
