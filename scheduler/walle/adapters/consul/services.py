@@ -19,7 +19,6 @@ walle_consul = load("walle_consul")  # the registration body, shared with the mo
 format_duration = grammar.format_duration
 
 
-
 @dataclass(frozen=True)
 class ServiceInstance:
     id: str
