@@ -460,7 +460,9 @@ class Chaos:
             return False
         for slot in range(self.service_count):
             r = s.records.get((SERVICE, slot))
-            if r is None or r.node == victim or s.passing.get(instance_id(SERVICE, slot)) != {r.node}:
+            if r is None or r.node == victim:
+                return False
+            if s.passing.get(instance_id(SERVICE, slot)) != {r.node}:
                 return False
         return True
 
