@@ -43,7 +43,7 @@ from walle.adapters.consul.health import fetch_cluster_health
 from walle.adapters.consul.state import alloc_key
 from walle.adapters.consul.tombstones import stopped_jobs
 from walle.core import Allocation, PlacementConfig, Plan, reconcile
-from walle.naming import parse_instance_id, service_unit
+from walle.naming import instance_id, parse_instance_id, service_unit
 from walle.service.adopt import MISSING_GRACE, Adopter
 from walle.service.cluster import Snapshot, describe_error, load_snapshot
 from walle.service.executor import Executor, NodeInstances, Outcome
@@ -505,7 +505,8 @@ class Scheduler:
             log.warning("stopping %d orphaned instance(s): %s", len(orphans),
                         ", ".join(f"{j}-{s}@{n}" for j, s, n in orphans))
             outcomes = self._per_job("stop orphans", self.executor.stop_instances, orphans,
-                                     lambda o: o[0], _failed_outcomes(lambda o: f"{o[0]}-{o[1]}"))
+                                     lambda o: o[0],
+                                     _failed_outcomes(lambda o: instance_id(*o[:2])))
             for key, outcome in outcomes.items():
                 if outcome.ok:
                     report.stopped.append(f"orphan {key}")
@@ -540,9 +541,9 @@ class Scheduler:
         log.warning("stopping %d instance(s) left on returning node(s) where no record puts "
                     "them: %s", len(leftovers), ", ".join(f"{j}-{s}@{n}" for j, s, n in leftovers))
         outcomes = self._per_job("stop leftovers", self.executor.stop_instances, leftovers,
-                                 lambda o: o[0], _failed_outcomes(lambda o: f"{o[0]}-{o[1]}"))
+                                 lambda o: o[0], _failed_outcomes(lambda o: instance_id(*o[:2])))
         for (job, slot, node) in leftovers:
-            outcome = outcomes.get(f"{job}-{slot}", Outcome(False, "no result"))
+            outcome = outcomes.get(instance_id(job, slot), Outcome(False, "no result"))
             if outcome.ok:
                 report.stopped.append(f"leftover {job}-{slot}@{node}")
             else:  # the node is asked again later
