@@ -1,6 +1,8 @@
 """The web console's server against a Consul HTTP API (the stand-in): the state document,
 and the actions (scale, stop, drain, install) that need a token, the console's header and
-a JSON body, and do what the CLI does."""
+a JSON body, and do what the CLI does. The `browser` tests load the page in Debian's headless
+chromium: values from users show as text, never as markup; an action without a token is
+refused on the page, and with one it changes the count."""
 
 from __future__ import annotations
 
@@ -186,3 +188,40 @@ def test_a_reason_with_markup_reaches_the_page_as_data(console, store):
     _, doc = request(f"{url}/api/state", token=None)
     (row,) = doc["jobs"][0]["instances"]
     assert row["reason"] == XSS
+
+
+# ----- in a real browser --------------------------------------------------------------
+@pytest.mark.browser
+def test_an_injected_img_onerror_in_a_reason_shows_as_text(console, store, page):
+    url, _ = console
+    write_job(store, job("web"))
+    failed_record(store, "web", XSS + " <b>bold</b>")
+    page.add_init_script("window.pwned = 0; window.alert = () => { window.pwned = 2; };")
+    page.goto(url)
+    cell = page.locator("#instances tbody tr", has_text="web-0").locator("td").nth(4)
+    cell.wait_for(timeout=10_000)
+    assert cell.text_content() == XSS + " <b>bold</b>"
+    assert cell.locator("img, b").count() == 0
+    assert page.locator("main img").count() == 0
+    page.wait_for_timeout(1500)  # a broken image would have fired onerror by now
+    assert page.evaluate("window.pwned") == 0
+
+
+@pytest.mark.browser
+def test_actions_from_the_page_need_the_token(console, store, page):
+    url, _ = console
+    write_job(store, job("web", count=2))
+    page.goto(url)
+    page.locator("#scale-job option[value='web']").wait_for(state="attached", timeout=10_000)
+    page.get_by_label("Count").fill("3")
+    page.get_by_role("button", name="Scale").click()
+    result = page.locator("#action-result")
+    result.filter(has_text="refused (401)").wait_for(timeout=10_000)
+    assert store.job("web").spec["count"] == 2
+
+    page.get_by_label("Consul ACL token").fill("operator-token")
+    page.get_by_role("button", name="Scale").click()
+    result.filter(has_text="web: scaled to 3").wait_for(timeout=10_000)
+    assert store.job("web").spec["count"] == 3
+    page.locator("#jobs tbody tr", has_text="web").locator("td").nth(1).filter(
+        has_text="3").wait_for(timeout=10_000)  # the next poll shows the new count

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from walle.adapters.consul import ConsulApi, ConsulConfig, ConsulError, RetryPolicy, StateStore
-from walle.catalog import Catalog
+from walle.catalog import Catalog, CatalogError
 from walle.cli.metrics import read_usage
 from walle.cli.package import installed_packages
 from walle.console import views
@@ -106,8 +106,12 @@ class Console:
             usage, note = self.sampler.usage, self.sampler.note()
         else:
             usage, note = {}, "memory use: not read (walle ui --no-usage)"
-        doc = views.state_view(snap, installed=installed_packages(self.store), usage=usage,
-                               usage_note=note)
+        try:
+            installed, packages_error = installed_packages(self.store), None
+        except CatalogError as err:  # a malformed record: say so, show the rest
+            installed, packages_error = {}, f"installed packages cannot be read: {err}"
+        doc = views.state_view(snap, installed=installed, usage=usage, usage_note=note)
+        doc["packages_error"] = packages_error
         doc["catalog"] = views.catalog_view(self.catalog)
         doc["consul"] = self.config.address
         return doc
@@ -150,6 +154,8 @@ def make_handler(console: Console, allowed_hosts: frozenset[str] | None):
             if url.path in FILES:
                 name, kind = FILES[url.path]
                 self._send(200, (STATIC / name).read_bytes(), kind)
+            elif url.path == "/favicon.ico":
+                self._send(204, b"", "image/x-icon")
             elif url.path == "/api/state":
                 self._json_from(console.state)
             elif url.path == "/api/explain":

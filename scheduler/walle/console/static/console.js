@@ -112,11 +112,11 @@ function drawJobs(jobs, unreadable) {
   box.replaceChildren(el("h3", {}, "Unreadable records"), table);
 }
 
-function drawPackages(packages) {
+function drawPackages(packages, problem) {
   const kv = (o) => Object.entries(o).map(([k, v]) => k + "=" + v).join(", ");
   fillBody("packages", packages.map((p) => [p.name, p.version, p.jobs.join(", "),
                                             kv(p.dependencies), kv(p.values)]),
-           "No packages installed.");
+           problem || "No packages installed.");
 }
 
 // Keep a select's options in step with `values` without losing what the user picked.
@@ -138,7 +138,7 @@ function syncVersions() {
 function draw(state) {
   drawPool(state.pool);
   drawJobs(state.jobs, state.unreadable);
-  drawPackages(state.packages);
+  drawPackages(state.packages, state.packages_error);
   const jobNames = state.jobs.map((j) => j.job);
   for (const id of ["scale-job", "stop-job", "explain-job"]) syncSelect($(id), jobNames);
   const nodes = state.pool.flatMap((z) => z.racks.flatMap((r) => r.nodes.map((n) => n.name)));
