@@ -12,13 +12,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import test_cli_package
 
-from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
+from walle.adapters.consul import ConsulConfig, StateStore
 from walle.catalog import load_catalog
 from walle.cli.jobs import write_job
 from walle.console.server import Console, serving
 from walle.core import Allocation, Capacity
-from walle.lab.consul_standin import start_in_thread
 from walle.service.records import SlotRecord, to_stored
 from walle.spec import parse_spec
 
@@ -28,20 +28,8 @@ CATALOG = Path(__file__).resolve().parents[2] / "catalog"
 XSS = '<img src=x onerror="alert(1)">'
 
 
-@pytest.fixture
-def addr(tmp_path):
-    standin = start_in_thread(data_dir=tmp_path / "consul", node_name="walle-test-server",
-                              dns=None)
-    host, port = standin.http_addr
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        standin.stop()
-
-
-@pytest.fixture
-def store(addr) -> StateStore:
-    return StateStore(ConsulApi(ConsulConfig.from_env(addr=addr)))
+# a fresh stand-in per test, and a StateStore on it: the `walle package` tests' fixtures
+addr, store = test_cli_package.addr, test_cli_package.store
 
 
 @pytest.fixture

@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-from test_scheduler_lab import Pool, api_spec
+import test_scheduler_lab
+from test_scheduler_lab import api_spec
 
 from walle.adapters.consul import ConsulConfig
 from walle.catalog import load_catalog
-from walle.cli.demo import provision, start_schedulers, submit
+from walle.cli.demo import submit
 from walle.console.server import Console, serving
-from walle.lab.nodes import Lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.browser]
 
@@ -25,19 +25,8 @@ CATALOG = Path(__file__).resolve().parents[2] / "catalog"
 DOWN_WITHIN_S = 10.0
 
 
-@pytest.fixture(scope="module")
-def pool():
-    lab = Lab(f"u{os.getpid()}", progress=lambda msg: None)
-    try:
-        lab.up(3)
-        addr = lab.start_consul()
-        assert provision(lab) == 0
-        start_schedulers(lab, addr)
-        p = Pool(lab, addr)
-        p.wait("nodes in the catalog", lambda: len(p.snapshot().nodes) == 3, 30)
-        yield p
-    finally:
-        lab.down()
+# the scheduler tests' lab for this module: 3 nodes, the stand-in, Serf, two schedulers
+pool = test_scheduler_lab.pool
 
 
 @pytest.fixture
@@ -84,9 +73,12 @@ def test_the_page_shows_the_pool_scales_a_job_and_sees_a_node_die(pool, console_
     assert took <= DOWN_WITHIN_S
     assert box(page, nodes[0], "passing").count() == 1
 
-    # the picture for the README: the lost instance cannot move (one port 8080 per node and
-    # two nodes left), so its slot shows why
-    page.wait_for_timeout(5000)
+    # the placement explanation: the dead node is refused, and says why
+    page.locator("#explain-job").select_option("api")
+    page.get_by_role("button", name="Explain").click()
+    page.locator("#explanation tbody tr", has_text=victim).filter(
+        has_text="node down").wait_for(timeout=10_000)
+    page.wait_for_timeout(3000)  # the lost instance's slot moves on (the picture)
     shot = tmp_path / "console.png"
     page.screenshot(path=str(shot), full_page=True)
     if os.environ.get("WALLE_CONSOLE_SCREENSHOT"):

@@ -144,6 +144,8 @@ def make_handler(console: Console, allowed_hosts: frozenset[str] | None):
                 return
             try:
                 method()
+            except ConnectionError:
+                pass  # the page went away (closed, reloaded) before its answer: nobody to tell
             except Exception:  # noqa: BLE001 - reported to the page and logged
                 traceback.print_exc()
                 self._json(500, {"error": "the console failed on this request; its log has "

@@ -43,7 +43,7 @@ function nodeBox(n) {
   const healthText = n.health === "down" ? "down (serfHealth " + n.serf_health + ")" : n.health;
   box.append(
     el("p", {class: "node-name"}, n.name),
-    el("p", {class: "node-health"}, healthText + " · " + n.state),
+    el("p", {class: "node-health"}, healthText + (n.state !== n.health ? " · " + n.state : "")),
     el("p", {class: "node-address"}, n.address),
     bar("CPU reserved", n.reserved_cpu, n.cpu, n.reserved_cpu + " of " + n.cpu + " cores", "cpu"),
     bar("Memory reserved", n.reserved_memory, n.memory,
