@@ -213,3 +213,26 @@ def test_actions_from_the_page_need_the_token(console, store, page):
     assert store.job("web").spec["count"] == 3
     page.locator("#jobs tbody tr", has_text="web").locator("td").nth(1).filter(
         has_text="3").wait_for(timeout=10_000)  # the next poll shows the new count
+
+
+@pytest.mark.browser
+def test_the_page_has_landmarks_labelled_controls_and_table_headers(console, store, page):
+    url, _ = console
+    write_job(store, job("web"))
+    page.goto(url)
+    page.locator("#jobs tbody th", has_text="web").wait_for(timeout=10_000)
+    assert [page.locator(tag).count() for tag in ("header", "main", "h1")] == [1, 1, 1]
+    unlabelled = page.evaluate("""() => Array.from(
+        document.querySelectorAll('input, select, textarea'))
+        .filter((e) => e.labels.length === 0).map((e) => e.id)""")
+    assert unlabelled == []
+    assert page.evaluate("""() => Array.from(document.querySelectorAll('table')).every(
+        (t) => t.caption && Array.from(t.tHead.rows[0].cells).every(
+            (th) => th.tagName === 'TH' && th.getAttribute('scope') === 'col'))""")
+    live = page.locator("[aria-live]").evaluate_all("(es) => es.map((e) => e.id)")
+    assert {"summary", "action-result", "explanation"} <= set(live)
+    sections = page.locator("main > section").evaluate_all(
+        "(es) => es.map((s) => document.getElementById("
+        "s.getAttribute('aria-labelledby')).textContent)")
+    assert sections == ["Pool", "Jobs", "Actions", "Placement explanation", "Packages",
+                        "Events"]
