@@ -14,10 +14,11 @@ os.environ.setdefault("ANSIBLE_CONFIG", str(REPO / "ansible.cfg"))
 CHROMIUM = "/usr/bin/chromium"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
     """Debian's headless chromium driven by playwright (tests marked `browser`); nothing is
-    downloaded: `make setup` installs both."""
+    downloaded: `make setup` installs both. One per module (about a second to start), so
+    playwright's event loop never outlives the browser tests into other modules."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: run `make setup` (Debian package chromium)")
     from playwright.sync_api import sync_playwright
