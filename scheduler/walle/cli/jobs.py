@@ -7,10 +7,17 @@ import sys
 import time
 
 from walle.adapters.consul.tombstones import clear_tombstone, mark_stopped, stop_job
-from walle.cli.common import add_consul_args, cluster_command, connect, print_json, progress
+from walle.cli.common import (
+    ActionError,
+    add_consul_args,
+    cluster_command,
+    connect,
+    print_json,
+    progress,
+)
 from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from walle.cli.output import print_table
-from walle.core import explain, format_explanation
+from walle.core import Explanation, explain, format_explanation
 from walle.naming import job_allocs_prefix, job_key
 from walle.service.adopt import unclaimed_instances
 from walle.service.cluster import Snapshot, load_snapshot
@@ -89,50 +96,73 @@ def write_job(store, spec) -> str | None:
 
 @cluster_command
 def cmd_stop(args) -> int:
-    """Delete the job and leave its tombstone (walle/stopped/<job>): the leader stops its
-    instances, even those it finds running with no record. A job absent from KV whose
-    instances still run (state lost) gets the tombstone alone."""
     api, store = connect(args)
-    current = store.job(args.job)
-    if current is None:
-        unclaimed = [f for f in unclaimed_instances(load_snapshot(api, store))
-                     if f.job == args.job]
-        if not unclaimed:
-            print(f"walle stop: no job {args.job!r}", file=sys.stderr)
-            return EXIT_FAILED
-        mark_stopped(api, args.job, stopped_at=time.time())
+    try:
+        unclaimed = stop_job_request(api, store, args.job)
+    except ActionError as err:
+        print(f"walle stop: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    if unclaimed:
         _say(args, {"job": args.job, "stopped": True, "unclaimed": list(map(str, unclaimed))},
              f"{args.job}: not in Consul; stopping its {len(unclaimed)} unclaimed "
              "instance(s) at the leader's next pass")
         return EXIT_OK
-    if not stop_job(store, args.job, current.modify_index, version=current.version,
-                    stopped_at=time.time()):
-        print(f"walle stop: {args.job} changed meanwhile; try again", file=sys.stderr)
-        return EXIT_FAILED
     _say(args, {"job": args.job, "stopped": True}, f"{args.job}: stopping")
     return _wait(args, args.job, 0)
 
 
+def stop_job_request(api, store, job: str) -> list:
+    """Delete the job and leave its tombstone (walle/stopped/<job>): the leader stops its
+    instances, even those it finds running with no record. A job absent from KV whose
+    instances still run (state lost) gets the tombstone alone: returns those unclaimed
+    instances (empty for a job stopped the usual way)."""
+    current = store.job(job)
+    if current is None:
+        unclaimed = [f for f in unclaimed_instances(load_snapshot(api, store)) if f.job == job]
+        if not unclaimed:
+            raise ActionError(f"no job {job!r}")
+        mark_stopped(api, job, stopped_at=time.time())
+        return unclaimed
+    if not stop_job(store, job, current.modify_index, version=current.version,
+                    stopped_at=time.time()):
+        raise ActionError(f"{job} changed meanwhile; try again")
+    return []
+
+
 @cluster_command
 def cmd_scale(args) -> int:
-    if not 0 <= args.count <= 1000:
-        print("walle scale: count must be 0..1000", file=sys.stderr)
-        return EXIT_USAGE
     _, store = connect(args)
+    try:
+        scale_job(store, args.job, args.count)
+    except ActionError as err:
+        print(f"walle scale: {err}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(err, BadCount) else EXIT_FAILED
+    _say(args, {"job": args.job, "count": args.count}, f"{args.job}: scaled to {args.count}")
+    return _wait(args, args.job, args.count)
+
+
+class BadCount(ActionError):
+    """A count outside 0..MAX_COUNT."""
+
+
+MAX_COUNT = 1000
+
+
+def scale_job(store, job: str, count: int) -> None:
+    """CAS-write the job with a new count (the spec is validated again, as `walle run`
+    would); raises ActionError when there is no such job or it kept changing."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_COUNT:
+        raise BadCount(f"count must be a whole number 0..{MAX_COUNT}, got {count!r}")
     for _ in range(CAS_ATTEMPTS):
-        current = store.job(args.job)
+        current = store.job(job)
         if current is None:
-            print(f"walle scale: no job {args.job!r}", file=sys.stderr)
-            return EXIT_FAILED
+            raise ActionError(f"no job {job!r}")
         data = dict(current.spec)
-        data["count"] = args.count
-        spec = parse_spec(data, source=f"{args.job} scaled")
+        data["count"] = count
+        spec = parse_spec(data, source=f"{job} scaled")
         if store.put_job(spec, current.modify_index, previous=current):
-            _say(args, {"job": args.job, "count": args.count},
-                 f"{args.job}: scaled to {args.count}")
-            return _wait(args, args.job, args.count)
-    print(f"walle scale: {args.job} kept changing; try again", file=sys.stderr)
-    return EXIT_FAILED
+            return
+    raise ActionError(f"{job} kept changing; try again")
 
 
 @cluster_command
@@ -193,13 +223,19 @@ def cmd_plan(args) -> int:
             print(f"walle plan: {args.job!r} is neither a job in the cluster nor a valid "
                   f"spec file:\n{err}", file=sys.stderr)
             return EXIT_USAGE
-    allocs = [r.alloc for r in snap.records.values() if r.alloc.job != spec.name]
-    exp = explain(spec, snap.nodes, allocs)
+    exp = explain_placement(snap, spec)
     if args.json:
         print_json(dataclasses.asdict(exp))
     else:
         print(format_explanation(exp) if args.explain else format_explanation(exp, limit=5))
     return EXIT_OK
+
+
+def explain_placement(snap: Snapshot, spec) -> Explanation:
+    """Where the job's next instance would go and why, against the cluster as it is minus the
+    job's own instances: what `walle plan --explain` prints and the console shows."""
+    allocs = [r.alloc for r in snap.records.values() if r.alloc.job != spec.name]
+    return explain(spec, snap.nodes, allocs)
 
 
 # ----- tables -------------------------------------------------------------------------------
