@@ -81,12 +81,16 @@ ca_file: /etc/walle/consul-ca.pem
 # ansible-inventory -i /etc/walle/inventory/walle_consul.yml --graph
 """
 
-import re
-import sys
-from pathlib import Path
+import re  # noqa: E402 - Ansible's layout: documentation first
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-from ansible.errors import AnsibleError
-from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
+from ansible.errors import AnsibleError  # noqa: E402
+from ansible.plugins.inventory import (  # noqa: E402
+    BaseInventoryPlugin,
+    Cacheable,
+    Constructable,
+)
 
 SCHEDULABLE_GROUP = "walle_nodes"
 UNSCHEDULABLE_GROUP = "walle_unschedulable"
