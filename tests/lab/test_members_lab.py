@@ -10,10 +10,10 @@ import subprocess
 import sys
 
 import pytest
-from test_scheduler_lab import Pool, api_spec
+from test_scheduler_lab import api_spec, running_pool
 
 from walle.adapters.runner import ansible_env
-from walle.cli.demo import provision, start_schedulers, submit
+from walle.cli.demo import submit
 from walle.cli.main import main
 from walle.lab.nodes import Lab
 
@@ -22,17 +22,8 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture(scope="module")
 def pool():
-    lab = Lab(f"m{os.getpid()}", progress=lambda msg: None)
-    try:
-        lab.up(3)
-        addr = lab.start_consul()
-        assert provision(lab) == 0
-        start_schedulers(lab, addr, count=1)
-        p = Pool(lab, addr)
-        p.wait("nodes in the catalog", lambda: len(p.snapshot().nodes) == 3, 30)
+    with running_pool("m", schedulers=1) as p:
         yield p
-    finally:
-        lab.down()  # reads the lab's recorded state: the added node goes too
 
 
 def pool_graph(lab: Lab) -> str:
