@@ -185,3 +185,16 @@ def test_a_missing_token_file_is_named(consul_addr, tmp_path):
     out = ansible_inventory(inventory, "--graph")
     assert "CONSUL_HTTP_TOKEN_FILE" in out.stderr and "nope: cannot read it" in out.stderr, \
         out.stderr
+
+
+def test_the_optional_cache_answers_without_consul_until_flushed(consul_addr, unique, tmp_path):
+    node = unique("inv-cached")
+    register(consul_addr, node, "127.0.0.1", walle_meta())
+    inventory = write_inventory(tmp_path, consul_addr, cache="true",
+                                cache_plugin="ansible.builtin.jsonfile",
+                                cache_connection=str(tmp_path / "cache"))
+    assert node in graph(inventory)["walle_nodes"]
+    deregister(consul_addr, node)
+    assert node in graph(inventory)["walle_nodes"]  # from the cache
+    out = ansible_inventory(inventory, "--graph", "--flush-cache")
+    assert out.returncode == 0 and node not in out.stdout, out.stdout + out.stderr
