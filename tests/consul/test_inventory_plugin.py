@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
 from walle.adapters.runner import ansible_env, run_command, run_playbook
+from walle.service.cluster import load_snapshot
 
 pytestmark = pytest.mark.consul
 
@@ -198,3 +200,12 @@ def test_the_optional_cache_answers_without_consul_until_flushed(consul_addr, un
     assert node in graph(inventory)["walle_nodes"]  # from the cache
     out = ansible_inventory(inventory, "--graph", "--flush-cache")
     assert out.returncode == 0 and node not in out.stdout, out.stdout + out.stderr
+
+
+def test_what_the_plugin_lists_unschedulable_the_leader_never_places_on(pool, consul_addr):
+    names, inventory = pool
+    api = ConsulApi(ConsulConfig.from_env(addr=consul_addr))
+    candidates = set(load_snapshot(api, StateStore(api)).nodes)
+    groups = graph(inventory)
+    assert names["good"] in candidates
+    assert not groups["walle_unschedulable"] & candidates
