@@ -4,13 +4,14 @@ instances and the placement playbooks. Each test leaves the pool converged for t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dns.resolver
@@ -111,19 +112,27 @@ class Pool:
         return (entry.get("Value") or b"").decode()
 
 
-@pytest.fixture(scope="module")
-def pool():
-    lab = Lab(f"s{os.getpid()}", progress=lambda msg: None)
+@contextlib.contextmanager
+def running_pool(prefix: str, schedulers: int = 2) -> Iterator[Pool]:
+    """A provisioned 3-node lab with its Consul and `schedulers` scheduler processes, removed
+    at the end (from the lab's recorded state: nodes added meanwhile go too)."""
+    lab = Lab(f"{prefix}{os.getpid()}", progress=lambda msg: None)
     try:
         lab.up(3)
         addr = lab.start_consul()
         assert provision(lab) == 0
-        start_schedulers(lab, addr)
+        start_schedulers(lab, addr, count=schedulers)
         p = Pool(lab, addr)
         p.wait("nodes in the catalog", lambda: len(p.snapshot().nodes) == 3, 30)
         yield p
     finally:
         lab.down()
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with running_pool("s") as p:
+        yield p
 
 
 def test_a_second_site_yml_run_changes_nothing(pool):
