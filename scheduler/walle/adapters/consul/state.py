@@ -33,6 +33,7 @@ JOBS = PREFIX + "jobs/"
 ALLOCS = PREFIX + "allocs/"
 NODES = PREFIX + "nodes/"
 PACKAGES = PREFIX + "packages/"
+EVENTS = PREFIX + "events/"
 LEADER_KEY = PREFIX + "leader"
 TXN_MAX_OPS = 64
 T = TypeVar("T")
@@ -118,6 +119,10 @@ def job_key(name: str) -> str:
 
 def alloc_key(job: str, slot: int) -> str:
     return f"{ALLOCS}{job}/{slot}"
+
+
+def events_key(job: str) -> str:
+    return EVENTS + job
 
 
 def drain_key(node: str) -> str:
@@ -308,6 +313,26 @@ class StateStore:
                                  indexes)
             raise ConsulError(f"txn at {self.api.address} answered {status}: {body}")
         return TxnResult(True, applied, indexes=indexes)
+
+    # --- per-job history (service/events.py owns the body; leader writes only) --------------
+    def events(self, job: str | None = None, index: int = 0, wait: str | None = None
+               ) -> tuple[int, dict[str, tuple[dict[str, Any], int]]]:
+        """walle/events/<job> values (one job's or all): job -> (body, ModifyIndex), blocking
+        when index > 0. A value that is not a JSON object raises BadRecord."""
+        key = events_key(job) if job else EVENTS
+        idx, entries = self.api.call(f"read {key}", lambda: self._kv.get(
+            key, recurse=job is None, index=index or None, wait=wait))
+        if job is not None:
+            entries = [entries] if entries else []
+        return int(idx), {e["Key"][len(EVENTS):]: (_decode(e), int(e["ModifyIndex"]))
+                          for e in entries or [] if "/" not in e["Key"][len(EVENTS):]}
+
+    def put_events(self, job: str, body: Mapping[str, Any], expected_index: int, *,
+                   session: str) -> TxnResult:
+        """Leader write of one job's history: CAS, with the leader guard."""
+        key = events_key(job)
+        return self.txn([KvOp("cas", key, _encode(body, key), index=expected_index)],
+                        session=session)
 
     # --- operator marks on nodes: drain ----------------------------------------------------
     def drains(self, index: int = 0, wait: str | None = None) -> tuple[int, frozenset[str]]:
