@@ -249,3 +249,31 @@ def test_events_follow_prints_new_events_once_and_ends(cluster, capsys):
     assert [r["seq"] for r in lines] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert [r["event"] for r in lines[-2:]] == ["lost", "cannot place"]
     s.lock.step_down()
+
+
+def test_an_evicted_slot_with_nowhere_to_go_shows_who_took_its_room(cluster, capsys):
+    from walle.spec import parse_spec
+
+    def job(name, count, cpu, priority):
+        return parse_spec({"name": name, "kind": "service", "count": count,
+                           "priority": priority, "resources": {"cpu": cpu, "memory": "64M"},
+                           "runtime": {"command": "/bin/sleep", "args": ["1000"]}})
+
+    clock = Clock()
+    s, ex = make_scheduler(cluster, clock)
+    store = StateStore(cluster)
+    store.put_job(job("low", 3, "3", 20), 0)  # 3 of each node's 4 cores
+    s.step()
+    s.step()
+    store.put_job(job("high", 1, "2", 90), 0)  # fits nowhere: evicts one low instance
+    s.step()
+    s.step()
+    code, out, _ = walle(capsys, cluster, "status", "low", "--json")
+    (evicted,) = [row for row in json.loads(out) if row["state"] != "running"]
+    assert evicted["state"] == "evicted" and evicted["node"] is None
+    assert evicted["reason"].startswith("evicted by high-0 (priority 90); no feasible node (")
+    assert "not enough cpu" in evicted["reason"]
+    kinds = [(e.event, e.message) for e in events(cluster, "low") if e.slot == evicted["slot"]]
+    assert kinds[-2:] == [("evicted", "evicted by high-0 (priority 90)"),
+                          ("cannot place", evicted["reason"])]
+    s.lock.step_down()

@@ -180,12 +180,12 @@ def test_a_step_becomes_events_in_the_order_it_did_things():
                         lost=["web-4"], placed=["web-1@node1", "web-0@node3"],
                         failed={"web-6": "place: boom"}, refused={"web-4": "no room"},
                         rolled_back=["web"])
-    out = step_events(report, plan, records, T0)
+    out = step_events(report, plan, records, {}, T0)
     assert list(out) == ["web"]
     got = [(e.slot, e.event, e.node, e.message) for e in out["web"]]
     assert got == [
         (3, "running", "", "checks passing"),
-        (2, "evicted", "node1", "by batch-0"),
+        (2, "evicted", "node1", "evicted by batch-0"),
         (5, "stopped", "node1", "scaled down to 5"),
         (7, "stopped", "", "orphaned instance"),
         (4, "lost", "node2", "node node2 down"),

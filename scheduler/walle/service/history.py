@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from walle.adapters.consul import StateStore
 from walle.core import Plan
 from walle.naming import instance_id, parse_instance_id
-from walle.service.records import SlotRecord
+from walle.service.records import SlotRecord, evicted_by
 from walle.spec import JobSpec
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def from_data(body: Mapping[str, Any]) -> JobHistory:
 
 
 def step_events(report: StepReport, plan: Plan, records: Mapping[str, SlotRecord],
-                now: float) -> dict[str, list[SlotEvent]]:
+                jobs: Mapping[str, JobSpec], now: float) -> dict[str, list[SlotEvent]]:
     """What one step did, as events per job, in the order the step does things. `records`:
     the slot records after the step (their reasons say why an instance was placed or lost)."""
     out: dict[str, list[SlotEvent]] = defaultdict(list)
@@ -150,7 +150,7 @@ def step_events(report: StepReport, plan: Plan, records: Mapping[str, SlotRecord
         what, _, key_at = entry.rpartition(" ")  # "web-1", "web-1@node2", "orphan web-1"...
         key, _, node = key_at.partition("@")
         if key in evictions and not what and not node:
-            add(key, "evicted", f"by {evictions[key].by}", evictions[key].alloc.node)
+            add(key, "evicted", evicted_by(evictions[key].by, jobs), evictions[key].alloc.node)
         elif key in stops and not what and not node:
             add(key, "stopped", stops[key].reason, stops[key].alloc.node)
         else:

@@ -779,7 +779,7 @@ class Scheduler:
         """Append the step's events to each job's history, with the slots that have no record
         and cannot be placed. Never breaks the step: a failure is logged."""
         try:
-            events = step_events(report, plan, records, now)
+            events = step_events(report, plan, records, snap.jobs, now)
             refused = refusals(plan)
             evicted = {e.alloc.key: evicted_by(e.by, snap.jobs) for e in plan.evictions}
             for job in sorted(set(snap.jobs) | set(events)):
