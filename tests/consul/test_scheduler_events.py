@@ -277,3 +277,18 @@ def test_an_evicted_slot_with_nowhere_to_go_shows_who_took_its_room(cluster, cap
     assert kinds[-2:] == [("evicted", "evicted by high-0 (priority 90)"),
                           ("cannot place", evicted["reason"])]
     s.lock.step_down()
+
+
+def test_a_drained_node_whose_instance_cannot_move_says_why(cluster, capsys):
+    s, ex, clock = web_on_three_nodes(cluster)
+    node = records(cluster)["web-0"].node
+    cluster.client.kv.put(f"walle/nodes/{node}/drain", "drain")
+    s.step()
+    s.step()
+    code, out, _ = walle(capsys, cluster, "status", "web", "--json")
+    row = {r["instance"]: r for r in json.loads(out)}["web-0"]
+    assert row["state"] == "running" and row["node"] == node
+    assert row["reason"].startswith("cannot move: no feasible node (")
+    assert "node draining" in row["reason"]
+    assert [e.event for e in events(cluster) if e.slot == 0][-1] == "cannot place"
+    s.lock.step_down()

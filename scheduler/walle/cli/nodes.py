@@ -68,5 +68,6 @@ def cmd_drain(args) -> int:
         return EXIT_OK
     store.set_drain(args.node)
     fire_drain(api, args.node)
-    print(f"{args.node}: draining; its instances move to other nodes")
+    print(f"{args.node}: draining; its instances move where there is room (`walle events` "
+          "says where each went, or why it cannot move)")
     return EXIT_OK

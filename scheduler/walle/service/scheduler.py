@@ -763,6 +763,8 @@ class Scheduler:
             since = self._down_since.setdefault(r.alloc.node, now) if state is None else \
                 self._down_since.get(r.alloc.node, now)
             why = r.refused if _retry_at(r) > now else refused.get(key, "")
+            if why and r.alloc.live and state not in (None, "down"):  # a move or update
+                why = why if why.startswith("cannot move") else f"cannot move: {why}"
             new = replace(with_node(r, state, since), refused=why)
             if new == r:
                 continue
