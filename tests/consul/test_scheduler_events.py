@@ -292,3 +292,18 @@ def test_a_drained_node_whose_instance_cannot_move_says_why(cluster, capsys):
     assert "node draining" in row["reason"]
     assert [e.event for e in events(cluster) if e.slot == 0][-1] == "cannot place"
     s.lock.step_down()
+
+
+def test_a_stopped_job_keeps_its_story_and_shows_no_unplaced_slots(cluster, capsys):
+    s, ex, clock = web_on_three_nodes(cluster)
+    store = StateStore(cluster)
+    current = store.job("web")
+    assert store.put_job(web_spec(count=4, **DISTINCT), current.modify_index, previous=current)
+    s.step()
+    assert walle(capsys, cluster, "stop", "web")[0] == 0
+    s.step()
+    code, _, err = walle(capsys, cluster, "status", "web")
+    assert code == 1 and "no job 'web'" in err
+    stops = [(e.slot, e.message) for e in events(cluster) if e.event == "stopped"]
+    assert sorted(stops) == [(0, "job removed"), (1, "job removed"), (2, "job removed")]
+    s.lock.step_down()

@@ -787,8 +787,8 @@ class Scheduler:
             for job in sorted(set(snap.jobs) | set(events)):
                 before = self.history.current(job)
                 spec = snap.jobs.get(job)
-                if spec is None:
-                    self.history.update(job, events[job], before.unplaced, before.count)
+                if spec is None:  # stopped: its story so far stays, nothing is unplaced
+                    self.history.update(job, events[job], {}, before.count)
                     continue
                 unplaced = unplaced_slots(spec, records, snap.blocked_slots, refused, evicted,
                                           before)
