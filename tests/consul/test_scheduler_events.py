@@ -307,3 +307,12 @@ def test_a_stopped_job_keeps_its_story_and_shows_no_unplaced_slots(cluster, caps
     stops = [(e.slot, e.message) for e in events(cluster) if e.event == "stopped"]
     assert sorted(stops) == [(0, "job removed"), (1, "job removed"), (2, "job removed")]
     s.lock.step_down()
+
+
+def test_a_history_value_that_cannot_be_read_is_replaced_not_fatal(cluster, capsys):
+    cluster.client.kv.put("walle/events/web", b"not json")
+    s, ex, clock = web_on_three_nodes(cluster)
+    assert [e.seq for e in events(cluster)] == [1, 2, 3, 4, 5, 6]
+    code, out, _ = walle(capsys, cluster, "events", "--json")
+    assert code == 0 and len(json.loads(out)) == 6
+    s.lock.step_down()

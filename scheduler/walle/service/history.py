@@ -225,6 +225,7 @@ class HistoryWriter:
         self.store = store
         self.session = session
         self._known: dict[str, tuple[JobHistory, int]] = {}
+        self._read_all = False
 
     def current(self, job: str) -> JobHistory:
         """The job's stored history (an empty one if it has none or cannot be read)."""
@@ -266,8 +267,15 @@ class HistoryWriter:
         raise RuntimeError("the history kept changing under us")
 
     def _load(self, job: str) -> tuple[JobHistory, int]:
-        if job not in self._known:
+        """The job's history and index: all jobs' in one read at the term's first use, then
+        what our own writes left (a job read again only after a failed write)."""
+        if not self._read_all:
+            _, stored = self.store.events()
+            self._known.update({name: (from_data(body), index)
+                                for name, (body, index) in stored.items()})
+            self._read_all = True
+        elif job not in self._known:
             _, stored = self.store.events(job)
             body, index = stored.get(job, ({}, 0))
             self._known[job] = (from_data(body), index)
-        return self._known[job]
+        return self._known.setdefault(job, (JobHistory(), 0))

@@ -318,14 +318,23 @@ class StateStore:
     def events(self, job: str | None = None, index: int = 0, wait: str | None = None
                ) -> tuple[int, dict[str, tuple[dict[str, Any], int]]]:
         """walle/events/<job> values (one job's or all): job -> (body, ModifyIndex), blocking
-        when index > 0. A value that is not a JSON object raises BadRecord."""
+        when index > 0. A value that is not a JSON object reads as {} (a history is not worth
+        stopping for: the leader's next write replaces it)."""
         key = events_key(job) if job else EVENTS
         idx, entries = self.api.call(f"read {key}", lambda: self._kv.get(
             key, recurse=job is None, index=index or None, wait=wait))
         if job is not None:
             entries = [entries] if entries else []
-        return int(idx), {e["Key"][len(EVENTS):]: (_decode(e), int(e["ModifyIndex"]))
-                          for e in entries or [] if "/" not in e["Key"][len(EVENTS):]}
+        out = {}
+        for e in entries or []:
+            name = e["Key"][len(EVENTS):]
+            if name and "/" not in name:
+                try:
+                    body = _decode(e)
+                except BadRecord:
+                    body = {}
+                out[name] = (body, int(e["ModifyIndex"]))
+        return int(idx), out
 
     def put_events(self, job: str, body: Mapping[str, Any], expected_index: int, *,
                    session: str) -> TxnResult:
