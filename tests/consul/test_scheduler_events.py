@@ -57,6 +57,13 @@ def web_on_three_nodes(api):
     return s, ex, clock
 
 
+def scale_web_to(api, count: int) -> None:
+    store = StateStore(api)
+    current = store.job("web")
+    assert store.put_job(web_spec(count=count, **DISTINCT), current.modify_index,
+                         previous=current)
+
+
 def test_a_lost_instance_with_nowhere_to_go_says_why_in_its_record(cluster):
     s, ex, clock = web_on_three_nodes(cluster)
     victim = records(cluster)["web-1"].node
@@ -136,9 +143,7 @@ def test_a_node_that_comes_back_clears_lost(cluster):
 
 def test_a_slot_with_no_record_that_cannot_be_placed_is_pending_with_why(cluster, capsys):
     s, ex, clock = web_on_three_nodes(cluster)
-    store = StateStore(cluster)
-    current = store.job("web")
-    assert store.put_job(web_spec(count=4, **DISTINCT), current.modify_index, previous=current)
+    scale_web_to(cluster, 4)
     s.step()
     s.step()
     code, out, _ = walle(capsys, cluster, "status", "web", "--json")
@@ -296,9 +301,7 @@ def test_a_drained_node_whose_instance_cannot_move_says_why(cluster, capsys):
 
 def test_a_stopped_job_keeps_its_story_and_shows_no_unplaced_slots(cluster, capsys):
     s, ex, clock = web_on_three_nodes(cluster)
-    store = StateStore(cluster)
-    current = store.job("web")
-    assert store.put_job(web_spec(count=4, **DISTINCT), current.modify_index, previous=current)
+    scale_web_to(cluster, 4)
     s.step()
     assert walle(capsys, cluster, "stop", "web")[0] == 0
     s.step()
