@@ -749,9 +749,7 @@ class Scheduler:
         gone), and why the core cannot place it (this step's plan failures; a failed slot
         still backing off keeps its last one). Only records whose word changed are written."""
         for name, node in snap.nodes.items():
-            if node.state == "down":
-                self._down_since.setdefault(name, now)
-            else:
+            if node.state != "down":
                 self._down_since.pop(name, None)
         refused = refusals(plan)
         changed: dict[str, SlotRecord] = {}
@@ -760,10 +758,10 @@ class Scheduler:
                 continue
             node = snap.nodes.get(r.alloc.node)
             state = "ready" if r.alloc.node in snap.away else node.state if node else None
-            since = self._down_since.setdefault(r.alloc.node, now) if state is None else \
-                self._down_since.get(r.alloc.node, now)
+            down = state in (None, "down")
+            since = self._down_since.setdefault(r.alloc.node, now) if down else now
             why = r.refused if _retry_at(r) > now else refused.get(key, "")
-            if why and r.alloc.live and state not in (None, "down"):  # a move or update
+            if why and r.alloc.live and not down:  # a move or an update that finds no room
                 why = why if why.startswith("cannot move") else f"cannot move: {why}"
             new = replace(with_node(r, state, since), refused=why)
             if new == r:
