@@ -323,3 +323,23 @@ def test_a_history_value_that_cannot_be_read_is_replaced_not_fatal(cluster, caps
     code, out, _ = walle(capsys, cluster, "events", "--json")
     assert code == 0 and len(json.loads(out)) == 6
     s.lock.step_down()
+
+
+def test_events_follow_ends_cleanly_on_ctrl_c(cluster, capsys, monkeypatch):
+    from walle.cli import events as events_cli
+
+    class Interrupted:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def next_change(self, timeout=None):
+            raise KeyboardInterrupt
+
+    s, ex, clock = web_on_three_nodes(cluster)
+    monkeypatch.setattr(events_cli, "Watch", Interrupted)
+    code, out, err = walle(capsys, cluster, "events", "web", "--follow")
+    assert code == 0 and err == ""
+    header, *rows = out.splitlines()
+    assert header.split() == ["TIME", "JOB", "SLOT", "NODE", "EVENT", "MESSAGE"]
+    assert len(rows) == 6 and all(" web " in row for row in rows)
+    s.lock.step_down()
