@@ -111,9 +111,10 @@ def from_stored(stored: StoredAlloc) -> SlotRecord:
             "grant": dict(stored.grant), **dict(stored.extra)}
     alloc = alloc_from_dict(stored.job, stored.slot, body)
     previous = body.get("previous")
-    status = str(body.get("status") or "")  # absent in records older than the word
-    if status and status not in SLOT_STATES:
-        raise ValueError(f"status {status!r} is not one of {', '.join(SLOT_STATES)}")
+    # absent in records older than the word; a word this version does not know only changes
+    # what is shown (the core's state), never whether the slot is scheduled
+    status = str(body.get("status") or "")
+    status = status if status in SLOT_STATES else ""
     return SlotRecord(
         alloc=alloc,
         previous=alloc_from_dict(stored.job, stored.slot, previous) if previous else None,
