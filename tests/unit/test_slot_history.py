@@ -194,3 +194,15 @@ def test_a_step_becomes_events_in_the_order_it_did_things():
         (4, "cannot place", "node2", "no room"),
         (None, "rolled back", "", "to the previous version"),
     ]
+
+
+def test_what_comes_from_consul_reaches_the_terminal_escaped():
+    from walle.cli.events import event_rows
+
+    h = from_data({"events": [{"time": T0, "event": "placed\x1b[2J", "node": "n\x07",
+                               "message": "line\nbreak\x1b]0;x", "slot": 1, "seq": 1}],
+                   "unplaced": {"2": {"state": "\x1b[31mred", "reason": "r"}}})
+    (row,) = event_rows({"web": h})
+    assert "\x1b" not in row["event"] + row["message"] and "\x07" not in row["node"]
+    assert row["message"] == "line break\\x1b]0;x" and row["time"] == "12:03:04 UTC"
+    assert h.unplaced[2].state == "pending"

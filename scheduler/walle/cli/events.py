@@ -62,9 +62,9 @@ def cmd_events(args) -> int:
 
 def event_rows(histories: Mapping[str, JobHistory]) -> list[dict]:
     """One row per event of every history, oldest first."""
-    rows = [{"time": clock_time(e.time), "at": e.time, "job": job, "slot": e.slot,
-             "node": e.node or None, "event": e.event, "message": printable(e.message),
-             "seq": e.seq}
+    rows = [{"time": clock_time(e.time), "at": e.time, "job": printable(job), "slot": e.slot,
+             "node": printable(e.node) or None, "event": printable(e.event),
+             "message": printable(e.message), "seq": e.seq}
             for job, history in histories.items() for e in history.events]
     return sorted(rows, key=lambda r: (r["at"], r["job"], r["seq"]))
 

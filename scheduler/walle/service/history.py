@@ -52,6 +52,9 @@ class SlotEvent:
     seq: int = 0  # set when added to a history
 
 
+UNPLACED_STATES = ("pending", "evicted")
+
+
 @dataclass(frozen=True)
 class Unplaced:
     """A slot with no record the leader cannot place: shown like a record (SlotRecord.why)."""
@@ -112,7 +115,8 @@ def from_data(body: Mapping[str, Any]) -> JobHistory:
     unplaced = {}
     for slot, entry in (body.get("unplaced") or {}).items():
         if str(slot).isdigit() and isinstance(entry, Mapping):
-            unplaced[int(slot)] = Unplaced(str(entry.get("state") or "pending"),
+            state = entry.get("state") if entry.get("state") in UNPLACED_STATES else "pending"
+            unplaced[int(slot)] = Unplaced(state,
                                            str(entry.get("reason") or ""),
                                            str(entry.get("refused") or ""))
     count = body.get("count")
