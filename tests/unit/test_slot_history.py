@@ -176,7 +176,7 @@ def test_a_step_becomes_events_in_the_order_it_did_things():
                                                               reason="new instance"),
                "web-4": SlotRecord(alloc(slot=4), status="lost", reason="node node2 down")}
     report = StepReport(running=["web-3"], stopped=["web-2", "web-5", "orphan web-7"],
-                        lost=["web-4"], placed=["web-1@node1", "web-0@node3"],
+                        lost=["web-4"], placed=["web-1@node1", "web-0@node3", "web-8@node2"],
                         failed={"web-6": "place: boom"}, refused={"web-4": "no room"},
                         rolled_back=["web"])
     out = step_events(report, plan, records, {}, T0)
@@ -190,6 +190,7 @@ def test_a_step_becomes_events_in_the_order_it_did_things():
         (4, "lost", "node2", "node node2 down"),
         (1, "placed", "node1", "new instance"),
         (0, "drained", "node3", "from node2: node node2 draining"),
+        (8, "placed", "node2", "placed again on its node"),
         (6, "failed", "", "place: boom"),
         (4, "cannot place", "node2", "no room"),
         (None, "rolled back", "", "to the previous version"),

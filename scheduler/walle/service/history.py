@@ -164,14 +164,17 @@ def step_events(report: StepReport, plan: Plan, records: Mapping[str, SlotRecord
     for key in report.lost:
         add(key, "lost", records[key].reason if key in records else "")
     moves = {m.new.key: m for m in plan.migrates}
+    planned = {p.alloc.key for p in plan.places} | {r.new.key for r in plan.replaces}
     for entry in report.placed:
         key, _, node = entry.partition("@")
         if key in moves:
             m = moves[key]
             add(key, "drained" if m.reason.endswith("draining") else "moved",
                 f"from {m.old.node}: {m.reason}", node)
-        else:
-            add(key, "placed", records[key].reason if key in records else "", node)
+        elif key in planned and key in records:
+            add(key, "placed", records[key].reason, node)
+        else:  # a running instance whose registration vanished, placed again where it runs
+            add(key, "placed", "placed again on its node", node)
     for key_at, reason in report.failed.items():
         key, _, node = key_at.partition("@")
         add(key, "stop failed" if node else "failed", reason, node)
