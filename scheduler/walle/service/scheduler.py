@@ -763,6 +763,8 @@ class Scheduler:
             why = r.refused if _retry_at(r) > now else refused.get(key, "")
             if why and r.alloc.live and not down:  # a move or an update that finds no room
                 why = why if why.startswith("cannot move") else f"cannot move: {why}"
+            if not down and r.status != "lost" and why == r.refused:
+                continue  # the common case: nothing to say, nothing to build
             new = replace(with_node(r, state, since), refused=why)
             if new == r:
                 continue
