@@ -16,11 +16,12 @@ from walle.cli.common import (
     progress,
 )
 from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from walle.cli.output import print_table
+from walle.cli.output import print_table, printable
 from walle.core import Explanation, explain, format_explanation
-from walle.naming import job_allocs_prefix, job_key
+from walle.naming import instance_id, job_allocs_prefix, job_key
 from walle.service.adopt import unclaimed_instances
 from walle.service.cluster import Snapshot, load_snapshot
+from walle.service.history import JobHistory, from_data
 from walle.spec import SpecError, load_spec_file, parse_spec
 
 CAS_ATTEMPTS = 5
@@ -170,7 +171,9 @@ def cmd_status(args) -> int:
     api, store = connect(args)
     snap = load_snapshot(api, store)
     if args.job:
-        rows = instance_rows(snap, args.job)
+        _, stored = store.events(args.job)
+        history = from_data(stored[args.job][0]) if args.job in stored else JobHistory()
+        rows = instance_rows(snap, args.job, history)
         unreadable = unreadable_rows(snap, args.job)
         if args.job not in snap.jobs and not rows and not unreadable:
             print(f"walle status: no job {args.job!r}", file=sys.stderr)
@@ -186,8 +189,11 @@ def cmd_status(args) -> int:
     unreadable = unreadable_rows(snap)
     if args.json:
         print_json({"jobs": rows, "unreadable": unreadable})
+    elif not rows:
+        print("no jobs (`walle run FILE` submits one)")
     else:
-        print_table(rows, ["job", "kind", "count", "running", "pending", "failed", "version"])
+        print_table(rows, ["job", "kind", "count", "running", "pending", "lost", "failed",
+                           "version"])
         _print_unreadable(unreadable)
     _warn_unclaimed(snap)
     return EXIT_OK
@@ -242,10 +248,11 @@ def explain_placement(snap: Snapshot, spec) -> Explanation:
 def job_rows(snap: Snapshot) -> list[dict]:
     rows = []
     for name, spec in sorted(snap.jobs.items()):
-        states = [r.alloc.state for r in snap.records.values() if r.alloc.job == name]
+        states = [r.state for r in snap.records.values() if r.alloc.job == name]
         rows.append({"job": name, "kind": spec.kind, "count": spec.count,
                      "running": states.count("running"), "pending": states.count("pending"),
-                     "failed": states.count("failed"), "version": spec.digest()})
+                     "lost": states.count("lost"), "failed": states.count("failed"),
+                     "version": spec.digest()})
     return rows
 
 
@@ -256,32 +263,33 @@ def unreadable_rows(snap: Snapshot, job: str | None = None) -> list[dict]:
     rows = []
     for key, reason in snap.unreadable:
         if job is None or key == job_key(job) or key.startswith(job_allocs_prefix(job)):
-            rows.append({"key": _printable(key), "reason": _printable(reason)})
+            rows.append({"key": printable(key), "reason": printable(reason)})
     return rows
 
 
-def _printable(text: str) -> str:
-    one_line = " ".join(text.split())
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in one_line)
-
-
-def instance_rows(snap: Snapshot, job: str) -> list[dict]:
-    rows = []
+def instance_rows(snap: Snapshot, job: str, history: JobHistory | None = None) -> list[dict]:
+    """One row per slot: its record (state as the operator sees it, with why), or, for a slot
+    the leader cannot place and that has no record, what the job's history says."""
+    history = history or JobHistory()
+    rows = [{"instance": instance_id(job, slot), "slot": slot, "node": None, "state": u.state,
+             "health": "-", "reason": printable(u.why) or None}
+            for slot, u in history.unplaced.items()
+            if instance_id(job, slot) not in snap.records]
     for key, r in sorted(snap.records.items(), key=lambda kv: kv[1].alloc.slot):
         a = r.alloc
         if a.job != job:
             continue
         g = a.grant
         rows.append({
-            "instance": key, "node": a.node, "state": a.state,
+            "instance": key, "slot": a.slot, "node": a.node, "state": r.state,
             "health": snap.instance_status(a.node, key) or "-",
             "cpu_quota": f"{g.cpu_quota_percent}%" if g else None,
             "cpu_weight": g.cpu_weight if g else None,
             "memory_max": _size(g.memory_max) if g else None,
             "version": a.spec_digest, "previous": r.previous.node if r.previous else None,
-            "reason": _printable(r.reason) if r.reason else None,
+            "reason": printable(r.why) or None,
         })
-    return rows
+    return sorted(rows, key=lambda row: row["slot"])
 
 
 def _size(n: int) -> str:

@@ -63,7 +63,8 @@ def cmd_drain(args) -> int:
         print(f"walle drain: {err}", file=sys.stderr)
         return EXIT_FAILED
     print(f"{args.node}: schedulable again" if args.undo else
-          f"{args.node}: draining; its instances move to other nodes")
+          f"{args.node}: draining; its instances move where there is room (`walle events` "
+          "says where each went, or why it cannot move)")
     return EXIT_OK
 
 

@@ -47,9 +47,24 @@ from walle.naming import instance_id, parse_instance_id, service_unit
 from walle.service.adopt import MISSING_GRACE, Adopter
 from walle.service.cluster import Snapshot, describe_error, load_snapshot
 from walle.service.executor import Executor, NodeInstances, Outcome
+from walle.service.history import (
+    HistoryWriter,
+    new_refusals,
+    scaled,
+    step_events,
+    unplaced_slots,
+)
 from walle.service.policy import PrivilegePolicy
 from walle.service.presence import DEFAULT_LEAVE_GRACE, NodePresence
-from walle.service.records import SlotRecord, attempt_of, to_stored
+from walle.service.records import (
+    SlotRecord,
+    attempt_of,
+    evicted_by,
+    placed_because,
+    refusals,
+    to_stored,
+    with_node,
+)
 from walle.service.secrets import DEFAULT_SECRETS_DIR, SecretReader
 from walle.spec import JobSpec, SpecError, parse_spec
 
@@ -98,6 +113,10 @@ class StepReport:
     rolled_back: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)  # batch instances that succeeded
     adopted: list[str] = field(default_factory=list)  # found running with no record: kept
+    checks_failing: list[str] = field(default_factory=list)  # running, checks turned critical
+    checks_passing: list[str] = field(default_factory=list)  # ...and passing again
+    lost: list[str] = field(default_factory=list)  # their node went down
+    refused: dict[str, str] = field(default_factory=dict)  # cannot be placed: why (new reasons)
     next_deadline: float | None = None
 
 
@@ -177,6 +196,8 @@ class Scheduler:
         self._node_states: dict[str, str] = {}  # node -> its state at the last step
         self._to_inspect: set[str] = set()  # nodes back (or new to this term): list them
         self._inspect_after: dict[str, float] = {}  # ...but not before (after no answer)
+        self._down_since: dict[str, float] = {}  # node -> when this leader first saw it down
+        self.history = HistoryWriter(self.store, lambda: self.lock.session_id)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -272,6 +293,8 @@ class Scheduler:
                         failure.message)
         if not plan.is_empty:
             self._execute(plan, snap, records, report, now)
+        self._mark_slots(snap, records, plan, report, now)
+        self._record_history(snap, records, plan, report, now)
         report.next_deadline = self._next_deadline(snap, records, now)
         return report
 
@@ -354,12 +377,14 @@ class Scheduler:
             if record.critical_since is None:
                 # systemd restarts a crashed process in place (Restart=); give it time
                 changed[key] = records[key] = replace(record, critical_since=now)
+                report.checks_failing.append(key)
             elif now - record.critical_since > FAILED_CHECK_GRACE:
                 reason = f"health: checks critical for over {FAILED_CHECK_GRACE:.0f}s"
                 changed[key] = records[key] = record.failed(reason, now)
                 report.failed[key] = reason
         elif a.state == "running" and record.critical_since is not None:
             changed[key] = records[key] = replace(record, critical_since=None)
+            report.checks_passing.append(key)
 
     def _maybe_roll_back(self, snap: Snapshot, spec: JobSpec, alloc: Allocation,
                          report: StepReport) -> str:
@@ -429,9 +454,9 @@ class Scheduler:
         with the reason, running -> running; "absent" is the caller's business."""
         state, reason = progress
         key = record.key
-        if state == "done":
-            changed[key] = records[key] = record.with_alloc(replace(record.alloc,
-                                                                    state="stopped"), now)
+        if state == "done":  # the core's `stopped`; the operator's `complete`
+            done = record.with_alloc(replace(record.alloc, state="stopped"), now)
+            changed[key] = records[key] = done.marked("complete", "finished successfully")
             report.finished.append(key)
         elif state == "failed":
             changed[key] = records[key] = record.failed(reason, now)
@@ -674,16 +699,19 @@ class Scheduler:
         # 2. placements: intent first (pending), then the playbook, then the outcome
         starts: dict[str, SlotRecord] = {}
         for p in plan.places:
-            starts[p.alloc.key] = _new_record(records.get(p.alloc.key), p.alloc, None, now)
+            starts[p.alloc.key] = _new_record(records.get(p.alloc.key), p.alloc, None, now,
+                                              placed_because(p.reason, snap.jobs))
         for m in plan.migrates:
             keep_old = snap.nodes.get(m.old.node) and snap.nodes[m.old.node].state != "down"
             starts[m.new.key] = _new_record(records.get(m.new.key), m.new,
-                                            m.old if keep_old else None, now)
+                                            m.old if keep_old else None, now,
+                                            f"moving here: {m.reason}")
         replaced = {r.new.key for r in plan.replaces}
         for r in plan.replaces:
             other_node = r.new.node != r.old.node
             starts[r.new.key] = _new_record(records.get(r.new.key), r.new,
-                                            r.old if other_node else None, now)
+                                            r.old if other_node else None, now,
+                                            f"new version {r.new.spec_digest}")
         records.update(starts)
         self._write(starts, records=records)
         outcomes = self._place([rec.alloc for rec in starts.values()], snap)
@@ -740,6 +768,61 @@ class Scheduler:
         if (back_by := self.presence.next_deadline(now)) is not None:  # a leave grace ends
             deadlines.append(back_by)
         return min(deadlines) if deadlines else None
+
+    # ----- what the operator sees: states, reasons and events -------------------------------
+    def _mark_slots(self, snap: Snapshot, records: dict[str, SlotRecord], plan: Plan,
+                    report: StepReport, now: float) -> None:
+        """Give every record its operator state and reason: `lost` while its node is down (or
+        gone), and why the core cannot place it (this step's plan failures; a failed slot
+        still backing off keeps its last one). Only records whose word changed are written."""
+        for name, node in snap.nodes.items():
+            if node.state != "down":
+                self._down_since.pop(name, None)
+        refused = refusals(plan)
+        changed: dict[str, SlotRecord] = {}
+        for key, r in records.items():
+            if r.alloc.job not in snap.jobs or key in snap.blocked_slots:
+                continue
+            node = snap.nodes.get(r.alloc.node)
+            state = "ready" if r.alloc.node in snap.away else node.state if node else None
+            down = state in (None, "down")
+            since = self._down_since.setdefault(r.alloc.node, now) if down else now
+            why = r.refused if _retry_at(r) > now else refused.get(key, "")
+            if why and r.alloc.live and not down:  # a move or an update that finds no room
+                why = why if why.startswith("cannot move") else f"cannot move: {why}"
+            if not down and r.status != "lost" and why == r.refused:
+                continue  # the common case: nothing to say, nothing to build
+            new = replace(with_node(r, state, since), refused=why)
+            if new == r:
+                continue
+            changed[key] = records[key] = new
+            before = snap.records.get(key)
+            if new.status == "lost" and (before is None or before.status != "lost"):
+                report.lost.append(key)
+            if why and (before is None or why != before.refused):
+                report.refused[key] = why
+        self._write(changed, records=records)
+
+    def _record_history(self, snap: Snapshot, records: dict[str, SlotRecord], plan: Plan,
+                        report: StepReport, now: float) -> None:
+        """Append the step's events to each job's history, with the slots that have no record
+        and cannot be placed. Never breaks the step: a failure is logged."""
+        try:
+            events = step_events(report, plan, records, snap.jobs, now)
+            refused = refusals(plan)
+            evicted = {e.alloc.key: evicted_by(e.by, snap.jobs) for e in plan.evictions}
+            for job in sorted(set(snap.jobs) | set(events)):
+                before = self.history.current(job)
+                spec = snap.jobs.get(job)
+                if spec is None:  # stopped: its story so far stays, nothing is unplaced
+                    self.history.update(job, events[job], {}, before.count)
+                    continue
+                unplaced = unplaced_slots(spec, records, snap.blocked_slots, refused, evicted,
+                                          before)
+                self.history.update(job, scaled(spec, before, now) + events.get(job, [])
+                                    + new_refusals(before, unplaced, now), unplaced, spec.count)
+        except Exception as err:  # noqa: BLE001 - history must never break a step
+            log.warning("could not record this step's events: %s", describe_error(err))
 
     # ----- one job's trouble stays its own -------------------------------------------------
     def _place(self, allocs: list[Allocation], snap: Snapshot) -> dict[str, Outcome]:
@@ -942,6 +1025,7 @@ def _failed(a: Allocation) -> Allocation:
 
 
 def _new_record(current: SlotRecord | None, alloc: Allocation, previous: Allocation | None,
-                now: float) -> SlotRecord:
+                now: float, reason: str = "") -> SlotRecord:
     index = current.modify_index if current else 0
-    return SlotRecord(alloc=alloc, previous=previous, modify_index=index, state_since=now)
+    return SlotRecord(alloc=alloc, previous=previous, modify_index=index, state_since=now,
+                      reason=reason)
