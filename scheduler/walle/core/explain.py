@@ -85,6 +85,13 @@ def format_explanation(exp: Explanation, limit: int = 20) -> str:
         head.append(f"rejected: {exp.summary}")
     if exp.evictions:
         head.append(f"preemption would evict: {', '.join(exp.evictions)}")
+    return "\n".join(head + ["", format_nodes(exp, limit)])
+
+
+def format_nodes(exp: Explanation, limit: int = 20) -> str:
+    """The node table alone: the best `limit` feasible nodes with each score, then the
+    rejected ones with why."""
+    feasible = [v for v in exp.verdicts if v.feasible]
     columns = ["NODE", "STATE", "TOTAL", *(s.upper() for s in exp.scorers), "REJECTED BECAUSE"]
     rows = [[v.node, v.state, f"{v.total:.1f}", *(f"{s:.1f}" for _, s in v.scores), "-"]
             for v in feasible[:limit]]
@@ -95,4 +102,4 @@ def format_explanation(exp: Explanation, limit: int = 20) -> str:
              for row in [columns, *rows]]
     hidden = len(exp.verdicts) - len(rows)
     tail = [f"... {hidden} more nodes"] if hidden > 0 else []
-    return "\n".join(head + [""] + lines + tail)
+    return "\n".join(lines + tail)

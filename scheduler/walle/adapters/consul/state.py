@@ -34,6 +34,7 @@ ALLOCS = PREFIX + "allocs/"
 NODES = PREFIX + "nodes/"
 PACKAGES = PREFIX + "packages/"
 LEADER_KEY = PREFIX + "leader"
+PLACEMENT_CONFIG = PREFIX + "config/placement"  # the leader's defaults (service/decide.py)
 TXN_MAX_OPS = 64
 T = TypeVar("T")
 VALUE_LIMIT = 512 * 1024  # Consul's KV value limit
@@ -342,6 +343,18 @@ class StateStore:
         key = PACKAGES + name
         return bool(self.api.call(f"delete {key}", lambda: self._kv.delete(
             key, cas=expected_index)))
+
+    # --- the leader's placement defaults (walle plan decides with them) --------------------
+    def placement_config(self) -> dict[str, Any] | None:
+        """What the leader published (None: no leader has yet). BadRecord if unreadable."""
+        _, entry = self.api.call(f"read {PLACEMENT_CONFIG}",
+                                 lambda: self._kv.get(PLACEMENT_CONFIG))
+        return _decode(entry) if entry else None
+
+    def put_placement_config(self, body: Mapping[str, Any], *, session: str) -> TxnResult:
+        """Leader write, guarded by the lock like the slot records."""
+        value = _encode(body, PLACEMENT_CONFIG)
+        return self.txn([KvOp("set", PLACEMENT_CONFIG, value)], session=session)
 
     # --- watches -------------------------------------------------------------------------
     def watch_jobs(self, **kw: Any) -> Watch[dict[str, StoredJob]]:
