@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from pathlib import Path
 
 import pytest
 import test_scheduler_service
-from test_scheduler_service import Clock, make_scheduler, register_node
+from test_scheduler_service import Clock, RecordingExecutor, make_scheduler, register_node
 
 from walle.adapters.consul import StateStore
 from walle.adapters.consul.state import PLACEMENT_CONFIG
 from walle.cli.main import main
+from walle.service.scheduler import Scheduler, SchedulerConfig
 from walle.spec import load_spec_file
 
 pytestmark = pytest.mark.consul
@@ -143,11 +145,22 @@ def test_bad_input_exits_2_and_an_unreachable_consul_3(cluster, capsys, tmp_path
     assert code == 3
 
 
-def test_a_leader_publishes_its_defaults_when_it_takes_office(cluster):
-    clock = Clock()
-    s, _ = make_scheduler(cluster, clock)
-    s.publish_defaults()
-    assert StateStore(cluster).placement_config() == {"strategy": "spread", "seed": 7,
-                                                      "node_leave_grace": 15.0}
-    s.lock.step_down()
-    s.publish_defaults()  # a deposed leader cannot write it
+def test_a_leader_publishes_its_defaults_when_it_takes_office(cluster, capsys, wait_until):
+    store = StateStore(cluster)
+    s = Scheduler(cluster, SchedulerConfig(name="s1", inventory="unused", lock_delay=0, seed=3,
+                                           strategy="binpack", node_leave_grace=40.0),
+                  executor=RecordingExecutor(cluster))
+    thread = threading.Thread(target=s.run_forever, daemon=True, name="test-plan-leader")
+    thread.start()
+    try:
+        wait_until(lambda: store.placement_config() is not None, 20)
+    finally:
+        s.stop()
+        thread.join(timeout=70)
+    assert store.placement_config() == {"strategy": "binpack", "seed": 3,
+                                        "node_leave_grace": 40.0}
+    code, out, _ = walle(capsys, cluster, "plan")
+    assert code == 0
+    assert out.splitlines()[0] == "defaults: strategy binpack, seed 3 (published by the leader)"
+    s.publish_defaults()  # no longer the leader: refused by the lock guard, nothing written
+    assert store.placement_config()["seed"] == 3

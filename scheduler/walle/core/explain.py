@@ -1,7 +1,8 @@
 """Why a job's next instance would go where it goes: every node, every filter, every score.
 
-`walle plan JOB --explain` prints `format_explanation(explain(...))`. This is the full scan
-(no sampling), so it shows what the bounded search chooses among.
+`walle plan JOB --explain` prints `format_nodes(explain(...))` for one more instance after the
+leader's plan (service/dryrun.py). This is the full scan (no sampling), so it shows what the
+bounded search chooses among.
 """
 
 from __future__ import annotations
