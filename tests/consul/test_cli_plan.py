@@ -106,6 +106,30 @@ def test_node2_down_web_1_cannot_be_placed_and_the_plan_says_why(web_running, ca
     assert job["refused"] is True and job["nodes"]["chosen"] is None
 
 
+def test_a_lost_instance_with_room_elsewhere_moves_where_the_leader_then_puts_it(
+        cluster, capsys, tmp_path):
+    two = tmp_path / "web2.yml"
+    two.write_text(Path(WEB).read_text().replace("count: 3", "count: 2"))
+    s, ex = make_scheduler(cluster, Clock())
+    s.publish_defaults()
+    assert StateStore(cluster).put_job(load_spec_file(two), 0)
+    s.step()
+    s.step()
+    lost, down = "web-1", where(cluster)["web-1"]
+    register_node(cluster, down, f"10.77.250.{10 + int(down[-1])}", status="critical")
+
+    code, out, _ = walle(capsys, cluster, "plan", "web", "--json")
+    (job,) = json.loads(out)["jobs"]
+    slot = next(d for d in job["slots"] if d["instance"] == lost)
+    assert code == 0 and slot["action"] == "move"
+    assert slot["now"] == f"running on {down} (node down)"
+    assert slot["reason"].startswith(f"from {down}")
+    ex.placed.clear()
+    s.step()  # the leader does what the plan said
+    assert ex.placed == [(lost, slot["node"])]
+    s.lock.step_down()
+
+
 def test_without_published_defaults_the_plan_says_it_used_the_built_in_ones(cluster, capsys):
     assert StateStore(cluster).put_job(load_spec_file(WEB), 0)
     code, out, _ = walle(capsys, cluster, "plan", "--json")

@@ -37,7 +37,8 @@ cluster answered with an error; 2 bad input (neither a job nor a valid spec file
 def register(subparsers) -> None:
     plan = subparsers.add_parser(
         "plan", help="what the leader will do with each slot, and why (dry run)",
-        description=__doc__.splitlines()[0], epilog=EPILOG,
+        description="What the leader will do with each slot, and why: its own decision on the "
+                    "live state, as a dry run (nothing is written).", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     plan.add_argument("job", nargs="?",
                       help="a job in the cluster, or a spec file (decided as if submitted); "
