@@ -165,6 +165,8 @@ def _slot(snap: Snapshot, job: str, slot: int, record: SlotRecord | None,
                         "; ".join(w for _, _, w in found))
     if a and a.state == "stopped":
         return decision(DONE, None, "ran to completion")
+    if a and a.state == "pending":
+        return decision(KEEP, node, "placed; the leader waits for its checks to pass")
     return decision(KEEP, node, "")
 
 
