@@ -3,7 +3,7 @@ scenario a new user met (issue 10): the demo's 3-node lab, `web` with 3 instance
 distinct_hosts and static port 8080, then node2 dies. The plan must say that web-1 cannot be
 placed and why, and must not call node1 "best" while node1 already runs web-0.
 
-Exit codes (`walle plan --help`): 0 every slot has its place, 1 a slot is refused, 2 bad input,
+Exit codes (`walle plan --help`): 0 every slot has its place, 1 a slot has none, 2 bad input,
 3 Consul unreachable. The leader's placement is test_scheduler_service's recording executor."""
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def test_node2_down_web_1_cannot_be_placed_and_the_plan_says_why(web_running, ca
     (job,) = json.loads(out)["jobs"]
     slot = next(d for d in job["slots"] if d["instance"] == lost)
     assert slot["action"] == "refused" and slot["node"] is None
-    assert job["refused"] is True and job["nodes"]["chosen"] is None
+    assert job["unplaced"] == [lost] and job["nodes"]["chosen"] is None
 
 
 def test_a_lost_instance_with_room_elsewhere_moves_where_the_leader_then_puts_it(

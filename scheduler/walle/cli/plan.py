@@ -29,9 +29,9 @@ cannot be read), done (a batch instance that finished). The plan is the leader's
 decision on the stored records, with the strategy and seed the leader published in Consul
 (walle/config/placement; the built-in defaults, said so, when no leader has).
 
-exit codes: 0 every slot has its place; 1 some slot is refused (cannot be placed) or the
-cluster answered with an error; 2 bad input (neither a job nor a valid spec file);
-3 Consul unreachable."""
+exit codes: 0 every slot has its place; 1 some slot will have none (refused, waiting, or
+hands-off without an instance) or the cluster answered with an error; 2 bad input (neither
+a job nor a valid spec file); 3 Consul unreachable."""
 
 
 def register(subparsers) -> None:
@@ -74,13 +74,13 @@ def cmd_plan(args) -> int:
         print_json(_as_json(run, defaults, source, snap.unreadable))
     else:
         _print(run, defaults, source, args.explain)
-    return EXIT_FAILED if any(job.refused for job in run.jobs) else EXIT_OK
+    return EXIT_FAILED if any(job.unplaced for job in run.jobs) else EXIT_OK
 
 
 def _as_json(run: DryRun, defaults, source: str, unreadable) -> dict:
     return {"defaults": {**defaults.to_json(), "source": source},
             "away": sorted(run.away),
-            "jobs": [{"job": j.job, "count": j.count, "refused": j.refused,
+            "jobs": [{"job": j.job, "count": j.count, "unplaced": list(j.unplaced),
                       "slots": [dataclasses.asdict(d) for d in j.slots],
                       "new_instance": dataclasses.asdict(j.new_instance),
                       "nodes": dataclasses.asdict(j.nodes)} for j in run.jobs],

@@ -50,8 +50,11 @@ class JobPlan:
     nodes: Explanation  # node by node, for one more instance after this plan (full scan)
 
     @property
-    def refused(self) -> bool:
-        return any(REFUSED in d.action.split("+") for d in self.slots)
+    def unplaced(self) -> tuple[str, ...]:
+        """Instances the job asks for that will have no place: refused, backing off, or
+        hands off without an instance."""
+        return tuple(d.instance for d in self.slots
+                     if d.slot < self.count and d.node is None and d.action != DONE)
 
 
 @dataclass(frozen=True)
