@@ -68,6 +68,7 @@ SECRETS_PREFIX = KV_PREFIX + "secrets/"  # walle/secrets/<path>: secret values
 DONE_PREFIX = KV_PREFIX + "done/"  # walle/done/<job>/<slot>: a node's batch commit
 EVENTS_PREFIX = KV_PREFIX + "events/"  # walle/events/<job>: the job's bounded event history
 LEADER_KEY = KV_PREFIX + "leader"  # the scheduler's lock
+PLACEMENT_CONFIG_KEY = KV_PREFIX + "config/placement"  # the leader's defaults (decide.py)
 DRAIN_SUFFIX = "/drain"
 
 

@@ -1,12 +1,12 @@
-"""Job commands: `walle run`, `stop`, `scale`, `status`, `plan`."""
+"""Job commands: `walle run`, `stop`, `scale`, `status` (and `plan`, in walle.cli.plan)."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 
 from walle.adapters.consul.tombstones import clear_tombstone, mark_stopped, stop_job
+from walle.cli import plan
 from walle.cli.common import (
     ActionError,
     add_consul_args,
@@ -17,7 +17,6 @@ from walle.cli.common import (
 )
 from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from walle.cli.output import print_table, printable
-from walle.core import Explanation, explain, format_explanation
 from walle.naming import instance_id, job_allocs_prefix, job_key
 from walle.service.adopt import unclaimed_instances
 from walle.service.cluster import Snapshot, load_snapshot
@@ -53,11 +52,7 @@ def register(subparsers) -> None:
     add_consul_args(status)
     status.set_defaults(func=cmd_status)
 
-    plan = subparsers.add_parser("plan", help="where a job would go, and why (dry run)")
-    plan.add_argument("job", help="a job name in the cluster, or a spec file")
-    plan.add_argument("--explain", action="store_true", help="per-node scores and refusals")
-    add_consul_args(plan)
-    plan.set_defaults(func=cmd_plan)
+    plan.register(subparsers)  # walle.cli.plan: the leader's decision as a dry run
 
 
 @cluster_command
@@ -214,34 +209,6 @@ def _warn_unclaimed(snap: Snapshot) -> None:
         print(f"unclaimed (running, no job in Consul): {', '.join(map(str, unclaimed))}\n"
               "  `walle run` the job to adopt them, or `walle stop JOB` to stop them",
               file=sys.stderr)
-
-
-@cluster_command
-def cmd_plan(args) -> int:
-    api, store = connect(args)
-    snap = load_snapshot(api, store)
-    if args.job in snap.jobs:
-        spec = snap.jobs[args.job]
-    else:
-        try:
-            spec = load_spec_file(args.job)
-        except SpecError as err:
-            print(f"walle plan: {args.job!r} is neither a job in the cluster nor a valid "
-                  f"spec file:\n{err}", file=sys.stderr)
-            return EXIT_USAGE
-    exp = explain_placement(snap, spec)
-    if args.json:
-        print_json(dataclasses.asdict(exp))
-    else:
-        print(format_explanation(exp) if args.explain else format_explanation(exp, limit=5))
-    return EXIT_OK
-
-
-def explain_placement(snap: Snapshot, spec) -> Explanation:
-    """Where the job's next instance would go and why, against the cluster as it is minus the
-    job's own instances: what `walle plan --explain` prints and the console shows."""
-    allocs = [r.alloc for r in snap.records.values() if r.alloc.job != spec.name]
-    return explain(spec, snap.nodes, allocs)
 
 
 # ----- tables -------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from walle.cli.package import installed_packages
 from walle.console import views
 from walle.console.actions import Refused, perform
 from walle.service.cluster import Snapshot, load_snapshot
+from walle.service.dryrun import published_defaults
 
 STATIC = Path(__file__).resolve().parent / "static"
 FILES = {"/": ("index.html", "text/html; charset=utf-8"),
@@ -117,7 +118,8 @@ class Console:
         return doc
 
     def explain(self, job: str) -> dict | None:
-        return views.explanation_view(load_snapshot(self.api, self.store), job)
+        defaults, _ = published_defaults(self.store)
+        return views.explanation_view(load_snapshot(self.api, self.store), job, defaults)
 
     def act(self, action: str, token: str | None, body: Any) -> str:
         return perform(self.config, token, action, body, self.catalog)

@@ -8,12 +8,15 @@ package values); the page renders them as text, never as markup.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterable, Mapping
 
 from walle.adapters.consul import NodeInfo
 from walle.catalog import Catalog, Installed
-from walle.cli.jobs import explain_placement, instance_rows, job_rows, unreadable_rows
+from walle.cli.jobs import instance_rows, job_rows, unreadable_rows
 from walle.service.cluster import Snapshot
+from walle.service.decide import Defaults
+from walle.service.dryrun import dry_run
 
 # worst first: the colour of a node box is the worst of its node health and its instances'
 _RANK = {"down": 0, "critical": 1, "warning": 2, "passing": 3}
@@ -107,9 +110,12 @@ def state_view(snap: Snapshot, *, installed: Mapping[str, Installed],
     }
 
 
-def explanation_view(snap: Snapshot, job: str) -> dict | None:
-    """`walle plan JOB --explain` as JSON (None: no such job in Consul)."""
-    spec = snap.jobs.get(job)
-    if spec is None:
+def explanation_view(snap: Snapshot, job: str, defaults: Defaults | None = None,
+                     now: float | None = None) -> dict | None:
+    """`walle plan JOB --explain`'s node table as JSON: the leader's own decision as a dry run
+    (service/dryrun.py), then every node's answer for one more instance (None: no such job)."""
+    if job not in snap.jobs:
         return None
-    return dataclasses.asdict(explain_placement(snap, spec))
+    run = dry_run(snap, defaults or Defaults(), time.time() if now is None else now,
+                  jobs=[job])
+    return dataclasses.asdict(run.jobs[0].nodes)

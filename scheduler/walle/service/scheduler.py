@@ -42,10 +42,12 @@ from walle.adapters.consul import (
 from walle.adapters.consul.health import fetch_cluster_health
 from walle.adapters.consul.state import alloc_key
 from walle.adapters.consul.tombstones import stopped_jobs
-from walle.core import Allocation, PlacementConfig, Plan, reconcile
+from walle.core import Allocation, Plan
 from walle.naming import instance_id, parse_instance_id, service_unit
 from walle.service.adopt import MISSING_GRACE, Adopter
 from walle.service.cluster import Snapshot, describe_error, load_snapshot
+from walle.service.decide import Defaults, decide
+from walle.service.decide import retry_at as _retry_at
 from walle.service.executor import Executor, NodeInstances, Outcome
 from walle.service.history import (
     HistoryWriter,
@@ -74,8 +76,6 @@ FAILED_CHECK_GRACE = 10.0  # a running instance critical this long is moved else
 BATCH_PROBE = 5.0  # seconds between reads of running batch units
 INSPECT_RETRY = 10.0  # a returning node that did not answer the listing is asked again then
 MIN_WAKE = 0.05
-RETRY_BASE = 5.0  # a slot that failed twice in a row waits this long before its next try...
-RETRY_CAP = 120.0  # ...doubling with each failure, up to this
 
 T = TypeVar("T")
 
@@ -154,7 +154,8 @@ class Scheduler:
         self.lock = LeaderLock(api, name=config.name, ttl=config.lock_ttl,
                                lock_delay=config.lock_delay, node=config.session_node,
                                on_lost=self._on_lost)
-        self.placement = PlacementConfig(default_strategy=config.strategy)
+        self.defaults = Defaults(config.strategy, config.seed, config.node_leave_grace)
+        self.placement = self.defaults.placement()
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self._watches: list[Watch] = []
@@ -204,6 +205,7 @@ class Scheduler:
         self.wake.set()
 
     def _lead(self) -> None:
+        self.publish_defaults()
         backoff = Backoff(base=2.0, cap=60.0)
         while self.lock.is_leader and not self.stopping.is_set():
             self.wake.clear()
@@ -226,6 +228,20 @@ class Scheduler:
                 timeout = min(timeout, max(MIN_WAKE, report.next_deadline - self.clock()))
             if self.wake.wait(timeout):
                 self.stopping.wait(self.config.debounce)
+
+    def publish_defaults(self) -> None:
+        """Publish the defaults this leader decides with (walle/config/placement) so that
+        `walle plan` decides as it does. Not fatal: `walle plan` then says it used the
+        built-in defaults."""
+        try:
+            session = self.lock.session_id
+            result = session and self.store.put_placement_config(self.defaults.to_json(),
+                                                                 session=session)
+            if not result or not result.ok:
+                log.warning("placement defaults not published: not the leader")
+        except ConsulError as err:
+            log.warning("cannot publish the placement defaults (walle plan falls back to the "
+                        "built-in ones): %s", err)
 
     def _on_lost(self) -> None:
         log.warning("leader lock lost")
@@ -642,42 +658,10 @@ class Scheduler:
 
     # ----- planning -----------------------------------------------------------------------
     def _plan(self, snap: Snapshot, records: dict[str, SlotRecord], now: float) -> Plan:
-        """The core's plan, less what must wait: slots whose record cannot be read, jobs whose
-        record cannot be read or that the core cannot plan (their instances are left as they
-        are), and failed slots still backing off."""
-        allocs = [r.alloc for r in records.values()]
-        jobs = dict(snap.jobs)
-        try:
-            plan = reconcile(jobs, allocs, snap.nodes, seed=self.config.seed, now=now,
-                             config=self.placement)
-            unplannable: set[str] = set()
-        except Exception:  # noqa: BLE001 - find the job(s) that make the core fail, plan the rest
-            unplannable = self._unplannable(jobs, allocs, snap, now)
-            for name in unplannable:
-                jobs.pop(name)
-            plan = reconcile(jobs, allocs, snap.nodes, seed=self.config.seed, now=now,
-                             config=self.placement)
-        left_alone = snap.frozen_jobs | unplannable
-        hands_off = {r.key for r in records.values()
-                     if r.alloc.job in left_alone} | snap.blocked_slots
-        hands_off |= {r.key for r in records.values() if r.alloc.live and r.alloc.node in snap.away}
-        waiting = {r.key for r in records.values() if _retry_at(r) > now} | snap.blocked_slots
-        return _hold_back(plan, hands_off, waiting)
-
-    def _unplannable(self, jobs: dict[str, JobSpec], allocs: list[Allocation],
-                     snap: Snapshot, now: float) -> set[str]:
-        """Jobs the core raises on when planned alone. (If none does, the failure needs
-        several jobs together: the second reconcile raises again and the loop's back-off
-        takes over.)"""
-        bad = set()
-        for name, spec in jobs.items():
-            try:
-                reconcile({name: spec}, [a for a in allocs if a.job == name], snap.nodes,
-                          seed=self.config.seed, now=now, config=self.placement)
-            except Exception as err:  # noqa: BLE001 - this job is the one: set it aside
-                self._note(name, f"cannot plan: {describe_error(err)}", exc=err)
-                bad.add(name)
-        return bad
+        """The decision (walle.service.decide: `walle plan` runs the same function)."""
+        return decide(snap, records, now, seed=self.config.seed, placement=self.placement,
+                      on_unplannable=lambda name, err: self._note(
+                          name, f"cannot plan: {describe_error(err)}", exc=err))
 
     def _execute(self, plan: Plan, snap: Snapshot, records: dict[str, SlotRecord],
                  report: StepReport, now: float) -> None:
@@ -978,41 +962,6 @@ def batch_progress(props: dict[str, str], ran: bool) -> tuple[str, str]:
             and props.get("ExecMainStatus") == "0":
         return "done", ""
     return "failed", f"exited: {props.get('Result')} (status {props.get('ExecMainStatus')})"
-
-
-def _retry_at(record: SlotRecord) -> float:
-    """When a failed slot may be placed again: at once after its first failure (an instance
-    that died is moved right away), then after RETRY_BASE seconds, doubling per failure up to
-    RETRY_CAP, so a slot that fails everywhere is not retried at every step."""
-    if record.alloc.state != "failed":
-        return float("-inf")
-    failures = len(record.alloc.failed_nodes) + 1
-    if failures < 2:
-        return record.state_since
-    return record.state_since + min(RETRY_CAP, RETRY_BASE * 2 ** (failures - 2))
-
-
-def _hold_back(plan: Plan, hands_off: set[str], waiting: set[str]) -> Plan:
-    """`plan` without actions on instances that must be left as they are (`hands_off`: no
-    stop, move, update or eviction) and without new instances that must wait (`waiting`),
-    nor anything that depended on a dropped action: an eviction made for a dropped placement,
-    a placement that needed a dropped eviction, the re-placement of a victim that stays."""
-    if not hands_off and not waiting:
-        return plan
-    dropped = hands_off | waiting  # slots that get no new instance this step
-    kept_victims = {e.alloc.key for e in plan.evictions if e.alloc.key in hands_off
-                    or e.by in dropped}
-    dropped |= kept_victims | {e.by for e in plan.evictions if e.alloc.key in kept_victims}
-    return replace(
-        plan,
-        places=tuple(p for p in plan.places if p.alloc.key not in dropped),
-        stops=tuple(st for st in plan.stops if st.alloc.key not in hands_off),
-        migrates=tuple(m for m in plan.migrates if m.new.key not in dropped),
-        updates=tuple(u for u in plan.updates if u.new.key not in dropped),
-        replaces=tuple(r for r in plan.replaces if r.new.key not in dropped),
-        evictions=tuple(e for e in plan.evictions if e.alloc.key not in kept_victims),
-        regrants=tuple(g for g in plan.regrants if g.new.key not in dropped),
-    )
 
 
 def _failed_outcomes(key_of: Callable[[Any], str]) -> Callable[[list, str], dict[str, Outcome]]:

@@ -47,6 +47,9 @@ from walle.naming import (
     parse_job_key,
     parse_package_key,
 )
+from walle.naming import (
+    PLACEMENT_CONFIG_KEY as PLACEMENT_CONFIG,
+)
 from walle.spec.model import JobSpec
 from walle.spec.parse import spec_to_data
 
@@ -405,6 +408,18 @@ class StateStore:
         key = package_key(name)
         return bool(self.api.call(f"delete {key}", lambda: self._kv.delete(
             key, cas=expected_index)))
+
+    # --- the leader's placement defaults (walle plan decides with them) --------------------
+    def placement_config(self) -> dict[str, Any] | None:
+        """What the leader published (None: no leader has yet). BadRecord if unreadable."""
+        _, entry = self.api.call(f"read {PLACEMENT_CONFIG}",
+                                 lambda: self._kv.get(PLACEMENT_CONFIG))
+        return _decode(entry) if entry else None
+
+    def put_placement_config(self, body: Mapping[str, Any], *, session: str) -> TxnResult:
+        """Leader write, guarded by the lock like the slot records."""
+        value = _encode(body, PLACEMENT_CONFIG)
+        return self.txn([KvOp("set", PLACEMENT_CONFIG, value)], session=session)
 
     # --- watches -------------------------------------------------------------------------
     def watch_jobs(self, **kw: Any) -> Watch[dict[str, StoredJob]]:
