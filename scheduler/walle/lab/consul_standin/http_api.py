@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from . import kv
+from . import filters, kv
 from .catalog import STATES
 from .core import query_timeout
 from .durations import parse_duration
@@ -240,51 +240,53 @@ class ConsulHttpApi:
         return self._blocking(req, lambda: self.store.session_view())
 
     # --- catalog -------------------------------------------------------------------------
-    def _filtered(self, req: Request, items: list[dict]) -> list[dict]:
-        expr = req.arg("filter")
-        if not expr:
-            return items
-        keep = compile_filter(expr)
-        return [i for i in items if keep(i)]
+    @staticmethod
+    def _filter(req: Request, schema: dict) -> Callable[[list], list]:
+        """?filter= compiled once, before the query blocks (a bad one fails at once)."""
+        keep = compile_filter(req.arg("filter"), schema)
+        return lambda items: [i for i in items if keep(i)]
 
     def catalog_nodes(self, req: Request) -> Response:
-        meta = node_meta_args(req)
-        s = self.store
+        meta, s, keep = node_meta_args(req), self.store, self._filter(req, filters.NODE)
 
         def view():
             nodes = [n for _, n in sorted(s.nodes.items())
                      if all(n["Meta"].get(k) == v for k, v in meta.items())]
-            return s.table_index("nodes"), self._filtered(req, nodes)
+            return s.table_index("nodes"), keep(nodes)
         return self._blocking(req, view)
 
     def catalog_services(self, req: Request) -> Response:
-        meta = node_meta_args(req)
-        s = self.store
+        """catalog.mdx: ?filter= applies to the service instances (ServiceNode selectors);
+        the answer maps each service with a matching instance to those instances' tags."""
+        meta, s = node_meta_args(req), self.store
+        keep = self._filter(req, filters.SERVICE_NODE)
 
         def view():
             out: dict[str, list[str]] = {}
-            for _, svc in s.instances(node_meta=meta):
-                tags = out.setdefault(svc["Service"], [])
-                tags.extend(t for t in svc["Tags"] if t not in tags)
+            for row in keep([catalog_row(n, svc) for n, svc in s.instances(node_meta=meta)]):
+                tags = out.setdefault(row["ServiceName"], [])
+                tags.extend(t for t in row["ServiceTags"] if t not in tags)
             return s.table_index("services", "nodes"), out
         return self._blocking(req, view)
 
     def catalog_service(self, req: Request, name: str) -> Response:
         tags, meta, s = req.query.get("tag", []), node_meta_args(req), self.store
+        keep = self._filter(req, filters.SERVICE_NODE)
 
         def view():
             rows = [catalog_row(n, svc) for n, svc in s.instances(name, tags, meta)]
-            return s.service_index(name), self._filtered(req, rows)
+            return s.service_index(name), keep(rows)
         return self._blocking(req, view)
 
     def catalog_node(self, req: Request, node: str) -> Response:
-        s = self.store
+        s, keep = self.store, compile_filter(req.arg("filter"), filters.SERVICE)
 
         def view():
             if node not in s.nodes:
                 return s.table_index("nodes", "services"), None
+            # filtering.mdx: here the filter applies to the node's Services
             services = {sid: service_json(svc) for (n, sid), svc in sorted(s.services.items())
-                        if n == node}
+                        if n == node and keep(service_json(svc))}
             return s.table_index("nodes", "services"), {"Node": s.nodes[node],
                                                          "Services": services}
         return self._blocking(req, view)
@@ -300,26 +302,26 @@ class ConsulHttpApi:
 
     # --- health --------------------------------------------------------------------------
     def health_node(self, req: Request, node: str) -> Response:
-        s = self.store
-        return self._blocking(req, lambda: (s.table_index("checks"), self._filtered(
-            req, [c for (n, _), c in sorted(s.checks.items()) if n == node])))
+        s, keep = self.store, self._filter(req, filters.CHECK)
+        return self._blocking(req, lambda: (s.table_index("checks"), keep(
+            [c for (n, _), c in sorted(s.checks.items()) if n == node])))
 
     def health_checks(self, req: Request, service: str) -> Response:
-        s = self.store
-        return self._blocking(req, lambda: (s.service_index(service), self._filtered(
-            req, [c for _, c in sorted(s.checks.items()) if c["ServiceName"] == service])))
+        s, keep = self.store, self._filter(req, filters.CHECK)
+        return self._blocking(req, lambda: (s.service_index(service), keep(
+            [c for _, c in sorted(s.checks.items()) if c["ServiceName"] == service])))
 
     def health_state(self, req: Request, state: str) -> Response:
         if state not in (*STATES, "any"):
             raise bad_request(f"Bad check state: {state} (use any|passing|warning|critical)")
-        s = self.store
-        return self._blocking(req, lambda: (s.table_index("checks"), self._filtered(
-            req, [c for _, c in sorted(s.checks.items())
+        s, keep = self.store, self._filter(req, filters.CHECK)
+        return self._blocking(req, lambda: (s.table_index("checks"), keep(
+            [c for _, c in sorted(s.checks.items())
                   if state == "any" or c["Status"] == state])))
 
     def health_service(self, req: Request, name: str) -> Response:
         tags, meta, s = req.query.get("tag", []), node_meta_args(req), self.store
-        passing = req.flag("passing")
+        passing, keep = req.flag("passing"), self._filter(req, filters.HEALTH_ROW)
 
         def view():
             rows = []
@@ -328,7 +330,7 @@ class ConsulHttpApi:
                 if passing and any(c["Status"] != "passing" for c in checks):
                     continue
                 rows.append({"Node": node, "Service": service_json(svc), "Checks": checks})
-            return s.service_index(name), self._filtered(req, rows)
+            return s.service_index(name), keep(rows)
         return self._blocking(req, view)
 
     # --- agent ---------------------------------------------------------------------------
@@ -389,12 +391,14 @@ class ConsulHttpApi:
             req, lambda: self.store.agent_service(req.agent_node, service_id))
 
     def agent_services(self, req: Request) -> Response:
-        keep = compile_filter(req.arg("filter") or "")
+        keep = compile_filter(req.arg("filter"), filters.SERVICE)
         return self._hash_blocking(req, lambda: {
             k: v for k, v in self.store.agent_services(req.agent_node).items() if keep(v)})
 
     def agent_checks(self, req: Request) -> Response:
-        return self._hash_blocking(req, lambda: self.store.agent_checks(req.agent_node))
+        keep = compile_filter(req.arg("filter"), filters.CHECK)
+        return self._hash_blocking(req, lambda: {
+            k: v for k, v in self.store.agent_checks(req.agent_node).items() if keep(v)})
 
     def agent_check_register(self, req: Request) -> Response:
         self.store.agent_register_check(req.agent_node, _object(req))
