@@ -1,6 +1,7 @@
 """The stand-in's ?filter= language against Consul's documentation:
 https://developer.hashicorp.com/consul/api-docs/features/filtering (operators, selectors,
-values, `or`/`and`/`not`, parentheses and precedence). Invalid expressions fail the request
+values, `or`/`and`/`not`, parentheses and precedence) and the per-type operator tables of
+https://developer.hashicorp.com/consul/api-docs/catalog ("Filtering"). Invalid expressions fail the request
 with Consul's 500 "Failed to create boolean expression evaluator" (hashicorp/consul#7338)."""
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def test_documented_agent_example():
     ('Tags not contains "primary"', ["redis2"]),
     ('"qa" in Tags', ["redis3"]),
     ('"qa" not in Tags', ["redis1", "redis2"]),
-    ('Address is empty', ["redis1", "redis2", "redis3"]),
     ('Meta is not empty', ["redis1", "redis2", "redis3"]),
+    ('Tags is empty', []),
     ('ID matches "^redis[12]$"', ["redis1", "redis2"]),
     ('ID not matches "1"', ["redis2", "redis3"]),
     ('"prod" in ID', []),  # substring match on a string
@@ -100,6 +101,8 @@ def test_no_filter_keeps_everything():
     '(ID == "a"',                    # unbalanced parenthesis
     'ID == "a" and',
     'Weights == "1"',                # a structure, not a value
+    "Address is empty",              # catalog.mdx: strings take no Is Empty
+    'Tags matches "x"',              # ... lists no Matches
 ])
 def test_invalid_expressions_fail_like_consul(expr):
     with pytest.raises(ConsulError) as err:

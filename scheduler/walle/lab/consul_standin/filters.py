@@ -63,10 +63,12 @@ SERVICE_NODE = {"ID": STR, "Node": STR, "Address": STR, "Datacenter": STR,
 # /v1/health/service/:name (CheckServiceNode)
 HEALTH_ROW = {"Node": NODE, "Service": SERVICE, "Checks": ListOf(CHECK)}
 
+# catalog.mdx "Filtering" tables: strings take Equal, In, Matches (and their negations); ints
+# and bools Equal; lists and maps Is Empty and In (`contains` is `in` written the other way)
 _OPS_BY_TYPE = {
-    STR: {"==", "!=", "is empty", "in", "contains", "matches"},
+    STR: {"==", "!=", "in", "contains", "matches"},
     INT: {"==", "!="}, BOOL: {"==", "!="},
-    LIST: {"is empty", "in", "contains", "matches"},
+    LIST: {"is empty", "in", "contains"},
 }
 _MAP_OPS = {"is empty", "in", "contains"}
 _NEGATED = {"!=": "==", "is not empty": "is empty", "not in": "in",
@@ -278,8 +280,6 @@ def _operation(field_type: object, op: str, value: str | None, name: str) -> Cal
             pattern = re.compile(value or "")
         except re.error as exc:
             raise _invalid(f'Invalid regular expression "{value}": {exc}') from exc
-        if field_type == LIST:
-            return lambda v: any(pattern.search(str(x)) for x in v or ())
         return lambda v: pattern.search(v or "") is not None
     if op in ("in", "contains"):
         if field_type == STR:
