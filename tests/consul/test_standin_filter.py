@@ -51,9 +51,10 @@ def test_agent_checks_filter(consul_addr, two):
 def test_catalog_services_filter_applies_to_instances(consul_addr, two):
     # catalog.mdx List Services: "The filter will be executed against each Service mapping";
     # the answer keeps a service when an instance matches, with the tags of what matched
-    resp = get(consul_addr, "/v1/catalog/services", f'ServiceName == "{two}" and ServicePort == 1235')
+    services = "/v1/catalog/services"
+    resp = get(consul_addr, services, f'ServiceName == "{two}" and ServicePort == 1235')
     assert resp.status_code == 200 and resp.json() == {two: ["prod", "common"]}
-    resp = get(consul_addr, "/v1/catalog/services", f'ServiceMeta.env == "none" and ServiceName == "{two}"')
+    resp = get(consul_addr, services, f'ServiceMeta.env == "none" and ServiceName == "{two}"')
     assert resp.json() == {}
 
 

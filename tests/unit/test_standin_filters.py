@@ -1,8 +1,9 @@
 """The stand-in's ?filter= language against Consul's documentation:
 https://developer.hashicorp.com/consul/api-docs/features/filtering (operators, selectors,
 values, `or`/`and`/`not`, parentheses and precedence) and the per-type operator tables of
-https://developer.hashicorp.com/consul/api-docs/catalog ("Filtering"). Invalid expressions fail the request
-with Consul's 500 "Failed to create boolean expression evaluator" (hashicorp/consul#7338)."""
+https://developer.hashicorp.com/consul/api-docs/catalog ("Filtering"). Invalid expressions
+fail the request with Consul's 500 "Failed to create boolean expression evaluator"
+(hashicorp/consul#7338)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 
-from .errors import bad_request
+from .errors import bad_request, rpc_error
 from .fields import as_dict, get
 from .sessions import SERF_CHECK
 
@@ -134,13 +134,20 @@ class CatalogMixin:
 
     # --- catalog register / deregister ---------------------------------------------------
     def catalog_register(self, body: dict) -> bool:
+        """Consul validates a catalog registration in the server's Catalog.Register RPC
+        (agent/consul/catalog_endpoint.go), so its refusals reach HTTP as 500s."""
         name, address = get(body, "Node"), get(body, "Address")
         if not name:
-            raise bad_request("Must provide node")
+            raise rpc_error("Must provide node")
         skip = bool(get(body, "SkipNodeUpdate"))
         if not address and not skip:
-            raise bad_request("Must provide address if SkipNodeUpdate is not set")
+            raise rpc_error("Must provide address if SkipNodeUpdate is not set")
         raw_service = as_dict(get(body, "Service"), "Service")
+        if raw_service and not get(raw_service, "Service"):
+            raise rpc_error("Must provide service name (Service.Service) when service ID is "
+                            "provided")
+        if raw_service and get(raw_service, "Address") in ANY_ADDRESSES:
+            raise rpc_error("Invalid service address")
         checks = [c for c in [get(body, "Check"), *(get(body, "Checks") or [])] if c]
         with self.write():
             if not skip or name not in self.nodes:
@@ -168,7 +175,7 @@ class CatalogMixin:
     def catalog_deregister(self, body: dict) -> bool:
         name = get(body, "Node")
         if not name:
-            raise bad_request("Must provide node")
+            raise rpc_error("Must provide node")
         with self.write():
             if get(body, "ServiceID"):
                 self.delete_service(name, get(body, "ServiceID"))
@@ -204,6 +211,9 @@ class CatalogMixin:
     def healthy_for_dns(self, node: str, service_id: str, only_passing: bool = False) -> bool:
         bad = ("critical", "warning") if only_passing else ("critical",)
         return all(c["Status"] not in bad for c in self.checks_of(node, service_id))
+
+
+ANY_ADDRESSES = ("0.0.0.0", "::", "[::]")
 
 
 def meta_matches(node: dict, wanted: dict[str, str]) -> bool:

@@ -25,6 +25,7 @@ from .store import Store
 
 log = logging.getLogger("walle.consul_standin.http")
 MAX_BODY = 4 * 1024 * 1024
+CONSUL_VERSION = "1.17.0"  # the Consul whose API the stand-in follows
 SERF_STATUS = {"alive": 1, "leaving": 2, "left": 3, "failed": 4}
 
 
@@ -339,11 +340,46 @@ class ConsulHttpApi:
         return Response(body={
             "Config": {"Datacenter": self.store.datacenter, "NodeName": req.agent_node,
                        "NodeID": node.get("ID", ""), "Server": req.agent_node == self.node_name,
-                       "Revision": "walle-standin", "Version": "1.17.0",
+                       "Revision": "walle-standin", "Version": CONSUL_VERSION,
                        "PrimaryDatacenter": self.store.datacenter},
             "Member": self._member(req.agent_node), "Meta": node.get("Meta", {}),
-            "Stats": {"walle_standin": {"lab_and_test_only": "true"}},
-            "DebugConfig": {}, "Coord": None, "xDS": None})
+            "Stats": self._stats(req.agent_node), "DebugConfig": {}, "Coord": None,
+            "xDS": None})
+
+    def _stats(self, agent_node: str) -> dict[str, dict[str, str]]:
+        """agent/self's Stats as Consul's agent builds it (agent.Stats() plus the server's or
+        client's own): all values strings. The server is the leader of a one-server cluster;
+        clients know one server and, like Consul's clients, report no leader_addr.
+        `walle_standin` is not Consul's: it tells a reader this is the lab stand-in."""
+        s = self.store
+        members = self._members()
+        checks = self.store.agent_checks(agent_node)
+        ttl = sum(1 for (n, _), d in s.check_defs.items() if n == agent_node and
+                  d.get("Type") == "ttl")
+        stats = {
+            "agent": {"checks": str(len(checks)), "check_ttls": str(ttl),
+                      "check_monitors": "0",
+                      "services": str(len(s.agent_services(agent_node)))},
+            "build": {"version": CONSUL_VERSION, "revision": "walle-standin",
+                      "prerelease": ""},
+            "serf_lan": {"members": str(len(members)),
+                         "failed": str(sum(m["Status"] == SERF_STATUS["failed"]
+                                           for m in members)),
+                         "left": str(sum(m["Status"] == SERF_STATUS["left"] for m in members)),
+                         "encrypted": "false"},
+            "walle_standin": {"lab_and_test_only": "true"},
+        }
+        if agent_node != self.node_name:
+            stats["consul"] = {"server": "false", "known_servers": "1", "acl": "disabled"}
+            return stats
+        index = str(s.index)
+        stats["consul"] = {"server": "true", "leader": "true", "leader_addr": self.leader_addr,
+                           "bootstrap": "true", "known_datacenters": "1", "acl": "disabled"}
+        stats["raft"] = {"state": "Leader", "term": "1", "num_peers": "0",
+                         "last_log_index": index, "commit_index": index,
+                         "applied_index": index, "last_contact": "0",
+                         "protocol_version": "3"}
+        return stats
 
     def _members(self) -> list[dict]:
         members = self.serf_members()

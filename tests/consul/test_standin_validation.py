@@ -1,0 +1,126 @@
+"""Status codes and fields Consul documents (or its source fixes) for agent/self, invalid
+registrations and transactions; each test names its page. Must pass against a real
+`consul agent -dev` (a server, its own leader) too."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.consul
+
+
+def put(addr: str, path: str, body: object) -> requests.Response:
+    return requests.put(f"http://{addr}{path}", json=body, timeout=10)
+
+
+# --- /v1/agent/self ------------------------------------------------------------------------
+def test_agent_self_stats_name_the_leader(consul_addr, consul_client):
+    """api-docs/agent (Read Configuration): Config, Member, Meta, and Stats, the agent's
+    sub-system statistics, every value a string. A server reports consul.leader and
+    consul.leader_addr (what /v1/status/leader answers) and raft.state."""
+    me = consul_client.agent.self()
+    assert {"Config", "Member", "Meta", "Stats", "DebugConfig", "Coord"} <= set(me)
+    assert me["Config"]["Server"] is True
+    stats = me["Stats"]
+    assert all(isinstance(v, str) for section in stats.values() for v in section.values())
+    assert stats["consul"]["server"] == "true" and stats["consul"]["leader"] == "true"
+    assert stats["consul"]["leader_addr"] == consul_client.status.leader()
+    assert stats["raft"]["state"] == "Leader"
+    assert int(stats["raft"]["last_log_index"]) > 0
+    assert stats["build"]["version"] == me["Config"]["Version"]
+    assert int(stats["serf_lan"]["members"]) >= 1
+
+
+def test_a_client_agents_stats_report_no_leader(standin):
+    """Consul's client agents report consul.server = "false" and known_servers, no leader."""
+    host, port = next(iter(standin.agent_addrs.values()))
+    stats = requests.get(f"http://{host}:{port}/v1/agent/self", timeout=5).json()["Stats"]
+    assert stats["consul"]["server"] == "false" and "leader_addr" not in stats["consul"]
+    assert "raft" not in stats
+
+
+def test_agent_services_count_in_stats(consul_addr, consul_client, unique):
+    name = unique("stat")
+    before = int(consul_client.agent.self()["Stats"]["agent"]["services"])
+    consul_client.agent.service.register(name, port=1)
+    try:
+        assert int(consul_client.agent.self()["Stats"]["agent"]["services"]) == before + 1
+    finally:
+        consul_client.agent.service.deregister(name)
+
+
+# --- /v1/catalog/register ------------------------------------------------------------------
+@pytest.mark.parametrize("body, message", [
+    ({"Address": "10.1.2.3"}, "Must provide node"),
+    ({"Node": "walle-test-noaddr"}, "Must provide address if SkipNodeUpdate is not set"),
+    ({"Node": "walle-test-svc", "Address": "10.1.2.3", "Service": {"ID": "x"}},
+     "Must provide service name"),
+    ({"Node": "walle-test-svc", "Address": "10.1.2.3",
+      "Service": {"Service": "x", "Address": "0.0.0.0"}}, "Invalid service address"),
+])
+def test_catalog_register_refusals_are_server_errors(consul_addr, body, message):
+    """api-docs/catalog Register Entity: Node and Address are required; Consul checks them in
+    the servers' Catalog.Register RPC (agent/consul/catalog_endpoint.go), whose errors the
+    HTTP API answers with 500 and the message."""
+    resp = put(consul_addr, "/v1/catalog/register", body)
+    assert resp.status_code == 500 and message in resp.text
+
+
+def test_catalog_deregister_without_node_is_a_server_error(consul_addr):
+    resp = put(consul_addr, "/v1/catalog/deregister", {"ServiceID": "x"})
+    assert resp.status_code == 500 and "Must provide node" in resp.text
+
+
+def test_catalog_deregister_of_a_node_removes_its_services_and_checks(consul_addr,
+                                                                      consul_client, unique):
+    """api-docs/catalog Deregister Entity: without ServiceID or CheckID the node and
+    everything on it is removed."""
+    node, svc = unique("dereg-node"), unique("dereg-svc")
+    assert put(consul_addr, "/v1/catalog/register", {
+        "Node": node, "Address": "10.1.2.4", "Service": {"Service": svc, "Port": 80},
+        "Check": {"CheckID": "c1", "Name": "c1", "Status": "passing", "ServiceID": svc},
+    }).json() is True
+    assert put(consul_addr, "/v1/catalog/deregister", {"Node": node}).json() is True
+    assert consul_client.catalog.service(svc)[1] == []
+    assert consul_client.health.node(node)[1] == []
+    assert consul_client.catalog.node(node)[1] is None
+
+
+# --- /v1/agent/service/register ------------------------------------------------------------
+@pytest.mark.parametrize("body, message", [
+    ({"Name": "walle-test-meta", "Meta": {"bad key": "v"}}, "Invalid Service Meta"),
+    ({"Name": "walle-test-meta", "Meta": {"consul-x": "v"}}, "Invalid Service Meta"),
+    ({"Name": "walle-test-meta", "Meta": {"k": "v" * 513}}, "Invalid Service Meta"),
+    ({"Name": "walle-test-meta", "Meta": {f"k{i}": "v" for i in range(65)}},
+     "Invalid Service Meta"),
+    ({"Name": "walle-test-w", "Weights": {"Passing": 0, "Warning": 1}}, "Invalid Weights"),
+    ({"Name": "walle-test-w", "Weights": {"Passing": 1, "Warning": -1}}, "Invalid Weights"),
+    ({"Name": "walle-test-addr", "Address": "0.0.0.0"}, "Invalid service address"),
+    ({"Port": 80}, "Missing service name"),
+])
+def test_agent_service_register_refusals_are_bad_requests(consul_addr, consul_client, body,
+                                                          message):
+    """api-docs/agent/service Register Service: Meta keys follow the service metadata rules
+    (at most 64 pairs, keys of ASCII letters, digits, - and _ up to 128 characters, no
+    "consul-" prefix, values up to 512 characters); Weights.Passing > 0, Warning >= 0; the
+    agent answers 400 with the reason and registers nothing."""
+    resp = put(consul_addr, "/v1/agent/service/register", body)
+    assert resp.status_code == 400 and message in resp.text
+    assert body.get("Name", "-") not in consul_client.agent.services()
+
+
+# --- /v1/txn -------------------------------------------------------------------------------
+def test_txn_unknown_verb_is_an_operation_error(consul_addr, consul_client, unique):
+    """api-docs/txn: a failing operation rolls the transaction back and answers 409 with
+    Errors [{OpIndex, What}]; an unknown KV verb is such an operation error (state/txn.go)."""
+    key = unique("txn-verb")
+    value = base64.b64encode(b"v").decode()
+    resp = put(consul_addr, "/v1/txn", [{"KV": {"Verb": "set", "Key": key, "Value": value}},
+                                        {"KV": {"Verb": "bogus", "Key": key}}])
+    assert resp.status_code == 409
+    (error,) = resp.json()["Errors"]
+    assert error["OpIndex"] == 1 and 'unknown KV verb "bogus"' in error["What"]
+    assert consul_client.kv.get(key)[1] is None  # the set was rolled back
