@@ -124,3 +124,50 @@ def test_txn_unknown_verb_is_an_operation_error(consul_addr, consul_client, uniq
     (error,) = resp.json()["Errors"]
     assert error["OpIndex"] == 1 and 'unknown KV verb "bogus"' in error["What"]
     assert consul_client.kv.get(key)[1] is None  # the set was rolled back
+
+
+# --- consistency modes and blocking queries ------------------------------------------------
+@pytest.mark.parametrize("query, mode", [("", "leader"), ("?stale", "stale"),
+                                         ("?consistent", "consistent")])
+def test_reads_name_their_consistency_mode(consul_addr, query, mode):
+    """api-docs/features/consistency, "Visibility into Consistency Mode Used": the
+    X-Consul-Effective-Consistency header names the query parameter of the mode used
+    (`leader` for the default)."""
+    resp = requests.get(f"http://{consul_addr}/v1/catalog/services{query}", timeout=10)
+    assert resp.status_code == 200
+    assert resp.headers["X-Consul-Effective-Consistency"] == mode
+    assert resp.headers["X-Consul-KnownLeader"] == "true"
+    assert int(resp.headers["X-Consul-Index"]) > 0  # features/blocking: always > 0
+
+
+@pytest.mark.parametrize("query", ["?stale&consistent", "?cached&consistent",
+                                   "?max_stale=soon"])
+def test_conflicting_consistency_parameters_are_refused(consul_addr, query):
+    """Consul's request parsing refuses ?stale with ?consistent (and ?cached with
+    ?consistent) as conflicting semantics, and a max_stale that is not a duration: 400."""
+    resp = requests.get(f"http://{consul_addr}/v1/kv/anything{query}", timeout=10)
+    assert resp.status_code == 400
+
+
+# --- events --------------------------------------------------------------------------------
+def test_event_list_index_follows_the_name_filter(consul_client, unique):
+    """api-docs/event List Events: the list blocks on X-Consul-Index, which the agent derives
+    from the newest event it returns, after the ?name= filter (event_endpoint.go)."""
+    first, second = unique("ev-a"), unique("ev-b")
+    consul_client.event.fire(first)
+    consul_client.event.fire(second)
+    index_first, events = consul_client.event.list(name=first)
+    assert [e["Name"] for e in events] == [first]
+    index_second, _ = consul_client.event.list(name=second)
+    assert index_first != index_second
+    index_none, none = consul_client.event.list(name=unique("never-fired"))
+    assert none == [] and int(index_none) == 1
+
+
+@pytest.mark.parametrize("query", ["?tag=web", "?node=(", "?service=web&tag=("])
+def test_event_fire_with_bad_filters_is_a_server_error(consul_addr, unique, query):
+    """api-docs/event Fire Event: ?tag= needs ?service=; filters are regular expressions.
+    The agent's validation error is answered 500 (event_endpoint.go)."""
+    resp = requests.put(f"http://{consul_addr}/v1/event/fire/{unique('ev')}{query}",
+                        timeout=10)
+    assert resp.status_code == 500

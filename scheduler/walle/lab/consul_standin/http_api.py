@@ -167,7 +167,8 @@ class ConsulHttpApi:
 
     # --- blocking ------------------------------------------------------------------------
     def _blocking(self, req: Request, view: Callable, changed: Callable | None = None,
-                  ) -> Response:
+                  consistency: bool = True) -> Response:
+        mode = consistency_mode(req) if consistency else None
         min_index = req.int_arg("index") or 0
         wait_text = req.arg("wait")
         try:
@@ -176,7 +177,10 @@ class ConsulHttpApi:
             raise bad_request(f"Invalid wait time: {exc}") from exc
         kwargs = {"changed": changed} if changed else {}
         idx, data = self.store.block(view, min_index, query_timeout(wait_s), **kwargs)
-        return Response(body=data, headers=meta_headers(idx))
+        headers = meta_headers(idx)
+        if mode:
+            headers["X-Consul-Effective-Consistency"] = mode
+        return Response(body=data, headers=headers)
 
     # --- KV ------------------------------------------------------------------------------
     def kv_endpoint(self, req: Request, key: str) -> Response:
@@ -489,8 +493,27 @@ class ConsulHttpApi:
 
     def event_list(self, req: Request) -> Response:
         name = req.arg("name", "") or ""
+        # event_endpoint.go parses ?index/?wait only: the list is the agent's, not a server's
         return self._blocking(req, lambda: self.store.event_view(req.agent_node, name),
-                              changed=lambda idx, seen: idx != seen)
+                              changed=lambda idx, seen: idx != seen, consistency=False)
+
+
+def consistency_mode(req: Request) -> str:
+    """api-docs/features/consistency: ?stale, ?consistent, or the default ("leader"), named
+    back in X-Consul-Effective-Consistency. One server is always the leader, so every mode
+    reads the same state; the conflicting combinations are refused as Consul's parse does."""
+    stale, consistent = "stale" in req.query, "consistent" in req.query
+    if stale and consistent:
+        raise bad_request("Cannot specify ?stale with ?consistent, conflicting semantics.")
+    if "cached" in req.query and consistent:
+        raise bad_request("Cannot specify ?cached with ?consistent, conflicting semantics.")
+    max_stale = req.arg("max_stale")
+    if max_stale:
+        try:
+            parse_duration(max_stale, "max_stale")
+        except ValueError:
+            raise bad_request(f'Invalid max_stale value "{max_stale}"') from None
+    return "stale" if stale else "consistent" if consistent else "leader"
 
 
 def content_hash(data: object) -> int:
