@@ -171,3 +171,21 @@ def test_event_fire_with_bad_filters_is_a_server_error(consul_addr, unique, quer
     resp = requests.put(f"http://{consul_addr}/v1/event/fire/{unique('ev')}{query}",
                         timeout=10)
     assert resp.status_code == 500
+
+
+# --- sessions ------------------------------------------------------------------------------
+@pytest.mark.parametrize("method, path", [("PUT", "/v1/session/destroy/not-a-uuid"),
+                                          ("PUT", "/v1/session/renew/not-a-uuid"),
+                                          ("GET", "/v1/session/info/not-a-uuid")])
+def test_a_malformed_session_uuid_is_an_error(consul_addr, method, path):
+    """api-docs/session Delete Session: "If the session UUID is malformed, an error is
+    returned"; Consul's state store looks sessions up in a UUID index, which refuses it."""
+    resp = requests.request(method, f"http://{consul_addr}{path}", timeout=10)
+    assert resp.status_code == 500 and "UUID" in resp.text
+
+
+def test_destroying_an_unknown_session_is_idempotent(consul_addr):
+    """api-docs/session Delete Session: an unknown or expired UUID still answers 200 true."""
+    resp = requests.put(f"http://{consul_addr}/v1/session/destroy/"
+                        "c5b8ba6f-5b9c-4f5a-8a54-8f1e6a5d0d8b", timeout=10)
+    assert resp.status_code == 200 and resp.json() is True

@@ -20,6 +20,7 @@ from .durations import parse_duration
 from .errors import ConsulError, PersistError, bad_request, not_found
 from .fields import get
 from .filters import compile_filter
+from .sessions import require_session_uuid
 from .snapshot import MAX_ARCHIVE_BYTES, SnapshotError, make_archive, read_archive
 from .store import Store
 
@@ -227,15 +228,18 @@ class ConsulHttpApi:
         return Response(body={"ID": self.store.session_create(body, req.agent_node)})
 
     def session_renew(self, req: Request, session_id: str) -> Response:
+        require_session_uuid(session_id)
         session = self.store.session_renew(session_id)
         if session is None:
             raise not_found(f"Session id '{session_id}' not found")
         return Response(body=[session])
 
     def session_destroy(self, req: Request, session_id: str) -> Response:
+        require_session_uuid(session_id)
         return Response(body=self.store.session_destroy(session_id))
 
     def session_info(self, req: Request, session_id: str) -> Response:
+        require_session_uuid(session_id)
         return self._blocking(req, lambda: self.store.session_view(session_id=session_id))
 
     def session_node(self, req: Request, node: str) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from . import kv
@@ -13,6 +14,16 @@ SESSION_TTL_MIN_S = 10.0
 SESSION_TTL_MAX_S = 86400.0
 SESSION_TTL_MULTIPLIER = 2  # Consul invalidates at 2xTTL after the last renewal
 MAX_LOCK_DELAY_S = 60.0
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def require_session_uuid(session_id: str) -> None:
+    """session.mdx: a malformed session UUID is an error (Consul's state store cannot look it
+    up in its UUID index: the server's error reaches HTTP as a 500); an unknown one is not."""
+    if len(session_id) != 36:
+        raise rpc_error("failed session lookup: index error: UUID must be 36 characters")
+    if not _UUID.match(session_id):
+        raise rpc_error("failed session lookup: index error: invalid UUID format")
 DEFAULT_LOCK_DELAY_S = 15.0
 SERF_CHECK = "serfHealth"
 
