@@ -9,6 +9,8 @@ import base64
 import pytest
 import requests
 
+import consul
+
 pytestmark = pytest.mark.consul
 
 
@@ -189,3 +191,48 @@ def test_destroying_an_unknown_session_is_idempotent(consul_addr):
     resp = requests.put(f"http://{consul_addr}/v1/session/destroy/"
                         "c5b8ba6f-5b9c-4f5a-8a54-8f1e6a5d0d8b", timeout=10)
     assert resp.status_code == 200 and resp.json() is True
+
+
+# --- KV and check output ---------------------------------------------------------------------
+def test_kv_flags_are_an_unsigned_64_bit_value(consul_addr, consul_client, unique):
+    """api-docs/kv Create/Update Key: flags is "an unsigned value between 0 and (2^64)-1";
+    a value outside fails to parse: 400."""
+    key = unique("flags")
+    base = f"http://{consul_addr}/v1/kv/{key}"
+    assert requests.put(f"{base}?flags={2**64 - 1}", data=b"v", timeout=10).json() is True
+    assert consul_client.kv.get(key)[1]["Flags"] == 2**64 - 1
+    for bad in (2**64, -1):
+        assert requests.put(f"{base}?flags={bad}", data=b"v", timeout=10).status_code == 400
+    consul_client.kv.delete(key)
+
+
+def test_kv_raw_is_plain_text_and_keys_imply_recurse(consul_addr, consul_client, unique):
+    """api-docs/kv Read Key: ?raw answers the bare value as text/plain (never sniffed:
+    CVE-2020-25864); ?keys implies recurse; the separator cuts keys after the prefix."""
+    prefix = unique("raw")
+    consul_client.kv.put(f"{prefix}/a", "<html>")
+    consul_client.kv.put(f"{prefix}/sub/b", "x")
+    try:
+        resp = requests.get(f"http://{consul_addr}/v1/kv/{prefix}/a?raw", timeout=10)
+        assert resp.text == "<html>" and resp.headers["Content-Type"].startswith("text/plain")
+        _, keys = consul_client.kv.get(f"{prefix}/", keys=True)
+        assert keys == [f"{prefix}/a", f"{prefix}/sub/b"]
+        _, keys = consul_client.kv.get(f"{prefix}/", keys=True, separator="/")
+        assert keys == [f"{prefix}/a", f"{prefix}/sub/"]
+    finally:
+        consul_client.kv.delete(prefix, recurse=True)
+
+
+def test_ttl_check_output_is_capped_and_says_so(consul_addr, consul_client, unique):
+    """api-docs/agent/check Update TTL Check: Output is limited to check_output_max_size
+    (4096 bytes by default); Consul's TTL check keeps the first 4096 and notes the cut."""
+    check = unique("out")
+    consul_client.agent.check.register(check, check=consul.Check.ttl("60s"))
+    try:
+        resp = requests.put(f"http://{consul_addr}/v1/agent/check/update/{check}",
+                            json={"Status": "passing", "Output": "x" * 5000}, timeout=10)
+        assert resp.status_code == 200
+        output = consul_client.agent.checks()[check]["Output"]
+        assert output == "x" * 4096 + " ... (captured 4096 of 5000 bytes)"
+    finally:
+        consul_client.agent.check.deregister(check)

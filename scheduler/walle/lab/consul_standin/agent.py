@@ -181,7 +181,7 @@ class AgentMixin:
             if spec is None or spec["Type"] != "ttl":
                 raise rpc_error(f'CheckID "{check_id}" does not have associated TTL')
             spec["ttl_deadline"] = self.clock() + spec["TTL"]
-            self.set_check_status(node, check_id, status, output[:MAX_OUTPUT])
+            self.set_check_status(node, check_id, status, truncate_output(output))
 
     # --- maintenance ---------------------------------------------------------------------
     def agent_service_maintenance(self, node: str, service_id: str, enable: bool,
@@ -234,6 +234,14 @@ class AgentMixin:
                 if spec["Deregister"] and since is not None and check and check["ServiceID"] \
                         and now - since > spec["Deregister"]:
                     self.delete_service(key[0], check["ServiceID"])
+
+
+def truncate_output(output: str) -> str:
+    """checks.CheckTTL.SetStatus: output beyond check_output_max_size (4096) is cut and says
+    so, as Consul's TTL checks do."""
+    if len(output) <= MAX_OUTPUT:
+        return output
+    return f"{output[:MAX_OUTPUT]} ... (captured {MAX_OUTPUT} of {len(output)} bytes)"
 
 
 META_MAX_PAIRS, META_KEY_MAX, META_VALUE_MAX = 64, 128, 512

@@ -55,8 +55,8 @@ class Request:
             value = int(raw)
         except ValueError as exc:
             raise bad_request(f"Invalid ?{name}= value {raw!r}: expected an integer") from exc
-        if value < 0:
-            raise bad_request(f"Invalid ?{name}= value {raw!r}: must not be negative")
+        if not 0 <= value < 2**64:  # Consul parses these as uint64
+            raise bad_request(f"Invalid ?{name}= value {raw!r}: must be between 0 and 2^64-1")
         return value
 
     def json(self) -> object:
