@@ -8,6 +8,7 @@ import contextlib
 import socket
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -208,3 +209,43 @@ def test_agent_services_block_on_content_hash(consul_addr, consul_client, servic
         timer.join()
     assert time.monotonic() - started < 5
     assert changed.headers["X-Consul-ContentHash"] != digest and service in changed.json()
+
+
+def test_failures_before_critical_holds_the_status_until_enough_failures(
+        consul_addr, consul_client, service, wait_until):
+    """agent/check.mdx Register Check: FailuresBeforeCritical is the number of consecutive
+    unsuccessful results required before the check turns critical (FailuresBeforeWarning
+    defaults to it), so a passing check stays passing through the first failures."""
+    hits = []
+
+    class Failing(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            hits.append(time.monotonic())
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                              daemon=True)
+    thread.start()
+    try:
+        body = {"Name": service, "Check": {
+            "HTTP": f"http://127.0.0.1:{server.server_address[1]}/", "Interval": "1s",
+            "Timeout": "1s", "Status": "passing", "FailuresBeforeCritical": 3}}
+        resp = requests.put(f"http://{consul_addr}/v1/agent/service/register", json=body,
+                            timeout=10)
+        assert resp.status_code == 200
+        check = f"service:{service}"
+        wait_until(lambda: len(hits) >= 2, timeout_s=15)
+        assert consul_client.agent.checks()[check]["Status"] == "passing"
+        wait_until(lambda: consul_client.agent.checks()[check]["Status"] == "critical",
+                   timeout_s=15)
+        assert len(hits) >= 3
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

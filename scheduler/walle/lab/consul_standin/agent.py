@@ -54,7 +54,21 @@ def parse_check_type(raw: dict, where: str) -> dict:
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
     spec["Deregister"] = max(dereg, MIN_DEREGISTER_S) if dereg > 0 else 0.0
+    spec.update(_thresholds(raw, where))
     return spec
+
+
+def _thresholds(raw: dict, where: str) -> dict[str, int]:
+    """SuccessBeforePassing, FailuresBeforeWarning (default: FailuresBeforeCritical) and
+    FailuresBeforeCritical: consecutive results needed before the status changes."""
+    out = {}
+    for name in ("SuccessBeforePassing", "FailuresBeforeCritical", "FailuresBeforeWarning"):
+        value = get(raw, name) or 0
+        if not isinstance(value, int) or value < 0:
+            raise bad_request(f"{where}.{name}: expected a non-negative integer, got {value!r}")
+        out[name] = value
+    out["FailuresBeforeWarning"] = out["FailuresBeforeWarning"] or out["FailuresBeforeCritical"]
+    return out
 
 
 def _definition(spec: dict) -> dict:
