@@ -236,3 +236,17 @@ def test_ttl_check_output_is_capped_and_says_so(consul_addr, consul_client, uniq
         assert output == "x" * 4096 + " ... (captured 4096 of 5000 bytes)"
     finally:
         consul_client.agent.check.deregister(check)
+
+
+# --- /v1/agent/members ---------------------------------------------------------------------
+def test_members_carry_consuls_serf_tags(consul_client):
+    """api-docs/agent List Members: each member's Tags are the agent's gossip tags; the
+    sample shows a server's: role "consul", dc, port "8300" (the server RPC port)."""
+    me = consul_client.agent.self()
+    (member,) = [m for m in consul_client.agent.members()
+                 if m["Name"] == me["Config"]["NodeName"]]
+    assert member["Status"] == 1 and member["Port"] == 8301
+    tags = member["Tags"]
+    assert tags["role"] == "consul" and tags["port"] == "8300"
+    assert tags["dc"] == me["Config"]["Datacenter"]
+    assert me["Member"]["Tags"] == tags

@@ -395,9 +395,20 @@ class ConsulHttpApi:
         for name, node in sorted(self.store.nodes.items()):
             if name not in known and (name, "serfHealth") in self.store.checks:
                 alive = self.store.checks[(name, "serfHealth")]["Status"] == "passing"
-                members.append(member_json(name, node["Address"], 8301, node["Meta"],
+                members.append(member_json(name, node["Address"], 8301,
+                                           self._member_tags(name, node),
                                            "alive" if alive else "failed"))
         return members
+
+    def _member_tags(self, name: str, node: dict) -> dict[str, str]:
+        """The Serf tags a Consul agent gossips (agent/consul: role, dc, id, build, vsn...;
+        servers add port and bootstrap), for members that Serf does not report itself."""
+        tags = {"role": "node", "dc": self.store.datacenter, "id": node.get("ID", ""),
+                "segment": "", "build": f"{CONSUL_VERSION}:walle-standin", "vsn": "2",
+                "vsn_min": "2", "vsn_max": "3"}
+        if name == self.node_name:
+            tags.update(role="consul", port="8300", bootstrap="1", raft_vsn="3")
+        return tags
 
     def _member(self, name: str) -> dict:
         return next((m for m in self._members() if m["Name"] == name), {})
