@@ -250,3 +250,22 @@ def test_members_carry_consuls_serf_tags(consul_client):
     assert tags["role"] == "consul" and tags["port"] == "8300"
     assert tags["dc"] == me["Config"]["Datacenter"]
     assert me["Member"]["Tags"] == tags
+
+
+def test_service_configuration_carries_its_content_hash(consul_addr, consul_client, unique):
+    """api-docs/agent/service Get Service Configuration: the service definition plus an extra
+    ContentHash field, the same hash as the X-Consul-ContentHash header; unknown IDs 404."""
+    name = unique("cfg")
+    consul_client.agent.service.register(name, port=8080, tags=["a"])
+    try:
+        resp = requests.get(f"http://{consul_addr}/v1/agent/service/{name}", timeout=10)
+        assert resp.status_code == 200
+        body = resp.json()
+        assert body["ContentHash"] == resp.headers["X-Consul-ContentHash"]
+        assert (body["ID"], body["Service"], body["Port"], body["Tags"]) == \
+            (name, name, 8080, ["a"])
+        assert "ContentHash" not in consul_client.agent.services()[name]
+    finally:
+        consul_client.agent.service.deregister(name)
+    missing = requests.get(f"http://{consul_addr}/v1/agent/service/{name}", timeout=10)
+    assert missing.status_code == 404

@@ -43,11 +43,11 @@ SERVICE_ADDRESS = {"Address": STR, "Port": INT}
 # /v1/catalog/nodes (structs.Node)
 NODE = {"ID": STR, "Node": STR, "Address": STR, "Datacenter": STR,
         "TaggedAddresses": MapOf(STR), "Meta": MapOf(STR)}
-# /v1/agent/services, /v1/catalog/node/:node's Services, health rows' Service (NodeService)
+# /v1/agent/services, /v1/catalog/node/:node's Services, health rows' Service (NodeService;
+# agent/service.mdx's selector table: Datacenter and Namespace are not selectors)
 SERVICE = {"Kind": STR, "ID": STR, "Service": STR, "Tags": LIST, "Address": STR,
            "TaggedAddresses": MapOf(SERVICE_ADDRESS), "Meta": MapOf(STR), "Port": INT,
-           "Weights": WEIGHTS, "EnableTagOverride": BOOL, "Datacenter": STR,
-           "Proxy": OPAQUE, "Connect": OPAQUE}
+           "Weights": WEIGHTS, "EnableTagOverride": BOOL, "Proxy": OPAQUE, "Connect": OPAQUE}
 # /v1/health/node, checks, state and /v1/agent/checks (HealthCheck)
 CHECK = {"Node": STR, "CheckID": STR, "Name": STR, "Status": STR, "Notes": STR, "Output": STR,
          "ServiceID": STR, "ServiceName": STR, "ServiceTags": LIST, "Type": STR,

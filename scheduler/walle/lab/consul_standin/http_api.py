@@ -442,8 +442,12 @@ class ConsulHttpApi:
         return Response(body=data, headers={"X-Consul-ContentHash": f"{value:016x}"})
 
     def agent_service(self, req: Request, service_id: str) -> Response:
-        return self._hash_blocking(
+        """agent/service.mdx Get Service Configuration: the service plus a ContentHash field,
+        the same hash as X-Consul-ContentHash."""
+        resp = self._hash_blocking(
             req, lambda: self.store.agent_service(req.agent_node, service_id))
+        resp.body = {**resp.body, "ContentHash": resp.headers["X-Consul-ContentHash"]}
+        return resp
 
     def agent_services(self, req: Request) -> Response:
         keep = compile_filter(req.arg("filter"), filters.SERVICE)
