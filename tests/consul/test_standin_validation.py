@@ -269,3 +269,19 @@ def test_service_configuration_carries_its_content_hash(consul_addr, consul_clie
         consul_client.agent.service.deregister(name)
     missing = requests.get(f"http://{consul_addr}/v1/agent/service/{name}", timeout=10)
     assert missing.status_code == 404
+
+
+# --- /v1/agent/check/register --------------------------------------------------------------
+@pytest.mark.parametrize("body, status, message", [
+    ({"TTL": "10s"}, 400, "Missing check name"),
+    ({"Name": "walle-test-c", "TTL": "10s", "Status": "bogus"}, 400, ""),
+    ({"Name": "walle-test-c", "TTL": "10s", "ServiceID": "walle-test-no-such-service"}, 404,
+     "does not exist"),
+])
+def test_agent_check_register_refusals(consul_addr, consul_client, body, status, message):
+    """api-docs/agent/check Register Check: Name is required and Status must be a check
+    status (400); a ServiceID must name a service of this agent (Consul's handler answers
+    404 "ServiceID ... does not exist")."""
+    resp = put(consul_addr, "/v1/agent/check/register", body)
+    assert resp.status_code == status and message in resp.text
+    assert "walle-test-c" not in consul_client.agent.checks()

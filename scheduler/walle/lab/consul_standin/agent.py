@@ -164,7 +164,7 @@ class AgentMixin:
         if get(body, "ServiceID"):
             service = self.services.get((node, get(body, "ServiceID")))
             if service is None:
-                raise bad_request(f'ServiceID "{get(body, "ServiceID")}" does not exist')
+                raise not_found(f'ServiceID "{get(body, "ServiceID")}" does not exist')
         status = get(body, "Status") or "critical"
         if status not in STATES:
             raise bad_request(f"Status: invalid '{status}' (passing|warning|critical)")
