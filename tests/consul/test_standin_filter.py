@@ -96,3 +96,25 @@ def test_an_invalid_filter_fails_the_request(consul_addr, path, expr):
     resp = get(consul_addr, path, expr)
     assert resp.status_code == 500
     assert "Failed to create boolean expression evaluator" in resp.text
+
+
+def test_health_state_and_checks_take_node_meta(consul_addr, consul_client, unique):
+    """api-docs/health List Checks for Service and List Checks in State: ?node-meta=key:value
+    keeps the checks of nodes with that metadata."""
+    node, svc = unique("meta-node"), unique("meta-svc")
+    body = {"Node": node, "Address": "10.1.2.5", "NodeMeta": {"rack": node},
+            "Service": {"Service": svc, "Port": 80},
+            "Check": {"CheckID": "c", "Name": "c", "Status": "warning", "ServiceID": svc}}
+    assert requests.put(f"http://{consul_addr}/v1/catalog/register", json=body,
+                        timeout=10).json() is True
+    try:
+        for path in ("/v1/health/state/warning", f"/v1/health/checks/{svc}"):
+            mine = requests.get(f"http://{consul_addr}{path}",
+                                params={"node-meta": f"rack:{node}"}, timeout=10).json()
+            assert [(c["Node"], c["CheckID"]) for c in mine] == [(node, "c")]
+            other = requests.get(f"http://{consul_addr}{path}",
+                                 params={"node-meta": "rack:elsewhere"}, timeout=10).json()
+            assert other == []
+    finally:
+        requests.put(f"http://{consul_addr}/v1/catalog/deregister", json={"Node": node},
+                     timeout=10)

@@ -114,5 +114,13 @@ def test_invalid_expressions_fail_like_consul(expr):
 
 def test_a_consul_field_the_standin_does_not_model_is_400_not_ignored():
     with pytest.raises(ConsulError) as err:
-        compile_filter('Definition.HTTP == "x"', CHECK)
-    assert err.value.status == 400 and "Definition.HTTP" in err.value.message
+        compile_filter('Proxy.DestinationServiceName == "x"', SERVICE)
+    assert err.value.status == 400 and "Proxy.DestinationServiceName" in err.value.message
+
+
+def test_checks_of_a_health_row_take_is_empty():
+    # health.mdx List Service Instances: `Checks` supports Is Empty, Is Not Empty
+    assert compile_filter("Checks is not empty", HEALTH_ROW)({"Checks": [{"Status": "x"}]})
+    assert compile_filter("Checks is empty", HEALTH_ROW)({"Checks": []})
+    with pytest.raises(ConsulError):
+        compile_filter('Checks == "x"', HEALTH_ROW)

@@ -48,10 +48,10 @@ NODE = {"ID": STR, "Node": STR, "Address": STR, "Datacenter": STR,
 SERVICE = {"Kind": STR, "ID": STR, "Service": STR, "Tags": LIST, "Address": STR,
            "TaggedAddresses": MapOf(SERVICE_ADDRESS), "Meta": MapOf(STR), "Port": INT,
            "Weights": WEIGHTS, "EnableTagOverride": BOOL, "Proxy": OPAQUE, "Connect": OPAQUE}
-# /v1/health/node, checks, state and /v1/agent/checks (HealthCheck)
+# /v1/health/node, checks, state and /v1/agent/checks (HealthCheck; the selector tables of
+# health.mdx and agent/check.mdx: Type and Definition are not selectors)
 CHECK = {"Node": STR, "CheckID": STR, "Name": STR, "Status": STR, "Notes": STR, "Output": STR,
-         "ServiceID": STR, "ServiceName": STR, "ServiceTags": LIST, "Type": STR,
-         "Definition": OPAQUE}
+         "ServiceID": STR, "ServiceName": STR, "ServiceTags": LIST}
 # /v1/catalog/service/:name and /v1/catalog/services (ServiceNode)
 SERVICE_NODE = {"ID": STR, "Node": STR, "Address": STR, "Datacenter": STR,
                 "TaggedAddresses": MapOf(STR), "NodeMeta": MapOf(STR), "ServiceKind": STR,
@@ -267,7 +267,9 @@ def _resolve(schema: dict, path: list[str]):
 def _operation(field_type: object, op: str, value: str | None, name: str) -> Callable:
     if isinstance(field_type, MapOf):
         allowed = _MAP_OPS
-    elif isinstance(field_type, (dict, ListOf)):
+    elif isinstance(field_type, ListOf):  # health.mdx: `Checks` takes Is Empty only
+        allowed = {"is empty"}
+    elif isinstance(field_type, dict):
         raise _invalid(f'Selector "{name}" is not valid: it names a structure, not a value')
     else:
         allowed = _OPS_BY_TYPE[field_type]

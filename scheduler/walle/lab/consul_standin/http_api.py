@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import filters, kv
-from .catalog import STATES
+from .catalog import STATES, meta_matches
 from .core import query_timeout
 from .durations import parse_duration
 from .errors import ConsulError, PersistError, bad_request, not_found
@@ -315,18 +315,24 @@ class ConsulHttpApi:
         return self._blocking(req, lambda: (s.table_index("checks"), keep(
             [c for (n, _), c in sorted(s.checks.items()) if n == node])))
 
+    def _on_meta_nodes(self, req: Request) -> Callable[[dict], bool]:
+        """health.mdx ?node-meta=k:v (checks, state): only checks of nodes with that meta."""
+        meta, nodes = node_meta_args(req), self.store.nodes
+        return lambda c: not meta or (c["Node"] in nodes and meta_matches(nodes[c["Node"]], meta))
+
     def health_checks(self, req: Request, service: str) -> Response:
-        s, keep = self.store, self._filter(req, filters.CHECK)
+        s, keep, on_node = self.store, self._filter(req, filters.CHECK), self._on_meta_nodes(req)
         return self._blocking(req, lambda: (s.service_index(service), keep(
-            [c for _, c in sorted(s.checks.items()) if c["ServiceName"] == service])))
+            [c for _, c in sorted(s.checks.items())
+             if c["ServiceName"] == service and on_node(c)])))
 
     def health_state(self, req: Request, state: str) -> Response:
         if state not in (*STATES, "any"):
             raise bad_request(f"Bad check state: {state} (use any|passing|warning|critical)")
-        s, keep = self.store, self._filter(req, filters.CHECK)
+        s, keep, on_node = self.store, self._filter(req, filters.CHECK), self._on_meta_nodes(req)
         return self._blocking(req, lambda: (s.table_index("checks"), keep(
             [c for _, c in sorted(s.checks.items())
-                  if state == "any" or c["Status"] == state])))
+             if (state == "any" or c["Status"] == state) and on_node(c)])))
 
     def health_service(self, req: Request, name: str) -> Response:
         tags, meta, s = req.query.get("tag", []), node_meta_args(req), self.store
