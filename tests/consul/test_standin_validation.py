@@ -285,3 +285,27 @@ def test_agent_check_register_refusals(consul_addr, consul_client, body, status,
     resp = put(consul_addr, "/v1/agent/check/register", body)
     assert resp.status_code == status and message in resp.text
     assert "walle-test-c" not in consul_client.agent.checks()
+
+
+def test_read_only_txn_is_served_like_a_read(consul_addr, consul_client, unique):
+    """api-docs/txn: a transaction without writes is fast-pathed like a read: it answers
+    X-Consul-KnownLeader and X-Consul-LastContact and takes ?stale / ?consistent; with a
+    write those headers are absent. Results carry no Value except for get and get-tree, and
+    deletes add no result."""
+    key = unique("txn-ro")
+    value = base64.b64encode(b"v").decode()
+    write = put(consul_addr, "/v1/txn", [{"KV": {"Verb": "set", "Key": key, "Value": value}},
+                                         {"KV": {"Verb": "delete", "Key": f"{key}-x"}}])
+    assert write.status_code == 200 and "X-Consul-KnownLeader" not in write.headers
+    (result,) = write.json()["Results"]
+    assert result["KV"]["Key"] == key and result["KV"]["Value"] is None
+    read = requests.put(f"http://{consul_addr}/v1/txn?stale",
+                        json=[{"KV": {"Verb": "get", "Key": key}}], timeout=10)
+    assert read.status_code == 200
+    assert read.headers["X-Consul-KnownLeader"] == "true" and "X-Consul-LastContact" in \
+        read.headers
+    assert read.json()["Results"][0]["KV"]["Value"] == value
+    conflicting = requests.put(f"http://{consul_addr}/v1/txn?stale&consistent",
+                               json=[{"KV": {"Verb": "get", "Key": key}}], timeout=10)
+    assert conflicting.status_code == 400
+    consul_client.kv.delete(key)

@@ -20,6 +20,7 @@ from .durations import parse_duration
 from .errors import ConsulError, PersistError, bad_request, not_found
 from .fields import get
 from .filters import compile_filter
+from .kvstore import txn_is_read_only
 from .sessions import require_session_uuid
 from .snapshot import MAX_ARCHIVE_BYTES, SnapshotError, make_archive, read_archive
 from .store import Store
@@ -217,8 +218,14 @@ class ConsulHttpApi:
         return Response(body=ok)
 
     def txn(self, req: Request) -> Response:
-        status, body = self.store.txn(req.json())
-        return Response(status, body=body)
+        ops = req.json()
+        read_only = txn_is_read_only(ops)
+        if read_only:
+            consistency_mode(req)  # refuses conflicting modes as any read does
+        status, body = self.store.txn(ops)
+        headers = {"X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0"} \
+            if read_only else {}
+        return Response(status, body=body, headers=headers)
 
     # --- sessions ------------------------------------------------------------------------
     def session_create(self, req: Request) -> Response:

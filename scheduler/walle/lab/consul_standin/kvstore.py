@@ -122,6 +122,14 @@ class KVMixin:
         return errors
 
 
+def txn_is_read_only(ops: object) -> bool:
+    """txn.mdx: a transaction without write operations is served like a read (consistency
+    modes, X-Consul-KnownLeader and X-Consul-LastContact, no blocking)."""
+    return isinstance(ops, list) and all(
+        isinstance(op, dict) and isinstance(get(op, "KV"), dict)
+        and get(get(op, "KV"), "Verb") not in _WRITE_VERBS for op in ops)
+
+
 class TxnOpError(Exception):
     pass
 
