@@ -62,6 +62,9 @@ def test_agent_services_count_in_stats(consul_addr, consul_client, unique):
      "Must provide service name"),
     ({"Node": "walle-test-svc", "Address": "10.1.2.3",
       "Service": {"Service": "x", "Address": "0.0.0.0"}}, "Invalid service address"),
+    ({"Node": "walle-test-chk", "Address": "10.1.2.3",
+      "Check": {"CheckID": "c", "Name": "c", "ServiceID": "no-such-service"}},
+     "Missing service registration"),
 ])
 def test_catalog_register_refusals_are_server_errors(consul_addr, body, message):
     """api-docs/catalog Register Entity: Node and Address are required; Consul checks them in
@@ -69,6 +72,9 @@ def test_catalog_register_refusals_are_server_errors(consul_addr, body, message)
     HTTP API answers with 500 and the message."""
     resp = put(consul_addr, "/v1/catalog/register", body)
     assert resp.status_code == 500 and message in resp.text
+    if body.get("Node"):  # nothing of a refused registration is applied
+        assert requests.get(f"http://{consul_addr}/v1/catalog/node/{body['Node']}",
+                            timeout=10).json() is None
 
 
 def test_catalog_deregister_without_node_is_a_server_error(consul_addr):

@@ -149,6 +149,14 @@ class CatalogMixin:
         if raw_service and get(raw_service, "Address") in ANY_ADDRESSES:
             raise rpc_error("Invalid service address")
         checks = [c for c in [get(body, "Check"), *(get(body, "Checks") or [])] if c]
+        new_service_id = (get(raw_service, "ID") or get(raw_service, "Service")) \
+            if raw_service else None
+        for raw in checks:
+            service_id = get(as_dict(raw, "Check"), "ServiceID")
+            if service_id and service_id != new_service_id and \
+                    (name, service_id) not in self.services:
+                # state store ensureCheckTxn: the whole registration fails
+                raise rpc_error("Missing service registration")
         with self.write():
             if not skip or name not in self.nodes:
                 self.ensure_node(name, address or "", as_dict(get(body, "NodeMeta"), "NodeMeta"),
