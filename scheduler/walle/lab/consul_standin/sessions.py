@@ -76,7 +76,7 @@ class SessionMixin:
         return {
             "ID": str(uuid.uuid4()), "Name": get(body, "Name") or "",
             "Node": get(body, "Node") or agent_node,
-            "LockDelay": int(min(parse_lock_delay(delay), MAX_LOCK_DELAY_S) * 1e9)
+            "LockDelay": int(parse_lock_delay(delay) * 1e9)
             if delay is not None else int(DEFAULT_LOCK_DELAY_S * 1e9),
             "Behavior": behavior, "TTL": ttl_text, "NodeChecks": node_checks,
             "ServiceChecks": [{"ID": get(c, "ID"), "Namespace": get(c, "Namespace") or ""}
@@ -119,7 +119,8 @@ class SessionMixin:
         if session is None:
             return
         idx = self.touch("sessions")
-        delay_s = session["LockDelay"] / 1e9
+        # the session keeps the LockDelay it was given; the state store caps what it applies
+        delay_s = min(session["LockDelay"] / 1e9, MAX_LOCK_DELAY_S)
         held = [e["Key"] for e in self.kv.entries.values() if e["Session"] == session_id]
         for key in held:
             if session["Behavior"] == "delete":
