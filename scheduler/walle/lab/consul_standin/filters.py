@@ -143,18 +143,19 @@ class _Parser:
         return pred
 
     def or_expr(self) -> Predicate:
-        parts = [self.and_expr()]
-        while self.at_kw("or"):
-            self.i += 1
-            parts.append(self.and_expr())
-        return parts[0] if len(parts) == 1 else (lambda o: any(p(o) for p in parts))
+        return self.joined("or", self.and_expr, any)
 
     def and_expr(self) -> Predicate:
-        parts = [self.not_expr()]
-        while self.at_kw("and"):
+        return self.joined("and", self.not_expr, all)
+
+    def joined(self, word: str, operand: Callable[[], Predicate],
+               combine: Callable[[object], bool]) -> Predicate:
+        """operand (word operand)*: `and` binds tighter than `or` by the call order."""
+        parts = [operand()]
+        while self.at_kw(word):
             self.i += 1
-            parts.append(self.not_expr())
-        return parts[0] if len(parts) == 1 else (lambda o: all(p(o) for p in parts))
+            parts.append(operand())
+        return parts[0] if len(parts) == 1 else (lambda o: combine(p(o) for p in parts))
 
     def not_expr(self) -> Predicate:
         if self.at_kw("not"):
