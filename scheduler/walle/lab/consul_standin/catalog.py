@@ -238,6 +238,15 @@ def make_check(node: str, check_id: str, name: str, status: str, *, notes: str =
             "Definition": definition or {}}
 
 
+def _weights(raw: object) -> dict:
+    """Weights decoded like Consul's struct (keys case-insensitive, a missing one 0); absent
+    weights default to Passing 1, Warning 1 (structs.ServiceDefinition.NodeService)."""
+    if raw is None:
+        return {"Passing": 1, "Warning": 1}
+    weights = as_dict(raw, "Weights")
+    return {"Passing": get(weights, "Passing", 0), "Warning": get(weights, "Warning", 0)}
+
+
 def service_record(raw: dict, name_field: str) -> dict:
     """A service as stored, from an agent (`Name`) or catalog (`Service`) definition."""
     name = get(raw, name_field) or get(raw, "Name")
@@ -253,5 +262,5 @@ def service_record(raw: dict, name_field: str) -> dict:
             "Address": get(raw, "Address") or "",
             "TaggedAddresses": get(raw, "TaggedAddresses") or {},
             "Meta": {str(k): str(v) for k, v in as_dict(get(raw, "Meta"), "Meta").items()},
-            "Port": port, "Weights": get(raw, "Weights") or {"Passing": 1, "Warning": 1},
+            "Port": port, "Weights": _weights(get(raw, "Weights")),
             "EnableTagOverride": bool(get(raw, "EnableTagOverride"))}
