@@ -201,15 +201,39 @@ def test_destroying_an_unknown_session_is_idempotent(consul_addr):
 
 # --- KV and check output ---------------------------------------------------------------------
 def test_kv_flags_are_an_unsigned_64_bit_value(consul_addr, consul_client, unique):
-    """api-docs/kv Create/Update Key: flags is "an unsigned value between 0 and (2^64)-1";
-    a value outside fails to parse: 400."""
+    """api-docs/kv Create/Update Key: flags is "an unsigned value between 0 and (2^64)-1".
+    Consul's handler returns the strconv.ParseUint error of a value outside as is: a 500
+    naming ParseUint (kvs_endpoint.go); nothing is written."""
     key = unique("flags")
     base = f"http://{consul_addr}/v1/kv/{key}"
     assert requests.put(f"{base}?flags={2**64 - 1}", data=b"v", timeout=10).json() is True
     assert consul_client.kv.get(key)[1]["Flags"] == 2**64 - 1
-    for bad in (2**64, -1):
-        assert requests.put(f"{base}?flags={bad}", data=b"v", timeout=10).status_code == 400
+    for bad in (2**64, -1, "x"):
+        resp = requests.put(f"{base}?flags={bad}", data=b"w", timeout=10)
+        assert resp.status_code == 500 and "ParseUint" in resp.text
+        resp = requests.put(f"{base}?cas={bad}", data=b"w", timeout=10)
+        assert resp.status_code == 500 and "ParseUint" in resp.text
+    assert consul_client.kv.get(key)[1]["Value"] == b"v"
     consul_client.kv.delete(key)
+
+
+@pytest.mark.parametrize("method, query", [("PUT", "?cas=0&acquire=x"),
+                                           ("PUT", "?acquire=x&release=x"),
+                                           ("DELETE", "?recurse&cas=1")])
+def test_kv_conflicting_flags_are_refused(consul_addr, unique, method, query):
+    """api-docs/kv: cas, acquire and release are separate operations (as are a recursive
+    and a CAS delete); Consul's handler refuses a combination: 400 "Conflicting flags"."""
+    resp = requests.request(method, f"http://{consul_addr}/v1/kv/{unique('conflict')}{query}",
+                            data=b"v", timeout=10)
+    assert resp.status_code == 400 and "Conflicting flags" in resp.text
+
+
+@pytest.mark.parametrize("method, query", [("GET", ""), ("DELETE", ""), ("PUT", "")])
+def test_kv_operations_on_no_key_need_recurse(consul_addr, method, query):
+    """api-docs/kv: reading or deleting the root needs ?recurse (or ?keys to list it);
+    without a key name Consul answers 400 "Missing key name"."""
+    resp = requests.request(method, f"http://{consul_addr}/v1/kv/{query}", timeout=10)
+    assert resp.status_code == 400 and "Missing key name" in resp.text
 
 
 def test_kv_raw_is_plain_text_and_keys_imply_recurse(consul_addr, consul_client, unique):
@@ -220,7 +244,9 @@ def test_kv_raw_is_plain_text_and_keys_imply_recurse(consul_addr, consul_client,
     consul_client.kv.put(f"{prefix}/sub/b", "x")
     try:
         resp = requests.get(f"http://{consul_addr}/v1/kv/{prefix}/a?raw", timeout=10)
-        assert resp.text == "<html>" and resp.headers["Content-Type"].startswith("text/plain")
+        assert resp.text == "<html>" and resp.headers["Content-Type"] == "text/plain"
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert resp.headers["Content-Security-Policy"] == "sandbox"
         _, keys = consul_client.kv.get(f"{prefix}/", keys=True)
         assert keys == [f"{prefix}/a", f"{prefix}/sub/b"]
         _, keys = consul_client.kv.get(f"{prefix}/", keys=True, separator="/")

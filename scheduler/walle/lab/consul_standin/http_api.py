@@ -60,6 +60,23 @@ class Request:
             raise bad_request(f"Invalid ?{name}= value {raw!r}: must be between 0 and 2^64-1")
         return value
 
+    def uint64(self, name: str) -> int | None:
+        """A KV ?flags=/?cas= value: Consul's handler returns strconv.ParseUint's error as is,
+        which reaches the client as a 500."""
+        if name not in self.query:
+            return None
+        raw = self.query[name][-1]
+        if not raw.isdigit():
+            raise ConsulError(500, f'strconv.ParseUint: parsing "{raw}": invalid syntax')
+        if int(raw) >= 2**64:
+            raise ConsulError(500, f'strconv.ParseUint: parsing "{raw}": value out of range')
+        return int(raw)
+
+    def conflicting(self, *names: str) -> None:
+        """kvs_endpoint.go conflictingFlags: at most one of these parameters (400)."""
+        if sum(name in self.query for name in names) > 1:
+            raise bad_request(f"Conflicting flags: {'&'.join(sorted(self.query))}")
+
     def json(self) -> object:
         if not self.body.strip():
             return None
@@ -190,13 +207,20 @@ class ConsulHttpApi:
             return self.kv_get(req, key)
         if req.method == "PUT":
             return self.kv_put(req, key)
-        # Consul reads ?recurse by presence, whatever its value
-        return Response(body=self.store.kv_delete(key, "recurse" in req.query,
-                                                  req.int_arg("cas")))
+        # Consul reads ?recurse by presence, whatever its value; ?cas answers the CAS result,
+        # a plain or recursive delete always true
+        req.conflicting("recurse", "cas")
+        recurse = "recurse" in req.query
+        if not key and not recurse:
+            raise bad_request("Missing key name")
+        return Response(body=self.store.kv_delete(key, recurse, req.uint64("cas")))
 
     def kv_get(self, req: Request, key: str) -> Response:
         keys, recurse = "keys" in req.query, "recurse" in req.query
-        separator = req.arg("separator", "") or ""
+        if not key and not keys and not recurse:
+            raise bad_request("Missing key name")
+        # kvs_endpoint.go also takes the historic misspelling ?seperator=
+        separator = req.arg("separator", req.arg("seperator", "")) or ""
         resp = self._blocking(req, lambda: self.store.kv_read(key, recurse, keys, separator))
         data = resp.body
         if data is None or (not data and (recurse or key)):
@@ -205,15 +229,17 @@ class ConsulHttpApi:
         if keys:
             return resp
         if "raw" in req.query and not recurse:
-            return Response(raw=data[0]["Value"] or b"", headers=resp.headers)
+            # never sniffed as HTML (CVE-2020-25864): the headers Consul sets
+            return Response(raw=data[0]["Value"] or b"", content_type="text/plain",
+                            headers={**resp.headers, "X-Content-Type-Options": "nosniff",
+                                     "Content-Security-Policy": "sandbox"})
         resp.body = [kv.to_json(e) for e in data]
         return resp
 
     def kv_put(self, req: Request, key: str) -> Response:
-        if "cas" in req.query and req.int_arg("cas") is None:
-            raise bad_request("Invalid ?cas= value: expected an integer")
-        flags = req.int_arg("flags") or 0
-        ok = self.store.kv_put(key, req.body or None, flags, req.int_arg("cas"),
+        req.conflicting("cas", "acquire", "release")
+        flags = req.uint64("flags") or 0
+        ok = self.store.kv_put(key, req.body or None, flags, req.uint64("cas"),
                                req.arg("acquire"), req.arg("release"))
         return Response(body=ok)
 
