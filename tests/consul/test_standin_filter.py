@@ -118,3 +118,16 @@ def test_health_state_and_checks_take_node_meta(consul_addr, consul_client, uniq
     finally:
         requests.put(f"http://{consul_addr}/v1/catalog/deregister", json={"Node": node},
                      timeout=10)
+
+
+def test_passing_takes_a_boolean(consul_addr, two):
+    """api-docs/health List Service Instances: ?passing (bool); ?passing alone or =true keeps
+    only instances whose checks all pass, =false keeps all, a non-boolean is refused (400)."""
+    def ids(query: str) -> list[str]:
+        resp = requests.get(f"http://{consul_addr}/v1/health/service/{two}{query}", timeout=10)
+        assert resp.status_code == 200, resp.text
+        return sorted(r["Service"]["ID"] for r in resp.json())
+    assert ids("?passing") == ids("?passing=true") == [f"{two}-qa"]
+    assert ids("?passing=false") == ids("") == [f"{two}-prod", f"{two}-qa"]
+    bad = requests.get(f"http://{consul_addr}/v1/health/service/{two}?passing=maybe", timeout=10)
+    assert bad.status_code == 400

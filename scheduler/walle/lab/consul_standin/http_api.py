@@ -48,6 +48,18 @@ class Request:
             return False
         return self.query[name][-1].lower() not in ("false", "0")
 
+    def go_bool(self, name: str) -> bool:
+        """A parameter read like health_endpoint.go's ?passing: present without a value is
+        true, otherwise Go's strconv.ParseBool, anything else 400."""
+        if name not in self.query:
+            return False
+        raw = self.query[name][-1]
+        if raw in ("", "1", "t", "T", "TRUE", "true", "True"):
+            return True
+        if raw in ("0", "f", "F", "FALSE", "false", "False"):
+            return False
+        raise bad_request(f"Invalid value for ?{name}")
+
     def int_arg(self, name: str) -> int | None:
         raw = self.arg(name)
         if raw is None or raw == "":
@@ -369,7 +381,7 @@ class ConsulHttpApi:
 
     def health_service(self, req: Request, name: str) -> Response:
         tags, meta, s = req.query.get("tag", []), node_meta_args(req), self.store
-        passing, keep = req.flag("passing"), self._filter(req, filters.HEALTH_ROW)
+        passing, keep = req.go_bool("passing"), self._filter(req, filters.HEALTH_ROW)
 
         def view():
             rows = []
