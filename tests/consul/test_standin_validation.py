@@ -172,6 +172,22 @@ def test_event_list_index_follows_the_name_filter(consul_client, unique):
     assert none == [] and int(index_none) == 1
 
 
+def test_fire_answers_the_event_with_lamport_time_zero(consul_addr, consul_client, unique):
+    """api-docs/event Fire Event sample response: ID, Name, Payload, the filters, Version 1
+    and LTime 0 (the Lamport time is given when the event is gossiped; List Events shows
+    it)."""
+    name = unique("ev-fire")
+    resp = requests.put(f"http://{consul_addr}/v1/event/fire/{name}?node=.", data=b"hi",
+                        timeout=10)
+    assert resp.status_code == 200
+    fired = resp.json()
+    assert (fired["Name"], fired["NodeFilter"], fired["Version"], fired["LTime"]) == \
+        (name, ".", 1, 0)
+    assert base64.b64decode(fired["Payload"]) == b"hi"
+    (listed,) = consul_client.event.list(name=name)[1]
+    assert listed["ID"] == fired["ID"] and listed["LTime"] > 0
+
+
 @pytest.mark.parametrize("query", ["?tag=web", "?node=(", "?service=web&tag=("])
 def test_event_fire_with_bad_filters_is_a_server_error(consul_addr, unique, query):
     """api-docs/event Fire Event: ?tag= needs ?service=; filters are regular expressions.

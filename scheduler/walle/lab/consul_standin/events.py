@@ -41,7 +41,9 @@ class EventMixin:
                      "Version": 1, "LTime": self.ltime}
             self.events = [*self.events, event][-MAX_EVENTS:]
             self.touch("events")
-        return event
+        # event.mdx: the fire answer has LTime 0; the Lamport time is set when the event is
+        # gossiped, and the list shows it
+        return {**event, "LTime": 0}
 
     def event_view(self, agent_node: str, name: str):
         # event_endpoint.go: the ?name= filter first, then the index of the newest left (1 if
