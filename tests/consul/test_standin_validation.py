@@ -357,3 +357,17 @@ def test_read_only_txn_is_served_like_a_read(consul_addr, consul_client, unique)
                                json=[{"KV": {"Verb": "get", "Key": key}}], timeout=10)
     assert conflicting.status_code == 400
     consul_client.kv.delete(key)
+
+
+@pytest.mark.parametrize("enable, status", [("", 400), ("maybe", 400), ("T", 200),
+                                            ("false", 200)])
+def test_node_maintenance_enable_is_a_required_boolean(consul_addr, consul_client, enable,
+                                                       status):
+    """api-docs/agent Enable Maintenance Mode: `enable` (bool: <required>); Consul parses it
+    with Go's ParseBool (so "T" is true) and refuses a missing or other value with 400."""
+    try:
+        resp = requests.put(f"http://{consul_addr}/v1/agent/maintenance?enable={enable}",
+                            timeout=10)
+        assert resp.status_code == status
+    finally:
+        requests.put(f"http://{consul_addr}/v1/agent/maintenance?enable=false", timeout=10)

@@ -27,6 +27,8 @@ from .store import Store
 
 log = logging.getLogger("walle.consul_standin.http")
 MAX_BODY = 4 * 1024 * 1024
+GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")  # what Go's strconv.ParseBool accepts
+GO_FALSE = ("0", "f", "F", "FALSE", "false", "False")
 CONSUL_VERSION = "1.17.0"  # the Consul whose API the stand-in follows
 SERF_STATUS = {"alive": 1, "leaving": 2, "left": 3, "failed": 4}
 
@@ -54,9 +56,9 @@ class Request:
         if name not in self.query:
             return False
         raw = self.query[name][-1]
-        if raw in ("", "1", "t", "T", "TRUE", "true", "True"):
+        if raw == "" or raw in GO_TRUE:
             return True
-        if raw in ("0", "f", "F", "FALSE", "false", "False"):
+        if raw in GO_FALSE:
             return False
         raise bad_request(f"Invalid value for ?{name}")
 
@@ -627,12 +629,13 @@ def _object(req: Request) -> dict:
 
 
 def _enable_arg(req: Request) -> bool:
+    """agent_endpoint.go: ?enable is required and read with strconv.ParseBool."""
     raw = req.arg("enable")
     if raw is None or raw == "":
         raise bad_request("Missing value for enable")
-    if raw.lower() not in ("true", "false", "1", "0"):
-        raise bad_request(f"Invalid value for enable: {raw!r}")
-    return raw.lower() in ("true", "1")
+    if raw not in GO_TRUE + GO_FALSE:
+        raise bad_request(f'Invalid value for enable: "{raw}"')
+    return raw in GO_TRUE
 
 
 # --- the HTTP server adapter ---------------------------------------------------------------
