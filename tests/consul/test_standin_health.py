@@ -192,15 +192,19 @@ def test_catalog_register_external_node_with_meta(consul_addr, consul_client, un
     assert consul_client.catalog.node(node)[1] is None
 
 
-def test_agent_services_block_on_content_hash(consul_addr, consul_client, service):
-    # agent/service.mdx "List Services": blocking via ?hash= and X-Consul-ContentHash.
-    url = f"http://{consul_addr}/v1/agent/services"
+def test_service_configuration_blocks_on_content_hash(consul_addr, consul_client, service):
+    """agent/service.mdx: Get Service Configuration supports hash-based blocking
+    (features/blocking.mdx "Hash-based Blocking Queries": ?hash= until the X-Consul-ContentHash
+    would differ, or ?wait=); List Services and List Checks do not block and send no hash."""
+    consul_client.agent.service.register(service, port=80)
+    url = f"http://{consul_addr}/v1/agent/service/{service}"
     digest = requests.get(url, timeout=5).headers["X-Consul-ContentHash"]
     started = time.monotonic()
     same = requests.get(url, params={"hash": digest, "wait": "1s"}, timeout=10)
     assert time.monotonic() - started >= 0.9
     assert same.headers["X-Consul-ContentHash"] == digest
-    timer = threading.Timer(0.3, consul_client.agent.service.register, args=(service,))
+    timer = threading.Timer(0.3, consul_client.agent.service.register, args=(service,),
+                            kwargs={"port": 81})
     timer.start()
     started = time.monotonic()
     try:
@@ -208,7 +212,12 @@ def test_agent_services_block_on_content_hash(consul_addr, consul_client, servic
     finally:
         timer.join()
     assert time.monotonic() - started < 5
-    assert changed.headers["X-Consul-ContentHash"] != digest and service in changed.json()
+    assert changed.headers["X-Consul-ContentHash"] != digest and changed.json()["Port"] == 81
+    for listing in ("services", "checks"):
+        resp = requests.get(f"http://{consul_addr}/v1/agent/{listing}",
+                            params={"hash": digest, "wait": "5s"}, timeout=10)
+        assert resp.status_code == 200 and "X-Consul-ContentHash" not in resp.headers
+        assert resp.elapsed.total_seconds() < 4
 
 
 def test_failures_before_critical_holds_the_status_until_enough_failures(

@@ -503,14 +503,19 @@ class ConsulHttpApi:
         return resp
 
     def agent_services(self, req: Request) -> Response:
+        """agent/service.mdx List Services: not a blocking endpoint (no ?hash=, no
+        X-Consul-ContentHash; only Get Service Configuration blocks on a hash)."""
         keep = compile_filter(req.arg("filter"), filters.SERVICE)
-        return self._hash_blocking(req, lambda: {
-            k: v for k, v in self.store.agent_services(req.agent_node).items() if keep(v)})
+        with self.store.cond:
+            services = self.store.agent_services(req.agent_node)
+        return Response(body={k: v for k, v in services.items() if keep(v)})
 
     def agent_checks(self, req: Request) -> Response:
+        """agent/check.mdx List Checks: not a blocking endpoint either."""
         keep = compile_filter(req.arg("filter"), filters.CHECK)
-        return self._hash_blocking(req, lambda: {
-            k: v for k, v in self.store.agent_checks(req.agent_node).items() if keep(v)})
+        with self.store.cond:
+            checks = self.store.agent_checks(req.agent_node)
+        return Response(body={k: v for k, v in checks.items() if keep(v)})
 
     def agent_check_register(self, req: Request) -> Response:
         self.store.agent_register_check(req.agent_node, _object(req))
