@@ -371,3 +371,16 @@ def test_node_maintenance_enable_is_a_required_boolean(consul_addr, consul_clien
         assert resp.status_code == status
     finally:
         requests.put(f"http://{consul_addr}/v1/agent/maintenance?enable=false", timeout=10)
+
+
+def test_sessions_for_a_node_by_name_or_id(consul_addr, consul_client, unique):
+    """api-docs/session List Sessions for Node: `node` is the name or ID of the node."""
+    me = consul_client.agent.self()["Config"]
+    session = consul_client.session.create(name=unique("by-node"))
+    try:
+        for node in (me["NodeName"], me["NodeID"]):
+            listed = requests.get(f"http://{consul_addr}/v1/session/node/{node}",
+                                  timeout=10).json()
+            assert session in [s["ID"] for s in listed]
+    finally:
+        consul_client.session.destroy(session)

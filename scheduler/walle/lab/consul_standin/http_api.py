@@ -290,7 +290,12 @@ class ConsulHttpApi:
         return self._blocking(req, lambda: self.store.session_view(session_id=session_id))
 
     def session_node(self, req: Request, node: str) -> Response:
-        return self._blocking(req, lambda: self.store.session_view(node=node))
+        """session.mdx List Sessions for Node: `node` is the node's name or ID."""
+        def view():
+            name = next((n for n, rec in self.store.nodes.items() if rec.get("ID") == node),
+                        node)
+            return self.store.session_view(node=name)
+        return self._blocking(req, view)
 
     def session_list(self, req: Request) -> Response:
         return self._blocking(req, lambda: self.store.session_view())
