@@ -373,8 +373,9 @@ def test_node_maintenance_enable_is_a_required_boolean(consul_addr, consul_clien
         requests.put(f"http://{consul_addr}/v1/agent/maintenance?enable=false", timeout=10)
 
 
-def test_sessions_for_a_node_by_name_or_id(consul_addr, consul_client, unique):
-    """api-docs/session List Sessions for Node: `node` is the name or ID of the node."""
+def test_sessions_and_checks_for_a_node_by_name_or_id(consul_addr, consul_client, unique):
+    """api-docs/session List Sessions for Node and api-docs/health List Checks for Node:
+    `node` is the name or ID of the node."""
     me = consul_client.agent.self()["Config"]
     session = consul_client.session.create(name=unique("by-node"))
     try:
@@ -382,5 +383,8 @@ def test_sessions_for_a_node_by_name_or_id(consul_addr, consul_client, unique):
             listed = requests.get(f"http://{consul_addr}/v1/session/node/{node}",
                                   timeout=10).json()
             assert session in [s["ID"] for s in listed]
+            checks = requests.get(f"http://{consul_addr}/v1/health/node/{node}",
+                                  timeout=10).json()
+            assert "serfHealth" in [c["CheckID"] for c in checks]
     finally:
         consul_client.session.destroy(session)

@@ -291,11 +291,11 @@ class ConsulHttpApi:
 
     def session_node(self, req: Request, node: str) -> Response:
         """session.mdx List Sessions for Node: `node` is the node's name or ID."""
-        def view():
-            name = next((n for n, rec in self.store.nodes.items() if rec.get("ID") == node),
-                        node)
-            return self.store.session_view(node=name)
-        return self._blocking(req, view)
+        return self._blocking(req, lambda: self.store.session_view(node=self._node_name(node)))
+
+    def _node_name(self, ref: str) -> str:
+        """A node named by name or by ID (health/node, session/node take either)."""
+        return next((n for n, rec in self.store.nodes.items() if rec.get("ID") == ref), ref)
 
     def session_list(self, req: Request) -> Response:
         return self._blocking(req, lambda: self.store.session_view())
@@ -365,7 +365,7 @@ class ConsulHttpApi:
     def health_node(self, req: Request, node: str) -> Response:
         s, keep = self.store, self._filter(req, filters.CHECK)
         return self._blocking(req, lambda: (s.table_index("checks"), keep(
-            [c for (n, _), c in sorted(s.checks.items()) if n == node])))
+            [c for (n, _), c in sorted(s.checks.items()) if n == self._node_name(node)])))
 
     def _on_meta_nodes(self, req: Request) -> Callable[[dict], bool]:
         """health.mdx ?node-meta=k:v (checks, state): only checks of nodes with that meta."""
