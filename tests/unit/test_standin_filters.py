@@ -124,3 +124,18 @@ def test_checks_of_a_health_row_take_is_empty():
     assert compile_filter("Checks is empty", HEALTH_ROW)({"Checks": []})
     with pytest.raises(ConsulError):
         compile_filter('Checks == "x"', HEALTH_ROW)
+
+
+def test_strings_take_escapes_and_keep_unicode():
+    keep = compile_filter('Meta.env == "caf\\u00e9 \\"x\\"" or Meta.env == "naïve"', SERVICE)
+    assert keep({"Meta": {"env": 'café "x"'}}) and keep({"Meta": {"env": "naïve"}})
+    with pytest.raises(ConsulError):
+        compile_filter('ID matches "\\d"', SERVICE)  # not a Go escape: use `raw` strings
+    assert compile_filter("ID matches `^r\\d$`", SERVICE)({"ID": "r1"})
+
+
+def test_selector_names_are_letters_digits_and_underscores():
+    # filtering.mdx Selectors: a map key outside that set is written Meta["key"]
+    with pytest.raises(ConsulError):
+        compile_filter('Meta.my-key == "x"', SERVICE)
+    assert compile_filter('Meta["my-key"] == "x"', SERVICE)({"Meta": {"my-key": "x"}})

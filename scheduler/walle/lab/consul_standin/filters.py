@@ -15,6 +15,7 @@ naming it, never a silently ignored filter.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ _NEGATED = {"!=": "==", "is not empty": "is empty", "not in": "in",
 
 _TOKEN = re.compile(r"""\s*(?:
     (?P<str>"(?:[^"\\]|\\.)*") | (?P<raw>`[^`]*`) |
-    (?P<num>-?\d+(?:\.\d+)?(?![\w.])) | (?P<ident>[A-Za-z_][A-Za-z0-9_\-]*) |
+    (?P<num>-?\d+(?:\.\d+)?(?![\w.])) | (?P<ident>[A-Za-z_][A-Za-z0-9_]*) |
     (?P<sym>==|!=|\(|\)|\.|\[|\]) )""", re.VERBOSE)
 _KEYWORDS = {"and", "or", "not", "in", "contains", "matches", "is", "empty"}
 
@@ -109,9 +110,15 @@ def _tokens(expr: str) -> list[tuple[str, str]]:
 
 
 def _unquote(kind: str, text: str) -> str:
+    """Backticks are raw; double quotes take escapes (\\", \\\\, \\n, \\t, \\uXXXX)."""
     if kind == "raw":
         return text[1:-1]
-    return text[1:-1].encode().decode("unicode_escape") if kind == "str" else text
+    if kind != "str":
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise FilterSyntaxError(f"invalid escape in the string {text}") from None
 
 
 class _Parser:
