@@ -388,3 +388,35 @@ def test_sessions_and_checks_for_a_node_by_name_or_id(consul_addr, consul_client
             assert "serfHealth" in [c["CheckID"] for c in checks]
     finally:
         consul_client.session.destroy(session)
+
+
+# --- catalog/datacenters, deregistrations, TTL updates -------------------------------------
+def test_datacenters_lists_the_local_one(consul_client):
+    """api-docs/catalog List Datacenters: the known datacenters, the agent's own first."""
+    me = consul_client.agent.self()["Config"]
+    assert consul_client.catalog.datacenters()[0] == me["Datacenter"]
+
+
+def test_deregistering_unknown_checks_and_services_is_not_found(consul_addr, unique):
+    """agent/check.mdx Deregister Check says "no action is taken" for an unknown ID; Consul's
+    handler (vetCheckUpdateWithAuthorizer, vetServiceUpdateWithAuthorizer) answers 404
+    "Unknown check ID" / "Unknown service ID" since 1.x: the stand-in follows the code."""
+    for path in (f"/v1/agent/check/deregister/{unique('nochk')}",
+                 f"/v1/agent/service/deregister/{unique('nosvc')}",
+                 f"/v1/agent/check/pass/{unique('nochk')}"):
+        resp = requests.put(f"http://{consul_addr}{path}", timeout=10)
+        assert resp.status_code == 404 and "Unknown" in resp.text
+
+
+def test_ttl_update_of_a_check_without_ttl_is_refused(consul_addr, consul_client, unique,
+                                                      probe_url):
+    """agent/check.mdx TTL Check Pass: "used with a TTL type check"; for another type the
+    agent's updateTTLCheck fails ('does not have associated TTL', a 500)."""
+    check = unique("http-chk")
+    consul_client.agent.check.register(
+        check, check=consul.Check.http(f"{probe_url}/status/200", "10s"))
+    try:
+        resp = requests.put(f"http://{consul_addr}/v1/agent/check/pass/{check}", timeout=10)
+        assert resp.status_code == 500 and "TTL" in resp.text
+    finally:
+        consul_client.agent.check.deregister(check)
