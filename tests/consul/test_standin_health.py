@@ -258,3 +258,20 @@ def test_failures_before_critical_holds_the_status_until_enough_failures(
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.mark.parametrize(("value", "replaced"), [("", True), ("true", True), ("1", False),
+                                                 ("false", False)])
+def test_replace_existing_checks_is_on_only_bare_or_true(consul_addr, consul_client, service,
+                                                         value, replaced):
+    """agent/service.mdx Register Service: ?replace-existing-checks; Consul's handler turns it
+    on when present with no value or "true" exactly (agent_endpoint.go)."""
+    two = {"Name": service, "Checks": [{"TTL": "30s"}, {"TTL": "30s"}]}
+    assert requests.put(f"http://{consul_addr}/v1/agent/service/register", json=two,
+                        timeout=10).status_code == 200
+    one = {"Name": service, "Check": {"TTL": "30s"}}
+    resp = requests.put(f"http://{consul_addr}/v1/agent/service/register"
+                        f"?replace-existing-checks={value}", json=one, timeout=10)
+    assert resp.status_code == 200
+    ids = {c for c, v in consul_client.agent.checks().items() if v["ServiceID"] == service}
+    assert (f"service:{service}:1" not in ids) == replaced

@@ -46,9 +46,9 @@ class Request:
         return values[-1] if values else default
 
     def flag(self, name: str) -> bool:
-        if name not in self.query:
-            return False
-        return self.query[name][-1].lower() not in ("false", "0")
+        """A switch read like agent_endpoint.go's ?replace-existing-checks: on when present
+        with no value or exactly "true" (the first value, as Go's Query().Get)."""
+        return name in self.query and self.query[name][0] in ("", "true")
 
     def go_bool(self, name: str) -> bool:
         """A parameter read like health_endpoint.go's ?passing: present without a value is
