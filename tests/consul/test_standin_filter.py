@@ -131,3 +131,12 @@ def test_passing_takes_a_boolean(consul_addr, two):
     assert ids("?passing=false") == ids("") == [f"{two}-prod", f"{two}-qa"]
     bad = requests.get(f"http://{consul_addr}/v1/health/service/{two}?passing=maybe", timeout=10)
     assert bad.status_code == 400
+
+
+def test_a_repeated_parameter_counts_once_by_its_first_value(consul_addr, two):
+    """Consul reads query parameters with Go's url.Values.Get: the first value of a repeated
+    one (here ?filter=)."""
+    resp = requests.get(f"http://{consul_addr}/v1/agent/services",
+                        params=[("filter", 'Meta.env == "qa"'),
+                                ("filter", 'Meta.env == "production"')], timeout=10)
+    assert [sid for sid in resp.json() if sid.startswith(two)] == [f"{two}-qa"]

@@ -42,8 +42,9 @@ class Request:
     agent_node: str
 
     def arg(self, name: str, default: str | None = None) -> str | None:
+        """The first value of a repeated parameter, as Go's url.Values.Get reads it."""
         values = self.query.get(name)
-        return values[-1] if values else default
+        return values[0] if values else default
 
     def flag(self, name: str) -> bool:
         """A switch read like agent_endpoint.go's ?replace-existing-checks: on when present
@@ -55,7 +56,7 @@ class Request:
         true, otherwise Go's strconv.ParseBool, anything else 400."""
         if name not in self.query:
             return False
-        raw = self.query[name][-1]
+        raw = self.query[name][0]
         if raw == "" or raw in GO_TRUE:
             return True
         if raw in GO_FALSE:
@@ -79,7 +80,7 @@ class Request:
         which reaches the client as a 500."""
         if name not in self.query:
             return None
-        raw = self.query[name][-1]
+        raw = self.query[name][0]
         if not raw.isdigit():
             raise ConsulError(500, f'strconv.ParseUint: parsing "{raw}": invalid syntax')
         if int(raw) >= 2**64:
