@@ -188,3 +188,25 @@ def test_a_leader_publishes_its_defaults_when_it_takes_office(cluster, capsys, w
     assert out.splitlines()[0] == "defaults: strategy binpack, seed 3 (published by the leader)"
     s.publish_defaults()  # no longer the leader: refused by the lock guard, nothing written
     assert store.placement_config()["seed"] == 3
+
+
+def test_a_batch_its_node_committed_is_done_in_the_plan_as_for_the_leader(cluster, capsys):
+    """The leader applies node commits (walle/done/) before it decides; so does the plan: a
+    batch that finished just before its node died is done, not moved."""
+    clock = Clock()
+    s, _ = make_scheduler(cluster, clock)
+    s.publish_defaults()
+    StateStore(cluster).put_job(test_scheduler_service.etl_spec(), 0)
+    s.step()
+    s.step()
+    node = where(cluster)["etl-0"]
+    test_scheduler_service.commit_as_the_node(
+        cluster, "etl-0", node, test_scheduler_service.attempt_of_record(cluster, "etl-0"))
+    register_node(cluster, node, "10.77.250.99", status="critical")
+    code, out, _ = walle(capsys, cluster, "plan", "etl", "--json")
+    (slot,) = json.loads(out)["jobs"][0]["slots"]
+    assert slot["action"] == "done", slot
+    assert code == 0
+    s.step()
+    assert where(cluster)["etl-0"] == node  # the leader did the same: not moved
+    s.lock.step_down()

@@ -70,9 +70,28 @@ def cmd_demo(args) -> int:
         return EXIT_FAILED
     show_placement(lab, api, store, spec.name)
     show_dns(lab, spec)
-    print(f"\nready in {time.monotonic() - started:.1f}s. Try: CONSUL_HTTP_ADDR={consul_addr} "
-          f"walle status {spec.name}; walle lab kill node2; walle lab down")
+    print(f"\nready in {time.monotonic() - started:.1f}s.")
+    print(try_next(spec, consul_addr, args.lab))
     return EXIT_OK
+
+
+def try_next(spec, consul_addr: str, lab: str) -> str:
+    """What to try on the lab just built. Every command parses (tests/unit/test_demo_try.py);
+    what they show is tested on real labs: a killed node's instance is lost with its reason
+    (tests/lab/test_scheduler_lab.py), a node added takes work (tests/lab/test_members_lab.py),
+    the console shows a kill (tests/lab/test_console_lab.py)."""
+    name, lab_cmd = spec.name, "walle lab" if lab == "default" else f"walle lab --name {lab}"
+    return "\n".join([
+        f"Try (export CONSUL_HTTP_ADDR={consul_addr}):",
+        f"  walle status {name}               # one instance per node",
+        f"  {lab_cmd} kill node2              # a node dies",
+        f"  walle status {name}; walle events {name}; walle plan {name} --explain",
+        "                                  # the lost instance, and why it has no place yet",
+        f"  {lab_cmd} add                     # a new node joins by itself; the instance "
+        "moves there",
+        "  walle ui                         # the console: http://127.0.0.1:8470",
+        f"  {lab_cmd} down",
+    ])
 
 
 def provision(lab: Lab, limit: list[str] | None = None) -> int:

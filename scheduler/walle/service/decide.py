@@ -13,10 +13,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from walle.adapters.consul import BatchCommit
 from walle.core import Allocation, PlacementConfig, Plan, reconcile
 from walle.service.cluster import Snapshot
 from walle.service.presence import DEFAULT_LEAVE_GRACE
-from walle.service.records import SlotRecord
+from walle.service.records import SlotRecord, attempt_of
 from walle.spec import JobSpec
 
 RETRY_BASE = 5.0  # a slot that failed twice in a row waits this long before its next try...
@@ -52,6 +53,27 @@ class Defaults:
         if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace >= 0:
             raise ValueError(f"node_leave_grace {grace!r}: 0 or more seconds")
         return cls(strategy, seed, float(grace))
+
+
+def take_commits(snap: Snapshot, records: Mapping[str, SlotRecord], now: float
+                 ) -> tuple[dict[str, SlotRecord], list[BatchCommit]]:
+    """Batch runs their node recorded as finished (walle/done/, written by the unit's
+    walle-batch-commit once the job exited 0): (records that become `stopped`, i.e. done,
+    whatever else is known of them; every commit read, to delete). A commit of an earlier
+    placement of the slot (another node or attempt), or of a slot that is gone, changes
+    nothing. Slots whose record cannot be read are left alone. The leader applies this
+    before it decides anything, and `walle plan` does the same."""
+    done: dict[str, SlotRecord] = {}
+    consumed = []
+    for key, commit in sorted(snap.commits.items()):
+        if key in snap.blocked_slots or commit.job in snap.frozen_jobs:
+            continue
+        r = records.get(key)
+        if (r is not None and r.alloc.state in ("pending", "running", "failed")
+                and r.alloc.node == commit.node and attempt_of(r.alloc) == commit.attempt):
+            done[key] = r.with_alloc(replace(r.alloc, state="stopped"), now)
+        consumed.append(commit)
+    return done, consumed
 
 
 def decide(snap: Snapshot, records: Mapping[str, SlotRecord], now: float, *, seed: int,

@@ -19,7 +19,7 @@ from walle.adapters.consul.state import PLACEMENT_CONFIG, BadRecord
 from walle.core import Explanation, Plan, apply_plan, explain
 from walle.naming import instance_id
 from walle.service.cluster import Snapshot
-from walle.service.decide import Defaults, decide, retry_at
+from walle.service.decide import Defaults, decide, retry_at, take_commits
 from walle.service.presence import NodePresence
 from walle.service.records import SlotRecord
 from walle.spec import JobSpec
@@ -86,6 +86,8 @@ def dry_run(snap: Snapshot, defaults: Defaults, now: float, *,
     if what_if is not None:
         snap = replace(snap, jobs={**snap.jobs, what_if.name: what_if})
     snap = NodePresence(defaults.node_leave_grace).observe(snap, now)
+    done, _ = take_commits(snap, snap.records, now)  # as the leader does first
+    snap = replace(snap, records={**snap.records, **done})
     plan = _decide(snap, snap.jobs, now, defaults)
     names = sorted(snap.jobs) if jobs is None else list(jobs)
     return DryRun(plan, tuple(_job_plan(snap, plan, name, now, defaults) for name in names),

@@ -46,7 +46,7 @@ from walle.core import Allocation, Plan
 from walle.naming import instance_id, parse_instance_id, service_unit
 from walle.service.adopt import MISSING_GRACE, Adopter
 from walle.service.cluster import Snapshot, describe_error, load_snapshot
-from walle.service.decide import Defaults, decide
+from walle.service.decide import Defaults, decide, take_commits
 from walle.service.decide import retry_at as _retry_at
 from walle.service.executor import Executor, NodeInstances, Outcome
 from walle.service.history import (
@@ -60,7 +60,6 @@ from walle.service.policy import PrivilegePolicy
 from walle.service.presence import DEFAULT_LEAVE_GRACE, NodePresence
 from walle.service.records import (
     SlotRecord,
-    attempt_of,
     evicted_by,
     placed_because,
     refusals,
@@ -316,25 +315,15 @@ class Scheduler:
 
     def _take_commits(self, snap: Snapshot, records: dict[str, SlotRecord],
                       report: StepReport, now: float) -> None:
-        """Batch runs their node recorded as finished (walle/done/, written by the unit's
-        walle-batch-commit once the job exited 0): the slot is done (`stopped`), whatever
-        else the leader knows of it. The node may have died or been cut off right after
-        the run; reading the commit before anything is placed is what keeps such a run
-        from being repeated. Each commit is deleted in the write that records it; one of an
-        earlier placement of the slot, or of a slot that is gone, is deleted unused."""
-        changed: dict[str, SlotRecord] = {}
-        consumed = []
-        for key, commit in sorted(snap.commits.items()):
-            if key in snap.blocked_slots or commit.job in snap.frozen_jobs:
-                continue  # its record is unreadable: hands off
-            r = records.get(key)
-            if (r is not None and r.alloc.state in ("pending", "running", "failed")
-                    and r.alloc.node == commit.node and attempt_of(r.alloc) == commit.attempt):
-                changed[key] = records[key] = r.with_alloc(replace(r.alloc, state="stopped"),
-                                                           now)
-                report.finished.append(key)
-                log.info("batch %s finished on %s (committed by the node)", key, commit.node)
-            consumed.append(commit)
+        """Finished batch runs (decide.take_commits) become done before anything is placed:
+        a node may have died or been cut off right after the run, and reading its commit
+        first is what keeps the run from being repeated. Each commit is deleted in the
+        write that records it; one that matches no current placement is deleted unused."""
+        changed, consumed = take_commits(snap, records, now)
+        for key, record in sorted(changed.items()):
+            records[key] = record
+            report.finished.append(key)
+            log.info("batch %s finished on %s (committed by the node)", key, record.alloc.node)
         self._write(changed, records=records, consumed=consumed)
 
     def _resume(self, snap: Snapshot, records: dict[str, SlotRecord],
