@@ -92,12 +92,7 @@ def alloc_key(job: str, slot: int) -> str:
 
 def parse_alloc_key(key: str) -> tuple[str, int] | None:
     """walle/allocs/<job>/<slot> -> (job, slot); None for any other shape."""
-    if not key.startswith(ALLOCS_PREFIX):
-        return None
-    job, _, slot = key[len(ALLOCS_PREFIX):].rpartition("/")
-    if not job or "/" in job or not slot.isdigit() or not slot.isascii():
-        return None
-    return job, int(slot)
+    return _job_and_slot(key, ALLOCS_PREFIX)
 
 
 def done_key(job: str, slot: int) -> str:
@@ -108,12 +103,7 @@ def done_key(job: str, slot: int) -> str:
 
 def parse_done_key(key: str) -> tuple[str, int] | None:
     """walle/done/<job>/<slot> -> (job, slot); None for any other shape."""
-    if not key.startswith(DONE_PREFIX):
-        return None
-    job, _, slot = key[len(DONE_PREFIX):].rpartition("/")
-    if not job or "/" in job or not slot.isdigit() or not slot.isascii():
-        return None
-    return job, int(slot)
+    return _job_and_slot(key, DONE_PREFIX)
 
 
 def drain_key(node: str) -> str:
@@ -156,6 +146,16 @@ def parse_package_key(key: str) -> str | None:
 
 def secret_key(path: str) -> str:
     return SECRETS_PREFIX + path
+
+
+def _job_and_slot(key: str, prefix: str) -> tuple[str, int] | None:
+    """<prefix><job>/<slot> -> (job, slot); None for any other shape."""
+    if not key.startswith(prefix):
+        return None
+    job, _, slot = key[len(prefix):].rpartition("/")
+    if not job or "/" in job or not slot.isdigit() or not slot.isascii():
+        return None
+    return job, int(slot)
 
 
 def _single_part(key: str, prefix: str) -> str | None:
