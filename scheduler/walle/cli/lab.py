@@ -10,6 +10,7 @@ import time
 
 from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore, fire_drain, nodes
 from walle.adapters.runner import run_command
+from walle.cli.main import add_json_arg
 from walle.cli.output import print_table
 from walle.lab.nodes import Lab, LabError
 from walle.service.cluster import load_snapshot
@@ -24,7 +25,7 @@ def register(subparsers) -> None:
     up = actions.add_parser("up", help="boot the lab's nodes (cached rootfs, seconds when warm)")
     up.add_argument("--nodes", type=int, default=3, help="number of nodes (default: 3)")
     status = actions.add_parser("status", help="nodes, addresses and whether they answer")
-    status.add_argument("--json", action="store_true")
+    add_json_arg(status)
     actions.add_parser("down", help="stop the nodes and remove everything the lab made")
     add = actions.add_parser("add", help="boot more nodes into the running lab and provision "
                                          "them (site.yml --limit); the scheduler finds them "

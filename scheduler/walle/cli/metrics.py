@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from walle.adapters.consul import LEADER_KEY
 from walle.adapters.consul.services import ServiceInstance, service_health
-from walle.cli.common import add_consul_args, cluster_command, connect
+from walle.cli.common import add_consul_args, cluster_command, connect, print_json
 from walle.cli.main import EXIT_OK, EXIT_USAGE
 from walle.naming import instance_id
 from walle.service.cluster import Snapshot, load_snapshot
@@ -61,25 +61,36 @@ def register(subparsers) -> None:
 def cmd_metrics(args) -> int:
     api, store = connect(args)
 
-    def scrape() -> str:
+    def samples() -> dict[str, list[tuple[dict, float]]]:
         snap = load_snapshot(api, store)
         usage = read_usage(api, snap) if args.usage else {}
-        return render_metrics(snap, usage, leader=has_leader(api))
+        return metric_samples(snap, usage, leader=has_leader(api))
 
     if not args.listen:
-        sys.stdout.write(scrape())
+        if args.json:
+            print_json({name: [{"labels": labels, "value": value} for labels, value in values]
+                        for name, values in samples().items()})
+        else:
+            sys.stdout.write(exposition(samples()))
         return EXIT_OK
     host, _, port = args.listen.rpartition(":")
     if not port.isdigit():
         print(f"walle metrics: --listen {args.listen!r}: use HOST:PORT", file=sys.stderr)
         return EXIT_USAGE
-    serve(host or "127.0.0.1", int(port), scrape)
+    serve(host or "127.0.0.1", int(port), lambda: exposition(samples()))
     return EXIT_OK
 
 
 def render_metrics(snap: Snapshot, usage: Mapping[tuple[str, str], Mapping[str, float]],
                    leader: bool | None = None) -> str:
-    """`usage`: (node, instance id) -> the exporter's measures (cpu_seconds, memory_bytes)."""
+    """The Prometheus text exposition of metric_samples()."""
+    return exposition(metric_samples(snap, usage, leader))
+
+
+def metric_samples(snap: Snapshot, usage: Mapping[tuple[str, str], Mapping[str, float]],
+                   leader: bool | None = None) -> dict[str, list[tuple[dict, float]]]:
+    """metric name -> (labels, value) samples. `usage`: (node, instance id) -> the exporter's
+    measures (cpu_seconds, memory_bytes)."""
     samples: dict[str, list[tuple[dict, float]]] = {name: [] for name in HELP}
     if leader is not None:
         samples["walle_scheduler_leader"].append(({}, leader))
@@ -121,7 +132,7 @@ def render_metrics(snap: Snapshot, usage: Mapping[tuple[str, str], Mapping[str, 
                             ("memory_bytes", "walle_instance_memory_bytes")):
             if isinstance(used.get(field), int | float):
                 samples[name].append((labels, used[field]))
-    return exposition(samples)
+    return samples
 
 
 def exposition(samples: Mapping[str, list[tuple[dict, float]]]) -> str:

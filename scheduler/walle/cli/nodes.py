@@ -62,9 +62,12 @@ def cmd_drain(args) -> int:
     except ActionError as err:
         print(f"walle drain: {err}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"{args.node}: schedulable again" if args.undo else
-          f"{args.node}: draining; its instances move where there is room (`walle events` "
-          "says where each went, or why it cannot move)")
+    if args.json:
+        print_json({"node": args.node, "draining": not args.undo})
+    else:
+        print(f"{args.node}: schedulable again" if args.undo else
+              f"{args.node}: draining; its instances move where there is room (`walle events` "
+              "says where each went, or why it cannot move)")
     return EXIT_OK
 
 

@@ -33,7 +33,7 @@ from walle.cli.common import (
     progress,
 )
 from walle.cli.jobs import CAS_ATTEMPTS, write_job
-from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_json_arg
 from walle.cli.output import print_table
 from walle.spec.parse import MAX_SPEC_BYTES, _StrictLoader
 
@@ -50,7 +50,7 @@ def register(subparsers) -> None:
         if cluster:
             add_consul_args(parser)
         else:
-            parser.add_argument("--json", action="store_true", help="plain JSON on stdout")
+            add_json_arg(parser)
         parser.set_defaults(func=func)
         return parser
 
