@@ -16,9 +16,9 @@ import test_cli_package
 
 from walle.adapters.consul import ConsulConfig, StateStore
 from walle.catalog import load_catalog
-from walle.cli.jobs import write_job
 from walle.console.server import Console, serving
 from walle.core import Allocation, Capacity
+from walle.service.jobs import submit
 from walle.service.records import SlotRecord, to_stored
 from walle.spec import parse_spec
 
@@ -63,7 +63,7 @@ def request(url: str, body=None, *, token: str | None = "secret", headers=None,
 
 def test_state_lists_the_catalog_nodes_jobs_and_packages(console, store):
     url, _ = console
-    write_job(store, job())
+    submit(store, job())
     status, doc = request(f"{url}/api/state", token=None)
     assert status == 200
     names = [n["name"] for z in doc["pool"] for r in z["racks"] for n in r["nodes"]]
@@ -84,7 +84,7 @@ def test_the_page_and_its_files_are_served_with_a_strict_content_policy(console)
 
 def test_scale_from_the_console_changes_the_count_in_consul(console, store):
     url, _ = console
-    write_job(store, job(count=2))
+    submit(store, job(count=2))
     status, doc = request(f"{url}/api/action/scale", {"job": "web", "count": 4})
     assert status == 200, doc
     assert doc["message"] == "web: scaled to 4"
@@ -93,7 +93,7 @@ def test_scale_from_the_console_changes_the_count_in_consul(console, store):
 
 def test_an_action_without_a_token_is_refused_and_changes_nothing(console, store):
     url, _ = console
-    write_job(store, job(count=2))
+    submit(store, job(count=2))
     for token in (None, "", "   "):
         status, doc = request(f"{url}/api/action/scale", {"job": "web", "count": 5},
                               token=token)
@@ -103,7 +103,7 @@ def test_an_action_without_a_token_is_refused_and_changes_nothing(console, store
 
 def test_actions_need_the_console_header_a_json_body_and_the_same_origin(console, store):
     url, _ = console
-    write_job(store, job(count=2))
+    submit(store, job(count=2))
     cases = [({"X-Walle-Console": ""}, "X-Walle-Console"),
              ({"Content-Type": "text/plain"}, "JSON body"),
              ({"Origin": "http://evil.example"}, "own page")]
@@ -118,7 +118,7 @@ def test_actions_need_the_console_header_a_json_body_and_the_same_origin(console
 
 def test_bad_action_input_names_the_field(console, store):
     url, _ = console
-    write_job(store, job(count=2))
+    submit(store, job(count=2))
     for body, status_words in (({"job": "web", "count": -1}, (400, "count")),
                                ({"job": "web", "count": "many"}, (400, "count")),
                                ({"count": 3}, (400, "job: required")),
@@ -132,7 +132,7 @@ def test_bad_action_input_names_the_field(console, store):
 
 def test_stop_and_drain_do_what_the_cli_does(console, store):
     url, _ = console
-    write_job(store, job())
+    submit(store, job())
     status, doc = request(f"{url}/api/action/stop", {"job": "web"})
     assert (status, doc["message"]) == (200, "web: stopping")
     assert store.job("web") is None
@@ -171,7 +171,7 @@ def failed_record(store: StateStore, job_name: str, reason: str) -> None:
 def test_a_reason_with_markup_reaches_the_page_as_data(console, store):
     """The server sends reasons as JSON strings; the browser test shows they render as text."""
     url, _ = console
-    write_job(store, job("web"))
+    submit(store, job("web"))
     failed_record(store, "web", XSS)
     _, doc = request(f"{url}/api/state", token=None)
     (row,) = doc["jobs"][0]["instances"]
@@ -182,7 +182,7 @@ def test_a_reason_with_markup_reaches_the_page_as_data(console, store):
 @pytest.mark.browser
 def test_an_injected_img_onerror_in_a_reason_shows_as_text(console, store, page):
     url, _ = console
-    write_job(store, job("web"))
+    submit(store, job("web"))
     failed_record(store, "web", XSS + " <b>bold</b>")
     page.add_init_script("window.pwned = 0; window.alert = () => { window.pwned = 2; };")
     page.goto(url)
@@ -198,7 +198,7 @@ def test_an_injected_img_onerror_in_a_reason_shows_as_text(console, store, page)
 @pytest.mark.browser
 def test_actions_from_the_page_need_the_token(console, store, page):
     url, _ = console
-    write_job(store, job("web", count=2))
+    submit(store, job("web", count=2))
     page.goto(url)
     page.locator("#scale-job option[value='web']").wait_for(state="attached", timeout=10_000)
     page.get_by_label("Count").fill("3")
@@ -218,7 +218,7 @@ def test_actions_from_the_page_need_the_token(console, store, page):
 @pytest.mark.browser
 def test_the_page_has_landmarks_labelled_controls_and_table_headers(console, store, page):
     url, _ = console
-    write_job(store, job("web"))
+    submit(store, job("web"))
     page.goto(url)
     page.locator("#jobs tbody th", has_text="web").wait_for(timeout=10_000)
     assert [page.locator(tag).count() for tag in ("header", "main", "h1")] == [1, 1, 1]

@@ -29,9 +29,7 @@ from walle.cli.main import (  # the option helpers are re-exported for the comma
 CLI_RETRY = RetryPolicy(attempts=3, base=0.2, cap=1.0, total=5.0)
 
 
-class ActionError(Exception):
-    """An action on the cluster (scale, stop, drain, install...) that was not done; the
-    message says why. Shared by the CLI commands and the web console."""
+from walle.service.jobs import ActionError  # noqa: E402,F401 - re-exported for the commands
 
 
 def connect(args) -> tuple[ConsulApi, StateStore]:

@@ -25,6 +25,7 @@ from walle.cli.output import print_table
 from walle.lab.nodes import Lab, LabError
 from walle.naming import instance_slice, service_unit
 from walle.service.cluster import load_snapshot
+from walle.service.jobs import submit
 from walle.spec import SpecError, load_spec_file
 
 UNIT_PROPERTIES = ("ActiveState", "MainPID", "ControlGroup")
@@ -118,12 +119,6 @@ def start_schedulers(lab: Lab, consul_addr: str, count: int = 2) -> None:
             "--node-consul-addr", consul_addr, "--name", f"{lab.name}-scheduler-{n}",
             "--lock-delay", "5",
         ], f"scheduler-{n}.log")
-
-
-def submit(store: StateStore, spec) -> None:
-    current = store.job(spec.name)
-    if current is None or current.version != spec.digest():
-        store.put_job(spec, current.modify_index if current else 0, previous=current)
 
 
 def wait_running(api: ConsulApi, store: StateStore, job: str, count: int,

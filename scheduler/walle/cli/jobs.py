@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import time
 
-from walle.adapters.consul.tombstones import clear_tombstone, mark_stopped, stop_job
 from walle.cli import plan
 from walle.cli.common import (
     ActionError,
@@ -18,12 +17,11 @@ from walle.cli.common import (
 from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from walle.cli.output import print_table, printable
 from walle.naming import instance_id, job_allocs_prefix, job_key
+from walle.service import jobs
 from walle.service.adopt import unclaimed_instances
 from walle.service.cluster import Snapshot, load_snapshot
 from walle.service.history import JobHistory, from_data
-from walle.spec import SpecError, load_spec_file, parse_spec
-
-CAS_ATTEMPTS = 5
+from walle.spec import SpecError, load_spec_file
 
 
 def register(subparsers) -> None:
@@ -63,7 +61,7 @@ def cmd_run(args) -> int:
         print(err, file=sys.stderr)
         return EXIT_USAGE
     _, store = connect(args)
-    verb = write_job(store, spec)
+    verb = jobs.submit(store, spec)
     if verb is None:
         print(f"walle run: {spec.name} kept changing under us; try again", file=sys.stderr)
         return EXIT_FAILED
@@ -76,25 +74,11 @@ def cmd_run(args) -> int:
     return _wait(args, spec.name, spec.count)
 
 
-def write_job(store, spec) -> str | None:
-    """CAS-write a job, keeping the version it replaces for rollback: "submitted", "updated"
-    or "unchanged"; None when it kept changing under us (CAS_ATTEMPTS lost races)."""
-    for _ in range(CAS_ATTEMPTS):
-        current = store.job(spec.name)
-        if current and current.version == spec.digest():
-            return "unchanged"
-        if store.put_job(spec, current.modify_index if current else 0, previous=current):
-            if current is None:  # submitted again after `walle stop`: not stopped any more
-                clear_tombstone(store.api, spec.name)
-            return "updated" if current else "submitted"
-    return None
-
-
 @cluster_command
 def cmd_stop(args) -> int:
     api, store = connect(args)
     try:
-        unclaimed = stop_job_request(api, store, args.job)
+        unclaimed = jobs.stop(api, store, args.job)
     except ActionError as err:
         print(f"walle stop: {err}", file=sys.stderr)
         return EXIT_FAILED
@@ -107,58 +91,16 @@ def cmd_stop(args) -> int:
     return _wait(args, args.job, 0)
 
 
-def stop_job_request(api, store, job: str) -> list:
-    """Delete the job and leave its tombstone (walle/stopped/<job>): the leader stops its
-    instances, even those it finds running with no record. A job absent from KV whose
-    instances still run (state lost) gets the tombstone alone: returns those unclaimed
-    instances (empty for a job stopped the usual way)."""
-    current = store.job(job)
-    if current is None:
-        unclaimed = [f for f in unclaimed_instances(load_snapshot(api, store)) if f.job == job]
-        if not unclaimed:
-            raise ActionError(f"no job {job!r}")
-        mark_stopped(api, job, stopped_at=time.time())
-        return unclaimed
-    if not stop_job(store, job, current.modify_index, version=current.version,
-                    stopped_at=time.time()):
-        raise ActionError(f"{job} changed meanwhile; try again")
-    return []
-
-
 @cluster_command
 def cmd_scale(args) -> int:
     _, store = connect(args)
     try:
-        scale_job(store, args.job, args.count)
+        jobs.scale(store, args.job, args.count)
     except ActionError as err:
         print(f"walle scale: {err}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(err, BadCount) else EXIT_FAILED
+        return EXIT_USAGE if isinstance(err, jobs.BadCount) else EXIT_FAILED
     _say(args, {"job": args.job, "count": args.count}, f"{args.job}: scaled to {args.count}")
     return _wait(args, args.job, args.count)
-
-
-class BadCount(ActionError):
-    """A count outside 0..MAX_COUNT."""
-
-
-MAX_COUNT = 1000
-
-
-def scale_job(store, job: str, count: int) -> None:
-    """CAS-write the job with a new count (the spec is validated again, as `walle run`
-    would); raises ActionError when there is no such job or it kept changing."""
-    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_COUNT:
-        raise BadCount(f"count must be a whole number 0..{MAX_COUNT}, got {count!r}")
-    for _ in range(CAS_ATTEMPTS):
-        current = store.job(job)
-        if current is None:
-            raise ActionError(f"no job {job!r}")
-        data = dict(current.spec)
-        data["count"] = count
-        spec = parse_spec(data, source=f"{job} scaled")
-        if store.put_job(spec, current.modify_index, previous=current):
-            return
-    raise ActionError(f"{job} kept changing; try again")
 
 
 @cluster_command

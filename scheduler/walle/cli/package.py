@@ -32,9 +32,9 @@ from walle.cli.common import (
     print_json,
     progress,
 )
-from walle.cli.jobs import CAS_ATTEMPTS, write_job
 from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_json_arg
 from walle.cli.output import print_table
+from walle.service.jobs import CAS_ATTEMPTS, submit
 from walle.spec.parse import MAX_SPEC_BYTES, _StrictLoader
 
 
@@ -245,7 +245,7 @@ def _write_step(store, step: Step) -> str | None:
     """The package's jobs (the scheduler rolls changed ones out, rolling back on failure),
     the jobs an upgrade dropped, then its record. Returns what went wrong, or None."""
     for spec in step.specs:
-        if write_job(store, spec) is None:
+        if submit(store, spec) is None:
             return f"job {spec.name} kept changing under us"
     for job in step.stale_jobs:
         if not _stop_job(store, job):

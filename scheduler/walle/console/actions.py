@@ -26,9 +26,9 @@ from walle.adapters.consul import (
 )
 from walle.catalog import Catalog, CatalogError, parse_sets
 from walle.cli.common import ActionError
-from walle.cli.jobs import BadCount, scale_job, stop_job_request
 from walle.cli.nodes import drain_node
 from walle.cli.package import install_package
+from walle.service import jobs
 from walle.spec import SpecError
 
 # Actions answer a person waiting on a page: fail fast when Consul is down.
@@ -83,15 +83,15 @@ def scale(api: ConsulApi, body: Mapping[str, Any], catalog: Catalog | None) -> s
     if isinstance(count, str) and count.strip().isdigit():
         count = int(count)
     try:
-        scale_job(StateStore(api), job, count)
-    except BadCount as err:
+        jobs.scale(StateStore(api), job, count)
+    except jobs.BadCount as err:
         raise Refused(400, f"count: {err}") from err
     return f"{job}: scaled to {count}"
 
 
 def stop(api: ConsulApi, body: Mapping[str, Any], catalog: Catalog | None) -> str:
     job = _name(body, "job")
-    unclaimed = stop_job_request(api, StateStore(api), job)
+    unclaimed = jobs.stop(api, StateStore(api), job)
     if unclaimed:
         return (f"{job}: not in Consul; stopping its {len(unclaimed)} unclaimed instance(s) "
                 "at the leader's next pass")

@@ -44,6 +44,7 @@ from walle.adapters.consul.state import alloc_key
 from walle.adapters.consul.tombstones import stopped_jobs
 from walle.core import Allocation, Plan
 from walle.naming import instance_id, parse_instance_id, service_unit
+from walle.service import jobs
 from walle.service.adopt import MISSING_GRACE, Adopter
 from walle.service.cluster import Snapshot, describe_error, load_snapshot
 from walle.service.decide import Defaults, decide, take_commits
@@ -408,7 +409,7 @@ class Scheduler:
             reason = f"cannot roll back: {describe_error(err)}"
             self._note(spec.name, reason)
             return reason
-        if self.store.put_job(previous, stored.modify_index, rolled_back_from=spec.digest()):
+        if jobs.roll_back(self.store, stored, previous, spec):
             log.warning("rolled %s back from %s to %s", spec.name, spec.digest(),
                         previous.digest())
             report.rolled_back.append(spec.name)
