@@ -113,7 +113,7 @@ ansible_facts:
 import socket  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.walle_node import (  # noqa: E402
+from ansible_collections.walle.pool.plugins.module_utils.walle_node import (  # noqa: E402
     NVIDIA_SMI_QUERY,
     gather_node,
 )

@@ -172,12 +172,12 @@ applied_live:
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.walle_systemd import (  # noqa: E402
+from ansible_collections.walle.pool.plugins.module_utils.walle_systemd import (  # noqa: E402
     Systemd,
     run_and_exit,
     value_error,
 )
-from ansible.module_utils.walle_units import (  # noqa: E402
+from ansible_collections.walle.pool.plugins.module_utils.walle_units import (  # noqa: E402
     SLICE_PROPERTY_ORDER,
     parse_unit,
     render_slice,

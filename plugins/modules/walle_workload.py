@@ -277,14 +277,14 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.walle_systemd import (  # noqa: E402
+from ansible_collections.walle.pool.plugins.module_utils.walle_systemd import (  # noqa: E402
     ACTIVE_STATES,
     Systemd,
     WalleError,
     run_and_exit,
     value_error,
 )
-from ansible.module_utils.walle_units import (  # noqa: E402
+from ansible_collections.walle.pool.plugins.module_utils.walle_units import (  # noqa: E402
     ROOT_USERS,
     check_text,
     quote_env,

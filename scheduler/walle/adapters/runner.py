@@ -30,6 +30,8 @@ from typing import Any
 import ansible_runner
 import yaml
 
+from walle.adapters.collection import ensure_collection
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -317,12 +319,11 @@ def extravars_text(extravars: Mapping[str, Any]) -> str:
 
 
 def ansible_env(repo_root: Path = REPO_ROOT) -> dict[str, str]:
-    """Points ansible at the repo's plugins and config and switches the speed settings on.
-    The repo's ansible.cfg, when present, owns the ssh arguments."""
+    """Points ansible at the repo's collection (walle.pool: its modules and roles) and
+    config and switches the speed settings on. The repo's ansible.cfg, when present, owns the
+    ssh arguments."""
     env = {
-        "ANSIBLE_LIBRARY": str(repo_root / "plugins" / "modules"),
-        "ANSIBLE_MODULE_UTILS": str(repo_root / "plugins" / "module_utils"),
-        "ANSIBLE_ROLES_PATH": str(repo_root / "roles"),
+        "ANSIBLE_COLLECTIONS_PATH": str(ensure_collection(repo_root)),
         "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",  # no discovery round trip
         "ANSIBLE_GATHERING": "explicit",
