@@ -19,8 +19,8 @@ description:
     so the module stores a digest of the check it registered in the service meta key
     C(walle_check) and also verifies that the check C(service:<id>) still exists.
   - Registration uses C(?replace-existing-checks=true), so a changed check replaces the old one.
-  - There are no script checks: Consul would run them from its agent, outside the instance's
-    sandbox. Job specs refuse them at validation.
+  - There are no script checks, because Consul would run them from its agent, outside the
+    instance's sandbox. Job specs refuse them at validation.
 options:
   consul_addr:
     description:
@@ -30,8 +30,8 @@ options:
     default: http://127.0.0.1:8500
   token:
     description:
-      - ACL token sent as C(X-Consul-Token). Never logged (C(no_log)). Prefer O(token_file):
-        a token passed here travels through the controller's variables.
+      - ACL token sent as C(X-Consul-Token). Never logged (C(no_log)). Prefer O(token_file),
+        because a token passed here travels through the controller's variables.
       - Unset (and no O(token_file)) sends no token header (the agent's default token applies).
     type: str
   token_file:
@@ -170,7 +170,7 @@ EXAMPLES = r"""
     port: 8080
     consul_addr: https://127.0.0.1:8501
     token_file: /etc/walle/consul-token
-    ca_file: /etc/walle/consul-ca.pem
+    ca_path: /etc/walle/consul-ca.pem
 """
 
 RETURN = r"""

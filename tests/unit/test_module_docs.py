@@ -14,7 +14,7 @@ import yaml
 from walle.adapters.collection import ensure_collection
 
 REPO = Path(__file__).resolve().parents[2]
-MODULES = ("walle_slice", "walle_workload", "walle_facts")
+MODULES = ("walle_slice", "walle_workload", "walle_facts", "walle_consul_service")
 
 
 def module_source(name: str) -> dict:
