@@ -37,10 +37,10 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PLAYBOOK_DIR = REPO_ROOT / "playbooks"
 # Task names the playbooks use to talk to this adapter.
-HOST_DONE_TASK = "walle: host done"
+HOST_DONE_TASK = "Walle: host done"
 COMMAND_PLAYBOOK = "command.yml"  # run_command's playbook ...
-COMMAND_TASK = "walle: command"  # ... and its task whose results are the answers
-INSTANCE_FAILED_TASK = "walle: instance failed"
+COMMAND_TASK = "Walle: command"  # ... and its task whose results are the answers
+INSTANCE_FAILED_TASK = "Walle: instance failed"
 MAX_FORKS = 50
 CANCEL_POLL_S = 0.1  # how often ansible-runner asks whether to cancel
 SSH_ARGS = "-C -o ControlMaster=auto -o ControlPersist=600s -o ServerAliveInterval=5"
