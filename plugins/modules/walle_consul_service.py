@@ -125,15 +125,16 @@ attributes:
   platform:
     support: full
     platforms: posix
+    description: Runs on the node (Linux with systemd), not on the controller.
 notes:
   - Talks only to the agent at O(consul_addr); run it on the node the instance runs on.
 seealso:
-  - module: walle_workload
+  - module: walle.pool.walle_workload
   - name: Consul agent service API
     description: PUT /v1/agent/service/register and friends.
     link: https://developer.hashicorp.com/consul/api-docs/agent/service
 author:
-  - Walle authors
+  - Walle authors (!UNKNOWN)
 """
 
 EXAMPLES = r"""
@@ -392,7 +393,7 @@ class Agent:
         return json.loads(text) if status == 200 and text else None
 
     def has_check(self, check_id):
-        _, text = self._call("GET", "/v1/agent/checks")
+        _status, text = self._call("GET", "/v1/agent/checks")
         return check_id in (json.loads(text or "{}") or {})
 
     def register(self, body):

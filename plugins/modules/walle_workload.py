@@ -191,16 +191,17 @@ attributes:
   platform:
     support: full
     platforms: posix
+    description: Runs on the node (Linux with systemd), not on the controller.
 notes:
   - Needs systemd as PID 1 on the node. Units are not enabled; the scheduler decides where an
     instance runs after a node reboots.
   - C(KillMode=) keeps systemd's default (control-group) for exec; nspawn uses V(mixed) and
     C(Delegate=yes) like systemd's own C(systemd-nspawn@.service).
 seealso:
-  - module: walle_slice
-  - module: walle_facts
+  - module: walle.pool.walle_slice
+  - module: walle.pool.walle_facts
 author:
-  - Walle authors
+  - Walle authors (!UNKNOWN)
 """
 
 EXAMPLES = r"""
