@@ -6,12 +6,12 @@ import dataclasses
 import sys
 import time
 
-from walle.adapters.consul.state import ALLOCS, job_key
 from walle.adapters.consul.tombstones import clear_tombstone, mark_stopped, stop_job
 from walle.cli.common import add_consul_args, cluster_command, connect, print_json, progress
 from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from walle.cli.output import print_table
 from walle.core import explain, format_explanation
+from walle.naming import job_allocs_prefix, job_key
 from walle.service.adopt import unclaimed_instances
 from walle.service.cluster import Snapshot, load_snapshot
 from walle.spec import SpecError, load_spec_file, parse_spec
@@ -219,7 +219,7 @@ def unreadable_rows(snap: Snapshot, job: str | None = None) -> list[dict]:
     terminal."""
     rows = []
     for key, reason in snap.unreadable:
-        if job is None or key == job_key(job) or key.startswith(f"{ALLOCS}{job}/"):
+        if job is None or key == job_key(job) or key.startswith(job_allocs_prefix(job)):
             rows.append({"key": _printable(key), "reason": _printable(reason)})
     return rows
 

@@ -45,6 +45,13 @@ class SlotRecord:
                        reason=reason[:REASON_MAX])
 
 
+def attempt_of(alloc: Allocation) -> str:
+    """Which placement of its slot an allocation is: the core's creation time, unique per
+    slot. A batch run records it with its commit (walle-batch-commit), so the leader can tell
+    the commit of this placement from a late one of an earlier placement."""
+    return f"{alloc.since:.6f}"
+
+
 def to_stored(record: SlotRecord) -> StoredAlloc:
     a = record.alloc
     extra = {
@@ -55,6 +62,7 @@ def to_stored(record: SlotRecord) -> StoredAlloc:
         "failed_nodes": list(a.failed_nodes),
         "since": a.since,
         "ports": list(a.ports),
+        "gpu_indices": list(a.gpu_indices),
         "state_since": record.state_since,
         "critical_since": record.critical_since,
         "reason": record.reason,
@@ -92,7 +100,7 @@ def alloc_to_dict(a: Allocation) -> dict[str, Any]:
         "runtime_digest": a.runtime_digest, "reserved": asdict(a.reserved),
         "ceiling": asdict(a.ceiling), "priority": a.priority,
         "grant": asdict(a.grant) if a.grant else {}, "failed_nodes": list(a.failed_nodes),
-        "since": a.since, "ports": list(a.ports),
+        "since": a.since, "ports": list(a.ports), "gpu_indices": list(a.gpu_indices),
     }
 
 
@@ -110,4 +118,5 @@ def alloc_from_dict(job: str, slot: int, body: Mapping[str, Any]) -> Allocation:
         failed_nodes=tuple(body.get("failed_nodes", ())),
         since=float(body.get("since", 0.0)),
         ports=tuple(int(p) for p in body.get("ports", ())),
+        gpu_indices=tuple(int(i) for i in body.get("gpu_indices", ())),  # absent: before GPUs
     )

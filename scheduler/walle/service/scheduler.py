@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from walle.adapters.consul import (
+    BatchCommit,
     ConsulApi,
     ConsulError,
     LeaderLock,
@@ -42,13 +43,13 @@ from walle.adapters.consul.health import fetch_cluster_health
 from walle.adapters.consul.state import alloc_key
 from walle.adapters.consul.tombstones import stopped_jobs
 from walle.core import Allocation, PlacementConfig, Plan, reconcile
-from walle.naming import parse_instance_id, service_unit
+from walle.naming import instance_id, parse_instance_id, service_unit
 from walle.service.adopt import MISSING_GRACE, Adopter
 from walle.service.cluster import Snapshot, describe_error, load_snapshot
 from walle.service.executor import Executor, NodeInstances, Outcome
 from walle.service.policy import PrivilegePolicy
 from walle.service.presence import DEFAULT_LEAVE_GRACE, NodePresence
-from walle.service.records import SlotRecord, to_stored
+from walle.service.records import SlotRecord, attempt_of, to_stored
 from walle.service.secrets import DEFAULT_SECRETS_DIR, SecretReader
 from walle.spec import JobSpec, SpecError, parse_spec
 
@@ -249,6 +250,7 @@ class Scheduler:
         report = StepReport()
         records = dict(snap.records)
         changed: dict[str, SlotRecord] = {}
+        self._take_commits(snap, records, report, now)
         if not self._resumed:
             self._resume(snap, records, changed, report)
             self._resumed = True
@@ -272,6 +274,29 @@ class Scheduler:
             self._execute(plan, snap, records, report, now)
         report.next_deadline = self._next_deadline(snap, records, now)
         return report
+
+    def _take_commits(self, snap: Snapshot, records: dict[str, SlotRecord],
+                      report: StepReport, now: float) -> None:
+        """Batch runs their node recorded as finished (walle/done/, written by the unit's
+        walle-batch-commit once the job exited 0): the slot is done (`stopped`), whatever
+        else the leader knows of it. The node may have died or been cut off right after
+        the run; reading the commit before anything is placed is what keeps such a run
+        from being repeated. Each commit is deleted in the write that records it; one of an
+        earlier placement of the slot, or of a slot that is gone, is deleted unused."""
+        changed: dict[str, SlotRecord] = {}
+        consumed = []
+        for key, commit in sorted(snap.commits.items()):
+            if key in snap.blocked_slots or commit.job in snap.frozen_jobs:
+                continue  # its record is unreadable: hands off
+            r = records.get(key)
+            if (r is not None and r.alloc.state in ("pending", "running", "failed")
+                    and r.alloc.node == commit.node and attempt_of(r.alloc) == commit.attempt):
+                changed[key] = records[key] = r.with_alloc(replace(r.alloc, state="stopped"),
+                                                           now)
+                report.finished.append(key)
+                log.info("batch %s finished on %s (committed by the node)", key, commit.node)
+            consumed.append(commit)
+        self._write(changed, records=records, consumed=consumed)
 
     def _resume(self, snap: Snapshot, records: dict[str, SlotRecord],
                 changed: dict[str, SlotRecord], report: StepReport) -> None:
@@ -480,7 +505,8 @@ class Scheduler:
             log.warning("stopping %d orphaned instance(s): %s", len(orphans),
                         ", ".join(f"{j}-{s}@{n}" for j, s, n in orphans))
             outcomes = self._per_job("stop orphans", self.executor.stop_instances, orphans,
-                                     lambda o: o[0], _failed_outcomes(lambda o: f"{o[0]}-{o[1]}"))
+                                     lambda o: o[0],
+                                     _failed_outcomes(lambda o: instance_id(*o[:2])))
             for key, outcome in outcomes.items():
                 if outcome.ok:
                     report.stopped.append(f"orphan {key}")
@@ -515,9 +541,9 @@ class Scheduler:
         log.warning("stopping %d instance(s) left on returning node(s) where no record puts "
                     "them: %s", len(leftovers), ", ".join(f"{j}-{s}@{n}" for j, s, n in leftovers))
         outcomes = self._per_job("stop leftovers", self.executor.stop_instances, leftovers,
-                                 lambda o: o[0], _failed_outcomes(lambda o: f"{o[0]}-{o[1]}"))
+                                 lambda o: o[0], _failed_outcomes(lambda o: instance_id(*o[:2])))
         for (job, slot, node) in leftovers:
-            outcome = outcomes.get(f"{job}-{slot}", Outcome(False, "no result"))
+            outcome = outcomes.get(instance_id(job, slot), Outcome(False, "no result"))
             if outcome.ok:
                 report.stopped.append(f"leftover {job}-{slot}@{node}")
             else:  # the node is asked again later
@@ -808,17 +834,20 @@ class Scheduler:
 
     # ----- guarded writes -------------------------------------------------------------------
     def _write(self, put: dict[str, SlotRecord], delete: Iterable[SlotRecord] = (),
-               records: dict[str, SlotRecord] | None = None) -> None:
+               records: dict[str, SlotRecord] | None = None,
+               consumed: Iterable[BatchCommit] = ()) -> None:
         """Write records (CAS + leader guard), then refresh their ModifyIndex in `records` so
-        later writes in the same step compare against what is stored now."""
-        delete = list(delete)
-        if not put and not delete:
+        later writes in the same step compare against what is stored now. `consumed` batch
+        commits are deleted in the same transaction."""
+        delete, consumed = list(delete), list(consumed)
+        if not put and not delete and not consumed:
             return
         session = self.lock.session_id
         if not self.lock.is_leader or not session:
             raise LostLeadership("not the leader: refusing to write state")
         result = self.store.write_allocs([to_stored(r) for r in put.values()],
-                                         [to_stored(r) for r in delete], session=session)
+                                         [to_stored(r) for r in delete], session=session,
+                                         consumed=consumed)
         if result.lost_leadership:
             raise LostLeadership("the leader lock is held by another session")
         if not result.ok:  # a CAS lost: someone else wrote; the next step re-reads
