@@ -4,7 +4,7 @@ import os
 import sys
 from pathlib import Path
 
-from walle.adapters.collection import ensure_collection
+from walle.collection import ensure_collection
 
 REPO = Path(__file__).resolve().parent.parent
 

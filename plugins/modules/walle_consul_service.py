@@ -212,7 +212,7 @@ from urllib.parse import quote  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.urls import open_url  # noqa: E402
-from ansible.module_utils.walle_consul import (  # noqa: E402
+from ansible_collections.walle.pool.plugins.module_utils.walle_consul import (  # noqa: E402
     ConsulModuleError,
     comparable,
     desired_service,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from walle.adapters.collection import ensure_collection
+from walle.collection import ensure_collection
 
 pytestmark = [pytest.mark.ansible_checks, pytest.mark.timeout(2400)]
 

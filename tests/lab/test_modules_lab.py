@@ -16,7 +16,7 @@ from pathlib import Path
 import ansible_runner
 import pytest
 
-from walle.adapters.collection import ensure_collection
+from walle.collection import ensure_collection
 
 pytestmark = pytest.mark.lab
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from walle.adapters.collection import ensure_collection
+from walle.collection import ensure_collection
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = ("walle_slice", "walle_workload", "walle_facts", "walle_consul_service")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from walle.adapters.collection import ensure_collection
+from walle.collection import ensure_collection
 from walle.lab import vm as walle_vm
 
 VENV_BIN = Path(sys.executable).parent  # ansible-playbook lives next to pytest's python

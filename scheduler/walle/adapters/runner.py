@@ -30,7 +30,7 @@ from typing import Any
 import ansible_runner
 import yaml
 
-from walle.adapters.collection import ensure_collection
+from walle.collection import ensure_collection
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ names `.ansible/collections` (relative to itself), and so does `ansible_env` in 
 ansible-lint and molecule keep their cache in the same `.ansible` folder and leave a link to
 the project alone; a copy of the collection that one of them installed there is replaced.
 
-`python -m walle.adapters.collection` makes the link (scripts/setup.sh runs it).
+`python -m walle.collection` makes the link (scripts/setup.sh runs it).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 NAMESPACE, NAME = "walle", "pool"
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def collections_dir(repo_root: Path = REPO_ROOT) -> Path:
