@@ -254,6 +254,7 @@ REQUIRED_IF = [
 
 # ----------------------------------------------------------------------------- the agent
 
+
 class Agent:
     """The few agent endpoints the module needs; `request(method, url, data)` does HTTP and
     returns (status, text), raising ConsulModuleError when the agent cannot be reached."""

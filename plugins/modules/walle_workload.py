@@ -363,7 +363,7 @@ ARGUMENT_SPEC = dict(
     description=dict(type="str"),
     commit=dict(type="dict", options=dict(
         consul_addr=dict(type="str", required=True),
-        key=dict(type="str", required=True),
+        key=dict(type="str", required=True, no_log=False),  # a KV key name, not a secret
         node=dict(type="str", required=True),
         attempt=dict(type="str", required=True),
         token_file=dict(type="path"),

@@ -54,7 +54,8 @@ def installed_collection(tmp_path_factory) -> Path:
                  "--output-path", base], base, 300, outside_repo=True)
     assert built.returncode == 0, built.stdout + built.stderr
     (tarball,) = base.glob("walle-pool-*.tar.gz")
-    installed = run([VENV_BIN / "ansible-galaxy", "collection", "install", tarball,
+    # --force: a walle.pool another tool installed in ~/.ansible must not stand in for this one
+    installed = run([VENV_BIN / "ansible-galaxy", "collection", "install", "--force", tarball,
                      "-p", base / "collections"], base, 300, outside_repo=True)
     assert installed.returncode == 0, installed.stdout + installed.stderr
     return base / "collections" / "ansible_collections" / "walle" / "pool"
