@@ -284,7 +284,7 @@ class Bench:
     # schedulers ------------------------------------------------------------------------
     def start_scheduler(self, key: str, session_node: str | None) -> None:
         argv = [str(self.python_bin / "walle"), "scheduler", "run",
-                "--consul-addr", self.addr, "--inventory", str(self.lab.inventory_path),
+                "--consul-addr", self.addr, "--inventory", str(self.lab.pool_inventory_path),
                 "--node-consul-addr", self.addr, "--name", f"{self.lab.name}-{key}",
                 "--lock-delay", str(self.args.lock_delay)]
         if session_node:

@@ -66,7 +66,9 @@ STOPPED_PREFIX = KV_PREFIX + "stopped/"  # walle/stopped/<job>: the tombstone of
 PACKAGES_PREFIX = KV_PREFIX + "packages/"  # walle/packages/<name>: installed packages
 SECRETS_PREFIX = KV_PREFIX + "secrets/"  # walle/secrets/<path>: secret values
 DONE_PREFIX = KV_PREFIX + "done/"  # walle/done/<job>/<slot>: a node's batch commit
+EVENTS_PREFIX = KV_PREFIX + "events/"  # walle/events/<job>: the job's bounded event history
 LEADER_KEY = KV_PREFIX + "leader"  # the scheduler's lock
+PLACEMENT_CONFIG_KEY = KV_PREFIX + "config/placement"  # the leader's defaults (decide.py)
 DRAIN_SUFFIX = "/drain"
 
 
@@ -123,6 +125,15 @@ def parse_drain_key(key: str) -> str | None:
     if not key.endswith(DRAIN_SUFFIX):
         return None
     return _single_part(key[:-len(DRAIN_SUFFIX)], NODES_PREFIX)
+
+
+def events_key(job: str) -> str:
+    return EVENTS_PREFIX + job
+
+
+def parse_events_key(key: str) -> str | None:
+    """walle/events/<job> -> job; None for any other shape."""
+    return _single_part(key, EVENTS_PREFIX)
 
 
 def tombstone_key(job: str) -> str:

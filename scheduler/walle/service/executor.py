@@ -227,6 +227,7 @@ def _outcome(host: HostResult, instance: str, result: RunResult) -> Outcome:
     if host.ok:
         return OK
     if host.unreachable:
-        return Outcome(False, f"node {host.host} unreachable")
+        why = "; ".join(t.msg for t in host.failed_tasks if t.msg)
+        return Outcome(False, f"node {host.host} unreachable" + (f": {why}" if why else ""))
     reasons = "; ".join(f"{t.task}: {t.msg}" for t in host.failed_tasks)
     return Outcome(False, reasons or f"{result.status} on {host.host}: {result.output_tail[-300:]}")

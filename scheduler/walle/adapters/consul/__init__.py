@@ -8,6 +8,7 @@ from walle.adapters.consul.api import ConsulApi, go_duration
 from walle.adapters.consul.config import ConsulConfig, parse_address
 from walle.adapters.consul.errors import (
     ConsulConfigError,
+    ConsulDenied,
     ConsulError,
     ConsulNotFound,
     ConsulUnreachable,
@@ -56,8 +57,8 @@ def watch_nodes(api: ConsulApi, **kw) -> Watch[list[NodeInfo]]:
 
 __all__ = [
     "DRAIN_EVENT", "LEADER_KEY", "TXN_MAX_OPS", "Allocation", "BatchCommit", "ConsulApi",
-    "ConsulConfig",
-    "ConsulConfigError", "ConsulError", "ConsulNotFound", "ConsulUnreachable", "Event",
+    "ConsulConfig", "ConsulConfigError", "ConsulDenied", "ConsulError", "ConsulNotFound",
+    "ConsulUnreachable", "Event",
     "KvOp", "LeaderLock", "NodeInfo", "NotLeader", "RetryPolicy", "ServiceInstance",
     "StateStore", "StoredJob", "TokenBucket", "TxnError", "TxnResult", "Unreadable", "Watch",
     "call_with_retry", "check_id", "check_options", "deregister_instance", "fetch_nodes",

@@ -53,8 +53,10 @@ class ConsulApi:
         headers = self.client.prepare_headers()
         send = getattr(http, method)
 
+        body = {} if method == "get" else {"data": data}  # py-consul's get takes no body
+
         def once() -> tuple[int, Any]:
-            resp = send(lambda r: r, path, params=params or [], data=data, headers=headers)
+            resp = send(lambda r: r, path, params=params or [], headers=headers, **body)
             if resp.code >= 500:
                 raise ConsulException(f"{resp.code} {resp.body}")
             return resp.code, _decode(resp.body)

@@ -28,6 +28,7 @@ from walle.adapters.consul.watch import Watch
 from walle.naming import (
     ALLOCS_PREFIX,
     DONE_PREFIX,
+    EVENTS_PREFIX,
     JOBS_PREFIX,
     LEADER_KEY,
     NODES_PREFIX,
@@ -35,14 +36,19 @@ from walle.naming import (
     alloc_key,
     done_key,
     drain_key,
+    events_key,
     job_allocs_prefix,
     job_key,
     package_key,
     parse_alloc_key,
     parse_done_key,
     parse_drain_key,
+    parse_events_key,
     parse_job_key,
     parse_package_key,
+)
+from walle.naming import (
+    PLACEMENT_CONFIG_KEY as PLACEMENT_CONFIG,
 )
 from walle.spec.model import JobSpec
 from walle.spec.parse import spec_to_data
@@ -339,6 +345,35 @@ class StateStore:
             raise ConsulError(f"txn at {self.api.address} answered {status}: {body}")
         return TxnResult(True, applied, indexes=indexes)
 
+    # --- per-job history (service/events.py owns the body; leader writes only) --------------
+    def events(self, job: str | None = None, index: int = 0, wait: str | None = None
+               ) -> tuple[int, dict[str, tuple[dict[str, Any], int]]]:
+        """walle/events/<job> values (one job's or all): job -> (body, ModifyIndex), blocking
+        when index > 0. A value that is not a JSON object reads as {} (a history is not worth
+        stopping for: the leader's next write replaces it)."""
+        key = events_key(job) if job else EVENTS_PREFIX
+        idx, entries = self.api.call(f"read {key}", lambda: self._kv.get(
+            key, recurse=job is None, index=index or None, wait=wait))
+        if job is not None:
+            entries = [entries] if entries else []
+        out = {}
+        for e in entries or []:
+            name = parse_events_key(e["Key"])
+            if name:
+                try:
+                    body = _decode(e)
+                except BadRecord:
+                    body = {}
+                out[name] = (body, int(e["ModifyIndex"]))
+        return int(idx), out
+
+    def put_events(self, job: str, body: Mapping[str, Any], expected_index: int, *,
+                   session: str) -> TxnResult:
+        """Leader write of one job's history: CAS, with the leader guard."""
+        key = events_key(job)
+        return self.txn([KvOp("cas", key, _encode(body, key), index=expected_index)],
+                        session=session)
+
     # --- operator marks on nodes: drain ----------------------------------------------------
     def drains(self, index: int = 0, wait: str | None = None) -> tuple[int, frozenset[str]]:
         """Nodes marked for draining (`walle/nodes/<node>/drain`), blocking when index > 0."""
@@ -373,6 +408,18 @@ class StateStore:
         key = package_key(name)
         return bool(self.api.call(f"delete {key}", lambda: self._kv.delete(
             key, cas=expected_index)))
+
+    # --- the leader's placement defaults (walle plan decides with them) --------------------
+    def placement_config(self) -> dict[str, Any] | None:
+        """What the leader published (None: no leader has yet). BadRecord if unreadable."""
+        _, entry = self.api.call(f"read {PLACEMENT_CONFIG}",
+                                 lambda: self._kv.get(PLACEMENT_CONFIG))
+        return _decode(entry) if entry else None
+
+    def put_placement_config(self, body: Mapping[str, Any], *, session: str) -> TxnResult:
+        """Leader write, guarded by the lock like the slot records."""
+        value = _encode(body, PLACEMENT_CONFIG)
+        return self.txn([KvOp("set", PLACEMENT_CONFIG, value)], session=session)
 
     # --- watches -------------------------------------------------------------------------
     def watch_jobs(self, **kw: Any) -> Watch[dict[str, StoredJob]]:
