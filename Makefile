@@ -24,6 +24,7 @@ test-fast: $(SETUP_STAMP)   ## the pure tests only (seconds)
 
 lint: $(SETUP_STAMP)
 	.venv/bin/ruff check scheduler plugins tests bench inventory
+	.venv/bin/ansible-lint
 
 bench: $(SETUP_STAMP)
 	.venv/bin/python bench/placement.py

@@ -44,7 +44,7 @@ import requests
 import yaml
 
 from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
-from walle.adapters.runner import REPO_ROOT
+from walle.adapters.runner import REPO_ROOT, ansible_env
 from walle.cli.demo import provision
 from walle.lab.nodes import Lab
 from walle.naming import instance_id, job_allocs_prefix, parse_alloc_key, service_unit
@@ -407,7 +407,7 @@ class Bench:
         subprocess.run([str(self.python_bin / "ansible-playbook"), "-i",
                         str(self.lab.inventory_path), "--limit", node,
                         str(REPO_ROOT / "site.yml")], cwd=REPO_ROOT, capture_output=True,
-                       timeout=600, env={**os.environ, "WALLE_LAB": self.lab.name})
+                       timeout=600, env={**os.environ, **ansible_env(), "WALLE_LAB": self.lab.name})
 
     def watch_orphans(self, trial: FailoverTrial, timeout: float = 30.0) -> str:
         """The returned node may bring back the lost instances' old registrations (and units):

@@ -24,6 +24,8 @@ fi
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e '.[test]'
 
+# ansible.cfg finds the walle.pool collection (this repository) through this link
+.venv/bin/python -m walle.collection >/dev/null
 echo "setup: preparing the lab rootfs (cached in /var/cache/walle)" >&2
 .venv/bin/python -m walle.lab.rootfs >/dev/null
 echo "setup: done" >&2

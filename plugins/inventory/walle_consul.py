@@ -132,8 +132,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
     NAME = "walle_consul"
 
     def verify_file(self, path: str) -> bool:
-        return super().verify_file(path) and path.endswith(("walle_consul.yml",
-                                                             "walle_consul.yaml"))
+        names = ("walle_consul.yml", "walle_consul.yaml")
+        return super().verify_file(path) and path.endswith(names)
 
     def parse(self, inventory, loader, path, cache=True):
         super().parse(inventory, loader, path, cache)

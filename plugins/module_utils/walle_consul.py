@@ -4,7 +4,7 @@
 -> the body of PUT /v1/agent/service/register, and the view compared for idempotence.
 
 The one translation of a health check into Consul's API. Two programs use it: the module on
-the nodes (as `ansible.module_utils.walle_consul`) and the scheduler's Consul adapter
+the nodes (from the walle.pool collection's module_utils) and the scheduler's Consul adapter
 (`walle.adapters.consul.services`, through `walle.node_utils`), which registers the same body
 for a job spec's check. A spec's health becomes these options in one place on the scheduler
 (`walle.adapters.consul.services.check_options`). Durations are the node grammar's.
@@ -18,8 +18,10 @@ import hashlib
 import json
 import re
 
-from ansible.module_utils.walle_grammar import format_duration
-from ansible.module_utils.walle_grammar import parse_duration as _grammar_duration
+from ansible_collections.walle.pool.plugins.module_utils.walle_grammar import format_duration
+from ansible_collections.walle.pool.plugins.module_utils.walle_grammar import (
+    parse_duration as _grammar_duration,
+)
 
 # The options this translation reads, with walle_consul_service's defaults (its
 # argument_spec states the same values; a test holds them equal).

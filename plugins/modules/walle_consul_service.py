@@ -19,8 +19,8 @@ description:
     so the module stores a digest of the check it registered in the service meta key
     C(walle_check) and also verifies that the check C(service:<id>) still exists.
   - Registration uses C(?replace-existing-checks=true), so a changed check replaces the old one.
-  - There are no script checks: Consul would run them from its agent, outside the instance's
-    sandbox. Job specs refuse them at validation.
+  - There are no script checks, because Consul would run them from its agent, outside the
+    instance's sandbox. Job specs refuse them at validation.
   - The options are turned into the registration body by C(module_utils/walle_consul.py), the
     code the scheduler's Consul adapter registers with too, so both register the same check.
 options:
@@ -32,8 +32,8 @@ options:
     default: http://127.0.0.1:8500
   token:
     description:
-      - ACL token sent as C(X-Consul-Token). Never logged (C(no_log)). Prefer O(token_file):
-        a token passed here travels through the controller's variables.
+      - ACL token sent as C(X-Consul-Token). Never logged (C(no_log)). Prefer O(token_file),
+        because a token passed here travels through the controller's variables.
       - Unset (and no O(token_file)) sends no token header (the agent's default token applies).
     type: str
   token_file:
@@ -129,15 +129,16 @@ attributes:
   platform:
     support: full
     platforms: posix
+    description: Runs on the node (Linux with systemd), not on the controller.
 notes:
   - Talks only to the agent at O(consul_addr); run it on the node the instance runs on.
 seealso:
-  - module: walle_workload
+  - module: walle.pool.walle_workload
   - name: Consul agent service API
     description: PUT /v1/agent/service/register and friends.
     link: https://developer.hashicorp.com/consul/api-docs/agent/service
 author:
-  - Walle authors
+  - Walle authors (!UNKNOWN)
 """
 
 EXAMPLES = r"""
@@ -174,7 +175,7 @@ EXAMPLES = r"""
     port: 8080
     consul_addr: https://127.0.0.1:8501
     token_file: /etc/walle/consul-token
-    ca_file: /etc/walle/consul-ca.pem
+    ca_path: /etc/walle/consul-ca.pem
 """
 
 RETURN = r"""
@@ -211,7 +212,7 @@ from urllib.parse import quote  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.urls import open_url  # noqa: E402
-from ansible.module_utils.walle_consul import (  # noqa: E402
+from ansible_collections.walle.pool.plugins.module_utils.walle_consul import (  # noqa: E402
     ConsulModuleError,
     comparable,
     desired_service,
@@ -253,6 +254,7 @@ REQUIRED_IF = [
 
 # ----------------------------------------------------------------------------- the agent
 
+
 class Agent:
     """The few agent endpoints the module needs; `request(method, url, data)` does HTTP and
     returns (status, text), raising ConsulModuleError when the agent cannot be reached."""
@@ -274,7 +276,7 @@ class Agent:
         return json.loads(text) if status == 200 and text else None
 
     def has_check(self, check_id):
-        _, text = self._call("GET", "/v1/agent/checks")
+        _status, text = self._call("GET", "/v1/agent/checks")
         return check_id in (json.loads(text or "{}") or {})
 
     def register(self, body):

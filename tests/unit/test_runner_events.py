@@ -146,7 +146,8 @@ def test_runner_args_limit_forks_and_env(tmp_path):
     assert args["project_dir"] == str(runner.PLAYBOOK_DIR)
     env = args["envvars"]
     assert env["ANSIBLE_PIPELINING"] == "True"
-    assert Path(env["ANSIBLE_LIBRARY"]).name == "modules"
+    pool = Path(env["ANSIBLE_COLLECTIONS_PATH"]) / "ansible_collections" / "walle" / "pool"
+    assert pool.resolve() == runner.REPO_ROOT  # the repo is the collection walle.pool
 
 
 def test_runner_args_hand_ansible_the_extravars_only_as_the_unsafe_file(tmp_path):

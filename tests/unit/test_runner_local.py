@@ -29,7 +29,7 @@ PLAY = """
       loop_control: {loop_var: walle_instance, label: "{{ walle_instance.id }}"}
     - name: Host-wide step
       ansible.builtin.command: "{{ walle_host_cmd[inventory_hostname] | default('true') }}"
-    - name: "walle: host done"
+    - name: "Walle: host done"
       ansible.builtin.debug: {msg: done}
 """
 ONE = """
@@ -38,7 +38,7 @@ ONE = """
     - name: Start
       ansible.builtin.command: "{{ walle_instance.cmd }}"
   rescue:
-    - name: "walle: instance failed"
+    - name: "Walle: instance failed"
       ansible.builtin.debug:
         msg: {id: "{{ walle_instance.id }}", error: "{{ ansible_failed_result.rc }}"}
 """

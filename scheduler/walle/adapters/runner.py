@@ -30,15 +30,17 @@ from typing import Any
 import ansible_runner
 import yaml
 
+from walle.collection import ensure_collection
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PLAYBOOK_DIR = REPO_ROOT / "playbooks"
 # Task names the playbooks use to talk to this adapter.
-HOST_DONE_TASK = "walle: host done"
+HOST_DONE_TASK = "Walle: host done"
 COMMAND_PLAYBOOK = "command.yml"  # run_command's playbook ...
-COMMAND_TASK = "walle: command"  # ... and its task whose results are the answers
-INSTANCE_FAILED_TASK = "walle: instance failed"
+COMMAND_TASK = "Walle: command"  # ... and its task whose results are the answers
+INSTANCE_FAILED_TASK = "Walle: instance failed"
 MAX_FORKS = 50
 CANCEL_POLL_S = 0.1  # how often ansible-runner asks whether to cancel
 SSH_ARGS = "-C -o ControlMaster=auto -o ControlPersist=600s -o ServerAliveInterval=5"
@@ -339,14 +341,13 @@ def extravars_text(extravars: Mapping[str, Any]) -> str:
 
 
 def ansible_env(repo_root: Path = REPO_ROOT) -> dict[str, str]:
-    """Points ansible at the repo's plugins and config and switches the speed settings on.
-    The repo's ansible.cfg, when present, owns the ssh arguments."""
+    """Points ansible at the repo's collection (walle.pool: its modules and roles) and
+    config and switches the speed settings on. The repo's ansible.cfg, when present, owns the
+    ssh arguments."""
     env = {
-        "ANSIBLE_LIBRARY": str(repo_root / "plugins" / "modules"),
-        "ANSIBLE_MODULE_UTILS": str(repo_root / "plugins" / "module_utils"),
+        "ANSIBLE_COLLECTIONS_PATH": str(ensure_collection(repo_root)),
         # the walle_consul inventory plugin: the pool from Consul's catalog
         "ANSIBLE_INVENTORY_PLUGINS": str(repo_root / "plugins" / "inventory"),
-        "ANSIBLE_ROLES_PATH": str(repo_root / "roles"),
         "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",  # no discovery round trip
         "ANSIBLE_GATHERING": "explicit",
