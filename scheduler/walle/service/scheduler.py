@@ -42,12 +42,12 @@ from walle.adapters.consul.health import fetch_cluster_health
 from walle.adapters.consul.state import alloc_key
 from walle.adapters.consul.tombstones import stopped_jobs
 from walle.core import Allocation, PlacementConfig, Plan, reconcile
-from walle.naming import parse_instance_id, service_unit
+from walle.naming import parse_instance_id, service_unit, timer_unit
 from walle.service.adopt import MISSING_GRACE, Adopter
 from walle.service.cluster import Snapshot, describe_error, load_snapshot
 from walle.service.executor import Executor, NodeInstances, Outcome
 from walle.service.policy import PrivilegePolicy
-from walle.service.presence import DEFAULT_LEAVE_GRACE, NodePresence
+from walle.service.presence import DEFAULT_DOWN_GRACE, DEFAULT_LEAVE_GRACE, NodePresence
 from walle.service.records import SlotRecord, to_stored
 from walle.service.secrets import DEFAULT_SECRETS_DIR, SecretReader
 from walle.spec import JobSpec, SpecError, parse_spec
@@ -56,6 +56,7 @@ log = logging.getLogger("walle.scheduler")
 
 FAILED_CHECK_GRACE = 10.0  # a running instance critical this long is moved elsewhere
 BATCH_PROBE = 5.0  # seconds between reads of running batch units
+ACTIVE_UNIT_STATES = ("active", "activating", "reloading")  # a unit that runs (or restarts)
 INSPECT_RETRY = 10.0  # a returning node that did not answer the listing is asked again then
 MIN_WAKE = 0.05
 RETRY_BASE = 5.0  # a slot that failed twice in a row waits this long before its next try...
@@ -85,6 +86,9 @@ class SchedulerConfig:
     secrets_dir: str = DEFAULT_SECRETS_DIR
     # a node gone from the catalog (left: agent restart) keeps its instances this long
     node_leave_grace: float = DEFAULT_LEAVE_GRACE
+    # a failed node (serfHealth critical: dead or cut off) keeps its instances this long, so
+    # that a cut-off node's fence has stopped them before they start elsewhere (presence.py)
+    node_down_grace: float = DEFAULT_DOWN_GRACE
 
 
 @dataclass
@@ -170,7 +174,8 @@ class Scheduler:
         and lists what runs on every ready node once."""
         self._resumed = False
         self.adopter = Adopter(self.api, self.clock)
-        self.presence = NodePresence(self.config.node_leave_grace)  # grace from our eyes
+        self.presence = NodePresence(self.config.node_leave_grace,  # graces from our eyes
+                                     self.config.node_down_grace)
         self._unsettled: set[str] = set()  # pending batch records whose outcome is unknown
         self._last_settle = float("-inf")
         self._node_states: dict[str, str] = {}  # node -> its state at the last step
@@ -431,7 +436,8 @@ class Scheduler:
             node = snap.nodes.get(r.alloc.node) if r else None
             if (r is None or r.alloc.state != "pending" or r.alloc.job not in snap.jobs
                     or node is None or node.state == "down"):
-                self._unsettled.discard(key)  # settled otherwise: stopped, moved, node lost
+                if r is None or r.alloc.node not in snap.away:  # away: ask when it is back
+                    self._unsettled.discard(key)  # settled otherwise: stopped, moved, lost
                 continue
             live[(r.alloc.node, service_unit(r.alloc.job, r.alloc.slot))] = r
         if not live or now - self._last_settle < BATCH_PROBE:
@@ -509,6 +515,7 @@ class Scheduler:
                 self._inspect_after.pop(node, None)
             else:
                 self._inspect_after[node] = now + INSPECT_RETRY
+        self._restart_fenced(snap, records, listings, report)
         leftovers = self._leftovers(snap, records, listings)
         if not leftovers:
             return
@@ -523,6 +530,42 @@ class Scheduler:
             else:  # the node is asked again later
                 self._to_inspect.add(node)
                 self._inspect_after[node] = now + INSPECT_RETRY
+
+    def _restart_fenced(self, snap: Snapshot, records: dict[str, SlotRecord],
+                        listings: dict[str, NodeInstances], report: StepReport) -> None:
+        """Running service and cron instances whose unit is not active on their own node: a
+        node cut off for longer than its fence stopped them (roles/node walle-fence) but came
+        back within the down grace, so they were never moved. Place them again where they
+        are (idempotent: a unit that runs keeps its process). Batch instances are left to
+        the batch probe: a stopped run is a failed run, not one to start silently again."""
+        fenced = []
+        for r in records.values():
+            spec = snap.jobs.get(r.alloc.job)
+            listing = listings.get(r.alloc.node)
+            if (spec is None or listing is None or r.alloc.state != "running"
+                    or spec.kind == "batch" or r.key in snap.blocked_slots
+                    or r.alloc.job in snap.frozen_jobs):
+                continue
+            unit = (timer_unit if spec.kind == "cron" else service_unit)(r.alloc.job,
+                                                                         r.alloc.slot)
+            if listing.units.get(unit) not in ACTIVE_UNIT_STATES:
+                fenced.append(r)
+        if not fenced:
+            return
+        log.warning("starting %d instance(s) again on their own node (not active there: "
+                    "fenced while cut off?): %s", len(fenced),
+                    ", ".join(f"{r.key}@{r.alloc.node}" for r in fenced))
+        outcomes = self._place([r.alloc for r in fenced], snap)
+        now = self.clock()
+        failed: dict[str, SlotRecord] = {}
+        for r in fenced:
+            outcome = outcomes.get(r.key, Outcome(False, "no result"))
+            if outcome.ok:
+                report.placed.append(f"{r.key}@{r.alloc.node}")
+            else:
+                failed[r.key] = records[r.key] = r.failed(outcome.error, now)
+                report.failed[r.key] = outcome.error
+        self._write(failed, records=records)
 
     def _leftovers(self, snap: Snapshot, records: dict[str, SlotRecord],
                    listings: dict[str, NodeInstances]) -> list[tuple[str, int, str]]:
