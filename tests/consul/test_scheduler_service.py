@@ -16,6 +16,7 @@ from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
 from walle.lab.consul_standin import start_in_thread
 from walle.naming import service_unit, timer_unit
 from walle.service.executor import NodeInstances, Outcome
+from walle.service.presence import DEFAULT_DOWN_GRACE
 from walle.service.scheduler import LostLeadership, Scheduler, SchedulerConfig
 from walle.spec import parse_spec
 
@@ -224,6 +225,9 @@ def test_instances_on_a_dead_node_move_to_healthy_nodes(cluster):
     victim = records(cluster)["web-1"].node
     register_node(cluster, victim, "10.77.250.99", status="critical")
     ex.placed.clear()
+    s.step()  # the down grace starts: the node's fence stops its copy meanwhile
+    assert ex.placed == []
+    clock.now += DEFAULT_DOWN_GRACE + 0.5
     s.step()
     moved = dict(ex.placed)
     assert list(moved) == ["web-1"] and moved["web-1"] != victim
@@ -627,6 +631,8 @@ def test_a_cron_copy_left_on_a_node_that_comes_back_is_stopped(cluster):
     s.step()
     victim = records(cluster)["tick-0"].node
     register_node(cluster, victim, "10.77.250.99", status="critical")
+    s.step()
+    clock.now += DEFAULT_DOWN_GRACE + 0.5  # moved once the down grace is over
     s.step()
     moved_to = records(cluster)["tick-0"].node
     assert moved_to != victim and "tick-0" in ex.on_node[victim]

@@ -533,11 +533,12 @@ class Scheduler:
 
     def _restart_fenced(self, snap: Snapshot, records: dict[str, SlotRecord],
                         listings: dict[str, NodeInstances], report: StepReport) -> None:
-        """Running service and cron instances whose unit is not active on their own node: a
-        node cut off for longer than its fence stopped them (roles/node walle-fence) but came
-        back within the down grace, so they were never moved. Place them again where they
-        are (idempotent: a unit that runs keeps its process). Batch instances are left to
-        the batch probe: a stopped run is a failed run, not one to start silently again."""
+        """Running service and cron instances whose node keeps their manifest but whose unit
+        is not active there (stopped, or unloaded since): a node cut off for longer than its
+        fence stopped them (roles/node walle-fence) but came back within the down grace, so
+        they were never moved. Place them again where they are (idempotent: a unit that runs
+        keeps its process). Batch instances are left to the batch probe: a stopped run is a
+        failed run, not one to start silently again."""
         fenced = []
         for r in records.values():
             spec = snap.jobs.get(r.alloc.job)
@@ -548,7 +549,7 @@ class Scheduler:
                 continue
             unit = (timer_unit if spec.kind == "cron" else service_unit)(r.alloc.job,
                                                                          r.alloc.slot)
-            if listing.units.get(unit) not in ACTIVE_UNIT_STATES:
+            if r.key in listing.manifests and listing.units.get(unit) not in ACTIVE_UNIT_STATES:
                 fenced.append(r)
         if not fenced:
             return
