@@ -173,3 +173,33 @@ def test_the_scheduler_refuses_a_grace_shorter_than_the_nodes_fence():
     # nodes without a fence (0): any grace, 0 included (a dead node's work moves at once)
     assert scheduler_config(build_parser().parse_args(
         base + ["--node-fence-after", "0", "--node-down-grace", "0"])).node_down_grace == 0
+
+
+def test_after_a_consul_outage_every_node_is_listed_and_fenced_instances_run_again(
+        cluster, monkeypatch):
+    """Consul itself out for longer than the fence (every node lost it, none read as down):
+    each node's fence stopped its units. The leader, whose snapshot took that long, lists
+    every node once and starts what its records put there again."""
+    import walle.service.scheduler as scheduler_module
+
+    clock = Clock()
+    s, ex = make_scheduler(cluster, clock)
+    StateStore(cluster).put_job(web_spec(count=2), 0)
+    StateStore(cluster).put_job(cron_spec(), 0)
+    s.step()
+    s.step()
+    where = {k: a.node for k, a in records(cluster).items()}
+    for node in ADDRESSES:
+        fence(ex, node)
+    real_load = scheduler_module.load_snapshot
+
+    def slow_load(api, store):  # Consul answered only after its outage (the client retries)
+        clock.now += DEFAULT_FENCE_AFTER + 2
+        return real_load(api, store)
+    monkeypatch.setattr(scheduler_module, "load_snapshot", slow_load)
+    ex.listed.clear()
+    ex.placed.clear()
+    s.step()
+    assert ex.listed == [sorted(ADDRESSES)]
+    assert sorted(ex.placed) == sorted(where.items())
+    assert {k: a.node for k, a in records(cluster).items()} == where

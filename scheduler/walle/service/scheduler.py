@@ -56,6 +56,7 @@ log = logging.getLogger("walle.scheduler")
 
 FAILED_CHECK_GRACE = 10.0  # a running instance critical this long is moved elsewhere
 BATCH_PROBE = 5.0  # seconds between reads of running batch units
+CONSUL_OUTAGE = 5.0  # a snapshot that took longer: Consul was out, nodes may have fenced
 ACTIVE_UNIT_STATES = ("active", "activating", "reloading")  # a unit that runs (or restarts)
 INSPECT_RETRY = 10.0  # a returning node that did not answer the listing is asked again then
 MIN_WAKE = 0.05
@@ -199,6 +200,7 @@ class Scheduler:
                 return
             except ConsulError as err:
                 log.error("step failed, retrying at the next change: %s", err)
+                self._relist_nodes("a step failed on Consul")
                 report = StepReport(next_deadline=self.clock() + 2.0)
             except Exception:  # a bug outside any one job's handling: never end the loop for it
                 delay = backoff.next()
@@ -248,8 +250,12 @@ class Scheduler:
 
     # ----- one reconciliation step ----------------------------------------------------------
     def step(self) -> StepReport:
+        started = self.clock()
+        loaded = load_snapshot(self.api, self.store)
         now = self.clock()
-        snap = self.presence.observe(load_snapshot(self.api, self.store), now)
+        if now - started > CONSUL_OUTAGE:
+            self._relist_nodes("Consul answered only after %.0fs" % (now - started))
+        snap = self.presence.observe(loaded, now)
         self._report_unreadable(snap)
         report = StepReport()
         records = dict(snap.records)
@@ -490,6 +496,14 @@ class Scheduler:
             for key, outcome in outcomes.items():
                 if outcome.ok:
                     report.stopped.append(f"orphan {key}")
+
+    def _relist_nodes(self, why: str) -> None:
+        """Consul was out of reach: every node's fence may have fired meanwhile (walle-fence
+        stops a node's units when it loses Consul) without any node ever reading as down, so
+        list every ready node again at the next step (_reap_leftovers, _restart_fenced)."""
+        if self._node_states:
+            log.warning("%s: listing what every node runs at the next step", why)
+        self._node_states = {}
 
     def _reap_leftovers(self, snap: Snapshot, records: dict[str, SlotRecord],
                         report: StepReport, now: float) -> None:
