@@ -74,7 +74,7 @@ def test_a_partitioned_node_stops_its_units_before_they_run_elsewhere(pool):
     assert active_slots(pool)["api-1"] == [victim]
 
     doubled: list[tuple[float, dict]] = []
-    stopped_at = moved_at = None
+    stopped_at = moved_at = down_at = None
     t0 = time.monotonic()
     faults.partition(pool.lab, victim)
     try:
@@ -86,16 +86,20 @@ def test_a_partitioned_node_stops_its_units_before_they_run_elsewhere(pool):
                 doubled.append((now, slots))
             if stopped_at is None and victim not in slots.get("api-1", []):
                 stopped_at = now
-            record = pool.records().get("api-1")
+            snap = pool.snapshot()
+            node = snap.nodes.get(victim)
+            if down_at is None and (node is None or node.state == "down"):
+                down_at = now  # Serf's detection, as the leader reads it
+            record = snap.records.get("api-1")
             if moved_at is None and record and record.alloc.node != victim:
                 moved_at = now
             time.sleep(POLL)
-        print(f"partition -> {victim}'s unit stopped: {stopped_at}s; "
-              f"partition -> re-placed elsewhere: {moved_at}s")
+        print(f"\nfence figures (s from the partition): {victim} down in Consul "
+              f"{down_at}, its unit stopped {stopped_at}, the slot re-placed {moved_at}")
         assert stopped_at is not None and stopped_at <= DEFAULT_FENCE_AFTER + FENCE_SLACK
         assert moved_at is not None and moved_at > stopped_at
         # the down grace runs from Serf's detection (5-8 s after the cut)
-        assert moved_at >= DEFAULT_DOWN_GRACE
+        assert down_at is not None and moved_at >= DEFAULT_DOWN_GRACE
         journal = faults.node_exec(pool.lab, victim, [
             "journalctl", "-u", "walle-fence", "--no-pager", "-o", "cat"]).stdout
         assert journal.count("FENCED") == 1 and "walle-api-1.service" in journal, journal
