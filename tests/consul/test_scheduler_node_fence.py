@@ -61,6 +61,16 @@ def fence(ex: RecordingExecutor, node: str) -> None:
         ex.units[unit] = {"ActiveState": "inactive"}
 
 
+def web_and_cron_running(api: ConsulApi, clock: Clock):
+    """A scheduler with web (count 2) and a cron job running: (scheduler, executor, where)."""
+    s, ex = make_scheduler(api, clock)
+    StateStore(api).put_job(web_spec(count=2), 0)
+    StateStore(api).put_job(cron_spec(), 0)
+    s.step()
+    s.step()
+    return s, ex, {k: a.node for k, a in records(api).items()}
+
+
 def test_a_failed_nodes_instance_moves_only_after_the_down_grace(cluster):
     clock = Clock()
     s, ex = make_scheduler(cluster, clock)
@@ -94,12 +104,7 @@ def test_a_node_back_within_the_grace_after_its_fence_fired_runs_its_instances_a
     its units; the leader never moved them. When it is back they start again where they
     are, and nothing is placed anywhere else."""
     clock = Clock()
-    s, ex = make_scheduler(cluster, clock)
-    StateStore(cluster).put_job(web_spec(count=2), 0)
-    StateStore(cluster).put_job(cron_spec(), 0)
-    s.step()
-    s.step()
-    where = {k: a.node for k, a in records(cluster).items()}
+    s, ex, where = web_and_cron_running(cluster, clock)
     victim = where["web-1"]
     fail(cluster, victim)
     s.step()
@@ -183,12 +188,7 @@ def test_after_a_consul_outage_every_node_is_listed_and_fenced_instances_run_aga
     import walle.service.scheduler as scheduler_module
 
     clock = Clock()
-    s, ex = make_scheduler(cluster, clock)
-    StateStore(cluster).put_job(web_spec(count=2), 0)
-    StateStore(cluster).put_job(cron_spec(), 0)
-    s.step()
-    s.step()
-    where = {k: a.node for k, a in records(cluster).items()}
+    s, ex, where = web_and_cron_running(cluster, clock)
     for node in ADDRESSES:
         fence(ex, node)
     real_load = scheduler_module.load_snapshot

@@ -3,44 +3,30 @@ veth leaves the lab bridge: walle.lab.faults.partition) stops its Walle units it
 fence time (walle-fence, installed by site.yml), and only after the leader's down grace is its
 work placed elsewhere; after the heal nothing runs twice.
 
-Ground truth comes from the nodes themselves (nsenter: it also sees the cut-off node). Own
-3-node lab (own name, bridge and subnet), removed at the end, the partition healed in any case.
+Ground truth comes from the nodes themselves (nsenter: it also sees the cut-off node). The
+3-node lab of test_scheduler_lab's `pool` (own name, bridge and subnet), removed at the end; the
+partition is healed in any case.
 About 3-4 minutes on the 2-core machine.
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
+import test_scheduler_lab
 from test_scheduler_lab import Pool, api_spec
 
-from walle.cli.demo import provision, start_schedulers, submit
+from walle.cli.demo import submit
 from walle.lab import faults
-from walle.lab.nodes import Lab
 from walle.service.presence import DEFAULT_DOWN_GRACE, DEFAULT_FENCE_AFTER
 
 pytestmark = pytest.mark.lab
 
+pool = test_scheduler_lab.pool  # the fixture: a 3-node lab, site.yml, two schedulers
+
 FENCE_SLACK = 6.0  # the fence checks every 1 s with a 2 s timeout; the stop runs ExecStop=
 POLL = 0.5
-
-
-@pytest.fixture(scope="module")
-def pool():
-    lab = Lab(f"f{os.getpid()}", progress=lambda msg: None)
-    try:
-        lab.up(3)
-        addr = lab.start_consul()
-        assert provision(lab) == 0
-        start_schedulers(lab, addr)
-        p = Pool(lab, addr)
-        p.wait("nodes in the catalog", lambda: len(p.snapshot().nodes) == 3, 30)
-        yield p
-    finally:
-        faults.heal_all(lab)
-        lab.down()
 
 
 def active_slots(pool: Pool, job: str = "api") -> dict[str, list[str]]:

@@ -570,17 +570,7 @@ class Scheduler:
         log.warning("starting %d instance(s) again on their own node (not active there: "
                     "fenced while cut off?): %s", len(fenced),
                     ", ".join(f"{r.key}@{r.alloc.node}" for r in fenced))
-        outcomes = self._place([r.alloc for r in fenced], snap)
-        now = self.clock()
-        failed: dict[str, SlotRecord] = {}
-        for r in fenced:
-            outcome = outcomes.get(r.key, Outcome(False, "no result"))
-            if outcome.ok:
-                report.placed.append(f"{r.key}@{r.alloc.node}")
-            else:
-                failed[r.key] = records[r.key] = r.failed(outcome.error, now)
-                report.failed[r.key] = outcome.error
-        self._write(failed, records=records)
+        self._place_again(snap, records, fenced, report, "")
 
     def _leftovers(self, snap: Snapshot, records: dict[str, SlotRecord],
                    listings: dict[str, NodeInstances]) -> list[tuple[str, int, str]]:
@@ -633,19 +623,27 @@ class Scheduler:
         record failed (the playbook's rescue has then removed the unit: no second copy)."""
         if not lost:
             return
-        outcomes = self._place([r.alloc for r in lost], snap)
+        outcomes = self._place_again(snap, records, lost, report,
+                                     f"lost: registered nowhere for {MISSING_GRACE:.0f}s; ")
         self.adopter.replaced([r.key for r in lost if outcomes.get(r.key, Outcome(False)).ok])
+
+    def _place_again(self, snap: Snapshot, records: dict[str, SlotRecord],
+                     again: list[SlotRecord], report: StepReport,
+                     why: str) -> dict[str, Outcome]:
+        """Place running records again where they are (idempotent); one that fails is failed
+        with `why` + the error."""
+        outcomes = self._place([r.alloc for r in again], snap)
         now = self.clock()
         failed: dict[str, SlotRecord] = {}
-        for r in lost:
+        for r in again:
             outcome = outcomes.get(r.key, Outcome(False, "no result"))
             if outcome.ok:
                 report.placed.append(f"{r.key}@{r.alloc.node}")
                 continue
-            reason = f"lost: registered nowhere for {MISSING_GRACE:.0f}s; {outcome.error}"
-            failed[r.key] = records[r.key] = r.failed(reason, now)
-            report.failed[r.key] = reason
+            failed[r.key] = records[r.key] = r.failed(why + outcome.error, now)
+            report.failed[r.key] = why + outcome.error
         self._write(failed, records=records)
+        return outcomes
 
     # ----- planning -----------------------------------------------------------------------
     def _plan(self, snap: Snapshot, records: dict[str, SlotRecord], now: float) -> Plan:
