@@ -203,3 +203,25 @@ def test_after_a_consul_outage_every_node_is_listed_and_fenced_instances_run_aga
     assert ex.listed == [sorted(ADDRESSES)]
     assert sorted(ex.placed) == sorted(where.items())
     assert {k: a.node for k, a in records(cluster).items()} == where
+
+
+def test_a_placement_that_failed_on_a_node_then_cut_off_waits_for_the_grace_too(cluster):
+    """place.yml lost the node mid-run (the unit may have started before the cut): the slot's
+    record is failed, but the node may run it. It moves only after the down grace."""
+    clock = Clock()
+    s, ex = make_scheduler(cluster, clock)
+    ex.fail_nodes = set(ADDRESSES)
+    StateStore(cluster).put_job(web_spec(count=1), 0)
+    s.step()
+    (record,) = records(cluster).values()
+    assert record.state == "failed"
+    ex.fail_nodes.clear()
+    ex.placed.clear()
+    fail(cluster, record.node)
+    s.step()
+    clock.now += GRACE - 1
+    s.step()
+    assert ex.placed == []
+    clock.now += 2
+    s.step()
+    assert [k for k, _ in ex.placed] == ["web-0"] and ex.placed[0][1] != record.node

@@ -665,7 +665,10 @@ class Scheduler:
         left_alone = snap.frozen_jobs | unplannable
         hands_off = {r.key for r in records.values()
                      if r.alloc.job in left_alone} | snap.blocked_slots
-        hands_off |= {r.key for r in records.values() if r.alloc.live and r.alloc.node in snap.away}
+        # an away node's slots wait for it: a failed placement there too (the playbook may have
+        # started the unit before the node was cut off, and the node still runs it)
+        hands_off |= {r.key for r in records.values() if r.alloc.node in snap.away
+                      and (r.alloc.live or r.alloc.state == "failed")}
         waiting = {r.key for r in records.values() if _retry_at(r) > now} | snap.blocked_slots
         return _hold_back(plan, hands_off, waiting)
 
