@@ -225,3 +225,21 @@ def test_a_placement_that_failed_on_a_node_then_cut_off_waits_for_the_grace_too(
     clock.now += 2
     s.step()
     assert [k for k, _ in ex.placed] == ["web-0"] and ex.placed[0][1] != record.node
+
+
+def test_a_node_that_failed_and_came_back_between_two_steps_is_listed(cluster):
+    """The leader was inside a long playbook while the node died, rebooted (its units not
+    running) and rejoined: no snapshot read it down, but the health watch saw it failed."""
+    clock = Clock()
+    s, ex, where = web_and_cron_running(cluster, clock)
+    victim = where["web-1"]
+    fail(cluster, victim)
+    s._fetch_health(0, None)  # the watch's read while the step is busy
+    fence(ex, victim)  # rebooted: nothing runs
+    fail(cluster, victim, "passing")
+    ex.listed.clear()
+    ex.placed.clear()
+    s.step()
+    assert ex.listed == [[victim]]
+    again = [k for k, node in where.items() if node == victim]
+    assert sorted(ex.placed) == sorted((k, victim) for k in again)

@@ -44,7 +44,7 @@ from walle.adapters.consul.tombstones import stopped_jobs
 from walle.core import Allocation, PlacementConfig, Plan, reconcile
 from walle.naming import parse_instance_id, service_unit, timer_unit
 from walle.service.adopt import MISSING_GRACE, Adopter
-from walle.service.cluster import Snapshot, describe_error, load_snapshot
+from walle.service.cluster import Snapshot, describe_error, load_snapshot, node_state
 from walle.service.executor import Executor, NodeInstances, Outcome
 from walle.service.policy import PrivilegePolicy
 from walle.service.presence import DEFAULT_DOWN_GRACE, DEFAULT_LEAVE_GRACE, NodePresence
@@ -143,6 +143,8 @@ class Scheduler:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self._watches: list[Watch] = []
+        self._seen_lock = threading.Lock()
+        self._seen_down: set[str] = set()  # nodes the health watch saw failed (since a step)
         self._last_batch_probe = float("-inf")
         self._new_term()
         self._reported: set[tuple[str, str]] = set()  # (key, reason) already logged
@@ -220,13 +222,23 @@ class Scheduler:
         watches = {
             "jobs": self.store.watch_jobs(wait=60.0, name="watch jobs"),
             "drains": self.store.watch_drains(wait=60.0, name="watch drains"),
-            "health": Watch(lambda index, wait: fetch_cluster_health(self.api, index, wait),
-                            wait=60.0, name="watch health"),
+            "health": Watch(self._fetch_health, wait=60.0, name="watch health"),
         }
         for name, watch in watches.items():
             self._watches.append(watch)
             threading.Thread(target=self._follow, args=(name, watch), daemon=True,
                              name=f"watch-{name}").start()
+
+    def _fetch_health(self, index: int, wait: str | None):
+        """The health watch's read. It also notes the nodes it sees failed: a node that fails
+        and comes back while a step is busy (a long playbook) never reads as down in any
+        snapshot, yet its units may have been fenced or lost in a reboot (_reap_leftovers)."""
+        index, health = fetch_cluster_health(self.api, index, wait)
+        failed = {n.name for n in health.nodes if node_state(n, False) == "down"}
+        if failed:
+            with self._seen_lock:
+                self._seen_down |= failed
+        return index, health
 
     def _follow(self, name: str, watch: Watch) -> None:
         """Wake the loop on every change for as long as we lead (until _stop_watches). The
@@ -510,13 +522,17 @@ class Scheduler:
         """Stop what a node that comes back still runs although its work moved on: cron
         timers, batch units and services (registered or not). Consul registrations alone
         cannot show them (cron and batch register nothing), so the node is asked (manifests
-        and walle-* units, one command for all such nodes). Only nodes back from down, and
-        at a new leader's first step every ready node, once per term: not every step."""
+        and walle-* units, one command for all such nodes), and what it should run but does
+        not is started again (_restart_fenced). Only nodes back from down (in a snapshot, or
+        seen failed by the health watch in between), and at a new leader's first step every
+        ready node, once per term: not every step."""
+        with self._seen_lock:
+            seen_down, self._seen_down = self._seen_down, set()
         for name, info in snap.nodes.items():
             was = self._node_states.get(name)
             if info.state == "down":
                 self._to_inspect.discard(name)
-            elif was is None or was == "down":
+            elif was is None or was == "down" or name in seen_down:
                 self._to_inspect.add(name)
         self._node_states = {n: info.state for n, info in snap.nodes.items()}
         due = sorted(n for n in self._to_inspect if self._inspect_after.get(n, -1.0) <= now)
