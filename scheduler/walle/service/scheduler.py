@@ -565,10 +565,10 @@ class Scheduler:
                         listings: dict[str, NodeInstances], report: StepReport) -> None:
         """Running service and cron instances whose node keeps their manifest but whose unit
         is not active there (stopped, or unloaded since): a node cut off for longer than its
-        fence stopped them (roles/node walle-fence) but came back within the down grace, so
-        they were never moved. Place them again where they are (idempotent: a unit that runs
-        keeps its process). Batch instances are left to the batch probe: a stopped run is a
-        failed run, not one to start silently again."""
+        fence stopped them (roles/node walle-fence), or a node rebooted, and it came back
+        within the down grace, so they were never moved. Place them again where they are
+        (idempotent: a unit that runs keeps its process). Batch instances are left to the
+        batch probe: a stopped run is a failed run, not one to start silently again."""
         fenced = []
         for r in records.values():
             spec = snap.jobs.get(r.alloc.job)
@@ -584,7 +584,7 @@ class Scheduler:
         if not fenced:
             return
         log.warning("starting %d instance(s) again on their own node (not active there: "
-                    "fenced while cut off?): %s", len(fenced),
+                    "fenced while cut off, or rebooted): %s", len(fenced),
                     ", ".join(f"{r.key}@{r.alloc.node}" for r in fenced))
         self._place_again(snap, records, fenced, report, "")
 
