@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import pytest
 import test_scheduler_service
+from test_scheduler_node_leave import ADDRESSES, GRACE, web_running_on_two_nodes
+from test_scheduler_node_leave import make_scheduler as leave_grace_scheduler
 from test_scheduler_service import (  # the recording executor and a fresh 3-node stand-in
     Clock,
     RecordingExecutor,
@@ -27,24 +29,16 @@ from walle.cli.main import build_parser
 from walle.cli.scheduler import scheduler_config
 from walle.naming import service_unit, timer_unit
 from walle.service.presence import DEFAULT_DOWN_GRACE, DEFAULT_FENCE_AFTER
-from walle.service.scheduler import Scheduler, SchedulerConfig
 
 pytestmark = pytest.mark.consul
 
 cluster = test_scheduler_service.cluster  # the fixture: a fresh stand-in with 3 nodes
 
-GRACE = 15.0
-ADDRESSES = {"node1": "10.77.250.11", "node2": "10.77.250.12", "node3": "10.77.250.13"}
-
 
 def make_scheduler(api: ConsulApi, clock: Clock, name: str = "s1",
                    executor: RecordingExecutor | None = None):
-    executor = executor or RecordingExecutor(api)
-    config = SchedulerConfig(name=name, inventory="unused", lock_delay=0, seed=7,
-                             node_down_grace=GRACE)
-    scheduler = Scheduler(api, config, executor=executor, clock=clock)
-    assert scheduler.lock.acquire()
-    return scheduler, executor
+    """A scheduler with a down grace of GRACE s (and the leave grace, also GRACE)."""
+    return leave_grace_scheduler(api, clock, name, executor=executor, node_down_grace=GRACE)
 
 
 def fail(api: ConsulApi, node: str, status: str = "critical") -> None:
@@ -74,10 +68,7 @@ def web_and_cron_running(api: ConsulApi, clock: Clock):
 def test_a_failed_nodes_instance_moves_only_after_the_down_grace(cluster):
     clock = Clock()
     s, ex = make_scheduler(cluster, clock)
-    StateStore(cluster).put_job(web_spec(count=2), 0)  # one static port: node3 stays free
-    s.step()
-    s.step()
-    victim = records(cluster)["web-1"].node
+    victim = web_running_on_two_nodes(cluster, s)["web-1"]  # a third node stays free
     ex.placed.clear()
     fail(cluster, victim)
     failed_at = clock.now
@@ -124,10 +115,7 @@ def test_an_untouched_node_back_within_the_grace_is_left_as_it_is(cluster):
     """A short partition (shorter than the fence): its units still run; nothing is placed."""
     clock = Clock()
     s, ex = make_scheduler(cluster, clock)
-    StateStore(cluster).put_job(web_spec(count=2), 0)
-    s.step()
-    s.step()
-    victim = records(cluster)["web-1"].node
+    victim = web_running_on_two_nodes(cluster, s)["web-1"]
     fail(cluster, victim)
     s.step()
     ex.placed.clear()
@@ -143,10 +131,7 @@ def test_an_untouched_node_back_within_the_grace_is_left_as_it_is(cluster):
 def test_a_new_leader_counts_the_grace_from_when_it_first_sees_the_node_failed(cluster):
     clock = Clock()
     s1, ex = make_scheduler(cluster, clock, "s1")
-    StateStore(cluster).put_job(web_spec(count=2), 0)
-    s1.step()
-    s1.step()
-    victim = records(cluster)["web-1"].node
+    victim = web_running_on_two_nodes(cluster, s1)["web-1"]
     fail(cluster, victim)
     s1.step()
     clock.now += GRACE - 2

@@ -36,10 +36,12 @@ ADDRESSES = {"node1": "10.77.250.11", "node2": "10.77.250.12", "node3": "10.77.2
 ZONES = {"node1": "z1", "node2": "z2", "node3": "z3"}
 
 
-def make_scheduler(api: ConsulApi, clock: Clock, name: str = "s1", grace: float = GRACE):
-    executor = RecordingExecutor(api)
+def make_scheduler(api: ConsulApi, clock: Clock, name: str = "s1", grace: float = GRACE,
+                   executor: RecordingExecutor | None = None, **config_args):
+    """A scheduler holding the lock; `executor` shares the fake nodes of an earlier one."""
+    executor = executor or RecordingExecutor(api)
     config = SchedulerConfig(name=name, inventory="unused", lock_delay=0, seed=7,
-                             node_leave_grace=grace)
+                             node_leave_grace=grace, **config_args)
     scheduler = Scheduler(api, config, executor=executor, clock=clock)
     assert scheduler.lock.acquire()
     return scheduler, executor
