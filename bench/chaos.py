@@ -23,12 +23,17 @@ which also sees a partitioned node) and from Consul (slot records, checks), and 
                    less than --reap-grace s): such "fenced" overlaps are reported with durations
                    (a partitioned node stops its own copies: walle-fence; its copies count as
                    fenced only for --fence-bound s after the cut, never after the heal)
-  two-serving      one Walle instance passing its checks (its node's serfHealth too) on two nodes at once
+  two-serving      one Walle instance passing its checks (its node's serfHealth too) on two
+                   nodes at once
 After every fault is undone, the cluster must converge within --bound s (every slot running on
 exactly its record's node, services passing, every node's serfHealth passing): `no-convergence`
 otherwise. At the end: every acknowledged `walle run`/`walle scale` is in the job keys
-(`lost-submission` otherwise), and every batch slot completed exactly once, counted from the
-marker line it prints in the node journals (`batch-not-once`). Exit status 1 on any violation.
+(`lost-submission` otherwise), and every batch slot completed exactly once (`batch-not-once`):
+its run was committed once (the "committed" line walle-batch-commit prints in the node's
+journal once Consul saved walle/done/<job>/<slot>), it ran to its end (the marker line the job
+prints) and its record says stopped. A run that ended but was not committed (its node died
+in the milliseconds between the job's exit and Consul's answer) is retried: the report counts
+those re-runs apart, they are not completions. Exit status 1 on any violation.
 See bench/README.md.
 """
 
@@ -58,7 +63,14 @@ from walle.adapters.runner import REPO_ROOT, ansible_env
 from walle.cli.demo import provision, start_schedulers
 from walle.lab import faults
 from walle.lab.nodes import Lab, LabError
-from walle.naming import parse_instance_id, service_unit, unit_stem
+from walle.naming import (
+    instance_id,
+    parse_alloc_key,
+    parse_instance_id,
+    parse_unit,
+    service_unit,
+    unit_stem,
+)
 from walle.service.presence import DEFAULT_FENCE_AFTER
 from walle.spec import parse_spec
 
@@ -67,6 +79,7 @@ KINDS = ("node-kill", "leader-kill", "schedulers-kill", "standin-kill", "partiti
 SERVICE, CRON, BATCH_PREFIX = "chaos-web", "chaos-tick", "chaos-b"
 SERVICE_PORT = 8090
 BATCH_MARKER = "chaos-batch-done"
+COMMIT_MARKER = "walle-batch-commit: committed "  # roles/node/files/walle-batch-commit
 RUNNING_STATES = ("active", "activating", "deactivating", "reloading")
 BOOTED = ("running", "degraded")  # systemctl is-system-running of a node done booting
 CLI_TIMEOUT = 40.0
@@ -137,16 +150,11 @@ def parse_units(listing: str, cron_jobs: set[str]) -> set[tuple[str, int]]:
     out = set()
     for line in listing.splitlines():
         parts = line.split()
-        if len(parts) < 3 or not parts[0].startswith("walle-"):
+        parsed = parse_unit(parts[0]) if len(parts) >= 3 else None
+        if parsed is None or parts[2] not in RUNNING_STATES:
             continue
-        unit, active = parts[0], parts[2]
-        stem, _, suffix = unit.removeprefix("walle-").rpartition(".")
-        parsed = parse_instance_id(stem)
-        if parsed is None or active not in RUNNING_STATES:
-            continue
-        job = parsed[0].replace("_", "-")  # walle.naming.unit_stem, inverted
-        if suffix == "service" or (suffix == "timer" and job in cron_jobs):
-            out.add((job, parsed[1]))
+        if parts[0].endswith(".service") or parsed[0] in cron_jobs:  # a cron slot's timer
+            out.add(parsed)
     return out
 
 
@@ -174,14 +182,13 @@ def parse_checks(checks: list[dict]) -> tuple[dict[str, set[str]], dict[str, str
 def parse_records(entries: list[dict]) -> dict[tuple[str, int], Record]:
     out = {}
     for entry in entries or []:
-        parts = entry["Key"].split("/")
-        if len(parts) != 4 or not parts[3].isdigit():
+        slot = parse_alloc_key(entry["Key"])
+        if slot is None:
             continue
         with contextlib.suppress(ValueError, TypeError):
             body = json.loads(base64.b64decode(entry.get("Value") or b"e30="))
             prev = body.get("previous") or {}
-            out[(parts[2], int(parts[3]))] = Record(body.get("node"), body.get("state"),
-                                                    prev.get("node"))
+            out[slot] = Record(body.get("node"), body.get("state"), prev.get("node"))
     return out
 
 
@@ -435,9 +442,9 @@ class Chaos:
                                                             if r.previous else ""))
                 elif where != {r.node}:
                     gaps.append(f"{j}-{slot}: record on {r.node}, active on {sorted(where)}")
-                elif job == SERVICE and s.passing.get(f"{j}-{slot}") != {r.node}:
-                    gaps.append(f"{j}-{slot}: passing on {sorted(s.passing.get(f'{j}-{slot}', ()))}"
-                                f", record on {r.node}")
+                elif job == SERVICE and s.passing.get(instance_id(j, slot)) != {r.node}:
+                    passing = sorted(s.passing.get(instance_id(j, slot), ()))
+                    gaps.append(f"{j}-{slot}: passing on {passing}, record on {r.node}")
         for (job, slot), where in s.running.items():
             if job in batch and len(where) > 1:
                 gaps.append(f"{job}-{slot}: active on {sorted(where)}")
@@ -467,7 +474,9 @@ class Chaos:
             return False
         for slot in range(self.service_count):
             r = s.records.get((SERVICE, slot))
-            if r is None or r.node == victim or s.passing.get(f"{SERVICE}-{slot}") != {r.node}:
+            if r is None or r.node == victim:
+                return False
+            if s.passing.get(instance_id(SERVICE, slot)) != {r.node}:
                 return False
         return True
 
@@ -478,7 +487,12 @@ class Chaos:
         submitter = threading.Thread(target=self.submit_loop, args=(end,), daemon=True)
         submitter.start()
         order: list[str] = []
-        while time.monotonic() < end:
+        # --every-kind: a loaded machine converges slowly and fits fewer faults in the time;
+        # finish the first round (every kind once) anyway, up to --max-minutes
+        hard_end = self.t0 + max(self.args.minutes, self.args.max_minutes) * 60
+        while time.monotonic() < end or (
+                self.args.every_kind and time.monotonic() < hard_end
+                and not set(self.args.kinds) <= {f.kind for f in self.faults}):
             if not order:
                 order = self.rng.sample(self.args.kinds, len(self.args.kinds))
             fault = self.inject(order.pop())
@@ -691,24 +705,31 @@ class Chaos:
                     v in ("stopped", "failed") for v in states.values()):
                 break
             time.sleep(1)
-        done = self.journal_markers()
+        runs, commits = self.journal_markers()
         records = self.observer.latest.records if self.observer.latest else {}
         summary = Counter()
         for job, count in sorted(jobs.items()):
             for slot in range(count):
-                marks = done.get(service_unit(job, slot), [])
-                runs = len(marks)
+                unit = service_unit(job, slot)
+                marks, committed = runs.get(unit, []), commits.get(unit, [])
                 r = records.get((job, slot))
-                summary[f"completed {runs}x"] += 1
-                if runs != 1 or r is None or r.state != "stopped":
-                    self.violate("batch-not-once", f"{job}-{slot}: completed {runs} time(s) "
-                                 f"in the journals ({', '.join(marks) or 'never'}); record "
+                summary[f"committed {len(committed)}x"] += 1
+                if len(marks) > len(committed):
+                    summary["re-runs after an uncommitted finish"] += len(marks) - 1
+                if len(committed) > 1 or not marks or r is None or r.state != "stopped":
+                    self.violate("batch-not-once", f"{job}-{slot}: committed "
+                                 f"{len(committed)} time(s) ({', '.join(committed) or 'never'}), "
+                                 f"ran to its end {len(marks)} time(s) "
+                                 f"({', '.join(marks) or 'never'}); record "
                                  f"{f'{r.state} on {r.node}' if r else 'missing'}")
         return dict(summary)
 
-    def journal_markers(self) -> dict[str, list[str]]:
-        """unit -> where and when it printed the batch marker, over every node's journal."""
-        out: dict[str, list[str]] = defaultdict(list)
+    def journal_markers(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """unit -> where and when it printed the batch marker (its work ran to its end), and
+        unit -> where and when walle-batch-commit recorded the run in Consul (the commit: what
+        'exactly once' counts), over every node's journal."""
+        runs: dict[str, list[str]] = defaultdict(list)
+        commits: dict[str, list[str]] = defaultdict(list)
         units = unit_stem(BATCH_PREFIX, 0).removesuffix("-0") + "*"  # every batch job's units
         for node in [n.name for n in self.lab.nodes]:
             with contextlib.suppress(LabError, subprocess.TimeoutExpired):
@@ -719,11 +740,16 @@ class Chaos:
                 for line in proc.stdout.splitlines():
                     with contextlib.suppress(ValueError):
                         entry = json.loads(line)
-                        if entry.get("MESSAGE") == BATCH_MARKER:
-                            at = time.strftime("%H:%M:%S", time.gmtime(
-                                int(entry.get("__REALTIME_TIMESTAMP", 0)) / 1e6))
-                            out[entry.get("_SYSTEMD_UNIT")].append(f"{node} {at}")
-        return out
+                        message = entry.get("MESSAGE")
+                        if not isinstance(message, str):
+                            continue
+                        at = time.strftime("%H:%M:%S", time.gmtime(
+                            int(entry.get("__REALTIME_TIMESTAMP", 0)) / 1e6))
+                        if message == BATCH_MARKER:
+                            runs[entry.get("_SYSTEMD_UNIT")].append(f"{node} {at}")
+                        elif message.startswith(COMMIT_MARKER):
+                            commits[entry.get("_SYSTEMD_UNIT")].append(f"{node} {at}")
+        return runs, commits
 
     def stop(self) -> None:
         if hasattr(self, "observer"):
@@ -787,6 +813,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lab", default="chaos")
     parser.add_argument("--kinds", default=",".join(KINDS),
                         help="comma-separated fault kinds (default: all)")
+    parser.add_argument("--every-kind", action="store_true",
+                        help="go on past --minutes until every kind was injected once")
+    parser.add_argument("--max-minutes", type=float, default=0.0,
+                        help="with --every-kind: stop injecting after this long anyway")
     parser.add_argument("--bound", type=float, default=90.0,
                         help="seconds after a fault is undone within which the cluster must "
                              "converge")

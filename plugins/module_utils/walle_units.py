@@ -309,11 +309,16 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
                    sandbox: bool = True, capabilities: list[str] | tuple[str, ...] = (),
                    device_allow: list[str] | tuple[str, ...] = (), write_execute: bool = False,
                    credentials: dict[str, str] | None = None,
-                   remain_after_exit: bool = False) -> str:
+                   remain_after_exit: bool = False,
+                   post_stop: list[str] | tuple[str, ...] | None = None) -> str:
     """The text of a Walle service unit running `argv` (argv[0] an absolute path).
 
     `remain_after_exit` (batch work) keeps the unit active (exited) after a successful run:
     systemd does not unload it, so its outcome can be read until it is stopped.
+
+    `post_stop` is Walle's own program run after the main process ended, whatever the result
+    (ExecStopPost=, with the `+` prefix: outside the sandbox, as root): the batch commit
+    (walle-batch-commit), which must read the node's Consul token. Never a job's argv.
 
     With `sandbox` (the default) the unit gets sandbox_directives(): an unprivileged identity
     and the hardening baseline. `sandbox=False` is for privileged jobs and for the nspawn
@@ -357,6 +362,8 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
     service.append(("ExecStart", quote_exec_line(argv, "command", "args")))
     if pre_stop:
         service.append(("ExecStop", quote_exec_line(pre_stop, "pre_stop")))
+    if post_stop:
+        service.append(("ExecStopPost", "+" + quote_exec_line(post_stop, "post_stop")))
     if restart is not None:
         service.append(("Restart", restart))
     if service_type == "oneshot":

@@ -181,6 +181,45 @@ options:
   description:
     description: C(Description=) of the units. Default V(Walle workload <name>).
     type: str
+  commit:
+    description:
+      - For O(kind=batch) only. Where a successful run is recorded in Consul KV, so the
+        scheduler never runs it again once it finished, even if the node dies right after.
+      - The unit runs C(/usr/local/libexec/walle/walle-batch-commit) (installed by the node
+        role) as C(ExecStopPost=+), that is after the job ended and outside its sandbox, so
+        the job never sees the node's token. It writes only when the job exited by itself
+        with status 0; when Consul cannot be reached within O(commit.deadline) the unit
+        fails (retried).
+      - Without it a batch unit keeps C(RemainAfterExit=yes), so its outcome stays readable from
+        systemd until it is stopped.
+    type: dict
+    suboptions:
+      consul_addr:
+        description: The Consul HTTP address as seen from the node.
+        type: str
+        required: true
+      key:
+        description: The KV key, V(walle/done/<job>/<slot>).
+        type: str
+        required: true
+      node:
+        description: This node's name, recorded with the commit.
+        type: str
+        required: true
+      attempt:
+        description: Which placement of the slot this run is (the scheduler compares it).
+        type: str
+        required: true
+      token_file:
+        description: A root-only file on the node holding the ACL token.
+        type: path
+      ca_path:
+        description: CA certificate file for an V(https://) O(commit.consul_addr).
+        type: path
+      deadline:
+        description: Seconds to keep trying to reach Consul before the run counts as failed.
+        type: float
+        default: 20
 attributes:
   check_mode:
     support: full
@@ -273,6 +312,7 @@ credentials:
 """
 
 import os  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
@@ -320,6 +360,15 @@ ARGUMENT_SPEC = dict(
     stop_timeout=dict(type="float", default=30.0),
     pre_stop=dict(type="list", elements="str", default=[]),
     description=dict(type="str"),
+    commit=dict(type="dict", options=dict(
+        consul_addr=dict(type="str", required=True),
+        key=dict(type="str", required=True),
+        node=dict(type="str", required=True),
+        attempt=dict(type="str", required=True),
+        token_file=dict(type="path"),
+        ca_path=dict(type="path"),
+        deadline=dict(type="float", default=20.0),
+    )),
 )
 REQUIRED_IF = [
     ("state", "present", ["slice"]),
@@ -327,6 +376,9 @@ REQUIRED_IF = [
     ("state", "stopped", ["slice"]),
 ]
 SHOW_PROPS = ("ActiveState", "SubState", "MainPID", "InactiveExitTimestampMonotonic")
+BATCH_COMMIT_PROGRAM = "/usr/local/libexec/walle/walle-batch-commit"  # roles/node installs it
+COMMIT_KEY = re.compile(r"^walle/done/[a-z][a-z0-9-]{0,62}/[0-9]{1,6}$")
+COMMIT_WORD = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 CREDENTIALS_DIR = "/run/walle/credentials"  # tmpfs: secrets never reach the node's disk
 # ExecStop= of an nspawn instance: enter the container (the child of systemd-nspawn whose
 # innermost pid is 1) with all its namespaces, user namespace included, and run the hook
@@ -360,6 +412,8 @@ def check_params(params: dict) -> None:
         raise WalleError(f"schedule: only for kind=cron, got kind={params['kind']}", "schedule")
     if params["runtime"] == "exec" and params["binds"]:
         raise WalleError("binds: only for runtime=nspawn", "binds")
+    if params["commit"] and params["kind"] != "batch":
+        raise WalleError(f"commit: only for kind=batch, got kind={params['kind']}", "commit")
     if params["runtime"] == "nspawn":
         for option in ("capabilities", "device_allow", "credentials"):
             if params[option]:
@@ -463,10 +517,14 @@ def render_units(params: dict, nspawn_bin: str | None) -> dict[str, str]:
         if kind == "service":
             service.update(service_type=service_type, restart=params["restart"])
         elif kind == "batch":
-            # RemainAfterExit: a finished run stays visible (active, exited) instead of being
-            # unloaded, so a new leader can tell it from one that never started
+            # With a commit, a finished run is recorded in Consul by ExecStopPost (which runs
+            # at exit only without RemainAfterExit). Without one, RemainAfterExit keeps a
+            # finished run visible (active, exited) instead of unloaded, so a new leader can
+            # tell it from one that never started.
+            commit = commit_argv(params["commit"])
             service.update(service_type=service_type, restart="on-failure",
-                           start_limit_burst=params["retries"], remain_after_exit=True)
+                           start_limit_burst=params["retries"], remain_after_exit=not commit,
+                           post_stop=commit)
         else:
             service.update(service_type="oneshot")
         units = {f"{name}.service": render_service(name, **service)}
@@ -476,6 +534,31 @@ def render_units(params: dict, nspawn_bin: str | None) -> dict[str, str]:
     except ValueError as exc:
         raise value_error(exc) from exc
     return units
+
+
+def commit_argv(commit: dict | None) -> list[str] | None:
+    """The batch commit helper's argv (ExecStopPost=+), every value checked: it runs as root."""
+    if not commit:
+        return None
+    if not COMMIT_KEY.match(commit["key"]):
+        raise WalleError(f"commit.key: {commit['key']!r} is not walle/done/<job>/<slot>",
+                         "commit")
+    for field in ("node", "attempt"):
+        if not COMMIT_WORD.match(commit[field]):
+            raise WalleError(f"commit.{field}: {commit[field]!r} must be 1-128 letters, digits "
+                             "or ._:-", "commit")
+    if not re.match(r"^https?://[^\s/]+/?$", commit["consul_addr"]):
+        raise WalleError(f"commit.consul_addr: {commit['consul_addr']!r} is not "
+                         "http(s)://host:port", "commit")
+    if not 0 < commit["deadline"] <= 3600:
+        raise WalleError("commit.deadline: must be between 0 and 3600 seconds", "commit")
+    argv = [BATCH_COMMIT_PROGRAM, "--consul-addr", commit["consul_addr"], "--key",
+            commit["key"], "--node", commit["node"], "--attempt", commit["attempt"],
+            "--deadline", f"{commit['deadline']:g}"]
+    for option, field in (("--token-file", "token_file"), ("--ca-file", "ca_path")):
+        if commit.get(field):
+            argv += [option, commit[field]]
+    return argv
 
 
 def nspawn_pre_stop(pre_stop: list[str]) -> list[str] | None:

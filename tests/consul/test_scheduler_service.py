@@ -17,6 +17,7 @@ from walle.lab.consul_standin import start_in_thread
 from walle.naming import service_unit, timer_unit
 from walle.service.executor import NodeInstances, Outcome
 from walle.service.presence import DEFAULT_DOWN_GRACE
+from walle.service.records import attempt_of, from_stored
 from walle.service.scheduler import LostLeadership, Scheduler, SchedulerConfig
 from walle.spec import parse_spec
 
@@ -109,10 +110,11 @@ class RecordingExecutor:
 
 
 def register_node(api: ConsulApi, name: str, address: str, status: str = "passing",
-                  cpu: float = 4, memory: int = 8 * GIB, zone: str = "z1") -> None:
+                  cpu: float = 4, memory: int = 8 * GIB, zone: str = "z1", gpus: int = 0) -> None:
     body = {"Node": name, "Address": address,
             "NodeMeta": {"walle_cpu": str(cpu), "walle_memory": str(memory),
-                         "walle_disk": str(100 * GIB), "walle_gpus": "0", "walle_zone": zone},
+                         "walle_disk": str(100 * GIB), "walle_gpus": str(gpus),
+                         "walle_zone": zone},
             "Check": {"CheckID": "serfHealth", "Name": "Serf Health Status",
                       "Status": status}}
     status_code, answer = api.raw("put", "/v1/catalog/register", data=json.dumps(body))
@@ -157,10 +159,11 @@ def cluster(tmp_path):
 
 
 def make_scheduler(api: ConsulApi, clock: Clock, name: str = "s1",
-                   executor: RecordingExecutor | None = None):
+                   executor: RecordingExecutor | None = None, **config_args):
     """A scheduler holding the lock; `executor` shares the fake nodes of an earlier one."""
     executor = executor or RecordingExecutor(api)
-    config = SchedulerConfig(name=name, inventory="unused", lock_delay=0, seed=7)
+    config = SchedulerConfig(name=name, inventory="unused", lock_delay=0, seed=7,
+                             **config_args)
     scheduler = Scheduler(api, config, executor=executor, clock=clock)
     assert scheduler.lock.acquire()
     return scheduler, executor
@@ -611,6 +614,88 @@ def test_a_pending_batch_on_a_node_that_does_not_answer_is_not_started_again(clu
     clock.now += 6
     report = s2.step()
     assert report.finished == ["etl-0"] and ex.placed == []
+
+
+def commit_as_the_node(api: ConsulApi, key: str, node: str, attempt: str) -> None:
+    """What walle-batch-commit writes when the job on `node` exited 0."""
+    job, _, slot = key.rpartition("-")
+    assert api.client.kv.put(f"walle/done/{job}/{slot}",
+                             json.dumps({"node": node, "attempt": attempt, "at": 1.0}))
+
+
+def attempt_of_record(api: ConsulApi, key: str) -> str:
+    return attempt_of(from_stored(records(api)[key]).alloc)
+
+
+def etl_spec(count: int = 1):
+    return parse_spec({"name": "etl", "kind": "batch", "count": count, "retries": 3,
+                       "resources": {"cpu": 0.1, "memory": "16M"},
+                       "runtime": {"command": "/bin/true"}})
+
+
+def test_a_batch_whose_node_committed_then_died_is_done_not_run_again(cluster):
+    """CI's chaos finding: chaos-b4-0 finished on node1, node1 was killed 2 s later, before
+    the leader's next probe; the slot was re-placed and the work ran twice. The node's commit
+    (walle/done/etl/0, written by the unit's ExecStopPost as the job exits 0) is read before
+    anything is re-placed: the slot is done, and the commit is consumed."""
+    clock = Clock()
+    s, ex = make_scheduler(cluster, clock)
+    StateStore(cluster).put_job(etl_spec(), 0)
+    s.step()
+    s.step()
+    node = records(cluster)["etl-0"].node
+    assert records(cluster)["etl-0"].state == "running"
+    commit_as_the_node(cluster, "etl-0", node, attempt_of_record(cluster, "etl-0"))
+    register_node(cluster, node, "10.77.250.99", status="critical")  # killed right after
+    ex.placed.clear()
+    report = s.step()
+    s.step()
+    assert ex.placed == []
+    assert report.finished == ["etl-0"]
+    assert records(cluster)["etl-0"].state == "stopped"
+    assert cluster.client.kv.get("walle/done/etl/0")[1] is None
+
+
+def test_a_late_commit_of_an_earlier_placement_does_not_end_the_current_one(cluster):
+    clock = Clock()
+    s, ex = make_scheduler(cluster, clock)
+    StateStore(cluster).put_job(etl_spec(), 0)
+    s.step()
+    s.step()
+    node = records(cluster)["etl-0"].node
+    other = next(n for n in ("node1", "node2", "node3") if n != node)
+    commit_as_the_node(cluster, "etl-0", other, "12.000000")  # an old run elsewhere
+    report = s.step()
+    assert report.finished == []
+    assert records(cluster)["etl-0"].state == "running"
+    assert cluster.client.kv.get("walle/done/etl/0")[1] is None  # stale: deleted unused
+    # the current placement's own commit ends it, without a probe of its node
+    commit_as_the_node(cluster, "etl-0", node, attempt_of_record(cluster, "etl-0"))
+    assert s.step().finished == ["etl-0"]
+
+
+def test_gpu_instances_get_their_own_gpus_which_a_new_leader_keeps(cluster):
+    """GPUs one by one: two 1-GPU instances on the only GPU node (2 GPUs) hold index 0 and 1
+    in their records; a third cannot be placed; after a leader change nothing moves."""
+    register_node(cluster, "gpu1", "10.77.250.21", zone="z1", gpus=2)
+    clock = Clock()
+    s1, ex = make_scheduler(cluster, clock, "s1")
+    StateStore(cluster).put_job(parse_spec({
+        "name": "train", "kind": "service", "count": 3,
+        "resources": {"cpu": 0.5, "memory": "64M", "gpus": 1},
+        "runtime": {"command": "/usr/bin/python3"}}), 0)
+    report = s1.step()
+    stored = {k: (a.node, a.extra.get("gpu_indices")) for k, a in records(cluster).items()}
+    assert sorted(stored.values()) == [("gpu1", [0]), ("gpu1", [1])]
+    assert any("gpus" in f.message for f in report.plan.failures)
+    s1.lock.step_down()
+    ex.placed.clear()
+    s2, _ = make_scheduler(cluster, clock, "s2", executor=ex)
+    s2.step()
+    s2.step()
+    assert {k: (a.node, a.extra.get("gpu_indices")) for k, a in records(cluster).items()} \
+        == stored
+    assert ex.placed == [(k, "gpu1") for k in sorted(stored)]  # resumed in place, same GPUs
 
 
 def cron_spec(count: int = 1):

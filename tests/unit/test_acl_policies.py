@@ -61,6 +61,7 @@ ACTOR_CALLS: dict[str, list[tuple[str, str]]] = {
         ("kv.get", "walle/jobs/web"), ("kv.put", "walle/jobs/web"),  # automatic rollback
         ("kv.get", "walle/allocs/web/0"), ("/v1/txn", "walle/allocs/web/0"),
         ("kv.get", "walle/nodes/node1/drain"),
+        ("/v1/txn", "walle/config/placement"),  # the defaults it decides with (walle plan)
         ("kv.get", "walle/secrets/db/password"),  # a job's `secrets:` read at placement
         ("health.state", "node1"), ("health.state", "web"), ("catalog.nodes", "node1"),
     ],
@@ -69,10 +70,12 @@ ACTOR_CALLS: dict[str, list[tuple[str, str]]] = {
         ("kv.delete", "walle/jobs/web"),
         ("kv.put", "walle/nodes/node1/drain"), ("kv.delete", "walle/nodes/node1/drain"),
         ("kv.get", "walle/allocs/web/0"), ("kv.get", "walle/leader"),
+        ("kv.get", "walle/config/placement"),  # walle plan: the leader's defaults
         ("event.fire", "walle-drain"),
         ("health.state", "node1"), ("health.state", "web"), ("catalog.nodes", "node1"),
     ],
-    "node-walle": [  # walle_consul_service on the node (and a TTL feeder)
+    "node-walle": [  # walle_consul_service on the node (and a TTL feeder), batch commits
+        ("kv.put", "walle/done/etl/0"),
         ("/v1/agent/service/", "web"), ("/v1/agent/checks", "node1"),
         ("/v1/agent/checks", "web"), ("/v1/agent/service/register", "web"),
         ("/v1/agent/service/deregister/", "web"), ("/v1/agent/check/update/", "web"),
@@ -158,14 +161,20 @@ def test_least_privilege():
     assert not allows(scheduler, "key", secret, "write")
     for policy in (operator, monitoring, node):
         assert not allows(policy, "key", secret, "read")
+    # a node records its batch runs' success, and writes no other state
+    assert allows(node, "key", "walle/done/etl/0", "write")
+    for key in ("walle/allocs/web/0", "walle/jobs/web", "walle/leader", "walle/nodes/n/drain"):
+        assert not allows(node, "key", key, "write") and not allows(node, "key", key, "read")
     assert load("secrets-admin.json") == {"key_prefix": {"walle/secrets/": {"policy": "write"}}}
     # nothing outside walle/ for anyone
     for policy in (scheduler, operator, monitoring, node):
         assert not allows(policy, "key", "vault/secret", "read")
         assert "acl" not in policy and "operator" not in policy and "keyring" not in policy
         assert not allows(policy, "agent", "node1", "write")
-    # the node-side token registers services and touches no KV, sessions or events
-    assert node.keys() <= {"service", "service_prefix", "node_prefix"}
+    # the node-side token registers services, commits batch runs and touches no other KV,
+    # no sessions or events
+    assert node.keys() <= {"service", "service_prefix", "node_prefix", "key_prefix"}
+    assert node["key_prefix"] == {"walle/done/": {"policy": "write"}}
     assert not allows(node, "service", "consul", "write")
     assert not allows(node, "node", "node1", "write")
     # read-only monitoring, scheduler reads the catalog only

@@ -12,8 +12,9 @@ from walle.adapters.runner import HostResult, RunResult
 from walle.cli.main import build_parser
 from walle.cli.scheduler import scheduler_config
 from walle.core import Allocation
+from walle.core.grants import grant_alone
 from walle.core.model import Capacity
-from walle.service.executor import Executor, default_grant
+from walle.service.executor import Executor
 from walle.spec.parse import parse_spec
 
 SPEC = parse_spec({"name": "web", "kind": "service", "count": 1,
@@ -72,5 +73,45 @@ def test_place_and_stop_runs_carry_the_paths_not_a_token():
         assert service["ca_path"] == "/etc/walle/ca.pem"
         assert service["consul_addr"] == "https://127.0.0.1:8501"
         assert "token" not in service
-    assert default_grant(SPEC)  # the spec is schedulable as written
+    assert grant_alone(SPEC.resources)  # the spec is schedulable as written
     assert "X-Consul-Token" not in json.dumps(runner.extravars)
+
+
+def test_a_batch_placement_tells_the_node_where_to_commit_with_the_same_paths():
+    """walle-batch-commit on the node writes walle/done/<job>/<slot> with the node's token
+    file (a path: no token in the run) and the placement it ran (the leader compares it)."""
+    runner = RecordingRunner()
+    auth = {"token_file": "/etc/walle/consul-token", "ca_path": "/etc/walle/ca.pem"}
+    executor = Executor({}, "https://127.0.0.1:8501", runner=runner, node_consul_auth=auth)
+    batch = parse_spec({"name": "etl", "kind": "batch", "count": 1,
+                        "resources": {"cpu": 0.1, "memory": "16M"},
+                        "runtime": {"command": "/bin/true"}})
+    alloc = Allocation(job="etl", slot=0, node="node1", reserved=Capacity(),
+                       ceiling=Capacity(), spec_digest=batch.digest(),
+                       runtime_digest=batch.runtime_digest(), since=1234.5)
+    assert executor.place([(alloc, batch)], {"node1": "10.77.1.11"})["etl-0"].ok
+    commit = runner.extravars[0]["walle_batch"]["node1"][0]["workload"]["commit"]
+    assert commit == {"consul_addr": "https://127.0.0.1:8501", "key": "walle/done/etl/0",
+                      "node": "node1", "attempt": "1234.500000", **auth}
+    executor.place([(alloc, SPEC)], {"node1": "10.77.1.11"})  # a service commits nothing
+    assert "commit" not in runner.extravars[1]["walle_batch"]["node1"][0]["workload"]
+
+
+def test_a_gpu_instance_gets_exactly_the_gpus_the_core_gave_it_at_placement_and_regrant():
+    """Before the core assigned indices, a 1-GPU instance's slice allowed every GPU of the
+    node (`char-nvidia`)."""
+    runner = RecordingRunner()
+    executor = Executor({}, "http://127.0.0.1:8500", runner=runner)
+    gpu = parse_spec({"name": "train", "kind": "service", "count": 1,
+                      "resources": {"cpu": 1, "memory": "1G", "gpus": 1},
+                      "runtime": {"command": "/usr/bin/python3"}})
+    alloc = Allocation(job="train", slot=0, node="node1", reserved=Capacity(gpus=1),
+                       ceiling=Capacity(gpus=1), spec_digest=gpu.digest(),
+                       runtime_digest=gpu.runtime_digest(), gpu_indices=(1,))
+    assert executor.place([(alloc, gpu)], {"node1": "10.77.1.11"})["train-0"].ok
+    assert executor.regrant([(alloc, gpu)])["train-0"].ok
+    placed, regranted = (ev["walle_batch"]["node1"][0] for ev in runner.extravars)
+    for instance in (placed, regranted):
+        assert instance["slice"]["device_allow"][0] == "/dev/nvidia1 rw"
+        assert "char-nvidia rw" not in instance["slice"]["device_allow"]
+    assert placed["workload"]["env"]["CUDA_VISIBLE_DEVICES"] == "1"

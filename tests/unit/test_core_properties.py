@@ -75,6 +75,13 @@ def check_invariants(jobs, nodes, before, plan):
         assert sum(a.reserved.cpu for a in here) <= node.capacity.cpu + 1e-9
         assert sum(a.reserved.memory for a in here) <= node.capacity.memory
         assert sum(a.reserved.gpus for a in here) <= node.capacity.gpus
+        # GPUs one by one: each holder has exactly its count of the node's indices, and no
+        # index has two holders (core/gpus.py)
+        if node.state == "ready":
+            held = [i for a in here for i in a.gpu_indices]
+            assert len(held) == len(set(held)), (name, [(a.key, a.gpu_indices) for a in here])
+            assert all(0 <= i < node.capacity.gpus for i in held)
+            assert all(len(a.gpu_indices) == a.reserved.gpus for a in here)
     new = [p.alloc for p in plan.places] + [m.new for m in plan.migrates]
     new += [r.new for r in plan.replaces]
     for a in new:

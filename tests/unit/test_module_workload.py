@@ -394,3 +394,42 @@ def test_the_default_web_service_rates_ok_with_systemd_analyze_offline(node, wl_
                          timeout=120, check=False).stdout
     score = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out)[1])
     assert score <= 2.0, out
+
+
+COMMIT = {"consul_addr": "http://10.77.0.1:8500", "key": "walle/done/web/0", "node": "node1",
+          "attempt": "1234.500000", "token_file": "/etc/walle/consul-token"}
+
+
+def test_a_batch_with_a_commit_records_its_success_after_the_job_outside_the_sandbox(
+        node, wl_run):
+    """ExecStopPost=+ runs when the job ends (so no RemainAfterExit, which would keep the
+    unit active and postpone ExecStopPost to the next stop), as root outside the sandbox:
+    it reads the node's token, which the job never sees (no LoadCredential of it)."""
+    kind, _ = wl_run(FakeSystemctl(), {**ARGS, "kind": "batch", "commit": COMMIT})
+    assert kind == "exit"
+    lines = (node / "etc" / SVC).read_text().splitlines()
+    post = [line for line in lines if line.startswith("ExecStopPost=")]
+    words = ["/usr/local/libexec/walle/walle-batch-commit", "--consul-addr",
+             "http://10.77.0.1:8500", "--key", "walle/done/web/0", "--node", "node1",
+             "--attempt", "1234.500000", "--deadline", "20", "--token-file",
+             "/etc/walle/consul-token"]
+    assert post == ["ExecStopPost=+" + " ".join(f'"{w}"' for w in words)]
+    assert "RemainAfterExit=yes" not in lines and "DynamicUser=yes" in lines
+    assert not any("consul-token" in line for line in lines if not line.startswith("ExecStop"))
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"key": "walle/jobs/web"}, "commit.key"),
+    ({"node": "node1 --key walle/done/x/1"}, "commit.node"),
+    ({"attempt": "$(id)"}, "commit.attempt"),
+    ({"consul_addr": "file:///etc/passwd"}, "commit.consul_addr"),
+])
+def test_a_commit_that_is_not_walles_own_is_refused(wl_run, bad, field):
+    kind, result = wl_run(FakeSystemctl(), {**ARGS, "kind": "batch",
+                                            "commit": {**COMMIT, **bad}})
+    assert kind == "fail" and result["msg"].startswith(field)
+
+
+def test_a_commit_is_only_for_batch(wl_run):
+    kind, result = wl_run(FakeSystemctl(), {**ARGS, "commit": COMMIT})
+    assert kind == "fail" and "commit: only for kind=batch" in result["msg"]

@@ -87,7 +87,9 @@ def test_gpu_jobs_get_a_closed_device_policy_with_the_gpus_allowed(gpus, indices
     assert out["slice"]["device_policy"] == "closed"
     assert out["slice"]["device_allow"] == expected
     if indices:
-        assert out["workload"]["env"]["CUDA_VISIBLE_DEVICES"] == "1,3"
+        env = out["workload"]["env"]
+        assert env["CUDA_VISIBLE_DEVICES"] == env["NVIDIA_VISIBLE_DEVICES"] == "1,3"
+        assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # indices are /dev/nvidia<i> minors
 
 
 def test_gpu_indices_must_match_the_gpu_count():
@@ -185,7 +187,7 @@ def test_service_registration_uses_the_node_address():
         "check_type": "http",
         "check_http": "http://10.77.1.12:8080/healthz",
         "check_interval": "1s",
-        "check_timeout": "0.5s",
+        "check_timeout": "500ms",  # the node grammar's format, as every duration
         "deregister_critical_after": "90s",
     }
 

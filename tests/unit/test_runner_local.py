@@ -90,6 +90,11 @@ def test_a_host_missing_from_the_inventory_is_reported_failed(project):
                                  ["a", "ghost"], project_dir=project, timeout=120)
     assert result.ok_hosts == ["a"]
     assert result.hosts["ghost"].failed and not result.hosts["ghost"].ok
+    # the reason names the cause (issue 11: a node known to Consul, missing from the file,
+    # used to fail with "run ended ... before this host finished")
+    reason = result.hosts["ghost"].failed_tasks[-1].msg
+    assert "ghost is not in the inventory" in reason, reason
+    assert "before this host finished" not in reason
 
 
 @pytest.mark.parametrize("how", ["cancel", "timeout"])

@@ -19,7 +19,7 @@ from vmtools import FIGURES, REPO, make_tiny_image, show, wait_until
 
 from walle import naming
 from walle.adapters import runner
-from walle.service.executor import default_grant
+from walle.core.grants import grant_alone
 from walle.service.params import instance_vars
 from walle.spec import load_spec_file, parse_spec
 
@@ -63,7 +63,7 @@ def place(vm, instances: list[dict], credentials: dict | None = None) -> runner.
 
 
 def instance(spec, slot: int = 0) -> dict:
-    return instance_vars(spec, slot, VM_ADDRESS, default_grant(spec))
+    return instance_vars(spec, slot, VM_ADDRESS, grant_alone(spec.resources))
 
 
 def stop(vm, *units: str) -> None:

@@ -21,6 +21,11 @@ from walle.cli.main import EXIT_FAILED, EXIT_UNREACHABLE
 CLI_RETRY = RetryPolicy(attempts=3, base=0.2, cap=1.0, total=5.0)
 
 
+class ActionError(Exception):
+    """An action on the cluster (scale, stop, drain, install...) that was not done; the
+    message says why. Shared by the CLI commands and the web console."""
+
+
 def add_consul_args(parser) -> None:
     parser.add_argument("--consul-addr", metavar="URL",
                         help="Consul HTTP API (default: $CONSUL_HTTP_ADDR or "

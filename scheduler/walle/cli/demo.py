@@ -75,11 +75,12 @@ def cmd_demo(args) -> int:
     return EXIT_OK
 
 
-def provision(lab: Lab) -> int:
+def provision(lab: Lab, limit: list[str] | None = None) -> int:
+    """site.yml on the lab's nodes (`limit`: only these, e.g. nodes just added)."""
     env = {**os.environ, **ansible_env(), "WALLE_LAB": lab.name}
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(lab.inventory_path),
-         str(REPO_ROOT / "site.yml")],
+         *(["--limit", ",".join(limit)] if limit else []), str(REPO_ROOT / "site.yml")],
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
     )
     recap = proc.stdout[proc.stdout.rfind("PLAY RECAP"):] if "PLAY RECAP" in proc.stdout else ""
@@ -94,7 +95,7 @@ def start_schedulers(lab: Lab, consul_addr: str, count: int = 2) -> None:
     for n in range(1, count + 1):
         lab.start_process(f"scheduler-{n}", [
             str(Path(sys.executable).parent / "walle"), "scheduler", "run",
-            "--consul-addr", consul_addr, "--inventory", str(lab.inventory_path),
+            "--consul-addr", consul_addr, "--inventory", str(lab.pool_inventory_path),
             "--node-consul-addr", consul_addr, "--name", f"{lab.name}-scheduler-{n}",
             "--lock-delay", "5",
         ], f"scheduler-{n}.log")

@@ -1,19 +1,26 @@
-"""Job commands: `walle run`, `stop`, `scale`, `status`, `plan`."""
+"""Job commands: `walle run`, `stop`, `scale`, `status` (and `plan`, in walle.cli.plan)."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 
-from walle.adapters.consul.state import ALLOCS, job_key
 from walle.adapters.consul.tombstones import clear_tombstone, mark_stopped, stop_job
-from walle.cli.common import add_consul_args, cluster_command, connect, print_json, progress
+from walle.cli import plan
+from walle.cli.common import (
+    ActionError,
+    add_consul_args,
+    cluster_command,
+    connect,
+    print_json,
+    progress,
+)
 from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from walle.cli.output import print_table
-from walle.core import explain, format_explanation
+from walle.cli.output import print_table, printable
+from walle.naming import instance_id, job_allocs_prefix, job_key
 from walle.service.adopt import unclaimed_instances
 from walle.service.cluster import Snapshot, load_snapshot
+from walle.service.history import JobHistory, from_data
 from walle.spec import SpecError, load_spec_file, parse_spec
 
 CAS_ATTEMPTS = 5
@@ -45,11 +52,7 @@ def register(subparsers) -> None:
     add_consul_args(status)
     status.set_defaults(func=cmd_status)
 
-    plan = subparsers.add_parser("plan", help="where a job would go, and why (dry run)")
-    plan.add_argument("job", help="a job name in the cluster, or a spec file")
-    plan.add_argument("--explain", action="store_true", help="per-node scores and refusals")
-    add_consul_args(plan)
-    plan.set_defaults(func=cmd_plan)
+    plan.register(subparsers)  # walle.cli.plan: the leader's decision as a dry run
 
 
 @cluster_command
@@ -89,50 +92,73 @@ def write_job(store, spec) -> str | None:
 
 @cluster_command
 def cmd_stop(args) -> int:
-    """Delete the job and leave its tombstone (walle/stopped/<job>): the leader stops its
-    instances, even those it finds running with no record. A job absent from KV whose
-    instances still run (state lost) gets the tombstone alone."""
     api, store = connect(args)
-    current = store.job(args.job)
-    if current is None:
-        unclaimed = [f for f in unclaimed_instances(load_snapshot(api, store))
-                     if f.job == args.job]
-        if not unclaimed:
-            print(f"walle stop: no job {args.job!r}", file=sys.stderr)
-            return EXIT_FAILED
-        mark_stopped(api, args.job, stopped_at=time.time())
+    try:
+        unclaimed = stop_job_request(api, store, args.job)
+    except ActionError as err:
+        print(f"walle stop: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    if unclaimed:
         _say(args, {"job": args.job, "stopped": True, "unclaimed": list(map(str, unclaimed))},
              f"{args.job}: not in Consul; stopping its {len(unclaimed)} unclaimed "
              "instance(s) at the leader's next pass")
         return EXIT_OK
-    if not stop_job(store, args.job, current.modify_index, version=current.version,
-                    stopped_at=time.time()):
-        print(f"walle stop: {args.job} changed meanwhile; try again", file=sys.stderr)
-        return EXIT_FAILED
     _say(args, {"job": args.job, "stopped": True}, f"{args.job}: stopping")
     return _wait(args, args.job, 0)
 
 
+def stop_job_request(api, store, job: str) -> list:
+    """Delete the job and leave its tombstone (walle/stopped/<job>): the leader stops its
+    instances, even those it finds running with no record. A job absent from KV whose
+    instances still run (state lost) gets the tombstone alone: returns those unclaimed
+    instances (empty for a job stopped the usual way)."""
+    current = store.job(job)
+    if current is None:
+        unclaimed = [f for f in unclaimed_instances(load_snapshot(api, store)) if f.job == job]
+        if not unclaimed:
+            raise ActionError(f"no job {job!r}")
+        mark_stopped(api, job, stopped_at=time.time())
+        return unclaimed
+    if not stop_job(store, job, current.modify_index, version=current.version,
+                    stopped_at=time.time()):
+        raise ActionError(f"{job} changed meanwhile; try again")
+    return []
+
+
 @cluster_command
 def cmd_scale(args) -> int:
-    if not 0 <= args.count <= 1000:
-        print("walle scale: count must be 0..1000", file=sys.stderr)
-        return EXIT_USAGE
     _, store = connect(args)
+    try:
+        scale_job(store, args.job, args.count)
+    except ActionError as err:
+        print(f"walle scale: {err}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(err, BadCount) else EXIT_FAILED
+    _say(args, {"job": args.job, "count": args.count}, f"{args.job}: scaled to {args.count}")
+    return _wait(args, args.job, args.count)
+
+
+class BadCount(ActionError):
+    """A count outside 0..MAX_COUNT."""
+
+
+MAX_COUNT = 1000
+
+
+def scale_job(store, job: str, count: int) -> None:
+    """CAS-write the job with a new count (the spec is validated again, as `walle run`
+    would); raises ActionError when there is no such job or it kept changing."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_COUNT:
+        raise BadCount(f"count must be a whole number 0..{MAX_COUNT}, got {count!r}")
     for _ in range(CAS_ATTEMPTS):
-        current = store.job(args.job)
+        current = store.job(job)
         if current is None:
-            print(f"walle scale: no job {args.job!r}", file=sys.stderr)
-            return EXIT_FAILED
+            raise ActionError(f"no job {job!r}")
         data = dict(current.spec)
-        data["count"] = args.count
-        spec = parse_spec(data, source=f"{args.job} scaled")
+        data["count"] = count
+        spec = parse_spec(data, source=f"{job} scaled")
         if store.put_job(spec, current.modify_index, previous=current):
-            _say(args, {"job": args.job, "count": args.count},
-                 f"{args.job}: scaled to {args.count}")
-            return _wait(args, args.job, args.count)
-    print(f"walle scale: {args.job} kept changing; try again", file=sys.stderr)
-    return EXIT_FAILED
+            return
+    raise ActionError(f"{job} kept changing; try again")
 
 
 @cluster_command
@@ -140,7 +166,9 @@ def cmd_status(args) -> int:
     api, store = connect(args)
     snap = load_snapshot(api, store)
     if args.job:
-        rows = instance_rows(snap, args.job)
+        _, stored = store.events(args.job)
+        history = from_data(stored[args.job][0]) if args.job in stored else JobHistory()
+        rows = instance_rows(snap, args.job, history)
         unreadable = unreadable_rows(snap, args.job)
         if args.job not in snap.jobs and not rows and not unreadable:
             print(f"walle status: no job {args.job!r}", file=sys.stderr)
@@ -156,8 +184,11 @@ def cmd_status(args) -> int:
     unreadable = unreadable_rows(snap)
     if args.json:
         print_json({"jobs": rows, "unreadable": unreadable})
+    elif not rows:
+        print("no jobs (`walle run FILE` submits one)")
     else:
-        print_table(rows, ["job", "kind", "count", "running", "pending", "failed", "version"])
+        print_table(rows, ["job", "kind", "count", "running", "pending", "lost", "failed",
+                           "version"])
         _print_unreadable(unreadable)
     _warn_unclaimed(snap)
     return EXIT_OK
@@ -180,36 +211,15 @@ def _warn_unclaimed(snap: Snapshot) -> None:
               file=sys.stderr)
 
 
-@cluster_command
-def cmd_plan(args) -> int:
-    api, store = connect(args)
-    snap = load_snapshot(api, store)
-    if args.job in snap.jobs:
-        spec = snap.jobs[args.job]
-    else:
-        try:
-            spec = load_spec_file(args.job)
-        except SpecError as err:
-            print(f"walle plan: {args.job!r} is neither a job in the cluster nor a valid "
-                  f"spec file:\n{err}", file=sys.stderr)
-            return EXIT_USAGE
-    allocs = [r.alloc for r in snap.records.values() if r.alloc.job != spec.name]
-    exp = explain(spec, snap.nodes, allocs)
-    if args.json:
-        print_json(dataclasses.asdict(exp))
-    else:
-        print(format_explanation(exp) if args.explain else format_explanation(exp, limit=5))
-    return EXIT_OK
-
-
 # ----- tables -------------------------------------------------------------------------------
 def job_rows(snap: Snapshot) -> list[dict]:
     rows = []
     for name, spec in sorted(snap.jobs.items()):
-        states = [r.alloc.state for r in snap.records.values() if r.alloc.job == name]
+        states = [r.state for r in snap.records.values() if r.alloc.job == name]
         rows.append({"job": name, "kind": spec.kind, "count": spec.count,
                      "running": states.count("running"), "pending": states.count("pending"),
-                     "failed": states.count("failed"), "version": spec.digest()})
+                     "lost": states.count("lost"), "failed": states.count("failed"),
+                     "version": spec.digest()})
     return rows
 
 
@@ -219,33 +229,34 @@ def unreadable_rows(snap: Snapshot, job: str | None = None) -> list[dict]:
     terminal."""
     rows = []
     for key, reason in snap.unreadable:
-        if job is None or key == job_key(job) or key.startswith(f"{ALLOCS}{job}/"):
-            rows.append({"key": _printable(key), "reason": _printable(reason)})
+        if job is None or key == job_key(job) or key.startswith(job_allocs_prefix(job)):
+            rows.append({"key": printable(key), "reason": printable(reason)})
     return rows
 
 
-def _printable(text: str) -> str:
-    one_line = " ".join(text.split())
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in one_line)
-
-
-def instance_rows(snap: Snapshot, job: str) -> list[dict]:
-    rows = []
+def instance_rows(snap: Snapshot, job: str, history: JobHistory | None = None) -> list[dict]:
+    """One row per slot: its record (state as the operator sees it, with why), or, for a slot
+    the leader cannot place and that has no record, what the job's history says."""
+    history = history or JobHistory()
+    rows = [{"instance": instance_id(job, slot), "slot": slot, "node": None, "state": u.state,
+             "health": "-", "reason": printable(u.why) or None}
+            for slot, u in history.unplaced.items()
+            if instance_id(job, slot) not in snap.records]
     for key, r in sorted(snap.records.items(), key=lambda kv: kv[1].alloc.slot):
         a = r.alloc
         if a.job != job:
             continue
         g = a.grant
         rows.append({
-            "instance": key, "node": a.node, "state": a.state,
+            "instance": key, "slot": a.slot, "node": a.node, "state": r.state,
             "health": snap.instance_status(a.node, key) or "-",
             "cpu_quota": f"{g.cpu_quota_percent}%" if g else None,
             "cpu_weight": g.cpu_weight if g else None,
             "memory_max": _size(g.memory_max) if g else None,
             "version": a.spec_digest, "previous": r.previous.node if r.previous else None,
-            "reason": _printable(r.reason) if r.reason else None,
+            "reason": printable(r.why) or None,
         })
-    return rows
+    return sorted(rows, key=lambda row: row["slot"])
 
 
 def _size(n: int) -> str:

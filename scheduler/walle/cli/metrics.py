@@ -21,6 +21,7 @@ from walle.cli.common import add_consul_args, cluster_command, connect
 from walle.cli.main import EXIT_OK, EXIT_USAGE
 from walle.naming import instance_id
 from walle.service.cluster import Snapshot, load_snapshot
+from walle.service.records import SLOT_STATES
 
 EXPORTER_SERVICE = "walle-exporter"
 SUMMARY_TIMEOUT_S = 5.0
@@ -34,7 +35,7 @@ HELP = {
     "walle_node_reserved_memory_bytes": ("gauge", "guaranteed memory of the live instances"),
     "walle_node_instances": ("gauge", "live instances on the node"),
     "walle_job_desired_instances": ("gauge", "the job's count"),
-    "walle_job_instances": ("gauge", "the job's instances by state"),
+    "walle_job_instances": ("gauge", "the job's instances by state (walle status's words)"),
     "walle_instance_healthy": ("gauge", "1 when every check of the instance passes"),
     "walle_instance_cpu_quota_percent": ("gauge", "granted CPUQuota (percent of one core)"),
     "walle_instance_cpu_weight": ("gauge", "granted CPUWeight"),
@@ -100,8 +101,8 @@ def render_metrics(snap: Snapshot, usage: Mapping[tuple[str, str], Mapping[str, 
         samples["walle_node_instances"].append((labels, len(live)))
     for name, spec in sorted(snap.jobs.items()):
         samples["walle_job_desired_instances"].append(({"job": name}, spec.count))
-        states = [r.alloc.state for r in snap.records.values() if r.alloc.job == name]
-        for state in ("pending", "running", "failed", "stopped"):
+        states = [r.state for r in snap.records.values() if r.alloc.job == name]
+        for state in SLOT_STATES:  # as `walle status` shows them: a lost one is not running
             samples["walle_job_instances"].append(
                 ({"job": name, "state": state}, states.count(state)))
     for key, r in sorted(snap.records.items()):

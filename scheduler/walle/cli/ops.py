@@ -8,7 +8,7 @@ import sys
 from walle.adapters.runner import run_command
 from walle.cli.common import add_consul_args, cluster_command, connect, print_json
 from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from walle.naming import unit_stem
+from walle.naming import service_unit, unit_stem
 from walle.service.cluster import load_snapshot
 
 DEFAULT_INVENTORY = os.environ.get("WALLE_INVENTORY", "/var/lib/walle/lab/default/inventory.yml")
@@ -57,20 +57,21 @@ def cmd_exec(args) -> int:
 def cmd_logs(args) -> int:
     api, store = connect(args)
     snap = load_snapshot(api, store)
-    where: dict[str, list[str]] = {}
+    where: dict[str, list[tuple[str, int]]] = {}
     for r in snap.records.values():
         if r.alloc.job == args.job:
-            where.setdefault(r.alloc.node, []).append(unit_stem(r.alloc.job, r.alloc.slot))
+            where.setdefault(r.alloc.node, []).append((r.alloc.job, r.alloc.slot))
     if not where:
         print(f"walle logs: no instances of {args.job!r}", file=sys.stderr)
         return EXIT_FAILED
     failed = False
-    for node, stems in sorted(where.items()):
+    for node, slots in sorted(where.items()):
+        slots.sort()
         argv = ["journalctl", "--no-pager", "-o", "short-iso", "-n", str(args.lines)]
-        for stem in sorted(stems):
-            argv += ["-u", f"{stem}.service"]
+        for job, slot in slots:
+            argv += ["-u", service_unit(job, slot)]
         result = run_command(args.inventory, [node], argv).get(node)
-        print(f"--- {node}: {', '.join(sorted(stems))}")
+        print(f"--- {node}: {', '.join(unit_stem(job, slot) for job, slot in slots)}")
         if result is None or result.rc != 0:
             failed = True
             print(result.stderr if result else "no answer", file=sys.stderr)

@@ -101,6 +101,8 @@ class Allocation:
     failed_nodes: tuple[str, ...] = ()  # nodes this slot failed on, oldest first
     since: float = 0.0  # when the core created it (the injected clock)
     ports: tuple[int, ...] = ()  # static ports it listens on: one holder per node and port
+    # the node's GPUs it may open (/dev/nvidia<i>), one holder per index: core/gpus.py
+    gpu_indices: tuple[int, ...] = ()
 
     @property
     def key(self) -> str:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from walle.core.feasibility import JobReq, compile_job, rejections, summarise
+from walle.core.gpus import assign
 from walle.core.grants import grants_for
 from walle.core.model import Allocation, AllocState, Capacity, Grant, Node
 from walle.core.placement import Choice, PlacementConfig, Placer
@@ -46,6 +47,7 @@ from walle.core.plan import (
     UpdateInPlace,
 )
 from walle.core.state import ClusterIndex, Held, held_from
+from walle.naming import instance_id
 from walle.spec.model import JobSpec
 
 MAX_PLACEMENT_STEPS_PER_INSTANCE = 4  # bounds eviction chains: total steps <= 4 x instances
@@ -335,9 +337,10 @@ class _Round:
             if released is not None:  # nothing changed since the release: put it back
                 self._hold(w.held_at, w.old, released.priority)
             return choice.reasons
-        evicted = [self._evict(choice.node, h, f"{w.job}-{w.slot}") for h in choice.evict]
+        evicted = [self._evict(choice.node, h, instance_id(w.job, w.slot))
+                   for h in choice.evict]
         self.ix.reserve(choice.node, Held(
-            f"{w.job}-{w.slot}", w.job, w.slot, req.priority, req.cpu, req.memory, req.disk,
+            instance_id(w.job, w.slot), w.job, w.slot, req.priority, req.cpu, req.memory, req.disk,
             req.gpus, req.spec.resources.cpu.min, req.spec.resources.cpu.max,
             int(req.spec.resources.memory.min), int(req.spec.resources.memory.max), req.ports))
         self.touched.add(choice.node)
@@ -385,24 +388,47 @@ class _Round:
             grants.update(grants_for(cap.cpu, cap.memory, demands))
         return grants
 
+    def _gpu_indices(self) -> dict[str, tuple[int, ...]]:
+        """The GPUs of every instance that holds some when the round is done (core/gpus.py):
+        kept where it stays, the lowest free ones for new holders."""
+        leaving: dict[str, list[int]] = {}
+        for old in [w.old for w, _, _ in self.placed if w.old is not None] + \
+                [s.alloc for s in self.stops] + [e.alloc for e in self.evictions]:
+            leaving.setdefault(old.node, []).extend(old.gpu_indices)
+        out: dict[str, tuple[int, ...]] = {}
+        for i, node in enumerate(self.ix.nodes):
+            holders = {key: h.gpus for key, h in self.ix.on_node[i].items() if h.gpus}
+            if not holders or not self.ix.ready[i]:
+                continue
+            kept = {key: a.gpu_indices for key in holders
+                    if (a := self.current.get(key)) is not None and a.node == node.name}
+            out.update(assign(node.capacity.gpus, holders, kept, leaving.get(node.name, ())))
+        return out
+
     def _plan(self) -> Plan:
         grants = self._grants()
+        gpus = self._gpu_indices()
         places, migrates, replaces = [], [], []
         for w, i, score in self.placed:
-            key = f"{w.job}-{w.slot}"
+            key = instance_id(w.job, w.slot)
             new = self._allocation(self.reqs[w.job], w.slot, self.ix.nodes[i].name,
                                    w.failed_nodes, grants.get(key))
+            new = replace(new, gpu_indices=gpus.get(key, ()))
             if w.kind == "migrate":
                 migrates.append(Migrate(w.old, new, w.reason, round(score, 2)))
             elif w.kind == "replace":
                 replaces.append(Replace(w.old, new, round(score, 2)))
             else:
                 places.append(Place(new, w.reason, round(score, 2), w.old))
-        updates = [replace(u, new=replace(u.new, grant=grants.get(key, u.new.grant)))
+        updates = [replace(u, new=replace(u.new, grant=grants.get(key, u.new.grant),
+                                          gpu_indices=gpus.get(key, ())))
                    for key, u in sorted(self.updates.items())]
-        regrants = [Regrant(a, replace(a, grant=grants[key]))
-                    for key, a in sorted(self.current.items())
-                    if key in grants and key not in self.updates and grants[key] != a.grant]
+        regrants = []  # a new grant, or GPUs for an instance placed before it had indices
+        for key, a in sorted(self.current.items()):
+            new = replace(a, grant=grants.get(key, a.grant),
+                          gpu_indices=gpus.get(key, a.gpu_indices))
+            if key not in self.updates and new != a and (new.grant is not None):
+                regrants.append(Regrant(a, new))
         failures = [Failure(job, tuple(sorted(slots)),
                             tuple(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))), msg)
                     for (job, msg), (slots, counts) in sorted(self.failures.items())]

@@ -7,13 +7,19 @@ validates) is skipped and listed in `Snapshot.unreadable`; the read never fails 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from walle.adapters.consul import ConsulApi, NodeInfo, StateStore, StoredJob, Unreadable
+from walle.adapters.consul import (
+    BatchCommit,
+    ConsulApi,
+    NodeInfo,
+    StateStore,
+    StoredJob,
+    Unreadable,
+)
 from walle.adapters.consul.health import ClusterHealth, fetch_cluster_health
-from walle.adapters.consul.state import JOBS, job_key, parse_alloc_key
 from walle.core import Capacity, Node
-from walle.naming import instance_id
+from walle.naming import instance_id, job_key, parse_alloc_key, parse_job_key
 from walle.service.records import SlotRecord, from_stored
 from walle.spec import JobSpec, SpecError, parse_spec
 
@@ -34,6 +40,8 @@ class Snapshot:
     # nodes gone from the catalog (a graceful leave) within their grace: not in `nodes`, and
     # their instances are held as they are (service/presence.py; set by the scheduler)
     away: frozenset[str] = frozenset()
+    # nodes' records of finished batch runs (walle/done/), by instance key (job-slot)
+    commits: Mapping[str, BatchCommit] = field(default_factory=dict)
 
     def instance_status(self, node: str, key: str) -> str | None:
         """Worst check status of the instance registered as `key` on `node` (None: not
@@ -74,12 +82,14 @@ def load_snapshot(api: ConsulApi, store: StateStore) -> Snapshot:
             unreadable.append(Unreadable(stored.key, describe_error(err)))
             continue
         records[record.key] = record
+    commits = {instance_id(job, slot): c
+               for (job, slot), c in store.batch_commits(unreadable=unreadable).items()}
     _, health = fetch_cluster_health(api)
     _, drains = store.drains()
     nodes = {n.name: core_node(n, n.name in drains) for n in health.nodes if n.schedulable}
     addresses = {n.name: n.address for n in health.nodes}
     return Snapshot(jobs, stored_jobs, records, nodes, addresses, health,
-                    tuple(sorted(unreadable)), *_hands_off(unreadable))
+                    tuple(sorted(unreadable)), *_hands_off(unreadable), commits=commits)
 
 
 def _job_spec(name: str, stored: StoredJob) -> JobSpec:
@@ -100,8 +110,8 @@ def _hands_off(unreadable: list[Unreadable]) -> tuple[frozenset[str], frozenset[
     cannot know what they want (a job) or what runs there (a slot)."""
     jobs, slots = set(), set()
     for key, _ in unreadable:
-        if key.startswith(JOBS) and "/" not in key[len(JOBS):]:
-            jobs.add(key[len(JOBS):])
+        if (job := parse_job_key(key)) is not None:
+            jobs.add(job)
         elif (parsed := parse_alloc_key(key)) is not None:
             slots.add(instance_id(*parsed))
     return frozenset(jobs), frozenset(slots)
