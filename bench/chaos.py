@@ -21,6 +21,8 @@ which also sees a partitioned node) and from Consul (slot records, checks), and 
   duplicate        one slot's unit active on two nodes, unless the slot's record names both (a
                    graceful move) or the extra copy is on a node cut off by a fault (or back for
                    less than --reap-grace s): such "fenced" overlaps are reported with durations
+                   (a partitioned node stops its own copies: walle-fence; its copies count as
+                   fenced only for --fence-bound s after the cut, never after the heal)
   two-serving      one Walle instance passing its checks (its node's serfHealth too) on two
                    nodes at once
 After every fault is undone, the cluster must converge within --bound s (every slot running on
@@ -69,6 +71,7 @@ from walle.naming import (
     service_unit,
     unit_stem,
 )
+from walle.service.presence import DEFAULT_FENCE_AFTER
 from walle.spec import parse_spec
 
 KINDS = ("node-kill", "leader-kill", "schedulers-kill", "standin-kill", "partition",
@@ -327,6 +330,7 @@ class Chaos:
         self.violations: list[Violation] = []
         self.lock = threading.Lock()
         self.cut: dict[str, float | None] = {}  # node -> None while cut off, else healed-at
+        self.partitioned_at: dict[str, float] = {}  # node -> start of its current partition
         self.acks: list[tuple[str, str, int | str]] = []  # (job, "run"|"scale", version/count)
         self.attempts: list[tuple[str, str, int | str, bool]] = []
         self.service_count = args.count
@@ -350,11 +354,15 @@ class Chaos:
         log(f"VIOLATION {kind}: {detail}")
 
     def fenced(self, node: str, now: float) -> bool:
-        """A node cut off by a fault now, or back for less than --reap-grace seconds."""
+        """A node cut off by a fault now, or back for less than --reap-grace seconds. A
+        partitioned node fences itself (walle-fence): its copies count as fenced only for
+        --fence-bound s after the cut, and not at all once it is healed."""
         with self.lock:
             if node not in self.cut:
                 return False
-            healed = self.cut[node]
+            healed, cut_at = self.cut[node], self.partitioned_at.get(node)
+        if cut_at is not None:
+            return healed is None and now - cut_at < self.args.fence_bound
         return healed is None or now - healed < self.args.reap_grace
 
     def cut_summary(self, now: float) -> str:
@@ -518,6 +526,8 @@ class Chaos:
             self.back(victim)
         elif kind == "partition":
             self.cut_off(victim)
+            with self.lock:
+                self.partitioned_at[victim] = time.monotonic()
             faults.partition(self.lab, victim)
             try:
                 self.hold(fault, self.rng.uniform(*self.args.partition), lost)
@@ -558,6 +568,7 @@ class Chaos:
     def cut_off(self, node: str) -> None:
         with self.lock:
             self.cut[node] = None
+            self.partitioned_at.pop(node, None)
 
     def back(self, node: str) -> None:
         with self.lock:
@@ -815,6 +826,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds a partition lasts, LO-HI")
     parser.add_argument("--reap-grace", type=float, default=30.0,
                         help="seconds a node back from a fault may still run stale copies")
+    parser.add_argument("--fence-bound", type=float, default=DEFAULT_FENCE_AFTER + 6,
+                        help="seconds a partitioned node may still run its copies (its "
+                             "walle-fence time + 6; none after the heal)")
     parser.add_argument("--observe", type=float, default=1.5, help="observer period (s)")
     parser.add_argument("--submit-every", type=float, default=20.0)
     parser.add_argument("--no-provision", action="store_true",

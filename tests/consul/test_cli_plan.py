@@ -40,7 +40,7 @@ def walle(capsys, api, *argv) -> tuple[int, str, str]:
 def web_running(cluster):
     """web placed on node1..3 and running; the leader published its defaults."""
     clock = Clock()
-    s, ex = make_scheduler(cluster, clock)
+    s, ex = make_scheduler(cluster, clock, node_down_grace=0)
     s.publish_defaults()
     assert StateStore(cluster).put_job(load_spec_file(WEB), 0)
     s.step()
@@ -61,6 +61,7 @@ def test_a_healthy_job_keeps_every_instance_and_one_more_cannot_fit(web_running,
     assert code == 0
     body = json.loads(out)
     assert body["defaults"] == {"strategy": "spread", "seed": 7, "node_leave_grace": 15.0,
+                                "node_down_grace": 0.0,
                                 "source": "published by the leader"}
     (job,) = body["jobs"]
     placed = where(api)
@@ -110,7 +111,7 @@ def test_a_lost_instance_with_room_elsewhere_moves_where_the_leader_then_puts_it
         cluster, capsys, tmp_path):
     two = tmp_path / "web2.yml"
     two.write_text(Path(WEB).read_text().replace("count: 3", "count: 2"))
-    s, ex = make_scheduler(cluster, Clock())
+    s, ex = make_scheduler(cluster, Clock(), node_down_grace=0)
     s.publish_defaults()
     assert StateStore(cluster).put_job(load_spec_file(two), 0)
     s.step()
@@ -182,7 +183,7 @@ def test_a_leader_publishes_its_defaults_when_it_takes_office(cluster, capsys, w
         s.stop()
         thread.join(timeout=70)
     assert store.placement_config() == {"strategy": "binpack", "seed": 3,
-                                        "node_leave_grace": 40.0}
+                                        "node_leave_grace": 40.0, "node_down_grace": 15.0}
     code, out, _ = walle(capsys, cluster, "plan")
     assert code == 0
     assert out.splitlines()[0] == "defaults: strategy binpack, seed 3 (published by the leader)"

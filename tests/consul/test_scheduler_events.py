@@ -50,7 +50,7 @@ def kill(api, node: str) -> None:
 def web_on_three_nodes(api):
     """web count 3, distinct_hosts, port 8080: one instance per node, no room to spare."""
     clock = Clock()
-    s, ex = make_scheduler(api, clock)
+    s, ex = make_scheduler(api, clock, node_down_grace=0)  # lost at once: no fence wait
     assert StateStore(api).put_job(web_spec(count=3, **DISTINCT), 0)
     s.step()
     s.step()
@@ -166,7 +166,7 @@ def test_a_batch_run_that_succeeds_is_complete(cluster, capsys):
     from walle.service.scheduler import BATCH_PROBE
     from walle.spec import parse_spec
     clock = Clock()
-    s, ex = make_scheduler(cluster, clock)
+    s, ex = make_scheduler(cluster, clock, node_down_grace=0)
     batch = parse_spec({"name": "etl", "kind": "batch", "count": 1,
                         "resources": {"cpu": "0.5", "memory": "64M"},
                         "runtime": {"command": "/bin/true"}})
@@ -269,7 +269,7 @@ def test_an_evicted_slot_with_nowhere_to_go_shows_who_took_its_room(cluster, cap
                            "runtime": {"command": "/bin/sleep", "args": ["1000"]}})
 
     clock = Clock()
-    s, ex = make_scheduler(cluster, clock)
+    s, ex = make_scheduler(cluster, clock, node_down_grace=0)
     store = StateStore(cluster)
     store.put_job(job("low", 3, "3", 20), 0)  # 3 of each node's 4 cores
     s.step()

@@ -24,6 +24,7 @@ from test_scheduler_service import (  # the recording executor and a fresh 3-nod
 
 from walle.adapters.consul import ConsulApi, StateStore
 from walle.service.cluster import load_snapshot
+from walle.service.presence import DEFAULT_DOWN_GRACE
 from walle.service.scheduler import Scheduler, SchedulerConfig
 
 pytestmark = pytest.mark.consul
@@ -35,10 +36,12 @@ ADDRESSES = {"node1": "10.77.250.11", "node2": "10.77.250.12", "node3": "10.77.2
 ZONES = {"node1": "z1", "node2": "z2", "node3": "z3"}
 
 
-def make_scheduler(api: ConsulApi, clock: Clock, name: str = "s1", grace: float = GRACE):
-    executor = RecordingExecutor(api)
+def make_scheduler(api: ConsulApi, clock: Clock, name: str = "s1", grace: float = GRACE,
+                   executor: RecordingExecutor | None = None, **config_args):
+    """A scheduler holding the lock; `executor` shares the fake nodes of an earlier one."""
+    executor = executor or RecordingExecutor(api)
     config = SchedulerConfig(name=name, inventory="unused", lock_delay=0, seed=7,
-                             node_leave_grace=grace)
+                             node_leave_grace=grace, **config_args)
     scheduler = Scheduler(api, config, executor=executor, clock=clock)
     assert scheduler.lock.acquire()
     return scheduler, executor
@@ -144,8 +147,9 @@ def test_a_new_leader_starts_the_grace_of_a_recorded_node_it_never_saw(cluster):
     assert records(cluster)["web-1"].node not in (victim, where["web-0"])
 
 
-def test_a_failed_node_that_then_leaves_the_catalog_gets_no_grace(cluster):
-    """Consul reaps a failed node from the catalog later: its work was already lost."""
+def test_a_failed_node_that_then_leaves_the_catalog_gets_no_new_grace(cluster):
+    """Consul reaps a failed node from the catalog later: its work was already lost (after
+    the down grace, test_scheduler_node_fence), and leaving does not start a leave grace."""
     clock = Clock()
     s, ex = make_scheduler(cluster, clock)
     StateStore(cluster).put_job(web_spec(count=3), 0)  # port 8080 on every node: no room
@@ -153,6 +157,8 @@ def test_a_failed_node_that_then_leaves_the_catalog_gets_no_grace(cluster):
     s.step()
     victim = records(cluster)["web-1"].node
     register_node(cluster, victim, ADDRESSES[victim], status="critical", zone=ZONES[victim])
+    s.step()
+    clock.now += DEFAULT_DOWN_GRACE + 0.5
     s.step()  # lost, with nowhere to go
     leave(cluster, victim)
     s.step()

@@ -16,6 +16,7 @@ from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
 from walle.lab.consul_standin import start_in_thread
 from walle.naming import service_unit, timer_unit
 from walle.service.executor import NodeInstances, Outcome
+from walle.service.presence import DEFAULT_DOWN_GRACE
 from walle.service.records import attempt_of, from_stored
 from walle.service.scheduler import LostLeadership, Scheduler, SchedulerConfig
 from walle.spec import parse_spec
@@ -158,10 +159,11 @@ def cluster(tmp_path):
 
 
 def make_scheduler(api: ConsulApi, clock: Clock, name: str = "s1",
-                   executor: RecordingExecutor | None = None):
+                   executor: RecordingExecutor | None = None, **config_args):
     """A scheduler holding the lock; `executor` shares the fake nodes of an earlier one."""
     executor = executor or RecordingExecutor(api)
-    config = SchedulerConfig(name=name, inventory="unused", lock_delay=0, seed=7)
+    config = SchedulerConfig(name=name, inventory="unused", lock_delay=0, seed=7,
+                             **config_args)
     scheduler = Scheduler(api, config, executor=executor, clock=clock)
     assert scheduler.lock.acquire()
     return scheduler, executor
@@ -226,6 +228,9 @@ def test_instances_on_a_dead_node_move_to_healthy_nodes(cluster):
     victim = records(cluster)["web-1"].node
     register_node(cluster, victim, "10.77.250.99", status="critical")
     ex.placed.clear()
+    s.step()  # the down grace starts: the node's fence stops its copy meanwhile
+    assert ex.placed == []
+    clock.now += DEFAULT_DOWN_GRACE + 0.5
     s.step()
     moved = dict(ex.placed)
     assert list(moved) == ["web-1"] and moved["web-1"] != victim
@@ -710,6 +715,8 @@ def test_a_cron_copy_left_on_a_node_that_comes_back_is_stopped(cluster):
     s.step()
     victim = records(cluster)["tick-0"].node
     register_node(cluster, victim, "10.77.250.99", status="critical")
+    s.step()
+    clock.now += DEFAULT_DOWN_GRACE + 0.5  # moved once the down grace is over
     s.step()
     moved_to = records(cluster)["tick-0"].node
     assert moved_to != victim and "tick-0" in ex.on_node[victim]

@@ -1,4 +1,4 @@
-"""Which nodes are away (gone from the catalog, within their leave grace): the leader's
+"""Which nodes are away (gone from the catalog or failed, within their grace): the leader's
 memory across steps (walle.service.presence). The scheduler's use of it is tested against the
 stand-in in tests/consul/test_scheduler_node_leave.py."""
 
@@ -73,3 +73,29 @@ def test_the_grace_is_a_scheduler_flag():
             build_parser().parse_args(base + ["--node-leave-grace", bad])
     with pytest.raises(ValueError, match="0 or more"):
         NodePresence(grace=-1)
+
+
+def test_a_failed_node_is_away_for_the_down_grace_counted_from_when_first_seen_failed():
+    p = NodePresence(grace=15, down_grace=20)
+    p.update(UP, ["node2"], now=100)
+    assert p.update({"node1": True, "node2": False}, ["node2"], now=101) == {"node2"}
+    assert p.next_deadline(now=101) == pytest.approx(121.1)
+    assert p.update({"node1": True, "node2": False}, ["node2"], now=120.9) == {"node2"}
+    assert p.update({"node1": True, "node2": False}, ["node2"], now=121) == frozenset()
+    assert p.next_deadline(now=121) is None
+
+
+def test_a_failed_node_that_leaves_keeps_the_grace_it_started_when_it_failed():
+    p = NodePresence(grace=15, down_grace=20)
+    p.update({"node1": True, "node2": False}, ["node2"], now=100)
+    assert p.update({"node1": True}, ["node2"], now=110) == {"node2"}  # not a new leave grace
+    assert p.update({"node1": True}, ["node2"], now=120) == frozenset()
+    assert p.update({"node1": True}, ["node2"], now=200) == frozenset()
+
+
+def test_a_failed_node_back_in_time_is_present_and_fails_anew_later():
+    p = NodePresence(grace=15, down_grace=20)
+    p.update({"node1": True, "node2": False}, ["node2"], now=100)
+    assert p.update(UP, ["node2"], now=105) == frozenset()
+    assert p.update({"node1": True, "node2": False}, ["node2"], now=150) == {"node2"}
+    assert p.update({"node1": True, "node2": False}, ["node2"], now=169) == {"node2"}

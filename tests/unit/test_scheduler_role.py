@@ -22,18 +22,37 @@ ENV_REF = re.compile(r"\$\{(\w+)\}")
 
 
 def role_vars(**overrides) -> dict:
+    """The role's variables as Ansible resolves them: defaults that are templates of other
+    variables (walle_scheduler_node_down_grace from the fence time) are rendered."""
     values = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
     values |= yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
-    return values | overrides
+    values |= overrides
+    for _ in range(3):  # templates of templates
+        values = {k: _resolved(v, values) for k, v in values.items()}
+    return values
 
 
-def render(template: str, **overrides) -> str:
+def _resolved(value, values: dict):
+    """A default templated on other role variables, rendered; others (playbook_dir) as is."""
+    if not isinstance(value, str) or "{{" not in value:
+        return value
+    try:
+        return jinja_env().from_string(value).render(values)
+    except jinja2.UndefinedError:
+        return value
+
+
+def jinja_env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROLE / "templates"),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["default"] = lambda value, fallback="": fallback if isinstance(
         value, jinja2.Undefined) else value
     env.filters["to_json"] = json.dumps
-    return env.get_template(template).render(role_vars(**overrides))
+    return env
+
+
+def render(template: str, **overrides) -> str:
+    return jinja_env().get_template(template).render(role_vars(**overrides))
 
 
 def parse_unit(text: str) -> configparser.ConfigParser:

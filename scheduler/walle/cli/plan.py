@@ -22,12 +22,12 @@ from walle.service.dryrun import DryRun, JobPlan, dry_run, published_defaults
 from walle.spec import SpecError, load_spec_file
 
 EPILOG = """\
-What the leader does with each slot: keep, place, move, replace, update, regrant, stop,
-evict, refused (no feasible node: the reasons, per number of nodes), waiting (a failed slot's
-back-off), held (its node left the catalog, within node_leave_grace), hands-off (its record
-cannot be read), done (a batch instance that finished). The plan is the leader's own
-decision on the stored records, with the strategy and seed the leader published in Consul
-(walle/config/placement; the built-in defaults, said so, when no leader has).
+What the leader does with each slot: keep, place, move, replace, update, regrant, stop, evict,
+refused (no feasible node: the reasons, per number of nodes), waiting (a failed slot's back-
+off), held (its node left the catalog or failed, within node_leave_grace or node_down_grace),
+hands-off (its record cannot be read), done (a batch instance that finished). The plan is the
+leader's own decision on the stored records, with the strategy and seed the leader published in
+Consul (walle/config/placement; the built-in defaults, said so, when no leader has).
 
 exit codes: 0 every slot has its place; 1 some slot will have none (refused, waiting, or
 hands-off without an instance) or the cluster answered with an error; 2 bad input (neither

@@ -10,7 +10,12 @@ import socket
 from walle.adapters.consul import ConsulApi, ConsulConfig
 from walle.service.params import consul_auth
 from walle.service.policy import PrivilegePolicy
-from walle.service.presence import DEFAULT_LEAVE_GRACE
+from walle.service.presence import (
+    DEFAULT_DOWN_GRACE,
+    DEFAULT_FENCE_AFTER,
+    DEFAULT_LEAVE_GRACE,
+    check_graces,
+)
 from walle.service.scheduler import Scheduler, SchedulerConfig
 from walle.service.secrets import DEFAULT_SECRETS_DIR
 from walle.spec.parse import CAPABILITIES
@@ -40,6 +45,15 @@ def register(subparsers) -> None:
                      metavar="SECONDS",
                      help="a node gone from the catalog (graceful leave, agent restart) keeps "
                           "its instances this long before they move (default: %(default)s)")
+    run.add_argument("--node-down-grace", type=_seconds, default=DEFAULT_DOWN_GRACE,
+                     metavar="SECONDS",
+                     help="a failed node (dead or cut off) keeps its instances this long before "
+                          "they move, so a cut-off node's fence stops them first; at least "
+                          "--node-fence-after + 4 (default: %(default)s)")
+    run.add_argument("--node-fence-after", type=_seconds, default=DEFAULT_FENCE_AFTER,
+                     metavar="SECONDS",
+                     help="the nodes' fence: seconds cut off from Consul before a node stops its "
+                          "Walle units (the node role's walle_fence_after; default: %(default)s)")
     run.add_argument("--strategy", choices=["spread", "binpack"], default="spread",
                      help="cluster default placement strategy (jobs may override)")
     run.add_argument("--seed", type=int, default=0, help="placement seed (deterministic plans)")
@@ -78,12 +92,13 @@ def _capability(text: str) -> str:
 
 def scheduler_config(args) -> SchedulerConfig:
     """SchedulerConfig from `walle scheduler run`'s arguments (ValueError names a bad one)."""
+    check_graces(args.node_fence_after, args.node_down_grace, args.node_leave_grace)
     return SchedulerConfig(
         name=args.name, inventory=args.inventory, node_consul_addr=args.node_consul_addr,
         node_consul_auth=consul_auth(args.node_consul_token_file, args.node_consul_ca_file),
         seed=args.seed, strategy=args.strategy, lock_ttl=args.lock_ttl,
         lock_delay=args.lock_delay, session_node=args.session_node,
-        node_leave_grace=args.node_leave_grace,
+        node_leave_grace=args.node_leave_grace, node_down_grace=args.node_down_grace,
         register=not args.no_register,
         privilege=PrivilegePolicy.of(args.allow_privileged, args.allow_capability),
         secrets_dir=args.secrets_dir,
@@ -96,7 +111,7 @@ def cmd_run(args) -> int:
     try:
         config = scheduler_config(args)
     except ValueError as err:
-        logging.getLogger("walle.scheduler").error("--node-consul-*: %s", err)
+        logging.getLogger("walle.scheduler").error("walle scheduler run: %s", err)
         return 2
     api = ConsulApi(ConsulConfig.from_env(addr=args.consul_addr))
     scheduler = Scheduler(api, config)

@@ -16,7 +16,7 @@ from typing import Any
 from walle.adapters.consul import BatchCommit
 from walle.core import Allocation, PlacementConfig, Plan, reconcile
 from walle.service.cluster import Snapshot
-from walle.service.presence import DEFAULT_LEAVE_GRACE
+from walle.service.presence import DEFAULT_DOWN_GRACE, DEFAULT_LEAVE_GRACE
 from walle.service.records import SlotRecord, attempt_of
 from walle.spec import JobSpec
 
@@ -28,18 +28,20 @@ STRATEGIES = ("spread", "binpack")
 @dataclass(frozen=True)
 class Defaults:
     """The cluster-wide inputs of the decision that are not in Consul's state: the leader's
-    `walle scheduler run --strategy/--seed/--node-leave-grace`."""
+    `walle scheduler run --strategy/--seed/--node-leave-grace/--node-down-grace`."""
 
     strategy: str = "spread"
     seed: int = 0
     node_leave_grace: float = DEFAULT_LEAVE_GRACE
+    node_down_grace: float = DEFAULT_DOWN_GRACE
 
     def placement(self) -> PlacementConfig:
         return PlacementConfig(default_strategy=self.strategy)
 
     def to_json(self) -> dict[str, Any]:
         return {"strategy": self.strategy, "seed": self.seed,
-                "node_leave_grace": self.node_leave_grace}
+                "node_leave_grace": self.node_leave_grace,
+                "node_down_grace": self.node_down_grace}
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> Defaults:
@@ -50,9 +52,11 @@ class Defaults:
             raise ValueError(f"strategy {strategy!r}: one of {', '.join(STRATEGIES)}")
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"seed {seed!r}: an integer")
-        if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace >= 0:
-            raise ValueError(f"node_leave_grace {grace!r}: 0 or more seconds")
-        return cls(strategy, seed, float(grace))
+        down = body.get("node_down_grace", DEFAULT_DOWN_GRACE)  # absent: published before it
+        for name, value in (("node_leave_grace", grace), ("node_down_grace", down)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise ValueError(f"{name} {value!r}: 0 or more seconds")
+        return cls(strategy, seed, float(grace), float(down))
 
 
 def take_commits(snap: Snapshot, records: Mapping[str, SlotRecord], now: float
@@ -95,7 +99,10 @@ def decide(snap: Snapshot, records: Mapping[str, SlotRecord], now: float, *, see
     left_alone = snap.frozen_jobs | unplannable
     hands_off = {r.key for r in records.values()
                  if r.alloc.job in left_alone} | snap.blocked_slots
-    hands_off |= {r.key for r in records.values() if r.alloc.live and r.alloc.node in snap.away}
+    # an away node's slots wait for it: a failed placement there too (the playbook may have
+    # started the unit before the node was cut off, and the node still runs it)
+    hands_off |= {r.key for r in records.values() if r.alloc.node in snap.away
+                  and (r.alloc.live or r.alloc.state == "failed")}
     waiting = {r.key for r in records.values() if retry_at(r) > now} | snap.blocked_slots
     return hold_back(plan, hands_off, waiting)
 

@@ -2,11 +2,12 @@
 
 `dry_run` sees what a new leader's first decision sees: the stored slot records (every
 instance, failure history included), the nodes with their drains, nodes that left the catalog
-(held as away, service/presence.py), unreadable records (hands off), and the cluster's defaults
-the leader published (`published_defaults`). It calls the leader's own `decide` and reads every
-slot's fate off the plan: kept, placed, moved, replaced, stopped, evicted, refused (with the
-core's per-node reasons), waiting out a back-off, or held. "A new instance" is what `walle scale
-JOB count+1` would get: the same decision with one more slot.
+or failed (held as away for their grace, counted from now: service/presence.py), unreadable
+records (hands off), and the cluster's defaults the leader published (`published_defaults`). It
+calls the leader's own `decide` and reads every slot's fate off the plan: kept, placed, moved,
+replaced, stopped, evicted, refused (with the core's per-node reasons), waiting out a back-off,
+or held. "A new instance" is what `walle scale JOB count+1` would get: the same decision with
+one more slot.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def dry_run(snap: Snapshot, defaults: Defaults, now: float, *,
     slot for `jobs` (default: all). `what_if`: a spec decided as if it had been submitted."""
     if what_if is not None:
         snap = replace(snap, jobs={**snap.jobs, what_if.name: what_if})
-    snap = NodePresence(defaults.node_leave_grace).observe(snap, now)
+    snap = NodePresence(defaults.node_leave_grace, defaults.node_down_grace).observe(snap, now)
     done, _ = take_commits(snap, snap.records, now)  # as the leader does first
     snap = replace(snap, records={**snap.records, **done})
     plan = _decide(snap, snap.jobs, now, defaults)

@@ -43,10 +43,10 @@ from walle.adapters.consul.health import fetch_cluster_health
 from walle.adapters.consul.state import alloc_key
 from walle.adapters.consul.tombstones import stopped_jobs
 from walle.core import Allocation, Plan
-from walle.naming import instance_id, parse_instance_id, service_unit
+from walle.naming import instance_id, parse_instance_id, service_unit, timer_unit
 from walle.service import jobs
 from walle.service.adopt import MISSING_GRACE, Adopter
-from walle.service.cluster import Snapshot, describe_error, load_snapshot
+from walle.service.cluster import Snapshot, describe_error, load_snapshot, node_state
 from walle.service.decide import Defaults, decide, take_commits
 from walle.service.decide import retry_at as _retry_at
 from walle.service.executor import Executor, NodeInstances, Outcome
@@ -58,7 +58,7 @@ from walle.service.history import (
     unplaced_slots,
 )
 from walle.service.policy import PrivilegePolicy
-from walle.service.presence import DEFAULT_LEAVE_GRACE, NodePresence
+from walle.service.presence import DEFAULT_DOWN_GRACE, DEFAULT_LEAVE_GRACE, NodePresence
 from walle.service.records import (
     SlotRecord,
     evicted_by,
@@ -74,6 +74,8 @@ log = logging.getLogger("walle.scheduler")
 
 FAILED_CHECK_GRACE = 10.0  # a running instance critical this long is moved elsewhere
 BATCH_PROBE = 5.0  # seconds between reads of running batch units
+CONSUL_OUTAGE = 5.0  # a snapshot that took longer: Consul was out, nodes may have fenced
+ACTIVE_UNIT_STATES = ("active", "activating", "reloading")  # a unit that runs (or restarts)
 INSPECT_RETRY = 10.0  # a returning node that did not answer the listing is asked again then
 MIN_WAKE = 0.05
 
@@ -101,6 +103,9 @@ class SchedulerConfig:
     secrets_dir: str = DEFAULT_SECRETS_DIR
     # a node gone from the catalog (left: agent restart) keeps its instances this long
     node_leave_grace: float = DEFAULT_LEAVE_GRACE
+    # a failed node (serfHealth critical: dead or cut off) keeps its instances this long, so
+    # that a cut-off node's fence has stopped them before they start elsewhere (presence.py)
+    node_down_grace: float = DEFAULT_DOWN_GRACE
 
 
 @dataclass
@@ -154,11 +159,14 @@ class Scheduler:
         self.lock = LeaderLock(api, name=config.name, ttl=config.lock_ttl,
                                lock_delay=config.lock_delay, node=config.session_node,
                                on_lost=self._on_lost)
-        self.defaults = Defaults(config.strategy, config.seed, config.node_leave_grace)
+        self.defaults = Defaults(config.strategy, config.seed, config.node_leave_grace,
+                                 config.node_down_grace)
         self.placement = self.defaults.placement()
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self._watches: list[Watch] = []
+        self._seen_lock = threading.Lock()
+        self._seen_down: set[str] = set()  # nodes the health watch saw failed (since a step)
         self._last_batch_probe = float("-inf")
         self._new_term()
         self._reported: set[tuple[str, str]] = set()  # (key, reason) already logged
@@ -191,7 +199,8 @@ class Scheduler:
         and lists what runs on every ready node once."""
         self._resumed = False
         self.adopter = Adopter(self.api, self.clock)
-        self.presence = NodePresence(self.config.node_leave_grace)  # grace from our eyes
+        self.presence = NodePresence(self.config.node_leave_grace,  # graces from our eyes
+                                     self.config.node_down_grace)
         self._unsettled: set[str] = set()  # pending batch records whose outcome is unknown
         self._last_settle = float("-inf")
         self._node_states: dict[str, str] = {}  # node -> its state at the last step
@@ -218,6 +227,7 @@ class Scheduler:
                 return
             except ConsulError as err:
                 log.error("step failed, retrying at the next change: %s", err)
+                self._relist_nodes("a step failed on Consul")
                 report = StepReport(next_deadline=self.clock() + 2.0)
             except Exception:  # a bug outside any one job's handling: never end the loop for it
                 delay = backoff.next()
@@ -251,13 +261,23 @@ class Scheduler:
         watches = {
             "jobs": self.store.watch_jobs(wait=60.0, name="watch jobs"),
             "drains": self.store.watch_drains(wait=60.0, name="watch drains"),
-            "health": Watch(lambda index, wait: fetch_cluster_health(self.api, index, wait),
-                            wait=60.0, name="watch health"),
+            "health": Watch(self._fetch_health, wait=60.0, name="watch health"),
         }
         for name, watch in watches.items():
             self._watches.append(watch)
             threading.Thread(target=self._follow, args=(name, watch), daemon=True,
                              name=f"watch-{name}").start()
+
+    def _fetch_health(self, index: int, wait: str | None):
+        """The health watch's read. It also notes the nodes it sees failed: a node that fails
+        and comes back while a step is busy (a long playbook) never reads as down in any
+        snapshot, yet its units may have been fenced or lost in a reboot (_reap_leftovers)."""
+        index, health = fetch_cluster_health(self.api, index, wait)
+        failed = {n.name for n in health.nodes if node_state(n, False) == "down"}
+        if failed:
+            with self._seen_lock:
+                self._seen_down |= failed
+        return index, health
 
     def _follow(self, name: str, watch: Watch) -> None:
         """Wake the loop on every change for as long as we lead (until _stop_watches). The
@@ -281,8 +301,12 @@ class Scheduler:
 
     # ----- one reconciliation step ----------------------------------------------------------
     def step(self) -> StepReport:
+        started = self.clock()
+        loaded = load_snapshot(self.api, self.store)
         now = self.clock()
-        snap = self.presence.observe(load_snapshot(self.api, self.store), now)
+        if now - started > CONSUL_OUTAGE:
+            self._relist_nodes("Consul answered only after %.0fs" % (now - started))
+        snap = self.presence.observe(loaded, now)
         self._report_unreadable(snap)
         report = StepReport()
         records = dict(snap.records)
@@ -487,7 +511,8 @@ class Scheduler:
             node = snap.nodes.get(r.alloc.node) if r else None
             if (r is None or r.alloc.state != "pending" or r.alloc.job not in snap.jobs
                     or node is None or node.state == "down"):
-                self._unsettled.discard(key)  # settled otherwise: stopped, moved, node lost
+                if r is None or r.alloc.node not in snap.away:  # away: ask when it is back
+                    self._unsettled.discard(key)  # settled otherwise: stopped, moved, lost
                 continue
             live[(r.alloc.node, service_unit(r.alloc.job, r.alloc.slot))] = r
         if not live or now - self._last_settle < BATCH_PROBE:
@@ -542,18 +567,30 @@ class Scheduler:
                 if outcome.ok:
                     report.stopped.append(f"orphan {key}")
 
+    def _relist_nodes(self, why: str) -> None:
+        """Consul was out of reach: every node's fence may have fired meanwhile (walle-fence
+        stops a node's units when it loses Consul) without any node ever reading as down, so
+        list every ready node again at the next step (_reap_leftovers, _restart_fenced)."""
+        if self._node_states:
+            log.warning("%s: listing what every node runs at the next step", why)
+        self._node_states = {}
+
     def _reap_leftovers(self, snap: Snapshot, records: dict[str, SlotRecord],
                         report: StepReport, now: float) -> None:
         """Stop what a node that comes back still runs although its work moved on: cron
         timers, batch units and services (registered or not). Consul registrations alone
         cannot show them (cron and batch register nothing), so the node is asked (manifests
-        and walle-* units, one command for all such nodes). Only nodes back from down, and
-        at a new leader's first step every ready node, once per term: not every step."""
+        and walle-* units, one command for all such nodes), and what it should run but does
+        not is started again (_restart_fenced). Only nodes back from down (in a snapshot, or
+        seen failed by the health watch in between), and at a new leader's first step every
+        ready node, once per term: not every step."""
+        with self._seen_lock:
+            seen_down, self._seen_down = self._seen_down, set()
         for name, info in snap.nodes.items():
             was = self._node_states.get(name)
             if info.state == "down":
                 self._to_inspect.discard(name)
-            elif was is None or was == "down":
+            elif was is None or was == "down" or name in seen_down:
                 self._to_inspect.add(name)
         self._node_states = {n: info.state for n, info in snap.nodes.items()}
         due = sorted(n for n in self._to_inspect if self._inspect_after.get(n, -1.0) <= now)
@@ -566,6 +603,7 @@ class Scheduler:
                 self._inspect_after.pop(node, None)
             else:
                 self._inspect_after[node] = now + INSPECT_RETRY
+        self._restart_fenced(snap, records, listings, report)
         leftovers = self._leftovers(snap, records, listings)
         if not leftovers:
             return
@@ -580,6 +618,33 @@ class Scheduler:
             else:  # the node is asked again later
                 self._to_inspect.add(node)
                 self._inspect_after[node] = now + INSPECT_RETRY
+
+    def _restart_fenced(self, snap: Snapshot, records: dict[str, SlotRecord],
+                        listings: dict[str, NodeInstances], report: StepReport) -> None:
+        """Running service and cron instances whose node keeps their manifest but whose unit
+        is not active there (stopped, or unloaded since): a node cut off for longer than its
+        fence stopped them (roles/node walle-fence), or a node rebooted, and it came back
+        within the down grace, so they were never moved. Place them again where they are
+        (idempotent: a unit that runs keeps its process). Batch instances are left to the
+        batch probe: a stopped run is a failed run, not one to start silently again."""
+        fenced = []
+        for r in records.values():
+            spec = snap.jobs.get(r.alloc.job)
+            listing = listings.get(r.alloc.node)
+            if (spec is None or listing is None or r.alloc.state != "running"
+                    or spec.kind == "batch" or r.key in snap.blocked_slots
+                    or r.alloc.job in snap.frozen_jobs):
+                continue
+            unit = (timer_unit if spec.kind == "cron" else service_unit)(r.alloc.job,
+                                                                         r.alloc.slot)
+            if r.key in listing.manifests and listing.units.get(unit) not in ACTIVE_UNIT_STATES:
+                fenced.append(r)
+        if not fenced:
+            return
+        log.warning("starting %d instance(s) again on their own node (not active there: "
+                    "fenced while cut off, or rebooted): %s", len(fenced),
+                    ", ".join(f"{r.key}@{r.alloc.node}" for r in fenced))
+        self._place_again(snap, records, fenced, report, "")
 
     def _leftovers(self, snap: Snapshot, records: dict[str, SlotRecord],
                    listings: dict[str, NodeInstances]) -> list[tuple[str, int, str]]:
@@ -632,19 +697,27 @@ class Scheduler:
         record failed (the playbook's rescue has then removed the unit: no second copy)."""
         if not lost:
             return
-        outcomes = self._place([r.alloc for r in lost], snap)
+        outcomes = self._place_again(snap, records, lost, report,
+                                     f"lost: registered nowhere for {MISSING_GRACE:.0f}s; ")
         self.adopter.replaced([r.key for r in lost if outcomes.get(r.key, Outcome(False)).ok])
+
+    def _place_again(self, snap: Snapshot, records: dict[str, SlotRecord],
+                     again: list[SlotRecord], report: StepReport,
+                     why: str) -> dict[str, Outcome]:
+        """Place running records again where they are (idempotent); one that fails is failed
+        with `why` + the error."""
+        outcomes = self._place([r.alloc for r in again], snap)
         now = self.clock()
         failed: dict[str, SlotRecord] = {}
-        for r in lost:
+        for r in again:
             outcome = outcomes.get(r.key, Outcome(False, "no result"))
             if outcome.ok:
                 report.placed.append(f"{r.key}@{r.alloc.node}")
                 continue
-            reason = f"lost: registered nowhere for {MISSING_GRACE:.0f}s; {outcome.error}"
-            failed[r.key] = records[r.key] = r.failed(reason, now)
-            report.failed[r.key] = reason
+            failed[r.key] = records[r.key] = r.failed(why + outcome.error, now)
+            report.failed[r.key] = why + outcome.error
         self._write(failed, records=records)
+        return outcomes
 
     # ----- planning -----------------------------------------------------------------------
     def _plan(self, snap: Snapshot, records: dict[str, SlotRecord], now: float) -> Plan:
