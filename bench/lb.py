@@ -200,6 +200,9 @@ class Bench:
         figures = self.record(
             f"kill {trial}", t_kill, victim=victim, spare=spare,
             kill_to_marked_down_s=round(t_down - t_kill, 2),
+            longest_gap_after_down_s=summary(self.stream.snapshot(since=t_down))[
+                "longest_gap_s"],
+            failed_after_down=summary(self.stream.snapshot(since=t_down))["failed"],
             kill_to_moved_running_s=round(t_moved - t_kill, 2),
             moved_running_to_first_answer_s=round(moved_answer, 2),
             sessions_to_dead_after_down=sent_after_down,
@@ -233,7 +236,8 @@ def report(result: dict) -> None:
     print(f"{'phase':<12} {'sent':>6} {'failed':>7} {'longest gap s':>14}  notes")
     for name, p in result["phases"].items():
         notes = ", ".join(f"{k} {v}" for k, v in p.items() if k.endswith("_s") and
-                          k not in ("longest_gap_s", "slowest_s") or k.startswith("sessions"))
+                          k not in ("longest_gap_s", "slowest_s")
+                          or k.startswith(("sessions", "failed_after")))
         print(f"{name:<12} {p['sent']:>6} {p['failed']:>7} {p['longest_gap_s']:>14.2f}  {notes}")
     whole = result.get("whole_run")
     if whole:
