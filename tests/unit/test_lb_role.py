@@ -84,7 +84,9 @@ def test_a_frontend_per_service_that_asks_for_one():
         in text
     assert ("server-template web 16 _web._tcp.service.consul resolvers consul "
             "resolve-prefer ipv4 init-addr none check") in text
-    assert "backend walle-api\n    mode tcp" in text
+    assert "backend walle-api\n    mode tcp\n    balance roundrobin\n    server-template" in text
+    assert "backend walle-web\n    mode http\n    balance roundrobin\n    retry-on conn-failure " \
+        "empty-response\n    http-request disable-l7-retry if !METH_GET\n" in text
     assert "plain" not in text
 
 
@@ -129,6 +131,7 @@ def test_every_rendered_line_is_one_of_the_directives_it_writes():
         r"frontend walle-[a-z0-9-]+-\d+|backend walle-[a-z0-9-]+|"
         r"    mode (http|tcp)|    bind \*:\d+|    default_backend walle-[a-z0-9-]+|"
         r"    balance roundrobin|"
+        r"    retry-on conn-failure empty-response|    http-request disable-l7-retry if !METH_GET|"
         r"    server-template [a-z0-9-]+ \d+ _[a-z0-9-]+\._tcp\.service\.consul resolvers "
         r"consul resolve-prefer ipv4 init-addr none check|)")
     assert all(allowed.fullmatch(line) for line in text.splitlines()), text

@@ -36,6 +36,10 @@ JOBS_PREFIX = "walle/jobs/"
 # are a subset, so every valid job passes; anything with spaces, quotes, '#' or a newline fails.
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 MODES = ("http", "tcp")
+# http backends also retry a request whose server closed without answering (a node dying under
+# it), on another server; only GET and HEAD, which a second try cannot do twice
+HTTP_RETRIES = ("    retry-on conn-failure empty-response",
+                "    http-request disable-l7-retry if !METH_GET")
 HEADER = "# Rendered by walle-lb-sync from Consul KV walle/jobs: do not edit, it is replaced.\n"
 
 
@@ -144,6 +148,7 @@ def render(frontends: list[Frontend], settings: Settings) -> str:
         lines += [f"backend walle-{name}",
                   f"    mode {f.mode}",
                   "    balance roundrobin",
+                  *(HTTP_RETRIES if f.mode == "http" else ()),
                   # the instances: SRV answers of Consul DNS (passing ones only), re-resolved
                   # by HAProxy itself; `check` marks a dead one down before DNS drops it
                   f"    server-template {name} {slots} _{name}._tcp.{settings.domain} "
