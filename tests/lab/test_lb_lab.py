@@ -33,6 +33,7 @@ def test_traffic_follows_the_work(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
     result = json.loads(out.read_text())
     phases = result["phases"]
+    assert result["lb_host_changed_on_second_run"] == 0  # the lb role is idempotent
 
     steady = phases["steady"]
     assert steady["failed"] == 0 and sorted(steady["answers"]) == steady["running"]
