@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(systemd-container debootstrap serf qemu-system-x86 dnsutils iproute2 openssh-client
-          e2fsprogs qemu-utils python3-venv prometheus chromium)
+          e2fsprogs qemu-utils python3-venv prometheus chromium haproxy)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -245,3 +245,20 @@ def test_a_non_utf8_file_is_a_spec_error(tmp_path):
     with pytest.raises(SpecError) as caught:
         load_spec_file(path)
     assert "not UTF-8" in caught.value.problems[0].message
+
+
+def test_a_service_asks_for_a_load_balancer_frontend():
+    plain = minimal(kind="service", service={"port": 8080}, retries=None)
+    behind = minimal(kind="service", service={"port": 8080, "lb": {"port": 80}}, retries=None)
+    spec, balanced = parse_spec(plain), parse_spec(behind)
+    assert spec.service.lb is None
+    assert (balanced.service.lb.port, balanced.service.lb.mode) == (80, "http")
+    tcp = parse_spec(minimal(kind="service", service={"port": 5432, "lb": {"port": 5432,
+                                                                           "mode": "tcp"}}))
+    assert tcp.service.lb.mode == "tcp"
+    assert parse_spec(json.loads(json.dumps(spec_to_data(balanced)))) == balanced
+    # the balancer is not the instance's: adding one changes the version, never the runtime
+    # (no restart), and a spec without one keeps the digests it had before the field existed
+    assert balanced.digest() != spec.digest()
+    assert balanced.runtime_digest() == spec.runtime_digest()
+    assert "lb" not in spec.to_dict()["service"]

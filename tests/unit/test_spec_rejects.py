@@ -191,6 +191,15 @@ BAD = [
     ({"service.name": "Web_1"}, "service.name", "not a valid service name"),
     ({"service.tags": ["a b"]}, "service.tags[0]", "not a valid tag"),
     ({"service.tags": ["v1", "a.b"]}, "service.tags[1]", "not a valid tag"),
+    # load balancing (roles/lb)
+    ({"service.lb": {"port": 0}}, "service.lb.port", "from 1 to 65535"),
+    ({"service.lb": {}}, "service.lb.port", "required"),
+    ({"service.lb": 80}, "service.lb", "expected a mapping"),
+    ({"service.lb": {"port": 80, "mode": "udp"}}, "service.lb.mode", "one of http, tcp"),
+    ({"service.lb": {"port": 80, "bind": "0.0.0.0"}}, "service.lb.bind", "unknown key"),
+    ({"service.lb": {"port": "80\n  bind :1"}}, "service.lb.port", "whole number"),
+    ({"service.lb": {"port": 80}, "service.port": DELETE, "health.port": 8080},
+     "service.port", "required when service.lb is set"),
     # schedule and update
     ({"kind": "cron", "stop.pre_stop": DELETE}, "schedule", "required for cron jobs"),
     ({"schedule": "daily"}, "schedule", "only cron jobs have a schedule"),

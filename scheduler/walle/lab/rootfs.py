@@ -25,6 +25,8 @@ NODE_PACKAGES: tuple[str, ...] = (
     "ca-certificates", "libpam-systemd",
     # roles/exporter and roles/monitoring (lab nodes have no route to a mirror)
     "python3-prometheus-client", "prometheus-node-exporter", "prometheus",
+    # roles/lb (HAProxy on the nodes of the `lb` group)
+    "haproxy",
 )
 
 
@@ -87,8 +89,10 @@ def _prepare(root: Path) -> None:
     if not link.exists():
         link.symlink_to(f"/etc/systemd/system/{keygen.name}")
     # serf is started by the consul role with the node's own config, and Prometheus and its
-    # node exporter by roles/monitoring and roles/exporter, not by their packages
-    for unit in ("serf.service", "prometheus.service", "prometheus-node-exporter.service"):
+    # node exporter by roles/monitoring and roles/exporter, HAProxy by roles/lb, not by their
+    # packages
+    for unit in ("serf.service", "prometheus.service", "prometheus-node-exporter.service",
+                 "haproxy.service"):
         (wants / unit).unlink(missing_ok=True)
 
 

@@ -1,6 +1,7 @@
 """Job specs: the validated, immutable description of what an operator wants run."""
 
 from walle.spec.model import (
+    Balancer,
     Constraint,
     Discovery,
     HealthCheck,
@@ -22,6 +23,7 @@ from walle.spec.parse import (
 )
 
 __all__ = [
+    "Balancer",
     "Constraint",
     "Discovery",
     "HealthCheck",

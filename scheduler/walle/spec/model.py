@@ -16,6 +16,7 @@ RuntimeKind = Literal["exec", "nspawn"]
 CheckType = Literal["http", "tcp", "ttl"]
 RestartPolicy = Literal["always", "on-failure", "no"]
 Strategy = Literal["spread", "binpack"]
+BalancerMode = Literal["http", "tcp"]
 ConstraintOp = Literal["eq", "ne", "in", "not_in", "regex", "distinct_hosts", "max_per"]
 
 
@@ -91,10 +92,20 @@ class StopPolicy:
 
 
 @dataclass(frozen=True)
+class Balancer:
+    """A frontend on the hosts of the `lb` group (roles/lb) whose backends are the service's
+    passing instances, found through Consul DNS SRV."""
+
+    port: int  # the port clients connect to on the load balancer
+    mode: BalancerMode = "http"
+
+
+@dataclass(frozen=True)
 class Discovery:
     name: str  # Consul service name (DNS label)
     port: int | None = None
     tags: tuple[str, ...] = ()
+    lb: Balancer | None = None  # traffic through HAProxy; needs `port`
 
 
 @dataclass(frozen=True)
@@ -125,7 +136,10 @@ class JobSpec:
     secrets: tuple[Secret, ...] = ()
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if data["service"] and data["service"]["lb"] is None:
+            del data["service"]["lb"]  # specs without a balancer keep the digests they had
+        return data
 
     def digest(self) -> str:
         """Stable hash of the whole spec (the job's version)."""
@@ -135,6 +149,8 @@ class JobSpec:
         """Hash of what needs a restart to change: a different value means replace, not update
         in place (resources alone can change live)."""
         d = self.to_dict()
+        if d["service"]:
+            d["service"].pop("lb", None)  # the balancer is not the instance's: no restart
         return _digest({k: d[k] for k in ("runtime", "kind", "schedule", "stop", "health",
                                            "service", "restart", "secrets")})
 

@@ -20,6 +20,7 @@ import yaml
 
 from walle.spec.grammar import grammar
 from walle.spec.model import (
+    Balancer,
     Constraint,
     Discovery,
     HealthCheck,
@@ -41,6 +42,7 @@ RUNTIME_KINDS = ("exec", "nspawn")
 CHECK_TYPES = ("http", "tcp", "ttl")
 RESTART_POLICIES = ("always", "on-failure", "no")
 STRATEGIES = ("spread", "binpack")
+BALANCER_MODES = ("http", "tcp")
 OPERATORS = ("eq", "ne", "in", "not_in", "regex", "distinct_hosts", "max_per")
 
 DNS_LABEL = re.compile(r"[a-z][a-z0-9-]*")
@@ -156,7 +158,8 @@ def spec_to_data(spec: JobSpec) -> dict:
         "stop": {"signal": spec.stop.signal, "timeout": spec.stop.timeout,
                  "pre_stop": list(spec.stop.pre_stop)},
         "service": _drop_none({"name": spec.service.name, "port": spec.service.port,
-                               "tags": list(spec.service.tags)}) if spec.service else None,
+                               "tags": list(spec.service.tags),
+                               "lb": _balancer_data(spec.service.lb)}) if spec.service else None,
         "retries": spec.retries if spec.kind != "service" else None,
         "update": {"max_parallel": spec.update.max_parallel,
                    "health_timeout": spec.update.health_timeout,
@@ -197,6 +200,10 @@ def _health_data(h: HealthCheck) -> dict:
     only = {"path": h.path, "port": h.port, "ttl": h.ttl}
     data.update({k: v for k, v in only.items() if h.type in HEALTH_ONLY[k]})
     return _drop_none(data)
+
+
+def _balancer_data(lb: Balancer | None) -> dict | None:
+    return {"port": lb.port, "mode": lb.mode} if lb else None
 
 
 def _drop_none(data: dict) -> dict:
@@ -684,18 +691,35 @@ def _argv(r: _Report, value: object, path: str) -> tuple[str, ...] | None:
 
 def _service(job_name: str | None) -> Callable:
     def parse(r: _Report, value: object, path: str) -> Discovery | None:
-        f = _fields(r, value, path, ("name", "port", "tags"))
+        f = _fields(r, value, path, ("name", "port", "tags", "lb"))
         if f is None:
             return None
         name = _optional(r, f, "name", _service_name, path) or job_name
         port = _optional(r, f, "port", _integer(1, 65535), path)
         tags = _optional(r, f, "tags", _list_of(_tag), path)
-        if name is None or any(x is None for x, k in ((port, "port"), (tags, "tags"))
+        lb = _optional(r, f, "lb", _balancer, path)
+        if "lb" in f and "port" not in f:
+            r.add(_at(path, "port"), "required when service.lb is set: the port HAProxy sends "
+                                     "traffic to on each instance")
+            return None
+        if name is None or any(x is None for x, k in ((port, "port"), (tags, "tags"), (lb, "lb"))
                                if k in f):
             return None
-        return Discovery(name=name, port=port, tags=tags or ())
+        return Discovery(name=name, port=port, tags=tags or (), lb=lb)
 
     return parse
+
+
+def _balancer(r: _Report, value: object, path: str) -> Balancer | None:
+    f = _fields(r, value, path, ("port", "mode"))
+    if f is None:
+        return None
+    port = _required(r, f, "port", _integer(1, 65535), "the port clients connect to on the "
+                     "load balancer, such as 80", path)
+    mode = _optional(r, f, "mode", _choice(BALANCER_MODES), path)
+    if port is None or ("mode" in f and mode is None):
+        return None
+    return Balancer(port=port, mode=mode or "http")
 
 
 def _service_name(r: _Report, value: object, path: str) -> str | None:

@@ -1,0 +1,52 @@
+"""Traffic follows the work: HAProxy (roles/lb on node5) in front of a service that asks for
+`service.lb`, a steady client stream through it while the pool changes under it.
+
+The scenario is bench/lb.py's (one place; it prints the figures): 5 nodes, node5 the lb host,
+node1-4 the service's (static port: one instance per node). One 20 requests/s stream for the
+whole run; 2 instances, scale to 3, hard-kill a node running an instance (the scheduler moves it
+to the spare node), scale back to 2. Here the behaviour is asserted, not timings: traffic reaches
+every live instance and only those, nothing goes to a dead server once HAProxy marked it down,
+scaling up fails no request, a kill fails few.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from walle.adapters.runner import REPO_ROOT
+
+pytestmark = pytest.mark.lab
+
+
+def test_traffic_follows_the_work(tmp_path):
+    out = tmp_path / "lb.json"
+    argv = [sys.executable, str(REPO_ROOT / "bench" / "lb.py"), "--lab", f"l{os.getpid()}",
+            "--trials", "1", "--rate", "20", "--max-seconds", "600", "--json", str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=1200, check=False,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "scheduler")})
+    print(proc.stdout)  # the figures: failed requests and longest gap of each phase
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    phases = result["phases"]
+    assert result["lb_host_changed_on_second_run"] == 0  # the lb role is idempotent
+
+    steady = phases["steady"]
+    assert steady["failed"] == 0 and sorted(steady["answers"]) == steady["running"]
+
+    up = phases["scale-up"]  # the new instance took traffic, nothing failed
+    assert up["failed"] == 0, up
+    assert up["new_node"] in up["answers"]
+
+    (kill,) = result["kills"]
+    assert kill["sessions_to_dead_after_down"] == 0, kill  # HAProxy's own count
+    assert kill["answered_by_dead_after_down"] == 0, kill
+    assert kill["answering_after"] == kill["live"], kill  # every live instance, only those
+    assert kill["spare"] in kill["live"] and kill["victim"] not in kill["live"]
+    assert kill["failed_after"] == 0, kill
+    assert kill["failed"] <= 0.05 * kill["sent"], kill  # a hard kill costs few requests
+    assert phases["scale-down"]["sent"] > 0
