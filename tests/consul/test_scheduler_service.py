@@ -592,6 +592,37 @@ def test_a_new_leader_records_batch_work_that_ran_instead_of_running_it_again(cl
     assert [k for k, _ in ex.placed].count("etl-0") == 0
 
 
+def test_a_pending_batch_a_new_leader_meets_on_a_node_that_is_down_is_settled_not_done(
+        cluster):
+    """Chaos, 2026-12-02 (chaos-b2-0/1: recorded stopped, never ran): the leader placed a
+    batch (pending) and died before its playbook started the unit; the next leader's first
+    step saw the node down (the stand-in had just restarted), so the record was not among the
+    pending batch work to settle. When the node was back, the record was promoted to running
+    like a placement of this leader, and the 5 s probe read the never-started unit as done."""
+    clock = Clock()
+    s1, ex = make_scheduler(cluster, clock, "s1")
+    StateStore(cluster).put_job(etl_spec(), 0)
+    s1.step()
+    assert records(cluster)["etl-0"].state == "pending"
+    s1.lock.step_down()
+    node = records(cluster)["etl-0"].node
+    ex.on_node[node].pop("etl-0")  # its playbook never got to start it
+    never = {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0",
+             "InactiveExitTimestampMonotonic": "0"}
+    ex.units["walle-etl-0.service"] = never
+    register_node(cluster, node, "10.77.250.99", status="critical")  # down at the takeover
+    ex.placed.clear()
+    s2, _ = make_scheduler(cluster, clock, "s2", executor=ex)
+    s2.step()
+    register_node(cluster, node, "10.77.250.99", status="passing")  # back within the grace
+    for _ in range(3):
+        clock.now += 6
+        report = s2.step()
+        assert "etl-0" not in report.finished
+    assert records(cluster)["etl-0"].state in ("pending", "running")
+    assert ("etl-0", node) in ex.placed  # settled: it never started, so it was placed
+
+
 def test_a_pending_batch_on_a_node_that_does_not_answer_is_not_started_again(cluster):
     clock = Clock()
     s1, ex = make_scheduler(cluster, clock, "s1")

@@ -43,6 +43,14 @@ def test_batch_progress_tells_an_unloaded_finished_unit_from_one_never_started()
     assert state == "failed" and "exit-code" in reason and "3" in reason
 
 
+def test_a_batch_unit_with_no_unit_file_never_ran_whatever_else_is_assumed():
+    """systemctl show of a unit whose file is not on the node reads inactive, success, status
+    0: with `ran` assumed it once read as done (chaos-b2, 2026-12-02)."""
+    missing = {"LoadState": "not-found", "ActiveState": "inactive", "Result": "success",
+               "ExecMainStatus": "0", "InactiveExitTimestampMonotonic": "0"}
+    assert batch_progress(missing, ran=True) == ("absent", "")
+
+
 def test_a_batch_run_that_remains_after_exit_reads_done_even_without_a_manifest():
     """Chaos: the leader was killed inside place.yml after the unit started and before the
     manifest was written; the run finished. RemainAfterExit keeps it active (exited), so the

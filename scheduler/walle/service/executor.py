@@ -166,8 +166,8 @@ class Executor:
         return self._run("grants.yml", batch)
 
     def probe_units(self, units: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict]:
-        """systemd's view of units: {(node, unit): {ActiveState, Result, ExecMainStatus,
-        InactiveExitTimestampMonotonic (0: not started since loaded)}}, one
+        """systemd's view of units: {(node, unit): {LoadState, ActiveState, Result,
+        ExecMainStatus, InactiveExitTimestampMonotonic (0: not started since loaded)}}, one
         ad-hoc command per node. Nodes that do not answer are left out."""
         by_node: dict[str, list[str]] = {}
         for node, unit in units:
@@ -175,7 +175,7 @@ class Executor:
         out: dict[tuple[str, str], dict] = {}
         for node, names in sorted(by_node.items()):
             argv = ["systemctl", "show", *names, "-p",
-                    "Id,ActiveState,SubState,Result,ExecMainStatus,"
+                    "Id,LoadState,ActiveState,SubState,Result,ExecMainStatus,"
                     "InactiveExitTimestampMonotonic"]
             result = run_command(self.inventory, [node], argv, timeout=30).get(node)
             if result is None or result.rc != 0:

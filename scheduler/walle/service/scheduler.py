@@ -61,6 +61,7 @@ from walle.service.policy import PrivilegePolicy
 from walle.service.presence import DEFAULT_DOWN_GRACE, DEFAULT_LEAVE_GRACE, NodePresence
 from walle.service.records import (
     SlotRecord,
+    attempt_of,
     evicted_by,
     placed_because,
     refusals,
@@ -202,6 +203,9 @@ class Scheduler:
         self.presence = NodePresence(self.config.node_leave_grace,  # graces from our eyes
                                      self.config.node_down_grace)
         self._unsettled: set[str] = set()  # pending batch records whose outcome is unknown
+        # (instance key, attempt) this leader's playbooks started: only those pending batch
+        # records become running at once; any other is settled from its node first
+        self._started: set[tuple[str, str]] = set()
         self._last_settle = float("-inf")
         self._node_states: dict[str, str] = {}  # node -> its state at the last step
         self._to_inspect: set[str] = set()  # nodes back (or new to this term): list them
@@ -381,6 +385,12 @@ class Scheduler:
                 continue
             if key in self._unsettled:  # not known to have started: no health to read yet
                 continue
+            if (spec.kind == "batch" and record.alloc.state == "pending"
+                    and (key, attempt_of(record.alloc)) not in self._started):
+                # placed by an earlier leader (or one we could not see at our first step, its
+                # node being down then): it may never have started, or finished already
+                self._unsettled.add(key)
+                continue
             if record.alloc.node in snap.away:  # its node left the catalog: held as it is
                 continue
             with self._slot_guard(key, "health", record, changed, records, report, now):
@@ -473,8 +483,10 @@ class Scheduler:
         changed: dict[str, SlotRecord] = {}
         for where, props in probes.items():
             # placed by this leader: its playbook started the unit (ran = True)
-            self._record_progress(units[where], batch_progress(props, ran=True), changed,
-                                  records, report, now)
+            progress = batch_progress(props, ran=True)
+            if progress[0] == "absent":  # its unit file is gone: it cannot finish
+                progress = ("failed", "its unit is not on the node (removed?)")
+            self._record_progress(units[where], progress, changed, records, report, now)
         self._write(changed, records=records)
 
     def _record_progress(self, record: SlotRecord, progress: tuple[str, str],
@@ -873,9 +885,14 @@ class Scheduler:
 
     # ----- one job's trouble stays its own -------------------------------------------------
     def _place(self, allocs: list[Allocation], snap: Snapshot) -> dict[str, Outcome]:
-        return self._per_job("place", lambda items: self.executor.place(items, snap.addresses),
-                             [(a, snap.jobs[a.job]) for a in allocs], lambda item: item[0].job,
-                             _failed_outcomes(lambda item: item[0].key))
+        outcomes = self._per_job("place",
+                                 lambda items: self.executor.place(items, snap.addresses),
+                                 [(a, snap.jobs[a.job]) for a in allocs],
+                                 lambda item: item[0].job,
+                                 _failed_outcomes(lambda item: item[0].key))
+        self._started.update((a.key, attempt_of(a)) for a in allocs
+                             if (outcome := outcomes.get(a.key)) is not None and outcome.ok)
+        return outcomes
 
     def _stop(self, allocs: list[Allocation]) -> dict[str, Outcome]:
         return self._per_job("stop", self.executor.stop, allocs, lambda a: a.job,
@@ -1012,6 +1029,8 @@ def batch_progress(props: dict[str, str], ran: bool) -> tuple[str, str]:
     closes the window in which a leader killed inside place.yml, before the manifest was
     written, left no trace of a run that then finished."""
     state = props.get("ActiveState")
+    if props.get("LoadState") == "not-found":
+        return "absent", ""  # no unit file on the node: never placed there (or removed)
     if state == "active" and props.get("SubState") == "exited":
         if props.get("Result") == "success" and props.get("ExecMainStatus") == "0":
             return "done", ""
