@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-MODULES = ("walle_slice", "walle_workload", "walle_facts")
+MODULES = ("walle_slice", "walle_workload", "walle_facts", "walle_image")
 
 
 def module_source(name: str) -> dict:

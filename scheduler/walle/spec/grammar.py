@@ -16,23 +16,25 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-GRAMMAR_FILE = (Path(__file__).resolve().parents[3] / "plugins" / "module_utils"
-                / "walle_grammar.py")
-_MODULE_NAME = "walle._node_grammar"
+MODULE_UTILS = Path(__file__).resolve().parents[3] / "plugins" / "module_utils"
+GRAMMAR_FILE = MODULE_UTILS / "walle_grammar.py"
 
 
-def _load() -> ModuleType:
-    loaded = sys.modules.get(_MODULE_NAME)
+def load_module_utils(stem: str) -> ModuleType:
+    """A stdlib-only file of plugins/module_utils (walle_grammar, walle_image), loaded once."""
+    name = f"walle._node_{stem.removeprefix('walle_')}"
+    loaded = sys.modules.get(name)
     if loaded is not None:
         return loaded
-    spec = importlib.util.spec_from_file_location(_MODULE_NAME, GRAMMAR_FILE)
+    path = MODULE_UTILS / f"{stem}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load the node grammar from {GRAMMAR_FILE}: walle must run "
-                          "from its source tree (pip install --editable)")
+        raise ImportError(f"cannot load {path}: walle must run from its source tree "
+                          "(pip install --editable)")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[_MODULE_NAME] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-grammar = _load()
+grammar = load_module_utils("walle_grammar")
