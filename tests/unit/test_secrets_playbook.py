@@ -57,7 +57,7 @@ def kept_private_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(runner.EventCollector, "handle", record)
     library = tmp_path / "library"
     library.mkdir()
-    for name in ("walle_slice", "walle_workload"):
+    for name in ("walle_slice", "walle_workload", "walle_image"):  # every module place.yml names
         (library / f"{name}.py").write_text(ECHO_MODULE)
     env = runner.ansible_env()
     monkeypatch.setattr(runner, "ansible_env", lambda: {**env, "ANSIBLE_LIBRARY": str(library)})
