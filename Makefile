@@ -16,7 +16,7 @@ setup:            ## Debian packages, .venv, cached lab rootfs (run as root on D
 demo: $(SETUP_STAMP)   ## the main job: a lab of nspawn nodes running the example service
 	.venv/bin/walle demo
 
-test: $(SETUP_STAMP)   ## every tier: unit, consul, lab (nspawn), vm (qemu)
+test: $(SETUP_STAMP)   ## every tier: unit, consul, lab (nspawn), vm (qemu), browser (chromium)
 	.venv/bin/pytest
 
 test-fast: $(SETUP_STAMP)   ## the pure tests only (seconds)
@@ -24,6 +24,7 @@ test-fast: $(SETUP_STAMP)   ## the pure tests only (seconds)
 
 lint: $(SETUP_STAMP)
 	.venv/bin/ruff check scheduler plugins tests bench inventory
+	.venv/bin/ansible-lint
 
 bench: $(SETUP_STAMP)
 	.venv/bin/python bench/placement.py

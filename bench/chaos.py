@@ -61,7 +61,14 @@ from walle.adapters.runner import REPO_ROOT, ansible_env
 from walle.cli.demo import provision, start_schedulers
 from walle.lab import faults
 from walle.lab.nodes import Lab, LabError
-from walle.naming import parse_instance_id, service_unit, unit_stem
+from walle.naming import (
+    instance_id,
+    parse_alloc_key,
+    parse_instance_id,
+    parse_unit,
+    service_unit,
+    unit_stem,
+)
 from walle.spec import parse_spec
 
 KINDS = ("node-kill", "leader-kill", "schedulers-kill", "standin-kill", "partition",
@@ -140,16 +147,11 @@ def parse_units(listing: str, cron_jobs: set[str]) -> set[tuple[str, int]]:
     out = set()
     for line in listing.splitlines():
         parts = line.split()
-        if len(parts) < 3 or not parts[0].startswith("walle-"):
+        parsed = parse_unit(parts[0]) if len(parts) >= 3 else None
+        if parsed is None or parts[2] not in RUNNING_STATES:
             continue
-        unit, active = parts[0], parts[2]
-        stem, _, suffix = unit.removeprefix("walle-").rpartition(".")
-        parsed = parse_instance_id(stem)
-        if parsed is None or active not in RUNNING_STATES:
-            continue
-        job = parsed[0].replace("_", "-")  # walle.naming.unit_stem, inverted
-        if suffix == "service" or (suffix == "timer" and job in cron_jobs):
-            out.add((job, parsed[1]))
+        if parts[0].endswith(".service") or parsed[0] in cron_jobs:  # a cron slot's timer
+            out.add(parsed)
     return out
 
 
@@ -177,14 +179,13 @@ def parse_checks(checks: list[dict]) -> tuple[dict[str, set[str]], dict[str, str
 def parse_records(entries: list[dict]) -> dict[tuple[str, int], Record]:
     out = {}
     for entry in entries or []:
-        parts = entry["Key"].split("/")
-        if len(parts) != 4 or not parts[3].isdigit():
+        slot = parse_alloc_key(entry["Key"])
+        if slot is None:
             continue
         with contextlib.suppress(ValueError, TypeError):
             body = json.loads(base64.b64decode(entry.get("Value") or b"e30="))
             prev = body.get("previous") or {}
-            out[(parts[2], int(parts[3]))] = Record(body.get("node"), body.get("state"),
-                                                    prev.get("node"))
+            out[slot] = Record(body.get("node"), body.get("state"), prev.get("node"))
     return out
 
 
@@ -433,9 +434,9 @@ class Chaos:
                                                             if r.previous else ""))
                 elif where != {r.node}:
                     gaps.append(f"{j}-{slot}: record on {r.node}, active on {sorted(where)}")
-                elif job == SERVICE and s.passing.get(f"{j}-{slot}") != {r.node}:
-                    gaps.append(f"{j}-{slot}: passing on {sorted(s.passing.get(f'{j}-{slot}', ()))}"
-                                f", record on {r.node}")
+                elif job == SERVICE and s.passing.get(instance_id(j, slot)) != {r.node}:
+                    passing = sorted(s.passing.get(instance_id(j, slot), ()))
+                    gaps.append(f"{j}-{slot}: passing on {passing}, record on {r.node}")
         for (job, slot), where in s.running.items():
             if job in batch and len(where) > 1:
                 gaps.append(f"{job}-{slot}: active on {sorted(where)}")
@@ -465,7 +466,9 @@ class Chaos:
             return False
         for slot in range(self.service_count):
             r = s.records.get((SERVICE, slot))
-            if r is None or r.node == victim or s.passing.get(f"{SERVICE}-{slot}") != {r.node}:
+            if r is None or r.node == victim:
+                return False
+            if s.passing.get(instance_id(SERVICE, slot)) != {r.node}:
                 return False
         return True
 

@@ -44,10 +44,11 @@ import requests
 import yaml
 
 from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
-from walle.adapters.runner import REPO_ROOT
-from walle.cli.demo import provision, submit
+from walle.adapters.runner import REPO_ROOT, ansible_env
+from walle.cli.demo import provision
 from walle.lab.nodes import Lab
-from walle.naming import service_unit
+from walle.naming import instance_id, job_allocs_prefix, parse_alloc_key, service_unit
+from walle.service.jobs import submit
 from walle.spec import parse_spec
 
 POLL = 0.05
@@ -119,9 +120,11 @@ class Probe:
     def records(self, job: str) -> dict[int, tuple[str, str]]:
         """slot -> (node, state) from walle/allocs/<job>/<slot>."""
         out = {}
-        for entry in self.get(f"/v1/kv/walle/allocs/{job}/", recurse="true") or []:
-            body = json.loads(base64.b64decode(entry["Value"] or b"e30="))
-            out[int(entry["Key"].rsplit("/", 1)[1])] = (body.get("node"), body.get("state"))
+        for entry in self.get(f"/v1/kv/{job_allocs_prefix(job)}", recurse="true") or []:
+            parsed = parse_alloc_key(entry["Key"])
+            if parsed is not None:
+                body = json.loads(base64.b64decode(entry["Value"] or b"e30="))
+                out[parsed[1]] = (body.get("node"), body.get("state"))
         return out
 
     def instances(self, service: str, passing: bool) -> set[tuple[str, str]]:
@@ -165,7 +168,7 @@ def converged(probe: Probe, job: str, count: int) -> bool:
     records = probe.records(job)
     if len(records) != count or any(state != "running" for _, state in records.values()):
         return False
-    expected = {(node, f"{job}-{slot}") for slot, (node, _) in records.items()}
+    expected = {(node, instance_id(job, slot)) for slot, (node, _) in records.items()}
     if probe.instances(job, passing=True) != expected:
         return False
     return set(probe.dns_nodes(job)) == {node for node, _ in records.values()}
@@ -234,9 +237,9 @@ def step(probe: Probe, trial: FailoverTrial, count: int, leader_sid: str | None)
     registered = probe.instances(JOB, passing=False)
     passing = probe.instances(JOB, passing=True)
     for slot, node in moved.items():
-        if (node, f"{JOB}-{slot}") in registered:
+        if (node, instance_id(JOB, slot)) in registered:
             trial.registered.setdefault(slot, now)
-        if (node, f"{JOB}-{slot}") in passing:
+        if (node, instance_id(JOB, slot)) in passing:
             trial.passing.setdefault(slot, now)
     if len(trial.passing) == len(trial.lost) and trial.dns is None:
         answer = probe.dns_nodes(JOB)
@@ -282,7 +285,7 @@ class Bench:
     # schedulers ------------------------------------------------------------------------
     def start_scheduler(self, key: str, session_node: str | None) -> None:
         argv = [str(self.python_bin / "walle"), "scheduler", "run",
-                "--consul-addr", self.addr, "--inventory", str(self.lab.inventory_path),
+                "--consul-addr", self.addr, "--inventory", str(self.lab.pool_inventory_path),
                 "--node-consul-addr", self.addr, "--name", f"{self.lab.name}-{key}",
                 "--lock-delay", str(self.args.lock_delay)]
         if session_node:
@@ -404,13 +407,13 @@ class Bench:
         subprocess.run([str(self.python_bin / "ansible-playbook"), "-i",
                         str(self.lab.inventory_path), "--limit", node,
                         str(REPO_ROOT / "site.yml")], cwd=REPO_ROOT, capture_output=True,
-                       timeout=600, env={**os.environ, "WALLE_LAB": self.lab.name})
+                       timeout=600, env={**os.environ, **ansible_env(), "WALLE_LAB": self.lab.name})
 
     def watch_orphans(self, trial: FailoverTrial, timeout: float = 30.0) -> str:
         """The returned node may bring back the lost instances' old registrations (and units):
         time how long until the scheduler's orphan reaper clears them; clear them ourselves
         after `timeout` so the next trial starts clean."""
-        old = {f"{JOB}-{slot}" for slot in trial.lost}
+        old = {instance_id(JOB, slot) for slot in trial.lost}
 
         def stale() -> set[str]:
             return {sid for node, sid in self.probe.instances(JOB, passing=False)
@@ -440,9 +443,9 @@ class Bench:
             unit = service_unit(JOB, slot)
             state = self.ssh(trial.victim, f"systemctl is-active {unit}").strip()
             regs = {n for n, sid in self.probe.instances(JOB, passing=False)
-                    if sid == f"{JOB}-{slot}"}
+                    if sid == instance_id(JOB, slot)}
             passing = {n for n, sid in self.probe.instances(JOB, passing=True)
-                       if sid == f"{JOB}-{slot}"}
+                       if sid == instance_id(JOB, slot)}
             if state == "active" or trial.victim in regs:
                 found.append(f"{JOB}-{slot}: unit {state or '?'}, registered on "
                              f"{','.join(sorted(regs))}, passing on "
@@ -452,7 +455,7 @@ class Bench:
     def remove_orphans(self, trial: FailoverTrial) -> None:
         """Keep trials independent: stop the old units and drop their registrations."""
         for slot in trial.lost:
-            sid = f"{JOB}-{slot}"
+            sid = instance_id(JOB, slot)
             self.ssh(trial.victim, f"systemctl stop {service_unit(JOB, slot)}; "
                      f"python3 -c \"import urllib.request as u; u.urlopen(u.Request("
                      f"'{self.addr}/v1/agent/service/deregister/{sid}', method='PUT'))\"")

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(systemd-container debootstrap serf qemu-system-x86 dnsutils iproute2 openssh-client
-          e2fsprogs qemu-utils python3-venv prometheus)
+          e2fsprogs qemu-utils python3-venv prometheus chromium)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -24,6 +24,8 @@ fi
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e '.[test]'
 
+# ansible.cfg finds the walle.pool collection (this repository) through this link
+.venv/bin/python -m walle.collection >/dev/null
 echo "setup: preparing the lab rootfs (cached in /var/cache/walle)" >&2
 .venv/bin/python -m walle.lab.rootfs >/dev/null
 echo "setup: done" >&2

@@ -3,9 +3,9 @@
 """What a node accepts: the one grammar of the values a job sends to a node.
 
 Shared by the job-spec parser on the scheduler (`walle.spec.parse`, which loads this very file
-through `walle.spec.grammar`) and the unit renderer on the nodes (`walle_units`, imported as
-`ansible.module_utils.walle_grammar`). So `walle validate` accepts exactly what the modules
-render and systemd loads: sizes, durations, CPU counts, signals, paths, program paths, text.
+through `walle.spec.grammar`) and the unit renderer on the nodes (`walle_units`, which imports
+it from the walle.pool collection's module_utils). So `walle validate` accepts exactly what the
+modules render and systemd loads: sizes, durations, CPU counts, signals, paths, program paths, text.
 
 Stdlib only: it ships to the nodes inside every module run. Each function returns the value in
 its canonical form or raises ValueError with a message that says what is allowed; the message

@@ -60,7 +60,7 @@ def _int_or_none(text: str) -> int | None:
 
 def normalize_pci_address(text: str) -> str:
     """nvidia-smi says 00000000:19:00.0, /proc/driver/nvidia says 0000:19:00.0."""
-    domain, _, rest = text.strip().lower().partition(":")
+    domain, _colon, rest = text.strip().lower().partition(":")
     if not rest:
         return text.strip().lower()
     return f"{int(domain, 16):04x}:{rest}"
@@ -87,7 +87,7 @@ def parse_proc_devices(text: str) -> dict[str, dict[str, int]]:
         elif line.startswith("Block devices"):
             section = "block"
         elif line and section:
-            major, _, name = line.partition(" ")
+            major, _space, name = line.partition(" ")
             if major.isdigit() and name:
                 table[section].setdefault(name.strip(), int(major))
     return table
@@ -193,7 +193,7 @@ def discover_gpus(nvidia_smi: str | None, smi_output: str | None = None) -> dict
 
 
 def _existing_parent(path: str) -> str:
-    for _ in range(path.count("/") + 1):
+    for _level in range(path.count("/") + 1):
         if os.path.exists(path):
             return path
         path = os.path.dirname(path) or "/"

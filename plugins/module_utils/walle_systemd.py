@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 
-from ansible.module_utils.walle_units import parse_systemctl_show
+from ansible_collections.walle.pool.plugins.module_utils.walle_units import parse_systemctl_show
 
 UNIT_DIR = "/etc/systemd/system"
 # Where `systemctl set-property --runtime` keeps its drop-ins (systemd.resource-control(5)).

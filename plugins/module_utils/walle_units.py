@@ -24,15 +24,21 @@ from __future__ import annotations
 
 import re
 
-from ansible.module_utils.walle_grammar import (
+from ansible_collections.walle.pool.plugins.module_utils.walle_grammar import (
     check_calendar,
     check_executable,
     check_path,
     check_signal,
 )
-from ansible.module_utils.walle_grammar import check_text as _grammar_text
-from ansible.module_utils.walle_grammar import format_duration as _grammar_duration
-from ansible.module_utils.walle_grammar import parse_size as _grammar_size
+from ansible_collections.walle.pool.plugins.module_utils.walle_grammar import (
+    check_text as _grammar_text,
+)
+from ansible_collections.walle.pool.plugins.module_utils.walle_grammar import (
+    format_duration as _grammar_duration,
+)
+from ansible_collections.walle.pool.plugins.module_utils.walle_grammar import (
+    parse_size as _grammar_size,
+)
 
 __all__ = [
     "SLICE_PROPERTY_ORDER",

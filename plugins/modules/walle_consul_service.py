@@ -19,8 +19,10 @@ description:
     so the module stores a digest of the check it registered in the service meta key
     C(walle_check) and also verifies that the check C(service:<id>) still exists.
   - Registration uses C(?replace-existing-checks=true), so a changed check replaces the old one.
-  - There are no script checks: Consul would run them from its agent, outside the instance's
-    sandbox. Job specs refuse them at validation.
+  - There are no script checks, because Consul would run them from its agent, outside the
+    instance's sandbox. Job specs refuse them at validation.
+  - The options are turned into the registration body by C(module_utils/walle_consul.py), the
+    code the scheduler's Consul adapter registers with too, so both register the same check.
 options:
   consul_addr:
     description:
@@ -30,8 +32,8 @@ options:
     default: http://127.0.0.1:8500
   token:
     description:
-      - ACL token sent as C(X-Consul-Token). Never logged (C(no_log)). Prefer O(token_file):
-        a token passed here travels through the controller's variables.
+      - ACL token sent as C(X-Consul-Token). Never logged (C(no_log)). Prefer O(token_file),
+        because a token passed here travels through the controller's variables.
       - Unset (and no O(token_file)) sends no token header (the agent's default token applies).
     type: str
   token_file:
@@ -100,7 +102,9 @@ options:
     description: V(host:port) a TCP check connects to.
     type: str
   check_interval:
-    description: How often HTTP/TCP checks run (Go duration such as V(10s), or seconds).
+    description:
+      - How often HTTP/TCP checks run. Durations here are those of job specs (units V(ms),
+        V(s), V(m), V(h), V(d), combined as in V(1m30s)) or plain seconds.
     type: str
     default: 10s
   check_timeout:
@@ -125,15 +129,16 @@ attributes:
   platform:
     support: full
     platforms: posix
+    description: Runs on the node (Linux with systemd), not on the controller.
 notes:
   - Talks only to the agent at O(consul_addr); run it on the node the instance runs on.
 seealso:
-  - module: walle_workload
+  - module: walle.pool.walle_workload
   - name: Consul agent service API
     description: PUT /v1/agent/service/register and friends.
     link: https://developer.hashicorp.com/consul/api-docs/agent/service
 author:
-  - Walle authors
+  - Walle authors (!UNKNOWN)
 """
 
 EXAMPLES = r"""
@@ -170,7 +175,7 @@ EXAMPLES = r"""
     port: 8080
     consul_addr: https://127.0.0.1:8501
     token_file: /etc/walle/consul-token
-    ca_file: /etc/walle/consul-ca.pem
+    ca_path: /etc/walle/consul-ca.pem
 """
 
 RETURN = r"""
@@ -196,10 +201,9 @@ check:
   returned: always
   type: dict
   sample: {"CheckID": "service:web-0", "HTTP": "http://10.77.0.11:8080/health",
-           "Interval": "2s", "Timeout": "1s", "DeregisterCriticalServiceAfter": "1m0s"}
+           "Interval": "2s", "Timeout": "1s", "DeregisterCriticalServiceAfter": "60s"}
 """
 
-import hashlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
@@ -208,6 +212,11 @@ from urllib.parse import quote  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.urls import open_url  # noqa: E402
+from ansible_collections.walle.pool.plugins.module_utils.walle_consul import (  # noqa: E402
+    ConsulModuleError,
+    comparable,
+    desired_service,
+)
 
 ARGUMENT_SPEC = dict(
     consul_addr=dict(type="str", default="http://127.0.0.1:8500"),
@@ -243,133 +252,8 @@ REQUIRED_IF = [
     ("check_type", "ttl", ("check_ttl",)),
 ]
 
-COMPARED_FIELDS = ("ID", "Service", "Tags", "Meta", "Port", "Address")
-CHECK_DIGEST_KEY = "walle_check"
-MIN_DEREGISTER = 60.0
-_META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-_DURATION = re.compile(r"([\d.]+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-class ConsulModuleError(Exception):
-    def __init__(self, msg, option=None, **details):
-        super().__init__(msg)
-        self.msg = msg
-        self.option = option
-        self.details = details
-
-
-# ----------------------------------------------------------------------------- pure parts
-
-def parse_duration(value, option):
-    """'10s', '1m30s', '500ms' or plain seconds ('10', 10) -> seconds (float)."""
-    text = str(value).strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ConsulModuleError(
-            f"{option}: {value!r} is not a duration; use a Go duration like 10s, 500ms, 1m30s",
-            option=option)
-    return sum(float(n) * _UNITS[u] for n, u in parts)
-
-
-def format_duration(seconds):
-    """Seconds -> the duration string we send (stable, so digests compare)."""
-    ms = round(seconds * 1000)
-    return f"{ms}ms" if ms % 1000 else f"{ms // 1000}s"
-
-
-def validate_meta(meta):
-    if len(meta) > 63:  # one pair is kept for the check digest
-        raise ConsulModuleError(f"meta: {len(meta)} pairs; Consul allows 64 and the module "
-                                f"keeps one for {CHECK_DIGEST_KEY}", option="meta")
-    out = {}
-    for key, value in meta.items():
-        if not _META_KEY.match(str(key)) or str(key).startswith("consul-"):
-            raise ConsulModuleError(
-                f"meta.{key}: keys are 1..128 characters of letters, digits, _ and -, and "
-                f"must not start with consul-", option="meta")
-        if key == CHECK_DIGEST_KEY:
-            raise ConsulModuleError(f"meta.{key}: reserved by walle_consul_service",
-                                    option="meta")
-        text = "" if value is None else str(value)
-        if len(text) > 512:
-            raise ConsulModuleError(f"meta.{key}: value of {len(text)} characters; Consul "
-                                    f"allows 512", option="meta")
-        out[str(key)] = text
-    return out
-
-
-def desired_check(params, service_id):
-    kind = params["check_type"]
-    if kind == "none":
-        return {}
-    check = {"CheckID": f"service:{service_id}", "Name": f"{params['name']} {kind}"}
-    deregister = parse_duration(params["deregister_critical_after"], "deregister_critical_after")
-    if deregister < MIN_DEREGISTER:
-        raise ConsulModuleError(
-            f"deregister_critical_after: {params['deregister_critical_after']} is under "
-            f"Consul's minimum of 1m", option="deregister_critical_after")
-    check["DeregisterCriticalServiceAfter"] = format_duration(deregister)
-    if kind == "ttl":
-        check["TTL"] = format_duration(parse_duration(params["check_ttl"], "check_ttl"))
-        return check
-    check["Interval"] = format_duration(parse_duration(params["check_interval"],
-                                                       "check_interval"))
-    if params.get("check_timeout"):
-        check["Timeout"] = format_duration(parse_duration(params["check_timeout"],
-                                                          "check_timeout"))
-    if kind == "http":
-        if not re.match(r"^https?://", params["check_http"]):
-            raise ConsulModuleError("check_http: must be an http:// or https:// URL",
-                                    option="check_http")
-        check["HTTP"] = params["check_http"]
-    else:
-        if not re.match(r"^\S+:\d{1,5}$", params["check_tcp"]):
-            raise ConsulModuleError("check_tcp: must be host:port", option="check_tcp")
-        check["TCP"] = params["check_tcp"]
-    return check
-
-
-def check_digest(check):
-    raw = json.dumps(check, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(raw.encode()).hexdigest()[:12]
-
-
-def desired_service(params):
-    """(comparable view, registration body) from the module parameters."""
-    service_id = params["service_id"] or params["name"]
-    port = params.get("port")
-    if port is not None and not 1 <= port <= 65535:
-        raise ConsulModuleError(f"port: {port} is not in 1..65535", option="port")
-    meta = validate_meta(params.get("meta") or {})
-    check = desired_check(params, service_id)
-    if check:
-        meta[CHECK_DIGEST_KEY] = check_digest(check)
-    view = {"ID": service_id, "Service": params["name"], "Tags": list(params["tags"] or []),
-            "Meta": meta, "Port": port or 0, "Address": params.get("address") or ""}
-    body = {"ID": service_id, "Name": params["name"], "Tags": view["Tags"], "Meta": meta,
-            "Address": view["Address"]}
-    if port:
-        body["Port"] = port
-    if check:
-        body["Check"] = {k: v for k, v in check.items() if k != "CheckID"}
-    return view, body, check
-
-
-def comparable(service):
-    """GET /v1/agent/service/<id> -> the fields we manage (server bookkeeping dropped)."""
-    if not service:
-        return {}
-    return {"ID": service.get("ID", ""), "Service": service.get("Service", ""),
-            "Tags": list(service.get("Tags") or []), "Meta": dict(service.get("Meta") or {}),
-            "Port": int(service.get("Port") or 0), "Address": service.get("Address") or ""}
-
-
 # ----------------------------------------------------------------------------- the agent
+
 
 class Agent:
     """The few agent endpoints the module needs; `request(method, url, data)` does HTTP and
@@ -392,7 +276,7 @@ class Agent:
         return json.loads(text) if status == 200 and text else None
 
     def has_check(self, check_id):
-        _, text = self._call("GET", "/v1/agent/checks")
+        _status, text = self._call("GET", "/v1/agent/checks")
         return check_id in (json.loads(text or "{}") or {})
 
     def register(self, body):

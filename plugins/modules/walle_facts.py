@@ -54,16 +54,19 @@ attributes:
     description: Read-only; runs the same in check mode.
   diff_mode:
     support: none
+    description: Returns no diff; it changes nothing.
   facts:
     support: full
+    description: Sets C(ansible_facts.walle_node).
   platform:
     support: full
     platforms: posix
+    description: Runs on the node (Linux with systemd), not on the controller.
 seealso:
-  - module: walle_slice
-  - module: walle_workload
+  - module: walle.pool.walle_slice
+  - module: walle.pool.walle_workload
 author:
-  - Walle authors
+  - Walle authors (!UNKNOWN)
 """
 
 EXAMPLES = r"""
@@ -113,7 +116,7 @@ ansible_facts:
 import socket  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.walle_node import (  # noqa: E402
+from ansible_collections.walle.pool.plugins.module_utils.walle_node import (  # noqa: E402
     NVIDIA_SMI_QUERY,
     gather_node,
 )

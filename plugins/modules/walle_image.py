@@ -54,7 +54,10 @@ attributes:
 notes:
   - The archive's members are checked before anything is written; set-uid and set-gid bits are
     dropped. An absolute symlink target means the image's own root, as inside the container.
-author: Walle authors
+seealso:
+  - module: walle.pool.walle_workload
+author:
+  - Walle authors (!UNKNOWN)
 """
 
 EXAMPLES = r"""
@@ -83,16 +86,18 @@ removed:
 import os  # noqa: E402
 import shutil  # noqa: E402
 
-from ansible.module_utils import walle_systemd  # noqa: E402
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.walle_image import (  # noqa: E402
+from ansible_collections.walle.pool.plugins.module_utils import walle_systemd  # noqa: E402
+from ansible_collections.walle.pool.plugins.module_utils.walle_image import (  # noqa: E402
     RUNTIME_UNIT_DIR,
     cache_dir_name,
     file_digest,
     unpack,
     unused_entries,
 )
-from ansible.module_utils.walle_systemd import WalleError  # noqa: E402
+from ansible_collections.walle.pool.plugins.module_utils.walle_systemd import (  # noqa: E402
+    WalleError,
+)
 
 ARGUMENT_SPEC = dict(
     state=dict(type="str", choices=["present", "pruned"], default="present"),

@@ -110,15 +110,16 @@ attributes:
   platform:
     support: full
     platforms: posix
+    description: Runs on the node (Linux with systemd), not on the controller.
 notes:
   - Needs systemd as PID 1 on the node. Units inside the slice are never restarted.
   - Runtime properties live in C(/run/systemd/system.control/<name>.d); they are refreshed
     whenever a property changes, and cleared when the slice is inactive so the file rules.
 seealso:
-  - module: walle_workload
-  - module: walle_facts
+  - module: walle.pool.walle_workload
+  - module: walle.pool.walle_facts
 author:
-  - Walle authors
+  - Walle authors (!UNKNOWN)
 """
 
 EXAMPLES = r"""
@@ -172,12 +173,12 @@ applied_live:
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.walle_systemd import (  # noqa: E402
+from ansible_collections.walle.pool.plugins.module_utils.walle_systemd import (  # noqa: E402
     Systemd,
     run_and_exit,
     value_error,
 )
-from ansible.module_utils.walle_units import (  # noqa: E402
+from ansible_collections.walle.pool.plugins.module_utils.walle_units import (  # noqa: E402
     SLICE_PROPERTY_ORDER,
     parse_unit,
     render_slice,

@@ -230,16 +230,17 @@ attributes:
   platform:
     support: full
     platforms: posix
+    description: Runs on the node (Linux with systemd), not on the controller.
 notes:
   - Needs systemd as PID 1 on the node. Units are not enabled; the scheduler decides where an
     instance runs after a node reboots.
   - C(KillMode=) keeps systemd's default (control-group) for exec; nspawn uses V(mixed) and
     C(Delegate=yes) like systemd's own C(systemd-nspawn@.service).
 seealso:
-  - module: walle_slice
-  - module: walle_facts
+  - module: walle.pool.walle_slice
+  - module: walle.pool.walle_facts
 author:
-  - Walle authors
+  - Walle authors (!UNKNOWN)
 """
 
 EXAMPLES = r"""
@@ -317,14 +318,14 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.walle_systemd import (  # noqa: E402
+from ansible_collections.walle.pool.plugins.module_utils.walle_systemd import (  # noqa: E402
     ACTIVE_STATES,
     Systemd,
     WalleError,
     run_and_exit,
     value_error,
 )
-from ansible.module_utils.walle_units import (  # noqa: E402
+from ansible_collections.walle.pool.plugins.module_utils.walle_units import (  # noqa: E402
     ROOT_USERS,
     check_text,
     quote_env,
@@ -362,7 +363,7 @@ ARGUMENT_SPEC = dict(
     description=dict(type="str"),
     commit=dict(type="dict", options=dict(
         consul_addr=dict(type="str", required=True),
-        key=dict(type="str", required=True),
+        key=dict(type="str", required=True, no_log=False),  # a KV key name, not a secret
         node=dict(type="str", required=True),
         attempt=dict(type="str", required=True),
         token_file=dict(type="path"),

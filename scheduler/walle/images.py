@@ -29,9 +29,10 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from walle.spec.grammar import grammar, load_module_utils
+from walle.node_utils import load
+from walle.spec.grammar import grammar
 
-archive = load_module_utils("walle_image")
+archive = load("walle_image")
 
 DEFAULT_STORE = "/var/lib/walle/images-store"
 STORE_ENV = "WALLE_IMAGE_STORE"

@@ -19,7 +19,7 @@ from test_scheduler_service import (  # the recording executor and a fresh 3-nod
     web_spec,
 )
 
-import walle.service.scheduler as scheduler_module
+import walle.service.decide as decide_module
 from walle.adapters.consul import ConsulUnreachable, StateStore
 from walle.service.scheduler import Scheduler, SchedulerConfig, StepReport
 from walle.spec import parse_spec
@@ -307,14 +307,14 @@ def test_a_job_the_core_cannot_plan_is_set_aside_and_keeps_its_instances(cluster
     store.put_job(api_spec(count=2), 0)
     s.step()
     s.step()
-    real = scheduler_module.reconcile
+    real = decide_module.reconcile  # the leader decides in walle.service.decide
 
     def core_with_a_bug(jobs, allocs, nodes, **kw):
         if "api" in jobs:
             raise ZeroDivisionError("a core bug that only api's spec reaches")
         return real(jobs, allocs, nodes, **kw)
 
-    monkeypatch.setattr(scheduler_module, "reconcile", core_with_a_bug)
+    monkeypatch.setattr(decide_module, "reconcile", core_with_a_bug)
     store.put_job(web_spec(count=3), store.job("web").modify_index)
     s.step()
     s.step()

@@ -628,18 +628,22 @@ def etl_spec(count: int = 1):
                        "runtime": {"command": "/bin/true"}})
 
 
+def etl_running(api: ConsulApi):
+    """One batch instance placed and running: (scheduler, executor, its node)."""
+    s, ex = make_scheduler(api, Clock())
+    StateStore(api).put_job(etl_spec(), 0)
+    s.step()
+    s.step()
+    assert records(api)["etl-0"].state == "running"
+    return s, ex, records(api)["etl-0"].node
+
+
 def test_a_batch_whose_node_committed_then_died_is_done_not_run_again(cluster):
     """CI's chaos finding: chaos-b4-0 finished on node1, node1 was killed 2 s later, before
     the leader's next probe; the slot was re-placed and the work ran twice. The node's commit
     (walle/done/etl/0, written by the unit's ExecStopPost as the job exits 0) is read before
     anything is re-placed: the slot is done, and the commit is consumed."""
-    clock = Clock()
-    s, ex = make_scheduler(cluster, clock)
-    StateStore(cluster).put_job(etl_spec(), 0)
-    s.step()
-    s.step()
-    node = records(cluster)["etl-0"].node
-    assert records(cluster)["etl-0"].state == "running"
+    s, ex, node = etl_running(cluster)
     commit_as_the_node(cluster, "etl-0", node, attempt_of_record(cluster, "etl-0"))
     register_node(cluster, node, "10.77.250.99", status="critical")  # killed right after
     ex.placed.clear()
@@ -652,12 +656,7 @@ def test_a_batch_whose_node_committed_then_died_is_done_not_run_again(cluster):
 
 
 def test_a_late_commit_of_an_earlier_placement_does_not_end_the_current_one(cluster):
-    clock = Clock()
-    s, ex = make_scheduler(cluster, clock)
-    StateStore(cluster).put_job(etl_spec(), 0)
-    s.step()
-    s.step()
-    node = records(cluster)["etl-0"].node
+    s, ex, node = etl_running(cluster)
     other = next(n for n in ("node1", "node2", "node3") if n != node)
     commit_as_the_node(cluster, "etl-0", other, "12.000000")  # an old run elsewhere
     report = s.step()

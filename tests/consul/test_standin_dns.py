@@ -109,3 +109,23 @@ def test_node_lookup_answers_meta_as_txt(consul_addr, consul_client, consul_dns,
         assert b"walle_cpu=8" in texts  # dns-static-lookups: node meta as TXT records
     finally:
         consul_client.catalog.deregister(node)
+
+
+def test_srv_weight_follows_the_instance_health(consul_client, consul_dns, unique):
+    """docs/services/discovery/dns-static-lookups (SRV) and agent/service.mdx Weights:
+    the SRV weight is Weights.Passing while the instance passes and Weights.Warning while
+    one of its checks warns."""
+    name = unique("weighted")
+    consul_client.agent.service.register(name, port=8124, check=consul.Check.ttl("60s"),
+                                         weights={"passing": 10, "warning": 3})
+    try:
+        consul_client.agent.check.ttl_pass(f"service:{name}")
+        (srv,) = _records(_ask(consul_dns, f"{name}.service.consul", "SRV"),
+                          dns.rdatatype.SRV)
+        assert srv.weight == 10
+        consul_client.agent.check.ttl_warn(f"service:{name}")
+        (srv,) = _records(_ask(consul_dns, f"{name}.service.consul", "SRV"),
+                          dns.rdatatype.SRV)
+        assert srv.weight == 3
+    finally:
+        consul_client.agent.service.deregister(name)

@@ -8,6 +8,7 @@ import contextlib
 import socket
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -191,15 +192,19 @@ def test_catalog_register_external_node_with_meta(consul_addr, consul_client, un
     assert consul_client.catalog.node(node)[1] is None
 
 
-def test_agent_services_block_on_content_hash(consul_addr, consul_client, service):
-    # agent/service.mdx "List Services": blocking via ?hash= and X-Consul-ContentHash.
-    url = f"http://{consul_addr}/v1/agent/services"
+def test_service_configuration_blocks_on_content_hash(consul_addr, consul_client, service):
+    """agent/service.mdx: Get Service Configuration supports hash-based blocking
+    (features/blocking.mdx "Hash-based Blocking Queries": ?hash= until the X-Consul-ContentHash
+    would differ, or ?wait=); List Services and List Checks do not block and send no hash."""
+    consul_client.agent.service.register(service, port=80)
+    url = f"http://{consul_addr}/v1/agent/service/{service}"
     digest = requests.get(url, timeout=5).headers["X-Consul-ContentHash"]
     started = time.monotonic()
     same = requests.get(url, params={"hash": digest, "wait": "1s"}, timeout=10)
     assert time.monotonic() - started >= 0.9
     assert same.headers["X-Consul-ContentHash"] == digest
-    timer = threading.Timer(0.3, consul_client.agent.service.register, args=(service,))
+    timer = threading.Timer(0.3, consul_client.agent.service.register, args=(service,),
+                            kwargs={"port": 81})
     timer.start()
     started = time.monotonic()
     try:
@@ -207,4 +212,66 @@ def test_agent_services_block_on_content_hash(consul_addr, consul_client, servic
     finally:
         timer.join()
     assert time.monotonic() - started < 5
-    assert changed.headers["X-Consul-ContentHash"] != digest and service in changed.json()
+    assert changed.headers["X-Consul-ContentHash"] != digest and changed.json()["Port"] == 81
+    for listing in ("services", "checks"):
+        resp = requests.get(f"http://{consul_addr}/v1/agent/{listing}",
+                            params={"hash": digest, "wait": "5s"}, timeout=10)
+        assert resp.status_code == 200 and "X-Consul-ContentHash" not in resp.headers
+        assert resp.elapsed.total_seconds() < 4
+
+
+def test_failures_before_critical_holds_the_status_until_enough_failures(
+        consul_addr, consul_client, service, wait_until):
+    """agent/check.mdx Register Check: FailuresBeforeCritical is the number of consecutive
+    unsuccessful results required before the check turns critical (FailuresBeforeWarning
+    defaults to it), so a passing check stays passing through the first failures."""
+    hits = []
+
+    class Failing(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            hits.append(time.monotonic())
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                              daemon=True)
+    thread.start()
+    try:
+        body = {"Name": service, "Check": {
+            "HTTP": f"http://127.0.0.1:{server.server_address[1]}/", "Interval": "1s",
+            "Timeout": "1s", "Status": "passing", "FailuresBeforeCritical": 3}}
+        resp = requests.put(f"http://{consul_addr}/v1/agent/service/register", json=body,
+                            timeout=10)
+        assert resp.status_code == 200
+        check = f"service:{service}"
+        wait_until(lambda: len(hits) >= 2, timeout_s=15)
+        assert consul_client.agent.checks()[check]["Status"] == "passing"
+        wait_until(lambda: consul_client.agent.checks()[check]["Status"] == "critical",
+                   timeout_s=15)
+        assert len(hits) >= 3
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize(("value", "replaced"), [("", True), ("true", True), ("1", False),
+                                                 ("false", False)])
+def test_replace_existing_checks_is_on_only_bare_or_true(consul_addr, consul_client, service,
+                                                         value, replaced):
+    """agent/service.mdx Register Service: ?replace-existing-checks; Consul's handler turns it
+    on when present with no value or "true" exactly (agent_endpoint.go)."""
+    two = {"Name": service, "Checks": [{"TTL": "30s"}, {"TTL": "30s"}]}
+    assert requests.put(f"http://{consul_addr}/v1/agent/service/register", json=two,
+                        timeout=10).status_code == 200
+    one = {"Name": service, "Check": {"TTL": "30s"}}
+    resp = requests.put(f"http://{consul_addr}/v1/agent/service/register"
+                        f"?replace-existing-checks={value}", json=one, timeout=10)
+    assert resp.status_code == 200
+    ids = {c for c, v in consul_client.agent.checks().items() if v["ServiceID"] == service}
+    assert (f"service:{service}:1" not in ids) == replaced

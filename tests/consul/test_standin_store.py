@@ -122,3 +122,18 @@ def test_serf_reconcile_like_a_consul_leader(world):
     assert serf_health("a") == "passing" and "b" not in store.nodes
     apply_members(store, [], {"n1"})  # a reaped; the protected agent node stays
     assert "a" not in store.nodes and "n1" in store.nodes
+
+
+def test_lock_delay_is_kept_as_given_and_capped_at_60s_when_applied(world):
+    """session.mdx LockDelay; Consul's state store keeps the session's LockDelay as given and
+    caps the delay it applies to released locks at structs.MaxLockDelay (60s)."""
+    store, clock = world
+    sid = store.session_create({"LockDelay": "120s"}, "n1")
+    assert store.sessions[sid]["LockDelay"] == 120 * 10**9
+    assert store.kv_put("locked", b"v", 0, None, sid, None) is True
+    store.session_destroy(sid)
+    other = store.session_create({}, "n1")
+    clock.now += 59
+    assert store.kv_put("locked", b"v", 0, None, other, None) is False
+    clock.now += 2
+    assert store.kv_put("locked", b"v", 0, None, other, None) is True

@@ -4,33 +4,21 @@ the new version out, and uninstall --cascade removes both."""
 
 from __future__ import annotations
 
-import os
 import urllib.request
 
 import dns.resolver
 import pytest
-from test_scheduler_lab import Pool
+from test_scheduler_lab import Pool, running_pool
 
-from walle.cli.demo import provision, start_schedulers
 from walle.cli.main import main
-from walle.lab.nodes import Lab
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
 def pool():
-    lab = Lab(f"c{os.getpid()}", progress=lambda msg: None)
-    try:
-        lab.up(3)
-        addr = lab.start_consul()
-        assert provision(lab) == 0
-        start_schedulers(lab, addr)
-        p = Pool(lab, addr)
-        p.wait("nodes in the catalog", lambda: len(p.snapshot().nodes) == 3, 30)
+    with running_pool("c") as p:
         yield p
-    finally:
-        lab.down()
 
 
 def ask_by_dns(pool: Pool, path: str = "/") -> str:

@@ -16,6 +16,8 @@ from pathlib import Path
 import ansible_runner
 import pytest
 
+from walle.collection import ensure_collection
+
 pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,8 +26,7 @@ TAG = f"lt{os.getpid()}"
 SLICE = f"walle-{TAG}-0.slice"
 STEM = f"walle-{TAG}-0"
 ENV = {
-    "ANSIBLE_LIBRARY": str(REPO / "plugins" / "modules"),
-    "ANSIBLE_MODULE_UTILS": str(REPO / "plugins" / "module_utils"),
+    "ANSIBLE_COLLECTIONS_PATH": str(ensure_collection(REPO)),
     "ANSIBLE_HOST_KEY_CHECKING": "False",
     "ANSIBLE_PIPELINING": "True",
 }
@@ -44,7 +45,8 @@ class LabNodeClient:
             os.environ["PATH"] = f"{VENV_BIN}:{os.environ.get('PATH', '')}"
             runner = ansible_runner.run(
                 private_data_dir=private, host_pattern=self.host, inventory=self.inventory,
-                module=name, module_args=json.dumps(args), cmdline=cmdline, envvars=ENV,
+                module=name if "." in name else f"walle.pool.{name}",  # walle_*: ours
+                module_args=json.dumps(args), cmdline=cmdline, envvars=ENV,
                 quiet=True, timeout=120)
             # The event says how it ended (its `res` has no "failed" key).
             results = [{**e["event_data"]["res"], "_outcome": e["event"].rsplit("_", 1)[1]}

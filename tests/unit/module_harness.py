@@ -8,16 +8,12 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import ansible.module_utils
 import pytest
 from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
+from ansible_collections.walle.pool.plugins.module_utils import walle_systemd
 
 PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
-if str(PLUGINS / "module_utils") not in ansible.module_utils.__path__:
-    # What ANSIBLE_MODULE_UTILS does for a real run: our utils under ansible.module_utils.
-    ansible.module_utils.__path__.append(str(PLUGINS / "module_utils"))
-import ansible.module_utils.walle_systemd as walle_systemd  # noqa: E402
 
 
 def load_module(name: str):

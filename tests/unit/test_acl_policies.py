@@ -61,6 +61,7 @@ ACTOR_CALLS: dict[str, list[tuple[str, str]]] = {
         ("kv.get", "walle/jobs/web"), ("kv.put", "walle/jobs/web"),  # automatic rollback
         ("kv.get", "walle/allocs/web/0"), ("/v1/txn", "walle/allocs/web/0"),
         ("kv.get", "walle/nodes/node1/drain"),
+        ("/v1/txn", "walle/config/placement"),  # the defaults it decides with (walle plan)
         ("kv.get", "walle/secrets/db/password"),  # a job's `secrets:` read at placement
         ("health.state", "node1"), ("health.state", "web"), ("catalog.nodes", "node1"),
     ],
@@ -69,6 +70,7 @@ ACTOR_CALLS: dict[str, list[tuple[str, str]]] = {
         ("kv.delete", "walle/jobs/web"),
         ("kv.put", "walle/nodes/node1/drain"), ("kv.delete", "walle/nodes/node1/drain"),
         ("kv.get", "walle/allocs/web/0"), ("kv.get", "walle/leader"),
+        ("kv.get", "walle/config/placement"),  # walle plan: the leader's defaults
         ("event.fire", "walle-drain"),
         ("health.state", "node1"), ("health.state", "web"), ("catalog.nodes", "node1"),
     ],

@@ -140,3 +140,13 @@ def test_usage_comes_from_the_exporters_summaries_found_in_consul():
     m = parse(render_metrics(snap, usage))
     assert m[("walle_instance_cpu_seconds_total", 'job="web",slot="0",node="n1"')] == 7.25
     assert ("walle_instance_cpu_seconds_total", 'job="web",slot="1",node="n2"') not in m
+
+
+def test_job_instances_count_states_as_walle_status_shows_them():
+    snap = snapshot()
+    lost = snap.records["web-1"]
+    snap.records["web-1"] = SlotRecord(lost.alloc, status="lost", reason="node n2 down")
+    m = parse(render_metrics(snap, {}))
+    assert m[("walle_job_instances", 'job="web",state="lost"')] == 1
+    assert m[("walle_job_instances", 'job="web",state="pending"')] == 0
+    assert m[("walle_job_instances", 'job="web",state="complete"')] == 0

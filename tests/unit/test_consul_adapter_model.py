@@ -98,14 +98,23 @@ def test_txn_guard_failure_means_lost_leadership():
 
 def test_registration_builds_checks_from_the_job_spec():
     http = registration("web-0", "web", "10.77.0.11", 8080, ("v1",), {"job": "web"},
-                        HealthCheck(type="http", path="health", interval=2, timeout=0.5,
-                                    deregister_after=30))
+                        HealthCheck(type="http", path="/health", interval=2, timeout=0.5,
+                                    deregister_after=90))
     assert http["Check"] == {"Name": "web http", "HTTP": "http://10.77.0.11:8080/health",
                              "Interval": "2s", "Timeout": "500ms",
-                             "DeregisterCriticalServiceAfter": "60s"}  # Consul's minimum 1m
+                             "DeregisterCriticalServiceAfter": "90s"}
     tcp = registration("db-0", "db", "10.77.0.12", 5432, check=HealthCheck(type="tcp"))
     assert tcp["Check"]["TCP"] == "10.77.0.12:5432"
     ttl = registration("b-0", "b", "10.77.0.12", None, check=HealthCheck(type="ttl", ttl=30))
     assert ttl["Check"]["TTL"] == "30s" and "HTTP" not in ttl["Check"]
+    # refused as the module refuses them, naming the field or option (the spec parser
+    # refuses all of these earlier)
+    with pytest.raises(ValueError, match="deregister_critical_after"):
+        registration("w-0", "w", "10.77.0.12", 80, check=HealthCheck(type="tcp",
+                                                                     deregister_after=30))
+    with pytest.raises(ValueError, match="health.ttl"):
+        registration("b-0", "b", "10.77.0.12", None, check=HealthCheck(type="ttl"))
+    with pytest.raises(ValueError, match="health.type"):
+        registration("s-0", "s", "10.77.0.12", 80, check=HealthCheck(type="script"))
     with pytest.raises(ValueError, match="health.port"):
         registration("x-0", "x", "10.77.0.12", None, check=HealthCheck(type="http"))

@@ -12,8 +12,9 @@ from walle.adapters.runner import HostResult, RunResult
 from walle.cli.main import build_parser
 from walle.cli.scheduler import scheduler_config
 from walle.core import Allocation
+from walle.core.grants import grant_alone
 from walle.core.model import Capacity
-from walle.service.executor import Executor, default_grant
+from walle.service.executor import Executor
 from walle.spec.parse import parse_spec
 
 SPEC = parse_spec({"name": "web", "kind": "service", "count": 1,
@@ -72,7 +73,7 @@ def test_place_and_stop_runs_carry_the_paths_not_a_token():
         assert service["ca_path"] == "/etc/walle/ca.pem"
         assert service["consul_addr"] == "https://127.0.0.1:8501"
         assert "token" not in service
-    assert default_grant(SPEC)  # the spec is schedulable as written
+    assert grant_alone(SPEC.resources)  # the spec is schedulable as written
     assert "X-Consul-Token" not in json.dumps(runner.extravars)
 
 

@@ -1,20 +1,16 @@
 """walle_consul_service against a fake agent: open_url is replaced by an in-memory agent that
 keeps services and checks the way Consul's agent API describes them."""
 
-import importlib.util
 import io
 import json
-from pathlib import Path
 from urllib.error import HTTPError, URLError
 
 import pytest
 from ansible.module_utils.common import warnings as ansible_warnings
 from ansible.module_utils.testing import patch_module_args
+from module_harness import load_module
 
-MODULE_PATH = Path(__file__).resolve().parents[2] / "plugins/modules/walle_consul_service.py"
-spec = importlib.util.spec_from_file_location("walle_consul_service", MODULE_PATH)
-mod = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mod)
+mod = load_module("walle_consul_service")  # with plugins/module_utils on its import path
 
 
 class FakeAgent:
@@ -185,6 +181,25 @@ def test_bad_input_fails_naming_the_option(monkeypatch, out, args, option):
     run(FakeAgent(), monkeypatch, **args)
     res = out()
     assert res["failed"] and res["option"] == option and option in res["msg"]
+
+
+@pytest.mark.parametrize(("option", "given", "sent"), [
+    ("check_interval", "1.5", "1500ms"),  # plain seconds, as before
+    ("check_interval", "1m30s", "90s"),
+    ("check_timeout", "250ms", "250ms"),
+    ("deregister_critical_after", "1d", "86400s"),  # the spec's grammar: days too
+])
+def test_durations_follow_the_spec_grammar(monkeypatch, out, option, given, sent):
+    run(FakeAgent(), monkeypatch, **dict(WEB, **{option: given}))
+    key = {"check_interval": "Interval", "check_timeout": "Timeout",
+           "deregister_critical_after": "DeregisterCriticalServiceAfter"}[option]
+    assert out()["check"][key] == sent
+
+
+def test_a_duration_outside_the_grammar_is_refused_naming_the_option(monkeypatch, out):
+    run(FakeAgent(), monkeypatch, **dict(WEB, check_interval="100us"))
+    res = out()
+    assert res["failed"] and res["option"] == "check_interval"
 
 
 def test_required_if_check_fields(monkeypatch, out):

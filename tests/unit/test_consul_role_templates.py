@@ -209,7 +209,7 @@ def test_token_file_task_writes_0600_and_logs_nothing(tmp_path):
     (project / "play.yml").write_text(yaml.safe_dump([{
         "hosts": "localhost", "connection": "local", "gather_facts": False,
         "vars": {"consul_walle_token": token, "consul_walle_token_file": str(dest)},
-        "tasks": [{"ansible.builtin.include_role": {"name": "consul",
+        "tasks": [{"ansible.builtin.include_role": {"name": "walle.pool.consul",
                                                     "tasks_from": "walle_token.yml"}}]}]))
     private = tmp_path / "runner"
     private.mkdir()

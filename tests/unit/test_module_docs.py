@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from walle.collection import ensure_collection
+
 REPO = Path(__file__).resolve().parents[2]
-MODULES = ("walle_slice", "walle_workload", "walle_facts", "walle_image")
+MODULES = ("walle_slice", "walle_workload", "walle_facts", "walle_consul_service",
+           "walle_image")
 
 
 def module_source(name: str) -> dict:
@@ -77,9 +80,9 @@ def test_examples_use_only_documented_options(name):
 
 @pytest.mark.parametrize("name", MODULES)
 def test_ansible_doc_renders(name):
-    env = dict(os.environ, ANSIBLE_MODULE_UTILS=str(REPO / "plugins" / "module_utils"))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(ensure_collection(REPO)))
     ansible_doc = Path(sys.executable).parent / "ansible-doc"
-    proc = subprocess.run([str(ansible_doc), "-M", str(REPO / "plugins" / "modules"), name],
+    proc = subprocess.run([str(ansible_doc), f"walle.pool.{name}"],
                           capture_output=True, text=True, env=env, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "ERROR" not in proc.stderr and name in proc.stdout

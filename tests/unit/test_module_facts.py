@@ -141,13 +141,9 @@ def test_gather_node_on_this_machine(tmp_path):
 def test_the_module_runs_nvidia_smi_through_run_command(tmp_path, monkeypatch):
     import sys
 
-    import ansible.module_utils
     from ansible.module_utils import basic
     from ansible.module_utils.testing import patch_module_args
 
-    utils = str(_PATH.parent)
-    if utils not in ansible.module_utils.__path__:
-        ansible.module_utils.__path__.append(utils)
     spec = importlib.util.spec_from_file_location(
         "walle_test_walle_facts", _PATH.parents[1] / "modules" / "walle_facts.py")
     walle_facts = importlib.util.module_from_spec(spec)

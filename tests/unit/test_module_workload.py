@@ -14,7 +14,7 @@ from walle.service.params import workload_args
 from walle.spec import load_spec_file
 
 walle_workload = load_module("walle_workload")
-from ansible.module_utils import walle_units as wu  # noqa: E402
+from ansible_collections.walle.pool.plugins.module_utils import walle_units as wu  # noqa: E402
 
 
 class FakeSystemctl:

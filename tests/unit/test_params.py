@@ -204,7 +204,7 @@ def test_service_registration_uses_the_node_address():
         "check_type": "http",
         "check_http": "http://10.77.1.12:8080/healthz",
         "check_interval": "1s",
-        "check_timeout": "0.5s",
+        "check_timeout": "500ms",  # the node grammar's format, as every duration
         "deregister_critical_after": "90s",
     }
 

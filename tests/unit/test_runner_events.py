@@ -97,6 +97,20 @@ def test_hosts_without_a_result_are_closed_as_failed_with_the_reason():
     assert hosts["n1"].failed_tasks == []
 
 
+def test_a_host_no_event_named_is_reported_missing_from_the_inventory():
+    c = EventCollector(["n1", "n9"])
+    c.handle(ev("runner_on_ok", "n1", runner.HOST_DONE_TASK))
+    hosts = c.finish("run ended (successful)", missing="is not in the inventory")
+    assert hosts["n9"].failed_tasks[-1].msg == "n9 is not in the inventory"
+
+
+def test_a_host_that_started_but_did_not_finish_keeps_the_run_reason():
+    c = EventCollector(["n1"])
+    c.handle(ev("runner_on_ok", "n1", "Slice"))
+    hosts = c.finish("run canceled", missing="is not in the inventory")
+    assert hosts["n1"].failed_tasks[-1].msg == "run canceled"
+
+
 def test_a_broken_callback_does_not_break_the_collector():
     def boom(host, result):
         raise RuntimeError("caller bug")
@@ -132,7 +146,8 @@ def test_runner_args_limit_forks_and_env(tmp_path):
     assert args["project_dir"] == str(runner.PLAYBOOK_DIR)
     env = args["envvars"]
     assert env["ANSIBLE_PIPELINING"] == "True"
-    assert Path(env["ANSIBLE_LIBRARY"]).name == "modules"
+    pool = Path(env["ANSIBLE_COLLECTIONS_PATH"]) / "ansible_collections" / "walle" / "pool"
+    assert pool.resolve() == runner.REPO_ROOT  # the repo is the collection walle.pool
 
 
 def test_runner_args_hand_ansible_the_extravars_only_as_the_unsafe_file(tmp_path):
@@ -176,3 +191,15 @@ def test_empty_limit_runs_nothing():
 def test_unknown_playbook_is_refused():
     with pytest.raises(ValueError, match="playbook"):
         runner.run_playbook("nope.yml", "/nonexistent", {}, ["a"])
+
+
+def test_an_unreachable_node_fails_its_instances_with_the_ssh_reason():
+    from walle.service.executor import _outcome
+
+    host = HostResult("node4", unreachable=True,
+                      failed_tasks=[TaskFailure("Slice", "ssh: connect to host 10.77.3.14 "
+                                                         "port 22: No route to host")])
+    outcome = _outcome(host, "api-3", runner.RunResult("failed", 4, {"node4": host}, 1.0))
+    assert not outcome.ok
+    assert outcome.error == ("node node4 unreachable: ssh: connect to host 10.77.3.14 port 22: "
+                             "No route to host")

@@ -130,7 +130,7 @@ PLAY = """
         dest: "{{ walle_out }}/{{ inventory_hostname }}-argv.txt"
         mode: "0600"
 
-    - name: "walle: host done"
+    - name: "Walle: host done"
       ansible.builtin.debug: {msg: done}
 """
 HOSTS = ("a", "b")

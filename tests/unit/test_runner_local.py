@@ -29,7 +29,7 @@ PLAY = """
       loop_control: {loop_var: walle_instance, label: "{{ walle_instance.id }}"}
     - name: Host-wide step
       ansible.builtin.command: "{{ walle_host_cmd[inventory_hostname] | default('true') }}"
-    - name: "walle: host done"
+    - name: "Walle: host done"
       ansible.builtin.debug: {msg: done}
 """
 ONE = """
@@ -38,7 +38,7 @@ ONE = """
     - name: Start
       ansible.builtin.command: "{{ walle_instance.cmd }}"
   rescue:
-    - name: "walle: instance failed"
+    - name: "Walle: instance failed"
       ansible.builtin.debug:
         msg: {id: "{{ walle_instance.id }}", error: "{{ ansible_failed_result.rc }}"}
 """
@@ -90,6 +90,11 @@ def test_a_host_missing_from_the_inventory_is_reported_failed(project):
                                  ["a", "ghost"], project_dir=project, timeout=120)
     assert result.ok_hosts == ["a"]
     assert result.hosts["ghost"].failed and not result.hosts["ghost"].ok
+    # the reason names the cause (issue 11: a node known to Consul, missing from the file,
+    # used to fail with "run ended ... before this host finished")
+    reason = result.hosts["ghost"].failed_tasks[-1].msg
+    assert "ghost is not in the inventory" in reason, reason
+    assert "before this host finished" not in reason
 
 
 @pytest.mark.parametrize("how", ["cancel", "timeout"])

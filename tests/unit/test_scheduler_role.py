@@ -4,6 +4,7 @@ jinja2, parsed, checked against the `walle` CLI and verified by `systemd-analyze
 from __future__ import annotations
 
 import configparser
+import json
 import re
 import shlex
 import shutil
@@ -31,6 +32,7 @@ def render(template: str, **overrides) -> str:
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["default"] = lambda value, fallback="": fallback if isinstance(
         value, jinja2.Undefined) else value
+    env.filters["to_json"] = json.dumps
     return env.get_template(template).render(role_vars(**overrides))
 
 
@@ -225,3 +227,36 @@ def test_the_unit_never_carries_a_token_and_passes_the_node_side_paths():
     args = build_parser().parse_args(exec_start_argv(unit, env, host="ctl1")[1:])
     assert args.node_consul_token_file == "/etc/walle/consul-token"
     assert args.node_consul_ca_file == "/etc/walle/consul-ca.pem"
+
+
+# ------------------------------------------------------------------- the nodes: Consul's catalog
+
+def plugin_options() -> dict:
+    text = (ROLE.parents[1] / "plugins" / "inventory" / "walle_consul.py").read_text()
+    documentation = text.split('DOCUMENTATION = r"""', 1)[1].split('"""', 1)[0]
+    return yaml.safe_load(documentation)["options"]
+
+
+def test_the_scheduler_inventory_is_consuls_catalog_with_the_schedulers_token_and_ca():
+    inventory = yaml.safe_load(render("walle_consul.yml.j2",
+                                      walle_scheduler_consul_http_addr="https://10.77.9.1:8501",
+                                      walle_scheduler_consul_token="s3cret",
+                                      walle_scheduler_consul_ca_file="/etc/walle/ca.pem"))
+    assert inventory == {"plugin": "walle_consul", "url": "https://10.77.9.1:8501",
+                         "token_file": role_vars()["walle_scheduler_consul_token_file"],
+                         "ca_file": "/etc/walle/ca.pem"}
+    assert set(inventory) <= set(plugin_options())
+    assert role_vars()["walle_scheduler_inventory"].endswith("/walle_consul.yml")  # verify_file
+
+
+def test_no_token_no_ca_means_an_inventory_with_the_address_only():
+    assert yaml.safe_load(render("walle_consul.yml.j2")) == {
+        "plugin": "walle_consul", "url": role_vars()["walle_scheduler_consul_http_addr"]}
+
+
+def test_connection_settings_are_group_vars_beside_the_inventory():
+    task = role_task("configure.yml", "ansible.builtin.copy", "group_vars/all.yml")
+    assert task["ansible.builtin.copy"]["content"] == \
+        "{{ walle_scheduler_node_connection | to_nice_yaml }}"
+    assert task["ansible.builtin.copy"]["dest"] == \
+        "{{ walle_scheduler_inventory | dirname }}/group_vars/all.yml"

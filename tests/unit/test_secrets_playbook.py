@@ -55,12 +55,14 @@ def kept_private_dir(tmp_path, monkeypatch):
 
     EVENTS.clear()
     monkeypatch.setattr(runner.EventCollector, "handle", record)
-    library = tmp_path / "library"
-    library.mkdir()
-    for name in ("walle_slice", "walle_workload", "walle_image"):  # every module place.yml names
+    # a stand-in walle.pool collection holding the two echo modules
+    collections = tmp_path / "collections"
+    library = collections / "ansible_collections" / "walle" / "pool" / "plugins" / "modules"
+    library.mkdir(parents=True)
+    for name in ("walle_slice", "walle_workload", "walle_image"):  # all place.yml names
         (library / f"{name}.py").write_text(ECHO_MODULE)
-    env = runner.ansible_env()
-    monkeypatch.setattr(runner, "ansible_env", lambda: {**env, "ANSIBLE_LIBRARY": str(library)})
+    env = {**runner.ansible_env(), "ANSIBLE_COLLECTIONS_PATH": str(collections)}
+    monkeypatch.setattr(runner, "ansible_env", lambda: env)
     return kept
 
 

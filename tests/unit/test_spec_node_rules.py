@@ -152,12 +152,7 @@ def test_a_spec_read_back_as_json_with_huge_numbers_is_a_problem():
 # ------------------------------------------ parser and renderer: one set of rules
 
 def test_the_parser_and_the_renderer_read_the_same_grammar_file():
-    import ansible.module_utils
-
-    utils = str(Path(__file__).resolve().parents[2] / "plugins" / "module_utils")
-    if utils not in ansible.module_utils.__path__:
-        ansible.module_utils.__path__.append(utils)
-    import ansible.module_utils.walle_grammar as node_grammar
+    from ansible_collections.walle.pool.plugins.module_utils import walle_grammar as node_grammar
 
     assert Path(node_grammar.__file__).resolve() == Path(grammar.__file__).resolve()
 
@@ -256,12 +251,7 @@ def systemd_verify(folder: Path, units: dict[str, str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def walle_units():
-    import ansible.module_utils
-
-    utils = str(Path(__file__).resolve().parents[2] / "plugins" / "module_utils")
-    if utils not in ansible.module_utils.__path__:
-        ansible.module_utils.__path__.append(utils)
-    import ansible.module_utils.walle_units as wu
+    from ansible_collections.walle.pool.plugins.module_utils import walle_units as wu
 
     return wu
 

@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-import ansible.module_utils
 import pytest
+from ansible_collections.walle.pool.plugins.module_utils import walle_units as wu
 from hypothesis import given
 from hypothesis import strategies as st
-
-_UTILS = str(Path(__file__).resolve().parents[2] / "plugins" / "module_utils")
-if _UTILS not in ansible.module_utils.__path__:
-    # What ANSIBLE_MODULE_UTILS does for a real run: walle_units imports walle_grammar there.
-    ansible.module_utils.__path__.append(_UTILS)
-import ansible.module_utils.walle_units as wu  # noqa: E402
 
 NASTY = [
     "plain",

@@ -7,13 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import ansible.module_utils
 import pytest
-
-_UTILS = str(Path(__file__).resolve().parents[2] / "plugins" / "module_utils")
-if _UTILS not in ansible.module_utils.__path__:
-    ansible.module_utils.__path__.append(_UTILS)
-import ansible.module_utils.walle_units as wu  # noqa: E402
+from ansible_collections.walle.pool.plugins.module_utils import walle_units as wu
 
 needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                            reason="systemd-analyze is not installed")
@@ -88,14 +83,13 @@ def test_systemd_loads_a_program_with_the_characters_the_grammar_allows(tmp_path
 @pytest.mark.timeout(300)
 def test_ansible_ships_the_grammar_with_the_modules(tmp_path):
     """A real module run (AnsiballZ, the node's own python3): walle_units finds walle_grammar
-    in module_utils, and its refusal names the option."""
+    in the collection's module_utils, and its refusal names the option."""
     import json
     import os
     import sys
 
     repo = Path(__file__).resolve().parents[2]
     env = dict(os.environ, ANSIBLE_CONFIG=str(repo / "ansible.cfg"),
-               ANSIBLE_LIBRARY=str(repo / "plugins" / "modules"), ANSIBLE_MODULE_UTILS=_UTILS,
                ANSIBLE_CALLBACK_RESULT_FORMAT="json", ANSIBLE_NOCOLOR="1",
                ANSIBLE_LOCAL_TEMP=str(tmp_path), ANSIBLE_REMOTE_TEMP=str(tmp_path))
     args = {"name": "walle-x-0", "slice": "walle-x-0.slice", "command": "/bin/true",
@@ -103,7 +97,7 @@ def test_ansible_ships_the_grammar_with_the_modules(tmp_path):
     ansible = Path(sys.executable).parent / "ansible"
     proc = subprocess.run([str(ansible), "localhost", "-c", "local", "-i", "localhost,",
                            "-e", f"ansible_python_interpreter={shutil.which('python3')}",
-                           "-m", "walle_workload", "-a", json.dumps(args), "--check"],
+                           "-m", "walle.pool.walle_workload", "-a", json.dumps(args), "--check"],
                           capture_output=True, text=True, timeout=240, env=env, check=False)
     status, _, body = proc.stdout.partition("localhost | FAILED! => ")
     assert body, proc.stdout + proc.stderr

@@ -20,9 +20,9 @@ from vmtools import FIGURES, REPO, show, wait_until
 
 from walle import naming
 from walle.adapters import runner
+from walle.core.grants import grant_alone
 from walle.images import ImageStore, archive
 from walle.lab.tiny_image import make_tiny_tree
-from walle.service.executor import default_grant
 from walle.service.params import image_args, instance_vars
 from walle.spec import load_spec_file, parse_spec
 
@@ -66,7 +66,7 @@ def place(vm, instances: list[dict], credentials: dict | None = None) -> runner.
 
 
 def instance(spec, slot: int = 0, image: dict | None = None) -> dict:
-    return instance_vars(spec, slot, VM_ADDRESS, default_grant(spec), image=image)
+    return instance_vars(spec, slot, VM_ADDRESS, grant_alone(spec.resources), image=image)
 
 
 def stop(vm, *units: str) -> None:

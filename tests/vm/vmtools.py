@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from walle.collection import ensure_collection
 from walle.lab import vm as walle_vm
 from walle.lab.tiny_image import TINY_IMAGE_SCRIPT
 
@@ -35,7 +36,7 @@ class Walle:
         _venv_on_path()
 
         play = [{"hosts": "vm", "gather_facts": False,
-                 "tasks": [{"name": f"task{i}", module: args}
+                 "tasks": [{"name": f"task{i}", f"walle.pool.{module}": args}
                            for i, (module, args) in enumerate(tasks)]}]
         with tempfile.TemporaryDirectory(prefix="walle-vm-ansible-") as data:
             playbook = Path(data) / "play.yml"
@@ -63,8 +64,7 @@ def _ansible_env(control_dir: Path) -> dict[str, str]:
     return {
         "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_LIBRARY": str(REPO / "plugins/modules"),
-        "ANSIBLE_MODULE_UTILS": str(REPO / "plugins/module_utils"),
+        "ANSIBLE_COLLECTIONS_PATH": str(ensure_collection(REPO)),  # the repo is walle.pool
         # One SSH master per VM, reused by every run (a handshake costs seconds under tcg);
         # it ends when the VM powers off, and ControlPersist bounds it anyway.
         "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=120s",

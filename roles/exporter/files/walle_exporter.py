@@ -95,7 +95,7 @@ def instances_from_units(units: list[dict[str, str]]) -> dict[str, tuple[Instanc
                         restarts=_int(props.get("NRestarts", "")) or 0,
                         memory_max_bytes=limit)
         found[stem] = (inst, control_group)
-    for stem, (inst, _) in found.items():
+    for stem, (inst, _props) in found.items():
         limits = [v for v in (inst.memory_max_bytes, slice_max.get(stem)) if v is not None]
         inst.memory_max_bytes = min(limits) if limits else None
     return found
@@ -106,7 +106,7 @@ def instances_from_units(units: list[dict[str, str]]) -> dict[str, tuple[Instanc
 def parse_cpu_stat(text: str) -> float | None:
     """cpu.stat -> CPU seconds (usage_usec), None when the line is missing."""
     for line in text.splitlines():
-        key, _, value = line.partition(" ")
+        key, _space, value = line.partition(" ")
         if key == "usage_usec" and value.strip().isdigit():
             return int(value) / 1e6
     return None
@@ -117,7 +117,7 @@ def parse_io_stat(text: str) -> tuple[int, int]:
     read = written = 0
     for line in text.splitlines():
         for item in line.split()[1:]:
-            key, _, value = item.partition("=")
+            key, _equals, value = item.partition("=")
             if key == "rbytes" and value.isdigit():
                 read += int(value)
             elif key == "wbytes" and value.isdigit():
@@ -255,7 +255,7 @@ class Sampler:
     def __init__(self, node: str, min_interval: float, read=None, clock=time.time,
                  roots: tuple[str, ...] = CGROUP_ROOTS, psutil_module=None):
         self.node, self.min_interval, self.roots = node, min_interval, roots
-        self._read = read or (lambda: read_units())
+        self._read = read or read_units
         self._clock, self._psutil = clock, psutil_module
         self._lock = threading.Lock()
         self._taken_at = 0.0
@@ -288,7 +288,7 @@ class UsageCollector:
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-        _, instances = self.sampler.sample()
+        _taken_at, instances = self.sampler.sample()
         labels = ["job", "slot", "unit"]
 
         def family(kind, name, doc, attr):
@@ -383,7 +383,8 @@ def _bytes_or_none(text: str) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="walle-exporter", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="walle-exporter",
+                                     description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--address", default="0.0.0.0", help="address to listen on")
     parser.add_argument("--port", type=int, default=9851, help="port to listen on")
     parser.add_argument("--node", default=socket.gethostname(), help="node name in /summary")

@@ -30,15 +30,17 @@ from typing import Any
 import ansible_runner
 import yaml
 
+from walle.collection import ensure_collection
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PLAYBOOK_DIR = REPO_ROOT / "playbooks"
 # Task names the playbooks use to talk to this adapter.
-HOST_DONE_TASK = "walle: host done"
+HOST_DONE_TASK = "Walle: host done"
 COMMAND_PLAYBOOK = "command.yml"  # run_command's playbook ...
-COMMAND_TASK = "walle: command"  # ... and its task whose results are the answers
-INSTANCE_FAILED_TASK = "walle: instance failed"
+COMMAND_TASK = "Walle: command"  # ... and its task whose results are the answers
+INSTANCE_FAILED_TASK = "Walle: instance failed"
 MAX_FORKS = 50
 CANCEL_POLL_S = 0.1  # how often ansible-runner asks whether to cancel
 SSH_ARGS = "-C -o ControlMaster=auto -o ControlPersist=600s -o ServerAliveInterval=5"
@@ -93,23 +95,31 @@ class EventCollector:
                  on_host_done: HostCallback | None = None):
         self.hosts: dict[str, HostResult] = {h: HostResult(h) for h in expected_hosts}
         self._on_host_done = on_host_done
+        self.play_started = False
+        self._seen: set[str] = set()  # hosts any task event named
 
     def handle(self, event: Mapping[str, Any]) -> bool:
         kind = event.get("event", "")
         data = event.get("event_data") or {}
         if kind == "playbook_on_stats":
             self._apply_stats(data)
+        elif kind == "playbook_on_play_start":
+            self.play_started = True
         elif kind.startswith("runner_on_") or kind.startswith("runner_item_on_"):
             self._apply_host_event(kind, data)
         return False  # nothing needs the event files on disk
 
-    def finish(self, reason: str) -> dict[str, HostResult]:
-        """Closes hosts that never finished (canceled, timed out, not in the inventory)."""
+    def finish(self, reason: str, missing: str | None = None) -> dict[str, HostResult]:
+        """Closes hosts that never finished (canceled, timed out, not in the inventory).
+        `missing`: the reason of a host no event ever named ("<host> <missing>"), when the run
+        went through its plays (so the play's host pattern did not match it)."""
         for result in self.hosts.values():
             if not result.done:
+                unseen = missing is not None and result.host not in self._seen
                 result.ok = False
                 result.failed = True
-                result.failed_tasks.append(TaskFailure("", reason))
+                msg = f"{result.host} {missing}" if unseen else reason
+                result.failed_tasks.append(TaskFailure("", msg))
                 self._done(result)
         return self.hosts
 
@@ -121,6 +131,7 @@ class EventCollector:
         if not host:
             return
         result = self._host(host)
+        self._seen.add(host)
         res = data.get("res") or {}
         task = data.get("task", "")
         if res.get("changed"):
@@ -223,9 +234,22 @@ def run_playbook(
                                     cancel_callback=stop)
         output_tail = _tail(runner)
     status = "timeout" if stop.timed_out else runner.status
-    hosts = collector.finish(f"run ended ({status}) before this host finished")
+    hosts = collector.finish(f"run ended ({status}) before this host finished",
+                             missing=_missing_reason(inventory, status, collector))
     return RunResult(status, runner.rc if runner.rc is not None else -1, hosts,
                      time.monotonic() - started, output_tail)
+
+
+def _missing_reason(inventory: str | dict, status: str,
+                    collector: EventCollector) -> str | None:
+    """Why a host of the limit got no event in a run that went through its plays: Ansible
+    did not match it, so it is not in the inventory (for the walle_consul inventory: not in
+    Consul's catalog now)."""
+    if status in ("timeout", "canceled") or not collector.play_started:
+        return None
+    where = inventory if isinstance(inventory, str) else "given"
+    return (f"is not in the inventory ({where}); check with "
+            f"`ansible-inventory -i {where} --graph`")
 
 
 def runner_args(
@@ -317,12 +341,13 @@ def extravars_text(extravars: Mapping[str, Any]) -> str:
 
 
 def ansible_env(repo_root: Path = REPO_ROOT) -> dict[str, str]:
-    """Points ansible at the repo's plugins and config and switches the speed settings on.
-    The repo's ansible.cfg, when present, owns the ssh arguments."""
+    """Points ansible at the repo's collection (walle.pool: its modules and roles) and
+    config and switches the speed settings on. The repo's ansible.cfg, when present, owns the
+    ssh arguments."""
     env = {
-        "ANSIBLE_LIBRARY": str(repo_root / "plugins" / "modules"),
-        "ANSIBLE_MODULE_UTILS": str(repo_root / "plugins" / "module_utils"),
-        "ANSIBLE_ROLES_PATH": str(repo_root / "roles"),
+        "ANSIBLE_COLLECTIONS_PATH": str(ensure_collection(repo_root)),
+        # the walle_consul inventory plugin: the pool from Consul's catalog
+        "ANSIBLE_INVENTORY_PLUGINS": str(repo_root / "plugins" / "inventory"),
         "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",  # no discovery round trip
         "ANSIBLE_GATHERING": "explicit",

@@ -10,27 +10,34 @@ from collections.abc import Callable
 from walle.adapters.consul import (
     ConsulApi,
     ConsulConfig,
+    ConsulConfigError,
     ConsulError,
     ConsulUnreachable,
     RetryPolicy,
     StateStore,
 )
-from walle.cli.main import EXIT_FAILED, EXIT_UNREACHABLE
+from walle.adapters.consul.config import read_token_file
+from walle.cli.main import (  # the option helpers are re-exported for the commands
+    EXIT_FAILED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    add_consul_args,  # noqa: F401
+    add_json_arg,  # noqa: F401
+)
 
 # The CLI answers people: fail fast when Consul is down instead of retrying for long.
 CLI_RETRY = RetryPolicy(attempts=3, base=0.2, cap=1.0, total=5.0)
 
 
-def add_consul_args(parser) -> None:
-    parser.add_argument("--consul-addr", metavar="URL",
-                        help="Consul HTTP API (default: $CONSUL_HTTP_ADDR or "
-                             "http://127.0.0.1:8500)")
-    parser.add_argument("--json", action="store_true", help="plain JSON on stdout for scripts")
+from walle.service.jobs import ActionError  # noqa: E402,F401 - re-exported for the commands
 
 
 def connect(args) -> tuple[ConsulApi, StateStore]:
-    api = ConsulApi(ConsulConfig.from_env(addr=getattr(args, "consul_addr", None)),
-                    retry=CLI_RETRY)
+    """The Consul API as the global options say (`--token-file` wins over the environment)."""
+    token_file = getattr(args, "token_file", None)
+    config = ConsulConfig.from_env(addr=getattr(args, "consul_addr", None),
+                                   token=read_token_file(token_file) if token_file else None)
+    api = ConsulApi(config, retry=CLI_RETRY)
     return api, StateStore(api)
 
 
@@ -41,6 +48,9 @@ def cluster_command(fn: Callable) -> Callable:
     def wrapper(args) -> int:
         try:
             return fn(args)
+        except ConsulConfigError as err:  # a bad --consul-addr, --token-file or CONSUL_*
+            print(f"walle: {err}", file=sys.stderr)
+            return EXIT_USAGE
         except ConsulUnreachable as err:
             print(f"walle: {err}", file=sys.stderr)
             return EXIT_UNREACHABLE

@@ -25,6 +25,7 @@ from walle.cli.output import print_table
 from walle.lab.nodes import Lab, LabError
 from walle.naming import instance_slice, service_unit
 from walle.service.cluster import load_snapshot
+from walle.service.jobs import submit
 from walle.spec import SpecError, load_spec_file
 
 UNIT_PROPERTIES = ("ActiveState", "MainPID", "ControlGroup")
@@ -70,16 +71,36 @@ def cmd_demo(args) -> int:
         return EXIT_FAILED
     show_placement(lab, api, store, spec.name)
     show_dns(lab, spec)
-    print(f"\nready in {time.monotonic() - started:.1f}s. Try: CONSUL_HTTP_ADDR={consul_addr} "
-          f"walle status {spec.name}; walle lab kill node2; walle lab down")
+    print(f"\nready in {time.monotonic() - started:.1f}s.")
+    print(try_next(spec, consul_addr, args.lab))
     return EXIT_OK
 
 
-def provision(lab: Lab) -> int:
+def try_next(spec, consul_addr: str, lab: str) -> str:
+    """What to try on the lab just built. Every command parses (tests/unit/test_demo_try.py);
+    what they show is tested on real labs: a killed node's instance is lost with its reason
+    (tests/lab/test_scheduler_lab.py), a node added takes work (tests/lab/test_members_lab.py),
+    the console shows a kill (tests/lab/test_console_lab.py)."""
+    name, lab_cmd = spec.name, "walle lab" if lab == "default" else f"walle lab --name {lab}"
+    return "\n".join([
+        f"Try (export CONSUL_HTTP_ADDR={consul_addr}):",
+        f"  walle status {name}               # one instance per node",
+        f"  {lab_cmd} kill node2              # a node dies",
+        f"  walle status {name}; walle events {name}; walle plan {name} --explain",
+        "                                  # the lost instance, and why it has no place yet",
+        f"  {lab_cmd} add                     # a new node joins by itself; the instance "
+        "moves there",
+        "  walle ui                         # the console: http://127.0.0.1:8470",
+        f"  {lab_cmd} down",
+    ])
+
+
+def provision(lab: Lab, limit: list[str] | None = None) -> int:
+    """site.yml on the lab's nodes (`limit`: only these, e.g. nodes just added)."""
     env = {**os.environ, **ansible_env(), "WALLE_LAB": lab.name}
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(lab.inventory_path),
-         str(REPO_ROOT / "site.yml")],
+         *(["--limit", ",".join(limit)] if limit else []), str(REPO_ROOT / "site.yml")],
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
     )
     recap = proc.stdout[proc.stdout.rfind("PLAY RECAP"):] if "PLAY RECAP" in proc.stdout else ""
@@ -94,16 +115,10 @@ def start_schedulers(lab: Lab, consul_addr: str, count: int = 2) -> None:
     for n in range(1, count + 1):
         lab.start_process(f"scheduler-{n}", [
             str(Path(sys.executable).parent / "walle"), "scheduler", "run",
-            "--consul-addr", consul_addr, "--inventory", str(lab.inventory_path),
+            "--consul-addr", consul_addr, "--inventory", str(lab.pool_inventory_path),
             "--node-consul-addr", consul_addr, "--name", f"{lab.name}-scheduler-{n}",
             "--lock-delay", "5",
         ], f"scheduler-{n}.log")
-
-
-def submit(store: StateStore, spec) -> None:
-    current = store.job(spec.name)
-    if current is None or current.version != spec.digest():
-        store.put_job(spec, current.modify_index if current else 0, previous=current)
 
 
 def wait_running(api: ConsulApi, store: StateStore, job: str, count: int,

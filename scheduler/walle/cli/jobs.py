@@ -1,22 +1,27 @@
-"""Job commands: `walle run`, `stop`, `scale`, `status`, `plan`."""
+"""Job commands: `walle run`, `stop`, `scale`, `status` (and `plan`, in walle.cli.plan)."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 
-from walle.adapters.consul.state import ALLOCS, job_key
-from walle.adapters.consul.tombstones import clear_tombstone, mark_stopped, stop_job
-from walle.cli.common import add_consul_args, cluster_command, connect, print_json, progress
+from walle.cli import plan
+from walle.cli.common import (
+    ActionError,
+    add_consul_args,
+    cluster_command,
+    connect,
+    print_json,
+    progress,
+)
 from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from walle.cli.output import print_table
-from walle.core import explain, format_explanation
+from walle.cli.output import print_table, printable
+from walle.naming import instance_id, job_allocs_prefix, job_key
+from walle.service import jobs
 from walle.service.adopt import unclaimed_instances
 from walle.service.cluster import Snapshot, load_snapshot
-from walle.spec import SpecError, load_spec_file, parse_spec
-
-CAS_ATTEMPTS = 5
+from walle.service.history import JobHistory, from_data
+from walle.spec import SpecError, load_spec_file
 
 
 def register(subparsers) -> None:
@@ -45,11 +50,7 @@ def register(subparsers) -> None:
     add_consul_args(status)
     status.set_defaults(func=cmd_status)
 
-    plan = subparsers.add_parser("plan", help="where a job would go, and why (dry run)")
-    plan.add_argument("job", help="a job name in the cluster, or a spec file")
-    plan.add_argument("--explain", action="store_true", help="per-node scores and refusals")
-    add_consul_args(plan)
-    plan.set_defaults(func=cmd_plan)
+    plan.register(subparsers)  # walle.cli.plan: the leader's decision as a dry run
 
 
 @cluster_command
@@ -60,7 +61,7 @@ def cmd_run(args) -> int:
         print(err, file=sys.stderr)
         return EXIT_USAGE
     _, store = connect(args)
-    verb = write_job(store, spec)
+    verb = jobs.submit(store, spec)
     if verb is None:
         print(f"walle run: {spec.name} kept changing under us; try again", file=sys.stderr)
         return EXIT_FAILED
@@ -73,66 +74,33 @@ def cmd_run(args) -> int:
     return _wait(args, spec.name, spec.count)
 
 
-def write_job(store, spec) -> str | None:
-    """CAS-write a job, keeping the version it replaces for rollback: "submitted", "updated"
-    or "unchanged"; None when it kept changing under us (CAS_ATTEMPTS lost races)."""
-    for _ in range(CAS_ATTEMPTS):
-        current = store.job(spec.name)
-        if current and current.version == spec.digest():
-            return "unchanged"
-        if store.put_job(spec, current.modify_index if current else 0, previous=current):
-            if current is None:  # submitted again after `walle stop`: not stopped any more
-                clear_tombstone(store.api, spec.name)
-            return "updated" if current else "submitted"
-    return None
-
-
 @cluster_command
 def cmd_stop(args) -> int:
-    """Delete the job and leave its tombstone (walle/stopped/<job>): the leader stops its
-    instances, even those it finds running with no record. A job absent from KV whose
-    instances still run (state lost) gets the tombstone alone."""
     api, store = connect(args)
-    current = store.job(args.job)
-    if current is None:
-        unclaimed = [f for f in unclaimed_instances(load_snapshot(api, store))
-                     if f.job == args.job]
-        if not unclaimed:
-            print(f"walle stop: no job {args.job!r}", file=sys.stderr)
-            return EXIT_FAILED
-        mark_stopped(api, args.job, stopped_at=time.time())
+    try:
+        unclaimed = jobs.stop(api, store, args.job)
+    except ActionError as err:
+        print(f"walle stop: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    if unclaimed:
         _say(args, {"job": args.job, "stopped": True, "unclaimed": list(map(str, unclaimed))},
              f"{args.job}: not in Consul; stopping its {len(unclaimed)} unclaimed "
              "instance(s) at the leader's next pass")
         return EXIT_OK
-    if not stop_job(store, args.job, current.modify_index, version=current.version,
-                    stopped_at=time.time()):
-        print(f"walle stop: {args.job} changed meanwhile; try again", file=sys.stderr)
-        return EXIT_FAILED
     _say(args, {"job": args.job, "stopped": True}, f"{args.job}: stopping")
     return _wait(args, args.job, 0)
 
 
 @cluster_command
 def cmd_scale(args) -> int:
-    if not 0 <= args.count <= 1000:
-        print("walle scale: count must be 0..1000", file=sys.stderr)
-        return EXIT_USAGE
     _, store = connect(args)
-    for _ in range(CAS_ATTEMPTS):
-        current = store.job(args.job)
-        if current is None:
-            print(f"walle scale: no job {args.job!r}", file=sys.stderr)
-            return EXIT_FAILED
-        data = dict(current.spec)
-        data["count"] = args.count
-        spec = parse_spec(data, source=f"{args.job} scaled")
-        if store.put_job(spec, current.modify_index, previous=current):
-            _say(args, {"job": args.job, "count": args.count},
-                 f"{args.job}: scaled to {args.count}")
-            return _wait(args, args.job, args.count)
-    print(f"walle scale: {args.job} kept changing; try again", file=sys.stderr)
-    return EXIT_FAILED
+    try:
+        jobs.scale(store, args.job, args.count)
+    except ActionError as err:
+        print(f"walle scale: {err}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(err, jobs.BadCount) else EXIT_FAILED
+    _say(args, {"job": args.job, "count": args.count}, f"{args.job}: scaled to {args.count}")
+    return _wait(args, args.job, args.count)
 
 
 @cluster_command
@@ -140,7 +108,9 @@ def cmd_status(args) -> int:
     api, store = connect(args)
     snap = load_snapshot(api, store)
     if args.job:
-        rows = instance_rows(snap, args.job)
+        _, stored = store.events(args.job)
+        history = from_data(stored[args.job][0]) if args.job in stored else JobHistory()
+        rows = instance_rows(snap, args.job, history)
         unreadable = unreadable_rows(snap, args.job)
         if args.job not in snap.jobs and not rows and not unreadable:
             print(f"walle status: no job {args.job!r}", file=sys.stderr)
@@ -156,8 +126,11 @@ def cmd_status(args) -> int:
     unreadable = unreadable_rows(snap)
     if args.json:
         print_json({"jobs": rows, "unreadable": unreadable})
+    elif not rows:
+        print("no jobs (`walle run FILE` submits one)")
     else:
-        print_table(rows, ["job", "kind", "count", "running", "pending", "failed", "version"])
+        print_table(rows, ["job", "kind", "count", "running", "pending", "lost", "failed",
+                           "version"])
         _print_unreadable(unreadable)
     _warn_unclaimed(snap)
     return EXIT_OK
@@ -180,36 +153,15 @@ def _warn_unclaimed(snap: Snapshot) -> None:
               file=sys.stderr)
 
 
-@cluster_command
-def cmd_plan(args) -> int:
-    api, store = connect(args)
-    snap = load_snapshot(api, store)
-    if args.job in snap.jobs:
-        spec = snap.jobs[args.job]
-    else:
-        try:
-            spec = load_spec_file(args.job)
-        except SpecError as err:
-            print(f"walle plan: {args.job!r} is neither a job in the cluster nor a valid "
-                  f"spec file:\n{err}", file=sys.stderr)
-            return EXIT_USAGE
-    allocs = [r.alloc for r in snap.records.values() if r.alloc.job != spec.name]
-    exp = explain(spec, snap.nodes, allocs)
-    if args.json:
-        print_json(dataclasses.asdict(exp))
-    else:
-        print(format_explanation(exp) if args.explain else format_explanation(exp, limit=5))
-    return EXIT_OK
-
-
 # ----- tables -------------------------------------------------------------------------------
 def job_rows(snap: Snapshot) -> list[dict]:
     rows = []
     for name, spec in sorted(snap.jobs.items()):
-        states = [r.alloc.state for r in snap.records.values() if r.alloc.job == name]
+        states = [r.state for r in snap.records.values() if r.alloc.job == name]
         rows.append({"job": name, "kind": spec.kind, "count": spec.count,
                      "running": states.count("running"), "pending": states.count("pending"),
-                     "failed": states.count("failed"), "version": spec.digest()})
+                     "lost": states.count("lost"), "failed": states.count("failed"),
+                     "version": spec.digest()})
     return rows
 
 
@@ -219,33 +171,34 @@ def unreadable_rows(snap: Snapshot, job: str | None = None) -> list[dict]:
     terminal."""
     rows = []
     for key, reason in snap.unreadable:
-        if job is None or key == job_key(job) or key.startswith(f"{ALLOCS}{job}/"):
-            rows.append({"key": _printable(key), "reason": _printable(reason)})
+        if job is None or key == job_key(job) or key.startswith(job_allocs_prefix(job)):
+            rows.append({"key": printable(key), "reason": printable(reason)})
     return rows
 
 
-def _printable(text: str) -> str:
-    one_line = " ".join(text.split())
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in one_line)
-
-
-def instance_rows(snap: Snapshot, job: str) -> list[dict]:
-    rows = []
+def instance_rows(snap: Snapshot, job: str, history: JobHistory | None = None) -> list[dict]:
+    """One row per slot: its record (state as the operator sees it, with why), or, for a slot
+    the leader cannot place and that has no record, what the job's history says."""
+    history = history or JobHistory()
+    rows = [{"instance": instance_id(job, slot), "slot": slot, "node": None, "state": u.state,
+             "health": "-", "reason": printable(u.why) or None}
+            for slot, u in history.unplaced.items()
+            if instance_id(job, slot) not in snap.records]
     for key, r in sorted(snap.records.items(), key=lambda kv: kv[1].alloc.slot):
         a = r.alloc
         if a.job != job:
             continue
         g = a.grant
         rows.append({
-            "instance": key, "node": a.node, "state": a.state,
+            "instance": key, "slot": a.slot, "node": a.node, "state": r.state,
             "health": snap.instance_status(a.node, key) or "-",
             "cpu_quota": f"{g.cpu_quota_percent}%" if g else None,
             "cpu_weight": g.cpu_weight if g else None,
             "memory_max": _size(g.memory_max) if g else None,
             "version": a.spec_digest, "previous": r.previous.node if r.previous else None,
-            "reason": _printable(r.reason) if r.reason else None,
+            "reason": printable(r.why) or None,
         })
-    return rows
+    return sorted(rows, key=lambda row: row["slot"])
 
 
 def _size(n: int) -> str:

@@ -1,13 +1,19 @@
-"""`walle lab up|status|down|kill|restart`: the local pool of nspawn nodes on this machine."""
+"""`walle lab up|status|add|remove|down|kill|restart`: the local pool of nspawn nodes on this
+machine."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+import time
 
+from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore, fire_drain, nodes
+from walle.adapters.runner import run_command
+from walle.cli.main import add_json_arg
 from walle.cli.output import print_table
 from walle.lab.nodes import Lab, LabError
+from walle.service.cluster import load_snapshot
 
 DEFAULT_LAB = os.environ.get("WALLE_LAB", "default")
 
@@ -19,8 +25,19 @@ def register(subparsers) -> None:
     up = actions.add_parser("up", help="boot the lab's nodes (cached rootfs, seconds when warm)")
     up.add_argument("--nodes", type=int, default=3, help="number of nodes (default: 3)")
     status = actions.add_parser("status", help="nodes, addresses and whether they answer")
-    status.add_argument("--json", action="store_true")
+    add_json_arg(status)
     actions.add_parser("down", help="stop the nodes and remove everything the lab made")
+    add = actions.add_parser("add", help="boot more nodes into the running lab and provision "
+                                         "them (site.yml --limit); the scheduler finds them "
+                                         "in Consul")
+    add.add_argument("count", nargs="?", type=int, default=1, help="how many (default: 1)")
+    remove = actions.add_parser("remove", help="drain a node, make it leave Consul, power it "
+                                               "off and forget it")
+    remove.add_argument("node")
+    remove.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                        help="how long to wait for its instances to move (default: 300)")
+    remove.add_argument("--force", action="store_true",
+                        help="power it off even if instances are still placed on it")
     for verb, text in (("kill", "hard-kill a node (SIGKILL, like a power loss)"),
                        ("restart", "boot a killed node again")):
         p = actions.add_parser(verb, help=text)
@@ -40,6 +57,10 @@ def run(args) -> int:
         if args.lab_action == "down":
             lab.down()
             return 0
+        if args.lab_action == "add":
+            return _add(lab, args.count)
+        if args.lab_action == "remove":
+            return _remove(lab, args.node, args.timeout, args.force)
         if args.lab_action == "kill":
             lab.kill_node(args.node)
             return 0
@@ -59,3 +80,67 @@ def _status(lab: Lab, as_json: bool) -> int:
     else:
         print_table(rows, ["name", "address", "pid", "running", "ssh"])
     return 0 if rows and all(r["running"] for r in rows) else 1
+
+
+def _add(lab: Lab, count: int) -> int:
+    from walle.cli.demo import provision  # demo imports cli.main, which imports this module
+
+    added = [node.name for node in lab.add(count)]
+    if provision(lab, limit=added) != 0:
+        print(f"walle lab add: booted {', '.join(added)} but site.yml failed on them; run "
+              f"`walle lab remove` for each, or fix and run site.yml --limit again",
+              file=sys.stderr)
+        return 1
+    print(f"lab {lab.name}: added {', '.join(added)} (provisioned; they join Consul and the "
+          f"scheduler places work there)")
+    return 0
+
+
+def _remove(lab: Lab, node: str, timeout: float, force: bool) -> int:
+    """Drain (its instances move), leave (Serf: gone from Consul's catalog), power off, and
+    clear what pointed at it (the drain key, the inventory entry)."""
+    if all(n.name != node for n in lab.nodes):
+        raise LabError(f"no node {node!r} in lab {lab.name!r}")
+    store = None
+    if lab.process_running("consul-standin"):
+        api = ConsulApi(ConsulConfig.from_env(addr=lab.consul_http_addr))
+        store = StateStore(api)
+        store.set_drain(node)
+        fire_drain(api, node)
+        held = _wait_moved(api, store, node, timeout)
+        if held and not force:
+            store.set_drain(node, False)
+            print(f"walle lab remove: {node} still holds {', '.join(held)} after "
+                  f"{timeout:.0f}s (is a scheduler running?); it is left as it was. "
+                  "--force powers it off anyway", file=sys.stderr)
+            return 1
+        run_command(str(lab.inventory_path), [node], ["systemctl", "stop", "walle-serf"],
+                    timeout=30)
+        _wait_left(api, node, 30.0)
+    lab.remove_node(node)
+    if store is not None:
+        store.set_drain(node, False)
+    print(f"lab {lab.name}: removed {node}")
+    return 0
+
+
+def _instances_on(api: ConsulApi, store: StateStore, node: str) -> list[str]:
+    records = load_snapshot(api, store).records.values()
+    return sorted(r.key for r in records
+                  if r.alloc.node == node or (r.previous and r.previous.node == node))
+
+
+def _wait_moved(api: ConsulApi, store: StateStore, node: str, timeout: float) -> list[str]:
+    """The slots still placed on `node` once they moved or `timeout` passed."""
+    deadline = time.monotonic() + timeout
+    while (held := _instances_on(api, store, node)) and time.monotonic() < deadline:
+        time.sleep(1.0)
+    return held
+
+
+def _wait_left(api: ConsulApi, node: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(n.name == node for n in nodes(api)):
+        if time.monotonic() > deadline:
+            raise LabError(f"{node} did not leave Consul's catalog within {timeout:.0f}s")
+        time.sleep(0.5)

@@ -17,10 +17,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from walle.adapters.consul import LEADER_KEY
 from walle.adapters.consul.services import ServiceInstance, service_health
-from walle.cli.common import add_consul_args, cluster_command, connect
+from walle.cli.common import add_consul_args, cluster_command, connect, print_json
 from walle.cli.main import EXIT_OK, EXIT_USAGE
 from walle.naming import instance_id
 from walle.service.cluster import Snapshot, load_snapshot
+from walle.service.records import SLOT_STATES
 
 EXPORTER_SERVICE = "walle-exporter"
 SUMMARY_TIMEOUT_S = 5.0
@@ -34,7 +35,7 @@ HELP = {
     "walle_node_reserved_memory_bytes": ("gauge", "guaranteed memory of the live instances"),
     "walle_node_instances": ("gauge", "live instances on the node"),
     "walle_job_desired_instances": ("gauge", "the job's count"),
-    "walle_job_instances": ("gauge", "the job's instances by state"),
+    "walle_job_instances": ("gauge", "the job's instances by state (walle status's words)"),
     "walle_instance_healthy": ("gauge", "1 when every check of the instance passes"),
     "walle_instance_cpu_quota_percent": ("gauge", "granted CPUQuota (percent of one core)"),
     "walle_instance_cpu_weight": ("gauge", "granted CPUWeight"),
@@ -60,25 +61,36 @@ def register(subparsers) -> None:
 def cmd_metrics(args) -> int:
     api, store = connect(args)
 
-    def scrape() -> str:
+    def samples() -> dict[str, list[tuple[dict, float]]]:
         snap = load_snapshot(api, store)
         usage = read_usage(api, snap) if args.usage else {}
-        return render_metrics(snap, usage, leader=has_leader(api))
+        return metric_samples(snap, usage, leader=has_leader(api))
 
     if not args.listen:
-        sys.stdout.write(scrape())
+        if args.json:
+            print_json({name: [{"labels": labels, "value": value} for labels, value in values]
+                        for name, values in samples().items()})
+        else:
+            sys.stdout.write(exposition(samples()))
         return EXIT_OK
     host, _, port = args.listen.rpartition(":")
     if not port.isdigit():
         print(f"walle metrics: --listen {args.listen!r}: use HOST:PORT", file=sys.stderr)
         return EXIT_USAGE
-    serve(host or "127.0.0.1", int(port), scrape)
+    serve(host or "127.0.0.1", int(port), lambda: exposition(samples()))
     return EXIT_OK
 
 
 def render_metrics(snap: Snapshot, usage: Mapping[tuple[str, str], Mapping[str, float]],
                    leader: bool | None = None) -> str:
-    """`usage`: (node, instance id) -> the exporter's measures (cpu_seconds, memory_bytes)."""
+    """The Prometheus text exposition of metric_samples()."""
+    return exposition(metric_samples(snap, usage, leader))
+
+
+def metric_samples(snap: Snapshot, usage: Mapping[tuple[str, str], Mapping[str, float]],
+                   leader: bool | None = None) -> dict[str, list[tuple[dict, float]]]:
+    """metric name -> (labels, value) samples. `usage`: (node, instance id) -> the exporter's
+    measures (cpu_seconds, memory_bytes)."""
     samples: dict[str, list[tuple[dict, float]]] = {name: [] for name in HELP}
     if leader is not None:
         samples["walle_scheduler_leader"].append(({}, leader))
@@ -100,8 +112,8 @@ def render_metrics(snap: Snapshot, usage: Mapping[tuple[str, str], Mapping[str, 
         samples["walle_node_instances"].append((labels, len(live)))
     for name, spec in sorted(snap.jobs.items()):
         samples["walle_job_desired_instances"].append(({"job": name}, spec.count))
-        states = [r.alloc.state for r in snap.records.values() if r.alloc.job == name]
-        for state in ("pending", "running", "failed", "stopped"):
+        states = [r.state for r in snap.records.values() if r.alloc.job == name]
+        for state in SLOT_STATES:  # as `walle status` shows them: a lost one is not running
             samples["walle_job_instances"].append(
                 ({"job": name, "state": state}, states.count(state)))
     for key, r in sorted(snap.records.items()):
@@ -120,7 +132,7 @@ def render_metrics(snap: Snapshot, usage: Mapping[tuple[str, str], Mapping[str, 
                             ("memory_bytes", "walle_instance_memory_bytes")):
             if isinstance(used.get(field), int | float):
                 samples[name].append((labels, used[field]))
-    return exposition(samples)
+    return samples
 
 
 def exposition(samples: Mapping[str, list[tuple[dict, float]]]) -> str:

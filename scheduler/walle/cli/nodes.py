@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from walle.adapters.consul import fire_drain
-from walle.cli.common import add_consul_args, cluster_command, connect, print_json
+from walle.cli.common import ActionError, add_consul_args, cluster_command, connect, print_json
 from walle.cli.main import EXIT_FAILED, EXIT_OK
 from walle.cli.output import print_table
 from walle.service.cluster import load_snapshot
@@ -57,16 +57,26 @@ def cmd_nodes(args) -> int:
 @cluster_command
 def cmd_drain(args) -> int:
     api, store = connect(args)
-    known = {n.name for n in load_snapshot(api, store).health.nodes}
-    if args.node not in known:
-        print(f"walle drain: no node {args.node!r} (known: {', '.join(sorted(known))})",
-              file=sys.stderr)
+    try:
+        drain_node(api, store, args.node, undo=args.undo)
+    except ActionError as err:
+        print(f"walle drain: {err}", file=sys.stderr)
         return EXIT_FAILED
-    if args.undo:
-        store.set_drain(args.node, False)
-        print(f"{args.node}: schedulable again")
-        return EXIT_OK
-    store.set_drain(args.node)
-    fire_drain(api, args.node)
-    print(f"{args.node}: draining; its instances move to other nodes")
+    if args.json:
+        print_json({"node": args.node, "draining": not args.undo})
+    else:
+        print(f"{args.node}: schedulable again" if args.undo else
+              f"{args.node}: draining; its instances move where there is room (`walle events` "
+              "says where each went, or why it cannot move)")
     return EXIT_OK
+
+
+def drain_node(api, store, node: str, undo: bool = False) -> None:
+    """Set (or clear) a node's drain key; a drain also fires the drain event. Raises
+    ActionError for a node Consul does not know."""
+    known = {n.name for n in load_snapshot(api, store).health.nodes}
+    if node not in known:
+        raise ActionError(f"no node {node!r} (known: {', '.join(sorted(known))})")
+    store.set_drain(node, not undo)
+    if not undo:
+        fire_drain(api, node)

@@ -24,3 +24,10 @@ def print_table(rows: Iterable[Mapping], columns: Sequence[str], file=None) -> N
           file=file)
     for r in cells:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip(), file=file)
+
+
+def printable(text: str) -> str:
+    """Text from Consul (keys, reasons, messages) on one line, control characters shown
+    escaped, never sent to the terminal."""
+    one_line = " ".join(text.split())
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in one_line)

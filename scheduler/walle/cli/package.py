@@ -24,10 +24,17 @@ from walle.catalog import (
     plan_install,
     plan_uninstall,
 )
-from walle.cli.common import add_consul_args, cluster_command, connect, print_json, progress
-from walle.cli.jobs import CAS_ATTEMPTS, write_job
-from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from walle.cli.common import (
+    ActionError,
+    add_consul_args,
+    cluster_command,
+    connect,
+    print_json,
+    progress,
+)
+from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_json_arg
 from walle.cli.output import print_table
+from walle.service.jobs import CAS_ATTEMPTS, submit
 from walle.spec.parse import MAX_SPEC_BYTES, _StrictLoader
 
 
@@ -43,7 +50,7 @@ def register(subparsers) -> None:
         if cluster:
             add_consul_args(parser)
         else:
-            parser.add_argument("--json", action="store_true", help="plain JSON on stdout")
+            add_json_arg(parser)
         parser.set_defaults(func=func)
         return parser
 
@@ -146,7 +153,7 @@ def _show(args, rows: list[dict], columns: list[str]) -> None:
 
 
 # ----- against the cluster -----------------------------------------------------------------
-def _installed(store) -> dict[str, Installed]:
+def installed_packages(store) -> dict[str, Installed]:
     return {name: Installed.from_json(name, body, index)
             for name, (body, index) in store.packages().items()}
 
@@ -190,37 +197,55 @@ def _install(args, upgrade: bool) -> int:
     except CatalogError as err:
         return _bad_input(args, err, installing=True)
     _, store = connect(args)
+
+    def report(step: Step) -> None:
+        if not args.json:
+            verb = "upgraded from " + step.replaces.version if step.replaces else "installed"
+            print(f"{step.package.ref}: {verb} (jobs: {', '.join(step.record.jobs)})")
+
     try:
-        installed = _installed(store)
-        _, jobs = store.jobs()
-        steps = plan_install(catalog, root, installed, set(jobs), file_values=file_values,
-                             sets=sets, upgrade=upgrade)
+        done = install_package(store, catalog, root, file_values=file_values, sets=sets,
+                               upgrade=upgrade, on_step=report)
     except CatalogError as err:
         return _bad_input(args, err, installing=True)
+    except ActionError as err:
+        print(f"walle package {args.package_command}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print_json({"packages": done})
+    return EXIT_OK
+
+
+def install_package(store, catalog: Catalog, root: Package, *, file_values: dict,
+                    sets: dict, upgrade: bool, on_step=None) -> list[dict]:
+    """Install (or upgrade) `root` and the dependencies it lacks: every spec is rendered and
+    validated first (CatalogError: bad input, nothing written), then each package's jobs and
+    record are written in dependency order (ActionError: a write lost its race midway; what
+    was written is named). Returns what was done, one entry per package."""
+    installed = installed_packages(store)
+    _, jobs = store.jobs()
+    steps = plan_install(catalog, root, installed, set(jobs), file_values=file_values,
+                         sets=sets, upgrade=upgrade)
     done = []
     for step in steps:
         problem = _write_step(store, step)
         if problem:
             written = ", ".join(d["name"] for d in done) or "nothing"
-            print(f"walle package {args.package_command}: {problem} (already written: "
-                  f"{written}); run the command again", file=sys.stderr)
-            return EXIT_FAILED
-        verb = ("upgraded from " + step.replaces.version if step.replaces else "installed")
+            raise ActionError(f"{problem} (already written: {written}); run the command "
+                              "again")
         done.append({"name": step.record.name, "version": step.record.version,
                      "jobs": list(step.record.jobs), "values": dict(step.record.values),
                      "action": "upgraded" if step.replaces else "installed"})
-        if not args.json:
-            print(f"{step.package.ref}: {verb} (jobs: {', '.join(step.record.jobs)})")
-    if args.json:
-        print_json({"packages": done})
-    return EXIT_OK
+        if on_step:
+            on_step(step)
+    return done
 
 
 def _write_step(store, step: Step) -> str | None:
     """The package's jobs (the scheduler rolls changed ones out, rolling back on failure),
     the jobs an upgrade dropped, then its record. Returns what went wrong, or None."""
     for spec in step.specs:
-        if write_job(store, spec) is None:
+        if submit(store, spec) is None:
             return f"job {spec.name} kept changing under us"
     for job in step.stale_jobs:
         if not _stop_job(store, job):
@@ -242,7 +267,7 @@ def _stop_job(store, name: str) -> bool:
 def cmd_uninstall(args) -> int:
     _, store = connect(args)
     try:
-        order = plan_uninstall(_installed(store), args.name, args.cascade)
+        order = plan_uninstall(installed_packages(store), args.name, args.cascade)
     except CatalogError as err:
         return _bad_input(args, err)
     removed = []
@@ -270,7 +295,7 @@ def cmd_uninstall(args) -> int:
 def cmd_installed(args) -> int:
     _, store = connect(args)
     try:
-        records = _installed(store)
+        records = installed_packages(store)
     except CatalogError as err:
         print(f"walle package installed: {err}", file=sys.stderr)
         return EXIT_FAILED

@@ -21,7 +21,9 @@ def register(subparsers) -> None:
     actions = parser.add_subparsers(dest="scheduler_action", metavar="ACTION", required=True)
     run = actions.add_parser("run", help="run a scheduler instance (leader election in Consul)")
     run.add_argument("--consul-addr", metavar="URL", help="Consul HTTP API the scheduler uses")
-    run.add_argument("--inventory", required=True, help="Ansible inventory of the nodes")
+    run.add_argument("--inventory", required=True,
+                     help="Ansible inventory of the nodes: a walle_consul file (the nodes of "
+                          "Consul's catalog, read at every run; see docs/architecture.md)")
     run.add_argument("--node-consul-addr", default="http://127.0.0.1:8500",
                      help="Consul agent address as seen from the nodes (default: %(default)s)")
     run.add_argument("--node-consul-token-file", metavar="PATH", default="",

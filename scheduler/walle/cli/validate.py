@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from walle.cli.main import add_json_arg
 from walle.service.policy import policy_notes
 from walle.spec import JobSpec, SpecError, load_spec_file
 
@@ -17,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "validate", help="check job spec files and report every problem",
         description="Check job spec files (YAML or JSON). Exit 0 when all are valid, 2 if not.")
     parser.add_argument("files", nargs="+", metavar="FILE", help="job spec file")
-    parser.add_argument("--json", action="store_true", help="print results as JSON on stdout")
+    add_json_arg(parser)
     parser.set_defaults(func=run)
 
 

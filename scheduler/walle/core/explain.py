@@ -1,7 +1,8 @@
 """Why a job's next instance would go where it goes: every node, every filter, every score.
 
-`walle plan JOB --explain` prints `format_explanation(explain(...))`. This is the full scan
-(no sampling), so it shows what the bounded search chooses among.
+`walle plan JOB --explain` prints `format_nodes(explain(...))` for one more instance after the
+leader's plan (service/dryrun.py). This is the full scan (no sampling), so it shows what the
+bounded search chooses among.
 """
 
 from __future__ import annotations
@@ -85,6 +86,13 @@ def format_explanation(exp: Explanation, limit: int = 20) -> str:
         head.append(f"rejected: {exp.summary}")
     if exp.evictions:
         head.append(f"preemption would evict: {', '.join(exp.evictions)}")
+    return "\n".join(head + ["", format_nodes(exp, limit)])
+
+
+def format_nodes(exp: Explanation, limit: int = 20) -> str:
+    """The node table alone: the best `limit` feasible nodes with each score, then the
+    rejected ones with why."""
+    feasible = [v for v in exp.verdicts if v.feasible]
     columns = ["NODE", "STATE", "TOTAL", *(s.upper() for s in exp.scorers), "REJECTED BECAUSE"]
     rows = [[v.node, v.state, f"{v.total:.1f}", *(f"{s:.1f}" for _, s in v.scores), "-"]
             for v in feasible[:limit]]
@@ -95,4 +103,4 @@ def format_explanation(exp: Explanation, limit: int = 20) -> str:
              for row in [columns, *rows]]
     hidden = len(exp.verdicts) - len(rows)
     tail = [f"... {hidden} more nodes"] if hidden > 0 else []
-    return "\n".join(head + [""] + lines + tail)
+    return "\n".join(lines + tail)

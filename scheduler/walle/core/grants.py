@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterable, Sequence
 
 from walle.core.model import Allocation, Grant, Node
+from walle.spec.model import Resources
 
 WEIGHT_PER_CORE = 100  # systemd's default CPUWeight is 100: one guaranteed core = default
 MEMORY_HIGH_FRACTION = 0.9
@@ -29,7 +30,16 @@ def compute_grants(node: Node, allocations_on_node: Iterable[Allocation]) -> dic
     return grants_for(node.capacity.cpu, node.capacity.memory, demands)
 
 
-def grants_for(cpu_capacity: float, memory_capacity: int,
+def grant_alone(resources: Resources) -> Grant:
+    """The grant of an instance with nothing to share its node with: the same policy with no
+    overcommit. The executor uses it for an instance the core gave no grant (a placement
+    repeated from its record); the core's next regrant replaces it."""
+    cpu, memory = resources.cpu, resources.memory
+    demand = ("", cpu.min, cpu.max, int(memory.min), int(memory.max))
+    return grants_for(math.inf, math.inf, [demand])[""]
+
+
+def grants_for(cpu_capacity: float, memory_capacity: float,
                demands: Sequence[Demand]) -> dict[str, Grant]:
     cpu_scale = _elastic_scale(cpu_capacity, [(d[1], d[2]) for d in demands])
     mem_scale = _elastic_scale(memory_capacity, [(d[3], d[4]) for d in demands])

@@ -47,6 +47,7 @@ from walle.core.plan import (
     UpdateInPlace,
 )
 from walle.core.state import ClusterIndex, Held, held_from
+from walle.naming import instance_id
 from walle.spec.model import JobSpec
 
 MAX_PLACEMENT_STEPS_PER_INSTANCE = 4  # bounds eviction chains: total steps <= 4 x instances
@@ -336,9 +337,10 @@ class _Round:
             if released is not None:  # nothing changed since the release: put it back
                 self._hold(w.held_at, w.old, released.priority)
             return choice.reasons
-        evicted = [self._evict(choice.node, h, f"{w.job}-{w.slot}") for h in choice.evict]
+        evicted = [self._evict(choice.node, h, instance_id(w.job, w.slot))
+                   for h in choice.evict]
         self.ix.reserve(choice.node, Held(
-            f"{w.job}-{w.slot}", w.job, w.slot, req.priority, req.cpu, req.memory, req.disk,
+            instance_id(w.job, w.slot), w.job, w.slot, req.priority, req.cpu, req.memory, req.disk,
             req.gpus, req.spec.resources.cpu.min, req.spec.resources.cpu.max,
             int(req.spec.resources.memory.min), int(req.spec.resources.memory.max), req.ports))
         self.touched.add(choice.node)
@@ -408,7 +410,7 @@ class _Round:
         gpus = self._gpu_indices()
         places, migrates, replaces = [], [], []
         for w, i, score in self.placed:
-            key = f"{w.job}-{w.slot}"
+            key = instance_id(w.job, w.slot)
             new = self._allocation(self.reqs[w.job], w.slot, self.ix.nodes[i].name,
                                    w.failed_nodes, grants.get(key))
             new = replace(new, gpu_indices=gpus.get(key, ()))

@@ -102,6 +102,12 @@ class Lab:
         return self.dir / "inventory.yml"
 
     @property
+    def pool_inventory_path(self) -> Path:
+        """The scheduler's inventory: the walle_consul plugin over the lab's Consul (the nodes
+        that joined), with the connection settings in group_vars/all.yml beside it."""
+        return self.dir / "pool" / "walle_consul.yml"
+
+    @property
     def control_path_dir(self) -> Path:
         return self.dir / "cp"
 
@@ -133,6 +139,40 @@ class Lab:
                       f"{time.monotonic() - started:.1f}s")
         return self.nodes
 
+    def add(self, count: int = 1) -> list[LabNode]:
+        """Boot `count` more nodes into the lab (numbered after the highest one); returns
+        them. Provisioning them (site.yml --limit) is the caller's (`walle lab add`)."""
+        state = self._require_state()
+        if not 1 <= count <= 50 - len(state.nodes):
+            raise LabError(f"node count {count}: the lab has {len(state.nodes)} node(s) and "
+                           "holds at most 50")
+        rootfs = ensure_rootfs(progress=self.progress)
+        first = max((_number(n.name) for n in state.nodes), default=0) + 1
+        names = [f"node{n}" for n in range(first, first + count)]
+        for name in names:
+            self.progress(f"[{self.name}] booting {name}...")
+            self._boot(name, rootfs)
+        self._write_inventory()
+        self._wait_for_ssh(only=set(names))
+        return [node for node in self.nodes if node.name in names]
+
+    def remove_node(self, name: str) -> None:
+        """Power a node off and forget it: container, overlay, files, inventory entry. Draining
+        it and making it leave Consul first is the caller's (`walle lab remove`)."""
+        node = self._node(name)
+        if node is None:
+            raise LabError(f"no node {name!r} in lab {self.name!r}")
+        self.progress(f"[{self.name}] powering off {name}")
+        _stop_container(node.pid)
+        _unmount(node.root)
+        shutil.rmtree(self.dir / "nodes" / name, ignore_errors=True)
+        state = self._require_state()
+        state.nodes = [n for n in state.nodes if n.name != name]
+        self._save()
+        self._write_inventory()
+        # SSH masters of the node would outlive it; a later node may reuse its address
+        shutil.rmtree(self.control_path_dir, ignore_errors=True)
+
     def status(self) -> list[dict]:
         rows = []
         for node in self.nodes:
@@ -162,6 +202,11 @@ class Lab:
             self._boot(name, ensure_rootfs(progress=self.progress))
             self._wait_for_ssh(only={name})  # other nodes may be down on purpose
         return self._node(name)
+
+    def process_running(self, key: str) -> bool:
+        """Whether the lab daemon `key` (see start_process) runs."""
+        pid = self.state.processes.get(key) if self.state else None
+        return bool(pid) and _alive(pid)
 
     def start_process(self, key: str, argv: list[str], log_name: str) -> int:
         """Start a host-side daemon that belongs to this lab (Serf, the Consul stand-in) and
@@ -215,6 +260,7 @@ class Lab:
         return self.consul_http_addr
 
     def down(self) -> None:
+        self.state = self._load()  # what is recorded now: another process may have added nodes
         if self.state is None and not self.dir.exists():
             return
         state = self.state
@@ -268,8 +314,7 @@ class Lab:
 
     def _boot(self, name: str, rootfs: Path) -> None:
         state = self._require_state()
-        number = int(name.removeprefix("node"))
-        address = f"{SUBNET_PREFIX}.{state.index}.{FIRST_NODE_HOST + number - 1}"
+        address = f"{SUBNET_PREFIX}.{state.index}.{FIRST_NODE_HOST + _number(name) - 1}"
         node_dir = self.dir / "nodes" / name
         root = node_dir / "root"
         _mount_overlay(rootfs, node_dir)
@@ -290,7 +335,7 @@ class Lab:
         log.close()
         node = LabNode(name=name, address=address, pid=proc.pid, root=str(root))
         state.nodes = [n for n in state.nodes if n.name != name] + [node]
-        state.nodes.sort(key=lambda n: int(n.name.removeprefix("node")))
+        state.nodes.sort(key=lambda n: _number(n.name))
         self._save()
 
     def _wait_for_ssh(self, only: set[str] | None = None) -> None:
@@ -309,19 +354,27 @@ class Lab:
             raise LabError(f"sshd did not answer within {BOOT_TIMEOUT:.0f}s on: "
                            f"{', '.join(sorted(pending))}")
 
+    def _connection_vars(self) -> dict:
+        return {
+            "ansible_user": "root",
+            "ansible_ssh_private_key_file": str(self.ssh_key),
+            "ansible_ssh_common_args": "-o StrictHostKeyChecking=no "
+                                       "-o UserKnownHostsFile=/dev/null",
+            "ansible_python_interpreter": "/usr/bin/python3",
+            # Per-lab SSH masters: a new lab (or a rebooted node) reusing an address
+            # must never talk through a master connected to a dead container.
+            "ansible_control_path_dir": str(self.control_path_dir),
+        }
+
     def _write_inventory(self) -> None:
+        """Two inventories: the static list site.yml provisions (inventory.yml, the nodes
+        booted here), and the scheduler's pool, which is whatever Consul's catalog lists
+        (pool/walle_consul.yml: no node names in it, so it never changes)."""
         hosts = {n.name: _node_vars(n) for n in self.nodes}
         inventory = {
             "all": {
                 "vars": {
-                    "ansible_user": "root",
-                    "ansible_ssh_private_key_file": str(self.ssh_key),
-                    "ansible_ssh_common_args": "-o StrictHostKeyChecking=no "
-                                               "-o UserKnownHostsFile=/dev/null",
-                    "ansible_python_interpreter": "/usr/bin/python3",
-                    # Per-lab SSH masters: a new lab (or a rebooted node) reusing an address
-                    # must never talk through a master connected to a dead container.
-                    "ansible_control_path_dir": str(self.control_path_dir),
+                    **self._connection_vars(),
                     "walle_lab": self.name,
                     "walle_lab_host_address": self._require_state().host_address,
                     # roles/consul in lab mode: Serf on every node, the stand-in on the host
@@ -334,18 +387,28 @@ class Lab:
         }
         self.inventory_path.write_text(yaml.safe_dump(inventory, sort_keys=False))
         (self.dir / "inventory.json").write_text(json.dumps(inventory, indent=2))
+        pool = self.pool_inventory_path
+        (pool.parent / "group_vars").mkdir(parents=True, exist_ok=True)
+        pool.write_text(yaml.safe_dump({"plugin": "walle_consul",
+                                        "url": self.consul_http_addr}, sort_keys=False))
+        (pool.parent / "group_vars" / "all.yml").write_text(
+            yaml.safe_dump(self._connection_vars(), sort_keys=False))
 
 
 def _node_vars(node: LabNode) -> dict:
     """Inventory variables of a lab node: three zones round-robin, racks of three, so spread
     and failure-domain placement have something to work with."""
-    number = int(node.name.removeprefix("node"))
+    number = _number(node.name)
     return {
         "ansible_host": node.address,
         "walle_node_address": node.address,
         "walle_node_zone": f"z{(number - 1) % 3 + 1}",
         "walle_node_rack": f"r{(number - 1) // 3 + 1}",
     }
+
+
+def _number(name: str) -> int:
+    return int(name.removeprefix("node"))
 
 
 # ----- node preparation -------------------------------------------------------------------

@@ -18,9 +18,8 @@ from walle.adapters.consul import (
     Unreadable,
 )
 from walle.adapters.consul.health import ClusterHealth, fetch_cluster_health
-from walle.adapters.consul.state import JOBS, job_key, parse_alloc_key
 from walle.core import Capacity, Node
-from walle.naming import instance_id
+from walle.naming import instance_id, job_key, parse_alloc_key, parse_job_key
 from walle.service.records import SlotRecord, from_stored
 from walle.spec import JobSpec, SpecError, parse_spec
 
@@ -111,8 +110,8 @@ def _hands_off(unreadable: list[Unreadable]) -> tuple[frozenset[str], frozenset[
     cannot know what they want (a job) or what runs there (a slot)."""
     jobs, slots = set(), set()
     for key, _ in unreadable:
-        if key.startswith(JOBS) and "/" not in key[len(JOBS):]:
-            jobs.add(key[len(JOBS):])
+        if (job := parse_job_key(key)) is not None:
+            jobs.add(job)
         elif (parsed := parse_alloc_key(key)) is not None:
             slots.add(instance_id(*parsed))
     return frozenset(jobs), frozenset(slots)

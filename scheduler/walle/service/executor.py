@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from walle import naming
 from walle.adapters.runner import HostResult, RunResult, run_command, run_playbook
-from walle.core import Allocation, Grant
+from walle.core import Allocation
+from walle.core.grants import grant_alone
 from walle.images import ImageError, ImageStore, store_root
 from walle.service.adopt import instance_manifest
 from walle.service.params import (
@@ -79,16 +80,6 @@ def parse_instance_listing(stdout: str) -> NodeInstances:
     return NodeInstances(manifests, units)
 
 
-def default_grant(spec: JobSpec) -> Grant:
-    """The grant of an instance the core gave none: weight by the guaranteed cores, quota at
-    the ceiling (the core's grants replace it at the next regrant)."""
-    cpu, mem = spec.resources.cpu, spec.resources.memory
-    return Grant(cpu_weight=max(1, min(10000, round(cpu.min * 100))),
-                 cpu_quota_percent=max(1, round(cpu.max * 100)),
-                 memory_min=int(mem.min), memory_high=int(mem.max * 0.9),
-                 memory_max=int(mem.max))
-
-
 def gpu_indices_of(alloc: Allocation, spec: JobSpec) -> tuple[int, ...] | None:
     """The GPUs the core gave the instance (core/gpus.py); None for one placed before the
     core assigned indices (its slice then allows every GPU of the node until a regrant)."""
@@ -121,7 +112,7 @@ class Executor:
         refused: dict[str, Outcome] = {}
         credentials: dict[str, dict[str, str]] = {}
         for alloc, spec in items:
-            grant = alloc.grant or default_grant(spec)
+            grant = alloc.grant or grant_alone(spec.resources)
             address = addresses.get(alloc.node)
             if not address:
                 raise ValueError(f"no address known for node {alloc.node!r}")
@@ -191,7 +182,7 @@ class Executor:
     def regrant(self, items: Iterable[tuple[Allocation, JobSpec]]) -> dict[str, Outcome]:
         batch: dict[str, list[dict]] = {}
         for alloc, spec in items:
-            grant = alloc.grant or default_grant(spec)
+            grant = alloc.grant or grant_alone(spec.resources)
             batch.setdefault(alloc.node, []).append({
                 "instance": {"id": alloc.key, "job": alloc.job, "slot": alloc.slot},
                 "slice": slice_args(spec, alloc.slot, grant,
@@ -261,6 +252,7 @@ def _outcome(host: HostResult, instance: str, result: RunResult) -> Outcome:
     if host.ok:
         return OK
     if host.unreachable:
-        return Outcome(False, f"node {host.host} unreachable")
+        why = "; ".join(t.msg for t in host.failed_tasks if t.msg)
+        return Outcome(False, f"node {host.host} unreachable" + (f": {why}" if why else ""))
     reasons = "; ".join(f"{t.task}: {t.msg}" for t in host.failed_tasks)
     return Outcome(False, reasons or f"{result.status} on {host.host}: {result.output_tail[-300:]}")

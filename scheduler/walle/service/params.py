@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from walle import naming
-from walle.adapters.consul.state import done_key
+from walle.adapters.consul.services import check_options
 from walle.images import archive
-from walle.spec.model import HealthCheck, JobSpec
+from walle.spec.model import JobSpec
 
 DEFAULT_CONSUL_ADDR = "http://127.0.0.1:8500"
 # /proc/devices names: major 195 "nvidia" covers /dev/nvidia<N> and /dev/nvidiactl;
@@ -89,7 +89,7 @@ def batch_commit_args(job: str, slot: int, node: str, attempt: str, consul_addr:
     """walle_workload's `commit` for a batch instance: where its node records a successful
     run (walle/done/<job>/<slot>), with the placement (`attempt`) it ran. The token and CA
     are node paths (consul_auth), read on the node by walle-batch-commit as root."""
-    return {"consul_addr": consul_addr, "key": done_key(job, slot), "node": node,
+    return {"consul_addr": consul_addr, "key": naming.done_key(job, slot), "node": node,
             "attempt": attempt, **(consul_auth or {})}
 
 
@@ -223,34 +223,8 @@ def service_args(
         "state": "present",
     }
     if spec.health is not None:
-        args.update(check_args(spec.health, node_address, spec.service.port))
+        args.update(check_options(spec.health, node_address, spec.service.port))
     return _without_none(args)
-
-
-def check_args(health: HealthCheck, node_address: str, service_port: int | None) -> dict:
-    """walle_consul_service's check_* options for one instance. The check targets the node's
-    address, never localhost: the agent that runs it may not share the instance's network
-    namespace."""
-    check: dict[str, Any] = {
-        "check_type": health.type,
-        "deregister_critical_after": _duration(health.deregister_after),
-    }
-    if health.type == "ttl":
-        if health.ttl is None:
-            raise ValueError("health.ttl: a ttl check needs ttl (seconds)")
-        check["check_ttl"] = _duration(health.ttl)
-        return check
-    port = health.port if health.port is not None else service_port
-    if port is None:
-        raise ValueError(f"health.port: a {health.type} check needs health.port or service.port")
-    host = f"[{node_address}]" if ":" in node_address else node_address
-    check["check_interval"] = _duration(health.interval)
-    check["check_timeout"] = _duration(health.timeout)
-    if health.type == "http":
-        check["check_http"] = f"http://{host}:{port}{health.path}"
-    else:
-        check["check_tcp"] = f"{host}:{port}"
-    return check
 
 
 def stop_vars(job: str, slot: int, consul_addr: str = DEFAULT_CONSUL_ADDR, *,
@@ -307,11 +281,6 @@ def _check_node_address(address: str) -> None:
             f"node_address: {address} is not reachable from other nodes; pass the node's "
             "own address (its ansible_host)"
         )
-
-
-def _duration(seconds: float) -> str:
-    """Seconds as a Go duration string ("2s", "0.5s", "90s")."""
-    return f"{seconds:g}s"
 
 
 def _without_none(args: dict[str, Any]) -> dict[str, Any]:

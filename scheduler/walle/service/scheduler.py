@@ -42,14 +42,31 @@ from walle.adapters.consul import (
 from walle.adapters.consul.health import fetch_cluster_health
 from walle.adapters.consul.state import alloc_key
 from walle.adapters.consul.tombstones import stopped_jobs
-from walle.core import Allocation, PlacementConfig, Plan, reconcile
-from walle.naming import parse_instance_id, service_unit
+from walle.core import Allocation, Plan
+from walle.naming import instance_id, parse_instance_id, service_unit
+from walle.service import jobs
 from walle.service.adopt import MISSING_GRACE, Adopter
 from walle.service.cluster import Snapshot, describe_error, load_snapshot
+from walle.service.decide import Defaults, decide, take_commits
+from walle.service.decide import retry_at as _retry_at
 from walle.service.executor import Executor, NodeInstances, Outcome
+from walle.service.history import (
+    HistoryWriter,
+    new_refusals,
+    scaled,
+    step_events,
+    unplaced_slots,
+)
 from walle.service.policy import PrivilegePolicy
 from walle.service.presence import DEFAULT_LEAVE_GRACE, NodePresence
-from walle.service.records import SlotRecord, attempt_of, to_stored
+from walle.service.records import (
+    SlotRecord,
+    evicted_by,
+    placed_because,
+    refusals,
+    to_stored,
+    with_node,
+)
 from walle.service.secrets import DEFAULT_SECRETS_DIR, SecretReader
 from walle.spec import JobSpec, SpecError, parse_spec
 
@@ -59,8 +76,6 @@ FAILED_CHECK_GRACE = 10.0  # a running instance critical this long is moved else
 BATCH_PROBE = 5.0  # seconds between reads of running batch units
 INSPECT_RETRY = 10.0  # a returning node that did not answer the listing is asked again then
 MIN_WAKE = 0.05
-RETRY_BASE = 5.0  # a slot that failed twice in a row waits this long before its next try...
-RETRY_CAP = 120.0  # ...doubling with each failure, up to this
 
 T = TypeVar("T")
 
@@ -98,6 +113,10 @@ class StepReport:
     rolled_back: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)  # batch instances that succeeded
     adopted: list[str] = field(default_factory=list)  # found running with no record: kept
+    checks_failing: list[str] = field(default_factory=list)  # running, checks turned critical
+    checks_passing: list[str] = field(default_factory=list)  # ...and passing again
+    lost: list[str] = field(default_factory=list)  # their node went down
+    refused: dict[str, str] = field(default_factory=dict)  # cannot be placed: why (new reasons)
     next_deadline: float | None = None
 
 
@@ -135,7 +154,8 @@ class Scheduler:
         self.lock = LeaderLock(api, name=config.name, ttl=config.lock_ttl,
                                lock_delay=config.lock_delay, node=config.session_node,
                                on_lost=self._on_lost)
-        self.placement = PlacementConfig(default_strategy=config.strategy)
+        self.defaults = Defaults(config.strategy, config.seed, config.node_leave_grace)
+        self.placement = self.defaults.placement()
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self._watches: list[Watch] = []
@@ -177,12 +197,15 @@ class Scheduler:
         self._node_states: dict[str, str] = {}  # node -> its state at the last step
         self._to_inspect: set[str] = set()  # nodes back (or new to this term): list them
         self._inspect_after: dict[str, float] = {}  # ...but not before (after no answer)
+        self._down_since: dict[str, float] = {}  # node -> when this leader first saw it down
+        self.history = HistoryWriter(self.store, lambda: self.lock.session_id)
 
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
 
     def _lead(self) -> None:
+        self.publish_defaults()
         backoff = Backoff(base=2.0, cap=60.0)
         while self.lock.is_leader and not self.stopping.is_set():
             self.wake.clear()
@@ -205,6 +228,20 @@ class Scheduler:
                 timeout = min(timeout, max(MIN_WAKE, report.next_deadline - self.clock()))
             if self.wake.wait(timeout):
                 self.stopping.wait(self.config.debounce)
+
+    def publish_defaults(self) -> None:
+        """Publish the defaults this leader decides with (walle/config/placement) so that
+        `walle plan` decides as it does. Not fatal: `walle plan` then says it used the
+        built-in defaults."""
+        try:
+            session = self.lock.session_id
+            result = session and self.store.put_placement_config(self.defaults.to_json(),
+                                                                 session=session)
+            if not result or not result.ok:
+                log.warning("placement defaults not published: not the leader")
+        except ConsulError as err:
+            log.warning("cannot publish the placement defaults (walle plan falls back to the "
+                        "built-in ones): %s", err)
 
     def _on_lost(self) -> None:
         log.warning("leader lock lost")
@@ -272,30 +309,22 @@ class Scheduler:
                         failure.message)
         if not plan.is_empty:
             self._execute(plan, snap, records, report, now)
+        self._mark_slots(snap, records, plan, report, now)
+        self._record_history(snap, records, plan, report, now)
         report.next_deadline = self._next_deadline(snap, records, now)
         return report
 
     def _take_commits(self, snap: Snapshot, records: dict[str, SlotRecord],
                       report: StepReport, now: float) -> None:
-        """Batch runs their node recorded as finished (walle/done/, written by the unit's
-        walle-batch-commit once the job exited 0): the slot is done (`stopped`), whatever
-        else the leader knows of it. The node may have died or been cut off right after
-        the run; reading the commit before anything is placed is what keeps such a run
-        from being repeated. Each commit is deleted in the write that records it; one of an
-        earlier placement of the slot, or of a slot that is gone, is deleted unused."""
-        changed: dict[str, SlotRecord] = {}
-        consumed = []
-        for key, commit in sorted(snap.commits.items()):
-            if key in snap.blocked_slots or commit.job in snap.frozen_jobs:
-                continue  # its record is unreadable: hands off
-            r = records.get(key)
-            if (r is not None and r.alloc.state in ("pending", "running", "failed")
-                    and r.alloc.node == commit.node and attempt_of(r.alloc) == commit.attempt):
-                changed[key] = records[key] = r.with_alloc(replace(r.alloc, state="stopped"),
-                                                           now)
-                report.finished.append(key)
-                log.info("batch %s finished on %s (committed by the node)", key, commit.node)
-            consumed.append(commit)
+        """Finished batch runs (decide.take_commits) become done before anything is placed:
+        a node may have died or been cut off right after the run, and reading its commit
+        first is what keeps the run from being repeated. Each commit is deleted in the
+        write that records it; one that matches no current placement is deleted unused."""
+        changed, consumed = take_commits(snap, records, now)
+        for key, record in sorted(changed.items()):
+            records[key] = record
+            report.finished.append(key)
+            log.info("batch %s finished on %s (committed by the node)", key, record.alloc.node)
         self._write(changed, records=records, consumed=consumed)
 
     def _resume(self, snap: Snapshot, records: dict[str, SlotRecord],
@@ -354,12 +383,14 @@ class Scheduler:
             if record.critical_since is None:
                 # systemd restarts a crashed process in place (Restart=); give it time
                 changed[key] = records[key] = replace(record, critical_since=now)
+                report.checks_failing.append(key)
             elif now - record.critical_since > FAILED_CHECK_GRACE:
                 reason = f"health: checks critical for over {FAILED_CHECK_GRACE:.0f}s"
                 changed[key] = records[key] = record.failed(reason, now)
                 report.failed[key] = reason
         elif a.state == "running" and record.critical_since is not None:
             changed[key] = records[key] = replace(record, critical_since=None)
+            report.checks_passing.append(key)
 
     def _maybe_roll_back(self, snap: Snapshot, spec: JobSpec, alloc: Allocation,
                          report: StepReport) -> str:
@@ -378,7 +409,7 @@ class Scheduler:
             reason = f"cannot roll back: {describe_error(err)}"
             self._note(spec.name, reason)
             return reason
-        if self.store.put_job(previous, stored.modify_index, rolled_back_from=spec.digest()):
+        if jobs.roll_back(self.store, stored, previous, spec):
             log.warning("rolled %s back from %s to %s", spec.name, spec.digest(),
                         previous.digest())
             report.rolled_back.append(spec.name)
@@ -429,9 +460,9 @@ class Scheduler:
         with the reason, running -> running; "absent" is the caller's business."""
         state, reason = progress
         key = record.key
-        if state == "done":
-            changed[key] = records[key] = record.with_alloc(replace(record.alloc,
-                                                                    state="stopped"), now)
+        if state == "done":  # the core's `stopped`; the operator's `complete`
+            done = record.with_alloc(replace(record.alloc, state="stopped"), now)
+            changed[key] = records[key] = done.marked("complete", "finished successfully")
             report.finished.append(key)
         elif state == "failed":
             changed[key] = records[key] = record.failed(reason, now)
@@ -505,7 +536,8 @@ class Scheduler:
             log.warning("stopping %d orphaned instance(s): %s", len(orphans),
                         ", ".join(f"{j}-{s}@{n}" for j, s, n in orphans))
             outcomes = self._per_job("stop orphans", self.executor.stop_instances, orphans,
-                                     lambda o: o[0], _failed_outcomes(lambda o: f"{o[0]}-{o[1]}"))
+                                     lambda o: o[0],
+                                     _failed_outcomes(lambda o: instance_id(*o[:2])))
             for key, outcome in outcomes.items():
                 if outcome.ok:
                     report.stopped.append(f"orphan {key}")
@@ -540,9 +572,9 @@ class Scheduler:
         log.warning("stopping %d instance(s) left on returning node(s) where no record puts "
                     "them: %s", len(leftovers), ", ".join(f"{j}-{s}@{n}" for j, s, n in leftovers))
         outcomes = self._per_job("stop leftovers", self.executor.stop_instances, leftovers,
-                                 lambda o: o[0], _failed_outcomes(lambda o: f"{o[0]}-{o[1]}"))
+                                 lambda o: o[0], _failed_outcomes(lambda o: instance_id(*o[:2])))
         for (job, slot, node) in leftovers:
-            outcome = outcomes.get(f"{job}-{slot}", Outcome(False, "no result"))
+            outcome = outcomes.get(instance_id(job, slot), Outcome(False, "no result"))
             if outcome.ok:
                 report.stopped.append(f"leftover {job}-{slot}@{node}")
             else:  # the node is asked again later
@@ -616,42 +648,10 @@ class Scheduler:
 
     # ----- planning -----------------------------------------------------------------------
     def _plan(self, snap: Snapshot, records: dict[str, SlotRecord], now: float) -> Plan:
-        """The core's plan, less what must wait: slots whose record cannot be read, jobs whose
-        record cannot be read or that the core cannot plan (their instances are left as they
-        are), and failed slots still backing off."""
-        allocs = [r.alloc for r in records.values()]
-        jobs = dict(snap.jobs)
-        try:
-            plan = reconcile(jobs, allocs, snap.nodes, seed=self.config.seed, now=now,
-                             config=self.placement)
-            unplannable: set[str] = set()
-        except Exception:  # noqa: BLE001 - find the job(s) that make the core fail, plan the rest
-            unplannable = self._unplannable(jobs, allocs, snap, now)
-            for name in unplannable:
-                jobs.pop(name)
-            plan = reconcile(jobs, allocs, snap.nodes, seed=self.config.seed, now=now,
-                             config=self.placement)
-        left_alone = snap.frozen_jobs | unplannable
-        hands_off = {r.key for r in records.values()
-                     if r.alloc.job in left_alone} | snap.blocked_slots
-        hands_off |= {r.key for r in records.values() if r.alloc.live and r.alloc.node in snap.away}
-        waiting = {r.key for r in records.values() if _retry_at(r) > now} | snap.blocked_slots
-        return _hold_back(plan, hands_off, waiting)
-
-    def _unplannable(self, jobs: dict[str, JobSpec], allocs: list[Allocation],
-                     snap: Snapshot, now: float) -> set[str]:
-        """Jobs the core raises on when planned alone. (If none does, the failure needs
-        several jobs together: the second reconcile raises again and the loop's back-off
-        takes over.)"""
-        bad = set()
-        for name, spec in jobs.items():
-            try:
-                reconcile({name: spec}, [a for a in allocs if a.job == name], snap.nodes,
-                          seed=self.config.seed, now=now, config=self.placement)
-            except Exception as err:  # noqa: BLE001 - this job is the one: set it aside
-                self._note(name, f"cannot plan: {describe_error(err)}", exc=err)
-                bad.add(name)
-        return bad
+        """The decision (walle.service.decide: `walle plan` runs the same function)."""
+        return decide(snap, records, now, seed=self.config.seed, placement=self.placement,
+                      on_unplannable=lambda name, err: self._note(
+                          name, f"cannot plan: {describe_error(err)}", exc=err))
 
     def _execute(self, plan: Plan, snap: Snapshot, records: dict[str, SlotRecord],
                  report: StepReport, now: float) -> None:
@@ -673,16 +673,19 @@ class Scheduler:
         # 2. placements: intent first (pending), then the playbook, then the outcome
         starts: dict[str, SlotRecord] = {}
         for p in plan.places:
-            starts[p.alloc.key] = _new_record(records.get(p.alloc.key), p.alloc, None, now)
+            starts[p.alloc.key] = _new_record(records.get(p.alloc.key), p.alloc, None, now,
+                                              placed_because(p.reason, snap.jobs))
         for m in plan.migrates:
             keep_old = snap.nodes.get(m.old.node) and snap.nodes[m.old.node].state != "down"
             starts[m.new.key] = _new_record(records.get(m.new.key), m.new,
-                                            m.old if keep_old else None, now)
+                                            m.old if keep_old else None, now,
+                                            f"moving here: {m.reason}")
         replaced = {r.new.key for r in plan.replaces}
         for r in plan.replaces:
             other_node = r.new.node != r.old.node
             starts[r.new.key] = _new_record(records.get(r.new.key), r.new,
-                                            r.old if other_node else None, now)
+                                            r.old if other_node else None, now,
+                                            f"new version {r.new.spec_digest}")
         records.update(starts)
         self._write(starts, records=records)
         outcomes = self._place([rec.alloc for rec in starts.values()], snap)
@@ -739,6 +742,61 @@ class Scheduler:
         if (back_by := self.presence.next_deadline(now)) is not None:  # a leave grace ends
             deadlines.append(back_by)
         return min(deadlines) if deadlines else None
+
+    # ----- what the operator sees: states, reasons and events -------------------------------
+    def _mark_slots(self, snap: Snapshot, records: dict[str, SlotRecord], plan: Plan,
+                    report: StepReport, now: float) -> None:
+        """Give every record its operator state and reason: `lost` while its node is down (or
+        gone), and why the core cannot place it (this step's plan failures; a failed slot
+        still backing off keeps its last one). Only records whose word changed are written."""
+        for name, node in snap.nodes.items():
+            if node.state != "down":
+                self._down_since.pop(name, None)
+        refused = refusals(plan)
+        changed: dict[str, SlotRecord] = {}
+        for key, r in records.items():
+            if r.alloc.job not in snap.jobs or key in snap.blocked_slots:
+                continue
+            node = snap.nodes.get(r.alloc.node)
+            state = "ready" if r.alloc.node in snap.away else node.state if node else None
+            down = state in (None, "down")
+            since = self._down_since.setdefault(r.alloc.node, now) if down else now
+            why = r.refused if _retry_at(r) > now else refused.get(key, "")
+            if why and r.alloc.live and not down:  # a move or an update that finds no room
+                why = why if why.startswith("cannot move") else f"cannot move: {why}"
+            if not down and r.status != "lost" and why == r.refused:
+                continue  # the common case: nothing to say, nothing to build
+            new = replace(with_node(r, state, since), refused=why)
+            if new == r:
+                continue
+            changed[key] = records[key] = new
+            before = snap.records.get(key)
+            if new.status == "lost" and (before is None or before.status != "lost"):
+                report.lost.append(key)
+            if why and (before is None or why != before.refused):
+                report.refused[key] = why
+        self._write(changed, records=records)
+
+    def _record_history(self, snap: Snapshot, records: dict[str, SlotRecord], plan: Plan,
+                        report: StepReport, now: float) -> None:
+        """Append the step's events to each job's history, with the slots that have no record
+        and cannot be placed. Never breaks the step: a failure is logged."""
+        try:
+            events = step_events(report, plan, records, snap.jobs, now)
+            refused = refusals(plan)
+            evicted = {e.alloc.key: evicted_by(e.by, snap.jobs) for e in plan.evictions}
+            for job in sorted(set(snap.jobs) | set(events)):
+                before = self.history.current(job)
+                spec = snap.jobs.get(job)
+                if spec is None:  # stopped: its story so far stays, nothing is unplaced
+                    self.history.update(job, events[job], {}, before.count)
+                    continue
+                unplaced = unplaced_slots(spec, records, snap.blocked_slots, refused, evicted,
+                                          before)
+                self.history.update(job, scaled(spec, before, now) + events.get(job, [])
+                                    + new_refusals(before, unplaced, now), unplaced, spec.count)
+        except Exception as err:  # noqa: BLE001 - history must never break a step
+            log.warning("could not record this step's events: %s", describe_error(err))
 
     # ----- one job's trouble stays its own -------------------------------------------------
     def _place(self, allocs: list[Allocation], snap: Snapshot) -> dict[str, Outcome]:
@@ -896,41 +954,6 @@ def batch_progress(props: dict[str, str], ran: bool) -> tuple[str, str]:
     return "failed", f"exited: {props.get('Result')} (status {props.get('ExecMainStatus')})"
 
 
-def _retry_at(record: SlotRecord) -> float:
-    """When a failed slot may be placed again: at once after its first failure (an instance
-    that died is moved right away), then after RETRY_BASE seconds, doubling per failure up to
-    RETRY_CAP, so a slot that fails everywhere is not retried at every step."""
-    if record.alloc.state != "failed":
-        return float("-inf")
-    failures = len(record.alloc.failed_nodes) + 1
-    if failures < 2:
-        return record.state_since
-    return record.state_since + min(RETRY_CAP, RETRY_BASE * 2 ** (failures - 2))
-
-
-def _hold_back(plan: Plan, hands_off: set[str], waiting: set[str]) -> Plan:
-    """`plan` without actions on instances that must be left as they are (`hands_off`: no
-    stop, move, update or eviction) and without new instances that must wait (`waiting`),
-    nor anything that depended on a dropped action: an eviction made for a dropped placement,
-    a placement that needed a dropped eviction, the re-placement of a victim that stays."""
-    if not hands_off and not waiting:
-        return plan
-    dropped = hands_off | waiting  # slots that get no new instance this step
-    kept_victims = {e.alloc.key for e in plan.evictions if e.alloc.key in hands_off
-                    or e.by in dropped}
-    dropped |= kept_victims | {e.by for e in plan.evictions if e.alloc.key in kept_victims}
-    return replace(
-        plan,
-        places=tuple(p for p in plan.places if p.alloc.key not in dropped),
-        stops=tuple(st for st in plan.stops if st.alloc.key not in hands_off),
-        migrates=tuple(m for m in plan.migrates if m.new.key not in dropped),
-        updates=tuple(u for u in plan.updates if u.new.key not in dropped),
-        replaces=tuple(r for r in plan.replaces if r.new.key not in dropped),
-        evictions=tuple(e for e in plan.evictions if e.alloc.key not in kept_victims),
-        regrants=tuple(g for g in plan.regrants if g.new.key not in dropped),
-    )
-
-
 def _failed_outcomes(key_of: Callable[[Any], str]) -> Callable[[list, str], dict[str, Outcome]]:
     """on_error for executor calls answering per instance: each item failed, with the reason."""
     return lambda items, reason: {key_of(item): Outcome(False, reason) for item in items}
@@ -941,6 +964,7 @@ def _failed(a: Allocation) -> Allocation:
 
 
 def _new_record(current: SlotRecord | None, alloc: Allocation, previous: Allocation | None,
-                now: float) -> SlotRecord:
+                now: float, reason: str = "") -> SlotRecord:
     index = current.modify_index if current else 0
-    return SlotRecord(alloc=alloc, previous=previous, modify_index=index, state_since=now)
+    return SlotRecord(alloc=alloc, previous=previous, modify_index=index, state_since=now,
+                      reason=reason)

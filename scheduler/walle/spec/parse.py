@@ -870,7 +870,8 @@ def _duration(low: float, high: float) -> Callable:
     def parse(r: _Report, value: object, path: str) -> float | None:
         seconds = _by_grammar(r, grammar.parse_duration, value, path, shown=True)
         if seconds is not None and not low <= seconds <= high:
-            r.add(path, f"must be between {_secs(low)} and {_secs(high)}, got {_secs(seconds)}")
+            show = grammar.format_duration
+            r.add(path, f"must be between {show(low)} and {show(high)}, got {show(seconds)}")
             return None
         return seconds
 
@@ -1011,8 +1012,3 @@ def _describe(value: object) -> str:
 
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-def _secs(seconds: float) -> str:
-    return f"{seconds:g}s"
-

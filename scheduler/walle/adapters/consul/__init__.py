@@ -8,6 +8,7 @@ from walle.adapters.consul.api import ConsulApi, go_duration
 from walle.adapters.consul.config import ConsulConfig, parse_address
 from walle.adapters.consul.errors import (
     ConsulConfigError,
+    ConsulDenied,
     ConsulError,
     ConsulNotFound,
     ConsulUnreachable,
@@ -26,8 +27,8 @@ from walle.adapters.consul.nodes import NodeInfo, fetch_nodes, node_from_catalog
 from walle.adapters.consul.retry import RetryPolicy, call_with_retry
 from walle.adapters.consul.services import (
     ServiceInstance,
-    check_definition,
     check_id,
+    check_options,
     deregister_instance,
     register_instance,
     registration,
@@ -56,11 +57,11 @@ def watch_nodes(api: ConsulApi, **kw) -> Watch[list[NodeInfo]]:
 
 __all__ = [
     "DRAIN_EVENT", "LEADER_KEY", "TXN_MAX_OPS", "Allocation", "BatchCommit", "ConsulApi",
-    "ConsulConfig",
-    "ConsulConfigError", "ConsulError", "ConsulNotFound", "ConsulUnreachable", "Event",
+    "ConsulConfig", "ConsulConfigError", "ConsulDenied", "ConsulError", "ConsulNotFound",
+    "ConsulUnreachable", "Event",
     "KvOp", "LeaderLock", "NodeInfo", "NotLeader", "RetryPolicy", "ServiceInstance",
     "StateStore", "StoredJob", "TokenBucket", "TxnError", "TxnResult", "Unreadable", "Watch",
-    "call_with_retry", "check_definition", "check_id", "deregister_instance", "fetch_nodes",
+    "call_with_retry", "check_id", "check_options", "deregister_instance", "fetch_nodes",
     "fire_drain", "fire_event", "go_duration", "list_events", "node_from_catalog", "nodes",
     "parse_address", "register_instance", "registration", "service_health", "update_ttl",
     "watch_events", "watch_nodes",

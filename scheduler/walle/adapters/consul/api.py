@@ -14,6 +14,7 @@ from consul.std import Consul
 from walle.adapters.consul.config import ConsulConfig
 from walle.adapters.consul.errors import ConsulError
 from walle.adapters.consul.retry import RetryPolicy, call_with_retry
+from walle.spec.grammar import grammar
 
 T = TypeVar("T")
 
@@ -52,8 +53,10 @@ class ConsulApi:
         headers = self.client.prepare_headers()
         send = getattr(http, method)
 
+        body = {} if method == "get" else {"data": data}  # py-consul's get takes no body
+
         def once() -> tuple[int, Any]:
-            resp = send(lambda r: r, path, params=params or [], data=data, headers=headers)
+            resp = send(lambda r: r, path, params=params or [], headers=headers, **body)
             if resp.code >= 500:
                 raise ConsulException(f"{resp.code} {resp.body}")
             return resp.code, _decode(resp.body)
@@ -88,11 +91,5 @@ def _decode(body: str) -> Any:
         return body
 
 
-def go_duration(seconds: float) -> str:
-    """Seconds -> a Go duration string Consul accepts ("2s", "500ms", "1m30s" style)."""
-    if seconds < 0:
-        raise ConsulError(f"duration must be >= 0, got {seconds}")
-    ms = round(seconds * 1000)
-    if ms % 1000:
-        return f"{ms}ms"
-    return f"{ms // 1000}s"
+# Seconds -> a duration Consul reads ("2s", "500ms"): the node grammar's one formatter.
+go_duration = grammar.format_duration

@@ -132,16 +132,19 @@ def parse_address(raw: str, field: str, *, default_https: bool = False) -> tuple
 def _token_file(env: Mapping[str, str]) -> str | None:
     """CONSUL_HTTP_TOKEN_FILE's token (Consul's own convention; below CONSUL_HTTP_TOKEN)."""
     path = env.get("CONSUL_HTTP_TOKEN_FILE")
-    if not path:
-        return None
+    return read_token_file(path, "CONSUL_HTTP_TOKEN_FILE") if path else None
+
+
+def read_token_file(path: str, field: str = "--token-file") -> str:
+    """The ACL token in `path` (stripped); ConsulConfigError naming `field` if unreadable or
+    empty. The token itself is never part of a message."""
     try:
         with open(path, encoding="utf-8") as handle:
             token = handle.read().strip()
     except OSError as err:
-        raise ConsulConfigError(
-            f"CONSUL_HTTP_TOKEN_FILE={path}: cannot read it ({err.strerror})") from err
+        raise ConsulConfigError(f"{field}={path}: cannot read it ({err.strerror})") from err
     if not token:
-        raise ConsulConfigError(f"CONSUL_HTTP_TOKEN_FILE={path}: the file is empty")
+        raise ConsulConfigError(f"{field}={path}: the file is empty")
     return token
 
 

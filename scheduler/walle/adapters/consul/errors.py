@@ -26,6 +26,11 @@ class ConsulNotFound(ConsulError):
     """Consul answered 404 where the object must exist (e.g. renewing an unknown session)."""
 
 
+class ConsulDenied(ConsulError):
+    """Consul refused the request's ACL token (403: no such token, or it lacks the
+    permission)."""
+
+
 class ConsulConfigError(ConsulError, ValueError):
     """A setting (argument or environment variable) is malformed; the message names it."""
 

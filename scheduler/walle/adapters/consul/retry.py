@@ -20,7 +20,12 @@ from consul.exceptions import (
     NotFound,
 )
 
-from walle.adapters.consul.errors import ConsulError, ConsulNotFound, ConsulUnreachable
+from walle.adapters.consul.errors import (
+    ConsulDenied,
+    ConsulError,
+    ConsulNotFound,
+    ConsulUnreachable,
+)
 
 T = TypeVar("T")
 
@@ -83,6 +88,9 @@ def call_with_retry(
             if not is_retryable(err):
                 if isinstance(err, NotFound):
                     raise ConsulNotFound(f"{what} at {address}: not found ({err})") from err
+                if isinstance(err, ACLPermissionDenied):
+                    raise ConsulDenied(f"{what} at {address}: the ACL token was refused "
+                                       f"({err})") from err
                 if isinstance(err, ConsulException):
                     raise ConsulError(f"{what} at {address}: {err}") from err
                 raise

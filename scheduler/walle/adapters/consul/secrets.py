@@ -7,12 +7,7 @@ write, without either touching jobs. Values are never logged here."""
 from __future__ import annotations
 
 from walle.adapters.consul.api import ConsulApi
-
-SECRETS_PREFIX = "walle/secrets/"
-
-
-def secret_key(path: str) -> str:
-    return SECRETS_PREFIX + path
+from walle.naming import secret_key
 
 
 def read_secret(api: ConsulApi, path: str) -> bytes | None:

@@ -1,6 +1,6 @@
 """Service instances in Consul: registration with the agent of the node an instance runs on
-(tests and the CLI use this; on nodes the walle_consul_service module does the same over
-plain HTTP), and reading their health."""
+(tests and tools use this; on nodes the walle_consul_service module does the same over plain
+HTTP, from the same translation), and reading their health."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from walle.adapters.consul.api import ConsulApi, go_duration
+from walle.adapters.consul.api import ConsulApi
 from walle.adapters.consul.errors import ConsulError
+from walle.node_utils import load
+from walle.spec.grammar import grammar
 from walle.spec.model import HealthCheck
 
-MIN_DEREGISTER_AFTER = 60.0  # Consul's minimum for DeregisterCriticalServiceAfter
+walle_consul = load("walle_consul")  # the registration body, shared with the module
+format_duration = grammar.format_duration
 
 
 @dataclass(frozen=True)
@@ -32,50 +35,50 @@ class ServiceInstance:
         return self.status == "passing"
 
 
-def check_id(service_id: str) -> str:
-    """The ID Consul gives the single check of a service registered with `Check`."""
-    return f"service:{service_id}"
+check_id = walle_consul.check_id  # the ID Consul gives a service's single check
 
 
-def check_definition(check: HealthCheck, *, name: str, address: str, port: int | None
-                     ) -> dict[str, Any]:
-    """A Consul check body for a JobSpec HealthCheck (http, tcp or ttl)."""
-    target_port = check.port or port
-    body: dict[str, Any] = {
-        "Name": f"{name} {check.type}",
-        "DeregisterCriticalServiceAfter": go_duration(max(check.deregister_after,
-                                                          MIN_DEREGISTER_AFTER)),
+def check_options(health: HealthCheck, node_address: str, service_port: int | None) -> dict:
+    """walle_consul_service's check_* options for a job's health check: the one place a spec's
+    check becomes Consul's (the options -> API body step is module_utils/walle_consul.py,
+    shared with the module). The check targets the node's address, never localhost: the
+    agent that runs it may not share the instance's network namespace."""
+    check: dict[str, Any] = {
+        "check_type": health.type,
+        "deregister_critical_after": format_duration(health.deregister_after),
     }
-    if check.type in ("http", "tcp"):
-        if not target_port:
-            raise ValueError(f"health.port: a {check.type} check of {name!r} needs a port "
-                             f"(set health.port or service.port)")
-        host = f"[{address}]" if ":" in address else address
-        body["Interval"] = go_duration(check.interval)
-        body["Timeout"] = go_duration(check.timeout)
-        if check.type == "http":
-            path = check.path if check.path.startswith("/") else "/" + check.path
-            body["HTTP"] = f"http://{host}:{target_port}{path}"
-        else:
-            body["TCP"] = f"{host}:{target_port}"
-    elif check.type == "ttl":
-        body["TTL"] = go_duration(check.ttl or max(3 * check.interval, 10.0))
+    if health.type == "ttl":
+        if health.ttl is None:
+            raise ValueError("health.ttl: a ttl check needs ttl (seconds)")
+        check["check_ttl"] = format_duration(health.ttl)
+        return check
+    if health.type not in ("http", "tcp"):
+        raise ValueError(f"health.type: unknown check type {health.type!r} "
+                         "(use http, tcp or ttl)")
+    port = health.port if health.port is not None else service_port
+    if port is None:
+        raise ValueError(f"health.port: a {health.type} check needs health.port or service.port")
+    host = f"[{node_address}]" if ":" in node_address else node_address
+    check["check_interval"] = format_duration(health.interval)
+    check["check_timeout"] = format_duration(health.timeout)
+    if health.type == "http":
+        check["check_http"] = f"http://{host}:{port}{health.path}"
     else:
-        raise ValueError(f"health.type: unknown check type {check.type!r} "
-                         f"(use http, tcp or ttl)")
-    return body
+        check["check_tcp"] = f"{host}:{port}"
+    return check
 
 
 def registration(service_id: str, name: str, address: str, port: int | None,
                  tags: Sequence[str] = (), meta: Mapping[str, str] | None = None,
                  check: HealthCheck | None = None) -> dict[str, Any]:
-    """The body of PUT /v1/agent/service/register for one instance."""
-    body: dict[str, Any] = {"ID": service_id, "Name": name, "Address": address,
-                            "Tags": list(tags), "Meta": dict(meta or {})}
-    if port:
-        body["Port"] = port
+    """The body of PUT /v1/agent/service/register for one instance: exactly what
+    walle_consul_service registers for the same instance (the same code builds both)."""
+    options: dict[str, Any] = {"service_id": service_id, "name": name, "address": address,
+                               "port": port or None, "tags": list(tags),
+                               "meta": dict(meta or {})}
     if check is not None:
-        body["Check"] = check_definition(check, name=name, address=address, port=port)
+        options.update(check_options(check, address, port))
+    _view, body, _check = walle_consul.desired_service(options)
     return body
 
 

@@ -25,16 +25,34 @@ from typing import Any, NamedTuple, TypeVar
 from walle.adapters.consul.api import ConsulApi
 from walle.adapters.consul.errors import ConsulError, NotLeader
 from walle.adapters.consul.watch import Watch
+from walle.naming import (
+    ALLOCS_PREFIX,
+    DONE_PREFIX,
+    EVENTS_PREFIX,
+    JOBS_PREFIX,
+    LEADER_KEY,
+    NODES_PREFIX,
+    PACKAGES_PREFIX,
+    alloc_key,
+    done_key,
+    drain_key,
+    events_key,
+    job_allocs_prefix,
+    job_key,
+    package_key,
+    parse_alloc_key,
+    parse_done_key,
+    parse_drain_key,
+    parse_events_key,
+    parse_job_key,
+    parse_package_key,
+)
+from walle.naming import (
+    PLACEMENT_CONFIG_KEY as PLACEMENT_CONFIG,
+)
 from walle.spec.model import JobSpec
 from walle.spec.parse import spec_to_data
 
-PREFIX = "walle/"
-JOBS = PREFIX + "jobs/"
-ALLOCS = PREFIX + "allocs/"
-NODES = PREFIX + "nodes/"
-PACKAGES = PREFIX + "packages/"
-DONE = PREFIX + "done/"  # batch commits, written by the nodes (walle-batch-commit)
-LEADER_KEY = PREFIX + "leader"
 TXN_MAX_OPS = 64
 T = TypeVar("T")
 VALUE_LIMIT = 512 * 1024  # Consul's KV value limit
@@ -128,23 +146,6 @@ class TxnResult:
         return any(e.op_index == -1 for e in self.errors)
 
 
-def job_key(name: str) -> str:
-    return JOBS + name
-
-
-def alloc_key(job: str, slot: int) -> str:
-    return f"{ALLOCS}{job}/{slot}"
-
-
-def done_key(job: str, slot: int) -> str:
-    """Where a node records that the batch instance `job`-`slot` finished successfully."""
-    return f"{DONE}{job}/{slot}"
-
-
-def drain_key(node: str) -> str:
-    return f"{NODES}{node}/drain"
-
-
 def encode_job(spec: JobSpec, previous: StoredJob | None = None,
                rolled_back_from: str | None = None) -> bytes:
     """The spec in its input form (so reading it back validates it again), plus the version
@@ -175,8 +176,8 @@ class BadRecord(ConsulError):
 
 def decode_job(entry: Mapping[str, Any]) -> StoredJob:
     key = entry["Key"]
-    name = key[len(JOBS):]
-    if not name or "/" in name:
+    name = parse_job_key(key)
+    if name is None:
         raise BadRecord(key, "not a job key: expected walle/jobs/<name>")
     body = _decode(entry)
     _expect(key, body, "spec", Mapping, required=True)
@@ -192,23 +193,15 @@ def decode_job(entry: Mapping[str, Any]) -> StoredJob:
 _ALLOC_FIELDS = ("node", "state", "version", "grant")
 
 
-def parse_alloc_key(key: str) -> tuple[str, int] | None:
-    """walle/allocs/<job>/<slot> -> (job, slot); None for any other shape."""
-    job, _, slot = key[len(ALLOCS):].rpartition("/") if key.startswith(ALLOCS) else ("", "", "")
-    if not job or "/" in job or not slot.isdigit() or not slot.isascii():
-        return None
-    return job, int(slot)
-
-
 def decode_commit(entry: Mapping[str, Any]) -> BatchCommit:
     key = entry["Key"]
-    job, _, slot = key[len(DONE):].partition("/")
-    if not key.startswith(DONE) or not job or not slot.isdigit():
+    parsed = parse_done_key(key)
+    if parsed is None:
         raise BadRecord(key, "not walle/done/<job>/<slot>")
     body = _decode(entry)
     for name in ("node", "attempt"):
         _expect(key, body, name, str, required=True)
-    return BatchCommit(job, int(slot), body["node"], body["attempt"], int(entry["ModifyIndex"]))
+    return BatchCommit(*parsed, body["node"], body["attempt"], int(entry["ModifyIndex"]))
 
 
 def decode_alloc(entry: Mapping[str, Any]) -> Allocation:
@@ -280,7 +273,7 @@ class StateStore:
         """All stored jobs. Entries that cannot be read are skipped and, when given, added to
         `unreadable`: one bad record never hides the others."""
         idx, entries = self.api.call("read jobs", lambda: self._kv.get(
-            JOBS, recurse=True, index=index or None, wait=wait))
+            JOBS_PREFIX, recurse=True, index=index or None, wait=wait))
         jobs = _decode_all(entries or [], decode_job, unreadable)
         return int(idx), {j.name: j for j in jobs}
 
@@ -304,7 +297,7 @@ class StateStore:
                unreadable: list[Unreadable] | None = None
                ) -> tuple[int, dict[tuple[str, int], Allocation]]:
         """Slot records (of one job or all). Unreadable entries are skipped, as in jobs()."""
-        prefix = f"{ALLOCS}{job}/" if job else ALLOCS
+        prefix = job_allocs_prefix(job) if job else ALLOCS_PREFIX
         idx, entries = self.api.call(f"read {prefix}", lambda: self._kv.get(
             prefix, recurse=True, index=index or None, wait=wait))
         allocs = _decode_all(entries or [], decode_alloc, unreadable)
@@ -325,7 +318,7 @@ class StateStore:
                       ) -> dict[tuple[str, int], BatchCommit]:
         """Every node's record of a finished batch run (walle-batch-commit writes them)."""
         _, entries = self.api.call("read batch commits", lambda: self._kv.get(
-            DONE, recurse=True))
+            DONE_PREFIX, recurse=True))
         commits = _decode_all(entries or [], decode_commit, unreadable)
         return {(c.job, c.slot): c for c in commits}
 
@@ -352,12 +345,41 @@ class StateStore:
             raise ConsulError(f"txn at {self.api.address} answered {status}: {body}")
         return TxnResult(True, applied, indexes=indexes)
 
+    # --- per-job history (service/events.py owns the body; leader writes only) --------------
+    def events(self, job: str | None = None, index: int = 0, wait: str | None = None
+               ) -> tuple[int, dict[str, tuple[dict[str, Any], int]]]:
+        """walle/events/<job> values (one job's or all): job -> (body, ModifyIndex), blocking
+        when index > 0. A value that is not a JSON object reads as {} (a history is not worth
+        stopping for: the leader's next write replaces it)."""
+        key = events_key(job) if job else EVENTS_PREFIX
+        idx, entries = self.api.call(f"read {key}", lambda: self._kv.get(
+            key, recurse=job is None, index=index or None, wait=wait))
+        if job is not None:
+            entries = [entries] if entries else []
+        out = {}
+        for e in entries or []:
+            name = parse_events_key(e["Key"])
+            if name:
+                try:
+                    body = _decode(e)
+                except BadRecord:
+                    body = {}
+                out[name] = (body, int(e["ModifyIndex"]))
+        return int(idx), out
+
+    def put_events(self, job: str, body: Mapping[str, Any], expected_index: int, *,
+                   session: str) -> TxnResult:
+        """Leader write of one job's history: CAS, with the leader guard."""
+        key = events_key(job)
+        return self.txn([KvOp("cas", key, _encode(body, key), index=expected_index)],
+                        session=session)
+
     # --- operator marks on nodes: drain ----------------------------------------------------
     def drains(self, index: int = 0, wait: str | None = None) -> tuple[int, frozenset[str]]:
         """Nodes marked for draining (`walle/nodes/<node>/drain`), blocking when index > 0."""
         idx, keys = self.api.call("read drain keys", lambda: self._kv.get(
-            NODES, keys=True, index=index or None, wait=wait))
-        names = {k[len(NODES):].split("/", 1)[0] for k in keys or [] if k.endswith("/drain")}
+            NODES_PREFIX, keys=True, index=index or None, wait=wait))
+        names = {node for node in map(parse_drain_key, keys or []) if node is not None}
         return int(idx), frozenset(names)
 
     def set_drain(self, node: str, drain: bool = True) -> None:
@@ -371,20 +393,33 @@ class StateStore:
     def packages(self) -> dict[str, tuple[dict[str, Any], int]]:
         """walle/packages/<name> records: name -> (body, ModifyIndex). A value that is not a
         JSON object raises BadRecord: the catalog must not act on a record it cannot read."""
-        _, entries = self.api.call("read packages", lambda: self._kv.get(PACKAGES, recurse=True))
-        return {e["Key"][len(PACKAGES):]: (_decode(e), int(e["ModifyIndex"]))
-                for e in entries or [] if "/" not in e["Key"][len(PACKAGES):]}
+        _, entries = self.api.call("read packages",
+                                   lambda: self._kv.get(PACKAGES_PREFIX, recurse=True))
+        return {name: (_decode(e), int(e["ModifyIndex"])) for e in entries or []
+                if (name := parse_package_key(e["Key"])) is not None}
 
     def put_package(self, name: str, body: Mapping[str, Any], expected_index: int) -> bool:
         """CAS write of one record: expected_index 0 = it must not exist yet."""
-        key, value = PACKAGES + name, _encode(body, f"package {name}")
+        key, value = package_key(name), _encode(body, f"package {name}")
         return bool(self.api.call(f"write {key}", lambda: self._kv.put(
             key, value, cas=expected_index)))
 
     def delete_package(self, name: str, expected_index: int) -> bool:
-        key = PACKAGES + name
+        key = package_key(name)
         return bool(self.api.call(f"delete {key}", lambda: self._kv.delete(
             key, cas=expected_index)))
+
+    # --- the leader's placement defaults (walle plan decides with them) --------------------
+    def placement_config(self) -> dict[str, Any] | None:
+        """What the leader published (None: no leader has yet). BadRecord if unreadable."""
+        _, entry = self.api.call(f"read {PLACEMENT_CONFIG}",
+                                 lambda: self._kv.get(PLACEMENT_CONFIG))
+        return _decode(entry) if entry else None
+
+    def put_placement_config(self, body: Mapping[str, Any], *, session: str) -> TxnResult:
+        """Leader write, guarded by the lock like the slot records."""
+        value = _encode(body, PLACEMENT_CONFIG)
+        return self.txn([KvOp("set", PLACEMENT_CONFIG, value)], session=session)
 
     # --- watches -------------------------------------------------------------------------
     def watch_jobs(self, **kw: Any) -> Watch[dict[str, StoredJob]]:

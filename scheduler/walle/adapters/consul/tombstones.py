@@ -12,13 +12,8 @@ from __future__ import annotations
 import json
 
 from walle.adapters.consul.api import ConsulApi
-from walle.adapters.consul.state import PREFIX, KvOp, StateStore, job_key
-
-STOPPED = PREFIX + "stopped/"
-
-
-def tombstone_key(job: str) -> str:
-    return STOPPED + job
+from walle.adapters.consul.state import KvOp, StateStore
+from walle.naming import STOPPED_PREFIX, job_key, parse_tombstone_key, tombstone_key
 
 
 def _value(stopped_at: float, version: str) -> bytes:
@@ -49,5 +44,5 @@ def clear_tombstone(api: ConsulApi, name: str) -> None:
 def stopped_jobs(api: ConsulApi) -> frozenset[str]:
     """Names of the jobs with a tombstone."""
     kv = api.client.kv
-    _, keys = api.call(f"read {STOPPED}", lambda: kv.get(STOPPED, keys=True))
-    return frozenset(k[len(STOPPED):] for k in keys or () if len(k) > len(STOPPED))
+    _, keys = api.call(f"read {STOPPED_PREFIX}", lambda: kv.get(STOPPED_PREFIX, keys=True))
+    return frozenset(job for job in map(parse_tombstone_key, keys or ()) if job is not None)

@@ -6,10 +6,12 @@ Check definitions (TTL, HTTP, TCP) are kept in `check_defs`; checkrunner.py runs
 
 from __future__ import annotations
 
-from .catalog import STATES, make_check, service_record
+import re
+
+from .catalog import ANY_ADDRESSES, STATES, make_check, service_record
 from .durations import parse_duration
 from .errors import ConsulError, bad_request, not_found, rpc_error
-from .fields import as_dict, get
+from .fields import as_dict, get, has
 
 MIN_INTERVAL_S = 1.0
 DEFAULT_TIMEOUT_S = 10.0
@@ -52,7 +54,21 @@ def parse_check_type(raw: dict, where: str) -> dict:
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
     spec["Deregister"] = max(dereg, MIN_DEREGISTER_S) if dereg > 0 else 0.0
+    spec.update(_thresholds(raw, where))
     return spec
+
+
+def _thresholds(raw: dict, where: str) -> dict[str, int]:
+    """SuccessBeforePassing, FailuresBeforeWarning (default: FailuresBeforeCritical) and
+    FailuresBeforeCritical: consecutive results needed before the status changes."""
+    out = {}
+    for name in ("SuccessBeforePassing", "FailuresBeforeCritical", "FailuresBeforeWarning"):
+        value = get(raw, name) or 0
+        if not isinstance(value, int) or value < 0:
+            raise bad_request(f"{where}.{name}: expected a non-negative integer, got {value!r}")
+        out[name] = value
+    out["FailuresBeforeWarning"] = out["FailuresBeforeWarning"] or out["FailuresBeforeCritical"]
+    return out
 
 
 def _definition(spec: dict) -> dict:
@@ -73,8 +89,11 @@ class AgentMixin:
     # --- services ------------------------------------------------------------------------
     def agent_register_service(self, node: str, body: dict, replace_checks: bool) -> None:
         service = service_record(body or {}, "Name")
-        if service["Address"] in ("0.0.0.0", "::", "[::]"):
+        if service["Address"] in ANY_ADDRESSES:
             raise bad_request("Invalid service address")
+        if has(body, "Weights"):
+            _validate_weights(service["Weights"])
+        _validate_service_meta(service["Meta"])
         raw_checks = [c for c in [get(body, "Check"), *(get(body, "Checks") or [])] if c]
         prepared = [self._prepare_service_check(node, service, as_dict(raw, "Check"), i,
                                                 len(raw_checks))
@@ -145,7 +164,7 @@ class AgentMixin:
         if get(body, "ServiceID"):
             service = self.services.get((node, get(body, "ServiceID")))
             if service is None:
-                raise bad_request(f'ServiceID "{get(body, "ServiceID")}" does not exist')
+                raise not_found(f'ServiceID "{get(body, "ServiceID")}" does not exist')
         status = get(body, "Status") or "critical"
         if status not in STATES:
             raise bad_request(f"Status: invalid '{status}' (passing|warning|critical)")
@@ -176,7 +195,7 @@ class AgentMixin:
             if spec is None or spec["Type"] != "ttl":
                 raise rpc_error(f'CheckID "{check_id}" does not have associated TTL')
             spec["ttl_deadline"] = self.clock() + spec["TTL"]
-            self.set_check_status(node, check_id, status, output[:MAX_OUTPUT])
+            self.set_check_status(node, check_id, status, truncate_output(output))
 
     # --- maintenance ---------------------------------------------------------------------
     def agent_service_maintenance(self, node: str, service_id: str, enable: bool,
@@ -229,6 +248,51 @@ class AgentMixin:
                 if spec["Deregister"] and since is not None and check and check["ServiceID"] \
                         and now - since > spec["Deregister"]:
                     self.delete_service(key[0], check["ServiceID"])
+
+
+def truncate_output(output: str) -> str:
+    """checks.CheckTTL.SetStatus: output beyond check_output_max_size (4096) is cut and says
+    so, as Consul's TTL checks do."""
+    if len(output) <= MAX_OUTPUT:
+        return output
+    return f"{output[:MAX_OUTPUT]} ... (captured {MAX_OUTPUT} of {len(output)} bytes)"
+
+
+META_MAX_PAIRS, META_KEY_MAX, META_VALUE_MAX = 64, 128, 512
+_META_KEY = re.compile(r"^[a-zA-Z0-9_-]+$")
+
+
+def _validate_weights(weights: dict) -> None:
+    """structs.ValidateWeights, answered 400 "Invalid Weights: ..." by the agent endpoint."""
+    passing, warning = get(weights, "Passing", 0), get(weights, "Warning", 0)
+    reason = ("Passing must be greater than 0" if not isinstance(passing, int) or passing < 1
+              else "Warning must be greater or equal than 0"
+              if not isinstance(warning, int) or warning < 0
+              else "DNS Weight must be between 0 and 65535"
+              if passing > 65535 or warning > 65535 else None)
+    if reason:
+        raise bad_request(f"Invalid Weights: {reason}")
+
+
+def _validate_service_meta(meta: dict[str, str]) -> None:
+    """structs.ValidateServiceMetadata, answered 400 "Invalid Service Meta: ...": at most 64
+    pairs, keys of letters, digits, _ and - up to 128 characters, not starting with
+    "consul-", values up to 512 characters."""
+    if len(meta) > META_MAX_PAIRS:
+        raise bad_request("Invalid Service Meta: Node metadata cannot contain more than "
+                          f"{META_MAX_PAIRS} key/value pairs")
+    for key, value in meta.items():
+        reason = ("Key cannot be blank" if not key
+                  else "Key contains invalid characters" if not _META_KEY.match(key)
+                  else f"Key is too long (limit: {META_KEY_MAX} characters)"
+                  if len(key) > META_KEY_MAX
+                  else "Key prefix 'consul-' is reserved for internal use"
+                  if key.startswith("consul-")
+                  else f"Value is too long (limit: {META_VALUE_MAX} characters)"
+                  if len(value) > META_VALUE_MAX else None)
+        if reason:
+            raise bad_request(f"Invalid Service Meta: Couldn't load metadata pair "
+                              f"('{key}', '{value}'): {reason}")
 
 
 def _agent_service(svc: dict, datacenter: str) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 
-from .errors import bad_request
+from .errors import bad_request, rpc_error
 from .fields import as_dict, get
 from .sessions import SERF_CHECK
 
@@ -134,14 +134,29 @@ class CatalogMixin:
 
     # --- catalog register / deregister ---------------------------------------------------
     def catalog_register(self, body: dict) -> bool:
+        """Consul validates a catalog registration in the server's Catalog.Register RPC
+        (agent/consul/catalog_endpoint.go), so its refusals reach HTTP as 500s."""
         name, address = get(body, "Node"), get(body, "Address")
         if not name:
-            raise bad_request("Must provide node")
+            raise rpc_error("Must provide node")
         skip = bool(get(body, "SkipNodeUpdate"))
         if not address and not skip:
-            raise bad_request("Must provide address if SkipNodeUpdate is not set")
+            raise rpc_error("Must provide address if SkipNodeUpdate is not set")
         raw_service = as_dict(get(body, "Service"), "Service")
+        if raw_service and not get(raw_service, "Service"):
+            raise rpc_error("Must provide service name (Service.Service) when service ID is "
+                            "provided")
+        if raw_service and get(raw_service, "Address") in ANY_ADDRESSES:
+            raise rpc_error("Invalid service address")
         checks = [c for c in [get(body, "Check"), *(get(body, "Checks") or [])] if c]
+        new_service_id = (get(raw_service, "ID") or get(raw_service, "Service")) \
+            if raw_service else None
+        for raw in checks:
+            service_id = get(as_dict(raw, "Check"), "ServiceID")
+            if service_id and service_id != new_service_id and \
+                    (name, service_id) not in self.services:
+                # state store ensureCheckTxn: the whole registration fails
+                raise rpc_error("Missing service registration")
         with self.write():
             if not skip or name not in self.nodes:
                 self.ensure_node(name, address or "", as_dict(get(body, "NodeMeta"), "NodeMeta"),
@@ -168,7 +183,7 @@ class CatalogMixin:
     def catalog_deregister(self, body: dict) -> bool:
         name = get(body, "Node")
         if not name:
-            raise bad_request("Must provide node")
+            raise rpc_error("Must provide node")
         with self.write():
             if get(body, "ServiceID"):
                 self.delete_service(name, get(body, "ServiceID"))
@@ -206,6 +221,9 @@ class CatalogMixin:
         return all(c["Status"] not in bad for c in self.checks_of(node, service_id))
 
 
+ANY_ADDRESSES = ("0.0.0.0", "::", "[::]")
+
+
 def meta_matches(node: dict, wanted: dict[str, str]) -> bool:
     return all(node["Meta"].get(k) == v for k, v in wanted.items())
 
@@ -218,6 +236,15 @@ def make_check(node: str, check_id: str, name: str, status: str, *, notes: str =
             "ServiceName": service["Service"] if service else "",
             "ServiceTags": list(service["Tags"]) if service else [], "Type": check_type,
             "Definition": definition or {}}
+
+
+def _weights(raw: object) -> dict:
+    """Weights decoded like Consul's struct (keys case-insensitive, a missing one 0); absent
+    weights default to Passing 1, Warning 1 (structs.ServiceDefinition.NodeService)."""
+    if raw is None:
+        return {"Passing": 1, "Warning": 1}
+    weights = as_dict(raw, "Weights")
+    return {"Passing": get(weights, "Passing", 0), "Warning": get(weights, "Warning", 0)}
 
 
 def service_record(raw: dict, name_field: str) -> dict:
@@ -235,5 +262,5 @@ def service_record(raw: dict, name_field: str) -> dict:
             "Address": get(raw, "Address") or "",
             "TaggedAddresses": get(raw, "TaggedAddresses") or {},
             "Meta": {str(k): str(v) for k, v in as_dict(get(raw, "Meta"), "Meta").items()},
-            "Port": port, "Weights": get(raw, "Weights") or {"Passing": 1, "Warning": 1},
+            "Port": port, "Weights": _weights(get(raw, "Weights")),
             "EnableTagOverride": bool(get(raw, "EnableTagOverride"))}

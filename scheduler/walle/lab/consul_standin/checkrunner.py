@@ -58,6 +58,31 @@ def probe_tcp(spec: dict) -> tuple[str, str]:
         return "critical", f"dial tcp {spec['TCP']}: {exc}"
 
 
+class Thresholds:
+    """Consul's check StatusHandler: a result changes the check's status only after
+    SuccessBeforePassing consecutive passes, or FailuresBeforeWarning / FailuresBeforeCritical
+    consecutive failures (api-docs/agent/check, "Register Check")."""
+
+    def __init__(self, spec: dict):
+        self.success_before_passing = spec.get("SuccessBeforePassing", 0)
+        self.failures_before_critical = spec.get("FailuresBeforeCritical", 0)
+        self.failures_before_warning = spec.get("FailuresBeforeWarning",
+                                                self.failures_before_critical)
+        self.successes = self.failures = 0
+
+    def status_for(self, result: str) -> str | None:
+        """The status to record after this probe result, or None to leave it as it is."""
+        if result in ("passing", "warning"):
+            self.successes, self.failures = self.successes + 1, 0
+            return result if self.successes >= self.success_before_passing else None
+        self.failures, self.successes = self.failures + 1, 0
+        if self.failures >= self.failures_before_critical:
+            return "critical"
+        if self.failures >= self.failures_before_warning:
+            return "warning"
+        return None
+
+
 class _Runner:
     def __init__(self, store: Store, key: tuple[str, str], spec: dict):
         self.store, self.key, self.spec = store, key, dict(spec)
@@ -69,10 +94,12 @@ class _Runner:
         probe = probe_http if self.spec["Type"] == "http" else probe_tcp
         if self.stop_event.wait(RNG.uniform(0, self.spec["Interval"])):
             return
+        thresholds = Thresholds(self.spec)
         while not self.stop_event.is_set():
-            status, output = probe(self.spec)
+            result, output = probe(self.spec)
+            status = thresholds.status_for(result)
             with self.store.write():
-                if self.store.check_defs.get(self.key) is not None and not \
+                if status and self.store.check_defs.get(self.key) is not None and not \
                         self.stop_event.is_set():
                     self.store.set_check_status(*self.key, status, output[:MAX_OUTPUT])
             self.stop_event.wait(self.spec["Interval"])

@@ -122,13 +122,22 @@ class DnsResolver:
                 resp.answer.append(_rrset(qname, dns.rdatatype.A, address))
             if rdtype in (dns.rdatatype.SRV, dns.rdatatype.ANY):
                 target = self._srv_target(node, svc)
-                weight = int((svc["Weights"] or {}).get("Passing", 1))
+                weight = self._srv_weight(node, svc)
                 resp.answer.append(_rrset(qname, dns.rdatatype.SRV,
                                           f"1 {weight} {svc['Port']} {target}"))
                 if _is_ipv4(address):
                     resp.additional.append(_rrset(dns.name.from_text(target),
                                                   dns.rdatatype.A, address))
         return True
+
+    def _srv_weight(self, node: dict, svc: dict) -> int:
+        """agent/dns.go findWeight: Weights.Passing while every check passes, Weights.Warning
+        when one warns (critical instances are already left out)."""
+        weights = svc["Weights"] or {}
+        statuses = {c["Status"] for c in self.store.checks_of(node["Node"], svc["ID"])}
+        if "warning" in statuses:
+            return int(weights.get("Warning", 1))
+        return int(weights.get("Passing", 1))
 
     def _srv_target(self, node: dict, svc: dict) -> str:
         dc = self.store.datacenter

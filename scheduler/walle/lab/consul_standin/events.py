@@ -7,7 +7,7 @@ import base64
 import re
 import uuid
 
-from .errors import bad_request
+from .errors import bad_request, rpc_error
 
 MAX_EVENTS = 256
 
@@ -25,13 +25,14 @@ class EventMixin:
     def event_fire(self, name: str, payload: bytes, node: str, service: str, tag: str) -> dict:
         if not name:
             raise bad_request("Missing name")
+        # agent/user_event.go validateUserEventParams; event_endpoint.go answers its errors 500
+        if tag and not service:
+            raise rpc_error("Cannot provide tag filter without service filter")
         for field, pattern in (("node", node), ("service", service), ("tag", tag)):
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise bad_request(f"?{field}= is not a valid regular expression: {exc}") from exc
-        if tag and not service:
-            raise bad_request("cannot provide tag filter without service filter")
+                raise rpc_error(f"Invalid {field} filter: {exc}") from exc
         with self.write():
             self.ltime += 1
             event = {"ID": str(uuid.uuid4()), "Name": name,
@@ -40,12 +41,16 @@ class EventMixin:
                      "Version": 1, "LTime": self.ltime}
             self.events = [*self.events, event][-MAX_EVENTS:]
             self.touch("events")
-        return event
+        # event.mdx: the fire answer has LTime 0; the Lamport time is set when the event is
+        # gossiped, and the list shows it
+        return {**event, "LTime": 0}
 
     def event_view(self, agent_node: str, name: str):
-        seen = [e for e in self.events if self._delivered_to(e, agent_node)]
-        index = uuid_to_index(seen[-1]["ID"]) if seen else 1
-        return index, [e for e in seen if not name or e["Name"] == name]
+        # event_endpoint.go: the ?name= filter first, then the index of the newest left (1 if
+        # none, so a watch never spins on index 0)
+        seen = [e for e in self.events if self._delivered_to(e, agent_node)
+                and (not name or e["Name"] == name)]
+        return (uuid_to_index(seen[-1]["ID"]) if seen else 1), seen
 
     def _delivered_to(self, event: dict, node: str) -> bool:
         if event["NodeFilter"] and not re.search(event["NodeFilter"], node):

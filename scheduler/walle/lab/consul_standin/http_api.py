@@ -13,18 +13,23 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from . import kv
-from .catalog import STATES
+from . import filters, kv
+from .catalog import STATES, meta_matches
 from .core import query_timeout
 from .durations import parse_duration
 from .errors import ConsulError, PersistError, bad_request, not_found
 from .fields import get
 from .filters import compile_filter
+from .kvstore import txn_is_read_only
+from .sessions import require_session_uuid
 from .snapshot import MAX_ARCHIVE_BYTES, SnapshotError, make_archive, read_archive
 from .store import Store
 
 log = logging.getLogger("walle.consul_standin.http")
 MAX_BODY = 4 * 1024 * 1024
+GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")  # what Go's strconv.ParseBool accepts
+GO_FALSE = ("0", "f", "F", "FALSE", "false", "False")
+CONSUL_VERSION = "1.17.0"  # the Consul whose API the stand-in follows
 SERF_STATUS = {"alive": 1, "leaving": 2, "left": 3, "failed": 4}
 
 
@@ -37,13 +42,26 @@ class Request:
     agent_node: str
 
     def arg(self, name: str, default: str | None = None) -> str | None:
+        """The first value of a repeated parameter, as Go's url.Values.Get reads it."""
         values = self.query.get(name)
-        return values[-1] if values else default
+        return values[0] if values else default
 
     def flag(self, name: str) -> bool:
+        """A switch read like agent_endpoint.go's ?replace-existing-checks: on when present
+        with no value or exactly "true" (the first value, as Go's Query().Get)."""
+        return name in self.query and self.query[name][0] in ("", "true")
+
+    def go_bool(self, name: str) -> bool:
+        """A parameter read like health_endpoint.go's ?passing: present without a value is
+        true, otherwise Go's strconv.ParseBool, anything else 400."""
         if name not in self.query:
             return False
-        return self.query[name][-1].lower() not in ("false", "0")
+        raw = self.query[name][0]
+        if raw == "" or raw in GO_TRUE:
+            return True
+        if raw in GO_FALSE:
+            return False
+        raise bad_request(f"Invalid value for ?{name}")
 
     def int_arg(self, name: str) -> int | None:
         raw = self.arg(name)
@@ -53,9 +71,26 @@ class Request:
             value = int(raw)
         except ValueError as exc:
             raise bad_request(f"Invalid ?{name}= value {raw!r}: expected an integer") from exc
-        if value < 0:
-            raise bad_request(f"Invalid ?{name}= value {raw!r}: must not be negative")
+        if not 0 <= value < 2**64:  # Consul parses these as uint64
+            raise bad_request(f"Invalid ?{name}= value {raw!r}: must be between 0 and 2^64-1")
         return value
+
+    def uint64(self, name: str) -> int | None:
+        """A KV ?flags=/?cas= value: Consul's handler returns strconv.ParseUint's error as is,
+        which reaches the client as a 500."""
+        if name not in self.query:
+            return None
+        raw = self.query[name][0]
+        if not raw.isdigit():
+            raise ConsulError(500, f'strconv.ParseUint: parsing "{raw}": invalid syntax')
+        if int(raw) >= 2**64:
+            raise ConsulError(500, f'strconv.ParseUint: parsing "{raw}": value out of range')
+        return int(raw)
+
+    def conflicting(self, *names: str) -> None:
+        """kvs_endpoint.go conflictingFlags: at most one of these parameters (400)."""
+        if sum(name in self.query for name in names) > 1:
+            raise bad_request(f"Conflicting flags: {'&'.join(sorted(self.query))}")
 
     def json(self) -> object:
         if not self.body.strip():
@@ -166,7 +201,8 @@ class ConsulHttpApi:
 
     # --- blocking ------------------------------------------------------------------------
     def _blocking(self, req: Request, view: Callable, changed: Callable | None = None,
-                  ) -> Response:
+                  consistency: bool = True) -> Response:
+        mode = consistency_mode(req) if consistency else None
         min_index = req.int_arg("index") or 0
         wait_text = req.arg("wait")
         try:
@@ -175,7 +211,10 @@ class ConsulHttpApi:
             raise bad_request(f"Invalid wait time: {exc}") from exc
         kwargs = {"changed": changed} if changed else {}
         idx, data = self.store.block(view, min_index, query_timeout(wait_s), **kwargs)
-        return Response(body=data, headers=meta_headers(idx))
+        headers = meta_headers(idx)
+        if mode:
+            headers["X-Consul-Effective-Consistency"] = mode
+        return Response(body=data, headers=headers)
 
     # --- KV ------------------------------------------------------------------------------
     def kv_endpoint(self, req: Request, key: str) -> Response:
@@ -183,13 +222,20 @@ class ConsulHttpApi:
             return self.kv_get(req, key)
         if req.method == "PUT":
             return self.kv_put(req, key)
-        # Consul reads ?recurse by presence, whatever its value
-        return Response(body=self.store.kv_delete(key, "recurse" in req.query,
-                                                  req.int_arg("cas")))
+        # Consul reads ?recurse by presence, whatever its value; ?cas answers the CAS result,
+        # a plain or recursive delete always true
+        req.conflicting("recurse", "cas")
+        recurse = "recurse" in req.query
+        if not key and not recurse:
+            raise bad_request("Missing key name")
+        return Response(body=self.store.kv_delete(key, recurse, req.uint64("cas")))
 
     def kv_get(self, req: Request, key: str) -> Response:
         keys, recurse = "keys" in req.query, "recurse" in req.query
-        separator = req.arg("separator", "") or ""
+        if not key and not keys and not recurse:
+            raise bad_request("Missing key name")
+        # kvs_endpoint.go also takes the historic misspelling ?seperator=
+        separator = req.arg("separator", req.arg("seperator", "")) or ""
         resp = self._blocking(req, lambda: self.store.kv_read(key, recurse, keys, separator))
         data = resp.body
         if data is None or (not data and (recurse or key)):
@@ -198,21 +244,29 @@ class ConsulHttpApi:
         if keys:
             return resp
         if "raw" in req.query and not recurse:
-            return Response(raw=data[0]["Value"] or b"", headers=resp.headers)
+            # never sniffed as HTML (CVE-2020-25864): the headers Consul sets
+            return Response(raw=data[0]["Value"] or b"", content_type="text/plain",
+                            headers={**resp.headers, "X-Content-Type-Options": "nosniff",
+                                     "Content-Security-Policy": "sandbox"})
         resp.body = [kv.to_json(e) for e in data]
         return resp
 
     def kv_put(self, req: Request, key: str) -> Response:
-        if "cas" in req.query and req.int_arg("cas") is None:
-            raise bad_request("Invalid ?cas= value: expected an integer")
-        flags = req.int_arg("flags") or 0
-        ok = self.store.kv_put(key, req.body or None, flags, req.int_arg("cas"),
+        req.conflicting("cas", "acquire", "release")
+        flags = req.uint64("flags") or 0
+        ok = self.store.kv_put(key, req.body or None, flags, req.uint64("cas"),
                                req.arg("acquire"), req.arg("release"))
         return Response(body=ok)
 
     def txn(self, req: Request) -> Response:
-        status, body = self.store.txn(req.json())
-        return Response(status, body=body)
+        ops = req.json()
+        read_only = txn_is_read_only(ops)
+        if read_only:
+            consistency_mode(req)  # refuses conflicting modes as any read does
+        status, body = self.store.txn(ops)
+        headers = {"X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0"} \
+            if read_only else {}
+        return Response(status, body=body, headers=headers)
 
     # --- sessions ------------------------------------------------------------------------
     def session_create(self, req: Request) -> Response:
@@ -222,69 +276,79 @@ class ConsulHttpApi:
         return Response(body={"ID": self.store.session_create(body, req.agent_node)})
 
     def session_renew(self, req: Request, session_id: str) -> Response:
+        require_session_uuid(session_id)
         session = self.store.session_renew(session_id)
         if session is None:
             raise not_found(f"Session id '{session_id}' not found")
         return Response(body=[session])
 
     def session_destroy(self, req: Request, session_id: str) -> Response:
+        require_session_uuid(session_id)
         return Response(body=self.store.session_destroy(session_id))
 
     def session_info(self, req: Request, session_id: str) -> Response:
+        require_session_uuid(session_id)
         return self._blocking(req, lambda: self.store.session_view(session_id=session_id))
 
     def session_node(self, req: Request, node: str) -> Response:
-        return self._blocking(req, lambda: self.store.session_view(node=node))
+        """session.mdx List Sessions for Node: `node` is the node's name or ID."""
+        return self._blocking(req, lambda: self.store.session_view(node=self._node_name(node)))
+
+    def _node_name(self, ref: str) -> str:
+        """A node named by name or by ID (health/node, session/node take either)."""
+        return next((n for n, rec in self.store.nodes.items() if rec.get("ID") == ref), ref)
 
     def session_list(self, req: Request) -> Response:
         return self._blocking(req, lambda: self.store.session_view())
 
     # --- catalog -------------------------------------------------------------------------
-    def _filtered(self, req: Request, items: list[dict]) -> list[dict]:
-        expr = req.arg("filter")
-        if not expr:
-            return items
-        keep = compile_filter(expr)
-        return [i for i in items if keep(i)]
+    @staticmethod
+    def _filter(req: Request, schema: dict) -> Callable[[list], list]:
+        """?filter= compiled once, before the query blocks (a bad one fails at once)."""
+        keep = compile_filter(req.arg("filter"), schema)
+        return lambda items: [i for i in items if keep(i)]
 
     def catalog_nodes(self, req: Request) -> Response:
-        meta = node_meta_args(req)
-        s = self.store
+        meta, s, keep = node_meta_args(req), self.store, self._filter(req, filters.NODE)
 
         def view():
             nodes = [n for _, n in sorted(s.nodes.items())
                      if all(n["Meta"].get(k) == v for k, v in meta.items())]
-            return s.table_index("nodes"), self._filtered(req, nodes)
+            return s.table_index("nodes"), keep(nodes)
         return self._blocking(req, view)
 
     def catalog_services(self, req: Request) -> Response:
-        meta = node_meta_args(req)
-        s = self.store
+        """catalog.mdx: ?filter= applies to the service instances (ServiceNode selectors);
+        the answer maps each service with a matching instance to those instances' tags."""
+        meta, s = node_meta_args(req), self.store
+        keep = self._filter(req, filters.SERVICE_NODE)
 
         def view():
             out: dict[str, list[str]] = {}
-            for _, svc in s.instances(node_meta=meta):
-                tags = out.setdefault(svc["Service"], [])
-                tags.extend(t for t in svc["Tags"] if t not in tags)
+            for row in keep([catalog_row(n, svc) for n, svc in s.instances(node_meta=meta)]):
+                tags = out.setdefault(row["ServiceName"], [])
+                tags.extend(t for t in row["ServiceTags"] if t not in tags)
             return s.table_index("services", "nodes"), out
         return self._blocking(req, view)
 
     def catalog_service(self, req: Request, name: str) -> Response:
         tags, meta, s = req.query.get("tag", []), node_meta_args(req), self.store
+        keep = self._filter(req, filters.SERVICE_NODE)
 
         def view():
             rows = [catalog_row(n, svc) for n, svc in s.instances(name, tags, meta)]
-            return s.service_index(name), self._filtered(req, rows)
+            return s.service_index(name), keep(rows)
         return self._blocking(req, view)
 
     def catalog_node(self, req: Request, node: str) -> Response:
-        s = self.store
+        s, keep = self.store, compile_filter(req.arg("filter"), filters.SERVICE)
 
         def view():
             if node not in s.nodes:
                 return s.table_index("nodes", "services"), None
+            # filtering.mdx: here the filter applies to the node's Services
             services = {sid: service_json(svc) for (n, sid), svc in sorted(s.services.items())
-                        if n == node}
+                        if n == node and keep(service_json(svc))}
             return s.table_index("nodes", "services"), {"Node": s.nodes[node],
                                                          "Services": services}
         return self._blocking(req, view)
@@ -300,26 +364,32 @@ class ConsulHttpApi:
 
     # --- health --------------------------------------------------------------------------
     def health_node(self, req: Request, node: str) -> Response:
-        s = self.store
-        return self._blocking(req, lambda: (s.table_index("checks"), self._filtered(
-            req, [c for (n, _), c in sorted(s.checks.items()) if n == node])))
+        s, keep = self.store, self._filter(req, filters.CHECK)
+        return self._blocking(req, lambda: (s.table_index("checks"), keep(
+            [c for (n, _), c in sorted(s.checks.items()) if n == self._node_name(node)])))
+
+    def _on_meta_nodes(self, req: Request) -> Callable[[dict], bool]:
+        """health.mdx ?node-meta=k:v (checks, state): only checks of nodes with that meta."""
+        meta, nodes = node_meta_args(req), self.store.nodes
+        return lambda c: not meta or (c["Node"] in nodes and meta_matches(nodes[c["Node"]], meta))
 
     def health_checks(self, req: Request, service: str) -> Response:
-        s = self.store
-        return self._blocking(req, lambda: (s.service_index(service), self._filtered(
-            req, [c for _, c in sorted(s.checks.items()) if c["ServiceName"] == service])))
+        s, keep, on_node = self.store, self._filter(req, filters.CHECK), self._on_meta_nodes(req)
+        return self._blocking(req, lambda: (s.service_index(service), keep(
+            [c for _, c in sorted(s.checks.items())
+             if c["ServiceName"] == service and on_node(c)])))
 
     def health_state(self, req: Request, state: str) -> Response:
         if state not in (*STATES, "any"):
             raise bad_request(f"Bad check state: {state} (use any|passing|warning|critical)")
-        s = self.store
-        return self._blocking(req, lambda: (s.table_index("checks"), self._filtered(
-            req, [c for _, c in sorted(s.checks.items())
-                  if state == "any" or c["Status"] == state])))
+        s, keep, on_node = self.store, self._filter(req, filters.CHECK), self._on_meta_nodes(req)
+        return self._blocking(req, lambda: (s.table_index("checks"), keep(
+            [c for _, c in sorted(s.checks.items())
+             if (state == "any" or c["Status"] == state) and on_node(c)])))
 
     def health_service(self, req: Request, name: str) -> Response:
         tags, meta, s = req.query.get("tag", []), node_meta_args(req), self.store
-        passing = req.flag("passing")
+        passing, keep = req.go_bool("passing"), self._filter(req, filters.HEALTH_ROW)
 
         def view():
             rows = []
@@ -328,7 +398,7 @@ class ConsulHttpApi:
                 if passing and any(c["Status"] != "passing" for c in checks):
                     continue
                 rows.append({"Node": node, "Service": service_json(svc), "Checks": checks})
-            return s.service_index(name), self._filtered(req, rows)
+            return s.service_index(name), keep(rows)
         return self._blocking(req, view)
 
     # --- agent ---------------------------------------------------------------------------
@@ -337,11 +407,46 @@ class ConsulHttpApi:
         return Response(body={
             "Config": {"Datacenter": self.store.datacenter, "NodeName": req.agent_node,
                        "NodeID": node.get("ID", ""), "Server": req.agent_node == self.node_name,
-                       "Revision": "walle-standin", "Version": "1.17.0",
+                       "Revision": "walle-standin", "Version": CONSUL_VERSION,
                        "PrimaryDatacenter": self.store.datacenter},
             "Member": self._member(req.agent_node), "Meta": node.get("Meta", {}),
-            "Stats": {"walle_standin": {"lab_and_test_only": "true"}},
-            "DebugConfig": {}, "Coord": None, "xDS": None})
+            "Stats": self._stats(req.agent_node), "DebugConfig": {}, "Coord": None,
+            "xDS": None})
+
+    def _stats(self, agent_node: str) -> dict[str, dict[str, str]]:
+        """agent/self's Stats as Consul's agent builds it (agent.Stats() plus the server's or
+        client's own): all values strings. The server is the leader of a one-server cluster;
+        clients know one server and, like Consul's clients, report no leader_addr.
+        `walle_standin` is not Consul's: it tells a reader this is the lab stand-in."""
+        s = self.store
+        members = self._members()
+        checks = self.store.agent_checks(agent_node)
+        ttl = sum(1 for (n, _), d in s.check_defs.items() if n == agent_node and
+                  d.get("Type") == "ttl")
+        stats = {
+            "agent": {"checks": str(len(checks)), "check_ttls": str(ttl),
+                      "check_monitors": "0",
+                      "services": str(len(s.agent_services(agent_node)))},
+            "build": {"version": CONSUL_VERSION, "revision": "walle-standin",
+                      "prerelease": ""},
+            "serf_lan": {"members": str(len(members)),
+                         "failed": str(sum(m["Status"] == SERF_STATUS["failed"]
+                                           for m in members)),
+                         "left": str(sum(m["Status"] == SERF_STATUS["left"] for m in members)),
+                         "encrypted": "false"},
+            "walle_standin": {"lab_and_test_only": "true"},
+        }
+        if agent_node != self.node_name:
+            stats["consul"] = {"server": "false", "known_servers": "1", "acl": "disabled"}
+            return stats
+        index = str(s.index)
+        stats["consul"] = {"server": "true", "leader": "true", "leader_addr": self.leader_addr,
+                           "bootstrap": "true", "known_datacenters": "1", "acl": "disabled"}
+        stats["raft"] = {"state": "Leader", "term": "1", "num_peers": "0",
+                         "last_log_index": index, "commit_index": index,
+                         "applied_index": index, "last_contact": "0",
+                         "protocol_version": "3"}
+        return stats
 
     def _members(self) -> list[dict]:
         members = self.serf_members()
@@ -349,9 +454,20 @@ class ConsulHttpApi:
         for name, node in sorted(self.store.nodes.items()):
             if name not in known and (name, "serfHealth") in self.store.checks:
                 alive = self.store.checks[(name, "serfHealth")]["Status"] == "passing"
-                members.append(member_json(name, node["Address"], 8301, node["Meta"],
+                members.append(member_json(name, node["Address"], 8301,
+                                           self._member_tags(name, node),
                                            "alive" if alive else "failed"))
         return members
+
+    def _member_tags(self, name: str, node: dict) -> dict[str, str]:
+        """The Serf tags a Consul agent gossips (agent/consul: role, dc, id, build, vsn...;
+        servers add port and bootstrap), for members that Serf does not report itself."""
+        tags = {"role": "node", "dc": self.store.datacenter, "id": node.get("ID", ""),
+                "segment": "", "build": f"{CONSUL_VERSION}:walle-standin", "vsn": "2",
+                "vsn_min": "2", "vsn_max": "3"}
+        if name == self.node_name:
+            tags.update(role="consul", port="8300", bootstrap="1", raft_vsn="3")
+        return tags
 
     def _member(self, name: str) -> dict:
         return next((m for m in self._members() if m["Name"] == name), {})
@@ -385,16 +501,27 @@ class ConsulHttpApi:
         return Response(body=data, headers={"X-Consul-ContentHash": f"{value:016x}"})
 
     def agent_service(self, req: Request, service_id: str) -> Response:
-        return self._hash_blocking(
+        """agent/service.mdx Get Service Configuration: the service plus a ContentHash field,
+        the same hash as X-Consul-ContentHash."""
+        resp = self._hash_blocking(
             req, lambda: self.store.agent_service(req.agent_node, service_id))
+        resp.body = {**resp.body, "ContentHash": resp.headers["X-Consul-ContentHash"]}
+        return resp
 
     def agent_services(self, req: Request) -> Response:
-        keep = compile_filter(req.arg("filter") or "")
-        return self._hash_blocking(req, lambda: {
-            k: v for k, v in self.store.agent_services(req.agent_node).items() if keep(v)})
+        """agent/service.mdx List Services: not a blocking endpoint (no ?hash=, no
+        X-Consul-ContentHash; only Get Service Configuration blocks on a hash)."""
+        keep = compile_filter(req.arg("filter"), filters.SERVICE)
+        with self.store.cond:
+            services = self.store.agent_services(req.agent_node)
+        return Response(body={k: v for k, v in services.items() if keep(v)})
 
     def agent_checks(self, req: Request) -> Response:
-        return self._hash_blocking(req, lambda: self.store.agent_checks(req.agent_node))
+        """agent/check.mdx List Checks: not a blocking endpoint either."""
+        keep = compile_filter(req.arg("filter"), filters.CHECK)
+        with self.store.cond:
+            checks = self.store.agent_checks(req.agent_node)
+        return Response(body={k: v for k, v in checks.items() if keep(v)})
 
     def agent_check_register(self, req: Request) -> Response:
         self.store.agent_register_check(req.agent_node, _object(req))
@@ -449,8 +576,27 @@ class ConsulHttpApi:
 
     def event_list(self, req: Request) -> Response:
         name = req.arg("name", "") or ""
+        # event_endpoint.go parses ?index/?wait only: the list is the agent's, not a server's
         return self._blocking(req, lambda: self.store.event_view(req.agent_node, name),
-                              changed=lambda idx, seen: idx != seen)
+                              changed=lambda idx, seen: idx != seen, consistency=False)
+
+
+def consistency_mode(req: Request) -> str:
+    """api-docs/features/consistency: ?stale, ?consistent, or the default ("leader"), named
+    back in X-Consul-Effective-Consistency. One server is always the leader, so every mode
+    reads the same state; the conflicting combinations are refused as Consul's parse does."""
+    stale, consistent = "stale" in req.query, "consistent" in req.query
+    if stale and consistent:
+        raise bad_request("Cannot specify ?stale with ?consistent, conflicting semantics.")
+    if "cached" in req.query and consistent:
+        raise bad_request("Cannot specify ?cached with ?consistent, conflicting semantics.")
+    max_stale = req.arg("max_stale")
+    if max_stale:
+        try:
+            parse_duration(max_stale, "max_stale")
+        except ValueError:
+            raise bad_request(f'Invalid max_stale value "{max_stale}"') from None
+    return "stale" if stale else "consistent" if consistent else "leader"
 
 
 def content_hash(data: object) -> int:
@@ -494,12 +640,13 @@ def _object(req: Request) -> dict:
 
 
 def _enable_arg(req: Request) -> bool:
+    """agent_endpoint.go: ?enable is required and read with strconv.ParseBool."""
     raw = req.arg("enable")
     if raw is None or raw == "":
         raise bad_request("Missing value for enable")
-    if raw.lower() not in ("true", "false", "1", "0"):
-        raise bad_request(f"Invalid value for enable: {raw!r}")
-    return raw.lower() in ("true", "1")
+    if raw not in GO_TRUE + GO_FALSE:
+        raise bad_request(f'Invalid value for enable: "{raw}"')
+    return raw in GO_TRUE
 
 
 # --- the HTTP server adapter ---------------------------------------------------------------

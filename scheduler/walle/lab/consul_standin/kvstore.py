@@ -122,6 +122,14 @@ class KVMixin:
         return errors
 
 
+def txn_is_read_only(ops: object) -> bool:
+    """txn.mdx: a transaction without write operations is served like a read (consistency
+    modes, X-Consul-KnownLeader and X-Consul-LastContact, no blocking)."""
+    return isinstance(ops, list) and all(
+        isinstance(op, dict) and isinstance(get(op, "KV"), dict)
+        and get(get(op, "KV"), "Verb") not in _WRITE_VERBS for op in ops)
+
+
 class TxnOpError(Exception):
     pass
 
@@ -165,8 +173,6 @@ def _parse_txn_op(i: int, op: object) -> dict:
     if not isinstance(body, dict):
         raise bad_request(f"op {i}: the stand-in supports only KV operations in /v1/txn")
     verb = get(body, "Verb", "")
-    if verb not in _WRITE_VERBS | _READ_VERBS:
-        raise bad_request(f'op {i}: unknown KV verb "{verb}"')
     try:
         raw = get(body, "Value")
         value = base64.b64decode(raw, validate=True) if raw is not None else None
@@ -185,6 +191,9 @@ def _txn_op(space: kv.KVSpace, op: dict, idx: int) -> list[dict]:
     verb, key = op["Verb"], op["Key"]
     if verb in _READ_VERBS:
         return _txn_read(space, op)
+    if verb not in _WRITE_VERBS:
+        # state/txn.go: an unknown verb is an op error (409, rolled back), not a bad request
+        raise TxnOpError(f'unknown KV verb "{verb}"')
     ok = _apply_verb(space, verb, key, op["Value"], op["Flags"], op["Session"], op["Index"], idx)
     if not ok:
         raise TxnOpError(_FAILURES[verb].format(key=key))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from . import kv
@@ -13,6 +14,16 @@ SESSION_TTL_MIN_S = 10.0
 SESSION_TTL_MAX_S = 86400.0
 SESSION_TTL_MULTIPLIER = 2  # Consul invalidates at 2xTTL after the last renewal
 MAX_LOCK_DELAY_S = 60.0
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def require_session_uuid(session_id: str) -> None:
+    """session.mdx: a malformed session UUID is an error (Consul's state store cannot look it
+    up in its UUID index: the server's error reaches HTTP as a 500); an unknown one is not."""
+    if len(session_id) != 36:
+        raise rpc_error("failed session lookup: index error: UUID must be 36 characters")
+    if not _UUID.match(session_id):
+        raise rpc_error("failed session lookup: index error: invalid UUID format")
 DEFAULT_LOCK_DELAY_S = 15.0
 SERF_CHECK = "serfHealth"
 
@@ -65,7 +76,7 @@ class SessionMixin:
         return {
             "ID": str(uuid.uuid4()), "Name": get(body, "Name") or "",
             "Node": get(body, "Node") or agent_node,
-            "LockDelay": int(min(parse_lock_delay(delay), MAX_LOCK_DELAY_S) * 1e9)
+            "LockDelay": int(parse_lock_delay(delay) * 1e9)
             if delay is not None else int(DEFAULT_LOCK_DELAY_S * 1e9),
             "Behavior": behavior, "TTL": ttl_text, "NodeChecks": node_checks,
             "ServiceChecks": [{"ID": get(c, "ID"), "Namespace": get(c, "Namespace") or ""}
@@ -108,7 +119,8 @@ class SessionMixin:
         if session is None:
             return
         idx = self.touch("sessions")
-        delay_s = session["LockDelay"] / 1e9
+        # the session keeps the LockDelay it was given; the state store caps what it applies
+        delay_s = min(session["LockDelay"] / 1e9, MAX_LOCK_DELAY_S)
         held = [e["Key"] for e in self.kv.entries.values() if e["Session"] == session_id]
         for key in held:
             if session["Behavior"] == "delete":
