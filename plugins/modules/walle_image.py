@@ -51,6 +51,7 @@ attributes:
   platform:
     support: full
     platforms: posix
+    description: Runs on the node, not on the controller.
 notes:
   - The archive's members are checked before anything is written; set-uid and set-gid bits are
     dropped. An absolute symlink target means the image's own root, as inside the container.

@@ -181,7 +181,10 @@ def test_nspawn_runs_from_an_image_in_a_user_namespace_and_pre_stop_runs_inside(
     finally:
         stop(vm, unit)
     # The hook wrote into the container's root (the image), from inside its user namespace.
-    uid_map = vm.run(f"cat {root}/hook.out", check=True).stdout.split()
+    hook = vm.run(f"cat {root}/hook.out")
+    assert hook.returncode == 0, vm.run(
+        f"ls -la {root}; journalctl -u {unit} --no-pager | tail -30").stdout
+    uid_map = hook.stdout.split()
     assert uid_map[:1] == ["0"] and uid_map[1] != "0", uid_map
     assert vm.run("test -e /hook.out && echo host || echo none").stdout.strip() == "none"
 
