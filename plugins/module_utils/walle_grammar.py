@@ -37,6 +37,7 @@ __all__ = [
     "STOP_SIGNALS",
     "check_calendar",
     "check_executable",
+    "check_image_ref",
     "check_path",
     "check_signal",
     "check_text",
@@ -68,6 +69,12 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _EXECUTABLE_REFUSED = "\"'\\$"  # quotes and backslash: systemd; `$`: see the module text
 _CALENDAR = re.compile(r"[A-Za-z0-9 _*:,./~+-]{1,200}")
+# Images (docs/images.md): NAME:VERSION or NAME@sha256:HEX. A name is lowercase segments
+# joined by '/', each starting with a letter or digit (so never '..'); a version is a tag.
+_IMAGE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*(/[a-z0-9][a-z0-9_.-]*)*")
+_IMAGE_VERSION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_IMAGE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+MAX_IMAGE_NAME = 128
 
 
 # ------------------------------------------------------------------------------ text
@@ -136,6 +143,30 @@ def check_signal(value: object) -> str:
         raise ValueError(f"{_show(text)} is not a signal name that ends a process: use one of "
                          f"{', '.join(STOP_SIGNALS)}{hint}")
     return text
+
+
+def check_image_ref(value: object) -> tuple[str, str | None, str | None]:
+    """An image reference -> (name, version, digest), exactly one of version and digest set:
+    'web:1.0' -> ('web', '1.0', None); 'web@sha256:<64 hex>' -> ('web', None, 'sha256:...')."""
+    text = check_text(value)
+    name, at, digest = text.partition("@")
+    version = None
+    if not at:
+        name, colon, version = text.partition(":")
+        if not colon:
+            raise ValueError(f"{_show(text)} has no version: name an image as NAME:VERSION "
+                             "(web:1.0) or NAME@sha256:HEX; see `walle image ls`")
+    if not _IMAGE_NAME.fullmatch(name) or len(name) > MAX_IMAGE_NAME:
+        raise ValueError(f"{_show(name)} is not an image name: lowercase letters, digits, "
+                         "'_', '.', '-' in segments joined by '/', each starting with a letter "
+                         f"or digit, at most {MAX_IMAGE_NAME} characters (no host path)")
+    if version is not None and (not _IMAGE_VERSION.fullmatch(version) or len(version) > 128):
+        raise ValueError(f"{_show(version)} is not an image version: letters, digits, '_', "
+                         "'.', '-', starting with a letter, digit or '_', at most 128 characters")
+    if at and not _IMAGE_DIGEST.fullmatch(digest):
+        raise ValueError(f"{_show(digest)} is not an image digest: write sha256: and 64 "
+                         "lowercase hex digits")
+    return name, version, digest or None
 
 
 # ---------------------------------------------------------------------------- numbers

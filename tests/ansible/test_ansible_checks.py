@@ -80,7 +80,8 @@ def test_the_collection_ships_only_its_ansible_parts(installed_collection):
     assert top == COLLECTION_TOP
     assert {p.name for p in (installed_collection / "tests").iterdir()} == {"sanity"}
     modules = {p.stem for p in (installed_collection / "plugins" / "modules").glob("*.py")}
-    assert modules == {"walle_slice", "walle_workload", "walle_facts", "walle_consul_service"}
+    assert modules == {"walle_slice", "walle_workload", "walle_facts", "walle_consul_service",
+                       "walle_image"}
 
 
 def test_ansible_lint_production_profile_is_clean():

@@ -14,7 +14,8 @@ import yaml
 from walle.collection import ensure_collection
 
 REPO = Path(__file__).resolve().parents[2]
-MODULES = ("walle_slice", "walle_workload", "walle_facts", "walle_consul_service")
+MODULES = ("walle_slice", "walle_workload", "walle_facts", "walle_consul_service",
+           "walle_image")
 
 
 def module_source(name: str) -> dict:

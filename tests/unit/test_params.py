@@ -147,12 +147,29 @@ def test_instance_identity_names_the_unit_to_wait_for(kind, schedule, wait_unit)
     assert ident["digest"] == spec.digest()
 
 
-def test_nspawn_runtime_passes_the_image_and_no_unset_options():
-    spec = make_spec(runtime=Runtime(kind="nspawn", image="web"))
-    args = params.workload_args(spec, 0)
+DIGEST = "sha256:" + "ab" * 32
+
+
+def test_nspawn_runtime_runs_the_resolved_image_from_the_node_cache():
+    spec = make_spec(runtime=Runtime(kind="nspawn", image="web:1.0"))
+    image = params.image_args(DIGEST, "/store/blobs/sha256-abab.tar.gz")
+    out = params.instance_vars(spec, 0, "10.77.0.2", Grant(), image=image)
+    args = out["workload"]
     assert args["runtime"] == "nspawn"
-    assert args["image"] == "web"
+    # the unit runs the digest's directory of the node cache, never the spec's text
+    assert args["image"] == "sha256-" + "ab" * 32
+    assert out["image"] == {"digest": DIGEST, "dir": args["image"],
+                            "src": "/store/blobs/sha256-abab.tar.gz"}
     assert "command" not in args and "user" not in args and args["args"] == []
+
+
+def test_an_image_job_needs_its_resolved_image_and_only_it_has_one():
+    with pytest.raises(ValueError, match="runtime.image"):
+        params.instance_vars(make_spec(runtime=Runtime(kind="nspawn", image="web:1.0")), 0,
+                             "10.77.0.2", Grant())
+    with pytest.raises(ValueError, match="runtime.image"):
+        params.instance_vars(make_spec(), 0, "10.77.0.2", Grant(),
+                             image=params.image_args(DIGEST, "/x"))
 
 
 def test_spec_env_wins_over_walle_defaults():

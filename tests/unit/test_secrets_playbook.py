@@ -59,7 +59,7 @@ def kept_private_dir(tmp_path, monkeypatch):
     collections = tmp_path / "collections"
     library = collections / "ansible_collections" / "walle" / "pool" / "plugins" / "modules"
     library.mkdir(parents=True)
-    for name in ("walle_slice", "walle_workload"):
+    for name in ("walle_slice", "walle_workload", "walle_image"):  # all place.yml names
         (library / f"{name}.py").write_text(ECHO_MODULE)
     env = {**runner.ansible_env(), "ANSIBLE_COLLECTIONS_PATH": str(collections)}
     monkeypatch.setattr(runner, "ansible_env", lambda: env)

@@ -34,7 +34,7 @@ BASE = {
 }
 
 CRON = {"kind": "cron", "schedule": "*-*-* 02:00:00", "stop.pre_stop": DELETE}  # no hook: oneshot
-NSPAWN = {"runtime.type": "nspawn", "runtime.image": "web"}
+NSPAWN = {"runtime.type": "nspawn", "runtime.image": "web:1.0"}
 
 
 def changed(changes: dict, base: dict = BASE) -> dict:
@@ -108,7 +108,7 @@ BAD = [
     ({"runtime.command": "/usr/../bin/sh"}, "runtime.command", "without '..'"),
     ({"runtime.command": "/usr/bin/"}, "runtime.command", "trailing '/'"),
     ({"runtime.command": DELETE}, "runtime.command", "required for the exec runtime"),
-    ({"runtime.image": "web"}, "runtime.image", "only the nspawn runtime"),
+    ({"runtime.image": "web:1.0"}, "runtime.image", "only the nspawn runtime"),
     ({"runtime.type": "nspawn"}, "runtime.image", "required for the nspawn runtime"),
     ({"runtime.args": "-m http.server"}, "runtime.args", "expected a list"),
     ({"runtime.args": [["nested"]]}, "runtime.args[0]", "expected a string"),
@@ -123,10 +123,19 @@ BAD = [
     ({"runtime.user": "a" * 33}, "runtime.user", "up to 32 characters"),
     ({"runtime.user": "../root"}, "runtime.user", "not a valid user name"),
     ({"runtime.working_dir": "tmp"}, "runtime.working_dir", "absolute"),
-    ({**NSPAWN, "runtime.image": "/var/lib/machines/web"}, "runtime.image", "image store"),
-    ({**NSPAWN, "runtime.image": "/"}, "runtime.image", "image store"),
-    ({**NSPAWN, "runtime.image": "../../etc"}, "runtime.image", "no '..'"),
-    ({**NSPAWN, "runtime.image": "/var/lib/walle/images/../../x"}, "runtime.image", "store"),
+    # images: NAME:VERSION or NAME@sha256:HEX of the image store, never a host path
+    ({**NSPAWN, "runtime.image": "/var/lib/machines/web"}, "runtime.image", "no version"),
+    ({**NSPAWN, "runtime.image": "/"}, "runtime.image", "NAME:VERSION"),
+    ({**NSPAWN, "runtime.image": "/:1"}, "runtime.image", "no host path"),
+    ({**NSPAWN, "runtime.image": "web"}, "runtime.image", "has no version"),
+    ({**NSPAWN, "runtime.image": "../../etc:1"}, "runtime.image", "not an image name"),
+    ({**NSPAWN, "runtime.image": "team/../x:1"}, "runtime.image", "not an image name"),
+    ({**NSPAWN, "runtime.image": "Web:1.0"}, "runtime.image", "lowercase"),
+    ({**NSPAWN, "runtime.image": "web:"}, "runtime.image", "not an image version"),
+    ({**NSPAWN, "runtime.image": "web:1/2"}, "runtime.image", "not an image version"),
+    ({**NSPAWN, "runtime.image": "web@sha256:abc"}, "runtime.image", "64 lowercase hex"),
+    ({**NSPAWN, "runtime.image": "web@md5:" + "a" * 64}, "runtime.image", "sha256:"),
+    ({**NSPAWN, "runtime.image": 7}, "runtime.image", "expected a string"),
     ({"runtime.user": "root"}, "runtime.user", "runtime.privileged: true"),
     ({"runtime.capabilities": ["CAP_NOPE"]}, "runtime.capabilities[0]", "CAP_NET_ADMIN"),
     ({"runtime.privileged": True, "runtime.capabilities": ["CAP_NET_RAW"]},

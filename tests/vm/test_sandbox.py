@@ -4,7 +4,8 @@ The default web service (examples/web.yml) is placed by the real place.yml (wall
 walle_workload through the runner adapter), rated with `systemd-analyze security` and asked
 for a page from inside the VM. A job with a secret reads it from $CREDENTIALS_DIRECTORY and
 the value is in no unit file, no `systemctl show` output and no runner artifact. An nspawn
-job runs in a user namespace and its pre_stop hook runs inside the container.
+job runs from a versioned image of the control side's store (fetched, verified and unpacked by
+place.yml, docs/images.md) in a user namespace, and its pre_stop hook runs inside the container.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import shlex
 from pathlib import Path
 
 import pytest
-from vmtools import FIGURES, REPO, make_tiny_image, show, wait_until
+from vmtools import FIGURES, REPO, show, wait_until
 
 from walle import naming
 from walle.adapters import runner
 from walle.core.grants import grant_alone
-from walle.service.params import instance_vars
+from walle.images import ImageStore, archive
+from walle.lab.tiny_image import make_tiny_tree
+from walle.service.params import image_args, instance_vars
 from walle.spec import load_spec_file, parse_spec
 
 pytestmark = pytest.mark.vm
@@ -62,8 +65,8 @@ def place(vm, instances: list[dict], credentials: dict | None = None) -> runner.
     return result
 
 
-def instance(spec, slot: int = 0) -> dict:
-    return instance_vars(spec, slot, VM_ADDRESS, grant_alone(spec.resources))
+def instance(spec, slot: int = 0, image: dict | None = None) -> dict:
+    return instance_vars(spec, slot, VM_ADDRESS, grant_alone(spec.resources), image=image)
 
 
 def stop(vm, *units: str) -> None:
@@ -151,20 +154,25 @@ done
 """
 
 
-def test_nspawn_runs_in_a_user_namespace_and_pre_stop_runs_inside(vm):
-    root = f"{STORE}/tiny"
-    make_tiny_image(vm, root, ["/usr/bin/cat", "/usr/bin/sleep"])
+def test_nspawn_runs_from_an_image_in_a_user_namespace_and_pre_stop_runs_inside(vm, tmp_path):
+    # the image is built here, on the control side, and reaches the VM through place.yml
+    make_tiny_tree(str(tmp_path / "tiny"), ["/usr/bin/cat", "/usr/bin/sleep"])
+    store = ImageStore(tmp_path / "store")
+    manifest = store.build("tiny:1.0", tmp_path / "tiny")
+    image = image_args(manifest.digest, str(store.blob_path(manifest.digest)))
+    root = f"{STORE}/{archive.cache_dir_name(manifest.digest)}"
     vm.write_file("/root/payload.sh", PAYLOAD)
     spec = parse_spec({
         "name": "boxed", "kind": "service",
         "resources": {"cpu": 0.1, "memory": "64M"},
-        "runtime": {"type": "nspawn", "image": "tiny", "command": "/usr/bin/sleep",
+        "runtime": {"type": "nspawn", "image": "tiny:1.0", "command": "/usr/bin/sleep",
                     "args": ["600"]},
         "stop": {"pre_stop": ["/bin/sh", "-c", "cat /proc/self/uid_map > /hook.out"]},
     })
     unit = naming.service_unit(spec.name, 0)
     try:
-        place(vm, [instance(spec)])
+        place(vm, [instance(spec, image=image)])
+        assert vm.run(f"test -x {root}/usr/bin/sleep && echo ok").stdout.strip() == "ok"
         payload = wait_until(lambda: vm.run(f"sh /root/payload.sh {unit}").stdout.split(), 60,
                              "the container's payload")
         uid = vm.run(f"stat -c %u /proc/{payload[0]}", check=True).stdout.strip()
@@ -173,7 +181,10 @@ def test_nspawn_runs_in_a_user_namespace_and_pre_stop_runs_inside(vm):
     finally:
         stop(vm, unit)
     # The hook wrote into the container's root (the image), from inside its user namespace.
-    uid_map = vm.run(f"cat {root}/hook.out", check=True).stdout.split()
+    hook = vm.run(f"cat {root}/hook.out")
+    assert hook.returncode == 0, vm.run(
+        f"ls -la {root}; journalctl -u {unit} --no-pager | tail -30").stdout
+    uid_map = hook.stdout.split()
     assert uid_map[:1] == ["0"] and uid_map[1] != "0", uid_map
     assert vm.run("test -e /hook.out && echo host || echo none").stdout.strip() == "none"
 

@@ -15,6 +15,7 @@ import yaml
 
 from walle.collection import ensure_collection
 from walle.lab import vm as walle_vm
+from walle.lab.tiny_image import TINY_IMAGE_SCRIPT
 
 VENV_BIN = Path(sys.executable).parent  # ansible-playbook lives next to pytest's python
 REPO = Path(__file__).resolve().parents[2]
@@ -135,26 +136,6 @@ def cpu_fractions(vm: walle_vm.VM, folders: list[str], seconds: float) -> dict[s
     before, after = ([int(x) for x in line.split()] for line in out[:2])
     elapsed_usec = (after[0] - before[0]) / 1000
     return {f: (after[i + 1] - before[i + 1]) / elapsed_usec for i, f in enumerate(folders)}
-
-
-
-
-# A tiny machine image for the nspawn runtime: the named programs and their libraries,
-# copied (not bind-mounted: the user namespace maps the image's ownership for the container).
-# Usage: sh tiny-image.sh ROOT /usr/bin/PROGRAM...
-TINY_IMAGE_SCRIPT = """set -e
-root=$1; shift
-rm -rf "$root"; mkdir -p "$root"/usr/bin "$root"/usr/lib "$root"/usr/lib64 "$root"/etc
-for d in bin lib lib64 sbin; do ln -sfn usr/$d "$root/$d"; done
-for d in proc sys dev run tmp var; do mkdir -p "$root/$d"; done
-cp /etc/os-release "$root"/etc/
-cp /usr/bin/dash "$@" "$root"/usr/bin/
-ln -sfn dash "$root"/usr/bin/sh
-libs=$(ldd /usr/bin/dash "$@" | grep -o '/[^ ]*' | grep -v ':$')
-for lib in $(echo "$libs" | sort -u); do
-  cp -L --parents "$lib" "$root"/
-done
-"""
 
 
 def make_tiny_image(vm, root: str, programs: list[str]) -> None:

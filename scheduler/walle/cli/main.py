@@ -18,7 +18,8 @@ import sys
 # Modules under walle.cli that define a sub-command; missing ones are skipped so the CLI
 # stays usable while a command is being built.
 COMMAND_MODULES = ("validate", "lab", "demo", "jobs", "nodes", "ops", "metrics", "scheduler",
-                   "backup", "package", "ui", "events")
+                   "backup", "package", "ui", "events",
+                   "image")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 

@@ -14,8 +14,15 @@ from walle import naming
 from walle.adapters.runner import HostResult, RunResult, run_command, run_playbook
 from walle.core import Allocation
 from walle.core.grants import grant_alone
+from walle.images import ImageError, ImageStore, store_root
 from walle.service.adopt import instance_manifest
-from walle.service.params import batch_commit_args, instance_vars, slice_args, stop_vars
+from walle.service.params import (
+    batch_commit_args,
+    image_args,
+    instance_vars,
+    slice_args,
+    stop_vars,
+)
 from walle.service.policy import PrivilegePolicy
 from walle.service.records import attempt_of
 from walle.service.secrets import SecretError, SecretResolver
@@ -87,7 +94,8 @@ class Executor:
                  runner: PlaybookRunner = run_playbook,
                  node_consul_auth: Mapping[str, str] | None = None,
                  policy: PrivilegePolicy | None = None,
-                 secrets: SecretResolver | None = None):
+                 secrets: SecretResolver | None = None,
+                 images: ImageStore | None = None):
         self.inventory = inventory
         self.node_consul_addr = node_consul_addr
         self.node_consul_auth = dict(node_consul_auth or {})  # params.consul_auth: node paths
@@ -96,6 +104,7 @@ class Executor:
         self.runner = runner
         self.policy = policy or PrivilegePolicy()
         self.secrets = secrets
+        self.images = images or ImageStore(store_root())  # $WALLE_IMAGE_STORE or the default
 
     def place(self, items: Iterable[tuple[Allocation, JobSpec]],
               addresses: Mapping[str, str]) -> dict[str, Outcome]:
@@ -107,9 +116,14 @@ class Executor:
             address = addresses.get(alloc.node)
             if not address:
                 raise ValueError(f"no address known for node {alloc.node!r}")
+            try:
+                image = self._image_of(spec)
+            except _Refused as refusal:
+                refused[naming.instance_id(alloc.job, alloc.slot)] = Outcome(False, str(refusal))
+                continue
             instance = instance_vars(spec, alloc.slot, address, grant, self.node_consul_addr,
                                      consul_auth=self.node_consul_auth,
-                                     gpu_indices=gpu_indices_of(alloc, spec))
+                                     gpu_indices=gpu_indices_of(alloc, spec), image=image)
             instance["manifest"] = instance_manifest(alloc, spec, grant)
             if spec.kind == "batch":
                 instance["workload"]["commit"] = batch_commit_args(
@@ -134,6 +148,17 @@ class Executor:
         reason = self.policy.refusal(spec)
         if reason:
             raise _Refused(reason)
+
+    def _image_of(self, spec: JobSpec) -> dict[str, str] | None:
+        """The store's archive for runtime.image; an unknown image or version is refused here,
+        before anything reaches a node."""
+        if spec.runtime.image is None:
+            return None
+        try:
+            manifest = self.images.resolve(spec.runtime.image)
+        except ImageError as err:
+            raise _Refused(f"job {spec.name}: runtime.image: {err}") from err
+        return image_args(manifest.digest, str(self.images.blob_path(manifest.digest)))
 
     def _secrets_of(self, spec: JobSpec) -> dict[str, str]:
         if self.secrets is None:

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from walle import naming
 from walle.adapters.consul.services import check_options
+from walle.images import archive
 from walle.spec.model import JobSpec
 
 DEFAULT_CONSUL_ADDR = "http://127.0.0.1:8500"
@@ -40,16 +41,32 @@ def instance_vars(
     *,
     gpu_indices: Sequence[int] | None = None,
     consul_auth: Mapping[str, str] | None = None,
+    image: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Everything place.yml needs for one instance: `instance` (identity and what to wait
-    for), `slice`, `workload` and `service` (None when the spec has no service)."""
+    for), `slice`, `workload`, `service` (None when the spec has no service) and, for a job
+    with runtime.image, `image` (image_args of the image the store resolved it to)."""
     _check_slot(spec, slot)
-    return {
+    if (spec.runtime.image is None) != (image is None):
+        raise ValueError(f"image: job {spec.name} has runtime.image {spec.runtime.image!r}; "
+                         "pass image_args of its resolved digest exactly when it has one")
+    out = {
         "instance": instance_identity(spec, slot),
         "slice": slice_args(spec, slot, grant, gpu_indices=gpu_indices),
         "workload": workload_args(spec, slot, gpu_indices=gpu_indices),
         "service": service_args(spec, slot, node_address, consul_addr, consul_auth=consul_auth),
     }
+    if image is not None:
+        out["image"] = dict(image)
+        out["workload"]["image"] = image["dir"]
+    return out
+
+
+def image_args(digest: str, src: str) -> dict[str, str]:
+    """place_instance.yml's `image`: the archive on the control side (`src`, a path the image
+    store made from the digest) and the node's cache directory (`dir`, relative to
+    walle_workload's image_store) it is unpacked into once and shared by instances."""
+    return {"digest": digest, "dir": archive.cache_dir_name(digest), "src": src}
 
 
 def consul_auth(token_file: str | None = None, ca_file: str | None = None) -> dict[str, str]:
@@ -148,7 +165,6 @@ def workload_args(
         "env": _workload_env(spec, slot, gpu_indices),
         "user": rt.user,
         "working_dir": rt.working_dir,
-        "image": rt.image,
         **sandbox_args(spec, gpu_indices),
         "stop_signal": spec.stop.signal,
         "stop_timeout": spec.stop.timeout,

@@ -50,7 +50,7 @@ class Runtime:
     env: tuple[tuple[str, str], ...] = ()  # sorted pairs, so specs hash stably
     user: str | None = None
     working_dir: str | None = None
-    image: str | None = None  # nspawn: an image name inside the node's image store
+    image: str | None = None  # nspawn: NAME:VERSION or NAME@sha256:HEX (docs/images.md)
     privileged: bool = False  # root, no sandbox: only where the cluster policy allows it
     capabilities: tuple[str, ...] = ()  # kept in the sandbox (cluster policy allows each)
     jit: bool = False  # writable+executable memory (no MemoryDenyWriteExecute)

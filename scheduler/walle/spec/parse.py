@@ -58,9 +58,8 @@ WEEKDAY = re.compile(r"(mon|tue|wed|thu|fri|sat|sun)[a-z]*", re.IGNORECASE)
 CALENDAR_DATE = re.compile(r"[0-9*][0-9*,./~-]*-[0-9*][0-9*,./~]*")
 CALENDAR_TIME = re.compile(r"[0-9*][0-9*,./]*:[0-9*][0-9*,./]*(:[0-9*][0-9*,./]*)?")
 TIMEZONE = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*")
-# Sandbox and secrets (docs/security.md): an image is named inside the node's image store, a
-# secret's source is a relative path under a dedicated prefix; neither may climb out.
-IMAGE_STORE = "/var/lib/walle/images"
+# Sandbox and secrets (docs/security.md): a secret's source is a relative path under a
+# dedicated prefix; it may not climb out.
 STORE_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
 CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 SECRET_SOURCES = ("consul", "file")
@@ -414,8 +413,9 @@ def _runtime(r: _Report, value: object, path: str) -> Runtime | None:
         r.add(_at(path, "image"), "only the nspawn runtime has an image; set type: nspawn or "
                                   "remove it")
     if kind == "nspawn" and "image" not in f:
-        r.add(_at(path, "image"), "required for the nspawn runtime: an image name in the "
-                                  f"node's image store, such as 'web' for {IMAGE_STORE}/web")
+        r.add(_at(path, "image"), "required for the nspawn runtime: an image of the image "
+                                  "store as NAME:VERSION (web:1.0) or NAME@sha256:HEX; see "
+                                  "`walle image ls`")
     if any(parts[k] is None for k in f if k in parts) or ("command" not in f and kind == "exec"):
         return None
     return Runtime(kind=kind, **{k: v for k, v in parts.items() if v is not None})
@@ -440,18 +440,14 @@ def _check_privilege(r: _Report, f: dict, kind: str, path: str) -> None:
 
 
 def _image(r: _Report, value: object, path: str) -> str | None:
-    """An image inside the node's image store: `web`, `team/web` (or the same as an absolute
-    path under the store). Host paths (`/`, `/etc`), `..` and dot-files are refused."""
-    text = _text(r, value, path)
-    if text is None:
+    """A versioned image of the control side's image store (docs/images.md): NAME:VERSION or
+    NAME@sha256:HEX, never a host path. Whether it exists is checked where it is placed."""
+    try:
+        grammar.check_image_ref(value)
+    except ValueError as err:
+        r.add(path, f"{err}")
         return None
-    name = text[len(IMAGE_STORE) + 1:] if text.startswith(IMAGE_STORE + "/") else text
-    if not STORE_PATH.fullmatch(name) or len(name) > 255:
-        r.add(path, f"{_show(text)} is not an image in the image store: name a directory "
-                    f"under {IMAGE_STORE} such as 'web' or 'team/web' (letters, digits, '_', "
-                    "'.', '-'; no '..', no host path)")
-        return None
-    return name
+    return value
 
 
 def _capabilities(r: _Report, value: object, path: str) -> tuple[str, ...] | None:
