@@ -86,16 +86,9 @@ def attempt_of(alloc: Allocation) -> str:
 
 
 def to_stored(record: SlotRecord) -> StoredAlloc:
-    a = record.alloc
-    extra = {
-        "runtime_digest": a.runtime_digest,
-        "reserved": asdict(a.reserved),
-        "ceiling": asdict(a.ceiling),
-        "priority": a.priority,
-        "failed_nodes": list(a.failed_nodes),
-        "since": a.since,
-        "ports": list(a.ports),
-        "gpu_indices": list(a.gpu_indices),
+    """The record as one JSON body (the allocation, then what the record adds)."""
+    body = {
+        **alloc_to_dict(record.alloc),
         "state_since": record.state_since,
         "critical_since": record.critical_since,
         "reason": record.reason,
@@ -103,9 +96,8 @@ def to_stored(record: SlotRecord) -> StoredAlloc:
         "refused": record.refused,
         "previous": alloc_to_dict(record.previous) if record.previous else None,
     }
-    return StoredAlloc(job=a.job, slot=a.slot, node=a.node, state=a.state,
-                       version=a.spec_digest, grant=asdict(a.grant) if a.grant else {},
-                       modify_index=record.modify_index, extra=extra)
+    return StoredAlloc.from_json(record.alloc.job, record.alloc.slot, body,
+                                 record.modify_index)
 
 
 def from_stored(stored: StoredAlloc) -> SlotRecord:
@@ -115,8 +107,7 @@ def from_stored(stored: StoredAlloc) -> SlotRecord:
         raise ValueError(f"state {stored.state!r} is not one of {', '.join(ALLOC_STATES)}")
     if not stored.node:
         raise ValueError("node is empty")
-    body = {"node": stored.node, "state": stored.state, "version": stored.version,
-            "grant": dict(stored.grant), **dict(stored.extra)}
+    body = stored.to_json()
     alloc = alloc_from_dict(stored.job, stored.slot, body)
     previous = body.get("previous")
     # absent in records older than the word; a word this version does not know only changes

@@ -88,6 +88,16 @@ class Allocation:
         return {**self.extra, "node": self.node, "state": self.state, "version": self.version,
                 "grant": dict(self.grant)}
 
+    @classmethod
+    def from_json(cls, job: str, slot: int, body: Mapping[str, Any],
+                  modify_index: int = 0) -> Allocation:
+        """The inverse of to_json: the adapter's own fields out of the record's body, the
+        rest kept as it is in `extra` (the service layer owns it)."""
+        return cls(job=job, slot=slot, node=body["node"], state=body["state"],
+                   version=body.get("version", ""), grant=body.get("grant") or {},
+                   modify_index=modify_index,
+                   extra={k: v for k, v in body.items() if k not in _ALLOC_FIELDS})
+
 
 @dataclass(frozen=True)
 class BatchCommit:
@@ -214,10 +224,7 @@ def decode_alloc(entry: Mapping[str, Any]) -> Allocation:
         _expect(key, body, name, str, required=True)
     _expect(key, body, "version", str)
     _expect(key, body, "grant", Mapping)
-    return Allocation(job=parsed[0], slot=parsed[1], node=body["node"],
-                      state=body["state"], version=body.get("version", ""),
-                      grant=body.get("grant") or {}, modify_index=int(entry["ModifyIndex"]),
-                      extra={k: v for k, v in body.items() if k not in _ALLOC_FIELDS})
+    return Allocation.from_json(*parsed, body, int(entry["ModifyIndex"]))
 
 
 def _expect(key: str, body: Mapping[str, Any], name: str, kind: type,
