@@ -61,6 +61,7 @@ import yaml
 from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
 from walle.adapters.runner import REPO_ROOT, ansible_env
 from walle.cli.demo import provision, start_schedulers
+from walle.jobspec import parse_spec
 from walle.lab import faults
 from walle.lab.nodes import Lab, LabError
 from walle.naming import (
@@ -72,7 +73,6 @@ from walle.naming import (
     unit_stem,
 )
 from walle.service.presence import DEFAULT_FENCE_AFTER
-from walle.spec import parse_spec
 
 KINDS = ("node-kill", "leader-kill", "schedulers-kill", "standin-kill", "partition",
          "agent-restart")

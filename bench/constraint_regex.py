@@ -18,7 +18,7 @@ import time
 
 from walle.core import reconcile
 from walle.core.testing import make_job, make_node
-from walle.spec.model import Constraint
+from walle.jobspec.model import Constraint
 
 
 def reconcile_seconds(nodes: int, groups: int) -> float:

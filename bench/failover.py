@@ -46,10 +46,10 @@ import yaml
 from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
 from walle.adapters.runner import REPO_ROOT, ansible_env
 from walle.cli.demo import provision
+from walle.jobspec import parse_spec
 from walle.lab.nodes import Lab
 from walle.naming import instance_id, job_allocs_prefix, parse_alloc_key, service_unit
 from walle.service.jobs import submit
-from walle.spec import parse_spec
 
 POLL = 0.05
 JOB = "fover"  # the service the node and leader trials kill and heal

@@ -38,10 +38,10 @@ import yaml
 from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
 from walle.adapters.runner import REPO_ROOT, ansible_env
 from walle.cli.demo import start_schedulers, submit
+from walle.jobspec import parse_spec
 from walle.lab.nodes import Lab
 from walle.lab.traffic import Stream, haproxy_servers, summary
 from walle.service.cluster import load_snapshot
-from walle.spec import parse_spec
 
 JOB, LB_NODE, LB_PORT, STATS_PORT, APP_PORT = "front", "node5", 80, 8404, 8080
 WORKERS = [f"node{i}" for i in range(1, 5)]

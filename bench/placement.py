@@ -36,7 +36,7 @@ import time
 from collections.abc import Mapping
 
 from walle.core import Capacity, Node, PlacementConfig, apply_plan, reconcile
-from walle.spec.model import JobSpec, Range, Resources, Runtime
+from walle.jobspec.model import JobSpec, Range, Resources, Runtime
 
 GiB, MiB = 1 << 30, 1 << 20
 NODE_TYPES = (  # share, cores, memory, gpus

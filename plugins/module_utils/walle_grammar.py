@@ -2,8 +2,8 @@
 # Simplified BSD License (see https://opensource.org/licenses/BSD-2-Clause)
 """What a node accepts: the one grammar of the values a job sends to a node.
 
-Shared by the job-spec parser on the scheduler (`walle.spec.parse`, which loads this very file
-through `walle.spec.grammar`) and the unit renderer on the nodes (`walle_units`, which imports
+Shared by the job-spec parser on the scheduler (`walle.jobspec.parse`, which loads this very file
+through `walle.jobspec.grammar`) and the unit renderer on the nodes (`walle_units`, which imports
 it from the walle.pool collection's module_utils). So `walle validate` accepts exactly what the
 modules render and systemd loads: sizes, durations, CPU counts, signals, paths, program paths, text.
 

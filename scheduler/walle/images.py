@@ -29,8 +29,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from walle.jobspec.grammar import grammar
 from walle.node_utils import load
-from walle.spec.grammar import grammar
 
 archive = load("walle_image")
 

@@ -22,7 +22,7 @@ from walle.adapters.consul import (
     service_health,
     update_ttl,
 )
-from walle.spec.model import HealthCheck
+from walle.jobspec.model import HealthCheck
 
 pytestmark = pytest.mark.consul
 

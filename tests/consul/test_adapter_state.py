@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from walle.adapters.consul import Allocation, ConsulApi, ConsulConfig, KvOp, LeaderLock, StateStore
-from walle.spec.model import JobSpec, Range, Resources, Runtime
+from walle.jobspec.model import JobSpec, Range, Resources, Runtime
 
 pytestmark = pytest.mark.consul
 

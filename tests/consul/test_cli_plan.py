@@ -20,8 +20,8 @@ from test_scheduler_service import Clock, RecordingExecutor, make_scheduler, reg
 from walle.adapters.consul import StateStore
 from walle.adapters.consul.state import PLACEMENT_CONFIG
 from walle.cli.main import main
+from walle.jobspec import load_spec_file
 from walle.service.scheduler import Scheduler, SchedulerConfig
-from walle.spec import load_spec_file
 
 pytestmark = pytest.mark.consul
 

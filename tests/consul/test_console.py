@@ -18,9 +18,9 @@ from walle.adapters.consul import ConsulConfig, StateStore
 from walle.catalog import load_catalog
 from walle.console.server import Console, serving
 from walle.core import Allocation, Capacity
+from walle.jobspec import parse_spec
 from walle.service.jobs import submit
 from walle.service.records import SlotRecord, to_stored
-from walle.spec import parse_spec
 
 pytestmark = pytest.mark.consul
 

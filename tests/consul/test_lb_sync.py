@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
+from walle.jobspec import parse_spec
 from walle.lab.consul_standin import start_in_thread
-from walle.spec import parse_spec
 
 pytestmark = [pytest.mark.consul,
               pytest.mark.skipif(shutil.which("haproxy") is None,

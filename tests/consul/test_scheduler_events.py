@@ -162,9 +162,9 @@ def test_a_slot_with_no_record_that_cannot_be_placed_is_pending_with_why(cluster
 
 
 def test_a_batch_run_that_succeeds_is_complete(cluster, capsys):
+    from walle.jobspec import parse_spec
     from walle.naming import service_unit
     from walle.service.scheduler import BATCH_PROBE
-    from walle.spec import parse_spec
     clock = Clock()
     s, ex = make_scheduler(cluster, clock, node_down_grace=0)
     batch = parse_spec({"name": "etl", "kind": "batch", "count": 1,
@@ -261,7 +261,7 @@ def test_events_follow_prints_new_events_once_and_ends(cluster, capsys):
 
 
 def test_an_evicted_slot_with_nowhere_to_go_shows_who_took_its_room(cluster, capsys):
-    from walle.spec import parse_spec
+    from walle.jobspec import parse_spec
 
     def job(name, count, cpu, priority):
         return parse_spec({"name": name, "kind": "service", "count": count,

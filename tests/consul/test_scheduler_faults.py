@@ -21,9 +21,9 @@ from test_scheduler_service import (  # the recording executor and a fresh 3-nod
 
 import walle.service.decide as decide_module
 from walle.adapters.consul import ConsulUnreachable, StateStore
+from walle.jobspec import parse_spec
+from walle.jobspec.encoding import spec_to_data
 from walle.service.scheduler import Scheduler, SchedulerConfig, StepReport
-from walle.spec import parse_spec
-from walle.spec.parse import spec_to_data
 
 pytestmark = pytest.mark.consul
 

@@ -19,8 +19,8 @@ from test_scheduler_service import (  # the recording executor and a fresh 3-nod
 
 from walle.adapters.consul import StateStore
 from walle.cli.main import main
+from walle.jobspec.encoding import spec_to_data
 from walle.service.cluster import load_snapshot
-from walle.spec.parse import spec_to_data
 
 pytestmark = pytest.mark.consul
 

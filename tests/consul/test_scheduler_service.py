@@ -13,13 +13,13 @@ import json
 import pytest
 
 from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
+from walle.jobspec import parse_spec
 from walle.lab.consul_standin import start_in_thread
 from walle.naming import service_unit, timer_unit
 from walle.service.executor import NodeInstances, Outcome
 from walle.service.presence import DEFAULT_DOWN_GRACE
 from walle.service.records import attempt_of, from_stored
 from walle.service.scheduler import LostLeadership, Scheduler, SchedulerConfig
-from walle.spec import parse_spec
 
 pytestmark = pytest.mark.consul
 

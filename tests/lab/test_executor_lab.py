@@ -16,9 +16,17 @@ import pytest
 
 from walle.adapters.runner import run_playbook
 from walle.core.model import Grant
+from walle.jobspec.model import (
+    Discovery,
+    HealthCheck,
+    JobSpec,
+    Range,
+    Resources,
+    Runtime,
+    StopPolicy,
+)
 from walle.lab.consul_standin.server import start_in_thread
 from walle.service.params import instance_vars, slice_args, stop_vars
-from walle.spec.model import Discovery, HealthCheck, JobSpec, Range, Resources, Runtime, StopPolicy
 
 pytestmark = pytest.mark.lab
 MIB = 1024**2

@@ -20,9 +20,9 @@ from walle import naming
 from walle.adapters.runner import run_playbook
 from walle.core.model import Grant
 from walle.images import ImageStore, archive
+from walle.jobspec import parse_spec
 from walle.lab.tiny_image import make_tiny_tree
 from walle.service.params import image_args, instance_vars, stop_vars
-from walle.spec import parse_spec
 
 pytestmark = pytest.mark.lab
 MIB = 1024**2

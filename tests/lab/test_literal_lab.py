@@ -7,7 +7,7 @@ environment and working directory byte for byte, the Consul registration carries
 check URL and address byte for byte, the pre-stop hook gets its argument byte for byte, and
 the marker file exists nowhere (the lookup never ran on the controller or the node).
 
-Fields not covered here are held to a grammar by walle.spec.parse before they get this far and
+Fields not covered here are held to a grammar by walle.jobspec.parse before they get this far and
 cannot carry such text: the job and service names (DNS labels; they name units and Consul
 services), runtime.user, stop.signal, schedule (OnCalendar), runtime.image (nspawn only).
 constraints and data never leave the scheduler.
@@ -28,9 +28,17 @@ import pytest
 
 from walle.adapters.runner import REPO_ROOT, run_command, run_playbook
 from walle.core.model import Grant
+from walle.jobspec.model import (
+    Discovery,
+    HealthCheck,
+    JobSpec,
+    Range,
+    Resources,
+    Runtime,
+    StopPolicy,
+)
 from walle.lab.consul_standin.server import start_in_thread
 from walle.service.params import instance_vars, stop_vars
-from walle.spec.model import Discovery, HealthCheck, JobSpec, Range, Resources, Runtime, StopPolicy
 
 pytestmark = [pytest.mark.lab, pytest.mark.consul]
 MIB = 1024**2

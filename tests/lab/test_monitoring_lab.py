@@ -23,9 +23,9 @@ from walle.adapters.consul.services import service_health
 from walle.adapters.runner import REPO_ROOT, ansible_env
 from walle.cli.demo import start_schedulers, submit
 from walle.cli.metrics import read_usage
+from walle.jobspec import parse_spec
 from walle.lab.nodes import Lab
 from walle.service.cluster import load_snapshot
-from walle.spec import parse_spec
 
 pytestmark = pytest.mark.lab
 

@@ -12,7 +12,7 @@ from test_scheduler_lab import Pool, pool  # noqa: F401 - the module's own 3-nod
 
 from walle.cli.demo import submit
 from walle.cli.main import main
-from walle.spec import load_spec_file
+from walle.jobspec import load_spec_file
 
 pytestmark = pytest.mark.lab
 

@@ -23,9 +23,9 @@ from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
 from walle.adapters.runner import REPO_ROOT, ansible_env, run_command
 from walle.cli.demo import provision, start_schedulers, submit
 from walle.cli.main import main as walle_main
+from walle.jobspec import parse_spec
 from walle.lab.nodes import Lab
 from walle.service.cluster import load_snapshot
-from walle.spec import parse_spec
 
 pytestmark = pytest.mark.lab
 

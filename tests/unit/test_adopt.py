@@ -6,10 +6,10 @@ from walle.adapters.consul.health import ClusterHealth
 from walle.core import Capacity, Grant, Node
 from walle.core.feasibility import compile_job
 from walle.core.reconcile import allocation_for
+from walle.jobspec import parse_spec
 from walle.service.adopt import instance_manifest, sort_out, unclaimed_instances, unrecorded
 from walle.service.cluster import Snapshot
 from walle.service.records import SlotRecord
-from walle.spec import parse_spec
 
 GIB = 1024 ** 3
 

@@ -13,8 +13,9 @@ from ansible.module_utils.testing import patch_module_args
 from module_harness import load_module
 
 from walle.adapters.consul.services import registration
+from walle.jobspec.grammar import CHECK_TYPES
+from walle.jobspec.parse import parse_spec
 from walle.service.params import service_args
-from walle.spec.parse import CHECK_TYPES, parse_spec
 
 consul_service = load_module("walle_consul_service")
 

@@ -6,9 +6,9 @@ from walle.adapters.consul import NodeInfo
 from walle.adapters.consul.health import ClusterHealth
 from walle.cli.metrics import render_metrics
 from walle.core import Allocation, Capacity, Grant
+from walle.jobspec import parse_spec
 from walle.service.cluster import Snapshot, core_node
 from walle.service.records import SlotRecord
-from walle.spec import parse_spec
 
 GIB = 1024 ** 3
 SAMPLE = re.compile(r'^(\w+)(?:\{(.*)\})? (\S+)$')

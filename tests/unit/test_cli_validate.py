@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from walle.cli.main import main
-from walle.spec import load_spec_file
+from walle.jobspec import load_spec_file
 
 EXAMPLES = sorted(str(p) for p in (Path(__file__).resolve().parents[2] / "examples").glob("*.yml"))
 BAD_SPEC = "name: Web\nkind: service\nresources: {cpu: 1, memory: 1G}\nruntime: {command: x}\n"

@@ -8,9 +8,9 @@ from walle.adapters.consul.health import ClusterHealth
 from walle.catalog import Installed
 from walle.console.views import explanation_view, node_health, state_view
 from walle.core import Allocation, Capacity
+from walle.jobspec import parse_spec
 from walle.service.cluster import Snapshot, core_node
 from walle.service.records import SlotRecord
-from walle.spec import parse_spec
 
 GIB = 1024 ** 3
 XSS = '<img src=x onerror="alert(1)">'

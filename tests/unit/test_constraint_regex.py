@@ -8,8 +8,8 @@ import pytest
 from walle.core import reconcile
 from walle.core.feasibility import compile_job
 from walle.core.testing import make_job, make_node
-from walle.spec import SpecError, parse_spec
-from walle.spec.model import Constraint
+from walle.jobspec import SpecError, parse_spec
+from walle.jobspec.model import Constraint
 
 # The pattern of the report: 60 nested-choice groups before a literal that never matches.
 # Python's backtracking `re` took 17 s for one reconcile against 3 nodes with it.

@@ -6,7 +6,7 @@ import pytest
 from walle.adapters.consul import KvOp, node_from_catalog, registration
 from walle.adapters.consul.nodes import node_health, nodes_from
 from walle.adapters.consul.state import StateStore, chunk_ops
-from walle.spec.model import HealthCheck
+from walle.jobspec.model import HealthCheck
 
 
 def entry(name, **meta):

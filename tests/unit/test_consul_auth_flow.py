@@ -14,8 +14,8 @@ from walle.cli.scheduler import scheduler_config
 from walle.core import Allocation
 from walle.core.grants import grant_alone
 from walle.core.model import Capacity
+from walle.jobspec.parse import parse_spec
 from walle.service.executor import Executor
-from walle.spec.parse import parse_spec
 
 SPEC = parse_spec({"name": "web", "kind": "service", "count": 1,
                    "resources": {"cpu": 0.5, "memory": "64M"},

@@ -2,7 +2,7 @@
 
 from walle.core import Capacity, Node, reconcile
 from walle.core.plan import apply_plan
-from walle.spec import parse_spec
+from walle.jobspec import parse_spec
 
 GIB = 1024 ** 3
 

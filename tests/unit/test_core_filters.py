@@ -10,7 +10,7 @@ from walle.core.feasibility import compile_job, feasible, rejections, summarise
 from walle.core.model import Allocation, Capacity
 from walle.core.state import ClusterIndex, held_from
 from walle.core.testing import GiB, make_job, make_node
-from walle.spec.model import Constraint
+from walle.jobspec.model import Constraint
 
 C = Constraint
 ALL_OK = make_node("n1", cpu=8, memory_gib=32, gpus=2, disk_gib=100, zone="z1", rack="r1",

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from walle.core import apply_plan, reconcile
 from walle.core.feasibility import NODE_OPERATORS
 from walle.core.testing import GiB, make_job, make_node
-from walle.spec.model import Constraint
+from walle.jobspec.model import Constraint
 
 ZONES, RACKS = ("z1", "z2", "z3"), ("r1", "r2")
 # WALLE_CORE_EXAMPLES=2000 for a longer hunt; the default keeps the unit run fast

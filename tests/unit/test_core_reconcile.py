@@ -17,7 +17,7 @@ from walle.core import (
 from walle.core.feasibility import compile_job
 from walle.core.reconcile import allocation_for
 from walle.core.testing import GiB, make_job, make_node
-from walle.spec.model import Constraint
+from walle.jobspec.model import Constraint
 
 
 def plan_for(jobs, allocs, nodes, seed=1, **config):
@@ -229,7 +229,7 @@ def test_memory_reserved_is_the_minimum():
 
 
 def test_kept_instances_keep_holding_their_port():
-    from walle.spec.model import Discovery
+    from walle.jobspec.model import Discovery
     web = replace(make_job("web", 1), service=Discovery("web", port=8080))
     api = replace(make_job("api", 1), service=Discovery("api", port=8080))
     nodes = [make_node("a")]

@@ -9,7 +9,7 @@ import pytest
 
 from walle.cli.demo import try_next
 from walle.cli.main import build_parser
-from walle.spec import load_spec_file
+from walle.jobspec import load_spec_file
 
 
 @pytest.mark.parametrize("lab", ["default", "demo2"])

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from walle.adapters.consul import go_duration
-from walle.spec import SpecError, parse_spec
-from walle.spec.grammar import grammar
+from walle.jobspec import SpecError, parse_spec
+from walle.jobspec.grammar import grammar
 
 SPEC = {"name": "web", "kind": "service", "count": 1,
         "resources": {"cpu": 0.5, "memory": "64M"},

@@ -12,8 +12,8 @@ from walle.adapters.runner import HostResult, RunResult
 from walle.core import Allocation
 from walle.core.grants import grants_for
 from walle.core.model import Capacity
+from walle.jobspec.parse import parse_spec
 from walle.service.executor import Executor
-from walle.spec.parse import parse_spec
 
 
 class RecordingRunner:

@@ -18,7 +18,7 @@ from module_harness import run as run_module
 
 from walle.cli.main import main as walle
 from walle.images import ImageError, ImageStore, archive
-from walle.spec import parse_spec
+from walle.jobspec import parse_spec
 
 NOW = datetime.datetime(2026, 12, 2, 8, 0, tzinfo=datetime.UTC)
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from walle.adapters.consul.state import encode_job, job_key
-from walle.spec import parse_spec
+from walle.jobspec import parse_spec
 
 ROLE = Path(__file__).resolve().parents[2] / "roles/lb"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"

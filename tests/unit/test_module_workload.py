@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from module_harness import load_module, prepare_node, run
 
+from walle.jobspec import load_spec_file
 from walle.service.params import workload_args
-from walle.spec import load_spec_file
 
 walle_workload = load_module("walle_workload")
 from ansible_collections.walle.pool.plugins.module_utils import walle_units as wu  # noqa: E402

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from walle.service import params
-from walle.spec.model import (
+from walle.jobspec.model import (
     Discovery,
     HealthCheck,
     JobSpec,
@@ -17,6 +16,7 @@ from walle.spec.model import (
     Runtime,
     StopPolicy,
 )
+from walle.service import params
 
 GIB = 1024**3
 

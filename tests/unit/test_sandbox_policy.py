@@ -9,10 +9,10 @@ import copy
 import pytest
 
 from walle.core.model import Allocation, Capacity
+from walle.jobspec import parse_spec, spec_to_data
 from walle.service.executor import Executor
 from walle.service.policy import PrivilegePolicy
 from walle.service.secrets import SecretReader
-from walle.spec import parse_spec, spec_to_data
 
 SECRET = "hunter2-\u00e9-value"
 BASE = {"name": "web", "kind": "service", "resources": {"cpu": 0.1, "memory": "32M"},

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_spec_rejects import DELETE, changed, problems_of
 
-from walle.spec import SpecError, load_spec_text, parse_spec
-from walle.spec.grammar import grammar
+from walle.jobspec import SpecError, load_spec_text, parse_spec
+from walle.jobspec.grammar import grammar
 
 TEN_TO_30 = 10 ** 30
 

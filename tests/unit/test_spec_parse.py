@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from walle.spec import (
+from walle.jobspec import (
     HealthCheck,
     Range,
     SpecError,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from walle.spec import SpecError, load_spec_text, parse_spec
+from walle.jobspec import SpecError, load_spec_text, parse_spec
 
 DELETE = object()  # marks a key to remove
 

@@ -22,9 +22,9 @@ from walle import naming
 from walle.adapters import runner
 from walle.core.grants import grant_alone
 from walle.images import ImageStore, archive
+from walle.jobspec import load_spec_file, parse_spec
 from walle.lab.tiny_image import make_tiny_tree
 from walle.service.params import image_args, instance_vars
-from walle.spec import load_spec_file, parse_spec
 
 pytestmark = pytest.mark.vm
 

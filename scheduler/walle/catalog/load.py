@@ -25,7 +25,8 @@ from walle.catalog.model import (
     parse_version,
 )
 from walle.catalog.values import check_value
-from walle.spec.parse import DNS_LABEL, _StrictLoader
+from walle.jobspec.encoding import StrictLoader
+from walle.jobspec.grammar import DNS_LABEL
 
 PACKAGE_FILE = "package.yml"
 PACKAGE_KEYS = ("name", "version", "description", "parameters", "dependencies", "templates")
@@ -62,7 +63,7 @@ def read_package(folder: Path) -> Package:
     source = str(folder / PACKAGE_FILE)
     text = _read_text(folder / PACKAGE_FILE, source)
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise CatalogError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from exc
     templates = {p.name: _read_text(p, source) for p in sorted((folder / "templates").glob("*"))

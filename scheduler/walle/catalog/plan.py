@@ -15,7 +15,7 @@ from packaging.version import Version
 from walle.catalog.model import Catalog, CatalogError, Dependency, Installed, Package
 from walle.catalog.render import ServiceRef, render_package, service_of
 from walle.catalog.values import resolve_values
-from walle.spec import JobSpec
+from walle.jobspec import JobSpec
 
 
 @dataclass(frozen=True)

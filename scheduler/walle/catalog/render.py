@@ -27,8 +27,8 @@ from jinja2 import (
 from jinja2.sandbox import SandboxedEnvironment
 
 from walle.catalog.model import CatalogError, Package
-from walle.spec import JobSpec, SpecError, parse_spec
-from walle.spec.parse import _StrictLoader
+from walle.jobspec import JobSpec, SpecError, parse_spec
+from walle.jobspec.encoding import StrictLoader
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def render_package(pkg: Package, values: Mapping[str, Any],
         where = f"{pkg.ref}: templates/{template_name}"
         try:
             text = env.get_template(template_name).render(context)
-            data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+            data = yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader subclass)
         except TemplateSyntaxError as err:
             problems.append(f"{where}: line {err.lineno}: {err.message}")
             continue

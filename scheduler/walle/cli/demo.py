@@ -22,11 +22,11 @@ from walle.adapters.runner import REPO_ROOT, ansible_env, run_command
 from walle.cli.common import progress
 from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from walle.cli.output import print_table
+from walle.jobspec import SpecError, load_spec_file
 from walle.lab.nodes import Lab, LabError
 from walle.naming import instance_slice, service_unit
 from walle.service.cluster import load_snapshot
 from walle.service.jobs import submit
-from walle.spec import SpecError, load_spec_file
 
 UNIT_PROPERTIES = ("ActiveState", "MainPID", "ControlGroup")
 SLICE_PROPERTIES = ("CPUWeight", "CPUQuotaPerSecUSec", "MemoryMin", "MemoryHigh", "MemoryMax",

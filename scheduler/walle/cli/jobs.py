@@ -16,12 +16,12 @@ from walle.cli.common import (
 )
 from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from walle.cli.output import print_table, printable
+from walle.jobspec import SpecError, load_spec_file
 from walle.naming import instance_id, job_allocs_prefix, job_key
 from walle.service import jobs
 from walle.service.adopt import unclaimed_instances
 from walle.service.cluster import Snapshot, load_snapshot
 from walle.service.history import JobHistory, from_data
-from walle.spec import SpecError, load_spec_file
 
 
 def register(subparsers) -> None:

@@ -34,8 +34,9 @@ from walle.cli.common import (
 )
 from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_json_arg
 from walle.cli.output import print_table
+from walle.jobspec.encoding import StrictLoader
+from walle.jobspec.grammar import MAX_SPEC_BYTES
 from walle.service.jobs import CAS_ATTEMPTS, submit
-from walle.spec.parse import MAX_SPEC_BYTES, _StrictLoader
 
 
 def register(subparsers) -> None:
@@ -166,7 +167,7 @@ def _read_values_file(path: str | None) -> dict:
             raw = stream.read(MAX_SPEC_BYTES + 1)
         if len(raw) > MAX_SPEC_BYTES:
             raise CatalogError(f"{path}: larger than {MAX_SPEC_BYTES} bytes")
-        data = yaml.load(raw.decode("utf-8"), Loader=_StrictLoader)  # noqa: S506 (SafeLoader)
+        data = yaml.load(raw.decode("utf-8"), Loader=StrictLoader)  # noqa: S506 (SafeLoader)
     except OSError as err:
         raise CatalogError(f"{path}: cannot read: {err.strerror or err}") from err
     except (UnicodeDecodeError, yaml.YAMLError) as err:

@@ -17,9 +17,9 @@ from walle.cli.common import add_consul_args, cluster_command, connect, print_js
 from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from walle.cli.output import print_table
 from walle.core import format_nodes
+from walle.jobspec import SpecError, load_spec_file
 from walle.service.cluster import load_snapshot
 from walle.service.dryrun import DryRun, JobPlan, dry_run, published_defaults
-from walle.spec import SpecError, load_spec_file
 
 EPILOG = """\
 What the leader does with each slot: keep, place, move, replace, update, regrant, stop, evict,

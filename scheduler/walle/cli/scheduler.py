@@ -8,6 +8,7 @@ import signal
 import socket
 
 from walle.adapters.consul import ConsulApi, ConsulConfig
+from walle.jobspec.grammar import CAPABILITIES
 from walle.service.params import consul_auth
 from walle.service.policy import PrivilegePolicy
 from walle.service.presence import (
@@ -18,7 +19,6 @@ from walle.service.presence import (
 )
 from walle.service.scheduler import Scheduler, SchedulerConfig
 from walle.service.secrets import DEFAULT_SECRETS_DIR
-from walle.spec.parse import CAPABILITIES
 
 
 def register(subparsers) -> None:

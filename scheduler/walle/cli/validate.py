@@ -7,8 +7,8 @@ import json
 import sys
 
 from walle.cli.main import add_json_arg
+from walle.jobspec import JobSpec, SpecError, load_spec_file
 from walle.service.policy import policy_notes
-from walle.spec import JobSpec, SpecError, load_spec_file
 
 EXIT_OK, EXIT_INVALID = 0, 2
 

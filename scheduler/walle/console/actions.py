@@ -28,8 +28,8 @@ from walle.catalog import Catalog, CatalogError, parse_sets
 from walle.cli.common import ActionError
 from walle.cli.nodes import drain_node
 from walle.cli.package import install_package
+from walle.jobspec import SpecError
 from walle.service import jobs
-from walle.spec import SpecError
 
 # Actions answer a person waiting on a page: fail fast when Consul is down.
 ACTION_RETRY = RetryPolicy(attempts=3, base=0.2, cap=1.0, total=5.0)

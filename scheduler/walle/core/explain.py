@@ -16,7 +16,7 @@ from walle.core.model import Allocation, Node
 from walle.core.placement import PlacementConfig, Placer
 from walle.core.scoring import active_scorers, breakdown, total
 from walle.core.state import ClusterIndex, held_from
-from walle.spec.model import JobSpec
+from walle.jobspec.model import JobSpec
 
 
 @dataclass(frozen=True)

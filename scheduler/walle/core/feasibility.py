@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from walle.core.model import Node
-from walle.spec.model import Constraint, JobSpec
-from walle.spec.regex import compile_pattern
+from walle.jobspec.model import Constraint, JobSpec
+from walle.jobspec.regex import compile_pattern
 
 if TYPE_CHECKING:
     from walle.core.state import ClusterIndex
@@ -38,7 +38,7 @@ class NodeRule:
     attribute: str
     operator: str
     values: tuple[str, ...]
-    pattern: Any = None  # an RE2 pattern (walle.spec.regex): linear-time search
+    pattern: Any = None  # an RE2 pattern (walle.jobspec.regex): linear-time search
 
     def holds(self, node: Node) -> bool:
         value = node.attribute(self.attribute)

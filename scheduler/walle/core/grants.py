@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Sequence
 
 from walle.core.model import Allocation, Grant, Node
-from walle.spec.model import Resources
+from walle.jobspec.model import Resources
 
 WEIGHT_PER_CORE = 100  # systemd's default CPUWeight is 100: one guaranteed core = default
 MEMORY_HIGH_FRACTION = 0.9

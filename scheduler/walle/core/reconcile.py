@@ -47,8 +47,8 @@ from walle.core.plan import (
     UpdateInPlace,
 )
 from walle.core.state import ClusterIndex, Held, held_from
+from walle.jobspec.model import JobSpec
 from walle.naming import instance_id
-from walle.spec.model import JobSpec
 
 MAX_PLACEMENT_STEPS_PER_INSTANCE = 4  # bounds eviction chains: total steps <= 4 x instances
 

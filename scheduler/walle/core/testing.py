@@ -1,12 +1,12 @@
 """Builders for tests and benchmarks: small JobSpecs and Nodes without YAML.
 
-Only tests and `bench/` use this; production specs come from `walle.spec.parse`.
+Only tests and `bench/` use this; production specs come from `walle.jobspec.parse`.
 """
 
 from __future__ import annotations
 
 from walle.core.model import Capacity, Node
-from walle.spec.model import Constraint, JobSpec, Range, Resources, Runtime, UpdatePolicy
+from walle.jobspec.model import Constraint, JobSpec, Range, Resources, Runtime, UpdatePolicy
 
 GiB = 1 << 30
 

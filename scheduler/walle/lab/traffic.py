@@ -19,7 +19,7 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 
-from walle.spec import JobSpec, parse_spec
+from walle.jobspec import JobSpec, parse_spec
 
 # A service instance that answers GET with the address it was reached on (its node's), so a
 # client through a load balancer sees which instance served each request. One line: a job's

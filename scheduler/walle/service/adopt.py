@@ -42,10 +42,10 @@ from walle.adapters.consul.tombstones import stopped_jobs
 from walle.core import Allocation, Grant
 from walle.core.feasibility import compile_job
 from walle.core.reconcile import allocation_for
+from walle.jobspec import JobSpec
 from walle.naming import instance_id, parse_instance_id
 from walle.service.cluster import Snapshot, records_by_node
 from walle.service.records import SlotRecord
-from walle.spec import JobSpec
 
 log = logging.getLogger("walle.adopt")
 

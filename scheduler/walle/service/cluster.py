@@ -19,9 +19,9 @@ from walle.adapters.consul import (
 )
 from walle.adapters.consul.health import ClusterHealth, fetch_cluster_health
 from walle.core import Capacity, Node
+from walle.jobspec import JobSpec, SpecError, parse_spec
 from walle.naming import instance_id, job_key, parse_alloc_key, parse_job_key
 from walle.service.records import SlotRecord, from_stored
-from walle.spec import JobSpec, SpecError, parse_spec
 
 
 @dataclass(frozen=True)

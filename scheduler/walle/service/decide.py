@@ -15,10 +15,10 @@ from typing import Any
 
 from walle.adapters.consul import BatchCommit
 from walle.core import Allocation, PlacementConfig, Plan, reconcile
+from walle.jobspec import JobSpec
 from walle.service.cluster import Snapshot
 from walle.service.presence import DEFAULT_DOWN_GRACE, DEFAULT_LEAVE_GRACE
 from walle.service.records import SlotRecord, attempt_of
-from walle.spec import JobSpec
 
 RETRY_BASE = 5.0  # a slot that failed twice in a row waits this long before its next try...
 RETRY_CAP = 120.0  # ...doubling with each failure, up to this

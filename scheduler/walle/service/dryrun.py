@@ -18,12 +18,12 @@ from dataclasses import dataclass, replace
 from walle.adapters.consul import StateStore
 from walle.adapters.consul.state import PLACEMENT_CONFIG, BadRecord
 from walle.core import Explanation, Plan, apply_plan, explain
+from walle.jobspec import JobSpec
 from walle.naming import instance_id
 from walle.service.cluster import Snapshot
 from walle.service.decide import Defaults, decide, retry_at, take_commits
 from walle.service.presence import NodePresence
 from walle.service.records import SlotRecord
-from walle.spec import JobSpec
 
 # a slot's decisions, as `walle plan` names them (DECISION column, "action" in --json)
 KEEP, PLACE, MOVE, REPLACE, UPDATE, REGRANT = "keep", "place", "move", "replace", "update", \

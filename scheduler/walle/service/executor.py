@@ -15,6 +15,7 @@ from walle.adapters.runner import HostResult, RunResult, run_command, run_playbo
 from walle.core import Allocation
 from walle.core.grants import grant_alone
 from walle.images import ImageError, ImageStore, store_root
+from walle.jobspec import JobSpec
 from walle.service.adopt import instance_manifest
 from walle.service.params import (
     batch_commit_args,
@@ -26,7 +27,6 @@ from walle.service.params import (
 from walle.service.policy import PrivilegePolicy
 from walle.service.records import attempt_of
 from walle.service.secrets import SecretError, SecretResolver
-from walle.spec import JobSpec
 
 log = logging.getLogger("walle.executor")
 

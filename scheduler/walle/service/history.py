@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from walle.adapters.consul import StateStore
 from walle.core import Plan
+from walle.jobspec import JobSpec
 from walle.naming import instance_id, parse_instance_id
 from walle.service.records import SlotRecord, evicted_by
-from walle.spec import JobSpec
 
 if TYPE_CHECKING:
     from walle.service.scheduler import StepReport

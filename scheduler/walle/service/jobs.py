@@ -10,9 +10,9 @@ import time
 
 from walle.adapters.consul import ConsulApi, StateStore, StoredJob
 from walle.adapters.consul.tombstones import clear_tombstone, mark_stopped, stop_job
+from walle.jobspec import JobSpec, parse_spec
 from walle.service.adopt import unclaimed_instances
 from walle.service.cluster import load_snapshot
-from walle.spec import JobSpec, parse_spec
 
 CAS_ATTEMPTS = 5
 MAX_COUNT = 1000

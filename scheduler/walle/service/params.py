@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from walle import naming
 from walle.adapters.consul.services import check_options
 from walle.images import archive
-from walle.spec.model import JobSpec
+from walle.jobspec.model import JobSpec
 
 DEFAULT_CONSUL_ADDR = "http://127.0.0.1:8500"
 # /proc/devices names: major 195 "nvidia" covers /dev/nvidia<N> and /dev/nvidiactl;

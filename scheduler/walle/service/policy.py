@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from walle.spec import JobSpec
+from walle.jobspec import JobSpec
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from walle.adapters.consul import Allocation as StoredAlloc
 from walle.core import Allocation, Capacity, Grant
 from walle.core.model import ALLOC_STATES
 from walle.core.plan import Failure, Plan
+from walle.jobspec import JobSpec
 from walle.naming import instance_id, parse_instance_id
-from walle.spec import JobSpec
 
 REASON_MAX = 2000  # a failure reason is a message, not a log: keep records small
 # What `walle status` shows: the core's states plus lost (its node is down, the slot waits for

@@ -43,6 +43,7 @@ from walle.adapters.consul.health import fetch_cluster_health
 from walle.adapters.consul.state import alloc_key
 from walle.adapters.consul.tombstones import stopped_jobs
 from walle.core import Allocation, Plan
+from walle.jobspec import JobSpec, SpecError, parse_spec
 from walle.naming import instance_id, parse_instance_id, service_unit, timer_unit
 from walle.service import jobs
 from walle.service.adopt import MISSING_GRACE, Adopter
@@ -69,7 +70,6 @@ from walle.service.records import (
     with_node,
 )
 from walle.service.secrets import DEFAULT_SECRETS_DIR, SecretReader
-from walle.spec import JobSpec, SpecError, parse_spec
 
 log = logging.getLogger("walle.scheduler")
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from walle.adapters.consul import ConsulApi, ConsulError
 from walle.adapters.consul.secrets import read_secret, secret_key
-from walle.spec import JobSpec, Secret
+from walle.jobspec import JobSpec, Secret
 
 DEFAULT_SECRETS_DIR = "/etc/walle/secrets"
 MAX_SECRET_BYTES = 64 * 1024

@@ -14,7 +14,7 @@ from consul.std import Consul
 from walle.adapters.consul.config import ConsulConfig
 from walle.adapters.consul.errors import ConsulError
 from walle.adapters.consul.retry import RetryPolicy, call_with_retry
-from walle.spec.grammar import grammar
+from walle.jobspec.grammar import grammar
 
 T = TypeVar("T")
 

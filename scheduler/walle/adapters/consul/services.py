@@ -11,9 +11,9 @@ from typing import Any
 
 from walle.adapters.consul.api import ConsulApi
 from walle.adapters.consul.errors import ConsulError
+from walle.jobspec.grammar import grammar
+from walle.jobspec.model import HealthCheck
 from walle.node_utils import load
-from walle.spec.grammar import grammar
-from walle.spec.model import HealthCheck
 
 walle_consul = load("walle_consul")  # the registration body, shared with the module
 format_duration = grammar.format_duration

@@ -25,6 +25,8 @@ from typing import Any, NamedTuple, TypeVar
 from walle.adapters.consul.api import ConsulApi
 from walle.adapters.consul.errors import ConsulError, NotLeader
 from walle.adapters.consul.watch import Watch
+from walle.jobspec.encoding import spec_to_data
+from walle.jobspec.model import JobSpec
 from walle.naming import (
     ALLOCS_PREFIX,
     DONE_PREFIX,
@@ -50,8 +52,6 @@ from walle.naming import (
 from walle.naming import (
     PLACEMENT_CONFIG_KEY as PLACEMENT_CONFIG,
 )
-from walle.spec.model import JobSpec
-from walle.spec.parse import spec_to_data
 
 TXN_MAX_OPS = 64
 T = TypeVar("T")
@@ -62,7 +62,7 @@ VALUE_LIMIT = 512 * 1024  # Consul's KV value limit
 class StoredJob:
     name: str
     version: str  # JobSpec.digest()
-    spec: Mapping[str, Any]  # walle.spec.spec_to_data(); parse_spec turns it back into a JobSpec
+    spec: Mapping[str, Any]  # walle.jobspec.spec_to_data(); parse_spec turns it back into a JobSpec
     modify_index: int
     # the version this one replaced ({"version", "spec"}), kept for automatic rollback
     previous: Mapping[str, Any] | None = None

@@ -1,6 +1,7 @@
 """Job specs: the validated, immutable description of what an operator wants run."""
 
-from walle.spec.model import (
+from walle.jobspec.encoding import load_spec_file, load_spec_text, spec_to_data
+from walle.jobspec.model import (
     Balancer,
     Constraint,
     Discovery,
@@ -13,14 +14,8 @@ from walle.spec.model import (
     StopPolicy,
     UpdatePolicy,
 )
-from walle.spec.parse import (
-    Problem,
-    SpecError,
-    load_spec_file,
-    load_spec_text,
-    parse_spec,
-    spec_to_data,
-)
+from walle.jobspec.parse import parse_spec
+from walle.jobspec.readers import Problem, SpecError
 
 __all__ = [
     "Balancer",

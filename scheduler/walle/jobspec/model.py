@@ -1,4 +1,4 @@
-"""The validated job spec: immutable data, produced only by `walle.spec.parse`.
+"""The validated job spec: immutable data, produced only by `walle.jobspec.parse`.
 
 Every other room (core, adapters, service, modules' parameters) reads these types; nothing
 builds them by hand except tests. Sizes are bytes, durations seconds, CPU in cores.

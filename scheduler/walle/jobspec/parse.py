@@ -6,20 +6,43 @@ unit files and Consul, so this is the single place that refuses control characte
 relative or unnormalised paths and unsafe names; the unit renderer still escapes `%` and quotes.
 """
 
+
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 import zoneinfo
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
-import yaml
-
-from walle.spec.grammar import grammar
-from walle.spec.model import (
+from walle.jobspec.grammar import (
+    ATTRIBUTE,
+    BALANCER_MODES,
+    CALENDAR_CHARS,
+    CALENDAR_DATE,
+    CALENDAR_SHORTHANDS,
+    CALENDAR_TIME,
+    CAPABILITIES,
+    CHECK_TYPES,
+    CREDENTIAL_NAME,
+    DATASET,
+    DNS_LABEL,
+    DNS_TAG,
+    ENV_KEY,
+    JOB_KINDS,
+    OPERATORS,
+    RESTART_POLICIES,
+    ROOT,
+    RUNTIME_KINDS,
+    SECRET_SOURCES,
+    STORE_PATH,
+    STRATEGIES,
+    TIMEZONE,
+    USER,
+    WEEKDAY,
+    grammar,
+)
+from walle.jobspec.model import (
     Balancer,
     Constraint,
     Discovery,
@@ -32,104 +55,36 @@ from walle.spec.model import (
     StopPolicy,
     UpdatePolicy,
 )
-from walle.spec.regex import compile_pattern
-
-ROOT = "<root>"  # the path of a problem with the document as a whole
-MAX_SPEC_BYTES = 256 * 1024
-
-JOB_KINDS = ("service", "batch", "cron")
-RUNTIME_KINDS = ("exec", "nspawn")
-CHECK_TYPES = ("http", "tcp", "ttl")
-RESTART_POLICIES = ("always", "on-failure", "no")
-STRATEGIES = ("spread", "binpack")
-BALANCER_MODES = ("http", "tcp")
-OPERATORS = ("eq", "ne", "in", "not_in", "regex", "distinct_hosts", "max_per")
-
-DNS_LABEL = re.compile(r"[a-z][a-z0-9-]*")
-DNS_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
-USER = re.compile(r"[a-z_][a-z0-9_-]*\$?")
-ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-DATASET = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-ATTRIBUTE = re.compile(r"(name|zone|rack|label\.[A-Za-z0-9_][A-Za-z0-9_.-]*)")
-CALENDAR_SHORTHANDS = ("minutely", "hourly", "daily", "weekly", "monthly", "quarterly",
-                       "semiannually", "yearly", "annually")
-CALENDAR_CHARS = re.compile(r"[A-Za-z0-9*,./:~ +_-]+")
-WEEKDAY = re.compile(r"(mon|tue|wed|thu|fri|sat|sun)[a-z]*", re.IGNORECASE)
-CALENDAR_DATE = re.compile(r"[0-9*][0-9*,./~-]*-[0-9*][0-9*,./~]*")
-CALENDAR_TIME = re.compile(r"[0-9*][0-9*,./]*:[0-9*][0-9*,./]*(:[0-9*][0-9*,./]*)?")
-TIMEZONE = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*")
-# Sandbox and secrets (docs/security.md): a secret's source is a relative path under a
-# dedicated prefix; it may not climb out.
-STORE_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
-CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-SECRET_SOURCES = ("consul", "file")
-CAPABILITIES = (
-    "CAP_AUDIT_CONTROL", "CAP_AUDIT_READ", "CAP_AUDIT_WRITE", "CAP_BLOCK_SUSPEND", "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER", "CAP_FSETID", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_KILL", "CAP_LEASE",
-    "CAP_LINUX_IMMUTABLE", "CAP_MAC_ADMIN", "CAP_MAC_OVERRIDE", "CAP_MKNOD", "CAP_NET_ADMIN",
-    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_RAW", "CAP_PERFMON", "CAP_SETFCAP",
-    "CAP_SETGID", "CAP_SETPCAP", "CAP_SETUID", "CAP_SYSLOG", "CAP_SYS_ADMIN", "CAP_SYS_BOOT",
-    "CAP_SYS_CHROOT", "CAP_SYS_MODULE", "CAP_SYS_NICE", "CAP_SYS_PACCT", "CAP_SYS_PTRACE",
-    "CAP_SYS_RAWIO", "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG",
-    "CAP_WAKE_ALARM",
+from walle.jobspec.readers import (
+    SpecError,
+    _abs_path,
+    _alts,
+    _argument,
+    _at,
+    _boolean,
+    _by_grammar,
+    _choice,
+    _cores,
+    _describe,
+    _did_you_mean,
+    _duration,
+    _fields,
+    _integer,
+    _list_of,
+    _optional,
+    _program,
+    _range,
+    _Report,
+    _required,
+    _scalar_text,
+    _show,
+    _size,
+    _text,
+    _url_path,
 )
+from walle.jobspec.regex import compile_pattern
 
-
-@dataclass(frozen=True)
-class Problem:
-    path: str  # field path, e.g. "resources.cpu" or "stop.pre_stop[1]"
-    message: str  # what is wrong and what is allowed
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
-class SpecError(ValueError):
-    """A spec with one or more problems; `str()` gives one line per problem."""
-
-    def __init__(self, problems: list[Problem], source: str = "<input>") -> None:
-        self.problems = list(problems)
-        self.source = source
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        return "\n".join(f"{self.source}: {p.path}: {p.message}" for p in self.problems)
-
-
-# ---------------------------------------------------------------- entry points
-
-
-def load_spec_file(path: str | Path) -> JobSpec:
-    """Read and validate a spec file; an unreadable file is a SpecError too."""
-    source = str(path)
-    try:
-        with open(path, "rb") as stream:  # bounded read: the path may be a device or a pipe
-            raw = stream.read(MAX_SPEC_BYTES + 1)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise SpecError([Problem(ROOT, f"cannot read file: {reason}")], source) from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError([Problem(ROOT, f"file is not UTF-8 text: {exc.reason} at byte "
-                                       f"{exc.start}")], source) from exc
-    return load_spec_text(text, source)
-
-
-def load_spec_text(text: str, source: str = "<input>") -> JobSpec:
-    """Parse YAML (JSON is valid YAML too) and validate it."""
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_SPEC_BYTES:
-        raise SpecError([Problem(ROOT, f"spec is larger than {MAX_SPEC_BYTES} bytes")], source)
-    try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as exc:
-        raise SpecError([Problem(ROOT, f"not valid YAML: {_yaml_reason(exc)}")], source) from exc
-    except RecursionError:
-        raise SpecError([Problem(ROOT, "not valid YAML: lists or mappings are nested too "
-                                       "deeply")], source) from None
-    return parse_spec(data, source)
-
+# ---------------------------------------------------------------- entry point
 
 def parse_spec(data: object, source: str = "<input>") -> JobSpec:
     """Validate plain data (dicts, lists, strings, numbers) into a JobSpec."""
@@ -140,137 +95,9 @@ def parse_spec(data: object, source: str = "<input>") -> JobSpec:
     return spec
 
 
-def spec_to_data(spec: JobSpec) -> dict:
-    """The spec in input form (plain JSON types), so `parse_spec(spec_to_data(s)) == s`.
-
-    Store this (not `JobSpec.to_dict()`) wherever a spec is read back, such as Consul KV:
-    reading it back validates it again.
-    """
-    data = {
-        "name": spec.name, "kind": spec.kind, "count": spec.count, "priority": spec.priority,
-        "strategy": spec.strategy, "restart": spec.restart, "schedule": spec.schedule,
-        "resources": _resources_data(spec.resources),
-        "runtime": _runtime_data(spec.runtime),
-        "constraints": [_constraint_data(c) for c in spec.constraints],
-        "data": list(spec.data),
-        "health": _health_data(spec.health) if spec.health else None,
-        "stop": {"signal": spec.stop.signal, "timeout": spec.stop.timeout,
-                 "pre_stop": list(spec.stop.pre_stop)},
-        "service": _drop_none({"name": spec.service.name, "port": spec.service.port,
-                               "tags": list(spec.service.tags),
-                               "lb": _balancer_data(spec.service.lb)}) if spec.service else None,
-        "retries": spec.retries if spec.kind != "service" else None,
-        "update": {"max_parallel": spec.update.max_parallel,
-                   "health_timeout": spec.update.health_timeout,
-                   "auto_rollback": spec.update.auto_rollback},
-        "secrets": {s.name: {s.source: s.path} for s in spec.secrets} or None,
-    }
-    return _drop_none(data)
-
-
-def _resources_data(res: Resources) -> dict:
-    return _drop_none({
-        "cpu": {"min": res.cpu.min, "max": res.cpu.max},
-        "memory": {"min": int(res.memory.min), "max": int(res.memory.max)},
-        "disk": res.disk, "io_weight": res.io_weight, "gpus": res.gpus,
-        "tasks_max": res.tasks_max,
-    })
-
-
-def _runtime_data(rt: Runtime) -> dict:
-    return _drop_none({
-        "type": rt.kind, "command": rt.command, "args": list(rt.args), "env": dict(rt.env),
-        "user": rt.user, "working_dir": rt.working_dir, "image": rt.image,
-        "privileged": rt.privileged or None, "capabilities": list(rt.capabilities) or None,
-        "jit": rt.jit or None,
-    })
-
-
-def _constraint_data(c: Constraint) -> dict:
-    if c.operator == "distinct_hosts":
-        return {"operator": c.operator}
-    value = list(c.value) if isinstance(c.value, tuple) else c.value
-    return {"attribute": c.attribute, "operator": c.operator, "value": value}
-
-
-def _health_data(h: HealthCheck) -> dict:
-    data = {"type": h.type, "interval": h.interval, "timeout": h.timeout,
-            "deregister_after": h.deregister_after}
-    only = {"path": h.path, "port": h.port, "ttl": h.ttl}
-    data.update({k: v for k, v in only.items() if h.type in HEALTH_ONLY[k]})
-    return _drop_none(data)
-
-
-def _balancer_data(lb: Balancer | None) -> dict | None:
-    return {"port": lb.port, "mode": lb.mode} if lb else None
-
-
-def _drop_none(data: dict) -> dict:
-    return {k: v for k, v in data.items() if v is not None}
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of silently keeping the last one, aliases
-    (a few kilobytes of `*a` expand to hundreds of megabytes: a spec is written out) and
-    numbers longer than the node's grammar allows (before converting them)."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise yaml.composer.ComposerError(
-                None, None, "aliases (*name) are not allowed in a job spec; write the value "
-                "out where it is needed", mark)
-        return super().compose_node(parent, index)
-
-    def construct_yaml_int(self, node):
-        return super().construct_yaml_int(_short_number(node))
-
-    def construct_yaml_float(self, node):
-        return super().construct_yaml_float(_short_number(node))
-
-    def construct_mapping(self, node, deep=False):
-        seen: set = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node,
-                                                                           yaml.ScalarNode):
-                continue
-            key = self.construct_object(key_node)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _short_number(node: yaml.ScalarNode) -> yaml.ScalarNode:
-    if len(node.value) > grammar.MAX_NUMBER_CHARS:
-        raise yaml.constructor.ConstructorError(
-            None, None, f"a number of {len(node.value)} characters; numbers are at most "
-            f"{grammar.MAX_NUMBER_CHARS} characters long (quote it if it is text)",
-            node.start_mark)
-    return node
-
-
-_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
-_StrictLoader.add_constructor("tag:yaml.org,2002:float", _StrictLoader.construct_yaml_float)
-
-
-def _yaml_reason(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-    return " ".join(f"{where}{problem}".split())
-
-
 # ---------------------------------------------------------------- the job
 
 
-class _Report:
-    def __init__(self) -> None:
-        self.problems: list[Problem] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.problems.append(Problem(path, message))
 
 
 TOP_KEYS = ("name", "kind", "count", "priority", "strategy", "resources", "runtime",
@@ -818,221 +645,3 @@ def _is_weekdays(token: str) -> bool:
     parts = re.split(r"\.\.|,", token)
     return all(WEEKDAY.fullmatch(p) for p in parts) and bool(parts)
 
-
-# ---------------------------------------------------------------- field readers
-
-
-def _fields(r: _Report, value: object, path: str, allowed: tuple[str, ...]) -> dict | None:
-    """The known keys of a mapping; unknown keys are problems. A null value counts as absent."""
-    if not isinstance(value, Mapping):
-        r.add(path, f"expected a mapping with keys from {_alts(allowed)}, got {_describe(value)}")
-        return None
-    known = {}
-    for key, val in value.items():
-        if not isinstance(key, str) or key not in allowed:
-            where = _at(path, key) if isinstance(key, str) and _printable(key) else path
-            r.add(where, f"unknown key {_show(key)}{_did_you_mean(key, allowed)}; "
-                         f"allowed: {_alts(allowed)}")
-        elif val is not None:
-            known[key] = val
-    return known
-
-
-def _required(r: _Report, f: dict, key: str, read: Callable, hint: str, parent: str = ROOT):
-    path = _at(parent, key)
-    if key not in f:
-        r.add(path, f"required: {hint}")
-        return None
-    return read(r, f[key], path)
-
-
-def _optional(r: _Report, f: dict, key: str, read: Callable, parent: str = ROOT):
-    return read(r, f[key], _at(parent, key)) if key in f else None
-
-
-def _list_of(read: Callable) -> Callable:
-    def parse(r: _Report, value: object, path: str) -> tuple | None:
-        if not isinstance(value, list | tuple):
-            r.add(path, f"expected a list, got {_describe(value)}")
-            return None
-        items = [read(r, item, f"{path}[{i}]") for i, item in enumerate(value)]
-        return None if any(item is None for item in items) else tuple(items)
-
-    return parse
-
-
-def _choice(choices: tuple[str, ...]) -> Callable:
-    def parse(r: _Report, value: object, path: str) -> str | None:
-        if isinstance(value, str) and value in choices:
-            return value
-        shown = _show(value) if isinstance(value, str) else _describe(value)
-        r.add(path, f"{shown} is not allowed; use one of {_alts(choices)}"
-                    f"{_did_you_mean(value, choices)}")
-        return None
-
-    return parse
-
-
-def _integer(low: int, high: int) -> Callable:
-    def parse(r: _Report, value: object, path: str) -> int | None:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            r.add(path, f"expected a whole number from {low} to {high}, got {_describe(value)}")
-            return None
-        return value
-
-    return parse
-
-
-def _boolean(r: _Report, value: object, path: str) -> bool | None:
-    if not isinstance(value, bool):
-        r.add(path, f"expected true or false, got {_describe(value)}")
-        return None
-    return value
-
-
-def _duration(low: float, high: float) -> Callable:
-    def parse(r: _Report, value: object, path: str) -> float | None:
-        seconds = _by_grammar(r, grammar.parse_duration, value, path, shown=True)
-        if seconds is not None and not low <= seconds <= high:
-            show = grammar.format_duration
-            r.add(path, f"must be between {show(low)} and {show(high)}, got {show(seconds)}")
-            return None
-        return seconds
-
-    return parse
-
-
-def _cores(r: _Report, value: object, path: str) -> float | None:
-    return _by_grammar(r, grammar.parse_cpus, value, path, shown=True)
-
-
-def _size(r: _Report, value: object, path: str) -> int | None:
-    return _by_grammar(r, grammar.parse_size, value, path, shown=True)
-
-
-def _by_grammar(r: _Report, check: Callable, value: object, path: str, shown: bool = False):
-    """Apply one rule of the node's grammar; its ValueError becomes the field's problem."""
-    try:
-        return check(value)
-    except ValueError as exc:
-        r.add(path, f"{exc}, got {_describe(value)}" if shown else str(exc))
-        return None
-
-
-def _range(r: _Report, value: object, path: str, one: Callable) -> Range | None:
-    if isinstance(value, Mapping):
-        f = _fields(r, value, path, ("min", "max"))
-        if f is None:
-            return None
-        low = _required(r, f, "min", one, "the guaranteed amount", path)
-        high = _optional(r, f, "max", one, path) if "max" in f else low
-    elif isinstance(value, str) and "-" in value.strip():
-        left, _, right = value.strip().partition("-")
-        before = len(r.problems)
-        low, high = one(r, left, path), one(r, right, path)
-        if len(r.problems) > before:
-            r.problems[before:] = [Problem(path, f"bad range {_show(value)}: write 'min-max', "
-                                                 f"{r.problems[before].message}")]
-    else:
-        low = high = one(r, value, path)
-    if low is None or high is None:
-        return None
-    if low > high:
-        r.add(path, f"the minimum ({_num(low)}) is larger than the maximum ({_num(high)})")
-        return None
-    return Range(min=low, max=high)
-
-
-def _abs_path(r: _Report, value: object, path: str) -> str | None:
-    text = _text(r, value, path)
-    return None if text is None else _by_grammar(r, grammar.check_path, text, path)
-
-
-def _program(r: _Report, value: object, path: str) -> str | None:
-    """The program of an Exec*= line (runtime.command, stop.pre_stop[0])."""
-    text = _text(r, value, path)
-    return None if text is None else _by_grammar(r, grammar.check_executable, text, path)
-
-
-def _url_path(r: _Report, value: object, path: str) -> str | None:
-    text = _text(r, value, path)
-    if text is not None and (not text.startswith("/") or any(c.isspace() for c in text)):
-        r.add(path, f"{_show(text)} must be a URL path starting with '/' and without spaces")
-        return None
-    return text
-
-
-def _argument(r: _Report, value: object, path: str) -> str | None:
-    return _scalar_text(r, value, path)
-
-
-def _scalar_text(r: _Report, value: object, path: str) -> str | None:
-    """A string; numbers are turned into their text (YAML reads `8080` as a number)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if grammar.safe_number(value) is None:  # inf, nan, or too many digits to print
-            r.add(path, f"expected a string, got {_describe(value)}")
-            return None
-        return str(value)
-    return _text(r, value, path)
-
-
-def _text(r: _Report, value: object, path: str) -> str | None:
-    """A string free of control characters, which could start a new line in a unit file."""
-    if not isinstance(value, str):
-        quote = "; quote it to keep it as text" if isinstance(value, bool) else ""
-        r.add(path, f"expected a string, got {_describe(value)}{quote}")
-        return None
-    return _by_grammar(r, grammar.check_text, value, path)
-
-
-# ---------------------------------------------------------------- wording
-
-
-def _at(path: str, key: object) -> str:
-    return str(key) if path == ROOT else f"{path}.{key}"
-
-
-def _alts(choices: tuple[str, ...]) -> str:
-    return ", ".join(choices)
-
-
-def _did_you_mean(value: object, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str):
-        return ""
-    close = difflib.get_close_matches(value.lower(), choices, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _printable(text: str) -> bool:
-    try:
-        return len(grammar.check_text(text)) <= 100
-    except ValueError:
-        return False
-
-
-def _show(value: object) -> str:
-    """A value quoted for a one-line message: control characters escaped, long text cut."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _describe(value: object) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, int | float):
-        if grammar.safe_number(value) is None and isinstance(value, int):
-            return f"a number of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
-        return f"the number {value!r}"
-    if isinstance(value, str):
-        return f"the string {_show(value)}"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    return f"a {type(value).__name__}"
-
-
-def _num(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
