@@ -203,25 +203,31 @@ def decode_job(entry: Mapping[str, Any]) -> StoredJob:
 _ALLOC_FIELDS = ("node", "state", "version", "grant")
 
 
-def decode_commit(entry: Mapping[str, Any]) -> BatchCommit:
+def _slot_entry(entry: Mapping[str, Any], parse: Callable[[str], tuple[str, int] | None],
+                wrong_key: str, required: tuple[str, ...]
+                ) -> tuple[str, tuple[str, int], dict[str, Any]]:
+    """(key, (job, slot), body) of a per-slot KV entry whose `required` fields are strings;
+    BadRecord for another key shape or a missing field."""
     key = entry["Key"]
-    parsed = parse_done_key(key)
+    parsed = parse(key)
     if parsed is None:
-        raise BadRecord(key, "not walle/done/<job>/<slot>")
+        raise BadRecord(key, wrong_key)
     body = _decode(entry)
-    for name in ("node", "attempt"):
+    for name in required:
         _expect(key, body, name, str, required=True)
+    return key, parsed, body
+
+
+def decode_commit(entry: Mapping[str, Any]) -> BatchCommit:
+    _, parsed, body = _slot_entry(entry, parse_done_key, "not walle/done/<job>/<slot>",
+                                  ("node", "attempt"))
     return BatchCommit(*parsed, body["node"], body["attempt"], int(entry["ModifyIndex"]))
 
 
 def decode_alloc(entry: Mapping[str, Any]) -> Allocation:
-    key = entry["Key"]
-    parsed = parse_alloc_key(key)
-    if parsed is None:
-        raise BadRecord(key, "not a slot key: expected walle/allocs/<job>/<slot number>")
-    body = _decode(entry)
-    for name in ("node", "state"):
-        _expect(key, body, name, str, required=True)
+    key, parsed, body = _slot_entry(
+        entry, parse_alloc_key, "not a slot key: expected walle/allocs/<job>/<slot number>",
+        ("node", "state"))
     _expect(key, body, "version", str)
     _expect(key, body, "grant", Mapping)
     return Allocation.from_json(*parsed, body, int(entry["ModifyIndex"]))
