@@ -34,6 +34,7 @@ from walle.console import views
 from walle.console.actions import Refused, perform
 from walle.service.cluster import Snapshot, load_snapshot
 from walle.service.dryrun import published_defaults
+from walle.service.history import from_data
 
 STATIC = Path(__file__).resolve().parent / "static"
 FILES = {"/": ("index.html", "text/html; charset=utf-8"),
@@ -111,7 +112,10 @@ class Console:
             installed, packages_error = installed_packages(self.store), None
         except CatalogError as err:  # a malformed record: say so, show the rest
             installed, packages_error = {}, f"installed packages cannot be read: {err}"
-        doc = views.state_view(snap, installed=installed, usage=usage, usage_note=note)
+        _, stored = self.store.events()
+        histories = {job: from_data(body) for job, (body, _) in stored.items()}
+        doc = views.state_view(snap, installed=installed, usage=usage, usage_note=note,
+                               histories=histories)
         doc["packages_error"] = packages_error
         doc["catalog"] = views.catalog_view(self.catalog)
         doc["consul"] = self.config.address

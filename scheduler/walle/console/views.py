@@ -13,15 +13,16 @@ from collections.abc import Iterable, Mapping
 
 from walle.adapters.consul import NodeInfo
 from walle.catalog import Catalog, Installed
+from walle.cli.events import event_rows
 from walle.cli.jobs import instance_rows, job_rows, unreadable_rows
 from walle.service.cluster import Snapshot
 from walle.service.decide import Defaults
 from walle.service.dryrun import dry_run
+from walle.service.history import JobHistory
 
 # worst first: the colour of a node box is the worst of its node health and its instances'
 _RANK = {"down": 0, "critical": 1, "warning": 2, "passing": 3}
-EVENTS_NOTE = ("Walle keeps no event log yet: placements, failures and moves are not recorded "
-               "as events, so there are none to show.")
+EVENTS_SHOWN = 50  # the newest events of all jobs (`walle events` has every job's last 100)
 
 
 def node_health(info: NodeInfo, instance_statuses: Iterable[str]) -> str:
@@ -96,9 +97,14 @@ def catalog_view(catalog: Catalog | None) -> list[dict]:
     return out
 
 
+def events_view(histories: Mapping[str, JobHistory]) -> list[dict]:
+    """The newest events of every job's history, newest first: `walle events` rows."""
+    return list(reversed(event_rows(histories)[-EVENTS_SHOWN:]))
+
+
 def state_view(snap: Snapshot, *, installed: Mapping[str, Installed],
                usage: Mapping[tuple[str, str], Mapping[str, float]],
-               usage_note: str) -> dict:
+               usage_note: str, histories: Mapping[str, JobHistory] | None = None) -> dict:
     """Everything the page polls for, in one document."""
     return {
         "pool": pool_view(snap, usage),
@@ -106,7 +112,7 @@ def state_view(snap: Snapshot, *, installed: Mapping[str, Installed],
         "unreadable": unreadable_rows(snap),
         "packages": packages_view(installed),
         "usage_note": usage_note,
-        "events": {"available": False, "note": EVENTS_NOTE},
+        "events": events_view(histories or {}),
     }
 
 

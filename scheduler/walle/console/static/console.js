@@ -135,6 +135,11 @@ function syncVersions() {
   syncSelect($("install-version"), pkg ? pkg.versions : []);
 }
 
+function drawEvents(events) {
+  fillBody("events", events.map((e) => [e.time, e.job, e.slot, e.node, e.event, e.message]),
+           "No events yet.");
+}
+
 function draw(state) {
   drawPool(state.pool);
   drawJobs(state.jobs, state.unreadable);
@@ -147,7 +152,7 @@ function draw(state) {
   syncSelect($("install-name"), catalog.map((p) => p.name));
   syncVersions();
   $("usage-note").textContent = state.usage_note;
-  $("events").textContent = state.events.note;
+  drawEvents(state.events);
   const all = state.pool.flatMap((z) => z.racks.flatMap((r) => r.nodes));
   const count = (h) => all.filter((n) => n.health === h).length;
   // the live region changes only when this summary does, not at every poll
