@@ -69,6 +69,7 @@ DONE_PREFIX = KV_PREFIX + "done/"  # walle/done/<job>/<slot>: a node's batch com
 EVENTS_PREFIX = KV_PREFIX + "events/"  # walle/events/<job>: the job's bounded event history
 LEADER_KEY = KV_PREFIX + "leader"  # the scheduler's lock
 PLACEMENT_CONFIG_KEY = KV_PREFIX + "config/placement"  # the leader's defaults (decide.py)
+PRESENCE_KEY = KV_PREFIX + "config/presence"  # since when the leader sees nodes down/missing
 DRAIN_SUFFIX = "/drain"
 
 

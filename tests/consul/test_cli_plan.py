@@ -21,6 +21,8 @@ from walle.adapters.consul import StateStore
 from walle.adapters.consul.state import PLACEMENT_CONFIG
 from walle.cli.main import main
 from walle.jobspec import load_spec_file
+from walle.service.cluster import load_snapshot
+from walle.service.dryrun import dry_run, published_defaults, published_presence
 from walle.service.scheduler import Scheduler, SchedulerConfig
 
 pytestmark = pytest.mark.consul
@@ -210,4 +212,31 @@ def test_a_batch_its_node_committed_is_done_in_the_plan_as_for_the_leader(cluste
     assert code == 0
     s.step()
     assert where(cluster)["etl-0"] == node  # the leader did the same: not moved
+    s.lock.step_down()
+
+
+def test_the_plan_counts_a_failed_nodes_grace_from_when_the_leader_saw_it(cluster):
+    """With fencing the leader holds a failed node's work for the down grace, counted from
+    when it first saw the node failed. The plan used to count it from its own "now", so it
+    said "held" for as long as the node stayed down; the leader now publishes since when it
+    sees each node failed (walle/config/presence) and the plan counts from there."""
+    clock = Clock()
+    s, _ = make_scheduler(cluster, clock, node_down_grace=15)
+    s.publish_defaults()
+    store = StateStore(cluster)
+    assert store.put_job(load_spec_file(WEB), 0)
+    s.step()
+    s.step()
+    lost = next(key for key, node in where(cluster).items() if node == "node2")
+    register_node(cluster, "node2", "10.77.250.12", status="critical", zone="z2")
+    s.step()  # the leader sees node2 failed now: its grace starts
+    defaults, _ = published_defaults(store)
+
+    def decision(at: float) -> str:
+        run = dry_run(load_snapshot(cluster, store), defaults, at,
+                      memory=published_presence(store))
+        return next(d.action for d in run.jobs[0].slots if d.instance == lost)
+
+    assert decision(clock.now + 5) == "held"  # within the leader's grace
+    assert decision(clock.now + 20) == "refused"  # past it: the leader would move it now
     s.lock.step_down()

@@ -19,7 +19,13 @@ from walle.cli.output import print_table
 from walle.core import format_nodes
 from walle.jobspec import SpecError, load_spec_file
 from walle.service.cluster import load_snapshot
-from walle.service.dryrun import DryRun, JobPlan, dry_run, published_defaults
+from walle.service.dryrun import (
+    DryRun,
+    JobPlan,
+    dry_run,
+    published_defaults,
+    published_presence,
+)
 
 EPILOG = """\
 What the leader does with each slot: keep, place, move, replace, update, regrant, stop, evict,
@@ -69,7 +75,8 @@ def cmd_plan(args) -> int:
             return EXIT_USAGE
     if args.job is not None:
         jobs = [what_if.name if what_if else args.job]
-    run = dry_run(snap, defaults, time.time(), jobs=jobs, what_if=what_if)
+    run = dry_run(snap, defaults, time.time(), jobs=jobs, what_if=what_if,
+                  memory=published_presence(store))
     if args.json:
         print_json(_as_json(run, defaults, source, snap.unreadable))
     else:

@@ -15,7 +15,9 @@ from typing import Any
 
 from walle.adapters.consul import BatchCommit
 from walle.core import Allocation, PlacementConfig, Plan, reconcile
+from walle.core.plan import Failure
 from walle.jobspec import JobSpec
+from walle.naming import instance_id
 from walle.service.cluster import Snapshot
 from walle.service.presence import DEFAULT_DOWN_GRACE, DEFAULT_LEAVE_GRACE
 from walle.service.records import SlotRecord, attempt_of
@@ -157,4 +159,14 @@ def hold_back(plan: Plan, hands_off: set[str], waiting: set[str]) -> Plan:
         replaces=tuple(r for r in plan.replaces if r.new.key not in dropped),
         evictions=tuple(e for e in plan.evictions if e.alloc.key not in kept_victims),
         regrants=tuple(g for g in plan.regrants if g.new.key not in dropped),
+        # a slot left as it is is not being placed: no refusal to report for it
+        failures=tuple(f for f in (_without_slots(f, hands_off) for f in plan.failures) if f),
     )
+
+
+def _without_slots(failure: Failure, keys: set[str]) -> Failure | None:
+    """`failure` less the slots in `keys` (None when none is left)."""
+    slots = tuple(s for s in failure.slots if instance_id(failure.job, s) not in keys)
+    if len(slots) == len(failure.slots):
+        return failure
+    return replace(failure, slots=slots) if slots else None

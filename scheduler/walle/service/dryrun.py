@@ -12,14 +12,15 @@ one more slot.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from walle.adapters.consul import StateStore
 from walle.adapters.consul.state import PLACEMENT_CONFIG, BadRecord
 from walle.core import Explanation, Plan, apply_plan, explain
 from walle.jobspec import JobSpec
-from walle.naming import instance_id
+from walle.naming import PRESENCE_KEY, instance_id
 from walle.service.cluster import Snapshot
 from walle.service.decide import Defaults, decide, retry_at, take_commits
 from walle.service.presence import NodePresence
@@ -80,13 +81,25 @@ def published_defaults(store: StateStore) -> tuple[Defaults, str]:
     return Defaults(), f"built-in defaults ({why})"
 
 
+def published_presence(store: StateStore) -> dict[str, Any]:
+    """Since when the leader sees nodes failed or missing (empty when it published nothing
+    or the value cannot be read: the graces then count from now, as for a new leader)."""
+    try:
+        return store.leader_note(PRESENCE_KEY) or {}
+    except BadRecord:
+        return {}
+
+
 def dry_run(snap: Snapshot, defaults: Defaults, now: float, *,
-            jobs: Iterable[str] | None = None, what_if: JobSpec | None = None) -> DryRun:
+            jobs: Iterable[str] | None = None, what_if: JobSpec | None = None,
+            memory: Mapping[str, Any] | None = None) -> DryRun:
     """The leader's decision on `snap` (stored records, as a new leader finds them), slot by
     slot for `jobs` (default: all). `what_if`: a spec decided as if it had been submitted."""
     if what_if is not None:
         snap = replace(snap, jobs={**snap.jobs, what_if.name: what_if})
-    snap = NodePresence(defaults.node_leave_grace, defaults.node_down_grace).observe(snap, now)
+    presence = NodePresence(defaults.node_leave_grace, defaults.node_down_grace)
+    presence.remember(memory or {})  # the leader's graces, counted from when it saw them
+    snap = presence.observe(snap, now)
     done, _ = take_commits(snap, snap.records, now)  # as the leader does first
     snap = replace(snap, records={**snap.records, **done})
     plan = _decide(snap, snap.jobs, now, defaults)

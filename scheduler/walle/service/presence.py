@@ -30,8 +30,9 @@ nodes) keeps the grace that started when it failed: it does not start again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from typing import Any
 
 from walle.service.cluster import Snapshot, node_state, records_by_node
 
@@ -103,6 +104,20 @@ class NodePresence:
                 self._up.pop(node, None)
         return frozenset(node for node in set(self._missing_since) | set(self._down_since)
                          if self._away(node, now))
+
+    def memory(self) -> dict[str, dict[str, float]]:
+        """Since when each node is seen failed or missing: what `walle plan` needs to count
+        the graces as the leader does (the leader publishes it, walle/config/presence)."""
+        return {"down_since": dict(sorted(self._down_since.items())),
+                "missing_since": dict(sorted(self._missing_since.items()))}
+
+    def remember(self, memory: Mapping[str, Any]) -> None:
+        """Start from a leader's published memory (values that are not times are skipped)."""
+        for field, into in (("down_since", self._down_since),
+                            ("missing_since", self._missing_since)):
+            for node, since in dict(memory.get(field) or {}).items():
+                if isinstance(since, int | float) and not isinstance(since, bool):
+                    into[str(node)] = float(since)
 
     def next_deadline(self, now: float) -> float | None:
         """When the earliest grace still running ends (the loop wakes then)."""

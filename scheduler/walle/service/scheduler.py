@@ -44,7 +44,7 @@ from walle.adapters.consul.state import alloc_key
 from walle.adapters.consul.tombstones import stopped_jobs
 from walle.core import Allocation, Plan
 from walle.jobspec import JobSpec, SpecError, parse_spec
-from walle.naming import instance_id, parse_instance_id, service_unit, timer_unit
+from walle.naming import PRESENCE_KEY, instance_id, parse_instance_id, service_unit, timer_unit
 from walle.service import jobs
 from walle.service.adopt import MISSING_GRACE, Adopter
 from walle.service.cluster import Snapshot, describe_error, load_snapshot, node_state
@@ -203,6 +203,7 @@ class Scheduler:
         self.presence = NodePresence(self.config.node_leave_grace,  # graces from our eyes
                                      self.config.node_down_grace)
         self._unsettled: set[str] = set()  # pending batch records whose outcome is unknown
+        self._published_presence: dict | None = None
         # (instance key, attempt) this leader's playbooks started: only those pending batch
         # records become running at once; any other is settled from its node first
         self._started: set[tuple[str, str]] = set()
@@ -256,6 +257,23 @@ class Scheduler:
         except ConsulError as err:
             log.warning("cannot publish the placement defaults (walle plan falls back to the "
                         "built-in ones): %s", err)
+
+    def _publish_presence(self) -> None:
+        """Publish since when this leader sees nodes failed or missing (walle/config/presence)
+        whenever that changes, so that `walle plan` counts the graces as the leader does.
+        Not fatal: plan then counts them from its own "now"."""
+        memory = self.presence.memory()
+        if memory == self._published_presence:
+            return
+        try:
+            session = self.lock.session_id
+            result = session and self.store.put_leader_note(PRESENCE_KEY, memory,
+                                                            session=session)
+            if result and result.ok:
+                self._published_presence = memory
+        except ConsulError as err:
+            log.warning("cannot publish the nodes' presence (walle plan counts graces from "
+                        "now): %s", err)
 
     def _on_lost(self) -> None:
         log.warning("leader lock lost")
@@ -311,6 +329,7 @@ class Scheduler:
         if now - started > CONSUL_OUTAGE:
             self._relist_nodes("Consul answered only after %.0fs" % (now - started))
         snap = self.presence.observe(loaded, now)
+        self._publish_presence()
         self._report_unreadable(snap)
         report = StepReport()
         records = dict(snap.records)

@@ -425,14 +425,21 @@ class StateStore:
     # --- the leader's placement defaults (walle plan decides with them) --------------------
     def placement_config(self) -> dict[str, Any] | None:
         """What the leader published (None: no leader has yet). BadRecord if unreadable."""
-        _, entry = self.api.call(f"read {PLACEMENT_CONFIG}",
-                                 lambda: self._kv.get(PLACEMENT_CONFIG))
-        return _decode(entry) if entry else None
+        return self.leader_note(PLACEMENT_CONFIG)
 
     def put_placement_config(self, body: Mapping[str, Any], *, session: str) -> TxnResult:
         """Leader write, guarded by the lock like the slot records."""
-        value = _encode(body, PLACEMENT_CONFIG)
-        return self.txn([KvOp("set", PLACEMENT_CONFIG, value)], session=session)
+        return self.put_leader_note(PLACEMENT_CONFIG, body, session=session)
+
+    def leader_note(self, key: str) -> dict[str, Any] | None:
+        """A JSON value the leader publishes for `walle plan` (walle/config/...); None when
+        absent, BadRecord when unreadable."""
+        _, entry = self.api.call(f"read {key}", lambda: self._kv.get(key))
+        return _decode(entry) if entry else None
+
+    def put_leader_note(self, key: str, body: Mapping[str, Any], *, session: str) -> TxnResult:
+        """Leader write of such a value, guarded by the lock like the slot records."""
+        return self.txn([KvOp("set", key, _encode(body, key))], session=session)
 
     # --- watches -------------------------------------------------------------------------
     def watch_jobs(self, **kw: Any) -> Watch[dict[str, StoredJob]]:
