@@ -24,12 +24,10 @@ from walle.cli.main import (  # the option helpers are re-exported for the comma
     add_consul_args,  # noqa: F401
     add_json_arg,  # noqa: F401
 )
+from walle.service.jobs import ActionError  # noqa: F401 - re-exported for the commands
 
 # The CLI answers people: fail fast when Consul is down instead of retrying for long.
 CLI_RETRY = RetryPolicy(attempts=3, base=0.2, cap=1.0, total=5.0)
-
-
-from walle.service.jobs import ActionError  # noqa: E402,F401 - re-exported for the commands
 
 
 def connect(args) -> tuple[ConsulApi, StateStore]:

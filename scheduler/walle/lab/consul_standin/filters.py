@@ -85,7 +85,7 @@ Predicate = Callable[[object], bool]
 
 
 class FilterSyntaxError(Exception):
-    pass
+    """A ?filter expression Consul's grammar does not accept (Consul answers 500)."""
 
 
 def _invalid(message: str) -> Exception:
