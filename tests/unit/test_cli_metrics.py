@@ -2,6 +2,8 @@
 
 import re
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from walle.adapters.consul import NodeInfo
 from walle.adapters.consul.health import ClusterHealth
 from walle.cli.metrics import render_metrics
@@ -11,7 +13,7 @@ from walle.service.cluster import Snapshot, core_node
 from walle.service.records import SlotRecord
 
 GIB = 1024 ** 3
-SAMPLE = re.compile(r'^(\w+)(?:\{(.*)\})? (\S+)$')
+LABEL = re.compile(r'\w+="[^"]*"')
 
 
 def snapshot() -> Snapshot:
@@ -35,13 +37,28 @@ def snapshot() -> Snapshot:
                     {i.name: i.address for i in infos}, health)
 
 
-def parse(text: str) -> dict[tuple[str, str], float]:
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        name, labels, value = SAMPLE.match(line).groups()
-        out[(name, labels)] = float(value)
+class Samples(dict):
+    """(name, 'k="v",...') -> value; label order does not matter (the exposition sorts them)."""
+
+    @staticmethod
+    def _key(key):
+        name, labels = key
+        return name, None if labels is None else ",".join(sorted(LABEL.findall(labels)))
+
+    def __getitem__(self, key):
+        return super().__getitem__(self._key(key))
+
+    def __contains__(self, key):
+        return super().__contains__(self._key(key))
+
+
+def parse(text: str) -> Samples:
+    """The samples of an exposition, read back by prometheus_client's own parser."""
+    out = Samples()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sample.labels.items()) or None
+            dict.__setitem__(out, Samples._key((sample.name, labels)), sample.value)
     return out
 
 

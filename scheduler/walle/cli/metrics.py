@@ -1,4 +1,5 @@
-"""`walle metrics`: the pool as Prometheus metrics (text exposition format 0.0.4).
+"""`walle metrics`: the pool as Prometheus metrics (text exposition format 0.0.4, written by
+prometheus_client).
 
 Cluster state comes from one Consul snapshot; `--usage` adds what each instance really uses,
 read from the `walle-exporter` of each node that runs instances (found in the Consul catalog,
@@ -14,6 +15,8 @@ import urllib.request
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from walle.adapters.consul import LEADER_KEY
 from walle.adapters.consul.services import ServiceInstance, service_health
@@ -136,24 +139,28 @@ def metric_samples(snap: Snapshot, usage: Mapping[tuple[str, str], Mapping[str, 
 
 
 def exposition(samples: Mapping[str, list[tuple[dict, float]]]) -> str:
-    lines = []
-    for name, values in samples.items():
-        kind, text = HELP[name]
-        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-        for labels, value in values:
-            body = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-            lines.append(f"{name}{{{body}}} {_number(value)}" if body else
-                         f"{name} {_number(value)}")
-    return "\n".join(lines) + "\n"
+    """The text exposition format 0.0.4, rendered by prometheus_client (not by hand)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    class Samples:
+        def collect(self):
+            for name, values in samples.items():
+                kind, text = HELP[name]
+                family_type = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+                family = family_type(name, text, labels=_label_names(values))
+                for labels, value in values:
+                    family.add_metric(list(labels.values()), float(value))
+                yield family
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Samples())
+    return generate_latest(registry).decode()
 
 
-def _number(value: float) -> str:
-    value = float(value)
-    return str(int(value)) if value.is_integer() else repr(value)
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def _label_names(values: list[tuple[dict, float]]) -> list[str]:
+    """One family's label names: every sample of a family carries the same labels."""
+    return list(values[0][0]) if values else []
 
 
 def has_leader(api) -> bool:
@@ -199,7 +206,7 @@ def serve(host: str, port: int, scrape) -> None:
                 return
             body = scrape().encode()
             self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
