@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from walle.adapters.consul import LEADER_KEY
 from walle.adapters.consul.services import ServiceInstance, service_health
@@ -140,9 +141,6 @@ def metric_samples(snap: Snapshot, usage: Mapping[tuple[str, str], Mapping[str, 
 
 def exposition(samples: Mapping[str, list[tuple[dict, float]]]) -> str:
     """The text exposition format 0.0.4, rendered by prometheus_client (not by hand)."""
-    from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
     class Samples:
         def collect(self):
             for name, values in samples.items():
