@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 
 import consul
+from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
 from walle.lab.consul_standin import Standin, start_in_thread
 
 SECOND_AGENT = "walle-test-node2"
@@ -52,6 +53,24 @@ def consul_addr(_session_standin) -> str:
         return real
     host, port = _session_standin.http_addr
     return f"{host}:{port}"
+
+
+@pytest.fixture
+def addr(tmp_path) -> Iterator[str]:
+    """The URL of a Consul stand-in of this test's own, empty at the start (`consul_addr` is the
+    session's shared one): for tests that read back everything there is."""
+    own = start_in_thread(data_dir=tmp_path / "consul", node_name="walle-test-server", dns=None)
+    host, port = own.http_addr
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        own.stop()
+
+
+@pytest.fixture
+def store(addr) -> StateStore:
+    """A StateStore on the test's own stand-in (`addr`)."""
+    return StateStore(ConsulApi(ConsulConfig.from_env(addr=addr)))
 
 
 @pytest.fixture

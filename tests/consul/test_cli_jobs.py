@@ -10,22 +10,12 @@ import pytest
 
 from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
 from walle.cli.main import main
-from walle.lab.consul_standin import start_in_thread
 
 pytestmark = pytest.mark.consul
 
 WEB = "examples/web.yml"
 
 
-@pytest.fixture
-def addr(tmp_path):
-    standin = start_in_thread(data_dir=tmp_path / "consul", node_name="walle-test-server",
-                              dns=None)
-    host, port = standin.http_addr
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        standin.stop()
 
 
 def walle(capsys, *argv) -> tuple[int, str, str]:

@@ -10,29 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
+from walle.adapters.consul import StateStore
 from walle.cli.main import main
-from walle.lab.consul_standin import start_in_thread
 
 pytestmark = pytest.mark.consul
 
 CATALOG = Path(__file__).resolve().parents[2] / "catalog"
 
 
-@pytest.fixture
-def addr(tmp_path):
-    standin = start_in_thread(data_dir=tmp_path / "consul", node_name="walle-test-server",
-                              dns=None)
-    host, port = standin.http_addr
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        standin.stop()
 
 
-@pytest.fixture
-def store(addr) -> StateStore:
-    return StateStore(ConsulApi(ConsulConfig.from_env(addr=addr)))
 
 
 def walle(capsys, addr, *argv) -> tuple[int, str, str]:

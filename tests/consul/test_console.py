@@ -12,7 +12,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import test_cli_package
 
 from walle.adapters.consul import ConsulConfig, StateStore
 from walle.catalog import load_catalog
@@ -26,10 +25,6 @@ pytestmark = pytest.mark.consul
 
 CATALOG = Path(__file__).resolve().parents[2] / "catalog"
 XSS = '<img src=x onerror="alert(1)">'
-
-
-# a fresh stand-in per test, and a StateStore on it: the `walle package` tests' fixtures
-addr, store = test_cli_package.addr, test_cli_package.store
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import pytest
 
 from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
 from walle.jobspec import parse_spec
-from walle.lab.consul_standin import start_in_thread
 
 pytestmark = [pytest.mark.consul,
               pytest.mark.skipif(shutil.which("haproxy") is None,
@@ -23,15 +22,6 @@ pytestmark = [pytest.mark.consul,
 ROLE = Path(__file__).resolve().parents[2] / "roles/lb"
 
 
-@pytest.fixture
-def addr(tmp_path):
-    standin = start_in_thread(data_dir=tmp_path / "consul", node_name="walle-test-server",
-                              dns=None)
-    host, port = standin.http_addr
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        standin.stop()
 
 
 def spec(name: str, lb_port: int):
