@@ -262,3 +262,13 @@ def test_a_service_asks_for_a_load_balancer_frontend():
     assert balanced.digest() != spec.digest()
     assert balanced.runtime_digest() == spec.runtime_digest()
     assert "lb" not in spec.to_dict()["service"]
+
+
+def test_cron_concurrency_is_kept_and_round_trips_and_leaves_other_digests_alone():
+    plain = parse_spec(minimal(kind="cron", schedule="hourly"))
+    assert plain.concurrency is None and "concurrency" not in plain.to_dict()
+    replace = parse_spec(minimal(kind="cron", schedule="hourly", concurrency="replace"))
+    assert replace.concurrency == "replace"
+    assert parse_spec(spec_to_data(replace)) == replace
+    # a different policy is a different unit text: a replace, not an in-place update
+    assert replace.runtime_digest() != plain.runtime_digest()

@@ -65,6 +65,7 @@ def spec_to_data(spec: JobSpec) -> dict:
     data = {
         "name": spec.name, "kind": spec.kind, "count": spec.count, "priority": spec.priority,
         "strategy": spec.strategy, "restart": spec.restart, "schedule": spec.schedule,
+        "concurrency": spec.concurrency,
         "resources": _resources_data(spec.resources),
         "runtime": _runtime_data(spec.runtime),
         "constraints": [_constraint_data(c) for c in spec.constraints],

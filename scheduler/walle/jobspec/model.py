@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 JobKind = Literal["service", "batch", "cron"]
+Concurrency = Literal["forbid", "replace"]
 RuntimeKind = Literal["exec", "nspawn"]
 CheckType = Literal["http", "tcp", "ttl"]
 RestartPolicy = Literal["always", "on-failure", "no"]
@@ -130,8 +131,9 @@ class JobSpec:
     stop: StopPolicy = field(default_factory=StopPolicy)
     service: Discovery | None = None
     restart: RestartPolicy = "on-failure"
-    retries: int = 3  # batch: attempts before the job fails
+    retries: int = 3  # batch: attempts before the job fails; cron: retries of a failed run
     schedule: str | None = None  # cron: systemd OnCalendar= expression
+    concurrency: Concurrency | None = None  # cron: a run due while one runs (None: forbid)
     update: UpdatePolicy = field(default_factory=UpdatePolicy)
     secrets: tuple[Secret, ...] = ()
 
@@ -139,6 +141,8 @@ class JobSpec:
         data = asdict(self)
         if data["service"] and data["service"]["lb"] is None:
             del data["service"]["lb"]  # specs without a balancer keep the digests they had
+        if data["concurrency"] is None:
+            del data["concurrency"]  # likewise specs that do not set it
         return data
 
     def digest(self) -> str:
@@ -152,7 +156,8 @@ class JobSpec:
         if d["service"]:
             d["service"].pop("lb", None)  # the balancer is not the instance's: no restart
         return _digest({k: d[k] for k in ("runtime", "kind", "schedule", "stop", "health",
-                                           "service", "restart", "secrets")})
+                                           "service", "restart", "secrets", "concurrency")
+                        if k in d})
 
 
 def _digest(data: dict) -> str:

@@ -24,6 +24,7 @@ from walle.jobspec.grammar import (
     CALENDAR_TIME,
     CAPABILITIES,
     CHECK_TYPES,
+    CONCURRENCY_POLICIES,
     CREDENTIAL_NAME,
     DATASET,
     DNS_LABEL,
@@ -102,7 +103,7 @@ def parse_spec(data: object, source: str = "<input>") -> JobSpec:
 
 TOP_KEYS = ("name", "kind", "count", "priority", "strategy", "resources", "runtime",
             "constraints", "data", "health", "stop", "service", "restart", "retries",
-            "schedule", "update", "secrets")
+            "schedule", "update", "secrets", "concurrency")
 
 
 def _job(r: _Report, data: object) -> JobSpec | None:
@@ -131,6 +132,7 @@ def _job(r: _Report, data: object) -> JobSpec | None:
         "restart": _optional(r, f, "restart", _restart),
         "retries": _optional(r, f, "retries", _integer(0, 100)),
         "schedule": _optional(r, f, "schedule", _calendar),
+        "concurrency": _optional(r, f, "concurrency", _concurrency),
         "update": _optional(r, f, "update", _update),
         "secrets": _optional(r, f, "secrets", _secrets),
     }
@@ -154,6 +156,9 @@ def _check_kind_rules(r: _Report, f: dict, kind: str | None) -> None:
                           f"(this job is {kind})")
     if kind == "service" and "retries" in f:
         r.add("retries", "only batch and cron jobs have retries; services use restart")
+    if kind in ("service", "batch") and "concurrency" in f:
+        r.add("concurrency", f"only cron jobs have a concurrency policy; remove it or set "
+                             f"kind: cron (this job is {kind})")
     stop = f.get("stop")
     if kind == "cron" and isinstance(stop, Mapping) and stop.get("pre_stop"):
         r.add("stop.pre_stop", "cron jobs run as a oneshot service, which has no graceful stop "
@@ -582,6 +587,18 @@ def _update(r: _Report, value: object, path: str) -> UpdatePolicy | None:
     if any(parts[k] is None for k in f):
         return None
     return UpdatePolicy(**{k: v for k, v in parts.items() if v is not None})
+
+
+def _concurrency(r: _Report, value: object, path: str) -> str | None:
+    """What a cron run that falls due while the previous one runs does: forbid (skipped) or
+    replace (the running one is stopped). `allow` (both at once) is refused with why:
+    systemd runs one instance of a unit at a time (docs/jobspec.md)."""
+    if value == "allow":
+        r.add(path, "allow is not supported: a cron slot is one systemd unit, which runs once "
+                    "at a time; use forbid (skip a run while one runs) or replace (stop it), "
+                    "or raise count for runs side by side")
+        return None
+    return _choice(CONCURRENCY_POLICIES)(r, value, path)
 
 
 def _calendar(r: _Report, value: object, path: str) -> str | None:
