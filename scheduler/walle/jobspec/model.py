@@ -13,6 +13,7 @@ from typing import Literal
 
 JobKind = Literal["service", "batch", "cron"]
 Concurrency = Literal["forbid", "replace"]
+ScalingMetric = Literal["cpu", "memory", "prometheus"]
 RuntimeKind = Literal["exec", "nspawn"]
 CheckType = Literal["http", "tcp", "ttl"]
 RestartPolicy = Literal["always", "on-failure", "no"]
@@ -117,6 +118,20 @@ class UpdatePolicy:
 
 
 @dataclass(frozen=True)
+class Scaling:
+    """Autoscaling of a service's count within min..max (walle.core.autoscale decides)."""
+
+    min: int
+    max: int
+    metric: ScalingMetric  # cpu, memory, or prometheus (`query`)
+    # cpu/memory: mean use per instance in percent of resources.cpu.max / memory.max;
+    # prometheus: the value of `query` (a per-instance figure) the job should sit at
+    target: float
+    cooldown: float = 60.0  # seconds after a change before the count may fall
+    query: str | None = None  # metric prometheus: a PromQL expression giving one number
+
+
+@dataclass(frozen=True)
 class JobSpec:
     name: str  # DNS label: [a-z][a-z0-9-]*, at most 40 characters
     kind: JobKind
@@ -134,6 +149,7 @@ class JobSpec:
     retries: int = 3  # batch: attempts before the job fails; cron: retries of a failed run
     schedule: str | None = None  # cron: systemd OnCalendar= expression
     concurrency: Concurrency | None = None  # cron: a run due while one runs (None: forbid)
+    scaling: Scaling | None = None  # service: count follows load within bounds
     update: UpdatePolicy = field(default_factory=UpdatePolicy)
     secrets: tuple[Secret, ...] = ()
 
@@ -141,8 +157,9 @@ class JobSpec:
         data = asdict(self)
         if data["service"] and data["service"]["lb"] is None:
             del data["service"]["lb"]  # specs without a balancer keep the digests they had
-        if data["concurrency"] is None:
-            del data["concurrency"]  # likewise specs that do not set it
+        for optional in ("concurrency", "scaling"):
+            if data[optional] is None:
+                del data[optional]  # likewise specs that do not set them
         return data
 
     def digest(self) -> str:
