@@ -59,8 +59,8 @@ class Autoscaler:
         self.api, self.store, self.history = api, store, history
         self.prometheus = prometheus
         self.interval = interval
-        self._read_usage = read_usage or _exporter_usage
-        self._query = query or prometheus_value
+        self._read_usage = read_usage  # None: the exporters (_exporter_usage)
+        self._query = query  # None: Prometheus's HTTP API (prometheus_value)
         self._due = float("-inf")
         self._failing: dict[str, str] = {}  # job -> the reason already told in its events
 
@@ -82,7 +82,7 @@ class Autoscaler:
             spec = snap.jobs[name]
             try:
                 if spec.scaling.metric != "prometheus" and usage is None:
-                    usage = self._read_usage(self.api, snap)
+                    usage = (self._read_usage or _exporter_usage)(self.api, snap)
                 self._scale_one(spec, snap, usage or {}, now)
             except MetricError as err:
                 self._tell_failure(name, str(err), now)
@@ -93,6 +93,8 @@ class Autoscaler:
     def _scale_one(self, spec: JobSpec, snap: Snapshot, usage: Usage, now: float) -> None:
         scaling = spec.scaling
         value = self.measure(spec, snap, usage)
+        if value is None:  # no instance runs yet: nothing to measure, nothing wrong
+            return
         self._failing.pop(spec.name, None)
         before = self.history.current(spec.name)
         changes = [e.time for e in before.events if e.event in CHANGE_EVENTS]
@@ -108,13 +110,13 @@ class Autoscaler:
         self.history.update(spec.name, [SlotEvent(now, "autoscaled", message)],
                             before.unplaced, before.count)
 
-    def measure(self, spec: JobSpec, snap: Snapshot, usage: Usage) -> float:
+    def measure(self, spec: JobSpec, snap: Snapshot, usage: Usage) -> float | None:
         scaling = spec.scaling
         if scaling.metric == "prometheus":
             if not self.prometheus:
                 raise MetricError("no Prometheus address: start the scheduler with "
                                   "--prometheus-addr URL")
-            return self._query(self.prometheus, scaling.query or "")
+            return (self._query or prometheus_value)(self.prometheus, scaling.query or "")
         return mean_use(spec, snap, usage)
 
     def _tell_failure(self, job: str, reason: str, now: float) -> None:
@@ -136,12 +138,15 @@ def describe(spec: JobSpec) -> str:
     return f"{scaling.metric} % of resources.{scaling.metric} max"
 
 
-def mean_use(spec: JobSpec, snap: Snapshot, usage: Usage) -> float:
-    """The mean use of the job's running instances in percent of their maximum."""
+def mean_use(spec: JobSpec, snap: Snapshot, usage: Usage) -> float | None:
+    """The mean use of the job's running instances in percent of their maximum (None while
+    none runs)."""
     field, ceiling = {"cpu": ("cpu_percent", spec.resources.cpu.max * 100.0),
                       "memory": ("memory_bytes", spec.resources.memory.max)}[spec.scaling.metric]
     running = [r.alloc for r in snap.records.values()
                if r.alloc.job == spec.name and r.alloc.state == "running"]
+    if not running:
+        return None
     values = [usage.get((a.node, a.key), {}).get(field) for a in running]
     measured = [float(v) for v in values
                 if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)]
