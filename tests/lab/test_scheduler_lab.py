@@ -441,3 +441,36 @@ def test_cron_runs_fire_are_retried_within_bounds_and_are_read_back(pool):
         pool.store.delete_job(spec.name, pool.store.job(spec.name).modify_index)
     for spec in (flaky, broken, slow):
         pool.wait(f"{spec.name} stopped", lambda s=spec: not pool.records(s.name), 60)
+
+
+def test_cpu_load_scales_a_service_up_then_down_after_the_cooldown(pool):
+    """Issue 13 item 4: instances that burn CPU (until a fixed moment) push the mean use over
+    the target: the leader raises the count (read from walle-exporter); once the load stops
+    the count falls back to min after the cooldown. Every change is an event with the value."""
+    burn_until = time.time() + 100
+    spin = (f"import time; end = {burn_until:.0f}; "
+            "[None for _ in iter(lambda: time.time() < end, False)]; time.sleep(86400)")
+    spec = parse_spec({
+        "name": "burn", "kind": "service", "count": 1,
+        "resources": {"cpu": "0.05-0.2", "memory": "16M-64M"},
+        "runtime": {"command": "/usr/bin/python3", "args": ["-c", spin], "user": "nobody"},
+        "stop": {"timeout": "5s"},
+        "scaling": {"min": 1, "max": 3, "metric": "cpu", "target": 50, "cooldown": "20s"}})
+    submit(pool.store, spec)
+
+    def count() -> int:
+        return pool.store.job("burn").spec["count"]
+
+    pool.wait("the count rises under load", lambda: count() >= 2, 150)
+    risen_at = time.time()
+    assert time.time() < burn_until, "rose only after the load stopped"
+    pool.wait("the count falls back to min", lambda: count() == 1,
+              burn_until - time.time() + 150)
+    assert time.time() - risen_at >= 20  # not before the cooldown
+    story = [e for e in walle_json(pool, "events", "burn") if e["event"] == "autoscaled"]
+    assert "count 1 -> " in story[0]["message"] and "cpu % of resources.cpu max" \
+        in story[0]["message"]
+    assert story[-1]["message"].split(":")[0].endswith("-> 1")
+    pool.wait("one instance left", lambda: pool.converged("burn", 1), 90)
+    pool.store.delete_job("burn", pool.store.job("burn").modify_index)
+    pool.wait("burn stopped", lambda: not pool.records("burn"), 60)
