@@ -159,9 +159,10 @@ options:
     description:
       - O(kind=batch) attempts in all (C(StartLimitBurst=)) before it stays failed.
       - O(kind=cron) how many times a failed run is tried again (0..100), so 1 + O(retries)
-        attempts per run; the next run the timer starts begins again at attempt 1.
+        attempts per run; the next run the timer starts begins again at attempt 1. Retries
+        need walle-cron-record on the node (the node role installs it).
+      - Default V(3) for O(kind=batch), V(0) for O(kind=cron).
     type: int
-    default: 3
   retry_delay:
     description: O(kind=cron) seconds between a failed attempt and its retry (C(RestartSec=)).
     type: float
@@ -413,7 +414,7 @@ ARGUMENT_SPEC = dict(
     credentials=dict(type="dict", default={}, no_log=True),
     binds=dict(type="list", elements="str", default=[]),
     restart=dict(type="str", choices=["always", "on-failure", "no"], default="on-failure"),
-    retries=dict(type="int", default=3),
+    retries=dict(type="int"),
     retry_delay=dict(type="float", default=5.0),
     concurrency=dict(type="str", choices=["forbid", "replace"], default="forbid"),
     history=dict(type="dict", options=dict(
@@ -471,6 +472,8 @@ def _require(params: dict, option: str, why: str) -> None:
 
 def check_params(params: dict) -> None:
     """Rules that depend on two options at once (state=absent needs none of them)."""
+    if params["retries"] is None:  # a cron run is not retried unless asked (it needs the hook)
+        params["retries"] = 0 if params["kind"] == "cron" else 3
     if params["runtime"] == "exec":
         _require(params, "command", "runtime=exec")
     else:

@@ -456,6 +456,7 @@ def test_cpu_load_scales_a_service_up_then_down_after_the_cooldown(pool):
         "runtime": {"command": "/usr/bin/python3", "args": ["-c", spin], "user": "nobody"},
         "stop": {"timeout": "5s"},
         "scaling": {"min": 1, "max": 3, "metric": "cpu", "target": 50, "cooldown": "20s"}})
+    submitted = time.time()
     submit(pool.store, spec)
 
     def count() -> int:
@@ -471,6 +472,11 @@ def test_cpu_load_scales_a_service_up_then_down_after_the_cooldown(pool):
     assert "count 1 -> " in story[0]["message"] and "cpu % of resources.cpu max" \
         in story[0]["message"]
     assert story[-1]["message"].split(":")[0].endswith("-> 1")
+    ups = [e for e in pool.store.events("burn")[1]["burn"][0]["events"]
+           if e["event"] == "autoscaled"]
+    print(f"figure: autoscaler, submit -> first rise {ups[0]['time'] - submitted:.1f}s; "
+          f"load stopped -> back to min {ups[-1]['time'] - burn_until:.1f}s "
+          f"(cooldown 20s, interval 15s)")
     pool.wait("one instance left", lambda: pool.converged("burn", 1), 90)
     pool.store.delete_job("burn", pool.store.job("burn").modify_index)
     pool.wait("burn stopped", lambda: not pool.records("burn"), 60)
