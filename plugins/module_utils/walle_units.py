@@ -53,8 +53,10 @@ __all__ = [
     "quote_exec_line",
     "quote_exec_program",
     "render_service",
+    "render_replace",
     "render_slice",
     "render_timer",
+    "replace_unit",
     "sandbox_directives",
     "slice_properties",
     "split_exec_words",
@@ -316,7 +318,8 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
                    device_allow: list[str] | tuple[str, ...] = (), write_execute: bool = False,
                    credentials: dict[str, str] | None = None,
                    remain_after_exit: bool = False,
-                   post_stop: list[str] | tuple[str, ...] | None = None) -> str:
+                   post_stop: list[str] | tuple[str, ...] | None = None,
+                   restart_delay: float | None = None) -> str:
     """The text of a Walle service unit running `argv` (argv[0] an absolute path).
 
     `remain_after_exit` (batch work) keeps the unit active (exited) after a successful run:
@@ -324,7 +327,12 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
 
     `post_stop` is Walle's own program run after the main process ended, whatever the result
     (ExecStopPost=, with the `+` prefix: outside the sandbox, as root): the batch commit
-    (walle-batch-commit), which must read the node's Consul token. Never a job's argv.
+    (walle-batch-commit), which must read the node's Consul token; or the cron run hook
+    (walle-cron-record). Never a job's argv.
+
+    `restart_delay` (cron retries) is RestartSec=; it also turns systemd's start rate limit
+    off (StartLimitIntervalSec=0): a cron run's retries are bounded by its hook, and the
+    timer's own starts must never trip the limit.
 
     With `sandbox` (the default) the unit gets sandbox_directives(): an unprivileged identity
     and the hardening baseline. `sandbox=False` is for privileged jobs and for the nspawn
@@ -344,6 +352,8 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
         # The burst counts every start of this boot: `retries` attempts in all, then failed.
         unit += [("StartLimitIntervalSec", "infinity"),
                  ("StartLimitBurst", str(_positive_int("retries", start_limit_burst)))]
+    if restart_delay is not None:
+        unit.append(("StartLimitIntervalSec", "0"))
     service = [("Type", service_type), ("Slice", slice)]
     service += [("Environment", quote_env(k, v)) for k, v in sorted((env or {}).items())]
     if environment_file is not None:
@@ -372,6 +382,8 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
         service.append(("ExecStopPost", "+" + quote_exec_line(post_stop, "post_stop")))
     if restart is not None:
         service.append(("Restart", restart))
+    if restart_delay is not None:
+        service.append(("RestartSec", format_duration("retry_delay", restart_delay)))
     if service_type == "oneshot":
         service.append(("RemainAfterExit", "no"))
     elif remain_after_exit:
@@ -451,14 +463,35 @@ def _signal(value: str) -> str:
 
 
 def render_timer(name: str, *, schedule: str, description: str | None = None,
-                 persistent: bool = True) -> str:
-    """The text of `<name>.timer`, starting `<name>.service` on the OnCalendar= schedule."""
+                 persistent: bool = True, replace: bool = False) -> str:
+    """The text of `<name>.timer`, starting `<name>.service` on the OnCalendar= schedule
+    (to the second: AccuracySec=1s, not systemd's default minute). A timer never starts a
+    second run while one is active (concurrency: forbid); with `replace` it starts
+    `<name>-replace.service` instead (render_replace), which restarts a running run."""
     validate_unit_stem(name)
     _by_grammar("schedule", check_calendar, schedule)
     unit = [("Description", _plain("description", description or f"Walle schedule {name}"))]
-    timer = [("OnCalendar", schedule), ("Persistent", "true" if persistent else "false"),
-             ("Unit", f"{name}.service")]
+    target = replace_unit(name) if replace else f"{name}.service"
+    timer = [("OnCalendar", schedule), ("AccuracySec", "1s"),
+             ("Persistent", "true" if persistent else "false"), ("Unit", target)]
     return _format_unit([("Unit", unit), ("Timer", timer)])
+
+
+def replace_unit(name: str) -> str:
+    """The unit a `concurrency: replace` timer starts: `<name>-replace.service`."""
+    return f"{validate_unit_stem(name)}-replace.service"
+
+
+def render_replace(name: str, *, systemctl: str = "/bin/systemctl") -> str:
+    """`<name>-replace.service`: `systemctl --no-block restart <name>.service`, which stops a
+    run still going (its stop signal and timeout apply) and starts the new one, or just starts
+    it. Fixed argv, the unit name checked: nothing of the job runs here."""
+    validate_unit_stem(name)
+    unit = [("Description", f"Walle schedule {name}: replace a running run")]
+    service = [("Type", "oneshot"),
+               ("ExecStart", quote_exec_line([systemctl, "--no-block", "restart",
+                                              f"{name}.service"]))]
+    return _format_unit([("Unit", unit), ("Service", service)])
 
 
 # -------------------------------------------------------------------------------- parsing

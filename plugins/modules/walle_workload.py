@@ -17,8 +17,12 @@ description:
     O(kind=batch) runs to completion (C(Type=exec), C(Restart=on-failure),
     C(StartLimitBurst=O(retries)) over the whole boot, C(RemainAfterExit=yes), so a finished run
     stays active (exited) and its outcome is readable until the unit is stopped).
-    O(kind=cron) writes C(<name>.timer) (C(OnCalendar=O(schedule)), C(Persistent=true)) and a
-    C(Type=oneshot) C(<name>.service) it starts.
+    O(kind=cron) writes C(<name>.timer) (C(OnCalendar=O(schedule)), C(AccuracySec=1s),
+    C(Persistent=true)) and a C(Type=oneshot) C(<name>.service) it starts. A failed run is
+    retried O(retries) times, O(retry_delay) apart (C(Restart=on-failure), C(RestartSec=));
+    C(/usr/local/libexec/walle/walle-cron-record) (installed by the node role) runs after
+    every attempt as C(ExecStopPost=+), ends the retries and, with O(history), records the run
+    in Consul. O(concurrency) says what happens when the timer fires during a run.
   - O(runtime=exec) runs O(command) directly. O(runtime=nspawn) runs
     C(systemd-nspawn --quiet --keep-unit --register=no -D O(image) [--bind=...] -- O(command))
     (C(--boot) when O(command) is not given); O(env), O(user) and O(working_dir) then apply
@@ -152,9 +156,61 @@ options:
     choices: [always, on-failure, "no"]
     default: on-failure
   retries:
-    description: O(kind=batch) attempts in all (C(StartLimitBurst=)) before it stays failed.
+    description:
+      - O(kind=batch) attempts in all (C(StartLimitBurst=)) before it stays failed.
+      - O(kind=cron) how many times a failed run is tried again (0..100), so 1 + O(retries)
+        attempts per run; the next run the timer starts begins again at attempt 1. Retries
+        need walle-cron-record on the node (the node role installs it).
+      - Default V(3) for O(kind=batch), V(0) for O(kind=cron).
     type: int
-    default: 3
+  retry_delay:
+    description: O(kind=cron) seconds between a failed attempt and its retry (C(RestartSec=)).
+    type: float
+    default: 5
+  concurrency:
+    description:
+      - O(kind=cron) when the timer fires while the previous run is still going.
+      - V(forbid) skips the new run (systemd never starts a second instance of an active
+        unit).
+      - V(replace) stops the running one (its stop signal and timeout apply) and starts the
+        new one, through C(<name>-replace.service) (C(systemctl --no-block restart)).
+    type: str
+    choices: [forbid, replace]
+    default: forbid
+  history:
+    description:
+      - O(kind=cron) only. Where walle-cron-record appends each attempt (start, end, result,
+        exit status, node, attempt number), a JSON list bounded to O(history.keep) entries.
+      - It runs outside the job's sandbox as root (it reads the node's token); a write that
+        fails within O(history.deadline) is logged, never turns the run into a failure.
+    type: dict
+    suboptions:
+      consul_addr:
+        description: The Consul HTTP address as seen from the node.
+        type: str
+        required: true
+      key:
+        description: The KV key, V(walle/runs/<job>/<slot>).
+        type: str
+        required: true
+      node:
+        description: This node's name, recorded with each run.
+        type: str
+        required: true
+      token_file:
+        description: A root-only file on the node holding the ACL token.
+        type: path
+      ca_path:
+        description: CA certificate file for an V(https://) O(history.consul_addr).
+        type: path
+      deadline:
+        description: Seconds to keep trying to write the history.
+        type: float
+        default: 10
+      keep:
+        description: How many runs the key keeps (the oldest go first).
+        type: int
+        default: 10
   schedule:
     description: O(kind=cron) (required there unless O(state=absent)) the C(OnCalendar=)
       expression, for example V(*-*-* 02:00:00) or V(hourly).
@@ -282,7 +338,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 units:
-  description: The unit names of the instance (written, or removed for O(state=absent)).
+  description: The unit names of the instance (written, or removed for O(state=absent));
+    C(<name>-replace.service) too for O(concurrency=replace).
   returned: always
   type: list
   elements: str
@@ -329,8 +386,10 @@ from ansible_collections.walle.pool.plugins.module_utils.walle_units import (  #
     ROOT_USERS,
     check_text,
     quote_env,
+    render_replace,
     render_service,
     render_timer,
+    replace_unit,
 )
 
 ARGUMENT_SPEC = dict(
@@ -355,7 +414,18 @@ ARGUMENT_SPEC = dict(
     credentials=dict(type="dict", default={}, no_log=True),
     binds=dict(type="list", elements="str", default=[]),
     restart=dict(type="str", choices=["always", "on-failure", "no"], default="on-failure"),
-    retries=dict(type="int", default=3),
+    retries=dict(type="int"),
+    retry_delay=dict(type="float", default=5.0),
+    concurrency=dict(type="str", choices=["forbid", "replace"], default="forbid"),
+    history=dict(type="dict", options=dict(
+        consul_addr=dict(type="str", required=True),
+        key=dict(type="str", required=True, no_log=False),  # a KV key name, not a secret
+        node=dict(type="str", required=True),
+        token_file=dict(type="path"),
+        ca_path=dict(type="path"),
+        deadline=dict(type="float", default=10.0),
+        keep=dict(type="int", default=10),
+    )),
     schedule=dict(type="str"),
     stop_signal=dict(type="str", default="SIGTERM"),
     stop_timeout=dict(type="float", default=30.0),
@@ -378,7 +448,9 @@ REQUIRED_IF = [
 ]
 SHOW_PROPS = ("ActiveState", "SubState", "MainPID", "InactiveExitTimestampMonotonic")
 BATCH_COMMIT_PROGRAM = "/usr/local/libexec/walle/walle-batch-commit"  # roles/node installs it
+CRON_RECORD_PROGRAM = "/usr/local/libexec/walle/walle-cron-record"  # roles/node installs it
 COMMIT_KEY = re.compile(r"^walle/done/[a-z][a-z0-9-]{0,62}/[0-9]{1,6}$")
+HISTORY_KEY = re.compile(r"^walle/runs/[a-z][a-z0-9-]{0,62}/[0-9]{1,6}$")
 COMMIT_WORD = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 CREDENTIALS_DIR = "/run/walle/credentials"  # tmpfs: secrets never reach the node's disk
 # ExecStop= of an nspawn instance: enter the container (the child of systemd-nspawn whose
@@ -400,6 +472,8 @@ def _require(params: dict, option: str, why: str) -> None:
 
 def check_params(params: dict) -> None:
     """Rules that depend on two options at once (state=absent needs none of them)."""
+    if params["retries"] is None:  # a cron run is not retried unless asked (it needs the hook)
+        params["retries"] = 0 if params["kind"] == "cron" else 3
     if params["runtime"] == "exec":
         _require(params, "command", "runtime=exec")
     else:
@@ -415,6 +489,16 @@ def check_params(params: dict) -> None:
         raise WalleError("binds: only for runtime=nspawn", "binds")
     if params["commit"] and params["kind"] != "batch":
         raise WalleError(f"commit: only for kind=batch, got kind={params['kind']}", "commit")
+    if params["kind"] != "cron":
+        if params["history"]:
+            raise WalleError(f"history: only for kind=cron, got kind={params['kind']}",
+                             "history")
+        if params["concurrency"] != "forbid":
+            raise WalleError(f"concurrency: only for kind=cron, got kind={params['kind']}",
+                             "concurrency")
+    elif not 0 <= params["retries"] <= 100:
+        raise WalleError(f"retries: must be 0..100 for kind=cron, got {params['retries']}",
+                         "retries")
     if params["runtime"] == "nspawn":
         for option in ("capabilities", "device_allow", "credentials"):
             if params[option]:
@@ -527,14 +611,51 @@ def render_units(params: dict, nspawn_bin: str | None) -> dict[str, str]:
                            start_limit_burst=params["retries"], remain_after_exit=not commit,
                            post_stop=commit)
         else:
-            service.update(service_type="oneshot")
+            service.update(service_type="oneshot", **cron_retries(params))
         units = {f"{name}.service": render_service(name, **service)}
         if kind == "cron":
+            replace = params["concurrency"] == "replace"
             units[f"{name}.timer"] = render_timer(name, schedule=params["schedule"],
-                                                  description=params["description"])
+                                                  description=params["description"],
+                                                  replace=replace)
+            if replace:
+                units[replace_unit(name)] = render_replace(name)
     except ValueError as exc:
         raise value_error(exc) from exc
     return units
+
+
+def cron_retries(params: dict) -> dict:
+    """A cron run's retries: Restart=on-failure every retry_delay, bounded by
+    walle-cron-record (ExecStopPost=+), which also writes the run history when asked."""
+    if params["retries"] == 0 and not params["history"]:
+        return {}
+    argv = [CRON_RECORD_PROGRAM, "--unit", f"{params['name']}.service",
+            "--retries", str(params["retries"])]
+    history = params["history"]
+    if history:
+        if not HISTORY_KEY.match(history["key"]):
+            raise WalleError(f"history.key: {history['key']!r} is not walle/runs/<job>/<slot>",
+                             "history")
+        if not COMMIT_WORD.match(history["node"]):
+            raise WalleError(f"history.node: {history['node']!r} must be 1-128 letters, "
+                             "digits or ._:-", "history")
+        if not re.match(r"^https?://[^\s/]+/?$", history["consul_addr"]):
+            raise WalleError(f"history.consul_addr: {history['consul_addr']!r} is not "
+                             "http(s)://host:port", "history")
+        if not 0 < history["deadline"] <= 60 or not 1 <= history["keep"] <= 100:
+            raise WalleError("history: deadline must be in (0, 60] seconds and keep 1..100",
+                             "history")
+        argv += ["--consul-addr", history["consul_addr"], "--key", history["key"],
+                 "--node", history["node"], "--deadline", f"{history['deadline']:g}",
+                 "--keep", str(history["keep"])]
+        for option, field in (("--token-file", "token_file"), ("--ca-file", "ca_path")):
+            if history.get(field):
+                argv += [option, history[field]]
+    out = {"post_stop": argv}
+    if params["retries"]:
+        out.update(restart="on-failure", restart_delay=params["retry_delay"])
+    return out
 
 
 def commit_argv(commit: dict | None) -> list[str] | None:
@@ -642,7 +763,7 @@ def _diff(systemd: Systemd, before: dict, after: dict) -> list[dict]:
 
 
 def run_absent(module, systemd: Systemd, name: str) -> dict:
-    units = [f"{name}.timer", f"{name}.service"]
+    units = [f"{name}.timer", replace_unit(name), f"{name}.service"]
     current = {u: systemd.read_unit(u) for u in units}
     present = [u for u in units if current[u] is not None]
     active = [u for u in units if systemd.is_active(u)]
@@ -696,6 +817,15 @@ def _batch_done(kind: str, show: dict, changed_units: list[str]) -> bool:
         show.get("InactiveExitTimestampMonotonic", "0") not in ("0", "")
 
 
+def stale_replace(systemd: Systemd, params: dict, desired: dict[str, str]) -> list[str]:
+    """The replace unit of a cron instance that went back to concurrency=forbid (its timer
+    no longer starts it): removed with the other changes."""
+    unit = replace_unit(params["name"])
+    if unit in desired or systemd.read_unit(unit) is None:
+        return []
+    return [unit]
+
+
 def run_module(module, systemd: Systemd) -> dict:
     params = module.params
     name = params["name"]
@@ -705,6 +835,9 @@ def run_module(module, systemd: Systemd) -> dict:
     desired = render_units(params, module.get_bin_path("systemd-nspawn"))
     current = {u: systemd.read_unit(u) for u in desired}
     changed_units = [u for u in desired if current[u] != desired[u]]
+    gone = stale_replace(systemd, params, desired)
+    current.update({u: systemd.read_unit(u) for u in gone})
+    changed_units += gone
     changed_credentials = stale_credentials(name, params["credentials"])
     stale_timer = params["kind"] != "cron" and systemd.read_unit(f"{name}.timer") is not None
     if stale_timer:  # the instance was cron before: its timer must go, or it would fire
@@ -713,7 +846,9 @@ def run_module(module, systemd: Systemd) -> dict:
     if changed_credentials and not module.check_mode:
         write_credentials(name, params["credentials"])
     if changed_units and not module.check_mode:
-        systemd.install_units({u: desired[u] for u in changed_units})
+        systemd.install_units({u: desired[u] for u in changed_units if u not in gone})
+        for unit in gone:
+            systemd.remove_unit(unit)
         systemd.daemon_reload()
     # A new secret value is read only at start: it restarts a running instance too.
     outcome = converge(module, systemd, params, changed_units + changed_credentials)
@@ -722,7 +857,7 @@ def run_module(module, systemd: Systemd) -> dict:
                   credentials=sorted(params["credentials"]))
     if module._diff and changed_units:
         result["diff"] = _diff(systemd, {u: current[u] for u in changed_units},
-                               {u: desired[u] for u in changed_units})
+                               {u: desired.get(u) for u in changed_units})
     after = outcome["before"]
     if outcome["actions"] and not module.check_mode:
         after = systemd.show(outcome["primary"], SHOW_PROPS)

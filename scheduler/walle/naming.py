@@ -66,6 +66,7 @@ STOPPED_PREFIX = KV_PREFIX + "stopped/"  # walle/stopped/<job>: the tombstone of
 PACKAGES_PREFIX = KV_PREFIX + "packages/"  # walle/packages/<name>: installed packages
 SECRETS_PREFIX = KV_PREFIX + "secrets/"  # walle/secrets/<path>: secret values
 DONE_PREFIX = KV_PREFIX + "done/"  # walle/done/<job>/<slot>: a node's batch commit
+RUNS_PREFIX = KV_PREFIX + "runs/"  # walle/runs/<job>/<slot>: a cron slot's last runs
 EVENTS_PREFIX = KV_PREFIX + "events/"  # walle/events/<job>: the job's bounded event history
 LEADER_KEY = KV_PREFIX + "leader"  # the scheduler's lock
 PLACEMENT_CONFIG_KEY = KV_PREFIX + "config/placement"  # the leader's defaults (decide.py)
@@ -105,6 +106,21 @@ def done_key(job: str, slot: int) -> str:
 def parse_done_key(key: str) -> tuple[str, int] | None:
     """walle/done/<job>/<slot> -> (job, slot); None for any other shape."""
     return _job_and_slot(key, DONE_PREFIX)
+
+
+def runs_key(job: str, slot: int) -> str:
+    """Where the node running cron instance `job`-`slot` appends each run (walle-cron-record):
+    a bounded JSON list, read by `walle status`."""
+    return f"{RUNS_PREFIX}{job}/{slot}"
+
+
+def job_runs_prefix(job: str) -> str:
+    return f"{RUNS_PREFIX}{job}/"
+
+
+def parse_runs_key(key: str) -> tuple[str, int] | None:
+    """walle/runs/<job>/<slot> -> (job, slot); None for any other shape."""
+    return _job_and_slot(key, RUNS_PREFIX)
 
 
 def drain_key(node: str) -> str:

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
+from walle.adapters.consul import Allocation, ConsulApi, ConsulConfig, LeaderLock, StateStore
 from walle.cli.main import main
 
 pytestmark = pytest.mark.consul
@@ -67,3 +67,39 @@ def test_an_unreachable_consul_exits_3_naming_the_address(capsys):
         port = s.getsockname()[1]
     code, _, err = walle(capsys, "status", "--consul-addr", f"http://127.0.0.1:{port}")
     assert code == 3 and f"127.0.0.1:{port}" in err
+
+
+def test_status_of_a_cron_job_shows_the_runs_its_nodes_recorded(addr, capsys):
+    """walle-cron-record's key, as a node writes it (plus what a bad node could write), read
+    back by `walle status JOB`: the table and each instance's `runs` in --json."""
+    walle(capsys, "run", "examples/nightly.yml", "--consul-addr", addr)
+    api = ConsulApi(ConsulConfig.from_env(addr=addr))
+    runs = [
+        {"node": "node1", "start": 1764640800.0, "end": 1764640801.5, "result": "exit-code",
+         "exit_code": "exited", "exit_status": "3", "attempt": 1, "retry": True},
+        {"node": "node1", "start": 1764640806.5, "end": 1764640807.0, "result": "success",
+         "exit_code": "exited", "exit_status": "0", "attempt": 2, "retry": False},
+        "garbage", {"attempt": "1"}, {"node": "n\x1b[31m", "attempt": 1, "end": 1e308},
+    ]
+    api.client.kv.put("walle/runs/nightly-report/0", json.dumps(runs))
+    api.client.kv.put("walle/runs/nightly-report/1", "not json")
+    lock = LeaderLock(api, name="test-leader", lock_delay=0)
+    assert lock.acquire()
+    record = Allocation(job="nightly-report", slot=0, node="node1", state="running",
+                        version="v1")
+    assert StateStore(api).write_allocs([record], session=lock.session_id).ok
+    code, out, _ = walle(capsys, "status", "nightly-report", "--consul-addr", addr)
+    assert code == 0
+    lines = out[out.index("last runs"):].splitlines()
+    assert lines[0] == "last runs (3):"
+    assert "exited 3" in out and "exited 0" in out and "\x1b" not in out
+    code, out, _ = walle(capsys, "status", "nightly-report", "--consul-addr", addr, "--json")
+    assert code == 0
+    seen = [(r["attempt"], r["exit_status"], r["retry"]) for r in json.loads(out)[0]["runs"]]
+    assert seen[-2:] == [(1, "3", True), (2, "0", False)] and len(seen) == 3
+
+
+def test_status_of_a_service_has_no_runs(addr, capsys):
+    walle(capsys, "run", WEB, "--consul-addr", addr)
+    code, out, _ = walle(capsys, "status", "web", "--consul-addr", addr)
+    assert code == 0 and "last runs" not in out

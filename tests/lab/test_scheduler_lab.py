@@ -386,3 +386,97 @@ def test_a_cron_copy_on_a_node_that_comes_back_is_stopped(pool):
     assert pool.records("tick")["tick-0"].alloc.node == moved_to
     assert "tick-0.json" in copy_on(moved_to)
     pool.store.delete_job("tick", pool.store.job("tick").modify_index)
+
+
+def cron_spec(name: str, script: str, **extra):
+    """A cron job every 5 s (to the second: AccuracySec=1s) running a fixed shell script."""
+    return parse_spec({"name": name, "kind": "cron", "count": 1, "schedule": "*:*:0/5",
+                       "resources": {"cpu": 0.05, "memory": "16M"},
+                       "runtime": {"command": "/bin/sh", "args": ["-c", script]},
+                       "stop": {"timeout": "5s"}, **extra})
+
+
+def test_cron_runs_fire_are_retried_within_bounds_and_are_read_back(pool):
+    """Issue 13 item 5: timers that fire, retries honoured and bounded, concurrency: replace,
+    and every attempt's exit read back through `walle status` (the node's hook wrote it)."""
+    # fails (3) on one attempt and succeeds (0) on the next: its state dir remembers
+    flaky = cron_spec("flaky", 'if [ -e "$STATE_DIRECTORY/failed" ]; then '
+                               'rm "$STATE_DIRECTORY/failed"; exit 0; fi; '
+                               'touch "$STATE_DIRECTORY/failed"; exit 3', retries=1)
+    broken = cron_spec("broken", "exit 7", retries=1)  # 2 attempts per run, then the next run
+    slow = cron_spec("slow", "sleep 8", retries=0, concurrency="replace")  # never finishes
+    for spec in (flaky, broken, slow):
+        submit(pool.store, spec)
+    for spec in (flaky, broken, slow):
+        pool.wait(f"{spec.name} timer active", lambda s=spec: pool.converged(s.name, 1))
+
+    def runs(job: str) -> list[dict]:
+        (row,) = walle_json(pool, "status", job)
+        return row["runs"]
+
+    def enough(job: str, check: Callable[[list[dict]], bool]) -> Callable[[], list | None]:
+        return lambda: (lambda r: r if check(r) else None)(runs(job))
+
+    def exits(r: list[dict]) -> list[tuple[int, str, bool]]:
+        return [(x["attempt"], x["exit_status"], x["retry"]) for x in r]
+
+    # flaky: at least two runs (the timer fired twice), each a failed attempt retried and a
+    # successful retry, both exit codes read back
+    got = pool.wait("flaky ran twice", enough("flaky", lambda r: exits(r).count(
+        (2, "0", False)) >= 2), 120)
+    first = exits(got).index((1, "3", True))
+    assert (2, "0", False) in exits(got)[first:]
+    assert all(x["node"] == pool.records("flaky")["flaky-0"].alloc.node for x in got)
+    assert all(x["start"] <= x["end"] for x in got)
+    # broken: attempt 2 is the last (retries 1), and the timer still starts the next run
+    got = pool.wait("broken ran twice", enough("broken", lambda r: exits(r).count(
+        (2, "7", False)) >= 1 and exits(r)[-1][0] == 1 and len(r) >= 3), 120)
+    assert max(a for a, _, _ in exits(got)) == 2
+    assert exits(got)[exits(got).index((2, "7", False)) - 1] == (1, "7", True)
+    # slow: each run is stopped by the next one (replace), so none ever exits by itself
+    got = pool.wait("slow replaced twice", enough("slow", lambda r: len(r) >= 2), 120)
+    assert all((x["exit_code"], x["exit_status"]) == ("killed", "TERM") for x in got), got
+    assert not any(x["retry"] for x in got)
+    for spec in (flaky, broken, slow):
+        pool.store.delete_job(spec.name, pool.store.job(spec.name).modify_index)
+    for spec in (flaky, broken, slow):
+        pool.wait(f"{spec.name} stopped", lambda s=spec: not pool.records(s.name), 60)
+
+
+def test_cpu_load_scales_a_service_up_then_down_after_the_cooldown(pool):
+    """Issue 13 item 4: instances that burn CPU (until a fixed moment) push the mean use over
+    the target: the leader raises the count (read from walle-exporter); once the load stops
+    the count falls back to min after the cooldown. Every change is an event with the value."""
+    burn_until = time.time() + 100
+    spin = (f"import time; end = {burn_until:.0f}; "
+            "[None for _ in iter(lambda: time.time() < end, False)]; time.sleep(86400)")
+    spec = parse_spec({
+        "name": "burn", "kind": "service", "count": 1,
+        "resources": {"cpu": "0.05-0.2", "memory": "16M-64M"},
+        "runtime": {"command": "/usr/bin/python3", "args": ["-c", spin], "user": "nobody"},
+        "stop": {"timeout": "5s"},
+        "scaling": {"min": 1, "max": 3, "metric": "cpu", "target": 50, "cooldown": "20s"}})
+    submitted = time.time()
+    submit(pool.store, spec)
+
+    def count() -> int:
+        return pool.store.job("burn").spec["count"]
+
+    pool.wait("the count rises under load", lambda: count() >= 2, 150)
+    risen_at = time.time()
+    assert time.time() < burn_until, "rose only after the load stopped"
+    pool.wait("the count falls back to min", lambda: count() == 1,
+              burn_until - time.time() + 150)
+    assert time.time() - risen_at >= 20  # not before the cooldown
+    story = [e for e in walle_json(pool, "events", "burn") if e["event"] == "autoscaled"]
+    assert "count 1 -> " in story[0]["message"] and "cpu % of resources.cpu max" \
+        in story[0]["message"]
+    assert story[-1]["message"].split(":")[0].endswith("-> 1")
+    ups = [e for e in pool.store.events("burn")[1]["burn"][0]["events"]
+           if e["event"] == "autoscaled"]
+    print(f"figure: autoscaler, submit -> first rise {ups[0]['time'] - submitted:.1f}s; "
+          f"load stopped -> back to min {ups[-1]['time'] - burn_until:.1f}s "
+          f"(cooldown 20s, interval 15s)")
+    pool.wait("one instance left", lambda: pool.converged("burn", 1), 90)
+    pool.store.delete_job("burn", pool.store.job("burn").modify_index)
+    pool.wait("burn stopped", lambda: not pool.records("burn"), 60)

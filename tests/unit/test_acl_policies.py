@@ -74,8 +74,9 @@ ACTOR_CALLS: dict[str, list[tuple[str, str]]] = {
         ("event.fire", "walle-drain"),
         ("health.state", "node1"), ("health.state", "web"), ("catalog.nodes", "node1"),
     ],
-    "node-walle": [  # walle_consul_service on the node (and a TTL feeder), batch commits
-        ("kv.put", "walle/done/etl/0"),
+    "node-walle": [  # walle_consul_service on the node (and a TTL feeder), batch commits,
+        ("kv.put", "walle/done/etl/0"),  # cron run history (walle-cron-record: read + CAS)
+        ("kv.get", "walle/runs/tick/0"), ("kv.put", "walle/runs/tick/0"),
         ("/v1/agent/service/", "web"), ("/v1/agent/checks", "node1"),
         ("/v1/agent/checks", "web"), ("/v1/agent/service/register", "web"),
         ("/v1/agent/service/deregister/", "web"), ("/v1/agent/check/update/", "web"),
@@ -161,8 +162,9 @@ def test_least_privilege():
     assert not allows(scheduler, "key", secret, "write")
     for policy in (operator, monitoring, node):
         assert not allows(policy, "key", secret, "read")
-    # a node records its batch runs' success, and writes no other state
+    # a node records its batch runs' success and its cron runs, and writes no other state
     assert allows(node, "key", "walle/done/etl/0", "write")
+    assert allows(node, "key", "walle/runs/tick/0", "write")
     for key in ("walle/allocs/web/0", "walle/jobs/web", "walle/leader", "walle/nodes/n/drain"):
         assert not allows(node, "key", key, "write") and not allows(node, "key", key, "read")
     assert load("secrets-admin.json") == {"key_prefix": {"walle/secrets/": {"policy": "write"}}}
@@ -174,7 +176,8 @@ def test_least_privilege():
     # the node-side token registers services, commits batch runs and touches no other KV,
     # no sessions or events
     assert node.keys() <= {"service", "service_prefix", "node_prefix", "key_prefix"}
-    assert node["key_prefix"] == {"walle/done/": {"policy": "write"}}
+    assert node["key_prefix"] == {"walle/done/": {"policy": "write"},
+                                  "walle/runs/": {"policy": "write"}}
     assert not allows(node, "service", "consul", "write")
     assert not allows(node, "node", "node1", "write")
     # read-only monitoring, scheduler reads the catalog only

@@ -150,6 +150,62 @@ def test_cron_starts_the_timer_of_a_oneshot(node, wl_run):
     assert "OnCalendar=*-*-* 02:00:00" in (node / "etc" / "walle-web-0.timer").read_text()
 
 
+CRON = {**ARGS, "kind": "cron", "schedule": "*:*:0/5", "pre_stop": [], "restart": "no"}
+RECORD = "/usr/local/libexec/walle/walle-cron-record"
+HISTORY = {"consul_addr": "http://10.0.0.1:8500", "key": "walle/runs/web/0", "node": "node1",
+           "token_file": "/etc/walle/consul-token"}
+
+
+def _directive(text: str, key: str) -> list[str]:
+    return [v for _s, k, v in wu.parse_unit(text) if k == key]
+
+
+def test_cron_retries_a_failed_run_through_its_hook_and_records_it(node, wl_run):
+    _, result = wl_run(FakeSystemctl(), {**CRON, "retries": 2, "retry_delay": 1,
+                                         "history": HISTORY})
+    text = (node / "etc" / SVC).read_text()
+    assert _directive(text, "Restart") == ["on-failure"]
+    assert _directive(text, "RestartSec") == ["1s"]
+    assert _directive(text, "StartLimitIntervalSec") == ["0"]
+    (post,) = _directive(text, "ExecStopPost")
+    assert post.startswith("+")  # outside the sandbox: it reads the node's token
+    assert wu.split_exec_words(post[1:]) == [
+        RECORD, "--unit", SVC, "--retries", "2", "--consul-addr", "http://10.0.0.1:8500",
+        "--key", "walle/runs/web/0", "--node", "node1", "--deadline", "10", "--keep", "10",
+        "--token-file", "/etc/walle/consul-token"]
+
+
+def test_cron_without_retries_or_history_has_no_hook(node, wl_run):
+    """Used on its own (no retries asked: the default for cron), a cron unit needs nothing
+    the node role installs."""
+    wl_run(FakeSystemctl(), CRON)
+    text = (node / "etc" / SVC).read_text()
+    assert _directive(text, "ExecStopPost") == [] and _directive(text, "Restart") == []
+
+
+def test_cron_replace_adds_the_restarting_unit_and_forbid_removes_it(node, wl_run):
+    fake = FakeSystemctl()
+    _, result = wl_run(fake, {**CRON, "concurrency": "replace"})
+    assert result["units"] == [SVC, "walle-web-0.timer", "walle-web-0-replace.service"]
+    assert _directive((node / "etc" / "walle-web-0.timer").read_text(), "Unit") == [
+        "walle-web-0-replace.service"]
+    kick = (node / "etc" / "walle-web-0-replace.service").read_text()
+    assert wu.split_exec_words(_directive(kick, "ExecStart")[0]) == [
+        "/bin/systemctl", "--no-block", "restart", SVC]
+    _, back = wl_run(FakeSystemctl(active={"walle-web-0.timer"}), CRON)
+    assert back["changed"] and not (node / "etc" / "walle-web-0-replace.service").exists()
+    assert _directive((node / "etc" / "walle-web-0.timer").read_text(), "Unit") == [SVC]
+    _, again = wl_run(FakeSystemctl(active={"walle-web-0.timer"}), CRON)
+    assert not again["changed"]
+
+
+def test_absent_removes_the_replace_unit_too(node, wl_run):
+    wl_run(FakeSystemctl(), {**CRON, "concurrency": "replace"})
+    _, result = wl_run(FakeSystemctl(), {"name": "walle-web-0", "state": "absent"})
+    assert "walle-web-0-replace.service" in result["units"]
+    assert not (node / "etc" / "walle-web-0-replace.service").exists()
+
+
 def test_batch_that_already_ran_is_not_started_again(wl_run):
     batch = {**ARGS, "kind": "batch", "retries": 5}
     wl_run(FakeSystemctl(), batch)
@@ -243,6 +299,14 @@ def test_nspawn_image_by_absolute_path_inside_the_store(node, wl_run):
     ({**ARGS, "slice": "system.slice"}, "slice"),
     ({**ARGS, "name": "web-0"}, "name"),
     ({**ARGS, "kind": "batch", "retries": 0}, "retries"),
+    ({**ARGS, "concurrency": "replace"}, "concurrency"),
+    ({**ARGS, "history": {"consul_addr": "http://c:8500", "key": "walle/runs/web/0",
+                          "node": "n1"}}, "history"),
+    ({**CRON, "history": {"consul_addr": "http://c:8500", "key": "walle/done/web/0",
+                          "node": "n1"}}, "history"),
+    ({**CRON, "history": {"consul_addr": "http://c:8500", "key": "walle/runs/web/0",
+                          "node": "n1; rm"}}, "history"),
+    ({**CRON, "retries": 101}, "retries"),
 ])
 def test_bad_options_fail_naming_the_option(wl_run, args, option):
     fake = FakeSystemctl()

@@ -123,7 +123,10 @@ def test_service_workload_arguments():
     ("kind", "extra", "present", "absent"),
     [
         ("batch", {"retries": 5}, {"restart": "on-failure", "retries": 5}, ("schedule",)),
-        ("cron", {"schedule": "*:0/5"}, {"schedule": "*:0/5"}, ("restart", "retries")),
+        ("cron", {"schedule": "*:0/5", "retries": 2}, {"schedule": "*:0/5", "retries": 2},
+         ("restart", "concurrency")),
+        ("cron", {"schedule": "*:0/5", "concurrency": "replace"},
+         {"retries": 3, "concurrency": "replace"}, ("restart",)),
     ],
 )
 def test_batch_and_cron_workloads(kind, extra, present, absent):

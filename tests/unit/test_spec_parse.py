@@ -262,3 +262,28 @@ def test_a_service_asks_for_a_load_balancer_frontend():
     assert balanced.digest() != spec.digest()
     assert balanced.runtime_digest() == spec.runtime_digest()
     assert "lb" not in spec.to_dict()["service"]
+
+
+def test_cron_concurrency_is_kept_and_round_trips_and_leaves_other_digests_alone():
+    plain = parse_spec(minimal(kind="cron", schedule="hourly"))
+    assert plain.concurrency is None and "concurrency" not in plain.to_dict()
+    replace = parse_spec(minimal(kind="cron", schedule="hourly", concurrency="replace"))
+    assert replace.concurrency == "replace"
+    assert parse_spec(spec_to_data(replace)) == replace
+    # a different policy is a different unit text: a replace, not an in-place update
+    assert replace.runtime_digest() != plain.runtime_digest()
+
+
+def test_scaling_is_parsed_with_defaults_and_round_trips():
+    spec = parse_spec(minimal(kind="service", count=2,
+                              scaling={"min": 1, "max": 5, "metric": "cpu", "target": 60}))
+    assert (spec.scaling.min, spec.scaling.max, spec.scaling.metric) == (1, 5, "cpu")
+    assert spec.scaling.target == 60 and spec.scaling.cooldown == 60 and not spec.scaling.query
+    assert parse_spec(spec_to_data(spec)) == spec
+    prom = parse_spec(minimal(kind="service", scaling={
+        "min": 0, "max": 3, "target": 100, "cooldown": "30s",
+        "metric": {"prometheus": "sum(rate(req[1m]))"}}))
+    assert (prom.scaling.metric, prom.scaling.query) == ("prometheus", "sum(rate(req[1m]))")
+    assert prom.scaling.cooldown == 30 and parse_spec(spec_to_data(prom)) == prom
+    # specs without scaling keep the digest they had
+    assert "scaling" not in parse_spec(minimal()).to_dict()

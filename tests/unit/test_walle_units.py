@@ -104,11 +104,33 @@ def test_oneshot_does_not_remain_after_exit():
     assert directives(text, "RemainAfterExit") == ["no"]
 
 
-def test_timer_points_at_its_service():
+def test_timer_points_at_its_service_to_the_second():
     text = wu.render_timer("walle-rep-0", schedule="Mon..Fri *-*-* 02:00:00")
     assert [(s, k, v) for s, k, v in wu.parse_unit(text) if s == "Timer"] == [
-        ("Timer", "OnCalendar", "Mon..Fri *-*-* 02:00:00"), ("Timer", "Persistent", "true"),
-        ("Timer", "Unit", "walle-rep-0.service")]
+        ("Timer", "OnCalendar", "Mon..Fri *-*-* 02:00:00"), ("Timer", "AccuracySec", "1s"),
+        ("Timer", "Persistent", "true"), ("Timer", "Unit", "walle-rep-0.service")]
+
+
+def test_a_replace_timer_starts_the_unit_that_restarts_the_run():
+    text = wu.render_timer("walle-rep-0", schedule="hourly", replace=True)
+    assert directives(text, "Unit") == ["walle-rep-0-replace.service"]
+    kick = wu.render_replace("walle-rep-0")
+    assert directives(kick, "Type") == ["oneshot"]
+    assert wu.split_exec_words(directives(kick, "ExecStart")[0]) == [
+        "/bin/systemctl", "--no-block", "restart", "walle-rep-0.service"]
+    with pytest.raises(ValueError, match="name"):
+        wu.render_replace("walle-x-0.service\nExecStart=/bin/evil")
+
+
+def test_cron_retries_restart_after_a_delay_without_a_start_limit():
+    text = service(service_type="oneshot", restart="on-failure", restart_delay=2.5,
+                   post_stop=["/usr/local/libexec/walle/walle-cron-record", "--retries", "2"])
+    assert directives(text, "Restart") == ["on-failure"]
+    assert directives(text, "RestartSec") == ["2500ms"]
+    # the timer's own starts must never trip systemd's default 5-per-10s limit
+    assert directives(text, "StartLimitIntervalSec") == ["0"]
+    assert directives(text, "ExecStopPost")[0].startswith(
+        '+"/usr/local/libexec/walle/walle-cron-record"')
 
 
 # -------------------------------------------------------------------------------- quoting

@@ -21,6 +21,7 @@ from walle.naming import instance_id, job_allocs_prefix, job_key
 from walle.service import jobs
 from walle.service.adopt import unclaimed_instances
 from walle.service.cluster import Snapshot, load_snapshot
+from walle.service.cron_runs import CronRun, job_runs
 from walle.service.history import JobHistory, from_data
 
 
@@ -115,11 +116,13 @@ def cmd_status(args) -> int:
         if args.job not in snap.jobs and not rows and not unreadable:
             print(f"walle status: no job {args.job!r}", file=sys.stderr)
             return EXIT_FAILED
+        runs = job_runs(store.cron_runs(args.job)) if _is_cron(snap, args.job) else []
         if args.json:
-            print_json(rows)
+            print_json(_with_runs(rows, runs) if _is_cron(snap, args.job) else rows)
         else:
             print_table(rows, ["instance", "node", "state", "health", "cpu_quota",
                                "cpu_weight", "memory_max", "version", "previous", "reason"])
+            _print_runs(runs)
             _print_unreadable(unreadable)
         return EXIT_OK
     rows = job_rows(snap)
@@ -134,6 +137,33 @@ def cmd_status(args) -> int:
         _print_unreadable(unreadable)
     _warn_unclaimed(snap)
     return EXIT_OK
+
+
+def _is_cron(snap: Snapshot, job: str) -> bool:
+    spec = snap.jobs.get(job)
+    return spec is not None and spec.kind == "cron"
+
+
+def _with_runs(rows: list[dict], runs: list[CronRun]) -> list[dict]:
+    """--json: each instance row of a cron job carries its slot's last runs, oldest first."""
+    return [{**row, "runs": [r.to_row() for r in runs if r.slot == row["slot"]]}
+            for row in rows]
+
+
+def _print_runs(runs: list[CronRun]) -> None:
+    """The last runs as the nodes recorded them (node-written text is shown escaped)."""
+    if not runs:
+        return
+    print(f"\nlast runs ({len(runs)}):")
+    print_table([{"slot": r.slot, "node": printable(r.node), "start": _clock(r.start),
+                  "end": _clock(r.end), "attempt": r.attempt, "result": printable(r.result),
+                  "exit": printable(f"{r.exit_code} {r.exit_status}".strip()),
+                  "retried": "yes" if r.retry else "no"} for r in runs],
+                ["slot", "node", "start", "end", "attempt", "result", "exit", "retried"])
+
+
+def _clock(at: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at)) if at is not None else "-"
 
 
 def _print_unreadable(rows: list[dict]) -> None:

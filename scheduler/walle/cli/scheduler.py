@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import socket
 
 from walle.adapters.consul import ConsulApi, ConsulConfig
 from walle.jobspec.grammar import CAPABILITIES
+from walle.service.autoscale import DEFAULT_INTERVAL as AUTOSCALE_INTERVAL
 from walle.service.params import consul_auth
 from walle.service.policy import PrivilegePolicy
 from walle.service.presence import (
@@ -69,8 +71,20 @@ def register(subparsers) -> None:
     run.add_argument("--secrets-dir", default=DEFAULT_SECRETS_DIR, metavar="DIR",
                      help="where `secrets: {NAME: {file: PATH}}` are read on this control node "
                           "(default: %(default)s)")
+    run.add_argument("--prometheus-addr", metavar="URL", type=_http_url,
+                     help="Prometheus for `scaling: {metric: {prometheus: QUERY}}` "
+                          "(GET URL/api/v1/query); without it such jobs keep their count")
+    run.add_argument("--autoscale-interval", type=_seconds, default=AUTOSCALE_INTERVAL,
+                     metavar="SECONDS", help="how often jobs with `scaling` are measured "
+                                             "(default: %(default)s)")
     run.add_argument("--log-level", default="INFO")
     run.set_defaults(func=cmd_run)
+
+
+def _http_url(text: str) -> str:
+    if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s)://host:port URL")
+    return text
 
 
 def _seconds(text: str) -> float:
@@ -102,6 +116,8 @@ def scheduler_config(args) -> SchedulerConfig:
         register=not args.no_register,
         privilege=PrivilegePolicy.of(args.allow_privileged, args.allow_capability),
         secrets_dir=args.secrets_dir,
+        prometheus_addr=args.prometheus_addr,
+        autoscale_interval=max(1.0, args.autoscale_interval),
     )
 
 

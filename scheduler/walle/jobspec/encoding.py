@@ -16,6 +16,7 @@ from walle.jobspec.model import (
     JobSpec,
     Resources,
     Runtime,
+    Scaling,
 )
 from walle.jobspec.parse import HEALTH_ONLY, parse_spec
 from walle.jobspec.readers import Problem, SpecError
@@ -65,6 +66,8 @@ def spec_to_data(spec: JobSpec) -> dict:
     data = {
         "name": spec.name, "kind": spec.kind, "count": spec.count, "priority": spec.priority,
         "strategy": spec.strategy, "restart": spec.restart, "schedule": spec.schedule,
+        "concurrency": spec.concurrency,
+        "scaling": _scaling_data(spec.scaling) if spec.scaling else None,
         "resources": _resources_data(spec.resources),
         "runtime": _runtime_data(spec.runtime),
         "constraints": [_constraint_data(c) for c in spec.constraints],
@@ -82,6 +85,12 @@ def spec_to_data(spec: JobSpec) -> dict:
         "secrets": {s.name: {s.source: s.path} for s in spec.secrets} or None,
     }
     return _drop_none(data)
+
+
+def _scaling_data(scaling: Scaling) -> dict:
+    metric = {"prometheus": scaling.query} if scaling.metric == "prometheus" else scaling.metric
+    return {"min": scaling.min, "max": scaling.max, "metric": metric, "target": scaling.target,
+            "cooldown": scaling.cooldown}
 
 
 def _resources_data(res: Resources) -> dict:

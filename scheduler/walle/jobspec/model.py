@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 JobKind = Literal["service", "batch", "cron"]
+Concurrency = Literal["forbid", "replace"]
+ScalingMetric = Literal["cpu", "memory", "prometheus"]
 RuntimeKind = Literal["exec", "nspawn"]
 CheckType = Literal["http", "tcp", "ttl"]
 RestartPolicy = Literal["always", "on-failure", "no"]
@@ -116,6 +118,20 @@ class UpdatePolicy:
 
 
 @dataclass(frozen=True)
+class Scaling:
+    """Autoscaling of a service's count within min..max (walle.core.autoscale decides)."""
+
+    min: int
+    max: int
+    metric: ScalingMetric  # cpu, memory, or prometheus (`query`)
+    # cpu/memory: mean use per instance in percent of resources.cpu.max / memory.max;
+    # prometheus: the value of `query` (a per-instance figure) the job should sit at
+    target: float
+    cooldown: float = 60.0  # seconds after a change before the count may fall
+    query: str | None = None  # metric prometheus: a PromQL expression giving one number
+
+
+@dataclass(frozen=True)
 class JobSpec:
     name: str  # DNS label: [a-z][a-z0-9-]*, at most 40 characters
     kind: JobKind
@@ -130,8 +146,10 @@ class JobSpec:
     stop: StopPolicy = field(default_factory=StopPolicy)
     service: Discovery | None = None
     restart: RestartPolicy = "on-failure"
-    retries: int = 3  # batch: attempts before the job fails
+    retries: int = 3  # batch: attempts before the job fails; cron: retries of a failed run
     schedule: str | None = None  # cron: systemd OnCalendar= expression
+    concurrency: Concurrency | None = None  # cron: a run due while one runs (None: forbid)
+    scaling: Scaling | None = None  # service: count follows load within bounds
     update: UpdatePolicy = field(default_factory=UpdatePolicy)
     secrets: tuple[Secret, ...] = ()
 
@@ -139,6 +157,9 @@ class JobSpec:
         data = asdict(self)
         if data["service"] and data["service"]["lb"] is None:
             del data["service"]["lb"]  # specs without a balancer keep the digests they had
+        for optional in ("concurrency", "scaling"):
+            if data[optional] is None:
+                del data[optional]  # likewise specs that do not set them
         return data
 
     def digest(self) -> str:
@@ -152,7 +173,8 @@ class JobSpec:
         if d["service"]:
             d["service"].pop("lb", None)  # the balancer is not the instance's: no restart
         return _digest({k: d[k] for k in ("runtime", "kind", "schedule", "stop", "health",
-                                           "service", "restart", "secrets")})
+                                           "service", "restart", "secrets", "concurrency")
+                        if k in d})
 
 
 def _digest(data: dict) -> str:

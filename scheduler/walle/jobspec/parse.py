@@ -24,16 +24,19 @@ from walle.jobspec.grammar import (
     CALENDAR_TIME,
     CAPABILITIES,
     CHECK_TYPES,
+    CONCURRENCY_POLICIES,
     CREDENTIAL_NAME,
     DATASET,
     DNS_LABEL,
     DNS_TAG,
     ENV_KEY,
     JOB_KINDS,
+    MAX_COUNT,
     OPERATORS,
     RESTART_POLICIES,
     ROOT,
     RUNTIME_KINDS,
+    SCALING_METRICS,
     SECRET_SOURCES,
     STORE_PATH,
     STRATEGIES,
@@ -51,6 +54,7 @@ from walle.jobspec.model import (
     Range,
     Resources,
     Runtime,
+    Scaling,
     Secret,
     StopPolicy,
     UpdatePolicy,
@@ -71,6 +75,7 @@ from walle.jobspec.readers import (
     _fields,
     _integer,
     _list_of,
+    _num,
     _optional,
     _program,
     _range,
@@ -102,7 +107,7 @@ def parse_spec(data: object, source: str = "<input>") -> JobSpec:
 
 TOP_KEYS = ("name", "kind", "count", "priority", "strategy", "resources", "runtime",
             "constraints", "data", "health", "stop", "service", "restart", "retries",
-            "schedule", "update", "secrets")
+            "schedule", "update", "secrets", "concurrency", "scaling")
 
 
 def _job(r: _Report, data: object) -> JobSpec | None:
@@ -122,7 +127,7 @@ def _job(r: _Report, data: object) -> JobSpec | None:
     service_has_port = isinstance(raw_service, Mapping) and raw_service.get("port") is not None
     health = _optional(r, f, "health", _health(service_has_port))
     fields = {
-        "count": _optional(r, f, "count", _integer(0, 1000)),
+        "count": _optional(r, f, "count", _integer(0, MAX_COUNT)),
         "priority": _optional(r, f, "priority", _integer(0, 100)),
         "strategy": _optional(r, f, "strategy", _choice(STRATEGIES)),
         "constraints": _optional(r, f, "constraints", _list_of(_constraint)),
@@ -131,10 +136,13 @@ def _job(r: _Report, data: object) -> JobSpec | None:
         "restart": _optional(r, f, "restart", _restart),
         "retries": _optional(r, f, "retries", _integer(0, 100)),
         "schedule": _optional(r, f, "schedule", _calendar),
+        "concurrency": _optional(r, f, "concurrency", _concurrency),
+        "scaling": _optional(r, f, "scaling", _scaling),
         "update": _optional(r, f, "update", _update),
         "secrets": _optional(r, f, "secrets", _secrets),
     }
     _check_kind_rules(r, f, kind)
+    _check_scaling_count(r, fields["scaling"], fields["count"], "count" in f)
     _check_secret_runtime(r, f)
     if r.problems:
         return None
@@ -154,6 +162,12 @@ def _check_kind_rules(r: _Report, f: dict, kind: str | None) -> None:
                           f"(this job is {kind})")
     if kind == "service" and "retries" in f:
         r.add("retries", "only batch and cron jobs have retries; services use restart")
+    if kind in ("batch", "cron") and "scaling" in f:
+        r.add("scaling", f"only services scale with load; remove it (this job is {kind}: "
+                         "set its count)")
+    if kind in ("service", "batch") and "concurrency" in f:
+        r.add("concurrency", f"only cron jobs have a concurrency policy; remove it or set "
+                             f"kind: cron (this job is {kind})")
     stop = f.get("stop")
     if kind == "cron" and isinstance(stop, Mapping) and stop.get("pre_stop"):
         r.add("stop.pre_stop", "cron jobs run as a oneshot service, which has no graceful stop "
@@ -582,6 +596,84 @@ def _update(r: _Report, value: object, path: str) -> UpdatePolicy | None:
     if any(parts[k] is None for k in f):
         return None
     return UpdatePolicy(**{k: v for k, v in parts.items() if v is not None})
+
+
+MAX_QUERY = 2048  # characters of a Prometheus expression
+
+
+def _scaling(r: _Report, value: object, path: str) -> Scaling | None:
+    f = _fields(r, value, path, ("min", "max", "metric", "target", "cooldown"))
+    if f is None:
+        return None
+    bounds = f"a whole number from 0 to {MAX_COUNT}"
+    low = _required(r, f, "min", _integer(0, MAX_COUNT), bounds, path)
+    high = _required(r, f, "max", _integer(0, MAX_COUNT), bounds, path)
+    metric = _required(r, f, "metric", _scaling_metric, "cpu, memory or {prometheus: QUERY}",
+                       path)
+    target = _required(r, f, "target", _target, "a number above 0", path)
+    cooldown = _optional(r, f, "cooldown", _duration(0, 86400), path)
+    if None in (low, high, metric, target) or ("cooldown" in f and cooldown is None):
+        return None
+    if low > high:
+        r.add(_at(path, "min"), f"min {low} is above max {high}; min <= max")
+        return None
+    kind, query = metric
+    if kind in SCALING_METRICS and target > 100:
+        r.add(_at(path, "target"), f"{kind} targets are percent of the instance's "
+                                   f"resources.{kind} maximum: 1 to 100, got {_num(target)}")
+        return None
+    extra = {"cooldown": cooldown} if cooldown is not None else {}
+    return Scaling(min=low, max=high, metric=kind, target=target, query=query, **extra)
+
+
+def _scaling_metric(r: _Report, value: object, path: str) -> tuple[str, str | None] | None:
+    if isinstance(value, str):
+        kind = _choice(SCALING_METRICS)(r, value, path)
+        return None if kind is None else (kind, None)
+    if isinstance(value, Mapping) and set(value) == {"prometheus"}:
+        query = _text(r, value["prometheus"], _at(path, "prometheus"))
+        if query is None:
+            return None
+        if not query.strip() or len(query) > MAX_QUERY:
+            r.add(_at(path, "prometheus"), f"a Prometheus expression of 1 to {MAX_QUERY} "
+                                           "characters giving one number per job")
+            return None
+        return ("prometheus", query)
+    r.add(path, f"unknown metric {_describe(value)}: use cpu, memory or "
+                "{prometheus: 'QUERY'} (a PromQL expression whose value is one number)")
+    return None
+
+
+def _target(r: _Report, value: object, path: str) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e12:
+        r.add(path, f"expected a number above 0, got {_describe(value)}")
+        return None
+    return float(value)
+
+
+def _check_scaling_count(r: _Report, scaling: Scaling | None, count: int | None,
+                         count_given: bool) -> None:
+    """The count a job starts at lies within its scaling bounds (the autoscaler keeps it
+    there)."""
+    if scaling is None:
+        return
+    count = count if count is not None else 1
+    if not scaling.min <= count <= scaling.max:
+        r.add("count", f"{count} is outside scaling.min..max ({scaling.min}..{scaling.max}); "
+                       f"set count within them" + ("" if count_given else
+                                                  " (count defaults to 1)"))
+
+
+def _concurrency(r: _Report, value: object, path: str) -> str | None:
+    """What a cron run that falls due while the previous one runs does: forbid (skipped) or
+    replace (the running one is stopped). `allow` (both at once) is refused with why:
+    systemd runs one instance of a unit at a time (docs/jobspec.md)."""
+    if value == "allow":
+        r.add(path, "allow is not supported: a cron slot is one systemd unit, which runs once "
+                    "at a time; use forbid (skip a run while one runs) or replace (stop it), "
+                    "or raise count for runs side by side")
+        return None
+    return _choice(CONCURRENCY_POLICIES)(r, value, path)
 
 
 def _calendar(r: _Report, value: object, path: str) -> str | None:

@@ -19,6 +19,7 @@ from walle.jobspec import JobSpec
 from walle.service.adopt import instance_manifest
 from walle.service.params import (
     batch_commit_args,
+    cron_history_args,
     image_args,
     instance_vars,
     slice_args,
@@ -129,6 +130,10 @@ class Executor:
                 instance["workload"]["commit"] = batch_commit_args(
                     alloc.job, alloc.slot, alloc.node, attempt_of(alloc),
                     self.node_consul_addr, self.node_consul_auth)
+            elif spec.kind == "cron":
+                instance["workload"]["history"] = cron_history_args(
+                    alloc.job, alloc.slot, alloc.node, self.node_consul_addr,
+                    self.node_consul_auth)
             iid = instance["instance"]["id"]
             try:
                 self._admit(spec)

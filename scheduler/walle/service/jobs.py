@@ -10,12 +10,12 @@ import time
 
 from walle.adapters.consul import ConsulApi, StateStore, StoredJob
 from walle.adapters.consul.tombstones import clear_tombstone, mark_stopped, stop_job
-from walle.jobspec import JobSpec, parse_spec
+from walle.jobspec import JobSpec, SpecError, parse_spec
+from walle.jobspec.grammar import MAX_COUNT
 from walle.service.adopt import unclaimed_instances
 from walle.service.cluster import load_snapshot
 
 CAS_ATTEMPTS = 5
-MAX_COUNT = 1000
 
 
 class ActionError(Exception):
@@ -53,7 +53,10 @@ def scale(store: StateStore, job: str, count: int) -> None:
             raise ActionError(f"no job {job!r}")
         data = dict(current.spec)
         data["count"] = count
-        spec = parse_spec(data, source=f"{job} scaled")
+        try:
+            spec = parse_spec(data, source=f"{job} scaled")
+        except SpecError as err:  # e.g. a count outside the job's scaling bounds
+            raise BadCount(str(err)) from None
         if store.put_job(spec, current.modify_index, previous=current):
             return
     raise ActionError(f"{job} kept changing; try again")

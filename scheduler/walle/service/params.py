@@ -93,6 +93,15 @@ def batch_commit_args(job: str, slot: int, node: str, attempt: str, consul_addr:
             "attempt": attempt, **(consul_auth or {})}
 
 
+def cron_history_args(job: str, slot: int, node: str, consul_addr: str,
+                      consul_auth: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """walle_workload's `history` for a cron instance: where its node appends each run
+    (walle/runs/<job>/<slot>, read by `walle status`). Token and CA are node paths, read on
+    the node by walle-cron-record as root."""
+    return {"consul_addr": consul_addr, "key": naming.runs_key(job, slot), "node": node,
+            **(consul_auth or {})}
+
+
 def instance_identity(spec: JobSpec, slot: int) -> dict[str, Any]:
     """Names the playbooks and the result parser key on. `wait_unit` is the unit that must be
     active after placement (none for batch jobs, which may finish at once)."""
@@ -178,6 +187,8 @@ def workload_args(
         args["retries"] = spec.retries
     else:
         args["schedule"] = spec.schedule
+        args["retries"] = spec.retries
+        args["concurrency"] = spec.concurrency
     return _without_none(args)
 
 

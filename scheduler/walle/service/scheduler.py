@@ -47,6 +47,8 @@ from walle.jobspec import JobSpec, SpecError, parse_spec
 from walle.naming import PRESENCE_KEY, instance_id, parse_instance_id, service_unit, timer_unit
 from walle.service import jobs
 from walle.service.adopt import MISSING_GRACE, Adopter
+from walle.service.autoscale import DEFAULT_INTERVAL as AUTOSCALE_INTERVAL
+from walle.service.autoscale import Autoscaler
 from walle.service.cluster import Snapshot, describe_error, load_snapshot, node_state
 from walle.service.decide import Defaults, decide, take_commits
 from walle.service.decide import retry_at as _retry_at
@@ -107,6 +109,10 @@ class SchedulerConfig:
     # a failed node (serfHealth critical: dead or cut off) keeps its instances this long, so
     # that a cut-off node's fence has stopped them before they start elsewhere (presence.py)
     node_down_grace: float = DEFAULT_DOWN_GRACE
+    # autoscaling (service/autoscale.py): where Prometheus queries go, how often jobs are
+    # measured
+    prometheus_addr: str | None = None
+    autoscale_interval: float = AUTOSCALE_INTERVAL
 
 
 @dataclass
@@ -213,6 +219,9 @@ class Scheduler:
         self._inspect_after: dict[str, float] = {}  # ...but not before (after no answer)
         self._down_since: dict[str, float] = {}  # node -> when this leader first saw it down
         self.history = HistoryWriter(self.store, lambda: self.lock.session_id)
+        self.autoscaler = Autoscaler(self.api, self.store, self.history,
+                                     prometheus=self.config.prometheus_addr,
+                                     interval=self.config.autoscale_interval)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -358,6 +367,7 @@ class Scheduler:
             self._execute(plan, snap, records, report, now)
         self._mark_slots(snap, records, plan, report, now)
         self._record_history(snap, records, plan, report, now)
+        self.autoscaler.run(snap, now)  # a new count is written like `walle scale`
         report.next_deadline = self._next_deadline(snap, records, now)
         return report
 
@@ -845,6 +855,8 @@ class Scheduler:
             deadlines.append(missing)
         if (back_by := self.presence.next_deadline(now)) is not None:  # a leave grace ends
             deadlines.append(back_by)
+        if (measure_at := self.autoscaler.next_due()) is not None:
+            deadlines.append(measure_at)
         return min(deadlines) if deadlines else None
 
     # ----- what the operator sees: states, reasons and events -------------------------------

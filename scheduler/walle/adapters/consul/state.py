@@ -41,6 +41,7 @@ from walle.naming import (
     events_key,
     job_allocs_prefix,
     job_key,
+    job_runs_prefix,
     package_key,
     parse_alloc_key,
     parse_done_key,
@@ -48,6 +49,7 @@ from walle.naming import (
     parse_events_key,
     parse_job_key,
     parse_package_key,
+    parse_runs_key,
 )
 from walle.naming import (
     PLACEMENT_CONFIG_KEY as PLACEMENT_CONFIG,
@@ -379,6 +381,22 @@ class StateStore:
                     body = {}
                 out[name] = (body, int(e["ModifyIndex"]))
         return int(idx), out
+
+    def cron_runs(self, job: str) -> dict[int, Any]:
+        """walle/runs/<job>/<slot> as their nodes wrote them (walle-cron-record): slot -> the
+        decoded JSON, None where it is not JSON. Untrusted: walle.service.cron_runs reads it."""
+        prefix = job_runs_prefix(job)
+        _, entries = self.api.call(f"read {prefix}",
+                                   lambda: self._kv.get(prefix, recurse=True))
+        out: dict[int, Any] = {}
+        for e in entries or []:
+            parsed = parse_runs_key(e["Key"])
+            if parsed and parsed[0] == job:
+                try:
+                    out[parsed[1]] = json.loads(e.get("Value") or b"null")
+                except (ValueError, RecursionError):
+                    out[parsed[1]] = None
+        return out
 
     def put_events(self, job: str, body: Mapping[str, Any], expected_index: int, *,
                    session: str) -> TxnResult:
