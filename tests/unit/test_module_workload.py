@@ -243,12 +243,28 @@ def test_nspawn_image_by_absolute_path_inside_the_store(node, wl_run):
     ({**ARGS, "slice": "system.slice"}, "slice"),
     ({**ARGS, "name": "web-0"}, "name"),
     ({**ARGS, "kind": "batch", "retries": 0}, "retries"),
+    ({**ARGS, "expand_env": ["HOME"]}, "expand_env"),
+    ({**ARGS, "expand_env": ["WALLE_PORT_HTTP"]}, "expand_env"),  # not a variable of env
+    ({**ARGS, "runtime": "nspawn", "image": "etl", "env": {"WALLE_PORT_HTTP": "1"},
+      "expand_env": ["WALLE_PORT_HTTP"]}, "expand_env"),
 ])
 def test_bad_options_fail_naming_the_option(wl_run, args, option):
     fake = FakeSystemctl()
     kind, result = wl_run(fake, args)
     assert kind == "fail" and result["option"] == option, result
     assert fake.mutating() == []
+
+
+def test_the_instances_port_variable_is_substituted_in_args_and_nothing_else(node, wl_run):
+    args = {**ARGS, "args": ["--port=${WALLE_PORT_HTTP}", "${WALLE_PORT_X}", "$HOME", "%n"],
+            "env": {"WALLE_PORT_HTTP": "20001", "PORT": "20001"},
+            "expand_env": ["WALLE_PORT_HTTP"]}
+    kind, _ = wl_run(FakeSystemctl(), args)
+    assert kind == "exit"
+    (exec_start,) = unit_of(node)["ExecStart"]
+    assert exec_start == ('"/usr/bin/python3" "--port=${WALLE_PORT_HTTP}" "$${WALLE_PORT_X}" '
+                          '"$$HOME" "%%n"')
+    assert unit_of(node)["Environment"] == ['"PORT=20001"', '"WALLE_PORT_HTTP=20001"']
 
 
 def test_slice_is_required_unless_absent(wl_run):
