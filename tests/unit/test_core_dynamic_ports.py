@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from walle.adapters.consul.nodes import node_from_catalog, parse_range
 from walle.core import apply_plan, reconcile
-from walle.core.ports import assign, parse_range
+from walle.core.ports import assign
 from walle.core.testing import make_job, make_node
 from walle.jobspec.model import Port
 
@@ -98,7 +99,14 @@ def test_assign_keeps_valid_sets_and_refuses_shared_fixed_or_partial_ones():
     assert len(ports) == len(set(ports)) and 101 not in ports
 
 
-def test_parse_range_reads_node_meta_and_names_the_fix():
+def test_a_nodes_range_comes_from_its_meta_and_a_bad_one_makes_it_unschedulable():
+    meta = {"walle_cpu": "2", "walle_memory": "1000000"}
+    plain = node_from_catalog({"Node": "n1", "Meta": meta})
+    assert plain.schedulable and plain.port_range == (20000, 32000)
+    own = node_from_catalog({"Node": "n1", "Meta": {**meta, "walle_port_range": "40000-40999"}})
+    assert own.schedulable and own.port_range == (40000, 40999)
+    bad = node_from_catalog({"Node": "n1", "Meta": {**meta, "walle_port_range": "9-x"}})
+    assert not bad.schedulable and "walle_port_range" in bad.problems[0]
     assert parse_range("30000-30999") == (30000, 30999)
     for bad in ("30000", "a-b", "40000-30000", "80-90", "1-70000"):
         try:

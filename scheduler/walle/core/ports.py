@@ -64,13 +64,3 @@ def _free(low: int, high: int, start: int, taken: set[int]) -> int | None:
             return port
     return None
 
-
-def parse_range(raw: str) -> tuple[int, int]:
-    """A node's walle_port_range meta, "LOW-HIGH" (inclusive), as (low, high)."""
-    low, sep, high = raw.strip().partition("-")
-    if not (sep and low.strip().isdigit() and high.strip().isdigit()):
-        raise ValueError(f"{raw!r} is not a port range LOW-HIGH such as 20000-32000")
-    lo, hi = int(low), int(high)
-    if not 1024 <= lo <= hi <= 65535:
-        raise ValueError(f"{raw!r}: the range must lie within 1024-65535, low before high")
-    return lo, hi
