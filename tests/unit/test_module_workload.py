@@ -404,7 +404,8 @@ def test_the_default_web_service_rates_ok_with_systemd_analyze_offline(node, wl_
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze (package systemd) is part of the dev machine setup"
     spec = load_spec_file(Path(__file__).resolve().parents[2] / "examples" / "web.yml")
-    wl_run(FakeSystemctl(), {**workload_args(spec, 0), "state": "present"})
+    wl_run(FakeSystemctl(), {**workload_args(spec, 0, ports={"http": 20001}),
+                             "state": "present"})
     out = subprocess.run([analyze, "security", "--offline=true", "--no-pager",
                           str(node / "etc" / SVC)], capture_output=True, text=True,
                          timeout=120, check=False).stdout

@@ -66,8 +66,11 @@ def test_web_example_is_the_labs_main_job():
     assert spec.runtime.args[:2] == ("-m", "http.server")
     assert spec.resources.cpu == Range(0.1, 0.5)
     assert spec.resources.memory == Range(32 * MIB, 128 * MIB)
-    assert spec.health.type == "http" and spec.health.port == 8080
-    assert spec.service.port == 8080
+    # a dynamic port per instance: several may share a node (no distinct_hosts)
+    assert [(p.label, p.static) for p in spec.ports] == [("http", None)]
+    assert spec.runtime.args[2] == "${WALLE_PORT_HTTP}"
+    assert spec.health.type == "http" and spec.health.port == "http"
+    assert spec.service.port == "http" and not spec.constraints
     assert spec.stop.pre_stop[0].startswith("/")
 
 
