@@ -12,13 +12,12 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
-from test_scheduler_service import Clock, make_scheduler, records, register_node
+from test_scheduler_service import Clock, make_scheduler, records, register_node, three_nodes
 
-from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
+from walle.adapters.consul import StateStore
 from walle.adapters.consul.services import service_health
 from walle.cli.main import main
 from walle.jobspec import load_spec_file
-from walle.lab.consul_standin import start_in_thread
 
 pytestmark = pytest.mark.consul
 
@@ -26,15 +25,8 @@ pytestmark = pytest.mark.consul
 @pytest.fixture
 def pool(tmp_path):
     """A stand-in with 3 nodes: (api, its DNS address)."""
-    standin = start_in_thread(data_dir=tmp_path / "consul", node_name="walle-test-server")
-    host, port = standin.http_addr
-    api = ConsulApi(ConsulConfig.from_env(addr=f"http://{host}:{port}"))
-    for i, zone in enumerate(("z1", "z2", "z3"), start=1):
-        register_node(api, f"node{i}", f"10.77.250.{10 + i}", zone=zone)
-    try:
+    with three_nodes(tmp_path) as (api, standin):
         yield api, standin.dns_addr
-    finally:
-        standin.stop()
 
 
 def web(count: int):

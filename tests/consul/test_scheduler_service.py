@@ -8,6 +8,7 @@ lab tests (tests/lab/test_scheduler_lab.py) run the same service with real playb
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -150,17 +151,24 @@ def web_spec(count: int = 3, args: tuple[str, ...] = ("-m", "http.server", "8080
     return parse_spec(data)
 
 
-@pytest.fixture
-def cluster(tmp_path):
+@contextlib.contextmanager
+def three_nodes(tmp_path):
+    """A stand-in with node1..3 registered: (api, the stand-in)."""
     standin = start_in_thread(data_dir=tmp_path / "consul", node_name="walle-test-server")
     host, port = standin.http_addr
     api = ConsulApi(ConsulConfig.from_env(addr=f"http://{host}:{port}"))
     for i, zone in enumerate(("z1", "z2", "z3"), start=1):
         register_node(api, f"node{i}", f"10.77.250.{10 + i}", zone=zone)
     try:
-        yield api
+        yield api, standin
     finally:
         standin.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with three_nodes(tmp_path) as (api, _):
+        yield api
 
 
 def make_scheduler(api: ConsulApi, clock: Clock, name: str = "s1",
