@@ -31,7 +31,7 @@ cluster = test_scheduler_service.cluster  # the fixture: a fresh stand-in with 3
 
 # the demo's job as it was: 3 instances, distinct_hosts, static port 8080 (examples/web.yml
 # has a dynamic port now: see test_scheduler_ports.py)
-WEB = str(Path(__file__).parent / "data" / "web-static.yml")
+WEB = str(Path(__file__).parents[1] / "data" / "web-static.yml")
 
 
 def walle(capsys, api, *argv) -> tuple[int, str, str]:
