@@ -106,3 +106,25 @@ def test_a_node_whose_range_is_full_is_refused_with_that_reason(pool, capsys):
     out = capsys.readouterr().out
     assert code == 1 and "port range 30000-30001 full" in out, out
     s.lock.step_down()
+
+
+def test_a_lost_instance_moves_to_a_node_that_already_runs_one(pool):
+    """What the static port forbade (issue 11): 3 instances on 3 nodes, one node dies, and
+    its instance moves next to another one, on a port of its own."""
+    api, _ = pool
+    clock = Clock()
+    s, _ = make_scheduler(api, clock, node_down_grace=0)
+    StateStore(api).put_job(web(3), 0)
+    s.step()
+    s.step()
+    victim = records(api)["web-1"].node
+    assert len({node for node, _ in http_ports(api).values()}) == 3  # spread first
+    register_node(api, victim, "10.77.250.99", status="critical")
+    clock.now += 1
+    report = s.step()
+    assert not report.plan.failures
+    s.step()
+    held = http_ports(api)
+    assert held["web-1"][0] != victim and {a.state for a in records(api).values()} == {"running"}
+    assert len({node for node, _ in held.values()}) == 2 and len(set(held.values())) == 3
+    s.lock.step_down()
