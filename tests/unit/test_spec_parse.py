@@ -56,7 +56,8 @@ def test_the_full_example_in_the_docs_parses():
     block = re.search(r"## A full example\n\n```yaml\n(.*?)```", doc, re.S)
     spec = load_spec_text(block[1], "docs/jobspec.md")
     assert [c.operator for c in spec.constraints] == ["ne", "eq", "distinct_hosts", "max_per"]
-    assert spec.health.port == spec.service.port == 8080
+    assert spec.health.port == spec.service.port == "http"
+    assert spec.dynamic_labels == ("http",) and spec.static_ports() == (9000,)
 
 
 def test_web_example_is_the_labs_main_job():
