@@ -527,6 +527,12 @@ def parse_systemctl_show(text: str) -> dict[str, str]:
 def split_exec_words(value: str) -> list[str]:
     """Undo quote_exec_arg for a rendered Exec*= value (a test oracle for the quoting, following
     systemd's rules for double-quoted words: C escapes, then %% and $$)."""
+    return [word.replace("%%", "%").replace("$$", "$") for word in raw_exec_words(value)]
+
+
+def raw_exec_words(value: str) -> list[str]:
+    """The double-quoted words of a rendered Exec*= value with C escapes undone, `%%` and `$`
+    still as written (what systemd substitutes in before running it)."""
     words: list[str] = []
     i = 0
     while i < len(value):
@@ -543,5 +549,5 @@ def split_exec_words(value: str) -> list[str]:
             word.append(value[i])
             i += 1
         i += 1
-        words.append("".join(word).replace("%%", "%").replace("$$", "$"))
+        words.append("".join(word))
     return words

@@ -316,7 +316,7 @@ def systemd_argv(value: str, env: dict[str, str]) -> list[str]:
     `$$` and `${NAME}`/`$NAME` (the environment's value, empty when unset) read left to
     right: an oracle of systemd.service(5)'s "Command lines" rules."""
     out = []
-    for raw in _raw_words(value):
+    for raw in wu.raw_exec_words(value):
         word, i = [], 0
         while i < len(raw):
             if raw.startswith(("%%", "$$"), i):
@@ -330,25 +330,6 @@ def systemd_argv(value: str, env: dict[str, str]) -> list[str]:
                 i += 1
         out.append("".join(word))
     return out
-
-
-def _raw_words(value: str) -> list[str]:
-    words, i = [], 0
-    while i < len(value):
-        if value[i] == " ":
-            i += 1
-            continue
-        assert value[i] == '"', value
-        i += 1
-        word = []
-        while value[i] != '"':
-            if value[i] == "\\":
-                i += 1
-            word.append(value[i])
-            i += 1
-        i += 1
-        words.append("".join(word))
-    return words
 
 
 def ported(args: list[str]) -> list[str]:
