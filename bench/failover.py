@@ -53,7 +53,6 @@ from walle.service.jobs import submit
 
 POLL = 0.05
 JOB = "fover"  # the service the node and leader trials kill and heal
-BASE_PORT = 8080
 
 
 def log(msg: str) -> None:
@@ -61,16 +60,13 @@ def log(msg: str) -> None:
 
 
 # ----- pure helpers -------------------------------------------------------------------------
-def service_spec(name: str, count: int, port: int, check_interval: str):
-    """examples/web.yml renamed and on its own port, so several such services share the nodes.
-    It keeps distinct_hosts: the instances bind one static port, and the core does not treat a
-    port as a per-node resource, so two instances on one node collide (see bench/README.md);
-    failover room comes from a spare node instead (count = nodes - 1)."""
+def service_spec(name: str, count: int, check_interval: str):
+    """examples/web.yml renamed: every instance has its own dynamic port, so several such
+    services, and several instances of one, share the nodes (see bench/README.md)."""
     data = yaml.safe_load((REPO_ROOT / "examples" / "web.yml").read_text())
     data.update(name=name, count=count)
-    data["runtime"]["args"] = ["-m", "http.server", str(port)]
-    data["health"].update(port=port, interval=check_interval)
-    data["service"].update(name=name, port=port)
+    data["health"].update(interval=check_interval)
+    data["service"].update(name=name)
     return parse_spec(data, source=f"bench {name}")
 
 
@@ -317,7 +313,7 @@ class Bench:
         count = min(3, self.args.nodes)
         for i in range(self.args.trials):
             name = f"brun{i}"
-            spec = service_spec(name, count, BASE_PORT + 1 + i, self.args.check_interval)
+            spec = service_spec(name, count, self.args.check_interval)
             start = time.monotonic()
             submit(self.store, spec)
             seen = self.watch_run(name, count, start)
@@ -603,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.start_scheduler("scheduler-2", None)
         if "run" not in args.skip:
             run = bench.run_trials()
-        submit(bench.store, service_spec(JOB, args.count, BASE_PORT, args.check_interval))
+        submit(bench.store, service_spec(JOB, args.count, args.check_interval))
         if "node" not in args.skip:
             bench.node_trials()
         if "leader" not in args.skip:

@@ -69,6 +69,7 @@ _UNIT_STEM = re.compile(r"^walle-[A-Za-z0-9_.:@-]+$")
 _SYSTEMD_SIZE = re.compile(r"^\d+(\.\d+)?[KMGTPE]?$")  # written as given
 _PERCENT = re.compile(r"^\d+(\.\d+)?%$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PORT_VARIABLE = re.compile(r"^WALLE_PORT_[A-Z][A-Z0-9_]*$")
 _USER = re.compile(r"^([a-z_][a-z0-9_-]*[$]?|\d+)$")
 _CPUS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 _DEVICE_ALLOW = re.compile(
@@ -180,13 +181,28 @@ def format_duration(field: str, seconds: float) -> str:
 
 # -------------------------------------------------------------------------------- quoting
 
-def quote_exec_arg(arg: str, field: str = "args") -> str:
+def quote_exec_arg(arg: str, field: str = "args", expand: tuple[str, ...] = ()) -> str:
     """One Exec*= argument, double-quoted so systemd passes it literally (no word split, no
-    specifier or $VAR expansion, no escape interpretation)."""
+    specifier or $VAR expansion, no escape interpretation), except that the exact form
+    `${NAME}` of a variable named in `expand` is left for systemd to substitute (the
+    instance's own port variables, WALLE_PORT_<LABEL>): every other `$` stays `$$`."""
     check_text(field, arg)
-    escaped = (arg.replace("\\", "\\\\").replace('"', '\\"')
-               .replace("%", "%%").replace("$", "$$"))
-    return f'"{escaped}"'
+    if not expand:
+        return f'"{_escape_exec(arg)}"'
+    let_through = re.compile("(" + "|".join(re.escape("${" + _expandable(n) + "}")
+                                            for n in sorted(expand)) + ")")
+    parts = let_through.split(arg)  # odd positions are the let-through references
+    return '"' + "".join(p if k % 2 else _escape_exec(p) for k, p in enumerate(parts)) + '"'
+
+
+def _escape_exec(text: str) -> str:
+    return (text.replace("\\", "\\\\").replace('"', '\\"')
+            .replace("%", "%%").replace("$", "$$"))
+
+
+def _expandable(name: str) -> str:
+    """A variable Exec*= arguments may reference: only the instance's port variables."""
+    return _match("expand_env", _PORT_VARIABLE, name, "WALLE_PORT_<LABEL>")
 
 
 def quote_exec_program(path: str, field: str = "command") -> str:
@@ -198,13 +214,14 @@ def quote_exec_program(path: str, field: str = "command") -> str:
 
 
 def quote_exec_line(argv: list[str] | tuple[str, ...], field: str = "command",
-                    args_field: str | None = None) -> str:
+                    args_field: str | None = None, expand: tuple[str, ...] = ()) -> str:
     """A whole Exec*= value from an argv whose first element is an absolute path; errors name
-    `field` for the program and `args_field` (default: field) for the arguments."""
+    `field` for the program and `args_field` (default: field) for the arguments; `expand`:
+    see quote_exec_arg."""
     if not argv:
         raise ValueError(f"{field}: must not be empty")
     return " ".join([quote_exec_program(argv[0], field)] +
-                    [quote_exec_arg(a, args_field or field) for a in argv[1:]])
+                    [quote_exec_arg(a, args_field or field, expand) for a in argv[1:]])
 
 
 def quote_path_item(path: str, field: str, prefix: str = "") -> str:
@@ -319,7 +336,8 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
                    credentials: dict[str, str] | None = None,
                    remain_after_exit: bool = False,
                    post_stop: list[str] | tuple[str, ...] | None = None,
-                   restart_delay: float | None = None) -> str:
+                   restart_delay: float | None = None,
+                   expand_env: list[str] | tuple[str, ...] = ()) -> str:
     """The text of a Walle service unit running `argv` (argv[0] an absolute path).
 
     `remain_after_exit` (batch work) keeps the unit active (exited) after a successful run:
@@ -338,8 +356,15 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
     and the hardening baseline. `sandbox=False` is for privileged jobs and for the nspawn
     runtime, whose confinement is the container's user namespace. `credentials` maps a
     credential name to a root-only file on the node (LoadCredential=): the service reads it
-    from $CREDENTIALS_DIRECTORY/<name>, and the value never enters the unit."""
+    from $CREDENTIALS_DIRECTORY/<name>, and the value never enters the unit.
+
+    `expand_env` names variables of `env` (the instance's WALLE_PORT_<LABEL>) whose exact
+    form `${NAME}` in argv is left for systemd to substitute at start; nothing else is."""
     validate_unit_stem(name)
+    for var in expand_env:
+        if var not in (env or {}):
+            raise ValueError(f"expand_env: {var!r} is not a variable of env; only the unit's "
+                             "own port variables may be substituted in args")
     validate_slice_name(slice, "slice")
     if service_type not in ("exec", "oneshot", "notify", "simple"):
         raise ValueError(f"service_type: unsupported {service_type!r}")
@@ -375,7 +400,7 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
             if value:
                 raise ValueError(f"{field}: only for a sandboxed unit (an unsandboxed one "
                                  "already has every capability and device)")
-    service.append(("ExecStart", quote_exec_line(argv, "command", "args")))
+    service.append(("ExecStart", quote_exec_line(argv, "command", "args", tuple(expand_env))))
     if pre_stop:
         service.append(("ExecStop", quote_exec_line(pre_stop, "pre_stop")))
     if post_stop:
@@ -535,6 +560,12 @@ def parse_systemctl_show(text: str) -> dict[str, str]:
 def split_exec_words(value: str) -> list[str]:
     """Undo quote_exec_arg for a rendered Exec*= value (a test oracle for the quoting, following
     systemd's rules for double-quoted words: C escapes, then %% and $$)."""
+    return [word.replace("%%", "%").replace("$$", "$") for word in raw_exec_words(value)]
+
+
+def raw_exec_words(value: str) -> list[str]:
+    """The double-quoted words of a rendered Exec*= value with C escapes undone, `%%` and `$`
+    still as written (what systemd substitutes in before running it)."""
     words: list[str] = []
     i = 0
     while i < len(value):
@@ -551,5 +582,5 @@ def split_exec_words(value: str) -> list[str]:
             word.append(value[i])
             i += 1
         i += 1
-        words.append("".join(word).replace("%%", "%").replace("$$", "$"))
+        words.append("".join(word))
     return words

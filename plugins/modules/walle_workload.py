@@ -88,7 +88,19 @@ options:
         program. O(runtime=nspawn) the program inside the image; without it the image boots.
     type: str
   args:
-    description: Arguments after O(command), each passed literally.
+    description:
+      - Arguments after O(command), each passed literally, except the exact form
+        C(${NAME}) of a variable named in O(expand_env) (exec runtime).
+    type: list
+    elements: str
+    default: []
+  expand_env:
+    description:
+      - Variables of O(env) whose exact form C(${NAME}) in O(args) systemd substitutes when
+        the unit starts (the instance's dynamic ports, C(WALLE_PORT_<LABEL>)). Only names
+        of the form C(WALLE_PORT_<LABEL>) that O(env) sets are allowed; every other C($) in
+        O(args) reaches the program literally. The nspawn runtime substitutes nothing (its
+        program reads the variables from its environment).
     type: list
     elements: str
     default: []
@@ -401,6 +413,7 @@ ARGUMENT_SPEC = dict(
     runtime=dict(type="str", choices=["exec", "nspawn"], default="exec"),
     command=dict(type="str"),
     args=dict(type="list", elements="str", default=[]),
+    expand_env=dict(type="list", elements="str", default=[]),
     env=dict(type="dict", default={}),
     environment_file=dict(type="path"),
     user=dict(type="str"),
@@ -585,13 +598,18 @@ def render_units(params: dict, nspawn_bin: str | None) -> dict[str, str]:
             if not nspawn_bin:
                 raise WalleError("runtime=nspawn: systemd-nspawn not found on the node "
                                  "(Debian package systemd-container)", "runtime")
+            if params["expand_env"]:
+                raise WalleError("expand_env: only the exec runtime substitutes variables in "
+                                 "args; an nspawn program reads them from its environment",
+                                 "expand_env")
             service = dict(common, argv=nspawn_argv(nspawn_bin, params, env),
                            stop_signal="SIGTERM", kill_mode="mixed", delegate=True,
                            sandbox=False, pre_stop=nspawn_pre_stop(params["pre_stop"]))
             service_type = "notify"
         else:
             service = dict(common, argv=[params["command"], *params["args"]], env=env,
-                           user=params["user"], working_dir=params["working_dir"],
+                           expand_env=params["expand_env"], user=params["user"],
+                           working_dir=params["working_dir"],
                            stop_signal=params["stop_signal"],
                            sandbox=not params["privileged"],
                            capabilities=params["capabilities"],

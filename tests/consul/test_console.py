@@ -181,7 +181,7 @@ def test_an_injected_img_onerror_in_a_reason_shows_as_text(console, store, page)
     failed_record(store, "web", XSS + " <b>bold</b>")
     page.add_init_script("window.pwned = 0; window.alert = () => { window.pwned = 2; };")
     page.goto(url)
-    cell = page.locator("#instances tbody tr", has_text="web-0").locator("td").nth(4)
+    cell = page.locator("#instances tbody tr", has_text="web-0").locator("td").nth(5)
     cell.wait_for(timeout=10_000)
     assert cell.text_content() == XSS + " <b>bold</b>"
     assert cell.locator("img, b").count() == 0

@@ -103,10 +103,11 @@ def test_status_shows_the_lost_slot_with_its_reason(cluster, capsys):
     assert rows["web-0"]["state"] == "running" and rows["web-0"]["reason"] is None
     code, out, _ = walle(capsys, cluster, "status", "web")
     header, *lines = out.splitlines()
-    assert header.split() == ["INSTANCE", "NODE", "STATE", "HEALTH", "CPU_QUOTA",
+    assert header.split() == ["INSTANCE", "NODE", "PORTS", "STATE", "HEALTH", "CPU_QUOTA",
                               "CPU_WEIGHT", "MEMORY_MAX", "VERSION", "PREVIOUS", "REASON"]
     (lost,) = [line for line in lines if line.startswith("web-1 ")]
     assert " lost " in lost and f"node {victim} down since" in lost
+    assert lost.split()[2] == "8080"  # the static port it holds
     s.lock.step_down()
 
 

@@ -8,6 +8,7 @@ lab tests (tests/lab/test_scheduler_lab.py) run the same service with real playb
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -17,6 +18,7 @@ from walle.jobspec import parse_spec
 from walle.lab.consul_standin import start_in_thread
 from walle.naming import service_unit, timer_unit
 from walle.service.executor import NodeInstances, Outcome
+from walle.service.params import ports_meta
 from walle.service.presence import DEFAULT_DOWN_GRACE
 from walle.service.records import attempt_of, from_stored
 from walle.service.scheduler import LostLeadership, Scheduler, SchedulerConfig
@@ -60,12 +62,15 @@ class RecordingExecutor:
             if spec.kind == "batch":  # place.yml started it: it runs until a test says not
                 self.units[service_unit(alloc.job, alloc.slot)] = {
                     "ActiveState": "active", "InactiveExitTimestampMonotonic": "1"}
-            if spec.service is not None:  # with the meta service_args gives it
+            if spec.service is not None:  # with the port and meta service_args gives it
+                ports = dict(alloc.dynamic_ports)
                 register_instance(self.api, alloc.node, alloc.key, spec.service.name,
                                   self.health, meta={"walle_job": alloc.job,
                                                      "walle_slot": str(alloc.slot),
                                                      "walle_digest": alloc.spec_digest,
-                                                     "walle_runtime": alloc.runtime_digest})
+                                                     "walle_runtime": alloc.runtime_digest,
+                                                     **ports_meta(spec, ports)},
+                                  port=spec.resolve_port(spec.service.port, ports) or 8080)
             out[alloc.key] = Outcome(True)
         return out
 
@@ -110,11 +115,12 @@ class RecordingExecutor:
 
 
 def register_node(api: ConsulApi, name: str, address: str, status: str = "passing",
-                  cpu: float = 4, memory: int = 8 * GIB, zone: str = "z1", gpus: int = 0) -> None:
+                  cpu: float = 4, memory: int = 8 * GIB, zone: str = "z1", gpus: int = 0,
+                  meta: dict | None = None) -> None:
     body = {"Node": name, "Address": address,
             "NodeMeta": {"walle_cpu": str(cpu), "walle_memory": str(memory),
                          "walle_disk": str(100 * GIB), "walle_gpus": str(gpus),
-                         "walle_zone": zone},
+                         "walle_zone": zone, **(meta or {})},
             "Check": {"CheckID": "serfHealth", "Name": "Serf Health Status",
                       "Status": status}}
     status_code, answer = api.raw("put", "/v1/catalog/register", data=json.dumps(body))
@@ -122,9 +128,9 @@ def register_node(api: ConsulApi, name: str, address: str, status: str = "passin
 
 
 def register_instance(api: ConsulApi, node: str, sid: str, name: str, status: str,
-                      meta: dict | None = None) -> None:
+                      meta: dict | None = None, port: int = 8080) -> None:
     body = {"Node": node, "Address": "", "SkipNodeUpdate": True,
-            "Service": {"ID": sid, "Service": name, "Port": 8080, "Meta": meta or {}},
+            "Service": {"ID": sid, "Service": name, "Port": port, "Meta": meta or {}},
             "Check": {"CheckID": f"service:{sid}", "Name": "check", "Status": status,
                       "ServiceID": sid}}
     code, answer = api.raw("put", "/v1/catalog/register", data=json.dumps(body))
@@ -145,17 +151,24 @@ def web_spec(count: int = 3, args: tuple[str, ...] = ("-m", "http.server", "8080
     return parse_spec(data)
 
 
-@pytest.fixture
-def cluster(tmp_path):
+@contextlib.contextmanager
+def three_nodes(tmp_path):
+    """A stand-in with node1..3 registered: (api, the stand-in)."""
     standin = start_in_thread(data_dir=tmp_path / "consul", node_name="walle-test-server")
     host, port = standin.http_addr
     api = ConsulApi(ConsulConfig.from_env(addr=f"http://{host}:{port}"))
     for i, zone in enumerate(("z1", "z2", "z3"), start=1):
         register_node(api, f"node{i}", f"10.77.250.{10 + i}", zone=zone)
     try:
-        yield api
+        yield api, standin
     finally:
         standin.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with three_nodes(tmp_path) as (api, _):
+        yield api
 
 
 def make_scheduler(api: ConsulApi, clock: Clock, name: str = "s1",

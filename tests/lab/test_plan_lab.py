@@ -1,11 +1,13 @@
-"""Issue 10's scenario in the lab: the demo's job (examples/web.yml: 3 instances,
-distinct_hosts, port 8080) on 3 real nodes, then the node running web-1 is killed.
+"""Issue 10's scenario in the lab: the demo's job as it was before dynamic ports
+(tests/data/web-static.yml: 3 instances, distinct_hosts, port 8080) on 3 real nodes, then
+the node running web-1 is killed.
 `walle plan web --explain` must say that web-1 cannot be placed and why, as the leader decides
 it, and must not call a node that already runs web "best"."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from test_scheduler_lab import Pool, pool  # noqa: F401 - the module's own 3-node lab
@@ -16,6 +18,8 @@ from walle.jobspec import load_spec_file
 
 pytestmark = pytest.mark.lab
 
+WEB_STATIC = Path(__file__).parents[1] / "data" / "web-static.yml"
+
 
 def plan(pool: Pool, capsys, *argv: str) -> tuple[int, str]:  # noqa: F811 - the fixture
     code = main(["plan", *argv, "--consul-addr", pool.api.address])
@@ -23,7 +27,7 @@ def plan(pool: Pool, capsys, *argv: str) -> tuple[int, str]:  # noqa: F811 - the
 
 
 def test_plan_says_why_web_1_cannot_move_off_a_dead_node(pool, capsys):  # noqa: F811
-    submit(pool.store, load_spec_file("examples/web.yml"))
+    submit(pool.store, load_spec_file(WEB_STATIC))
     pool.wait("web running", lambda: pool.converged("web", 3))
     code, out = plan(pool, capsys, "web", "--json")
     body = json.loads(out)

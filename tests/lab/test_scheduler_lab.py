@@ -480,3 +480,41 @@ def test_cpu_load_scales_a_service_up_then_down_after_the_cooldown(pool):
     pool.wait("one instance left", lambda: pool.converged("burn", 1), 90)
     pool.store.delete_job("burn", pool.store.job("burn").modify_index)
     pool.wait("burn stopped", lambda: not pool.records("burn"), 60)
+
+
+def test_two_instances_with_a_dynamic_port_share_one_node(pool):
+    """Dynamic ports (issue 11): two instances of one job on one node, each on its own port
+    of the node's range (its program binds ${WALLE_PORT_HTTP}, which systemd substitutes),
+    both pass their checks, and DNS SRV answers both ports."""
+    spec = parse_spec({
+        "name": "dyn", "kind": "service", "count": 2,
+        "resources": {"cpu": "0.05-0.2", "memory": "16M-64M"},
+        "runtime": {"command": "/usr/bin/python3",
+                    "args": ["-m", "http.server", "${WALLE_PORT_HTTP}"],
+                    "user": "nobody", "working_dir": "/tmp"},
+        "constraints": [{"attribute": "name", "operator": "eq", "value": "node1"}],
+        "ports": [{"label": "http"}],
+        "health": {"type": "http", "path": "/", "port": "http", "interval": "1s",
+                   "timeout": "1s"},
+        "service": {"port": "http"},
+    })
+    submit(pool.store, spec)
+    pool.wait("both instances running on node1", lambda: pool.converged("dyn", 2), 180)
+    recs = pool.records("dyn")
+    assert {r.alloc.node for r in recs.values()} == {"node1"}
+    ports = sorted(dict(r.alloc.dynamic_ports)["http"] for r in recs.values())
+    assert len(set(ports)) == 2 and all(20000 <= p <= 32000 for p in ports)
+    host, port = pool.lab.consul_dns_addr
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers, resolver.port, resolver.lifetime = [host], port, 2.0
+
+    def srv() -> list[tuple[str, int]]:
+        try:
+            answer = resolver.resolve("dyn.service.consul", "SRV", tcp=True)
+        except dns.resolver.NXDOMAIN:
+            return []
+        return sorted((r.target.to_text().split(".")[0], r.port) for r in answer)
+
+    pool.wait("DNS SRV answers both ports", lambda: srv() == [("node1", p) for p in ports], 30)
+    pool.store.delete_job("dyn", pool.store.job("dyn").modify_index)
+    pool.wait("dyn stopped", lambda: not pool.records("dyn"), 60)

@@ -51,6 +51,11 @@ def test_node_meta_carries_the_facts():
     assert all(isinstance(v, str) for v in meta.values())
 
 
+def test_node_meta_carries_the_port_range_when_set():
+    assert "walle_port_range" not in node_meta()
+    assert node_meta(consul_walle_port_range="30000-30999")["walle_port_range"] == "30000-30999"
+
+
 def test_node_meta_respects_consul_limits():
     meta = node_meta(consul_node_meta={"role": "gpu"})
     assert len(meta) <= 64

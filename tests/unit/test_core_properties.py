@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from walle.core import apply_plan, reconcile
 from walle.core.feasibility import NODE_OPERATORS
 from walle.core.testing import GiB, make_job, make_node
-from walle.jobspec.model import Constraint
+from walle.jobspec.model import Constraint, Port
 
 ZONES, RACKS = ("z1", "z2", "z3"), ("r1", "r2")
 # WALLE_CORE_EXAMPLES=2000 for a longer hunt; the default keeps the unit run fast
@@ -31,8 +31,14 @@ def nodes(draw):
                       rack=draw(st.sampled_from(RACKS)),
                       labels={"ssd": draw(st.sampled_from(["yes", "no"]))},
                       datasets=tuple(draw(st.sets(st.sampled_from(["a", "b"])))),
-                      state=draw(st.sampled_from(["ready"] * 4 + ["draining", "down"])))
+                      state=draw(st.sampled_from(["ready"] * 4 + ["draining", "down"])),
+                      port_range=draw(st.sampled_from([(20000, 32000), (30000, 30003)])))
             for k in range(count)]
+
+
+# named ports: none, dynamic ones, a static one beside a dynamic one (core/ports.py)
+PORTS = st.sampled_from([(), (), (Port("http"),), (Port("http"), Port("admin")),
+                         (Port("http"), Port("metrics", 9100))])
 
 
 CONSTRAINTS = st.sampled_from([
@@ -57,7 +63,7 @@ def jobs(draw):
             strategy=draw(st.sampled_from([None, "spread", "binpack"])),
             constraints=tuple(draw(st.lists(CONSTRAINTS, max_size=2, unique=True))),
             data=tuple(draw(st.sets(st.sampled_from(["a", "b"]), max_size=1))),
-            max_parallel=draw(st.integers(1, 2)))
+            max_parallel=draw(st.integers(1, 2)), ports=draw(PORTS))
     return out
 
 
@@ -82,6 +88,7 @@ def check_invariants(jobs, nodes, before, plan):
             assert len(held) == len(set(held)), (name, [(a.key, a.gpu_indices) for a in here])
             assert all(0 <= i < node.capacity.gpus for i in held)
             assert all(len(a.gpu_indices) == a.reserved.gpus for a in here)
+            _one_holder_per_port(jobs, node, here)
     new = [p.alloc for p in plan.places] + [m.new for m in plan.migrates]
     new += [r.new for r in plan.replaces]
     for a in new:
@@ -105,6 +112,20 @@ def check_invariants(jobs, nodes, before, plan):
         by = e.by.rsplit("-", 1)[0]
         assert jobs[e.alloc.job].priority < jobs[by].priority
     return after
+
+
+def _one_holder_per_port(jobs, node, here):
+    """Never two holders of one port on a node, static ports included; every instance has
+    a port of the node's range for each of its dynamic labels."""
+    held = [p for a in here for p in a.ports + tuple(port for _, port in a.dynamic_ports)]
+    assert len(held) == len(set(held)), (node.name, [(a.key, a.ports, a.dynamic_ports)
+                                                     for a in here])
+    low, high = node.port_range
+    for a in here:
+        if a.job in jobs and a.spec_digest == jobs[a.job].digest():
+            assert sorted(label for label, _ in a.dynamic_ports) == \
+                sorted(jobs[a.job].dynamic_labels), a
+            assert all(low <= port <= high for _, port in a.dynamic_ports), (a, node)
 
 
 def _holds(c, value):

@@ -72,6 +72,18 @@ def render_base(**overrides) -> str:
     return env.get_template("00-walle-base.cfg.j2").render(**variables)
 
 
+def test_a_service_on_a_dynamic_port_gets_its_frontend_too():
+    spec = parse_spec({
+        "name": "web", "kind": "service", "count": 3,
+        "resources": {"cpu": "0.1", "memory": "64M"},
+        "runtime": {"command": "/usr/bin/python3",
+                    "args": ["-m", "http.server", "${WALLE_PORT_HTTP}"]},
+        "ports": [{"label": "http"}], "service": {"port": "http", "lb": {"port": 80}}})
+    entry = {"Key": job_key("web"), "Value": base64.b64encode(encode_job(spec)).decode()}
+    frontends, problems = lbsync.frontends_from_kv([entry], SETTINGS)
+    assert problems == [] and [(f.service, f.port) for f in frontends] == [("web", 80)]
+
+
 def test_a_frontend_per_service_that_asks_for_one():
     entries = [job("web", lb={"port": 80}), job("api", count=40, lb={"port": 81, "mode": "tcp"}),
                job("plain")]
@@ -108,7 +120,8 @@ def test_jobs_without_a_balancer_or_not_services_give_no_frontend():
     (raw_job(lb={"port": 8404}), "used by the lb host itself"),
     (raw_job(lb={"port": 81, "mode": "http\n    bind *:22"}), "service.lb.mode is not one of"),
     (raw_job(lb=["port", 81]), "service.lb is not a mapping"),
-    (raw_job(port="8080 check"), "service.port is not a port number"),
+    (raw_job(port="8080 check"), "service.port is neither a port number nor one of"),
+    (raw_job(port="http"), "service.port is neither a port number nor one of"),  # no ports
     (raw_entry("walle/jobs/broken", "not a job"), "the value has no spec mapping"),
     ({"Key": "walle/jobs/garbage", "Value": "%%%"}, "the value has no spec mapping"),
 ])

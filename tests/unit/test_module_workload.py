@@ -307,12 +307,28 @@ def test_nspawn_image_by_absolute_path_inside_the_store(node, wl_run):
     ({**CRON, "history": {"consul_addr": "http://c:8500", "key": "walle/runs/web/0",
                           "node": "n1; rm"}}, "history"),
     ({**CRON, "retries": 101}, "retries"),
+    ({**ARGS, "expand_env": ["HOME"]}, "expand_env"),
+    ({**ARGS, "expand_env": ["WALLE_PORT_HTTP"]}, "expand_env"),  # not a variable of env
+    ({**ARGS, "runtime": "nspawn", "image": "etl", "env": {"WALLE_PORT_HTTP": "1"},
+      "expand_env": ["WALLE_PORT_HTTP"]}, "expand_env"),
 ])
 def test_bad_options_fail_naming_the_option(wl_run, args, option):
     fake = FakeSystemctl()
     kind, result = wl_run(fake, args)
     assert kind == "fail" and result["option"] == option, result
     assert fake.mutating() == []
+
+
+def test_the_instances_port_variable_is_substituted_in_args_and_nothing_else(node, wl_run):
+    args = {**ARGS, "args": ["--port=${WALLE_PORT_HTTP}", "${WALLE_PORT_X}", "$HOME", "%n"],
+            "env": {"WALLE_PORT_HTTP": "20001", "PORT": "20001"},
+            "expand_env": ["WALLE_PORT_HTTP"]}
+    kind, _ = wl_run(FakeSystemctl(), args)
+    assert kind == "exit"
+    (exec_start,) = unit_of(node)["ExecStart"]
+    assert exec_start == ('"/usr/bin/python3" "--port=${WALLE_PORT_HTTP}" "$${WALLE_PORT_X}" '
+                          '"$$HOME" "%%n"')
+    assert unit_of(node)["Environment"] == ['"PORT=20001"', '"WALLE_PORT_HTTP=20001"']
 
 
 def test_slice_is_required_unless_absent(wl_run):
@@ -452,7 +468,8 @@ def test_the_default_web_service_rates_ok_with_systemd_analyze_offline(node, wl_
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze (package systemd) is part of the dev machine setup"
     spec = load_spec_file(Path(__file__).resolve().parents[2] / "examples" / "web.yml")
-    wl_run(FakeSystemctl(), {**workload_args(spec, 0), "state": "present"})
+    wl_run(FakeSystemctl(), {**workload_args(spec, 0, ports={"http": 20001}),
+                             "state": "present"})
     out = subprocess.run([analyze, "security", "--offline=true", "--no-pager",
                           str(node / "etc" / SVC)], capture_output=True, text=True,
                          timeout=120, check=False).stdout

@@ -56,7 +56,8 @@ def test_the_full_example_in_the_docs_parses():
     block = re.search(r"## A full example\n\n```yaml\n(.*?)```", doc, re.S)
     spec = load_spec_text(block[1], "docs/jobspec.md")
     assert [c.operator for c in spec.constraints] == ["ne", "eq", "distinct_hosts", "max_per"]
-    assert spec.health.port == spec.service.port == 8080
+    assert spec.health.port == spec.service.port == "http"
+    assert spec.dynamic_labels == ("http",) and spec.static_ports() == (9000,)
 
 
 def test_web_example_is_the_labs_main_job():
@@ -66,8 +67,11 @@ def test_web_example_is_the_labs_main_job():
     assert spec.runtime.args[:2] == ("-m", "http.server")
     assert spec.resources.cpu == Range(0.1, 0.5)
     assert spec.resources.memory == Range(32 * MIB, 128 * MIB)
-    assert spec.health.type == "http" and spec.health.port == 8080
-    assert spec.service.port == 8080
+    # a dynamic port per instance: several may share a node (no distinct_hosts)
+    assert [(p.label, p.static) for p in spec.ports] == [("http", None)]
+    assert spec.runtime.args[2] == "${WALLE_PORT_HTTP}"
+    assert spec.health.type == "http" and spec.health.port == "http"
+    assert spec.service.port == "http" and not spec.constraints
     assert spec.stop.pre_stop[0].startswith("/")
 
 

@@ -326,3 +326,64 @@ def test_batch_units_remain_after_exit_so_their_outcome_stays_readable():
     assert "RemainAfterExit=yes" in text.splitlines()
     plain = wu.render_service("walle-web-0", slice="walle-web-0.slice", argv=["/bin/true"])
     assert "RemainAfterExit" not in plain
+
+
+# ----------------------------------------------------- the instance's port variables in args
+
+PORT_ENV = {"WALLE_PORT_HTTP": "20001", "PORT": "20001", "HOME": "/root"}
+
+
+def systemd_argv(value: str, env: dict[str, str]) -> list[str]:
+    """What systemd runs for an ExecStart= value: words unquoted with C escapes, then `%%`,
+    `$$` and `${NAME}`/`$NAME` (the environment's value, empty when unset) read left to
+    right: an oracle of systemd.service(5)'s "Command lines" rules."""
+    out = []
+    for raw in wu.raw_exec_words(value):
+        word, i = [], 0
+        while i < len(raw):
+            if raw.startswith(("%%", "$$"), i):
+                word.append(raw[i])
+                i += 2
+            elif raw[i] == "$" and (m := re.match(r"\$\{(\w+)\}|\$(\w+)", raw[i:])):
+                word.append(env.get(m.group(1) or m.group(2), ""))
+                i += m.end()
+            else:
+                word.append(raw[i])
+                i += 1
+        out.append("".join(word))
+    return out
+
+
+def ported(args: list[str]) -> list[str]:
+    text = service(argv=["/usr/bin/app", *args], env=PORT_ENV, expand_env=["WALLE_PORT_HTTP"])
+    (exec_start,) = directives(text, "ExecStart")
+    return systemd_argv(exec_start, PORT_ENV)[1:]
+
+
+@pytest.mark.parametrize(("arg", "runs"), [
+    ("${WALLE_PORT_HTTP}", "20001"),
+    ("--port=${WALLE_PORT_HTTP}", "--port=20001"),
+    ("${WALLE_PORT_HTTP}:${WALLE_PORT_HTTP}", "20001:20001"),
+    ("$WALLE_PORT_HTTP", "$WALLE_PORT_HTTP"),  # only the braced form
+    ("${WALLE_PORT_X}", "${WALLE_PORT_X}"),  # not one of the instance's labels
+    ("${PORT}", "${PORT}"), ("$HOME", "$HOME"), ("${HOME}", "${HOME}"), ("%n", "%n"),
+    ("$${WALLE_PORT_HTTP}", "$20001"), ("${WALLE_PORT_HTTP", "${WALLE_PORT_HTTP"),
+    ('"${WALLE_PORT_HTTP}"', '"20001"'), ("\\${WALLE_PORT_HTTP}", "\\20001"),
+])
+def test_only_the_instances_own_port_variables_are_substituted_in_args(arg, runs):
+    assert ported([arg]) == [runs]
+
+
+@given(st.lists(PRINTABLE, max_size=6))
+def test_with_port_variables_every_other_character_still_reaches_the_program(args):
+    assert ported(args) == [a.replace("${WALLE_PORT_HTTP}", "20001") for a in args]
+
+
+@pytest.mark.parametrize(("expand", "why"), [
+    (["HOME"], "WALLE_PORT_<LABEL>"), (["WALLE_PORT_ADMIN"], "not a variable of env"),
+    (["walle_port_http"], "WALLE_PORT_<LABEL>"),
+])
+def test_expand_env_names_only_the_units_own_port_variables(expand, why):
+    env = {**PORT_ENV, "walle_port_http": "1"}
+    with pytest.raises(ValueError, match=re.escape(why)):
+        service(argv=["/usr/bin/app", "${HOME}"], env=env, expand_env=expand)

@@ -65,8 +65,10 @@ def place(vm, instances: list[dict], credentials: dict | None = None) -> runner.
     return result
 
 
-def instance(spec, slot: int = 0, image: dict | None = None) -> dict:
-    return instance_vars(spec, slot, VM_ADDRESS, grant_alone(spec.resources), image=image)
+def instance(spec, slot: int = 0, image: dict | None = None,
+             ports: dict[str, int] | None = None) -> dict:
+    return instance_vars(spec, slot, VM_ADDRESS, grant_alone(spec.resources), image=image,
+                         ports=ports)
 
 
 def stop(vm, *units: str) -> None:
@@ -86,9 +88,9 @@ def test_default_web_service_scores_safe_and_still_serves_http(vm):
     spec = load_spec_file(REPO / "examples" / "web.yml")
     unit = naming.service_unit(spec.name, 0)
     try:
-        place(vm, [instance(spec)])
+        place(vm, [instance(spec, ports={"http": 20080})])  # its dynamic port, as assigned
         fetch = ("python3 -c \"import urllib.request; "
-                 "print(urllib.request.urlopen('http://127.0.0.1:8080/', timeout=5).status)\"")
+                 "print(urllib.request.urlopen('http://127.0.0.1:20080/', timeout=5).status)\"")
         status = wait_until(lambda: vm.run(fetch, timeout=60).stdout.strip() == "200", 60,
                             "the web service to answer")
         assert status

@@ -35,6 +35,7 @@ JOBS_PREFIX = "walle/jobs/"
 # What may stand in haproxy.cfg as a name: the spec grammar's service/job names (DNS labels)
 # are a subset, so every valid job passes; anything with spaces, quotes, '#' or a newline fails.
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
+_LABEL = re.compile(r"[a-z][a-z0-9_]{0,31}")  # a job's port label (jobspec PORT_LABEL)
 MODES = ("http", "tcp")
 # http backends also retry a request whose server closed without answering (a node dying under
 # it), on another server; only GET and HEAD, which a second try cannot do twice
@@ -65,6 +66,14 @@ def _port(value: object) -> int | None:
     return value if ok else None
 
 
+def _names_a_port(spec: dict, label: object) -> bool:
+    """service.port names one of the job's `ports`: each instance's own (dynamic) port, which
+    the backends learn from the SRV answers like any other."""
+    ports = spec.get("ports")
+    return isinstance(label, str) and bool(_LABEL.fullmatch(label)) and isinstance(ports, list) \
+        and any(isinstance(p, dict) and p.get("label") == label for p in ports)
+
+
 def frontend_of(key: str, raw: object, settings: Settings) -> tuple[Frontend | None, str | None]:
     """One KV job entry -> its frontend, or None and why not (None, None: it asks for none)."""
     job = key.removeprefix(JOBS_PREFIX)
@@ -89,8 +98,8 @@ def frontend_of(key: str, raw: object, settings: Settings) -> tuple[Frontend | N
         return None, f"service.lb.port {port} is used by the lb host itself"
     if mode not in MODES:
         return None, f"service.lb.mode is not one of {', '.join(MODES)}"
-    if _port(service.get("port")) is None:
-        return None, "service.port is not a port number"
+    if _port(service.get("port")) is None and not _names_a_port(spec, service.get("port")):
+        return None, "service.port is neither a port number nor one of the job's port labels"
     count = spec.get("count", 1)
     count = count if isinstance(count, int) and not isinstance(count, bool) else 1
     slots = max(settings.min_slots, -(-min(max(count, 0), 1000) // settings.min_slots)

@@ -20,6 +20,7 @@ import dns.resolver
 from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
 from walle.adapters.runner import REPO_ROOT, ansible_env, run_command
 from walle.cli.common import progress
+from walle.cli.jobs import ports_text
 from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from walle.cli.output import print_table
 from walle.jobspec import SpecError, load_spec_file
@@ -84,10 +85,10 @@ def try_next(spec, consul_addr: str, lab: str) -> str:
     name, lab_cmd = spec.name, "walle lab" if lab == "default" else f"walle lab --name {lab}"
     return "\n".join([
         f"Try (export CONSUL_HTTP_ADDR={consul_addr}):",
-        f"  walle status {name}               # one instance per node",
+        f"  walle status {name}               # where each instance runs, on which port",
         f"  {lab_cmd} kill node2              # a node dies",
         f"  walle status {name}; walle events {name}; walle plan {name} --explain",
-        "                                  # the lost instance, and why it has no place yet",
+        "                                  # the lost instance moves; a port of its new node",
         f"  {lab_cmd} add                     # a new node joins by itself; the instance "
         "moves there",
         "  walle ui                         # the console: http://127.0.0.1:8470",
@@ -148,12 +149,14 @@ def show_placement(lab: Lab, api: ConsulApi, store: StateStore, job: str) -> Non
         unit = service_unit(r.alloc.job, r.alloc.slot)
         slice_name = instance_slice(r.alloc.job, r.alloc.slot)
         rows.append({"instance": r.key, "node": r.alloc.node,
-                     "address": snap.addresses.get(r.alloc.node), "unit": unit,
+                     "address": snap.addresses.get(r.alloc.node),
+                     "ports": ports_text(r.alloc),
+                     "unit": unit,
                      "slice": slice_name, "health": snap.instance_status(r.alloc.node, r.key),
                      **systemctl_show(lab, r.alloc.node, unit, UNIT_PROPERTIES),
                      **systemctl_show(lab, r.alloc.node, slice_name, SLICE_PROPERTIES)})
     print(f"\n{job}: placement")
-    print_table(rows, ["instance", "node", "address", "unit", "slice", "health",
+    print_table(rows, ["instance", "node", "address", "ports", "unit", "slice", "health",
                        "ActiveState", "MainPID"])
     print(f"\n{job}: cgroup limits of each instance's slice as systemd reports them "
           "(systemctl show)")

@@ -16,6 +16,7 @@ from walle.cli.common import (
 )
 from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from walle.cli.output import print_table, printable
+from walle.core import Allocation
 from walle.jobspec import SpecError, load_spec_file
 from walle.naming import instance_id, job_allocs_prefix, job_key
 from walle.service import jobs
@@ -120,7 +121,7 @@ def cmd_status(args) -> int:
         if args.json:
             print_json(_with_runs(rows, runs) if _is_cron(snap, args.job) else rows)
         else:
-            print_table(rows, ["instance", "node", "state", "health", "cpu_quota",
+            print_table(rows, ["instance", "node", "ports", "state", "health", "cpu_quota",
                                "cpu_weight", "memory_max", "version", "previous", "reason"])
             _print_runs(runs)
             _print_unreadable(unreadable)
@@ -220,8 +221,8 @@ def instance_rows(snap: Snapshot, job: str, history: JobHistory | None = None) -
             continue
         g = a.grant
         rows.append({
-            "instance": key, "slot": a.slot, "node": a.node, "state": r.state,
-            "health": snap.instance_status(a.node, key) or "-",
+            "instance": key, "slot": a.slot, "node": a.node, "ports": ports_text(a),
+            "state": r.state, "health": snap.instance_status(a.node, key) or "-",
             "cpu_quota": f"{g.cpu_quota_percent}%" if g else None,
             "cpu_weight": g.cpu_weight if g else None,
             "memory_max": _size(g.memory_max) if g else None,
@@ -229,6 +230,13 @@ def instance_rows(snap: Snapshot, job: str, history: JobHistory | None = None) -
             "reason": printable(r.why) or None,
         })
     return sorted(rows, key=lambda row: row["slot"])
+
+
+def ports_text(a: Allocation) -> str | None:
+    """The ports an instance holds on its node: its dynamic ones by label, then static ones
+    ("http=20417 9000")."""
+    held = [f"{label}={port}" for label, port in a.dynamic_ports] + [str(p) for p in a.ports]
+    return " ".join(held) or None
 
 
 def _size(n: int) -> str:

@@ -78,6 +78,7 @@ class JobReq:
     spread_domains: bool  # score failure-domain spread and anti-affinity
     full_scan: bool
     ports: tuple[int, ...] = ()  # static ports: a node where one is held cannot take it
+    dynamic: tuple[str, ...] = ()  # labels that take a port of the node's range each
     simple: bool = True  # no node rules, distinct_hosts, max_per or ports: resources decide
     rule_cache: dict[int, bool] = field(default_factory=dict)
 
@@ -103,14 +104,15 @@ def compile_job(spec: JobSpec, *, default_strategy: str, full_scan: bool = False
     if strategy not in ("binpack", "spread"):
         raise ValueError(f"job {spec.name!r}: strategy {strategy!r} must be binpack or spread")
     res = spec.resources
-    ports = (spec.service.port,) if spec.service and spec.service.port else ()
+    ports, dynamic = spec.static_ports(), spec.dynamic_labels
     return JobReq(
         name=spec.name, spec=spec, priority=spec.priority, strategy=strategy,
         cpu=millicores(res.cpu.min), memory=int(res.memory.min), disk=int(res.disk),
         gpus=int(res.gpus), rules=tuple(rules), distinct_hosts=distinct,
         max_per=tuple(max_per), data=frozenset(spec.data),
         spread_domains=strategy == "spread" or (spec.kind == "service" and spec.count > 1),
-        full_scan=full_scan, ports=ports, simple=not (rules or distinct or max_per or ports),
+        full_scan=full_scan, ports=ports, dynamic=dynamic,
+        simple=not (rules or distinct or max_per or ports or dynamic),
     )
 
 
@@ -156,6 +158,8 @@ def _rules_ok(ix: ClusterIndex, job: JobReq, i: int) -> bool:
         return False
     if any(ix.ports_on[i].get(p) for p in job.ports):
         return False
+    if job.dynamic and ix.free_ports(i) < len(job.dynamic):
+        return False
     for attribute, limit in job.max_per:
         value = ix.nodes[i].attribute(attribute) or ""
         if ix.domain_counts(job.name, attribute).get(value, 0) >= limit:
@@ -178,6 +182,9 @@ def rejections(ix: ClusterIndex, job: JobReq, i: int, *, resources: bool = True)
     if job.distinct_hosts and ix.count_on(job.name, i):
         reasons.append("distinct_hosts: an instance is already there")
     reasons.extend(f"port {p} in use" for p in job.ports if ix.ports_on[i].get(p))
+    if job.dynamic and ix.free_ports(i) < len(job.dynamic):
+        low, high = ix.port_range[i]
+        reasons.append(f"port range {low}-{high} full")
     for attribute, limit in job.max_per:
         value = node.attribute(attribute) or ""
         if ix.domain_counts(job.name, attribute).get(value, 0) >= limit:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from walle.jobspec.grammar import DEFAULT_PORT_RANGE
 from walle.naming import instance_id
 
 NodeState = Literal["ready", "draining", "down"]
@@ -38,6 +39,7 @@ class Node:
     labels: tuple[tuple[str, str], ...] = ()  # sorted pairs; a dict is accepted and sorted
     datasets: frozenset[str] = frozenset()
     state: NodeState = "ready"
+    port_range: tuple[int, int] = DEFAULT_PORT_RANGE  # dynamic ports, inclusive (core/ports.py)
 
     def __post_init__(self) -> None:
         if isinstance(self.labels, Mapping):
@@ -51,6 +53,10 @@ class Node:
             raise ValueError(f"node {self.name!r}: capacity.cpu (at least 0.001 cores) and "
                              "capacity.memory must be positive (a node without resources is "
                              "not schedulable)")
+        low, high = self.port_range
+        if not 1 <= low <= high <= 65535:
+            raise ValueError(f"node {self.name!r}: port_range {low}-{high} must lie within "
+                             "1-65535, low before high")
 
     def label(self, key: str) -> str | None:
         for k, v in self.labels:
@@ -103,6 +109,8 @@ class Allocation:
     ports: tuple[int, ...] = ()  # static ports it listens on: one holder per node and port
     # the node's GPUs it may open (/dev/nvidia<i>), one holder per index: core/gpus.py
     gpu_indices: tuple[int, ...] = ()
+    # its dynamic ports, (label, port) by label, one holder per node and port: core/ports.py
+    dynamic_ports: tuple[tuple[str, int], ...] = ()
 
     @property
     def key(self) -> str:

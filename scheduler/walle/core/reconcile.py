@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
+from walle.core import ports as dynamic_ports
 from walle.core.feasibility import JobReq, compile_job, rejections, summarise
 from walle.core.gpus import assign
 from walle.core.grants import grants_for
@@ -88,6 +89,7 @@ class _Round:
     def __init__(self, jobs: Mapping[str, JobSpec], nodes: list[Node],
                  config: PlacementConfig, seed: int, now: float, packing: bool = False) -> None:
         self.jobs, self.config, self.now, self.packing = jobs, config, now, packing
+        self.seed = seed
         self.ix = ClusterIndex(nodes)
         # in packing order nothing is evicted: a refusal hands the round to priority order
         placer_config = replace(config, preemption=False) if packing else config
@@ -187,9 +189,13 @@ class _Round:
 
     def _hold_current(self, i: int, alloc: Allocation, req: JobReq) -> None:
         res = req.spec.resources
+        have = dict(alloc.dynamic_ports)
+        assigned = tuple(have[label] for label in req.dynamic) \
+            if set(have) == set(req.dynamic) else ()
         self.ix.reserve(i, Held(alloc.key, alloc.job, alloc.slot, req.priority, req.cpu,
                                 req.memory, req.disk, req.gpus, res.cpu.min, res.cpu.max,
-                                int(res.memory.min), int(res.memory.max), req.ports))
+                                int(res.memory.min), int(res.memory.max), req.ports,
+                                req.dynamic, assigned))
         self.current[alloc.key] = alloc
         if alloc.grant is None:
             self.touched.add(i)
@@ -212,6 +218,7 @@ class _Round:
                                       old, old.failed_nodes, held_at=i))
                 continue
             new = self._allocation(req, old.slot, old.node, old.failed_nodes)
+            new = replace(new, dynamic_ports=old.dynamic_ports)  # same runtime: same labels
             self.ix.reserve(i, held_from(new))
             self.updates[old.key] = UpdateInPlace(old, new)
             self.touched.add(i)
@@ -342,7 +349,8 @@ class _Round:
         self.ix.reserve(choice.node, Held(
             instance_id(w.job, w.slot), w.job, w.slot, req.priority, req.cpu, req.memory, req.disk,
             req.gpus, req.spec.resources.cpu.min, req.spec.resources.cpu.max,
-            int(req.spec.resources.memory.min), int(req.spec.resources.memory.max), req.ports))
+            int(req.spec.resources.memory.min), int(req.spec.resources.memory.max), req.ports,
+            req.dynamic))
         self.touched.add(choice.node)
         self.placed.append((w, choice.node, choice.score))
         return [e for e in evicted if e is not None], released is not None
@@ -392,8 +400,7 @@ class _Round:
         """The GPUs of every instance that holds some when the round is done (core/gpus.py):
         kept where it stays, the lowest free ones for new holders."""
         leaving: dict[str, list[int]] = {}
-        for old in [w.old for w, _, _ in self.placed if w.old is not None] + \
-                [s.alloc for s in self.stops] + [e.alloc for e in self.evictions]:
+        for old in self._leaving():
             leaving.setdefault(old.node, []).extend(old.gpu_indices)
         out: dict[str, tuple[int, ...]] = {}
         for i, node in enumerate(self.ix.nodes):
@@ -405,15 +412,41 @@ class _Round:
             out.update(assign(node.capacity.gpus, holders, kept, leaving.get(node.name, ())))
         return out
 
+    def _leaving(self) -> list[Allocation]:
+        """Instances leaving their node this round (still running until their successor
+        passes its checks, or until stopped)."""
+        return [w.old for w, _, _ in self.placed if w.old is not None] + \
+            [s.alloc for s in self.stops] + [e.alloc for e in self.evictions]
+
+    def _dynamic_ports(self) -> dict[str, dynamic_ports.Assigned]:
+        """The dynamic ports of every holder when the round is done (core/ports.py): kept
+        where it stays, new ones where the seed says, never a port another holder has."""
+        leaving: dict[str, list[int]] = {}
+        for old in self._leaving():
+            leaving.setdefault(old.node, []).extend(p for _, p in old.dynamic_ports)
+        out: dict[str, dynamic_ports.Assigned] = {}
+        for i, node in enumerate(self.ix.nodes):
+            on = self.ix.on_node[i]
+            holders = {key: h.dynamic for key, h in on.items() if h.dynamic}
+            if not holders or not self.ix.ready[i]:
+                continue
+            kept = {key: a.dynamic_ports for key in holders
+                    if (a := self.current.get(key)) is not None and a.node == node.name}
+            fixed = {p for h in on.values() for p in h.ports}
+            out.update(dynamic_ports.assign(node.port_range, holders, kept, fixed,
+                                            leaving.get(node.name, ()), self.seed))
+        return out
+
     def _plan(self) -> Plan:
         grants = self._grants()
         gpus = self._gpu_indices()
+        ports = self._dynamic_ports()
         places, migrates, replaces = [], [], []
         for w, i, score in self.placed:
             key = instance_id(w.job, w.slot)
             new = self._allocation(self.reqs[w.job], w.slot, self.ix.nodes[i].name,
                                    w.failed_nodes, grants.get(key))
-            new = replace(new, gpu_indices=gpus.get(key, ()))
+            new = replace(new, gpu_indices=gpus.get(key, ()), dynamic_ports=ports.get(key, ()))
             if w.kind == "migrate":
                 migrates.append(Migrate(w.old, new, w.reason, round(score, 2)))
             elif w.kind == "replace":
@@ -421,12 +454,14 @@ class _Round:
             else:
                 places.append(Place(new, w.reason, round(score, 2), w.old))
         updates = [replace(u, new=replace(u.new, grant=grants.get(key, u.new.grant),
-                                          gpu_indices=gpus.get(key, ())))
+                                          gpu_indices=gpus.get(key, ()),
+                                          dynamic_ports=ports.get(key, ())))
                    for key, u in sorted(self.updates.items())]
         regrants = []  # a new grant, or GPUs for an instance placed before it had indices
         for key, a in sorted(self.current.items()):
             new = replace(a, grant=grants.get(key, a.grant),
-                          gpu_indices=gpus.get(key, a.gpu_indices))
+                          gpu_indices=gpus.get(key, a.gpu_indices),
+                          dynamic_ports=ports.get(key, a.dynamic_ports))
             if key not in self.updates and new != a and (new.grant is not None):
                 regrants.append(Regrant(a, new))
         failures = [Failure(job, tuple(sorted(slots)),

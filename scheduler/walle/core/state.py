@@ -41,7 +41,9 @@ class Held:
     cpu_max: float
     mem_min: int
     mem_max: int
-    ports: tuple[int, ...] = ()
+    ports: tuple[int, ...] = ()  # static ports
+    dynamic: tuple[str, ...] = ()  # labels it needs a port of the node's range for
+    assigned: tuple[int, ...] = ()  # the ports it holds for them already (or none yet)
 
 
 def held_from(alloc: Allocation, priority: int | None = None) -> Held:
@@ -49,7 +51,9 @@ def held_from(alloc: Allocation, priority: int | None = None) -> Held:
     return Held(alloc.key, alloc.job, alloc.slot,
                 alloc.priority if priority is None else priority,
                 millicores(r.cpu), r.memory, r.disk, r.gpus,
-                r.cpu, max(c.cpu, r.cpu), r.memory, max(c.memory, r.memory), alloc.ports)
+                r.cpu, max(c.cpu, r.cpu), r.memory, max(c.memory, r.memory), alloc.ports,
+                tuple(label for label, _ in alloc.dynamic_ports),
+                tuple(port for _, port in alloc.dynamic_ports))
 
 
 class ClusterIndex:
@@ -72,6 +76,9 @@ class ClusterIndex:
         self.rack = [n.rack for n in self.nodes]
         self.on_node: list[dict[str, Held]] = [{} for _ in self.nodes]
         self.ports_on: list[dict[int, int]] = [{} for _ in self.nodes]  # port -> holders
+        self.port_range = [n.port_range for n in self.nodes]
+        # ports of each node's range held (distinct) or promised to holders without one yet
+        self.range_used = [0] * self.n
         self.job_nodes: dict[str, dict[int, int]] = {}  # job -> node -> instances there
         self.job_count: dict[str, int] = {}  # job -> instances held anywhere
         self.job_domains: dict[str, dict[str, dict[str, int]]] = {}  # job -> attr -> value -> n
@@ -129,8 +136,7 @@ class ClusterIndex:
         self.free_disk[i] -= held.disk
         self.free_gpu[i] -= held.gpus
         self.on_node[i][held.key] = held
-        for port in held.ports:
-            self.ports_on[i][port] = self.ports_on[i].get(port, 0) + 1
+        self._count_ports(i, held, +1)
         counts = self.job_nodes.setdefault(held.job, {})
         counts[i] = counts.get(i, 0) + 1
         self.job_count[held.job] = self.job_count.get(held.job, 0) + 1
@@ -144,8 +150,7 @@ class ClusterIndex:
         if indexed:
             self._unindex(i)
         del self.on_node[i][key]
-        for port in held.ports:
-            self.ports_on[i][port] -= 1
+        self._count_ports(i, held, -1)
         self.free_cpu[i] += held.cpu
         self.free_mem[i] += held.memory
         self.free_disk[i] += held.disk
@@ -159,6 +164,21 @@ class ClusterIndex:
         if indexed:
             self._index(i)
         return held
+
+    def _count_ports(self, i: int, held: Held, delta: int) -> None:
+        low, high = self.port_range[i]
+        on = self.ports_on[i]
+        for port in held.ports + held.assigned:
+            before = on.get(port, 0)
+            on[port] = before + delta
+            if low <= port <= high and (before == 0 or on[port] == 0):
+                self.range_used[i] += delta  # the first holder takes it, the last frees it
+        self.range_used[i] += delta * max(0, len(held.dynamic) - len(held.assigned))
+
+    def free_ports(self, i: int) -> int:
+        """Ports of node i's range nobody holds or was promised this round."""
+        low, high = self.port_range[i]
+        return high - low + 1 - self.range_used[i]
 
     def _unindex(self, i: int) -> None:
         if self.on_node[i]:

@@ -32,6 +32,12 @@ STRATEGIES = ("spread", "binpack")
 BALANCER_MODES = ("http", "tcp")
 OPERATORS = ("eq", "ne", "in", "not_in", "regex", "distinct_hosts", "max_per")
 
+PORT_LABEL = re.compile(r"[a-z][a-z0-9_]{0,31}")  # WALLE_PORT_<LABEL> in the environment
+MAX_PORTS = 32  # named ports per job
+# The ports a node hands out to dynamic labels unless its node meta walle_port_range says
+# otherwise (core/ports.py); a static port inside it would collide with assigned ones.
+DEFAULT_PORT_RANGE = (20000, 32000)
+
 DNS_LABEL = re.compile(r"[a-z][a-z0-9-]*")
 DNS_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 USER = re.compile(r"[a-z_][a-z0-9_-]*\$?")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -79,7 +80,7 @@ class Constraint:
 class HealthCheck:
     type: CheckType
     path: str = "/"  # http
-    port: int | None = None  # http/tcp; defaults to the service port
+    port: int | str | None = None  # http/tcp: a number or a ports label; default service.port
     interval: float = 2.0
     timeout: float = 2.0
     ttl: float | None = None  # ttl checks
@@ -103,9 +104,18 @@ class Balancer:
 
 
 @dataclass(frozen=True)
+class Port:
+    """A port the instance listens on, named by `label`: a fixed `static` port, or (None) one
+    the scheduler picks per instance from its node's range (core/ports.py)."""
+
+    label: str  # lowercase identifier: the instance sees WALLE_PORT_<LABEL>
+    static: int | None = None
+
+
+@dataclass(frozen=True)
 class Discovery:
     name: str  # Consul service name (DNS label)
-    port: int | None = None
+    port: int | str | None = None  # a number, or the label of one of the job's ports
     tags: tuple[str, ...] = ()
     lb: Balancer | None = None  # traffic through HAProxy; needs `port`
 
@@ -152,6 +162,7 @@ class JobSpec:
     scaling: Scaling | None = None  # service: count follows load within bounds
     update: UpdatePolicy = field(default_factory=UpdatePolicy)
     secrets: tuple[Secret, ...] = ()
+    ports: tuple[Port, ...] = ()  # named ports, in spec order (the first one is $PORT)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -160,7 +171,38 @@ class JobSpec:
         for optional in ("concurrency", "scaling"):
             if data[optional] is None:
                 del data[optional]  # likewise specs that do not set them
+        if not data["ports"]:
+            del data["ports"]  # specs without named ports keep the digests they had
         return data
+
+    @property
+    def dynamic_labels(self) -> tuple[str, ...]:
+        """Labels of the ports the scheduler picks per instance, in spec order."""
+        return tuple(p.label for p in self.ports if p.static is None)
+
+    def static_ports(self) -> tuple[int, ...]:
+        """The fixed ports every instance listens on: one holder per node and port."""
+        fixed = {p.static for p in self.ports if p.static is not None}
+        if self.service is not None and isinstance(self.service.port, int):
+            fixed.add(self.service.port)
+        return tuple(sorted(fixed))
+
+    def port_numbers(self, assigned: Mapping[str, int]) -> dict[str, int]:
+        """label -> port of one instance, in spec order: static labels from the spec,
+        dynamic ones from what the scheduler assigned (`assigned`, the slot record's)."""
+        out = {}
+        for p in self.ports:
+            number = p.static if p.static is not None else assigned.get(p.label)
+            if number is None:
+                raise ValueError(f"job {self.name}: no port assigned for label {p.label!r}")
+            out[p.label] = number
+        return out
+
+    def resolve_port(self, ref: int | str | None, assigned: Mapping[str, int]) -> int | None:
+        """service.port or health.port (a number or a label) as the instance's port number."""
+        if ref is None or isinstance(ref, int):
+            return ref
+        return self.port_numbers(assigned)[ref]
 
     def digest(self) -> str:
         """Stable hash of the whole spec (the job's version)."""
@@ -170,11 +212,13 @@ class JobSpec:
         """Hash of what needs a restart to change: a different value means replace, not update
         in place (resources alone can change live)."""
         d = self.to_dict()
+        # ports: the instance binds them, so a change restarts it; optional fields a spec
+        # does not set are absent from d (to_dict), which keeps older specs' digests
+        keys = ("runtime", "kind", "schedule", "stop", "health", "service", "restart", "secrets",
+                "concurrency", "ports")
         if d["service"]:
             d["service"].pop("lb", None)  # the balancer is not the instance's: no restart
-        return _digest({k: d[k] for k in ("runtime", "kind", "schedule", "stop", "health",
-                                           "service", "restart", "secrets", "concurrency")
-                        if k in d})
+        return _digest({k: d[k] for k in keys if k in d})
 
 
 def _digest(data: dict) -> str:

@@ -27,12 +27,15 @@ from walle.jobspec.grammar import (
     CONCURRENCY_POLICIES,
     CREDENTIAL_NAME,
     DATASET,
+    DEFAULT_PORT_RANGE,
     DNS_LABEL,
     DNS_TAG,
     ENV_KEY,
     JOB_KINDS,
     MAX_COUNT,
+    MAX_PORTS,
     OPERATORS,
+    PORT_LABEL,
     RESTART_POLICIES,
     ROOT,
     RUNTIME_KINDS,
@@ -51,6 +54,7 @@ from walle.jobspec.model import (
     Discovery,
     HealthCheck,
     JobSpec,
+    Port,
     Range,
     Resources,
     Runtime,
@@ -107,7 +111,7 @@ def parse_spec(data: object, source: str = "<input>") -> JobSpec:
 
 TOP_KEYS = ("name", "kind", "count", "priority", "strategy", "resources", "runtime",
             "constraints", "data", "health", "stop", "service", "restart", "retries",
-            "schedule", "update", "secrets", "concurrency", "scaling")
+            "schedule", "update", "secrets", "concurrency", "scaling", "ports")
 
 
 def _job(r: _Report, data: object) -> JobSpec | None:
@@ -122,10 +126,12 @@ def _job(r: _Report, data: object) -> JobSpec | None:
     kind = _required(r, f, "kind", _choice(JOB_KINDS), f"one of {_alts(JOB_KINDS)}")
     resources = _required(r, f, "resources", _resources, "a mapping with at least cpu and memory")
     runtime = _required(r, f, "runtime", _runtime, "a mapping with type and command or image")
-    service = _optional(r, f, "service", _service(name))
+    ports = _optional(r, f, "ports", _ports)
+    labels = _raw_labels(f.get("ports"))
+    service = _optional(r, f, "service", _service(name, labels))
     raw_service = f.get("service")
     service_has_port = isinstance(raw_service, Mapping) and raw_service.get("port") is not None
-    health = _optional(r, f, "health", _health(service_has_port))
+    health = _optional(r, f, "health", _health(service_has_port, labels))
     fields = {
         "count": _optional(r, f, "count", _integer(0, MAX_COUNT)),
         "priority": _optional(r, f, "priority", _integer(0, 100)),
@@ -140,6 +146,7 @@ def _job(r: _Report, data: object) -> JobSpec | None:
         "scaling": _optional(r, f, "scaling", _scaling),
         "update": _optional(r, f, "update", _update),
         "secrets": _optional(r, f, "secrets", _secrets),
+        "ports": ports,
     }
     _check_kind_rules(r, f, kind)
     _check_scaling_count(r, fields["scaling"], fields["count"], "count" in f)
@@ -172,6 +179,77 @@ def _check_kind_rules(r: _Report, f: dict, kind: str | None) -> None:
     if kind == "cron" and isinstance(stop, Mapping) and stop.get("pre_stop"):
         r.add("stop.pre_stop", "cron jobs run as a oneshot service, which has no graceful stop "
                                "hook; remove it (stop.signal and stop.timeout still apply)")
+
+
+def _ports(r: _Report, value: object, path: str) -> tuple[Port, ...] | None:
+    """Named ports: unique labels; a static port outside the dynamic range, held once."""
+    ports = _list_of(_port)(r, value, path)
+    if ports is None:
+        return None
+    if len(ports) > MAX_PORTS:
+        r.add(path, f"{len(ports)} ports; a job has at most {MAX_PORTS}")
+        return None
+    before = len(r.problems)
+    for n, port in enumerate(ports):
+        first = next(m for m, p in enumerate(ports) if p.label == port.label)
+        if first < n:
+            r.add(f"{path}[{n}].label", f"{port.label!r} is already the label of "
+                                        f"{path}[{first}]; labels must be unique")
+        same = [m for m, p in enumerate(ports[:n]) if port.static and p.static == port.static]
+        if same:
+            r.add(f"{path}[{n}].static", f"port {port.static} is already {path}[{same[0]}]'s; "
+                                         "each static port once")
+    return ports if len(r.problems) == before else None
+
+
+def _port(r: _Report, value: object, path: str) -> Port | None:
+    f = _fields(r, value, path, ("label", "static"))
+    if f is None:
+        return None
+    label = _required(r, f, "label", _port_label, "a lowercase name such as 'http'", path)
+    static = _optional(r, f, "static", _integer(1, 65535), path)
+    low, high = DEFAULT_PORT_RANGE
+    if static is not None and low <= static <= high:
+        r.add(_at(path, "static"), f"port {static} is inside the range {low}-{high} the "
+                                   "scheduler assigns dynamic ports from; pick a port outside "
+                                   "it, or drop static to get a dynamic port")
+        return None
+    if label is None or ("static" in f and static is None):
+        return None
+    return Port(label=label, static=static)
+
+
+def _port_label(r: _Report, value: object, path: str) -> str | None:
+    text = _text(r, value, path)
+    if text is not None and not PORT_LABEL.fullmatch(text):
+        r.add(path, f"{_show(text)} is not a valid port label: 1-32 characters a-z, 0-9 and "
+                    "'_', starting with a letter (the instance sees WALLE_PORT_<LABEL>)")
+        return None
+    return text
+
+
+def _raw_labels(value: object) -> tuple[str, ...]:
+    """The labels `ports` names, read leniently so that a bad entry there does not also make
+    every reference to a label an error (the entry's own problem is reported)."""
+    if not isinstance(value, list | tuple):
+        return ()
+    return tuple(p["label"] for p in value
+                 if isinstance(p, Mapping) and isinstance(p.get("label"), str))
+
+
+def _port_ref(labels: tuple[str, ...]) -> Callable:
+    """service.port or health.port: a port number, or the label of one of the job's ports."""
+    def parse(r: _Report, value: object, path: str) -> int | str | None:
+        if isinstance(value, str):
+            if value in labels:
+                return value
+            known = f"one of {_alts(labels)}" if labels else "none: add `ports: [{label: ...}]`"
+            r.add(path, f"{_show(value)} is not a label of this job's ports ({known}); use a "
+                        f"port number or a label{_did_you_mean(value, labels)}")
+            return None
+        return _integer(1, 65535)(r, value, path)
+
+    return parse
 
 
 def _job_name(r: _Report, value: object, path: str) -> str | None:
@@ -459,7 +537,7 @@ SCRIPT_CHECK_REFUSED = (
     "check lets the workload itself report its health)")
 
 
-def _health(service_has_port: bool) -> Callable:
+def _health(service_has_port: bool, labels: tuple[str, ...] = ()) -> Callable:
     def parse(r: _Report, value: object, path: str) -> HealthCheck | None:
         if isinstance(value, Mapping) and value.get("type") == "script":
             r.add(_at(path, "type"), SCRIPT_CHECK_REFUSED)
@@ -471,7 +549,7 @@ def _health(service_has_port: bool) -> Callable:
                          path)
         parts = {
             "path": _optional(r, f, "path", _url_path, path),
-            "port": _optional(r, f, "port", _integer(1, 65535), path),
+            "port": _optional(r, f, "port", _port_ref(labels), path),
             "interval": _optional(r, f, "interval", _duration(0.1, 86400), path),
             "timeout": _optional(r, f, "timeout", _duration(0.1, 3600), path),
             "ttl": _optional(r, f, "ttl", _duration(1, 86400), path),
@@ -526,13 +604,13 @@ def _argv(r: _Report, value: object, path: str) -> tuple[str, ...] | None:
     return items
 
 
-def _service(job_name: str | None) -> Callable:
+def _service(job_name: str | None, labels: tuple[str, ...] = ()) -> Callable:
     def parse(r: _Report, value: object, path: str) -> Discovery | None:
         f = _fields(r, value, path, ("name", "port", "tags", "lb"))
         if f is None:
             return None
         name = _optional(r, f, "name", _service_name, path) or job_name
-        port = _optional(r, f, "port", _integer(1, 65535), path)
+        port = _optional(r, f, "port", _port_ref(labels), path)
         tags = _optional(r, f, "tags", _list_of(_tag), path)
         lb = _optional(r, f, "lb", _balancer, path)
         if "lb" in f and "port" not in f:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from walle.adapters.consul import ConsulApi, service_health
@@ -45,6 +45,7 @@ from walle.core.reconcile import allocation_for
 from walle.jobspec import JobSpec
 from walle.naming import instance_id, parse_instance_id
 from walle.service.cluster import Snapshot, records_by_node
+from walle.service.params import ports_from_meta
 from walle.service.records import SlotRecord
 
 log = logging.getLogger("walle.adopt")
@@ -152,6 +153,8 @@ def _adopted(spec: JobSpec, f: Found, meta: Meta, current: SlotRecord | None,
     req = compile_job(spec, default_strategy="spread")  # the strategy plays no part here
     alloc = allocation_for(req, f.slot, f.node, digests, since=now,
                            state="running", failed_nodes=failed)
+    # the ports it was started with (its registration says): the core keeps them
+    alloc = replace(alloc, dynamic_ports=ports_from_meta(meta.get((f.node, f.key)) or {}))
     return SlotRecord(alloc=alloc, modify_index=current.modify_index if current else 0,
                       state_since=now)
 

@@ -61,6 +61,7 @@ def core_node(info: NodeInfo, draining: bool) -> Node:
         capacity=Capacity(cpu=info.cpu, memory=info.memory, disk=info.disk, gpus=info.gpus),
         zone=info.zone or "", rack=info.rack or "", labels=dict(info.labels),
         datasets=frozenset(info.datasets), state=node_state(info, draining),
+        port_range=info.port_range,
     )
 
 

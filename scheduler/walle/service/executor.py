@@ -124,7 +124,8 @@ class Executor:
                 continue
             instance = instance_vars(spec, alloc.slot, address, grant, self.node_consul_addr,
                                      consul_auth=self.node_consul_auth,
-                                     gpu_indices=gpu_indices_of(alloc, spec), image=image)
+                                     gpu_indices=gpu_indices_of(alloc, spec), image=image,
+                                     ports=dict(alloc.dynamic_ports))
             instance["manifest"] = instance_manifest(alloc, spec, grant)
             if spec.kind == "batch":
                 instance["workload"]["commit"] = batch_commit_args(

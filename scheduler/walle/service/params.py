@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from walle import naming
@@ -42,10 +43,12 @@ def instance_vars(
     gpu_indices: Sequence[int] | None = None,
     consul_auth: Mapping[str, str] | None = None,
     image: Mapping[str, str] | None = None,
+    ports: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Everything place.yml needs for one instance: `instance` (identity and what to wait
     for), `slice`, `workload`, `service` (None when the spec has no service) and, for a job
-    with runtime.image, `image` (image_args of the image the store resolved it to)."""
+    with runtime.image, `image` (image_args of the image the store resolved it to). `ports`:
+    the dynamic ports the core assigned the instance, label -> port (its slot record's)."""
     _check_slot(spec, slot)
     if (spec.runtime.image is None) != (image is None):
         raise ValueError(f"image: job {spec.name} has runtime.image {spec.runtime.image!r}; "
@@ -53,8 +56,9 @@ def instance_vars(
     out = {
         "instance": instance_identity(spec, slot),
         "slice": slice_args(spec, slot, grant, gpu_indices=gpu_indices),
-        "workload": workload_args(spec, slot, gpu_indices=gpu_indices),
-        "service": service_args(spec, slot, node_address, consul_addr, consul_auth=consul_auth),
+        "workload": workload_args(spec, slot, gpu_indices=gpu_indices, ports=ports),
+        "service": service_args(spec, slot, node_address, consul_addr, consul_auth=consul_auth,
+                                ports=ports),
     }
     if image is not None:
         out["image"] = dict(image)
@@ -158,11 +162,14 @@ def gpu_device_allow(gpus: int, gpu_indices: Sequence[int] | None) -> list[str]:
 
 
 def workload_args(
-    spec: JobSpec, slot: int, *, gpu_indices: Sequence[int] | None = None
+    spec: JobSpec, slot: int, *, gpu_indices: Sequence[int] | None = None,
+    ports: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """walle_workload arguments. The description carries the runtime digest, so the unit text
-    changes (and the unit restarts) exactly when the spec says a replace is needed."""
+    changes (and the unit restarts) exactly when the spec says a replace is needed; the
+    environment carries the instance's ports, so it restarts when they change too."""
     rt = spec.runtime
+    env = _workload_env(spec, slot, gpu_indices, spec.port_numbers(ports or {}))
     args: dict[str, Any] = {
         "name": naming.unit_stem(spec.name, slot),
         "slice": naming.instance_slice(spec.name, slot),
@@ -171,7 +178,7 @@ def workload_args(
         "runtime": rt.kind,
         "command": rt.command,
         "args": list(rt.args),
-        "env": _workload_env(spec, slot, gpu_indices),
+        "env": env,
         "user": rt.user,
         "working_dir": rt.working_dir,
         **sandbox_args(spec, gpu_indices),
@@ -180,6 +187,8 @@ def workload_args(
         "pre_stop": list(spec.stop.pre_stop) or None,
         "description": f"walle {spec.name} slot {slot} runtime {spec.runtime_digest()}",
     }
+    if rt.kind == "exec" and spec.ports:  # `${WALLE_PORT_HTTP}` in args: the port
+        args["expand_env"] = [port_variable(p.label) for p in spec.ports]
     if spec.kind == "service":
         args["restart"] = spec.restart
     elif spec.kind == "batch":
@@ -211,31 +220,63 @@ def sandbox_args(spec: JobSpec, gpu_indices: Sequence[int] | None = None) -> dic
 
 def service_args(
     spec: JobSpec, slot: int, node_address: str, consul_addr: str = DEFAULT_CONSUL_ADDR,
-    *, consul_auth: Mapping[str, str] | None = None,
+    *, consul_auth: Mapping[str, str] | None = None, ports: Mapping[str, int] | None = None,
 ) -> dict[str, Any] | None:
-    """walle_consul_service arguments, or None when the job is not a discoverable service."""
+    """walle_consul_service arguments, or None when the job is not a discoverable service.
+    The registration (and so DNS SRV) carries the instance's own port: service.port, or the
+    port of the label it names."""
     if spec.service is None:
         return None
     _check_node_address(node_address)
+    assigned = ports or {}
+    port = spec.resolve_port(spec.service.port, assigned)
     args: dict[str, Any] = {
         "service_id": naming.instance_id(spec.name, slot),
         "name": spec.service.name,
         "address": node_address,
-        "port": spec.service.port,
+        "port": port,
         "tags": list(spec.service.tags),
         "meta": {
             "walle_job": spec.name,
             "walle_slot": str(slot),
             "walle_digest": spec.digest(),
             "walle_runtime": spec.runtime_digest(),  # adoption: replace, or update in place
+            **ports_meta(spec, assigned),
         },
         "consul_addr": consul_addr,
         **(consul_auth or {}),
         "state": "present",
     }
     if spec.health is not None:
-        args.update(check_options(spec.health, node_address, spec.service.port))
+        health = replace(spec.health, port=spec.resolve_port(spec.health.port, assigned))
+        args.update(check_options(health, node_address, port))
     return _without_none(args)
+
+
+PORTS_META = "walle_ports"  # "http=20001,admin=20417": what a new leader adopting it keeps
+
+
+def ports_meta(spec: JobSpec, assigned: Mapping[str, int]) -> dict[str, str]:
+    """The service meta recording an instance's dynamic ports (adoption reads them back)."""
+    numbers = spec.port_numbers(assigned)
+    dynamic = [f"{label}={numbers[label]}" for label in sorted(spec.dynamic_labels)]
+    return {PORTS_META: ",".join(dynamic)} if dynamic else {}
+
+
+def ports_from_meta(meta: Mapping[str, str]) -> tuple[tuple[str, int], ...]:
+    """ports_meta read back, (label, port) by label; anything malformed reads as none."""
+    out = []
+    for item in (meta.get(PORTS_META) or "").split(","):
+        label, _, number = item.partition("=")
+        if not (label and number.isdigit() and 0 < int(number) < 65536):
+            return ()
+        out.append((label, int(number)))
+    return tuple(sorted(out))
+
+
+def port_variable(label: str) -> str:
+    """The environment variable carrying a labelled port: WALLE_PORT_<LABEL>."""
+    return f"WALLE_PORT_{label.upper()}"
 
 
 def stop_vars(job: str, slot: int, consul_addr: str = DEFAULT_CONSUL_ADDR, *,
@@ -256,10 +297,15 @@ def stop_vars(job: str, slot: int, consul_addr: str = DEFAULT_CONSUL_ADDR, *,
     }
 
 
-def _workload_env(spec: JobSpec, slot: int, gpu_indices: Sequence[int] | None) -> dict:
+def _workload_env(spec: JobSpec, slot: int, gpu_indices: Sequence[int] | None,
+                  ports: Mapping[str, int]) -> dict:
     env = {"WALLE_JOB": spec.name, "WALLE_SLOT": str(slot)}
     if spec.service is not None and spec.service.port is not None:
-        env["WALLE_PORT"] = str(spec.service.port)
+        env["WALLE_PORT"] = str(spec.resolve_port(spec.service.port, ports))
+    for label, port in ports.items():
+        env[port_variable(label)] = str(port)
+    if ports:
+        env["PORT"] = str(next(iter(ports.values())))  # the first label's, by convention
     if gpu_indices is not None:
         # the driver's indices are the /dev/nvidia<i> minors, in PCI bus order; CUDA's own
         # default order (fastest first) may differ, so pin it

@@ -133,6 +133,7 @@ def alloc_to_dict(a: Allocation) -> dict[str, Any]:
         "ceiling": asdict(a.ceiling), "priority": a.priority,
         "grant": asdict(a.grant) if a.grant else {}, "failed_nodes": list(a.failed_nodes),
         "since": a.since, "ports": list(a.ports), "gpu_indices": list(a.gpu_indices),
+        "dynamic_ports": dict(a.dynamic_ports),
     }
 
 
@@ -151,6 +152,8 @@ def alloc_from_dict(job: str, slot: int, body: Mapping[str, Any]) -> Allocation:
         since=float(body.get("since", 0.0)),
         ports=tuple(int(p) for p in body.get("ports", ())),
         gpu_indices=tuple(int(i) for i in body.get("gpu_indices", ())),  # absent: before GPUs
+        dynamic_ports=tuple(sorted((str(label), int(port)) for label, port
+                                   in (body.get("dynamic_ports") or {}).items())),
     )
 
 

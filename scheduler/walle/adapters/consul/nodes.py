@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from walle.adapters.consul.api import ConsulApi
+from walle.jobspec.grammar import DEFAULT_PORT_RANGE
 
 Health = Literal["passing", "warning", "critical", "maintenance", "unknown"]
 
@@ -32,6 +33,7 @@ class NodeInfo:
     schedulable: bool = False  # False when walle_cpu is missing or any walle_ meta is bad
     problems: tuple[str, ...] = ()  # why it is not schedulable, one line per cause
     meta: Mapping[str, str] = field(default_factory=dict)  # raw node meta
+    port_range: tuple[int, int] = DEFAULT_PORT_RANGE  # walle_port_range: dynamic ports
 
     @property
     def healthy(self) -> bool:
@@ -48,6 +50,7 @@ def node_from_catalog(entry: Mapping[str, Any], health: Health = "unknown") -> N
     memory = _number(meta, "walle_memory", int, problems)
     disk = _number(meta, "walle_disk", int, problems)
     gpus = _gpus(meta, problems)
+    port_range = _port_range(meta, problems)
     return NodeInfo(
         name=entry["Node"],
         address=entry.get("Address", ""),
@@ -63,6 +66,7 @@ def node_from_catalog(entry: Mapping[str, Any], health: Health = "unknown") -> N
         schedulable=not problems,
         problems=tuple(problems),
         meta=meta,
+        port_range=port_range,
     )
 
 
@@ -128,6 +132,28 @@ def _gpus(meta: Mapping[str, str], problems: list[str]) -> int:
     if not items:
         problems.append(f"node meta walle_gpus={raw!r} is neither a count nor a list")
     return len(items)
+
+
+def _port_range(meta: Mapping[str, str], problems: list[str]) -> tuple[int, int]:
+    raw = meta.get("walle_port_range")
+    if not raw:
+        return DEFAULT_PORT_RANGE
+    try:
+        return parse_range(raw)
+    except ValueError as err:
+        problems.append(f"node meta walle_port_range: {err}")
+        return DEFAULT_PORT_RANGE
+
+
+def parse_range(raw: str) -> tuple[int, int]:
+    """A node's walle_port_range meta, "LOW-HIGH" (inclusive), as (low, high)."""
+    low, sep, high = raw.strip().partition("-")
+    if not (sep and low.strip().isdigit() and high.strip().isdigit()):
+        raise ValueError(f"{raw!r} is not a port range LOW-HIGH such as 20000-32000")
+    lo, hi = int(low), int(high)
+    if not 1024 <= lo <= hi <= 65535:
+        raise ValueError(f"{raw!r}: the range must lie within 1024-65535, low before high")
+    return lo, hi
 
 
 def _csv(raw: str) -> tuple[str, ...]:

@@ -56,6 +56,9 @@ def check_options(health: HealthCheck, node_address: str, service_port: int | No
         raise ValueError(f"health.type: unknown check type {health.type!r} "
                          "(use http, tcp or ttl)")
     port = health.port if health.port is not None else service_port
+    if isinstance(port, str):
+        raise ValueError(f"health.port: label {port!r} must be resolved to the instance's port "
+                         "first (JobSpec.resolve_port)")
     if port is None:
         raise ValueError(f"health.port: a {health.type} check needs health.port or service.port")
     host = f"[{node_address}]" if ":" in node_address else node_address

@@ -98,7 +98,7 @@ function drawJobs(jobs, unreadable) {
   const instances = [];
   for (const j of jobs) {
     for (const i of j.instances) {
-      instances.push([i.instance, j.job, i.node, i.state, i.health, i.reason]);
+      instances.push([i.instance, j.job, i.node, i.ports || "-", i.state, i.health, i.reason]);
     }
   }
   fillBody("instances", instances, "No instances.");
