@@ -144,14 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab(args.lab, progress=log)
     results: dict[int, list[dict[str, float]]] = {}
     try:
-        lab.up(counts[-1])
-        standin = start_in_thread(http=(lab.host_address, 0), dns=None,
-                                  agents={n.name: (lab.host_address, 0) for n in lab.nodes})
-        try:
-            for n in counts:
+        for n in counts:  # booted step by step: 20 nspawn boots at once fail under load
+            lab.up(n)
+            standin = start_in_thread(http=(lab.host_address, 0), dns=None,
+                                      agents={node.name: (lab.host_address, 0)
+                                              for node in lab.nodes})
+            try:
                 results[n] = [r for i in range(args.trials) if (r := trial(lab, standin, n, i))]
-        finally:
-            standin.stop()
+            finally:
+                standin.stop()
     except KeyboardInterrupt:
         log("interrupted: reporting what was measured")
     finally:
