@@ -10,6 +10,8 @@ it `failed` (what the stand-in turns into serfHealth critical, plus its 0.25 s p
 it again and wait until it is `alive`. Then, for `--quiet-s` seconds with every agent alive,
 count false positives: any member the observer lists as anything but `alive`. Run it next to
 the machine's usual load: a false positive under load is what the tuning must not cause.
+Standard library and the serf binary only (no walle import, no PYTHONPATH), so its two
+printing helpers are its own rather than failover.py's.
 """
 
 from __future__ import annotations
