@@ -13,6 +13,9 @@ renamed: a python HTTP server with an HTTP check), then stop.yml of it. Figures 
             collection, the inventory, the play)
   tasks     per task, median over hosts of its duration; the remote round trips
   passing   start -> every instance passes its check in the stand-in
+  registered -> passing   per node, its registration task's end -> its instance passing
+            (median over nodes): Consul's first-run stagger (0..interval) unless the node's
+            own probe saw the check pass (`--probe-wait 0` turns that off, for comparison)
   stop      the stop.yml batch
 and seconds per node (batch / N). The machine's load is printed with the figures.
 """
@@ -20,10 +23,12 @@ and seconds per node (batch / N). The machine's load is printed with the figures
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import defaultdict
@@ -43,6 +48,7 @@ MIB = 1024**2
 GRANT = Grant(cpu_weight=25, cpu_quota_percent=50, memory_min=32 * MIB, memory_high=96 * MIB,
               memory_max=128 * MIB)
 PORT = 8090
+REGISTER_TASK = "Consul service registration"  # playbooks/tasks/consul_service.yml
 
 
 class Timed:
@@ -52,11 +58,14 @@ class Timed:
     def __init__(self):
         self.first_task: float | None = None
         self.tasks: dict[str, list[float]] = defaultdict(list)
+        self.registered: dict[str, float] = {}  # host -> when its registration task ended
 
     def handle(self, event: dict) -> bool:
         kind, data = event.get("event", ""), event.get("event_data") or {}
         if kind == "playbook_on_task_start" and self.first_task is None:
             self.first_task = time.monotonic()
+        if kind == "runner_on_ok" and data.get("task") == REGISTER_TASK:
+            self.registered.setdefault(data.get("host", "?"), time.monotonic())
         if kind in ("runner_on_ok", "runner_on_failed") and data.get("start") and \
                 data.get("end"):
             seconds = (datetime.fromisoformat(data["end"])
@@ -77,14 +86,38 @@ def run(playbook: str, inventory: str, extravars: dict, hosts: list[str]) -> tup
     return took, timed, runner.status
 
 
-def passing(standin, service: str) -> int:
+def passing(standin, service: str) -> set[str]:
+    """The nodes whose instance of `service` passes."""
     host, port = standin.http_addr
     url = f"http://{host}:{port}/v1/health/service/{service}?passing=1"
     with urllib.request.urlopen(url, timeout=5) as answer:
-        return len(json.load(answer))
+        return {entry["Node"]["Node"] for entry in json.load(answer)}
 
 
-def trial(lab: Lab, standin, n: int, i: int) -> dict[str, float] | None:
+class PassingWatch:
+    """Polls (50 ms) while the playbook runs: when each node's instance first passed."""
+
+    def __init__(self, standin, service: str, count: int):
+        self.standin, self.service, self.count = standin, service, count
+        self.first: dict[str, float] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.done.is_set() and len(self.first) < self.count:
+            with contextlib.suppress(OSError, ValueError):
+                for node in passing(self.standin, self.service):
+                    self.first.setdefault(node, time.monotonic())
+            time.sleep(0.05)
+
+    def wait(self, timeout: float) -> None:
+        self.thread.join(timeout)
+        self.done.set()
+
+
+def trial(lab: Lab, standin, n: int, i: int,
+          probe_wait: float | None) -> dict[str, float] | None:
     nodes = [f"node{k}" for k in range(1, n + 1)]
     name = f"bb{n}x{i}"
     spec = service_spec(name, n, PORT, "2s")
@@ -94,15 +127,16 @@ def trial(lab: Lab, standin, n: int, i: int) -> dict[str, float] | None:
     batch = {node: [{**instance_vars(spec, slot, address[node], GRANT, agents[node]),
                      "manifest": {"job": name, "slot": slot, "spec_digest": spec.digest()}}]
              for slot, node in enumerate(nodes)}
+    extravars = {"walle_batch": batch}
+    if probe_wait is not None:
+        extravars["walle_check_probe_wait"] = probe_wait
     start = time.monotonic()
-    took, timed, status = run("place.yml", str(lab.inventory_path), {"walle_batch": batch},
-                              nodes)
-    seen = None
-    while time.monotonic() - start < took + 30:
-        if passing(standin, name) == n:
-            seen = time.monotonic() - start
-            break
-        time.sleep(0.05)
+    watch = PassingWatch(standin, name, n)
+    took, timed, status = run("place.yml", str(lab.inventory_path), extravars, nodes)
+    watch.wait(30)
+    seen = max(watch.first.values()) - start if len(watch.first) == n else None
+    after_registration = [watch.first[h] - t for h, t in timed.registered.items()
+                          if h in watch.first]
     stop = {node: [stop_vars(name, slot, agents[node])] for slot, node in enumerate(nodes)}
     stop_took, _, stop_status = run("stop.yml", str(lab.inventory_path), {"walle_batch": stop},
                                     nodes)
@@ -113,6 +147,8 @@ def trial(lab: Lab, standin, n: int, i: int) -> dict[str, float] | None:
                "stop": stop_took}
     if seen is not None:
         figures["passing"] = seen
+    if after_registration:
+        figures["registered -> passing"] = statistics.median(after_registration)
     for task, values in timed.tasks.items():
         figures[f"task: {task}"] = statistics.median(values)
     log(f"{n} nodes trial {i} (load {load()}): "
@@ -139,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", default="1,5,10,20", help="node counts, comma-separated")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--lab", default="batch")
+    parser.add_argument("--probe-wait", type=float, help="walle_check_probe_wait for "
+                        "place.yml (default: the playbook's, 1 s; 0: register checks "
+                        "critical and wait for the agent's first run, as before issue 15)")
     parser.add_argument("--keep", action="store_true", help="leave the lab up at the end")
     args = parser.parse_args(argv)
     counts = sorted({int(c) for c in args.nodes.split(",")})
@@ -156,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                                       agents={node.name: (lab.host_address, 0)
                                               for node in lab.nodes})
             try:
-                results[n] = [r for i in range(args.trials) if (r := trial(lab, standin, n, i))]
+                results[n] = [r for i in range(args.trials)
+                              if (r := trial(lab, standin, n, i, args.probe_wait))]
             finally:
                 standin.stop()
     except KeyboardInterrupt:
