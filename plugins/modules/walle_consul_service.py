@@ -214,7 +214,7 @@ check:
            "Interval": "2s", "Timeout": "1s", "DeregisterCriticalServiceAfter": "60s"}
 check_status:
   description: The status the check was registered with (see O(initial_probe_wait)).
-  returned: when the service was registered (not in check mode)
+  returned: when the service was registered with a check (not in check mode)
   type: str
   sample: passing
 """
@@ -328,10 +328,11 @@ def run_module(params, agent, check_mode, first_status=initial_status):
         result.update(changed=True, operation="update" if current else "create", service=view,
                       diff={"before": current, "after": view})
         if not check_mode:
-            status = first_status(check, params.get("initial_probe_wait") or 0.0)
-            if status:
-                body["Check"]["Status"] = status
-            result["check_status"] = status or "critical"
+            if check:
+                status = first_status(check, params.get("initial_probe_wait") or 0.0)
+                if status:
+                    body["Check"]["Status"] = status
+                result["check_status"] = status or "critical"
             agent.register(body)
     return result
 

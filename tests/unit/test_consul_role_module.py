@@ -462,3 +462,12 @@ def test_the_probe_never_waits_longer_than_the_agents_first_run():
     assert walle_consul.initial_status(check, 5.0, probe=probe, clock=lambda: now[0],
                                        sleep=sleep) is None
     assert probes and max(probes) < 1.0  # bounded by the 1 s interval, not the 5 s asked
+
+
+def test_a_service_without_a_check_reports_no_check_status(monkeypatch, out):
+    agent = FakeAgent()
+    register_args = dict(WEB, check_type="none", initial_probe_wait=1.0)
+    monkeypatch.setattr(mod, "open_url", agent.open_url)
+    register(monkeypatch, **register_args)
+    result = out()
+    assert result["changed"] and "check_status" not in result
