@@ -15,8 +15,12 @@ Stdlib and walle_grammar only: it ships with every module run.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import re
+import socket
+import time
+import urllib.request
 
 from ansible_collections.walle.pool.plugins.module_utils.walle_grammar import format_duration
 from ansible_collections.walle.pool.plugins.module_utils.walle_grammar import (
@@ -125,6 +129,50 @@ def desired_check(params, service_id):
 def _require(params, option, kind):
     if not params.get(option):
         raise ConsulModuleError(f"{option}: required for a {kind} check", option=option)
+
+
+def probe_check(check, timeout):
+    """One run of an HTTP or TCP check from this node, judged as Consul's agent judges it
+    (HTTP: a 2xx answer; TCP: a completed connect): True when it passes. Anything else (no
+    answer, 429 warning, 5xx, a certificate this node does not trust) is False."""
+    if check.get("HTTP"):
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        request = urllib.request.Request(check["HTTP"],
+                                         headers={"User-Agent": "Consul Health Check"})
+        try:
+            with opener.open(request, timeout=timeout) as answer:
+                return 200 <= answer.status < 300
+        except (OSError, ValueError, http.client.HTTPException):  # HTTPError is an OSError
+            return False
+    if check.get("TCP"):
+        host, _, port = check["TCP"].rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+            return True
+        except (OSError, ValueError):
+            return False
+    return False
+
+
+def initial_status(check, wait_s, probe=probe_check, clock=time.monotonic, sleep=time.sleep):
+    """The Status to register `check` with: "passing" when it passed a probe of our own within
+    `wait_s` seconds (tried every 0.1 s), else None (Consul's default, critical). Consul runs
+    a new check's first probe after a random stagger within its interval; a check seen
+    passing here need not wait for that, and one that is not stays critical until the agent
+    says otherwise. TTL checks are never probed: only their node can say they pass."""
+    if wait_s <= 0 or not (check.get("HTTP") or check.get("TCP")):
+        return None
+    check_timeout = parse_duration(check.get("Timeout") or "10s", "check_timeout")
+    # never longer than the agent's own first run may take (the stagger is within Interval)
+    wait_s = min(wait_s, parse_duration(check.get("Interval") or "10s", "check_interval"))
+    deadline = clock() + wait_s
+    while True:
+        left = deadline - clock()
+        if probe(check, max(0.1, min(check_timeout, left))):
+            return "passing"
+        if clock() + 0.1 >= deadline:
+            return None
+        sleep(0.1)
 
 
 def check_digest(check):

@@ -119,6 +119,16 @@ options:
         critical this long. Consul's minimum is V(1m). Ignored when O(check_type=none).
     type: str
     default: 1m
+  initial_probe_wait:
+    description:
+      - Before it registers a new or changed HTTP/TCP check, the module runs the check itself
+        from the node (every 0.1 s, for up to this many seconds). A check that passes is
+        registered with C(Status) V(passing), so it does not wait for the agent's first run,
+        which Consul staggers randomly within the interval; one that does not pass within
+        the wait is registered critical as usual, and the agent decides from then on.
+      - V(0) probes nothing. Ignored for TTL checks and in check mode.
+    type: float
+    default: 0
 attributes:
   check_mode:
     support: full
@@ -202,6 +212,11 @@ check:
   type: dict
   sample: {"CheckID": "service:web-0", "HTTP": "http://10.77.0.11:8080/health",
            "Interval": "2s", "Timeout": "1s", "DeregisterCriticalServiceAfter": "60s"}
+check_status:
+  description: The status the check was registered with (see O(initial_probe_wait)).
+  returned: when the service was registered with a check (not in check mode)
+  type: str
+  sample: passing
 """
 
 import json  # noqa: E402
@@ -216,6 +231,7 @@ from ansible_collections.walle.pool.plugins.module_utils.walle_consul import (  
     ConsulModuleError,
     comparable,
     desired_service,
+    initial_status,
 )
 
 ARGUMENT_SPEC = dict(
@@ -241,6 +257,7 @@ ARGUMENT_SPEC = dict(
     check_timeout=dict(type="str"),
     check_ttl=dict(type="str"),
     deregister_critical_after=dict(type="str", default="1m"),
+    initial_probe_wait=dict(type="float", default=0.0),
 )
 REQUIRED_ONE_OF = [("service_id", "name")]
 MUTUALLY_EXCLUSIVE = [("token", "token_file")]
@@ -291,7 +308,7 @@ def _quote(text):
     return quote(text, safe="")
 
 
-def run_module(params, agent, check_mode):
+def run_module(params, agent, check_mode, first_status=initial_status):
     service_id = params["service_id"] or params["name"]
     current = comparable(agent.service(service_id))
     result = {"changed": False, "service_id": service_id, "operation": "none",
@@ -311,6 +328,11 @@ def run_module(params, agent, check_mode):
         result.update(changed=True, operation="update" if current else "create", service=view,
                       diff={"before": current, "after": view})
         if not check_mode:
+            if check:
+                status = first_status(check, params.get("initial_probe_wait") or 0.0)
+                if status:
+                    body["Check"]["Status"] = status
+                result["check_status"] = status or "critical"
             agent.register(body)
     return result
 

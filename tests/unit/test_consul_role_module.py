@@ -341,3 +341,133 @@ def test_a_token_file_others_can_read_is_warned_about(monkeypatch, out, tmp_path
     monkeypatch.setattr(ansible_warnings, "_global_warnings", {})
     run(FakeAgent(), monkeypatch, token_file=token_file(tmp_path, mode=0o600), **PLAIN)
     assert not out().get("warnings")
+
+
+# ----- a check registered with the status its own probe saw (no wait for Consul's stagger)
+def sent_checks(agent, monkeypatch):
+    """The Check of every registration the module sends."""
+    sent = []
+    real = agent.open_url
+
+    def spy(url, method="GET", data=None, **kw):
+        if method == "PUT" and "register" in url:
+            sent.append(json.loads(data).get("Check"))
+        return real(url, method=method, data=data, **kw)
+
+    monkeypatch.setattr(mod, "open_url", spy)
+    return sent
+
+
+def register(monkeypatch, **args):
+    with patch_module_args(args), pytest.raises(SystemExit):
+        mod.main()
+
+
+@pytest.fixture
+def http_server():
+    """A local HTTP server whose answer code the test sets."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        code = 200
+
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(Handler.code)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server, Handler
+    server.shutdown()
+
+
+def test_a_check_that_passes_its_probe_is_registered_passing(monkeypatch, out, http_server):
+    server, _ = http_server
+    agent = FakeAgent()
+    sent = sent_checks(agent, monkeypatch)
+    url = f"http://127.0.0.1:{server.server_port}/health"
+    register(monkeypatch, **dict(WEB, check_http=url, initial_probe_wait=1.0))
+    result = out()
+    assert sent[0]["Status"] == "passing" and result["check_status"] == "passing"
+    assert "Status" not in result["check"]  # the digest (idempotence) ignores the status
+    register(monkeypatch, **dict(WEB, check_http=url, initial_probe_wait=1.0))
+    assert not out()["changed"] and len(sent) == 1
+
+
+@pytest.mark.parametrize("code", [500, 429])
+def test_a_check_that_fails_its_probe_starts_critical(monkeypatch, out, http_server, code):
+    server, handler = http_server
+    handler.code = code  # 429 is Consul's warning, never passing
+    agent = FakeAgent()
+    sent = sent_checks(agent, monkeypatch)
+    url = f"http://127.0.0.1:{server.server_port}/health"
+    register(monkeypatch, **dict(WEB, check_http=url, initial_probe_wait=0.3))
+    assert "Status" not in sent[0] and out()["check_status"] == "critical"
+
+
+def test_tcp_probe_and_no_probe_by_default(monkeypatch, out, http_server):
+    server, _ = http_server
+    agent = FakeAgent()
+    sent = sent_checks(agent, monkeypatch)
+    tcp = dict(WEB, check_type="tcp", check_tcp=f"127.0.0.1:{server.server_port}")
+    register(monkeypatch, **tcp)
+    assert "Status" not in sent[0] and out()["check_status"] == "critical"
+    register(monkeypatch, **dict(tcp, service_id="web-1", initial_probe_wait=1.0))
+    assert sent[1]["Status"] == "passing"
+
+
+def test_a_closed_port_is_not_passing(monkeypatch, out):
+    import socket
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    agent = FakeAgent()
+    sent = sent_checks(agent, monkeypatch)
+    register(monkeypatch, **dict(WEB, check_type="tcp", check_tcp=f"127.0.0.1:{port}",
+                                 initial_probe_wait=0.3))
+    assert "Status" not in sent[0] and out()["check_status"] == "critical"
+
+
+def test_ttl_checks_and_check_mode_are_never_probed(monkeypatch, out):
+    from ansible_collections.walle.pool.plugins.module_utils import walle_consul
+
+    def no_probe(check, timeout):
+        raise AssertionError("probed")
+
+    monkeypatch.setattr(walle_consul, "probe_check", no_probe)
+    assert walle_consul.initial_status({"TTL": "30s"}, 5.0, probe=no_probe) is None
+    agent = FakeAgent()
+    sent = sent_checks(agent, monkeypatch)
+    register(monkeypatch, **dict(WEB, initial_probe_wait=5.0, _ansible_check_mode=True))
+    assert out()["changed"] and sent == []
+
+
+def test_the_probe_never_waits_longer_than_the_agents_first_run():
+    from ansible_collections.walle.pool.plugins.module_utils import walle_consul
+    now = [0.0]
+    probes = []
+
+    def probe(check, timeout):
+        probes.append(now[0])
+        return False
+
+    def sleep(s):
+        now[0] += s
+
+    check = {"HTTP": "http://127.0.0.1:1/", "Interval": "1s", "Timeout": "1s"}
+    assert walle_consul.initial_status(check, 5.0, probe=probe, clock=lambda: now[0],
+                                       sleep=sleep) is None
+    assert probes and max(probes) < 1.0  # bounded by the 1 s interval, not the 5 s asked
+
+
+def test_a_service_without_a_check_reports_no_check_status(monkeypatch, out):
+    agent = FakeAgent()
+    register_args = dict(WEB, check_type="none", initial_probe_wait=1.0)
+    monkeypatch.setattr(mod, "open_url", agent.open_url)
+    register(monkeypatch, **register_args)
+    result = out()
+    assert result["changed"] and "check_status" not in result

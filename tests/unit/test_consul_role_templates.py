@@ -139,9 +139,7 @@ def test_node_side_walle_token_is_a_root_only_file_and_never_logged():
 
 
 def test_serf_config_carries_the_same_meta_as_tags():
-    variables = role_vars(consul_mode="standin")
-    variables["consul_node_meta_rendered"] = node_meta()
-    cfg = json.loads(render("serf.json.j2", **variables))
+    cfg = json.loads(render("serf.json.j2", **gossip_vars(consul_mode="standin")))
     assert cfg["node_name"] == "node1"
     assert cfg["bind"] == "10.77.0.11:7946"
     assert cfg["tags"] == node_meta()
@@ -230,3 +228,33 @@ def test_token_file_task_writes_0600_and_logs_nothing(tmp_path):
     assert token not in result.stdout.read()
     artifacts = [p for p in private.rglob("*") if p.is_file()]
     assert artifacts and not [p for p in artifacts if token.encode() in p.read_bytes()]
+
+
+def gossip_vars(**overrides):
+    """role_vars plus vars/main.yml, with its one templated value made concrete."""
+    variables = role_vars(**overrides)
+    variables.update(yaml.safe_load((ROLE / "vars/main.yml").read_text()))
+    variables["consul_gossip_key"] = "/".join(str(variables[f"consul_gossip_{k}"]) for k in
+                                              ("probe_interval", "probe_timeout",
+                                               "suspicion_mult"))
+    variables["consul_node_meta_rendered"] = node_meta(**overrides)
+    return variables
+
+
+def test_gossip_lan_is_tuned_for_a_lan_and_serf_runs_the_same_timings():
+    from walle.lab.nodes import SERF_PROFILE
+    cfg = json.loads(render("consul.json.j2", **gossip_vars()))
+    assert cfg["gossip_lan"] == {"probe_interval": "1s", "probe_timeout": "200ms",
+                                 "suspicion_mult": 3}
+    serf = json.loads(render("serf.json.j2", **gossip_vars(consul_mode="standin")))
+    assert serf["profile"] == "local" == SERF_PROFILE  # memberlist's local: 1s/200ms/3
+    lan = gossip_vars(consul_gossip_probe_timeout="500ms", consul_gossip_suspicion_mult=4)
+    assert json.loads(render("serf.json.j2", **lan))["profile"] == "lan"
+
+
+def test_gossip_timings_serf_cannot_run_are_refused_in_standin_mode():
+    asserts = yaml.safe_load((ROLE / "tasks/asserts.yml").read_text())
+    gossip = next(t for t in asserts if "Serf profile" in t["name"])
+    assert gossip["ansible.builtin.assert"]["that"] == ["consul_gossip_key in consul_serf_profiles"]
+    assert gossip["when"] == "consul_mode == 'standin'"
+    assert "500ms/2" not in gossip_vars(consul_gossip_suspicion_mult=2)["consul_serf_profiles"]

@@ -37,6 +37,9 @@ FIRST_NODE_HOST = 11
 BOOT_TIMEOUT = 90.0
 CONSUL_HTTP_PORT, CONSUL_DNS_PORT = 8500, 8600
 SERF_PORT, SERF_RPC_BASE = 7946, 17373
+# The host's Serf agent runs the nodes' gossip timings: the profile roles/consul renders for
+# its default consul_gossip_* values (a test holds the two equal).
+SERF_PROFILE = "local"
 
 Progress = Callable[[str], None]
 
@@ -247,7 +250,7 @@ class Lab:
         self.start_process("serf", [
             "serf", "agent", "-node", server, "-bind", f"{host}:{SERF_PORT}",
             "-rpc-addr", self.serf_rpc_addr, "-tag", "walle_role=server",
-            "-log-level", "warn",
+            "-log-level", "warn", "-profile", SERF_PROFILE,
         ], "serf.log")
         argv = [sys.executable, "-m", "walle.lab.consul_standin",
                 "--data-dir", str(self.dir / "consul"), "--node-name", server,
