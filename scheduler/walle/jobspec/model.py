@@ -89,6 +89,10 @@ class StopPolicy:
     signal: str = "SIGTERM"
     timeout: float = 30.0  # TimeoutStopSec=
     pre_stop: tuple[str, ...] = ()  # argv run as ExecStop= before the signal
+    # seconds between leaving the pool (Consul deregistration) and the stop signal, so load
+    # balancers and DNS let the instance go first; None: the cluster default
+    # (walle.service.params.DEFAULT_DRAIN_S)
+    drain: float | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,8 @@ class JobSpec:
         data = asdict(self)
         if data["service"] and data["service"]["lb"] is None:
             del data["service"]["lb"]  # specs without a balancer keep the digests they had
+        if data["stop"]["drain"] is None:
+            del data["stop"]["drain"]  # nor do specs that leave the drain to the default
         return data
 
     def digest(self) -> str:
@@ -151,6 +157,7 @@ class JobSpec:
         d = self.to_dict()
         if d["service"]:
             d["service"].pop("lb", None)  # the balancer is not the instance's: no restart
+        d["stop"].pop("drain", None)  # the stopper waits, not the instance: no restart
         return _digest({k: d[k] for k in ("runtime", "kind", "schedule", "stop", "health",
                                            "service", "restart", "secrets")})
 
