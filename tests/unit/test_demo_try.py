@@ -46,6 +46,13 @@ def test_the_curl_lines_name_the_haproxy_frontend_and_its_stats_page():
         "10.77.3.5", int(lb_defaults()["walle_lb_stats_port"]), "/stats;csv")
 
 
+def test_the_node_to_kill_is_the_one_given():
+    text = try_next(load_spec_file("examples/web.yml"), "http://127.0.0.1:8500", "default",
+                    victim="node3")
+    assert "walle lab kill node3 " in text and "walle lab restart node3 " in text
+    assert "node2" not in text
+
+
 def test_without_a_balancer_no_curl_line():
     text = try_next(load_spec_file("examples/web.yml"), "http://127.0.0.1:8500", "default")
     assert "curl" not in text

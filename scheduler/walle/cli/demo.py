@@ -93,24 +93,28 @@ def cmd_demo(args) -> int:
         frontend = f"{address}:{spec.service.lb.port}"
         if not TrafficScene(lab, api, store, spec, lb_node, frontend, args.timeout).play():
             return EXIT_FAILED
-    print(try_next(spec, consul_addr, args.lab, frontend))
+    busy = sorted({r.alloc.node for r in load_snapshot(api, store).records.values()
+                   if r.alloc.job == spec.name and r.alloc.node != lb_node})
+    print(try_next(spec, consul_addr, args.lab, frontend, victim=busy[0] if busy else "node2"))
     return EXIT_OK
 
 
-def try_next(spec, consul_addr: str, lab: str, frontend: str | None = None) -> str:
+def try_next(spec, consul_addr: str, lab: str, frontend: str | None = None,
+             victim: str = "node2") -> str:
     """What to try on the lab just built. Every command parses (tests/unit/test_demo_try.py);
     what they show is tested on real labs: a killed node's instance moves to a free node
     (tests/lab/test_scheduler_lab.py), a node added takes work (tests/lab/test_members_lab.py),
     the console shows a kill (tests/lab/test_console_lab.py), HAProxy follows the instances
-    (tests/lab/test_lb_lab.py). `frontend`: the HAProxy frontend (address:port) of the job."""
+    (tests/lab/test_lb_lab.py). `frontend`: the HAProxy frontend (address:port) of the job;
+    `victim`: a node that runs an instance (and not HAProxy), so killing it loses one."""
     name, lab_cmd = spec.name, "walle lab" if lab == "default" else f"walle lab --name {lab}"
     lines = [
         f"Try (export CONSUL_HTTP_ADDR={consul_addr}):",
         f"  walle status {name}               # where each instance runs, its health",
-        f"  {lab_cmd} kill node2              # a node dies",
+        f"  {lab_cmd} kill {victim}              # a node running an instance dies",
         f"  walle status {name}; walle events {name}; walle plan {name} --explain",
         "                                  # the lost instance, where it went and why",
-        f"  {lab_cmd} restart node2           # the node boots again and rejoins",
+        f"  {lab_cmd} restart {victim}           # the node boots again and rejoins",
         f"  {lab_cmd} add                     # a new node joins by itself and takes work",
         "  walle ui                         # the console: http://127.0.0.1:8470",
     ]
