@@ -65,6 +65,14 @@ def stopping(job: str, slot: int, drain: float) -> dict:
     return stop_vars(job, slot, "http://127.0.0.1:8500", drain=drain)
 
 
+def placing(**extra) -> dict:
+    """place.yml's instance (instance_vars' shape) with a registration; `leave`: in place."""
+    return {"instance": {"id": "web-0", "job": "web", "slot": 0, "unit": "walle-web-0",
+                         "wait_unit": None, "digest": "d"},
+            "slice": {"name": "walle-web-0.slice"}, "workload": {"name": "walle-web-0"},
+            "service": {"service_id": "web-0", "state": "present"}, **extra}
+
+
 def test_stop_leaves_the_pool_and_drains_before_any_stop_signal(calls):
     result = run("stop.yml", [stopping("web", 0, 1.5), stopping("web", 1, 0.5)])
     assert result.status == "successful", result.output_tail
@@ -88,14 +96,7 @@ def test_an_instance_that_cannot_leave_the_pool_is_not_stopped(calls, monkeypatc
 
 
 def test_place_in_place_leaves_the_pool_and_drains_before_the_restart(calls):
-    instance = {
-        "instance": {"id": "web-0", "job": "web", "slot": 0, "unit": "walle-web-0",
-                     "wait_unit": None, "digest": "d"},
-        "slice": {"name": "walle-web-0.slice"},
-        "workload": {"name": "walle-web-0"},
-        "service": {"service_id": "web-0", "state": "present"},
-        "leave": leave_args("web", 0, "http://127.0.0.1:8500", drain=1.5),
-    }
+    instance = placing(leave=leave_args("web", 0, "http://127.0.0.1:8500", drain=1.5))
     result = run("place.yml", [instance])
     assert result.status == "successful", result.output_tail
     assert not result.hosts["n1"].failed_instances
@@ -107,13 +108,7 @@ def test_place_in_place_leaves_the_pool_and_drains_before_the_restart(calls):
 
 
 def test_place_of_a_new_instance_does_not_drain(calls):
-    instance = {
-        "instance": {"id": "web-0", "job": "web", "slot": 0, "unit": "walle-web-0",
-                     "wait_unit": None, "digest": "d"},
-        "slice": {"name": "walle-web-0.slice"},
-        "workload": {"name": "walle-web-0"},
-        "service": {"service_id": "web-0", "state": "present"},
-    }
+    instance = placing()
     result = run("place.yml", [instance])
     assert result.status == "successful", result.output_tail
     assert [(c["module"], c["state"]) for c in calls() if c["module"] != "walle_slice"] == [
