@@ -13,10 +13,13 @@ summed up: requests sent, failed, the longest gap between two successful answers
   kill        (each trial) hard kill of a node running an instance: time until HAProxy marks
               its server down; sessions HAProxy sent the dead server after that (must be 0);
               the scheduler moves the instance to the spare node: time to its first answer;
-              which nodes answer afterwards (every live instance, only those). Between trials
-              the killed node boots again and becomes the spare.
-  scale-down  3 -> 2: the stopped instance leaves; failures here are requests cut by the stop
-              (no drain before SIGTERM yet, see docs/lb.md).
+              which nodes answer afterwards (every live instance, only those). After each
+              trial the killed node boots again and becomes the spare.
+  scale-full  3 -> 4 (every worker): the returned node takes traffic.
+  scale-down  4 -> 2: two instances leave the pool and drain (stop.drain) before SIGTERM;
+              a failure here is a request cut by a stop.
+  rolling-update  a new version of the 2 instances (one at a time), each leaving the pool
+              and draining before it is stopped or restarted.
 `--json FILE` writes every figure and check (tests/lab/test_lb_lab.py asserts on it). The lab
 is removed at the end unless --keep. See bench/README.md for measured figures.
 """
@@ -60,16 +63,17 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def front_spec(count: int):
+def front_spec(count: int, version: int = 1):
     return parse_spec({
         "name": JOB, "kind": "service", "count": count, "strategy": "spread",
         "resources": {"cpu": "0.05-0.5", "memory": "32M-96M"},
-        "runtime": {"command": "/usr/bin/python3", "args": ["-c", ANSWER], "working_dir": "/tmp"},
+        "runtime": {"command": "/usr/bin/python3", "args": ["-c", ANSWER], "working_dir": "/tmp",
+                    "env": {"FRONT_VERSION": str(version)}},
         "constraints": [{"operator": "distinct_hosts"},
                         {"attribute": "name", "operator": "ne", "value": LB_NODE}],
         "health": {"type": "http", "path": "/", "port": APP_PORT, "interval": "1s",
                    "timeout": "1s"},
-        "stop": {"timeout": "5s"},
+        "stop": {"timeout": "5s"},  # stop.drain: the default (5 s)
         "service": {"port": APP_PORT, "lb": {"port": LB_PORT}},
     }, source="bench/lb.py")
 
@@ -166,7 +170,9 @@ class Bench:
         self.scale_up(first)
         for trial in range(self.args.trials):
             self.kill(trial)
-        self.scale_down()
+        self.scale("scale-full", 4)
+        self.scale("scale-down", 2)
+        self.rolling_update(2)
         self.result["whole_run"] = summary(self.stream.stop())
 
     def scale_up(self, before: dict[str, int]) -> None:
@@ -221,18 +227,46 @@ class Bench:
             answering_after=sorted(self.node_of.get(a, a) for a in after["answers"]),
             failed_after=after["failed"])
         self.result["kills"].append(figures)
-        if trial + 1 < self.args.trials:  # the victim boots again and becomes the spare
-            self.lab.restart_node(victim)
-            wait_for(f"{victim} back and empty", lambda: victim not in self.running(), 60)
-            time.sleep(5)
+        # the victim boots again and becomes the spare
+        self.lab.restart_node(victim)
+        wait_for(f"{victim} back and empty", lambda: victim not in self.running(), 60)
+        wait_for(f"{victim} ready", lambda: self.node_ready(victim), 120, every=1)
+        time.sleep(5)
 
-    def scale_down(self) -> None:
+    def node_ready(self, node: str) -> bool:
+        info = load_snapshot(self.api, self.store).nodes.get(node)
+        return info is not None and info.state == "ready"
+
+    def scale(self, name: str, count: int) -> None:
+        """Scale to `count`; the phase ends when HAProxy serves exactly the running ones."""
         t0 = time.monotonic()
-        submit(self.store, front_spec(2))
-        two = wait_for("2 instances running", self.running_count(2), 120, every=0.5)
-        wait_for("HAProxy down to 2 servers", lambda: self.servers_up() == set(two), 30)
+        submit(self.store, front_spec(count))
+        running = wait_for(f"{count} instances running", self.running_count(count), 180,
+                           every=0.5)
+        wait_for(f"HAProxy serving {count}", lambda: self.servers_up() == set(running), 60)
         time.sleep(3)
-        self.record("scale-down", t0, running=sorted(two))
+        self.record(name, t0, running=sorted(running),
+                    done_s=round(time.monotonic() - 3 - t0, 2))
+
+    def rolling_update(self, count: int) -> None:
+        """A new version of every instance (update.max_parallel 1, the default)."""
+        t0 = time.monotonic()
+        new = front_spec(count, version=2)
+        submit(self.store, new)
+
+        def updated():
+            records = [r for r in load_snapshot(self.api, self.store).records.values()
+                       if r.alloc.job == JOB]
+            done = len(records) == count and all(
+                r.alloc.state == "running" and r.alloc.spec_digest == new.digest()
+                and r.previous is None for r in records)
+            return {r.alloc.node: r.alloc.slot for r in records} if done else None
+        running = wait_for("every instance on the new version", updated, 300, every=0.5)
+        wait_for("HAProxy serving the new instances", lambda: self.servers_up() ==
+                 set(running), 60)
+        time.sleep(3)
+        self.record("rolling-update", t0, running=sorted(running), updated=len(running),
+                    done_s=round(time.monotonic() - 3 - t0, 2))
 
 
 def _load() -> str:

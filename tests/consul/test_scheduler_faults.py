@@ -47,16 +47,16 @@ class FaultyExecutor(RecordingExecutor):
             self.raised += 1
             raise ValueError(SCRIPT_ERROR)
 
-    def place(self, items, addresses):
+    def place(self, items, addresses, replacing=()):
         items = list(items)
         self.tried += [a.key for a, _ in items]
         self._check("place", [a.job for a, _ in items] + [a.node for a, _ in items])
-        return super().place(items, addresses)
+        return super().place(items, addresses, replacing)
 
-    def stop(self, allocs):
+    def stop(self, allocs, jobs=None):
         allocs = list(allocs)
         self._check("stop", [a.job for a in allocs])
-        return super().stop(allocs)
+        return super().stop(allocs, jobs)
 
     def probe_units(self, units):
         units = list(units)

@@ -18,7 +18,7 @@ from walle.jobspec import parse_spec
 from walle.lab.consul_standin import start_in_thread
 from walle.naming import service_unit, timer_unit
 from walle.service.executor import NodeInstances, Outcome
-from walle.service.params import ports_meta
+from walle.service.params import DEFAULT_DRAIN_S, drain_of, ports_meta
 from walle.service.presence import DEFAULT_DOWN_GRACE
 from walle.service.records import attempt_of, from_stored
 from walle.service.scheduler import LostLeadership, Scheduler, SchedulerConfig
@@ -50,9 +50,12 @@ class RecordingExecutor:
         # what each node keeps: instance id -> its kind (manifest and units, until stopped)
         self.on_node: dict[str, dict[str, str]] = {}
         self.listed: list[list[str]] = []  # the nodes of each list_instances call
+        self.replacing: list[str] = []  # keys placed as in-place replacements (drain first)
+        self.drains: dict[str, float] = {}  # stopped key -> the drain it was stopped with
 
-    def place(self, items, addresses):
+    def place(self, items, addresses, replacing=()):
         out = {}
+        self.replacing += sorted(replacing)
         for alloc, spec in items:
             self.placed.append((alloc.key, alloc.node))
             if alloc.node in self.fail_nodes:
@@ -74,14 +77,15 @@ class RecordingExecutor:
             out[alloc.key] = Outcome(True)
         return out
 
-    def stop(self, allocs):
+    def stop(self, allocs, jobs=None):
         for a in allocs:
+            self.drains[a.key] = drain_of((jobs or {}).get(a.job))
             self.stopped.append((a.key, a.node))
             self.on_node.get(a.node, {}).pop(a.key, None)
             self.api.client.catalog.deregister(a.node, service_id=a.key)
         return {a.key: Outcome(True) for a in allocs}
 
-    def stop_instances(self, instances):
+    def stop_instances(self, instances, jobs=None):
         out = {}
         for job, slot, node in instances:
             self.stopped.append((f"{job}-{slot}", node))
@@ -280,6 +284,48 @@ def test_scale_down_stops_the_highest_slots(cluster):
     s.step()
     assert sorted(k for k, _ in ex.stopped) == ["web-1", "web-2"]
     assert sorted(records(cluster)) == ["web-0"]
+
+
+def test_every_stop_leaves_the_pool_first_for_the_jobs_drain(cluster):
+    """An in-place rolling update, scale-down, node drain and `walle stop` all hand the
+    executor what it needs to take the instance out of the pool before its stop signal
+    (stop.yml / place_instance.yml do the ordering: tests/unit/test_stop_drain_playbook.py)."""
+    from walle.cli.main import main
+    clock = Clock()
+    s, ex = make_scheduler(cluster, clock)
+    store = StateStore(cluster)
+    store.put_job(web_spec(count=3, stop={"drain": "7s"}), 0)
+    s.step()
+    s.step()
+    # every node holds port 8080: a new version replaces each instance in place, which
+    # must leave the pool and drain before its unit restarts
+    update = web_spec(count=3, args=("-m", "http.server", "8080", "-b", "0.0.0.0"),
+                      stop={"drain": "7s"})
+    assert store.put_job(update, store.job("web").modify_index)
+    ex.placed.clear()
+    s.step()
+    (replaced,) = [k for k, _ in ex.placed]
+    assert ex.replacing == [replaced]
+    for _ in range(6):
+        s.step()
+    assert sorted(ex.replacing) == ["web-0", "web-1", "web-2"]
+    assert ex.stopped == []  # in place: nothing stopped, nothing placed twice
+
+    store.put_job(web_spec(count=2, args=update.runtime.args,
+                           stop={"drain": "7s"}), store.job("web").modify_index)
+    s.step()  # scale-down
+    assert ex.drains == {"web-2": 7.0}
+
+    node = records(cluster)["web-0"].node
+    cluster.client.kv.put(f"walle/nodes/{node}/drain", "drain")
+    for _ in range(3):  # node drain: new instance elsewhere, then the old one stops
+        s.step()
+    assert ex.drains["web-0"] == 7.0 and ("web-0", node) in ex.stopped
+
+    ex.drains.clear()
+    assert main(["stop", "web", "--consul-addr", cluster.address]) == 0
+    s.step()  # the job is gone: its instances drain for the default
+    assert ex.drains == {"web-0": DEFAULT_DRAIN_S, "web-1": DEFAULT_DRAIN_S}
 
 
 def test_a_failing_new_version_is_rolled_back(cluster):

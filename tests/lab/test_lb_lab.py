@@ -4,9 +4,10 @@
 The scenario is bench/lb.py's (one place; it prints the figures): 5 nodes, node5 the lb host,
 node1-4 the service's (static port: one instance per node). One 20 requests/s stream for the
 whole run; 2 instances, scale to 3, hard-kill a node running an instance (the scheduler moves it
-to the spare node), scale back to 2. Here the behaviour is asserted, not timings: traffic reaches
-every live instance and only those, nothing goes to a dead server once HAProxy marked it down,
-scaling up fails no request, a kill fails few.
+to the spare node; the node comes back), scale to 4, down to 2, then a rolling update. Here the
+behaviour is asserted, not timings: traffic reaches every live instance and only those, nothing
+goes to a dead server once HAProxy marked it down, a kill fails few, and scaling up, scaling
+down and a rolling update fail none (instances leave the pool and drain before SIGTERM).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from walle.adapters.runner import REPO_ROOT
 pytestmark = pytest.mark.lab
 
 
+@pytest.mark.timeout(1800)  # the bench bounds every wait; phases take minutes at load 15-20
 def test_traffic_follows_the_work(tmp_path):
     out = tmp_path / "lb.json"
     argv = [sys.executable, str(REPO_ROOT / "bench" / "lb.py"), "--lab", f"l{os.getpid()}",
-            "--trials", "1", "--rate", "20", "--max-seconds", "600", "--json", str(out)]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=1200, check=False,
+            "--trials", "1", "--rate", "20", "--max-seconds", "1500", "--json", str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=1700, check=False,
                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "scheduler")})
     print(proc.stdout)  # the figures: failed requests and longest gap of each phase
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
@@ -49,4 +51,7 @@ def test_traffic_follows_the_work(tmp_path):
     assert kill["spare"] in kill["live"] and kill["victim"] not in kill["live"]
     assert kill["failed_after"] == 0, kill
     assert kill["failed"] <= 0.05 * kill["sent"], kill  # a hard kill costs few requests
-    assert phases["scale-down"]["sent"] > 0
+    for name in ("scale-full", "scale-down", "rolling-update"):  # no request cut
+        assert phases[name]["sent"] > 0 and phases[name]["failed"] == 0, phases[name]
+    assert len(phases["scale-full"]["answers"]) == 4  # the returned node takes traffic too
+    assert phases["rolling-update"]["updated"] == 2

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from walle.jobspec import parse_spec
 from walle.jobspec.model import (
     Discovery,
     HealthCheck,
@@ -278,7 +279,17 @@ def test_stop_vars_name_everything_to_remove():
         "workload": {"name": "walle-web_api-4", "state": "absent"},
         "service": {"service_id": "web-api-4", "state": "absent",
                     "consul_addr": "http://10.77.1.1:8500"},
+        "drain": params.DEFAULT_DRAIN_S,  # seconds out of the pool before the stop signal
     }
+
+
+def test_the_drain_is_the_jobs_stop_drain_or_the_default():
+    spec = parse_spec({"name": "web", "kind": "service",
+                       "resources": {"cpu": "0.1", "memory": "32M"},
+                       "runtime": {"command": "/bin/true"}, "stop": {"drain": "750ms"}})
+    assert params.drain_of(spec) == 0.75
+    assert params.drain_of(None) == params.DEFAULT_DRAIN_S  # a job stopped (no spec left)
+    assert params.stop_vars("web", 0, drain=0.75)["drain"] == 0.75
 
 
 # ----------------------------------------------------------------------------- ACL token and CA

@@ -229,6 +229,16 @@ def test_changing_args_changes_both_digests():
     assert before.digest() != after.digest()
 
 
+def test_stop_drain_needs_no_restart_and_leaves_other_specs_digests_alone():
+    plain = parse_spec(minimal())
+    drained = parse_spec(minimal(stop={"drain": "8s"}))
+    assert drained.stop.drain == 8.0 and plain.stop.drain is None
+    assert "drain" not in plain.to_dict()["stop"]  # digests of existing jobs do not move
+    assert drained.runtime_digest() == plain.runtime_digest()  # no restart to change it
+    assert drained.digest() != plain.digest()
+    assert parse_spec(spec_to_data(drained)) == drained  # kept through KV
+
+
 def test_changing_only_cpu_keeps_the_runtime_digest():
     before = parse_spec(with_resources(cpu="0.5-1"))
     after = parse_spec(with_resources(cpu="0.5-2"))

@@ -194,6 +194,8 @@ BAD = [
     ({"stop.timeout": "-1s"}, "stop.timeout", "expected a duration"),
     ({"stop.timeout": "10 s"}, "stop.timeout", "expected a duration"),
     ({"stop.pre_stop": ["echo", "bye"]}, "stop.pre_stop[0]", "absolute"),
+    ({"stop.drain": "11m"}, "stop.drain", "between 0s and 600s"),
+    ({"stop.drain": "soon"}, "stop.drain", "expected a duration"),
     ({"stop.grace": "5s"}, "stop.grace", "unknown key"),
     # service discovery
     ({"service.port": 70000}, "service.port", "from 1 to 65535"),

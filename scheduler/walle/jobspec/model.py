@@ -92,6 +92,10 @@ class StopPolicy:
     signal: str = "SIGTERM"
     timeout: float = 30.0  # TimeoutStopSec=
     pre_stop: tuple[str, ...] = ()  # argv run as ExecStop= before the signal
+    # seconds between leaving the pool (Consul deregistration) and the stop signal, so load
+    # balancers and DNS let the instance go first; None: the cluster default
+    # (walle.service.params.DEFAULT_DRAIN_S)
+    drain: float | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,8 @@ class JobSpec:
                 del data[optional]  # likewise specs that do not set them
         if not data["ports"]:
             del data["ports"]  # specs without named ports keep the digests they had
+        if data["stop"]["drain"] is None:
+            del data["stop"]["drain"]  # nor do specs that leave the drain to the default
         return data
 
     @property
@@ -218,6 +224,7 @@ class JobSpec:
                 "concurrency", "ports")
         if d["service"]:
             d["service"].pop("lb", None)  # the balancer is not the instance's: no restart
+        d["stop"].pop("drain", None)  # the stopper waits, not the instance: no restart
         return _digest({k: d[k] for k in keys if k in d})
 
 

@@ -579,13 +579,14 @@ def _health_fits(r: _Report, f: dict, kind: str, path: str, parts: dict,
 
 
 def _stop(r: _Report, value: object, path: str) -> StopPolicy | None:
-    f = _fields(r, value, path, ("signal", "timeout", "pre_stop"))
+    f = _fields(r, value, path, ("signal", "timeout", "pre_stop", "drain"))
     if f is None:
         return None
     parts = {
         "signal": _optional(r, f, "signal", _signal, path),
         "timeout": _optional(r, f, "timeout", _duration(0.001, 86400), path),
         "pre_stop": _optional(r, f, "pre_stop", _argv, path),
+        "drain": _optional(r, f, "drain", _duration(0, 600), path),
     }
     if any(parts[k] is None for k in f):
         return None

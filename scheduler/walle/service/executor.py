@@ -7,7 +7,7 @@ answers per instance (ok or the error), so a failed host never fails the others.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from walle import naming
@@ -20,8 +20,10 @@ from walle.service.adopt import instance_manifest
 from walle.service.params import (
     batch_commit_args,
     cron_history_args,
+    drain_of,
     image_args,
     instance_vars,
+    leave_args,
     slice_args,
     stop_vars,
 )
@@ -108,7 +110,10 @@ class Executor:
         self.images = images or ImageStore(store_root())  # $WALLE_IMAGE_STORE or the default
 
     def place(self, items: Iterable[tuple[Allocation, JobSpec]],
-              addresses: Mapping[str, str]) -> dict[str, Outcome]:
+              addresses: Mapping[str, str],
+              replacing: Collection[str] = ()) -> dict[str, Outcome]:
+        """Place instances. `replacing`: the keys of those whose new version replaces the
+        instance running on the same node: they leave the pool and drain before the restart."""
         batch: dict[str, list[dict]] = {}
         refused: dict[str, Outcome] = {}
         credentials: dict[str, dict[str, str]] = {}
@@ -127,6 +132,10 @@ class Executor:
                                      gpu_indices=gpu_indices_of(alloc, spec), image=image,
                                      ports=dict(alloc.dynamic_ports))
             instance["manifest"] = instance_manifest(alloc, spec, grant)
+            if alloc.key in replacing and spec.service is not None:
+                instance["leave"] = leave_args(alloc.job, alloc.slot, self.node_consul_addr,
+                                               consul_auth=self.node_consul_auth,
+                                               drain=drain_of(spec))
             if spec.kind == "batch":
                 instance["workload"]["commit"] = batch_commit_args(
                     alloc.job, alloc.slot, alloc.node, attempt_of(alloc),
@@ -174,15 +183,20 @@ class Executor:
         except SecretError as err:
             raise _Refused(f"job {spec.name}: {err}") from err
 
-    def stop(self, allocs: Iterable[Allocation]) -> dict[str, Outcome]:
-        return self.stop_instances((a.job, a.slot, a.node) for a in allocs)
+    def stop(self, allocs: Iterable[Allocation],
+             jobs: Mapping[str, JobSpec] | None = None) -> dict[str, Outcome]:
+        """Stop instances; each leaves the pool and drains first (its job's stop.drain from
+        `jobs`, the default for a job not there)."""
+        return self.stop_instances(((a.job, a.slot, a.node) for a in allocs), jobs)
 
-    def stop_instances(self, instances: Iterable[tuple[str, int, str]]) -> dict[str, Outcome]:
+    def stop_instances(self, instances: Iterable[tuple[str, int, str]],
+                       jobs: Mapping[str, JobSpec] | None = None) -> dict[str, Outcome]:
         """Stop instances known only by name (orphans found on a node): (job, slot, node)."""
         batch: dict[str, list[dict]] = {}
         for job, slot, node in instances:
             batch.setdefault(node, []).append(
-                stop_vars(job, slot, self.node_consul_addr, consul_auth=self.node_consul_auth))
+                stop_vars(job, slot, self.node_consul_addr, consul_auth=self.node_consul_auth,
+                          drain=drain_of((jobs or {}).get(job))))
         return self._run("stop.yml", batch)
 
     def regrant(self, items: Iterable[tuple[Allocation, JobSpec]]) -> dict[str, Outcome]:

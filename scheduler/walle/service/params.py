@@ -18,6 +18,11 @@ from walle.images import archive
 from walle.jobspec.model import JobSpec
 
 DEFAULT_CONSUL_ADDR = "http://127.0.0.1:8500"
+# Seconds between an instance leaving the pool (its Consul registration removed) and its stop
+# signal, when the job sets no stop.drain: HAProxy (roles/lb) asks Consul DNS every second and
+# keeps a server gone from the answers for walle_lb_hold_obsolete (2 s) before it sends it
+# nothing more; the rest lets requests already sent finish. docs/lb.md.
+DEFAULT_DRAIN_S = 5.0
 # /proc/devices names: major 195 "nvidia" covers /dev/nvidia<N> and /dev/nvidiactl;
 # "nvidia-uvm" covers /dev/nvidia-uvm and /dev/nvidia-uvm-tools.
 GPU_SHARED_DEVICES = ("/dev/nvidiactl rw", "char-nvidia-uvm rw")
@@ -279,12 +284,34 @@ def port_variable(label: str) -> str:
     return f"WALLE_PORT_{label.upper()}"
 
 
+def drain_of(spec: JobSpec | None) -> float:
+    """Seconds an instance of `spec` stays out of the pool before its stop signal (stop.drain,
+    else DEFAULT_DRAIN_S; also for a job no longer known, e.g. after `walle stop`)."""
+    if spec is None or spec.stop.drain is None:
+        return DEFAULT_DRAIN_S
+    return spec.stop.drain
+
+
+def leave_args(job: str, slot: int, consul_addr: str = DEFAULT_CONSUL_ADDR, *,
+               consul_auth: Mapping[str, str] | None = None,
+               drain: float = DEFAULT_DRAIN_S) -> dict[str, Any]:
+    """Leaving the pool before a stop or an in-place restart: `service` deregisters the
+    instance (walle_consul_service state=absent), then the playbook waits `drain` seconds,
+    but only if a registration was actually removed."""
+    return {
+        "service": {"service_id": naming.instance_id(job, slot), "state": "absent",
+                    "consul_addr": consul_addr, **(consul_auth or {})},
+        "drain": drain,
+    }
+
+
 def stop_vars(job: str, slot: int, consul_addr: str = DEFAULT_CONSUL_ADDR, *,
-              consul_auth: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """What stop.yml needs for one instance. Only names: stopping needs no spec, so instances
-    found on a node (adoption, orphans) can be stopped too. walle_workload state=absent stops
-    the timer and service (ExecStop=, KillSignal=, TimeoutStopSec= apply) before removing
-    them."""
+              consul_auth: Mapping[str, str] | None = None,
+              drain: float = DEFAULT_DRAIN_S) -> dict[str, Any]:
+    """What stop.yml needs for one instance. Only names (and the drain): stopping needs no
+    spec, so instances found on a node (adoption, orphans) can be stopped too. stop.yml
+    deregisters (`service`), waits the drain, then walle_workload state=absent stops the timer
+    and service (ExecStop=, KillSignal=, TimeoutStopSec= apply) before removing them."""
     stem = naming.unit_stem(job, slot)
     slice_name = naming.instance_slice(job, slot)
     return {
@@ -292,8 +319,7 @@ def stop_vars(job: str, slot: int, consul_addr: str = DEFAULT_CONSUL_ADDR, *,
                      "unit": stem},
         "slice": {"name": slice_name, "state": "absent"},
         "workload": {"name": stem, "state": "absent"},
-        "service": {"service_id": naming.instance_id(job, slot), "state": "absent",
-                    "consul_addr": consul_addr, **(consul_auth or {})},
+        **leave_args(job, slot, consul_addr, consul_auth=consul_auth, drain=drain),
     }
 
 

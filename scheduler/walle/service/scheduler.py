@@ -486,7 +486,7 @@ class Scheduler:
                 and r.alloc.state == "running" and r.previous.node not in snap.away]
         alive = [r for r in done if snap.nodes.get(r.previous.node)
                  and snap.nodes[r.previous.node].state != "down"]
-        outcomes = self._stop([r.previous for r in alive])
+        outcomes = self._stop([r.previous for r in alive], snap)
         for r in done:
             outcome = outcomes.get(r.key, Outcome(True))
             if outcome.ok:
@@ -773,7 +773,7 @@ class Scheduler:
         gone = [s.alloc for s in plan.stops] + [e.alloc for e in plan.evictions]
         live = [a for a in gone if a.node in snap.nodes and snap.nodes[a.node].state != "down"
                 and a.state in ("pending", "running")]
-        outcomes = self._stop(live)
+        outcomes = self._stop(live, snap)
         deletes = []
         for a in gone:
             outcome = outcomes.get(a.key, Outcome(True))
@@ -802,7 +802,8 @@ class Scheduler:
                                             f"new version {r.new.spec_digest}")
         records.update(starts)
         self._write(starts, records=records)
-        outcomes = self._place([rec.alloc for rec in starts.values()], snap)
+        in_place = {r.new.key for r in plan.replaces if r.new.node == r.old.node}
+        outcomes = self._place([rec.alloc for rec in starts.values()], snap, in_place)
         after: dict[str, SlotRecord] = {}
         for key in starts:
             rec = records[key]
@@ -915,9 +916,13 @@ class Scheduler:
             log.warning("could not record this step's events: %s", describe_error(err))
 
     # ----- one job's trouble stays its own -------------------------------------------------
-    def _place(self, allocs: list[Allocation], snap: Snapshot) -> dict[str, Outcome]:
+    def _place(self, allocs: list[Allocation], snap: Snapshot,
+               replacing: frozenset[str] | set[str] = frozenset()) -> dict[str, Outcome]:
+        """`replacing`: keys whose new version replaces the instance running on the same node
+        (it leaves the pool and drains before the restart)."""
         outcomes = self._per_job("place",
-                                 lambda items: self.executor.place(items, snap.addresses),
+                                 lambda items: self.executor.place(items, snap.addresses,
+                                                                   replacing),
                                  [(a, snap.jobs[a.job]) for a in allocs],
                                  lambda item: item[0].job,
                                  _failed_outcomes(lambda item: item[0].key))
@@ -925,9 +930,10 @@ class Scheduler:
                              if (outcome := outcomes.get(a.key)) is not None and outcome.ok)
         return outcomes
 
-    def _stop(self, allocs: list[Allocation]) -> dict[str, Outcome]:
-        return self._per_job("stop", self.executor.stop, allocs, lambda a: a.job,
-                             _failed_outcomes(lambda a: a.key))
+    def _stop(self, allocs: list[Allocation], snap: Snapshot) -> dict[str, Outcome]:
+        """Stop allocs; each drains first for its job's stop.drain (docs/lb.md)."""
+        return self._per_job("stop", lambda items: self.executor.stop(items, snap.jobs), allocs,
+                             lambda a: a.job, _failed_outcomes(lambda a: a.key))
 
     def _per_job(self, what: str, call: Callable[[list[T]], dict[Any, Any]], items: list[T],
                  job_of: Callable[[T], str],
