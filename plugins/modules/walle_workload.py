@@ -20,9 +20,15 @@ description:
     O(kind=cron) writes C(<name>.timer) (C(OnCalendar=O(schedule)), C(Persistent=true)) and a
     C(Type=oneshot) C(<name>.service) it starts.
   - O(runtime=exec) runs O(command) directly. O(runtime=nspawn) runs
-    C(systemd-nspawn --quiet --keep-unit --register=no -D O(image) [--bind=...] -- O(command))
-    (C(--boot) when O(command) is not given); O(env), O(user) and O(working_dir) then apply
-    inside the container.
+    C(systemd-nspawn --quiet --keep-unit --register=no -D ROOT --machine=O(name) [--bind=...]
+    -- O(command)) (C(--boot) when O(command) is not given); O(env), O(user) and
+    O(working_dir) then apply inside the container. The container shares the node's network,
+    so the instance's ports are the node's.
+  - An O(runtime=nspawn) instance runs on its own root, C(/var/lib/walle/instances/<name>/root):
+    an overlay (C(metacopy=on)) of the read-only unpacked O(image) and a per-instance upper
+    layer, made fresh by C(ExecStartPre=) before each start and unmounted and removed by
+    C(ExecStopPost=) after each stop. Instances of one image run side by side; what one
+    writes, the others and the image never see.
   - Sandbox. An O(runtime=exec) service runs unprivileged and confined by default, with
     C(DynamicUser=yes) unless O(user) names a user, and the hardening baseline of
     C(walle_units.sandbox_directives) (C(NoNewPrivileges), C(ProtectSystem=strict) with
@@ -36,7 +42,8 @@ description:
     C(UMask=0077)). O(privileged=true) renders none of it and allows O(user=root); whether a
     job may ask for that is the scheduler's cluster policy, not this module's.
   - O(runtime=nspawn) runs the container in a user namespace (C(--private-users=pick
-    --private-users-ownership=auto)), so root inside it is an unprivileged uid range on the node.
+    --private-users-ownership=chown), the chown done in the instance's overlay only), so root
+    inside it is an unprivileged uid range on the node, one range per running instance.
     The image is a directory inside O(image_store); O(pre_stop) runs inside the container.
   - O(credentials) are written root-only (directory 0700, files 0600) under
     C(/run/walle/credentials/<name>/) and loaded with C(LoadCredential=); the service reads
@@ -328,6 +335,7 @@ from ansible_collections.walle.pool.plugins.module_utils.walle_systemd import ( 
 from ansible_collections.walle.pool.plugins.module_utils.walle_units import (  # noqa: E402
     ROOT_USERS,
     check_text,
+    nspawn_instance_root,
     quote_env,
     render_service,
     render_timer,
@@ -463,14 +471,19 @@ def _string_env(env: dict) -> dict[str, str]:
     return out
 
 
-def nspawn_argv(nspawn: str, params: dict, env: dict[str, str]) -> list[str]:
+def nspawn_argv(nspawn: str, params: dict, env: dict[str, str], root: str) -> list[str]:
+    """systemd-nspawn's argv for the instance, on its own root (nspawn_instance_root): a user
+    namespace with a uid range picked per instance (the root's ownership is shifted to it,
+    in the instance's overlay only), the node's network (the instance's ports are the
+    node's), the instance id as machine and host name."""
     for option in ("user", "working_dir"):
         if params[option] is not None:
             check_text(option, params[option])
     for i, bind in enumerate(params["binds"]):
         check_text(f"binds[{i}]", bind)
-    argv = [nspawn, "--quiet", "--keep-unit", "--register=no", "-D", image_path(params),
-            "--private-users=pick", "--private-users-ownership=auto"]
+    argv = [nspawn, "--quiet", "--keep-unit", "--register=no", "-D", root,
+            f"--machine={machine_name(params['name'])}",
+            "--private-users=pick", "--private-users-ownership=chown"]
     argv += [f"--bind={bind}" for bind in params["binds"]]
     # Inside the container, not for the nspawn process itself.
     argv += [f"--setenv={key}={value}" for key, value in sorted(env.items())]
@@ -501,9 +514,11 @@ def render_units(params: dict, nspawn_bin: str | None) -> dict[str, str]:
             if not nspawn_bin:
                 raise WalleError("runtime=nspawn: systemd-nspawn not found on the node "
                                  "(Debian package systemd-container)", "runtime")
-            service = dict(common, argv=nspawn_argv(nspawn_bin, params, env),
+            root = nspawn_instance_root(name, image_path(params))
+            service = dict(common, argv=nspawn_argv(nspawn_bin, params, env, root["root"]),
                            stop_signal="SIGTERM", kill_mode="mixed", delegate=True,
-                           sandbox=False, pre_stop=nspawn_pre_stop(params["pre_stop"]))
+                           sandbox=False, pre_stop=nspawn_pre_stop(params["pre_stop"]),
+                           pre_start=[root["setup"]], cleanup=root["teardown"])
             service_type = "notify"
         else:
             service = dict(common, argv=[params["command"], *params["args"]], env=env,
@@ -560,6 +575,11 @@ def commit_argv(commit: dict | None) -> list[str] | None:
         if commit.get(field):
             argv += [option, commit[field]]
     return argv
+
+
+def machine_name(name: str) -> str:
+    """The container's machine (and host) name: the unit stem as a valid host name."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", name)[:64].strip("-") or "walle"
 
 
 def nspawn_pre_stop(pre_stop: list[str]) -> list[str] | None:
