@@ -333,6 +333,7 @@ from ansible_collections.walle.pool.plugins.module_utils.walle_systemd import ( 
     value_error,
 )
 from ansible_collections.walle.pool.plugins.module_utils.walle_units import (  # noqa: E402
+    NSPAWN_INSTANCES_DIR,
     ROOT_USERS,
     check_text,
     nspawn_instance_root,
@@ -389,6 +390,8 @@ BATCH_COMMIT_PROGRAM = "/usr/local/libexec/walle/walle-batch-commit"  # roles/no
 COMMIT_KEY = re.compile(r"^walle/done/[a-z][a-z0-9-]{0,62}/[0-9]{1,6}$")
 COMMIT_WORD = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 CREDENTIALS_DIR = "/run/walle/credentials"  # tmpfs: secrets never reach the node's disk
+MOUNTINFO = "/proc/self/mountinfo"
+NSPAWN_RUNTIME_INSTANCES_DIR = "/run/walle/instances"  # instances_base()
 # ExecStop= of an nspawn instance: enter the container (the child of systemd-nspawn whose
 # innermost pid is 1) with all its namespaces, user namespace included, and run the hook
 # there. The script is fixed text; the hook's argv follows as positional arguments, and
@@ -514,7 +517,7 @@ def render_units(params: dict, nspawn_bin: str | None) -> dict[str, str]:
             if not nspawn_bin:
                 raise WalleError("runtime=nspawn: systemd-nspawn not found on the node "
                                  "(Debian package systemd-container)", "runtime")
-            root = nspawn_instance_root(name, image_path(params))
+            root = nspawn_instance_root(name, image_path(params), instances_base())
             service = dict(common, argv=nspawn_argv(nspawn_bin, params, env, root["root"]),
                            stop_signal="SIGTERM", kill_mode="mixed", delegate=True,
                            sandbox=False, pre_stop=nspawn_pre_stop(params["pre_stop"]),
@@ -575,6 +578,30 @@ def commit_argv(commit: dict | None) -> list[str] | None:
         if commit.get(field):
             argv += [option, commit[field]]
     return argv
+
+
+def instances_base(mountinfo: str | None = None) -> str:
+    """Where nspawn instance roots live: on the node's disk, unless that disk is itself an
+    overlayfs (a lab node booted from an overlay of the cached rootfs), which overlayfs
+    cannot use as an upper layer: then on /run (tmpfs, charged to the instance's memory)."""
+    path = NSPAWN_INSTANCES_DIR
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    path = os.path.realpath(path)
+    best, fstype = "", ""
+    try:
+        with open(mountinfo or MOUNTINFO, encoding="utf-8") as handle:
+            for line in handle:
+                fields = line.split()
+                if "-" not in fields:
+                    continue
+                point = fields[4].replace("\\040", " ")
+                inside = path == point or path.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):
+                    best, fstype = point, fields[fields.index("-") + 1]
+    except OSError:
+        return NSPAWN_INSTANCES_DIR
+    return NSPAWN_RUNTIME_INSTANCES_DIR if fstype == "overlay" else NSPAWN_INSTANCES_DIR
 
 
 def machine_name(name: str) -> str:

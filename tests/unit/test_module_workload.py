@@ -48,9 +48,17 @@ class FakeSystemctl:
         return [c for c in self.calls if c[1] != "show"]
 
 
+ROOT_ON_EXT4 = "22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+ROOT_ON_OVERLAY = ("22 1 0:40 / / rw,relatime shared:1 - overlay overlay rw,lowerdir=/l\n"
+                   "25 22 0:22 / /run rw,nosuid shared:5 - tmpfs tmpfs rw\n")
+
+
 @pytest.fixture
 def node(tmp_path, monkeypatch):
     monkeypatch.setattr(walle_workload, "CREDENTIALS_DIR", str(tmp_path / "credentials"))
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(ROOT_ON_EXT4)  # a node's own disk (the host running the tests varies)
+    monkeypatch.setattr(walle_workload, "MOUNTINFO", str(mountinfo))
     (tmp_path / "images" / "etl").mkdir(parents=True)
     return prepare_node(tmp_path, monkeypatch)
 
@@ -211,6 +219,17 @@ def test_each_nspawn_instance_runs_on_its_own_overlay_of_the_shared_image(node, 
     assert roots == {n: f"/var/lib/walle/instances/{n}/root" for n in roots}
     assert "lowerdir=$image,upperdir=$dir/upper" in wu.NSPAWN_ROOT_SETUP
     assert "metacopy=on" in wu.NSPAWN_ROOT_SETUP  # chown copies metadata, not file data
+
+
+def test_nspawn_instance_roots_go_to_run_on_a_node_whose_disk_is_an_overlay(node, wl_run):
+    """A lab node boots from an overlay of the cached rootfs; overlayfs cannot be the upper
+    layer of another overlay, so its instance roots live on /run (tmpfs)."""
+    (node / "mountinfo").write_text(ROOT_ON_OVERLAY)
+    wl_run(FakeSystemctl(), nspawn_args(node, command="/opt/run"))
+    text = (node / "etc" / "walle-etl-0.service").read_text()
+    (pre,) = _exec_lines(text, "ExecStartPre")
+    assert wu.split_exec_words(pre)[4] == "/run/walle/instances/walle-etl-0"
+    assert '"-D" "/run/walle/instances/walle-etl-0/root"' in text
 
 
 def test_nspawn_without_command_boots_the_image(node, wl_run):
