@@ -24,8 +24,9 @@ description:
     -- O(command)) (C(--boot) when O(command) is not given); O(env), O(user) and
     O(working_dir) then apply inside the container. The container shares the node's network,
     so the instance's ports are the node's.
-  - An O(runtime=nspawn) instance runs on its own root, C(/var/lib/walle/instances/<name>/root):
-    an overlay (C(metacopy=on)) of the read-only unpacked O(image) and a per-instance upper
+  - An O(runtime=nspawn) instance runs on its own root, C(/var/lib/walle/instances/<name>/root)
+    (C(/run/walle/instances/) when the node's disk is itself an overlay, as on lab nodes), an
+    overlay (C(metacopy=on)) of the read-only unpacked O(image) and a per-instance upper
     layer, made fresh by C(ExecStartPre=) before each start and unmounted and removed by
     C(ExecStopPost=) after each stop. Instances of one image run side by side; what one
     writes, the others and the image never see.
