@@ -230,10 +230,37 @@ def load_node_file(path: str = NODE_FILE) -> dict:
     return data
 
 
+# Container runtimes a node can run, as labels (the scheduler's implicit constraint on jobs of
+# that runtime, walle.core.feasibility.runtime_rule): the runtime's program is installed and
+# the cgroup tree is v2 with the controllers a slice's limits need (a node on a hybrid
+# hierarchy, such as a lab nspawn node, cannot enforce them).
+RUNTIME_PROGRAMS = {"nspawn": "systemd-nspawn", "lxc": "lxc-start"}
+NEEDED_CONTROLLERS = frozenset({"cpu", "memory", "pids"})
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def runtime_labels(cgroup_root: str = CGROUP_ROOT, which=shutil.which) -> dict[str, str]:
+    """{"runtime_<kind>": "true"|"false"} for each container runtime."""
+    try:
+        with open(os.path.join(cgroup_root, "cgroup.controllers"), encoding="utf-8") as f:
+            controllers = set(f.read().split())
+    except OSError:  # no cgroup v2 root: a v1 or hybrid hierarchy
+        controllers = set()
+    limits = controllers >= NEEDED_CONTROLLERS
+    return {f"runtime_{kind}": "true" if limits and which(program) else "false"
+            for kind, program in sorted(RUNTIME_PROGRAMS.items())}
+
+
 def gather_node(name: str, disk_path: str, options: dict, nvidia_smi: str | None,
-                node_file: str = NODE_FILE, smi_output: str | None = None) -> dict:
+                node_file: str = NODE_FILE, smi_output: str | None = None,
+                runtimes: dict[str, str] | None = None) -> dict:
     """Everything walle_facts returns as ansible_facts.walle_node. nvidia-smi runs from
-    `nvidia_smi` (a path) unless its output is given in `smi_output`."""
+    `nvidia_smi` (a path) unless its output is given in `smi_output`. The runtime labels
+    (`runtimes`, default: runtime_labels() measured here) are facts: they win over labels of
+    the same name from the options or the node file."""
     node = {"name": name, **host_resources(disk_path), **discover_gpus(nvidia_smi, smi_output)}
     node.update(merge_placement(load_node_file(node_file), options))
+    node["labels"] = dict(sorted({**node["labels"],
+                                  **(runtimes if runtimes is not None
+                                     else runtime_labels())}.items()))
     return node

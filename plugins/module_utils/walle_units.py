@@ -45,6 +45,7 @@ __all__ = [
     "check_text",
     "format_duration",
     "format_size",
+    "nspawn_instance_root",
     "parse_size",
     "parse_systemctl_show",
     "parse_unit",
@@ -337,7 +338,9 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
                    remain_after_exit: bool = False,
                    post_stop: list[str] | tuple[str, ...] | None = None,
                    restart_delay: float | None = None,
-                   expand_env: list[str] | tuple[str, ...] = ()) -> str:
+                   expand_env: list[str] | tuple[str, ...] = (),
+                   pre_start: list[list[str]] | tuple[list[str], ...] = (),
+                   cleanup: list[str] | tuple[str, ...] | None = None) -> str:
     """The text of a Walle service unit running `argv` (argv[0] an absolute path).
 
     `remain_after_exit` (batch work) keeps the unit active (exited) after a successful run:
@@ -351,6 +354,10 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
     `restart_delay` (cron retries) is RestartSec=; it also turns systemd's start rate limit
     off (StartLimitIntervalSec=0): a cron run's retries are bounded by its hook, and the
     timer's own starts must never trip the limit.
+
+    `pre_start` (ExecStartPre=, in order) and `cleanup` (ExecStopPost=, failure ignored, before
+    `post_stop`) are Walle's own programs too: the nspawn runtime's per-instance root
+    (nspawn_instance_root), made before each start and removed after each stop.
 
     With `sandbox` (the default) the unit gets sandbox_directives(): an unprivileged identity
     and the hardening baseline. `sandbox=False` is for privileged jobs and for the nspawn
@@ -400,9 +407,13 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
             if value:
                 raise ValueError(f"{field}: only for a sandboxed unit (an unsandboxed one "
                                  "already has every capability and device)")
+    for step in pre_start:
+        service.append(("ExecStartPre", quote_exec_line(step, "pre_start")))
     service.append(("ExecStart", quote_exec_line(argv, "command", "args", tuple(expand_env))))
     if pre_stop:
         service.append(("ExecStop", quote_exec_line(pre_stop, "pre_stop")))
+    if cleanup:
+        service.append(("ExecStopPost", "-+" + quote_exec_line(cleanup, "cleanup")))
     if post_stop:
         service.append(("ExecStopPost", "+" + quote_exec_line(post_stop, "post_stop")))
     if restart is not None:
@@ -485,6 +496,54 @@ def _signal(value: str) -> str:
     name = check_text("stop_signal", value).upper()
     name = name if name.startswith("SIG") else f"SIG{name}"
     return _by_grammar("stop_signal", check_signal, name)
+
+
+# ---------------------------------------------------------------- nspawn instance roots
+# Each nspawn instance runs on its own overlay root over the shared, read-only unpacked image:
+# lower = the image in the node's cache, upper/work = a per-instance folder made fresh before
+# each start and removed after each stop (ephemeral, as a container should be). metacopy=on
+# makes systemd-nspawn's --private-users-ownership=chown (the user namespace's uid shift)
+# copy up only inodes' metadata, never file data, and leaves the image itself untouched, so
+# instances of one image run side by side, each in its own uid range. (nspawn's own
+# --volatile=overlay cannot be used: with a user namespace it needs idmapped mounts, which
+# overlayfs does not offer on the nodes' kernels, and chown would rewrite the shared image.)
+
+NSPAWN_INSTANCES_DIR = "/var/lib/walle/instances"
+# Fixed scripts: the paths come as positional arguments (checked by nspawn_instance_root),
+# never spliced into the text. `rm --one-file-system` never crosses into a mount that is
+# still there (the image under an overlay that could not be unmounted).
+NSPAWN_ROOT_SETUP = (
+    'set -eu; dir=$1; image=$2; '
+    'if mountpoint -q "$dir/root"; then umount "$dir/root"; fi; '
+    'rm -rf --one-file-system "$dir"; mkdir -p -m 0700 "$dir"; '
+    'mkdir "$dir/upper" "$dir/work" "$dir/root"; '
+    'exec mount -t overlay walle-root -o '
+    '"lowerdir=$image,upperdir=$dir/upper,workdir=$dir/work,metacopy=on" "$dir/root"'
+)
+NSPAWN_ROOT_TEARDOWN = (
+    'dir=$1; if mountpoint -q "$dir/root"; then umount "$dir/root" || '
+    'umount --lazy "$dir/root"; fi; rm -rf --one-file-system "$dir"'
+)
+# overlayfs splits its options on ',' and its lower layers on ':' (and reads '\\' escapes)
+_OVERLAY_PATH = re.compile(r"^/[A-Za-z0-9_./@+=-]+$")
+
+
+def nspawn_instance_root(name: str, image: str,
+                         base: str = NSPAWN_INSTANCES_DIR) -> dict[str, object]:
+    """The per-instance root of an nspawn unit: `root` (systemd-nspawn's -D), `setup`
+    (ExecStartPre= argv: a fresh overlay of `image`) and `teardown` (ExecStopPost= argv:
+    unmount and remove). `image` is the real path of the unpacked image (checked by the
+    caller to lie in the node's image store)."""
+    validate_unit_stem(name)
+    folder = f"{base.rstrip('/')}/{name}"
+    for field, path in (("image", image), ("name", folder)):
+        check_text(field, path)
+        if not _OVERLAY_PATH.match(path) or "/../" in f"{path}/":
+            raise ValueError(f"{field}: {path!r} cannot be an overlay layer (only letters, "
+                             "digits and _ . / @ + = - : no ',' ':' or a backslash)")
+    return {"dir": folder, "root": f"{folder}/root",
+            "setup": ["/bin/sh", "-c", NSPAWN_ROOT_SETUP, "walle-root", folder, image],
+            "teardown": ["/bin/sh", "-c", NSPAWN_ROOT_TEARDOWN, "walle-root", folder]}
 
 
 def render_timer(name: str, *, schedule: str, description: str | None = None,

@@ -20,6 +20,10 @@ description:
     V(char-nvidia-uvm) ...) for C(DeviceAllow=) in walle_slice.
   - Placement attributes (zone, rack, labels, datasets) come from the options, merged over
     O(node_file) when it exists (options win; labels merge key by key).
+  - The labels V(runtime_nspawn) and V(runtime_lxc) (V(true) or V(false)) say which
+    container runtimes the node can run with enforced limits (its root cgroup is v2 with the
+    cpu, memory and pids controllers, and C(systemd-nspawn) or C(lxc-start) is installed);
+    they are measured, and win over labels of the same name from the options or the file.
   - Never changes anything.
 options:
   name:

@@ -24,9 +24,16 @@ description:
     every attempt as C(ExecStopPost=+), ends the retries and, with O(history), records the run
     in Consul. O(concurrency) says what happens when the timer fires during a run.
   - O(runtime=exec) runs O(command) directly. O(runtime=nspawn) runs
-    C(systemd-nspawn --quiet --keep-unit --register=no -D O(image) [--bind=...] -- O(command))
-    (C(--boot) when O(command) is not given); O(env), O(user) and O(working_dir) then apply
-    inside the container.
+    C(systemd-nspawn --quiet --keep-unit --register=no -D ROOT --machine=O(name) [--bind=...]
+    -- O(command)) (C(--boot) when O(command) is not given); O(env), O(user) and
+    O(working_dir) then apply inside the container. The container shares the node's network,
+    so the instance's ports are the node's.
+  - An O(runtime=nspawn) instance runs on its own root, C(/var/lib/walle/instances/<name>/root)
+    (C(/run/walle/instances/) when the node's disk is itself an overlay, as on lab nodes), an
+    overlay (C(metacopy=on)) of the read-only unpacked O(image) and a per-instance upper
+    layer, made fresh by C(ExecStartPre=) before each start and unmounted and removed by
+    C(ExecStopPost=) after each stop. Instances of one image run side by side; what one
+    writes, the others and the image never see.
   - Sandbox. An O(runtime=exec) service runs unprivileged and confined by default, with
     C(DynamicUser=yes) unless O(user) names a user, and the hardening baseline of
     C(walle_units.sandbox_directives) (C(NoNewPrivileges), C(ProtectSystem=strict) with
@@ -40,7 +47,8 @@ description:
     C(UMask=0077)). O(privileged=true) renders none of it and allows O(user=root); whether a
     job may ask for that is the scheduler's cluster policy, not this module's.
   - O(runtime=nspawn) runs the container in a user namespace (C(--private-users=pick
-    --private-users-ownership=auto)), so root inside it is an unprivileged uid range on the node.
+    --private-users-ownership=chown), the chown done in the instance's overlay only), so root
+    inside it is an unprivileged uid range on the node, one range per running instance.
     The image is a directory inside O(image_store); O(pre_stop) runs inside the container.
   - O(credentials) are written root-only (directory 0700, files 0600) under
     C(/run/walle/credentials/<name>/) and loaded with C(LoadCredential=); the service reads
@@ -395,8 +403,10 @@ from ansible_collections.walle.pool.plugins.module_utils.walle_systemd import ( 
     value_error,
 )
 from ansible_collections.walle.pool.plugins.module_utils.walle_units import (  # noqa: E402
+    NSPAWN_INSTANCES_DIR,
     ROOT_USERS,
     check_text,
+    nspawn_instance_root,
     quote_env,
     render_replace,
     render_service,
@@ -466,6 +476,8 @@ COMMIT_KEY = re.compile(r"^walle/done/[a-z][a-z0-9-]{0,62}/[0-9]{1,6}$")
 HISTORY_KEY = re.compile(r"^walle/runs/[a-z][a-z0-9-]{0,62}/[0-9]{1,6}$")
 COMMIT_WORD = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 CREDENTIALS_DIR = "/run/walle/credentials"  # tmpfs: secrets never reach the node's disk
+MOUNTINFO = "/proc/self/mountinfo"
+NSPAWN_RUNTIME_INSTANCES_DIR = "/run/walle/instances"  # instances_base()
 # ExecStop= of an nspawn instance: enter the container (the child of systemd-nspawn whose
 # innermost pid is 1) with all its namespaces, user namespace included, and run the hook
 # there. The script is fixed text; the hook's argv follows as positional arguments, and
@@ -560,14 +572,19 @@ def _string_env(env: dict) -> dict[str, str]:
     return out
 
 
-def nspawn_argv(nspawn: str, params: dict, env: dict[str, str]) -> list[str]:
+def nspawn_argv(nspawn: str, params: dict, env: dict[str, str], root: str) -> list[str]:
+    """systemd-nspawn's argv for the instance, on its own root (nspawn_instance_root): a user
+    namespace with a uid range picked per instance (the root's ownership is shifted to it,
+    in the instance's overlay only), the node's network (the instance's ports are the
+    node's), the instance id as machine and host name."""
     for option in ("user", "working_dir"):
         if params[option] is not None:
             check_text(option, params[option])
     for i, bind in enumerate(params["binds"]):
         check_text(f"binds[{i}]", bind)
-    argv = [nspawn, "--quiet", "--keep-unit", "--register=no", "-D", image_path(params),
-            "--private-users=pick", "--private-users-ownership=auto"]
+    argv = [nspawn, "--quiet", "--keep-unit", "--register=no", "-D", root,
+            f"--machine={machine_name(params['name'])}",
+            "--private-users=pick", "--private-users-ownership=chown"]
     argv += [f"--bind={bind}" for bind in params["binds"]]
     # Inside the container, not for the nspawn process itself.
     argv += [f"--setenv={key}={value}" for key, value in sorted(env.items())]
@@ -602,9 +619,11 @@ def render_units(params: dict, nspawn_bin: str | None) -> dict[str, str]:
                 raise WalleError("expand_env: only the exec runtime substitutes variables in "
                                  "args; an nspawn program reads them from its environment",
                                  "expand_env")
-            service = dict(common, argv=nspawn_argv(nspawn_bin, params, env),
+            root = nspawn_instance_root(name, image_path(params), instances_base())
+            service = dict(common, argv=nspawn_argv(nspawn_bin, params, env, root["root"]),
                            stop_signal="SIGTERM", kill_mode="mixed", delegate=True,
-                           sandbox=False, pre_stop=nspawn_pre_stop(params["pre_stop"]))
+                           sandbox=False, pre_stop=nspawn_pre_stop(params["pre_stop"]),
+                           pre_start=[root["setup"]], cleanup=root["teardown"])
             service_type = "notify"
         else:
             service = dict(common, argv=[params["command"], *params["args"]], env=env,
@@ -699,6 +718,35 @@ def commit_argv(commit: dict | None) -> list[str] | None:
         if commit.get(field):
             argv += [option, commit[field]]
     return argv
+
+
+def instances_base(mountinfo: str | None = None) -> str:
+    """Where nspawn instance roots live: on the node's disk, unless that disk is itself an
+    overlayfs (a lab node booted from an overlay of the cached rootfs), which overlayfs
+    cannot use as an upper layer: then on /run (tmpfs, charged to the instance's memory)."""
+    path = NSPAWN_INSTANCES_DIR
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    path = os.path.realpath(path)
+    best, fstype = "", ""
+    try:
+        with open(mountinfo or MOUNTINFO, encoding="utf-8") as handle:
+            for line in handle:
+                fields = line.split()
+                if "-" not in fields:
+                    continue
+                point = fields[4].replace("\\040", " ")
+                inside = path == point or path.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):
+                    best, fstype = point, fields[fields.index("-") + 1]
+    except OSError:
+        return NSPAWN_INSTANCES_DIR
+    return NSPAWN_RUNTIME_INSTANCES_DIR if fstype == "overlay" else NSPAWN_INSTANCES_DIR
+
+
+def machine_name(name: str) -> str:
+    """The container's machine (and host) name: the unit stem as a valid host name."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", name)[:64].strip("-") or "walle"
 
 
 def nspawn_pre_stop(pre_stop: list[str]) -> list[str] | None:

@@ -94,9 +94,8 @@ def test_an_image_is_fetched_verified_and_unpacked_once(lab, tmp_path):
 
         # the next instance (by digest) runs from the cached tree: nothing is fetched (the
         # store's archive is gone, so a copy would fail) nor unpacked again (the marker
-        # stays). It runs after imga stopped: two containers at once on one tree need the
-        # per-instance overlay of the nspawn runtime (docs/images.md, "Not yet").
-        stop(lab, node, "imga")
+        # stays). It runs while imga runs: each container on its own overlay of the tree
+        # (docs/images.md, "One image, many instances").
         marker = cached / "etc" / "cached-marker"
         marker.write_text("kept")
         resolved = store.resolve("tiny:1.0")
@@ -106,9 +105,15 @@ def test_an_image_is_fetched_verified_and_unpacked_once(lab, tmp_path):
         assert second.status == "successful", second.output_tail[-3000:]
         assert second.hosts[node.name].failed_instances == {}
         assert marker.read_text() == "kept"
-        out = node_words(lab, node, f"systemctl is-active {naming.service_unit('imgb', 0)}; "
+        out = node_words(lab, node, f"systemctl is-active {naming.service_unit('imga', 0)} "
+                                    f"{naming.service_unit('imgb', 0)}; "
                                     "pgrep -cfx '/usr/bin/sleep 600'")
-        assert out == ["active", "1"], out
+        assert out == ["active", "active", "2"], out
+        # neither wrote into the shared tree (each container's /etc/resolv.conf, /var/log ...
+        # went to its own upper layer)
+        diff = subprocess.run(["diff", "-r", "--no-dereference", str(tree), str(cached)],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert diff.stdout.splitlines() == [f"Only in {cached / 'etc'}: cached-marker"], diff
     finally:
         stop(lab, node, "imga", "imgb")
 

@@ -48,9 +48,17 @@ class FakeSystemctl:
         return [c for c in self.calls if c[1] != "show"]
 
 
+ROOT_ON_EXT4 = "22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+ROOT_ON_OVERLAY = ("22 1 0:40 / / rw,relatime shared:1 - overlay overlay rw,lowerdir=/l\n"
+                   "25 22 0:22 / /run rw,nosuid shared:5 - tmpfs tmpfs rw\n")
+
+
 @pytest.fixture
 def node(tmp_path, monkeypatch):
     monkeypatch.setattr(walle_workload, "CREDENTIALS_DIR", str(tmp_path / "credentials"))
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(ROOT_ON_EXT4)  # a node's own disk (the host running the tests varies)
+    monkeypatch.setattr(walle_workload, "MOUNTINFO", str(mountinfo))
     (tmp_path / "images" / "etl").mkdir(parents=True)
     return prepare_node(tmp_path, monkeypatch)
 
@@ -231,12 +239,53 @@ def test_nspawn_runs_the_command_inside_the_image_in_a_user_namespace(node, wl_r
     wl_run(fake, nspawn_args(node, binds=["/srv/d:/data:ro"], command="/opt/run",
                              args=["a b"], env={"K": "v"}))
     text = (node / "etc" / "walle-etl-0.service").read_text()
-    image = node / "images" / "etl"
     assert ('ExecStart="/usr/bin/systemd-nspawn" "--quiet" "--keep-unit" "--register=no" "-D" '
-            f'"{image}" "--private-users=pick" "--private-users-ownership=auto" '
+            '"/var/lib/walle/instances/walle-etl-0/root" "--machine=walle-etl-0" '
+            '"--private-users=pick" "--private-users-ownership=chown" '
             '"--bind=/srv/d:/data:ro" "--setenv=K=v" '
             '"--kill-signal=SIGTERM" "--" "/opt/run" "a b"') in text
     assert "KillMode=mixed" in text and "Delegate=yes" in text and "Environment=" not in text
+
+
+def _exec_lines(text: str, key: str) -> list[str]:
+    return [v for _s, k, v in wu.parse_unit(text) if k == key]
+
+
+def test_each_nspawn_instance_runs_on_its_own_overlay_of_the_shared_image(node, wl_run):
+    """Two instances of one image: one lower layer (the image, never written), two upper
+    layers and two roots, made before each start and removed after each stop."""
+    image = str(node / "images" / "etl")
+    roots = {}
+    for name in ("walle-etl-0", "walle-etl-1"):
+        wl_run(FakeSystemctl(), {**nspawn_args(node, command="/opt/run"), "name": name,
+                                 "slice": f"{name}.slice"})
+        text = (node / "etc" / f"{name}.service").read_text()
+        (pre,) = _exec_lines(text, "ExecStartPre")
+        (post,) = _exec_lines(text, "ExecStopPost")
+        folder = f"/var/lib/walle/instances/{name}"
+        assert wu.split_exec_words(pre) == ["/bin/sh", "-c", wu.NSPAWN_ROOT_SETUP,
+                                            "walle-root", folder, image]
+        assert post.startswith("-+")  # Walle's own cleanup: as root, never fails the stop
+        assert wu.split_exec_words(post[2:]) == ["/bin/sh", "-c", wu.NSPAWN_ROOT_TEARDOWN,
+                                                 "walle-root", folder]
+        (start,) = _exec_lines(text, "ExecStart")
+        words = wu.split_exec_words(start)
+        roots[name] = words[words.index("-D") + 1]
+        assert image not in start  # nspawn never sees the shared image itself
+    assert roots == {n: f"/var/lib/walle/instances/{n}/root" for n in roots}
+    assert "lowerdir=$image,upperdir=$dir/upper" in wu.NSPAWN_ROOT_SETUP
+    assert "metacopy=on" in wu.NSPAWN_ROOT_SETUP  # chown copies metadata, not file data
+
+
+def test_nspawn_instance_roots_go_to_run_on_a_node_whose_disk_is_an_overlay(node, wl_run):
+    """A lab node boots from an overlay of the cached rootfs; overlayfs cannot be the upper
+    layer of another overlay, so its instance roots live on /run (tmpfs)."""
+    (node / "mountinfo").write_text(ROOT_ON_OVERLAY)
+    wl_run(FakeSystemctl(), nspawn_args(node, command="/opt/run"))
+    text = (node / "etc" / "walle-etl-0.service").read_text()
+    (pre,) = _exec_lines(text, "ExecStartPre")
+    assert wu.split_exec_words(pre)[4] == "/run/walle/instances/walle-etl-0"
+    assert '"-D" "/run/walle/instances/walle-etl-0/root"' in text
 
 
 def test_nspawn_without_command_boots_the_image(node, wl_run):

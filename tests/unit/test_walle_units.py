@@ -387,3 +387,42 @@ def test_expand_env_names_only_the_units_own_port_variables(expand, why):
     env = {**PORT_ENV, "walle_port_http": "1"}
     with pytest.raises(ValueError, match=re.escape(why)):
         service(argv=["/usr/bin/app", "${HOME}"], env=env, expand_env=expand)
+
+
+# ---- nspawn instance roots ----------------------------------------------------------------
+
+def test_nspawn_instance_root_is_a_folder_per_instance_with_fixed_scripts():
+    root = wu.nspawn_instance_root("walle-web-1", "/var/lib/walle/images/sha256-ab12")
+    assert root["dir"] == "/var/lib/walle/instances/walle-web-1"
+    assert root["root"] == "/var/lib/walle/instances/walle-web-1/root"
+    # the paths are arguments of a fixed script, never part of its text
+    assert root["setup"] == ["/bin/sh", "-c", wu.NSPAWN_ROOT_SETUP, "walle-root",
+                             root["dir"], "/var/lib/walle/images/sha256-ab12"]
+    assert root["teardown"] == ["/bin/sh", "-c", wu.NSPAWN_ROOT_TEARDOWN, "walle-root",
+                                root["dir"]]
+    assert "walle-web" not in wu.NSPAWN_ROOT_SETUP + wu.NSPAWN_ROOT_TEARDOWN
+    assert "--one-file-system" in wu.NSPAWN_ROOT_TEARDOWN  # never into the image below
+
+
+@pytest.mark.parametrize(("name", "image", "field"), [
+    ("walle-web-1", "/var/lib/walle/images/a,upperdir=/etc", "image"),
+    ("walle-web-1", "/var/lib/walle/images/a:/etc", "image"),
+    ("walle-web-1", "/var/lib/walle/images/../../etc", "image"),
+    ("walle-web-1", "relative/image", "image"),
+    ("walle-web-1", "/var/lib/walle/images/a\\b", "image"),
+    ("walle-a:b", "/var/lib/walle/images/a", "name"),
+    ("web-1", "/var/lib/walle/images/a", "name"),
+])
+def test_nspawn_instance_root_refuses_what_overlayfs_would_misread(name, image, field):
+    with pytest.raises(ValueError, match=f"^{field}:"):
+        wu.nspawn_instance_root(name, image)
+
+
+def test_service_renders_start_steps_and_cleanup_in_order():
+    text = wu.render_service("walle-x-0", slice="walle-x-0.slice", argv=["/bin/true"],
+                             sandbox=False, pre_start=[["/bin/a", "1"], ["/bin/b"]],
+                             cleanup=["/bin/c", "$x"], post_stop=["/bin/d"])
+    entries = [(k, v) for _s, k, v in wu.parse_unit(text) if k.startswith("Exec")]
+    assert entries == [("ExecStartPre", '"/bin/a" "1"'), ("ExecStartPre", '"/bin/b"'),
+                       ("ExecStart", '"/bin/true"'), ("ExecStopPost", '-+"/bin/c" "$$x"'),
+                       ("ExecStopPost", '+"/bin/d"')]

@@ -3,9 +3,8 @@
 The default web service (examples/web.yml) is placed by the real place.yml (walle_slice and
 walle_workload through the runner adapter), rated with `systemd-analyze security` and asked
 for a page from inside the VM. A job with a secret reads it from $CREDENTIALS_DIRECTORY and
-the value is in no unit file, no `systemctl show` output and no runner artifact. An nspawn
-job runs from a versioned image of the control side's store (fetched, verified and unpacked by
-place.yml, docs/images.md) in a user namespace, and its pre_stop hook runs inside the container.
+the value is in no unit file, no `systemctl show` output and no runner artifact. nspawn
+instances from an image: tests/vm/test_nspawn_instances.py.
 """
 
 from __future__ import annotations
@@ -16,21 +15,15 @@ import shlex
 from pathlib import Path
 
 import pytest
-from vmtools import FIGURES, REPO, show, wait_until
+from vmtools import FIGURES, REPO, instance, place, show, stop, wait_until
 
 from walle import naming
 from walle.adapters import runner
-from walle.core.grants import grant_alone
-from walle.images import ImageStore, archive
 from walle.jobspec import load_spec_file, parse_spec
-from walle.lab.tiny_image import make_tiny_tree
-from walle.service.params import image_args, instance_vars
 
 pytestmark = pytest.mark.vm
 
 EXPOSURE_GOAL = 4.0
-VM_HOST = "walle-vm"  # the inventory's host name (walle.lab.vm.inventory_text)
-VM_ADDRESS = "10.0.2.15"  # qemu user networking: the guest's own address
 SECRET = "vm-secret-7f3a-do-not-log"
 STORE = "/var/lib/walle/images"
 
@@ -49,31 +42,6 @@ def kept_runs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner.tempfile, "TemporaryDirectory", keep)
     return kept
-
-
-def place(vm, instances: list[dict], credentials: dict | None = None) -> runner.RunResult:
-    """The real place.yml on the VM, as the executor runs it (no Consul registration)."""
-    extravars = {"walle_batch": {VM_HOST: instances}, "walle_register": False,
-                 "walle_wait_active_s": 60}
-    if credentials:
-        extravars["walle_credentials"] = credentials
-    result = runner.run_playbook("place.yml", str(vm.inventory_path), extravars, [VM_HOST],
-                                 timeout=300)
-    host = result.hosts.get(VM_HOST)
-    assert result.status == "successful" and host and host.ok and not host.failed_instances, (
-        result.status, host, result.output_tail[-2000:])
-    return result
-
-
-def instance(spec, slot: int = 0, image: dict | None = None,
-             ports: dict[str, int] | None = None) -> dict:
-    return instance_vars(spec, slot, VM_ADDRESS, grant_alone(spec.resources), image=image,
-                         ports=ports)
-
-
-def stop(vm, *units: str) -> None:
-    names = " ".join(shlex.quote(u) for u in units)
-    vm.run(f"systemctl stop {names}; systemctl reset-failed {names}", timeout=120)
 
 
 def exposure(vm, unit: str) -> float:
@@ -147,48 +115,6 @@ def test_a_secret_reaches_the_workload_as_a_credential_and_nowhere_else(vm, kept
         assert files and [str(p) for p in files if SECRET.encode() in p.read_bytes()] == []
     finally:
         stop(vm, unit)
-
-
-PAYLOAD = """cg=/sys/fs/cgroup$(systemctl show -P ControlGroup "$1")
-for p in $(find "$cg" -name cgroup.procs -exec cat {} +); do
-  [ "$(cat /proc/$p/comm)" = sleep ] && echo "$p"
-done
-"""
-
-
-def test_nspawn_runs_from_an_image_in_a_user_namespace_and_pre_stop_runs_inside(vm, tmp_path):
-    # the image is built here, on the control side, and reaches the VM through place.yml
-    make_tiny_tree(str(tmp_path / "tiny"), ["/usr/bin/cat", "/usr/bin/sleep"])
-    store = ImageStore(tmp_path / "store")
-    manifest = store.build("tiny:1.0", tmp_path / "tiny")
-    image = image_args(manifest.digest, str(store.blob_path(manifest.digest)))
-    root = f"{STORE}/{archive.cache_dir_name(manifest.digest)}"
-    vm.write_file("/root/payload.sh", PAYLOAD)
-    spec = parse_spec({
-        "name": "boxed", "kind": "service",
-        "resources": {"cpu": 0.1, "memory": "64M"},
-        "runtime": {"type": "nspawn", "image": "tiny:1.0", "command": "/usr/bin/sleep",
-                    "args": ["600"]},
-        "stop": {"pre_stop": ["/bin/sh", "-c", "cat /proc/self/uid_map > /hook.out"]},
-    })
-    unit = naming.service_unit(spec.name, 0)
-    try:
-        place(vm, [instance(spec, image=image)])
-        assert vm.run(f"test -x {root}/usr/bin/sleep && echo ok").stdout.strip() == "ok"
-        payload = wait_until(lambda: vm.run(f"sh /root/payload.sh {unit}").stdout.split(), 60,
-                             "the container's payload")
-        uid = vm.run(f"stat -c %u /proc/{payload[0]}", check=True).stdout.strip()
-        FIGURES["nspawn_payload_host_uid"] = int(uid)
-        assert uid != "0"  # root inside, an unprivileged uid range on the node
-    finally:
-        stop(vm, unit)
-    # The hook wrote into the container's root (the image), from inside its user namespace.
-    hook = vm.run(f"cat {root}/hook.out")
-    assert hook.returncode == 0, vm.run(
-        f"ls -la {root}; journalctl -u {unit} --no-pager | tail -30").stdout
-    uid_map = hook.stdout.split()
-    assert uid_map[:1] == ["0"] and uid_map[1] != "0", uid_map
-    assert vm.run("test -e /hook.out && echo host || echo none").stdout.strip() == "none"
 
 
 def test_a_host_path_image_is_refused(vm, walle):

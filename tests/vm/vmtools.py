@@ -13,13 +13,18 @@ from pathlib import Path
 
 import yaml
 
+from walle.adapters import runner
 from walle.collection import ensure_collection
+from walle.core.grants import grant_alone
 from walle.lab import vm as walle_vm
 from walle.lab.tiny_image import TINY_IMAGE_SCRIPT
+from walle.service.params import instance_vars
 
 VENV_BIN = Path(sys.executable).parent  # ansible-playbook lives next to pytest's python
 REPO = Path(__file__).resolve().parents[2]
 FIGURES: dict[str, object] = {}  # measured figures, reported at the end of the session
+VM_HOST = "walle-vm"  # the inventory's host name (walle.lab.vm.inventory_text)
+VM_ADDRESS = "10.0.2.15"  # qemu user networking: the guest's own address
 PLAYBOOK_TIMEOUT = 180  # seconds for one ansible run (each module call costs ~4 s under tcg)
 
 
@@ -136,6 +141,37 @@ def cpu_fractions(vm: walle_vm.VM, folders: list[str], seconds: float) -> dict[s
     before, after = ([int(x) for x in line.split()] for line in out[:2])
     elapsed_usec = (after[0] - before[0]) / 1000
     return {f: (after[i + 1] - before[i + 1]) / elapsed_usec for i, f in enumerate(folders)}
+
+
+# ---- placing instances with the real place.yml -----------------------------------------------
+
+def place(vm, instances: list[dict], credentials: dict | None = None,
+          timeout: int = 300) -> runner.RunResult:
+    """The real place.yml on the VM, as the executor runs it (no Consul registration);
+    `timeout` bounds the run (the host is shared: tcg under load is slow)."""
+    extravars = {"walle_batch": {VM_HOST: instances}, "walle_register": False,
+                 "walle_wait_active_s": 60}
+    if credentials:
+        extravars["walle_credentials"] = credentials
+    result = runner.run_playbook("place.yml", str(vm.inventory_path), extravars, [VM_HOST],
+                                 timeout=timeout)
+    host = result.hosts.get(VM_HOST)
+    assert result.status == "successful" and host and host.ok and not host.failed_instances, (
+        result.status, host, result.output_tail[-2000:])
+    return result
+
+
+def instance(spec, slot: int = 0, image: dict | None = None,
+             ports: dict[str, int] | None = None) -> dict:
+    """The instance_vars of one instance placed alone on the VM (`ports`: its dynamic ports,
+    as the scheduler would have assigned them)."""
+    return instance_vars(spec, slot, VM_ADDRESS, grant_alone(spec.resources), image=image,
+                         ports=ports)
+
+
+def stop(vm, *units: str) -> None:
+    names = " ".join(shlex.quote(u) for u in units)
+    vm.run(f"systemctl stop {names}; systemctl reset-failed {names}", timeout=120)
 
 
 def make_tiny_image(vm, root: str, programs: list[str]) -> None:

@@ -39,6 +39,7 @@ class NodeRule:
     operator: str
     values: tuple[str, ...]
     pattern: Any = None  # an RE2 pattern (walle.jobspec.regex): linear-time search
+    why: str = ""  # an implicit rule's own refusal reason (runtime_rule)
 
     def holds(self, node: Node) -> bool:
         value = node.attribute(self.attribute)
@@ -55,6 +56,8 @@ class NodeRule:
 
     @property
     def reason(self) -> str:
+        if self.why:
+            return self.why
         shown = self.values[0] if len(self.values) == 1 else ",".join(self.values)
         return f"constraint {self.attribute} {self.operator} {shown}"
 
@@ -100,6 +103,9 @@ def compile_job(spec: JobSpec, *, default_strategy: str, full_scan: bool = False
         else:
             raise ValueError(f"{where}: operator {c.operator!r} is unknown; use one of "
                              f"{', '.join(NODE_OPERATORS)}, distinct_hosts, max_per")
+    runtime = runtime_rule(spec.runtime.kind)
+    if runtime is not None:
+        rules.append(runtime)
     strategy = spec.strategy or default_strategy
     if strategy not in ("binpack", "spread"):
         raise ValueError(f"job {spec.name!r}: strategy {strategy!r} must be binpack or spread")
@@ -114,6 +120,28 @@ def compile_job(spec: JobSpec, *, default_strategy: str, full_scan: bool = False
         full_scan=full_scan, ports=ports, dynamic=dynamic,
         simple=not (rules or distinct or max_per or ports or dynamic),
     )
+
+
+# Container runtimes run only where the node says it can run them: the node role sets the
+# label from facts (walle_node.runtime_labels: cgroup v2 with its controllers, the runtime's
+# program installed). A job of that runtime gets this rule without asking for it.
+CONTAINER_RUNTIMES = ("nspawn", "lxc")
+
+
+def runtime_label(kind: str) -> str:
+    """The node label saying a node can run `kind` containers (label.runtime_<kind>)."""
+    return f"runtime_{kind}"
+
+
+def runtime_rule(kind: str) -> NodeRule | None:
+    """The implicit node rule of a container runtime; None for exec (every node runs it)."""
+    if kind not in CONTAINER_RUNTIMES:
+        return None
+    label = runtime_label(kind)
+    return NodeRule(f"label.{label}", "eq", ("true",),
+                    why=f"runtime {kind}: node cannot run {kind} containers (no label "
+                        f"{label}=true: needs cgroup v2 with its controllers and the runtime "
+                        "installed)")
 
 
 def _check_attribute(c: Constraint, where: str) -> None:
