@@ -8,6 +8,7 @@ import binascii
 from . import kv
 from .errors import ConsulError, bad_request, rpc_error
 from .fields import get
+from .txn_catalog import CATALOG_KINDS, CatalogOpError, apply_catalog_op, parse_catalog_op
 
 MAX_TXN_OPS = 128
 _WRITE_VERBS = {"set", "cas", "lock", "unlock", "delete", "delete-tree", "delete-cas"}
@@ -80,10 +81,12 @@ class KVMixin:
         errors = self._txn_precheck(parsed)
         if errors:
             return 409, {"Results": None, "Errors": errors}
+        catalog = any(op["Kind"] != "KV" for op in parsed)
         with self.write():
             # the ops apply in place; a failure rolls back only the keys they touched (a
             # savepoint), so a transaction costs its ops, not the size of the KV table
-            tables = (self.kv.entries, self.kv.tombstones)
+            tables = self._txn_tables(catalog)
+            stamps = dict(self.tables) if catalog else None
             for table in tables:
                 table.savepoint()
             idx = self._peek_index()
@@ -91,8 +94,11 @@ class KVMixin:
             try:
                 for i, op in enumerate(parsed):
                     try:
-                        results.extend(_txn_op(self.kv, op, idx))
-                    except TxnOpError as exc:
+                        if op["Kind"] == "KV":
+                            results.extend(_txn_op(self.kv, op, idx))
+                        else:
+                            results.extend(apply_catalog_op(self, op))
+                    except (TxnOpError, CatalogOpError) as exc:
                         errors.append({"OpIndex": i, "What": str(exc)})
             except BaseException:
                 errors.append({"OpIndex": -1, "What": "internal error"})
@@ -103,11 +109,22 @@ class KVMixin:
                         table.rollback()
                     else:
                         table.release()
+                if errors and stamps is not None:  # the catalog ops' table indexes go back
+                    self.tables.clear()
+                    self.tables.update(stamps)
             if errors:
                 return 409, {"Results": None, "Errors": errors}
-            if any(op["Verb"] in _WRITE_VERBS for op in parsed):
+            if any(op["Kind"] == "KV" and op["Verb"] in _WRITE_VERBS for op in parsed):
                 self.touch("kvs", "tombstones")
             return 200, {"Results": results, "Errors": None}
+
+    def _txn_tables(self, catalog: bool) -> list:
+        """The tables a transaction may change: KV only, or (with catalog ops, which also
+        invalidate sessions and release their locks) every logged table."""
+        if not catalog:
+            return [self.kv.entries, self.kv.tombstones]
+        return [self.kv.entries, self.kv.tombstones, self.sessions, self.lock_delay,
+                self.nodes, self.services, self.checks, self.check_defs, self.critical_since]
 
     def _txn_precheck(self, parsed: list[dict]) -> list[dict]:
         errors = []
@@ -126,8 +143,17 @@ def txn_is_read_only(ops: object) -> bool:
     """txn.mdx: a transaction without write operations is served like a read (consistency
     modes, X-Consul-KnownLeader and X-Consul-LastContact, no blocking)."""
     return isinstance(ops, list) and all(
-        isinstance(op, dict) and isinstance(get(op, "KV"), dict)
-        and get(get(op, "KV"), "Verb") not in _WRITE_VERBS for op in ops)
+        isinstance(op, dict) and _op_body(op) is not None
+        and get(_op_body(op)[1], "Verb") not in _WRITE_VERBS for op in ops)
+
+
+def _op_body(op: dict) -> tuple[str, dict] | None:
+    """(kind, body) of one txn op: KV, Node, Service or Check."""
+    for kind in ("KV", *CATALOG_KINDS):
+        body = get(op, kind)
+        if isinstance(body, dict):
+            return kind, body
+    return None
 
 
 class TxnOpError(Exception):
@@ -169,9 +195,13 @@ def _parse_txn(ops: object) -> list[dict]:
 
 
 def _parse_txn_op(i: int, op: object) -> dict:
-    body = get(op, "KV") if isinstance(op, dict) else None
-    if not isinstance(body, dict):
-        raise bad_request(f"op {i}: the stand-in supports only KV operations in /v1/txn")
+    found = _op_body(op) if isinstance(op, dict) else None
+    if found is None:
+        raise bad_request(f"op {i}: expected one of KV, Node, Service, Check (the stand-in "
+                          f"does not model Intention or Session ops)")
+    kind, body = found
+    if kind != "KV":
+        return parse_catalog_op(i, kind, body)
     verb = get(body, "Verb", "")
     try:
         raw = get(body, "Value")
@@ -182,7 +212,7 @@ def _parse_txn_op(i: int, op: object) -> dict:
     if not key and verb not in ("delete-tree", "get-tree"):
         raise bad_request(f"op {i}: Missing key name")
     _check_key_and_value(key or "-", value)
-    return {"Verb": verb, "Key": key, "Value": value, "Flags": int(get(body, "Flags") or 0),
+    return {"Kind": "KV", "Verb": verb, "Key": key, "Value": value, "Flags": int(get(body, "Flags") or 0),
             "Index": int(get(body, "Index") or 0), "Session": get(body, "Session") or ""}
 
 
