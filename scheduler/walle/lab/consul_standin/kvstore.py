@@ -11,6 +11,7 @@ from .fields import get
 from .txn_catalog import CATALOG_KINDS, CatalogOpError, apply_catalog_op, parse_catalog_op
 
 MAX_TXN_OPS = 128
+MAX_CACHED_PREFIXES = 1024  # prefixes whose index is kept (those blocking reads watch)
 _WRITE_VERBS = {"set", "cas", "lock", "unlock", "delete", "delete-tree", "delete-cas"}
 _READ_VERBS = {"get", "get-or-empty", "get-tree", "check-index", "check-session",
                "check-not-exists"}
@@ -18,15 +19,48 @@ _READ_VERBS = {"get", "get-or-empty", "get-tree", "check-index", "check-session"
 
 class KVMixin:
     kv: kv.KVSpace
+    prefix_indexes: dict[str, int]
     sessions: dict[str, dict]
     lock_delay: dict[str, float]
 
     # --- reads ---------------------------------------------------------------------------
+    def kv_index(self, key: str, recurse: bool, keys: bool) -> int:
+        """The index GET /v1/kv/:key answers, without building the answer (what a blocking
+        query checks after each write)."""
+        table = self.table_index("kvs", "tombstones")
+        if keys or recurse:
+            return self._prefix_index(key, table)
+        entry = self.kv.entries.get(key)
+        return entry["ModifyIndex"] if entry else table
+
+    def _prefix_index(self, prefix: str, table: int) -> int:
+        """Max ModifyIndex or tombstone under `prefix`: computed once (a bisect and a walk of
+        the prefix), then kept up to date by note_kv_changes at each write, so that a
+        blocking prefix read costs nothing per unrelated write."""
+        if prefix == "":
+            return table
+        cache = self.prefix_indexes
+        if prefix not in cache:
+            if len(cache) >= MAX_CACHED_PREFIXES:
+                cache.clear()
+            cache[prefix] = kv.list_index(self.kv, prefix, 0)
+        return cache[prefix] or table
+
+    def note_kv_changes(self, changed: list, index: int | None) -> None:
+        """At the end of a write: the cached prefix indexes move for the keys it touched."""
+        if not self.prefix_indexes or index is None:
+            return
+        for table, key in changed:
+            if table == "kv" or table == "tombstones":
+                for prefix in self.prefix_indexes:
+                    if key.startswith(prefix):
+                        self.prefix_indexes[prefix] = index
+
     def kv_read(self, key: str, recurse: bool, keys: bool, separator: str):
         """(index, entries|keys|None) for GET /v1/kv/:key."""
         table = self.table_index("kvs", "tombstones")
         if keys or recurse:
-            idx = kv.list_index(self.kv, key, table)
+            idx = self._prefix_index(key, table)
             if keys:
                 return idx, kv.list_keys(self.kv, key, separator)
             return idx, kv.under(self.kv, key)
