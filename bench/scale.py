@@ -194,6 +194,8 @@ class Meter:
     all_bytes: int = 0  # read by every thread (the watches too)
     state: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (node, state)
     running: int = 0
+    in_step: threading.Event = field(default_factory=threading.Event)
+    profiler: cProfile.Profile | None = None  # of the leader's steps
     lock: threading.Lock = field(default_factory=threading.Lock)
     changed: threading.Condition = field(default_factory=threading.Condition)
 
@@ -211,6 +213,11 @@ class Meter:
                 before = self.state.pop(a.key, None)
                 self.running -= bool(before and before[1] == "running")
             self.changed.notify_all()
+
+    def step_ended(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.in_step.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def wait_for(self, done, timeout: float) -> float | None:
         """The monotonic time at which `done()` became true, None on timeout."""
@@ -241,13 +248,19 @@ def instrument(scheduler: Scheduler, meter: Meter) -> None:
     def step():
         meter.loop_thread = threading.get_ident()
         meter.steps += 1
+        meter.in_step.set()
         exec_before = executor.seconds
         started = time.perf_counter()
+        if meter.profiler is not None:
+            meter.profiler.enable()
         try:
             return original_step()
         finally:
+            if meter.profiler is not None:
+                meter.profiler.disable()
             meter.step_s += time.perf_counter() - started
             meter.exec_s += executor.seconds - exec_before
+            meter.in_step.clear()
 
     def write_allocs(put=(), delete=(), **kw):
         put, delete = list(put), list(delete)
@@ -334,9 +347,7 @@ def run_size(instances: int, nodes: int, *, node_death: bool, data_dir: bool,
         time.sleep(0.5)  # the first (empty) steps
         meter.reset()
         cpu_before = cpu_seconds(proc.pid)
-        profiler = cProfile.Profile() if profile else None
-        if profiler:
-            profiler.enable()
+        meter.profiler = cProfile.Profile() if profile else None
         store = StateStore(api)
         submitted = time.monotonic()
         left, k = instances, 0
@@ -345,9 +356,10 @@ def run_size(instances: int, nodes: int, *, node_death: bool, data_dir: bool,
             assert store.put_job(job_spec(f"scale{k:03d}", count), 0)
             left, k = left - count, k + 1
         done = meter.wait_for(lambda: meter.running >= instances, timeout)
-        if profiler:
-            profiler.disable()
-            profiler.dump_stats(profile)
+        meter.step_ended(timeout)  # the breakdown covers whole steps
+        if meter.profiler:
+            meter.profiler.dump_stats(profile)
+            meter.profiler = None
         f = run.figures
         if done is None:
             f["timed_out_after_s"] = timeout
@@ -450,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-data-dir", action="store_true",
                    help="stand-in without persistence (not durable: for comparison only)")
     p.add_argument("--timeout", type=float, default=1800.0, help="per size, seconds")
-    p.add_argument("--profile", help="cProfile the scheduler process of the last size here")
+    p.add_argument("--profile", help="cProfile the leader's steps of the last size into FILE")
     args = p.parse_args(argv)
     sizes = [(1000, 100)] if args.quick else parse_sizes(args.sizes)
     print(f"bench/scale.py: load {os.getloadavg()}, {os.cpu_count()} CPUs, "
