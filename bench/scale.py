@@ -34,7 +34,6 @@ The machine is shared: run it alone and read the load printed with the figures.
 from __future__ import annotations
 
 import argparse
-import base64
 import cProfile
 import http.client
 import json
@@ -50,10 +49,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import consul.std
-from placement import make_nodes  # bench/placement.py: the same fleet
-from standin_writes import start_standin  # bench/standin_writes.py
 
 import walle.service.scheduler as scheduler_module
+from placement import make_nodes  # bench/placement.py: the same fleet
+from standin_writes import start_standin  # bench/standin_writes.py
 from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
 from walle.jobspec import parse_spec
 from walle.service.executor import NodeInstances, Outcome

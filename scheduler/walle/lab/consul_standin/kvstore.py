@@ -246,8 +246,9 @@ def _parse_txn_op(i: int, op: object) -> dict:
     if not key and verb not in ("delete-tree", "get-tree"):
         raise bad_request(f"op {i}: Missing key name")
     _check_key_and_value(key or "-", value)
-    return {"Kind": "KV", "Verb": verb, "Key": key, "Value": value, "Flags": int(get(body, "Flags") or 0),
-            "Index": int(get(body, "Index") or 0), "Session": get(body, "Session") or ""}
+    return {"Kind": "KV", "Verb": verb, "Key": key, "Value": value,
+            "Flags": int(get(body, "Flags") or 0), "Index": int(get(body, "Index") or 0),
+            "Session": get(body, "Session") or ""}
 
 
 def _txn_op(space: kv.KVSpace, op: dict, idx: int) -> list[dict]:
