@@ -18,7 +18,7 @@ What runs:
 Workload: jobs of 1,000 instances (a smaller size: one job), each 0.25 core, 256 MiB, a TTL
 check. Figures per size: submit -> every slot running (the moment the last `running` record
 write is acknowledged), placements/s end to end, steps and their breakdown (Consul reads =
-`load_snapshot`, writes = guarded txns, executor = the fake registrations, reconcile = the
+`SnapshotReader.load`, writes = guarded txns, executor = the fake registrations, reconcile = the
 rest of the step), bytes the step read, bytes every read of the process took (watches
 included), the scheduler process's peak RSS (bench bookkeeping and the fake executor
 included), the stand-in's CPU seconds. Then, at the largest size, a node death: the node's
@@ -50,13 +50,13 @@ from dataclasses import dataclass, field
 
 import consul.std
 
-import walle.service.scheduler as scheduler_module
 from placement import make_nodes  # bench/placement.py: the same fleet
 from standin_writes import start_standin  # bench/standin_writes.py
 from walle.adapters.consul import ConsulApi, ConsulConfig, StateStore
 from walle.jobspec import parse_spec
 from walle.service.executor import NodeInstances, Outcome
 from walle.service.scheduler import Scheduler, SchedulerConfig
+from walle.service.state_cache import SnapshotReader
 
 PER_TXN = 64  # instances (2 ops each) or nodes per transaction: Consul's 128-op limit
 JOB_SIZE = 1000
@@ -232,15 +232,15 @@ class Meter:
 
 def instrument(scheduler: Scheduler, meter: Meter) -> None:
     executor = scheduler.executor
-    original_load = scheduler_module.load_snapshot
+    original_load = SnapshotReader.load
     original_step = scheduler.step
     original_write = scheduler.store.write_allocs
     original_txn = scheduler.store.txn
 
-    def load(*args, **kw):
+    def load(self):
         started = time.perf_counter()
         try:
-            return original_load(*args, **kw)
+            return original_load(self)
         finally:
             meter.read_s += time.perf_counter() - started
 
@@ -277,7 +277,7 @@ def instrument(scheduler: Scheduler, meter: Meter) -> None:
             meter.txns += -(-len(ops) // 63) if ops else 0
             meter.write_ops += len(ops)
 
-    scheduler_module.load_snapshot = load
+    SnapshotReader.load = load
     scheduler.step = step
     scheduler.store.write_allocs = write_allocs
     scheduler.store.txn = txn

@@ -39,7 +39,7 @@ from walle.adapters.consul import (
     StateStore,
     Watch,
 )
-from walle.adapters.consul.health import fetch_cluster_health
+from walle.adapters.consul.health import watch_failed_nodes
 from walle.adapters.consul.state import alloc_key
 from walle.adapters.consul.tombstones import stopped_jobs
 from walle.core import Allocation, Plan
@@ -47,7 +47,7 @@ from walle.jobspec import JobSpec, SpecError, parse_spec
 from walle.naming import PRESENCE_KEY, instance_id, parse_instance_id, service_unit, timer_unit
 from walle.service import jobs
 from walle.service.adopt import MISSING_GRACE, Adopter
-from walle.service.cluster import Snapshot, describe_error, load_snapshot, node_state
+from walle.service.cluster import Snapshot, describe_error
 from walle.service.decide import Defaults, decide, take_commits
 from walle.service.decide import retry_at as _retry_at
 from walle.service.executor import Executor, NodeInstances, Outcome
@@ -70,6 +70,7 @@ from walle.service.records import (
     with_node,
 )
 from walle.service.secrets import DEFAULT_SECRETS_DIR, SecretReader
+from walle.service.state_cache import SnapshotReader
 
 log = logging.getLogger("walle.scheduler")
 
@@ -213,6 +214,7 @@ class Scheduler:
         self._inspect_after: dict[str, float] = {}  # ...but not before (after no answer)
         self._down_since: dict[str, float] = {}  # node -> when this leader first saw it down
         self.history = HistoryWriter(self.store, lambda: self.lock.session_id)
+        self.reader = SnapshotReader(self.api, self.store)  # kept state: one term's only
 
     def stop(self) -> None:
         self.stopping.set()
@@ -294,12 +296,11 @@ class Scheduler:
         """The health watch's read. It also notes the nodes it sees failed: a node that fails
         and comes back while a step is busy (a long playbook) never reads as down in any
         snapshot, yet its units may have been fenced or lost in a reboot (_reap_leftovers)."""
-        index, health = fetch_cluster_health(self.api, index, wait)
-        failed = {n.name for n in health.nodes if node_state(n, False) == "down"}
+        index, failed = watch_failed_nodes(self.api, index, wait)
         if failed:
             with self._seen_lock:
                 self._seen_down |= failed
-        return index, health
+        return index, (index, failed)  # every index move is a change: it wakes the loop
 
     def _follow(self, name: str, watch: Watch) -> None:
         """Wake the loop on every change for as long as we lead (until _stop_watches). The
@@ -324,7 +325,7 @@ class Scheduler:
     # ----- one reconciliation step ----------------------------------------------------------
     def step(self) -> StepReport:
         started = self.clock()
-        loaded = load_snapshot(self.api, self.store)
+        loaded = self.reader.load()
         now = self.clock()
         if now - started > CONSUL_OUTAGE:
             self._relist_nodes("Consul answered only after %.0fs" % (now - started))
@@ -1011,18 +1012,26 @@ class Scheduler:
         session = self.lock.session_id
         if not self.lock.is_leader or not session:
             raise LostLeadership("not the leader: refusing to write state")
-        result = self.store.write_allocs([to_stored(r) for r in put.values()],
-                                         [to_stored(r) for r in delete], session=session,
-                                         consumed=consumed)
+        try:
+            result = self.store.write_allocs([to_stored(r) for r in put.values()],
+                                             [to_stored(r) for r in delete], session=session,
+                                             consumed=consumed)
+        except BaseException:  # applied in part, or not at all: read it all again
+            self.reader.forget()
+            raise
         if result.lost_leadership:
             raise LostLeadership("the leader lock is held by another session")
         if not result.ok:  # a CAS lost: someone else wrote; the next step re-reads
+            self.reader.forget()
             raise ConsulError(f"state write conflicted: {result.errors}")
+        written = {}
+        for key, record in put.items():
+            index = result.indexes.get(alloc_key(record.alloc.job, record.alloc.slot))
+            if index is not None:
+                written[key] = replace(record, modify_index=index)
         if records is not None:
-            for key, record in put.items():
-                index = result.indexes.get(alloc_key(record.alloc.job, record.alloc.slot))
-                if index is not None:
-                    records[key] = replace(record, modify_index=index)
+            records.update(written)
+        self.reader.wrote(written.values(), result.indexes, deleted=bool(delete))
 
 
 def _instance_health(spec: JobSpec, snap: Snapshot, a: Allocation) -> str:

@@ -389,8 +389,9 @@ class ConsulHttpApi:
             raise bad_request(f"Bad check state: {state} (use any|passing|warning|critical)")
         s, keep, on_node = self.store, self._filter(req, filters.CHECK), self._on_meta_nodes(req)
         return self._blocking(req, lambda: (s.table_index("checks"), keep(
-            [c for _, c in sorted(s.checks.items())
-             if (state == "any" or c["Status"] == state) and on_node(c)])),
+            [c for _, c in sorted(item for item in s.checks.items()
+                                  if (state == "any" or item[1]["Status"] == state)
+                                  and on_node(item[1]))])),
             index_of=lambda: s.table_index("checks"))
 
     def health_service(self, req: Request, name: str) -> Response:
