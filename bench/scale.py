@@ -380,7 +380,12 @@ def run_size(instances: int, nodes: int, *, node_death: bool, data_dir: bool,
         f["standin_cpu_s"] = cpu_seconds(proc.pid) - cpu_before
         if node_death:
             time.sleep(1.0)  # let the loop settle (health watch caught up)
+            meter.profiler = cProfile.Profile() if profile else None
             f.update(kill_a_node(fleet, meter, names, timeout=min(timeout, 120)))
+            meter.step_ended(timeout)
+            if meter.profiler:
+                meter.profiler.dump_stats(profile + ".death")
+                meter.profiler = None
         f["scheduler_peak_rss_mib"] = rss_mib()
         return run
     finally:
@@ -461,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-data-dir", action="store_true",
                    help="stand-in without persistence (not durable: for comparison only)")
     p.add_argument("--timeout", type=float, default=1800.0, help="per size, seconds")
-    p.add_argument("--profile", help="cProfile the leader's steps of the last size into FILE")
+    p.add_argument("--profile", help="cProfile the leader's steps of the last size into "
+                   "FILE (and those of the node death into FILE.death)")
     args = p.parse_args(argv)
     sizes = [(1000, 100)] if args.quick else parse_sizes(args.sizes)
     print(f"bench/scale.py: load {os.getloadavg()}, {os.cpu_count()} CPUs, "

@@ -890,16 +890,18 @@ class Scheduler:
             events = step_events(report, plan, records, snap.jobs, now)
             refused = refusals(plan)
             evicted = {e.alloc.key: evicted_by(e.by, snap.jobs) for e in plan.evictions}
-            for job in sorted(set(snap.jobs) | set(events)):
-                before = self.history.current(job)
-                spec = snap.jobs.get(job)
-                if spec is None:  # stopped: its story so far stays, nothing is unplaced
-                    self.history.update(job, events[job], {}, before.count)
-                    continue
-                unplaced = unplaced_slots(spec, records, snap.blocked_slots, refused, evicted,
-                                          before)
-                self.history.update(job, scaled(spec, before, now) + events.get(job, [])
-                                    + new_refusals(before, unplaced, now), unplaced, spec.count)
+            with self.history.batch():  # one write for all jobs, not one per job
+                for job in sorted(set(snap.jobs) | set(events)):
+                    before = self.history.current(job)
+                    spec = snap.jobs.get(job)
+                    if spec is None:  # stopped: its story so far stays, nothing is unplaced
+                        self.history.update(job, events[job], {}, before.count)
+                        continue
+                    unplaced = unplaced_slots(spec, records, snap.blocked_slots, refused,
+                                              evicted, before)
+                    self.history.update(job, scaled(spec, before, now) + events.get(job, [])
+                                        + new_refusals(before, unplaced, now), unplaced,
+                                        spec.count)
         except Exception as err:  # noqa: BLE001 - history must never break a step
             log.warning("could not record this step's events: %s", describe_error(err))
 

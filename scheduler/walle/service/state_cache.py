@@ -46,11 +46,13 @@ class SnapshotReader:
         self.full_reads = 0  # how often the slot records were read in full (the bench)
         self._jobs: dict[str, tuple[int, JobSpec | Exception]] = {}
         self._read_at = float("-inf")  # the last full read (resync)
+        self._records: dict[str, SlotRecord] = {}  # instance key -> record
         self.forget()
 
     def forget(self) -> None:
-        """Read everything again at the next load (a write failed or conflicted)."""
-        self._records: dict[str, SlotRecord] = {}  # instance key -> record
+        """Read everything again at the next load (a write failed or conflicted). The kept
+        records stay for comparison: one whose ModifyIndex is the stored entry's is what
+        Consul holds (the leader kept it from Consul's own answer), so it is not decoded."""
         self._allocs_index: int | None = None
         self._alloc_problems: list[Unreadable] = []
         self._health: ClusterHealth | None = None
