@@ -45,6 +45,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -184,6 +185,7 @@ class Meter:
     loop_thread: int | None = None
     steps: int = 0
     step_s: float = 0.0
+    step_cpu_s: float = 0.0  # CPU time of the loop thread in its steps (load-independent)
     read_s: float = 0.0
     write_s: float = 0.0
     exec_s: float = 0.0
@@ -200,7 +202,7 @@ class Meter:
 
     def reset(self) -> None:
         self.steps = self.txns = self.write_ops = self.step_bytes = self.all_bytes = 0
-        self.step_s = self.read_s = self.write_s = self.exec_s = 0.0
+        self.step_s = self.read_s = self.write_s = self.exec_s = self.step_cpu_s = 0.0
 
     def note_put(self, allocs, deletes) -> None:
         with self.changed:
@@ -230,7 +232,9 @@ class Meter:
             return time.monotonic()
 
 
-def instrument(scheduler: Scheduler, meter: Meter) -> None:
+def instrument(scheduler: Scheduler, meter: Meter) -> Callable[[], None]:
+    """Wrap the leader's reads, steps and writes with meters; returns what undoes the two
+    class-level patches (the smoke test runs in a shared process)."""
     executor = scheduler.executor
     original_load = SnapshotReader.load
     original_step = scheduler.step
@@ -249,7 +253,7 @@ def instrument(scheduler: Scheduler, meter: Meter) -> None:
         meter.steps += 1
         meter.in_step.set()
         exec_before = executor.seconds
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         if meter.profiler is not None:
             meter.profiler.enable()
         try:
@@ -258,6 +262,7 @@ def instrument(scheduler: Scheduler, meter: Meter) -> None:
             if meter.profiler is not None:
                 meter.profiler.disable()
             meter.step_s += time.perf_counter() - started
+            meter.step_cpu_s += time.thread_time() - cpu_started
             meter.exec_s += executor.seconds - exec_before
             meter.in_step.clear()
 
@@ -293,6 +298,11 @@ def instrument(scheduler: Scheduler, meter: Meter) -> None:
 
     consul.std.HTTPClient.response = response
 
+    def undo() -> None:
+        SnapshotReader.load = original_load
+        consul.std.HTTPClient.response = original_response
+    return undo
+
 
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
@@ -327,6 +337,7 @@ def run_size(instances: int, nodes: int, *, node_death: bool, data_dir: bool,
     tmp = tempfile.TemporaryDirectory(prefix="walle-scale-")
     proc, port = start_standin(os.path.join(tmp.name, "consul") if data_dir else None)
     scheduler = thread = None
+    undo: Callable[[], None] = lambda: None  # noqa: E731
     try:
         fleet = Fleet(port)
         started = time.monotonic()
@@ -338,14 +349,14 @@ def run_size(instances: int, nodes: int, *, node_death: bool, data_dir: bool,
         config = SchedulerConfig(name="scale", inventory="unused", lock_delay=0, seed=7,
                                  node_down_grace=0.0)
         scheduler = Scheduler(api, config, executor=executor)
-        instrument(scheduler, meter)
+        undo = instrument(scheduler, meter)
         thread = threading.Thread(target=scheduler.run_forever, daemon=True, name="leader")
         thread.start()
         while not scheduler.lock.is_leader:
             time.sleep(0.05)
         time.sleep(0.5)  # the first (empty) steps
         meter.reset()
-        cpu_before = cpu_seconds(proc.pid)
+        cpu_before, own_cpu_before = cpu_seconds(proc.pid), time.process_time()
         meter.profiler = cProfile.Profile() if profile else None
         store = StateStore(api)
         submitted = time.monotonic()
@@ -378,6 +389,8 @@ def run_size(instances: int, nodes: int, *, node_death: bool, data_dir: bool,
         f["bytes_read_all"] = meter.all_bytes
         f["scheduler_peak_rss_mib"] = rss_mib()
         f["standin_cpu_s"] = cpu_seconds(proc.pid) - cpu_before
+        f["scheduler_cpu_s"] = time.process_time() - own_cpu_before
+        f["step_cpu_s"] = meter.step_cpu_s
         if node_death:
             time.sleep(1.0)  # let the loop settle (health watch caught up)
             meter.profiler = cProfile.Profile() if profile else None
@@ -392,6 +405,7 @@ def run_size(instances: int, nodes: int, *, node_death: bool, data_dir: bool,
         if scheduler is not None and thread is not None:
             scheduler.stop()  # run_forever steps down when its step ends
             thread.join(timeout=120)
+        undo()
         proc.terminate()
         proc.wait(timeout=60)
         tmp.cleanup()
@@ -436,7 +450,12 @@ def report(run: Run) -> None:
     print(f"  bytes read per step        {f['bytes_read_per_step'] / 1e6:8.2f} MB   "
           f"(all reads, watches included: {f['bytes_read_all'] / 1e6:.1f} MB)")
     print(f"  scheduler peak RSS         {f['scheduler_peak_rss_mib']:8.0f} MiB")
-    print(f"  stand-in CPU               {f['standin_cpu_s']:8.1f} s")
+    print(f"  CPU: stand-in              {f['standin_cpu_s']:8.1f} s;  scheduler process "
+          f"{f['scheduler_cpu_s']:.1f} s (its steps {f['step_cpu_s']:.1f} s; the rest: the "
+          f"fake fleet's registrations, watches)")
+    busy = f["standin_cpu_s"] + f["scheduler_cpu_s"]
+    print(f"  placements per CPU-second  {run.instances / busy:8,.0f}     (stand-in + scheduler "
+          f"CPU: what an idle machine would approach)")
     if "death_lost_instances" in f:
         planned, running = f["death_detect_to_planned_s"], f["death_detect_to_running_s"]
         print(f"  node death: {f['death_lost_instances']} instances lost; detection -> "
