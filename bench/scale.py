@@ -343,11 +343,12 @@ def run_size(instances: int, nodes: int, *, node_death: bool, data_dir: bool,
         started = time.monotonic()
         names = fleet.register_nodes(nodes, seed=1)
         run.figures["fleet_register_s"] = time.monotonic() - started
-        api = ConsulApi(ConsulConfig.from_env(addr=f"http://127.0.0.1:{port}"))
+        # generous timeouts: on a busy shared host a 100,000-check answer takes seconds
+        api = ConsulApi(ConsulConfig.from_env(addr=f"http://127.0.0.1:{port}", timeout=60.0))
         meter = Meter()
         executor = FleetExecutor(fleet)
         config = SchedulerConfig(name="scale", inventory="unused", lock_delay=0, seed=7,
-                                 node_down_grace=0.0)
+                                 node_down_grace=0.0, lock_ttl=60)
         scheduler = Scheduler(api, config, executor=executor)
         undo = instrument(scheduler, meter)
         thread = threading.Thread(target=scheduler.run_forever, daemon=True, name="leader")
