@@ -20,6 +20,7 @@ def _bench():
     try:
         spec = importlib.util.spec_from_file_location("walle_bench_scale", path)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up
         spec.loader.exec_module(module)
         return module
     finally:
