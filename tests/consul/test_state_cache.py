@@ -6,7 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_scheduler_service import Clock, cluster, make_scheduler, records, web_spec  # noqa: F401
+from test_scheduler_service import (  # noqa: F401 - cluster is a fixture
+    Clock,
+    cluster,
+    make_scheduler,
+    records,
+    register_instance,
+    web_spec,
+)
 
 from walle.adapters.consul import StateStore
 from walle.naming import alloc_key
@@ -60,11 +67,6 @@ def test_a_changed_spec_is_parsed_again_and_a_health_change_is_seen(cluster):  #
     store.put_job(web_spec(count=2), store.job("web").modify_index)
     assert s.reader.load().jobs["web"].count == 2
     node = records(cluster)["web-0"].node
-    # the instance's check turns critical (a catalog write, as an agent would sync it)
-    code, _ = cluster.raw("put", "/v1/catalog/register", data=json.dumps({
-        "Node": node, "Address": "", "SkipNodeUpdate": True,
-        "Check": {"CheckID": "service:web-0", "Name": "check", "Status": "critical",
-                  "ServiceID": "web-0"}}))
-    assert code == 200
+    register_instance(cluster, node, "web-0", "web", "critical")  # its check fails
     assert s.reader.load().instance_status(node, "web-0") == "critical"
     s.lock.step_down()

@@ -10,6 +10,8 @@ back (kvstore.txn holds a savepoint on every table).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .catalog import STATES, make_check, service_record
 from .errors import bad_request
 from .fields import as_dict, get
@@ -63,67 +65,63 @@ def _cas_ok(current: dict | None, index: int) -> bool:
     return current is not None and current["ModifyIndex"] == index
 
 
-def _node_op(store, verb: str, name: str, entry: dict, index: int) -> list[dict]:
-    current = store.nodes.get(name)
+def _entry_op(verb: str, index: int, current: dict | None, what: str, result: str,
+              delete: Callable[[], object], put: Callable[[], dict]) -> list[dict]:
+    """The verbs' common shape for one catalog entry (`what` names it in errors)."""
     if verb == "get":
         if current is None:
-            raise CatalogOpError(f'node "{name}" doesn\'t exist')
-        return [{"Node": current}]
+            raise CatalogOpError(f"{what} doesn't exist")
+        return [{result: current}]
     if verb in ("cas", "delete-cas") and not _cas_ok(current, index):
-        raise CatalogOpError(f'failed to {"delete" if verb == "delete-cas" else "set"} node '
-                             f'"{name}", index is stale')
+        action = "delete" if verb == "delete-cas" else "set"
+        raise CatalogOpError(f"failed to {action} {what}, index is stale")
     if verb in ("delete", "delete-cas"):
-        store.delete_node(name)
+        delete()
         return []
-    address = get(entry, "Address") or ""
-    if not address:
-        raise CatalogOpError("Must provide address")
-    store.ensure_node(name, address, as_dict(get(entry, "Meta"), "Node.Meta"),
-                      get(entry, "TaggedAddresses"))
-    return [{"Node": store.nodes[name]}]
+    return [{result: put()}]
+
+
+def _node_op(store, verb: str, name: str, entry: dict, index: int) -> list[dict]:
+    def put() -> dict:
+        address = get(entry, "Address") or ""
+        if not address:
+            raise CatalogOpError("Must provide address")
+        store.ensure_node(name, address, as_dict(get(entry, "Meta"), "Node.Meta"),
+                          get(entry, "TaggedAddresses"))
+        return store.nodes[name]
+    return _entry_op(verb, index, store.nodes.get(name), f'node "{name}"', "Node",
+                     lambda: store.delete_node(name), put)
 
 
 def _service_op(store, verb: str, node: str, entry: dict, index: int) -> list[dict]:
     service_id = get(entry, "ID") or get(entry, "Service") or ""
-    current = store.services.get((node, service_id))
-    if verb == "get":
-        if current is None:
-            raise CatalogOpError(f'service "{service_id}" on node "{node}" doesn\'t exist')
-        return [{"Service": current}]
-    if verb in ("cas", "delete-cas") and not _cas_ok(current, index):
-        raise CatalogOpError(f'failed to {"delete" if verb == "delete-cas" else "set"} '
-                             f'service "{service_id}" on node "{node}", index is stale')
-    if verb in ("delete", "delete-cas"):
-        store.delete_service(node, service_id)
-        return []
-    store.put_service(node, service_record(entry, "Service"))
-    return [{"Service": store.services[(node, service_id)]}]
+
+    def put() -> dict:
+        store.put_service(node, service_record(entry, "Service"))
+        return store.services[(node, service_id)]
+    return _entry_op(verb, index, store.services.get((node, service_id)),
+                     f'service "{service_id}" on node "{node}"', "Service",
+                     lambda: store.delete_service(node, service_id), put)
 
 
 def _check_op(store, verb: str, node: str, entry: dict, index: int) -> list[dict]:
     check_id = get(entry, "CheckID") or get(entry, "Name") or ""
     if not check_id:
         raise CatalogOpError("Check: Must provide CheckID or Name")
-    current = store.checks.get((node, check_id))
-    if verb == "get":
-        if current is None:
-            raise CatalogOpError(f'check "{check_id}" on node "{node}" doesn\'t exist')
-        return [{"Check": current}]
-    if verb in ("cas", "delete-cas") and not _cas_ok(current, index):
-        raise CatalogOpError(f'failed to {"delete" if verb == "delete-cas" else "set"} '
-                             f'check "{check_id}" on node "{node}", index is stale')
-    if verb in ("delete", "delete-cas"):
-        store.delete_check(node, check_id)
-        return []
-    status = get(entry, "Status") or "critical"
-    if status not in STATES:
-        raise CatalogOpError(f"Check: invalid Status '{status}' (passing|warning|critical)")
-    service_id = get(entry, "ServiceID") or ""
-    service = store.services.get((node, service_id)) if service_id else None
-    if service_id and service is None:
-        raise CatalogOpError("Missing service registration")
-    store.put_check(make_check(node, check_id, get(entry, "Name") or check_id, status,
-                               notes=get(entry, "Notes") or "",
-                               output=get(entry, "Output") or "", service=service,
-                               definition=get(entry, "Definition") or {}))
-    return [{"Check": store.checks[(node, check_id)]}]
+
+    def put() -> dict:
+        status = get(entry, "Status") or "critical"
+        if status not in STATES:
+            raise CatalogOpError(f"Check: invalid Status '{status}' (passing|warning|critical)")
+        service_id = get(entry, "ServiceID") or ""
+        service = store.services.get((node, service_id)) if service_id else None
+        if service_id and service is None:
+            raise CatalogOpError("Missing service registration")
+        store.put_check(make_check(node, check_id, get(entry, "Name") or check_id, status,
+                                   notes=get(entry, "Notes") or "",
+                                   output=get(entry, "Output") or "", service=service,
+                                   definition=get(entry, "Definition") or {}))
+        return store.checks[(node, check_id)]
+    return _entry_op(verb, index, store.checks.get((node, check_id)),
+                     f'check "{check_id}" on node "{node}"', "Check",
+                     lambda: store.delete_check(node, check_id), put)
