@@ -196,6 +196,7 @@ def test_a_failed_history_write_never_breaks_the_step(cluster, monkeypatch, capl
         raise RuntimeError("txn refused")
 
     monkeypatch.setattr(s.store, "put_events", refuse)
+    monkeypatch.setattr(s.store, "put_many_events", refuse)  # the step's batched write
     victim = records(cluster)["web-1"].node
     kill(cluster, victim)
     report = s.step()  # no exception

@@ -170,18 +170,16 @@ def test_after_a_consul_outage_every_node_is_listed_and_fenced_instances_run_aga
     """Consul itself out for longer than the fence (every node lost it, none read as down):
     each node's fence stopped its units. The leader, whose snapshot took that long, lists
     every node once and starts what its records put there again."""
-    import walle.service.scheduler as scheduler_module
-
     clock = Clock()
     s, ex, where = web_and_cron_running(cluster, clock)
     for node in ADDRESSES:
         fence(ex, node)
-    real_load = scheduler_module.load_snapshot
+    real_load = s.reader.load
 
-    def slow_load(api, store):  # Consul answered only after its outage (the client retries)
+    def slow_load():  # Consul answered only after its outage (the client retries)
         clock.now += DEFAULT_FENCE_AFTER + 2
-        return real_load(api, store)
-    monkeypatch.setattr(scheduler_module, "load_snapshot", slow_load)
+        return real_load()
+    monkeypatch.setattr(s.reader, "load", slow_load)
     ex.listed.clear()
     ex.placed.clear()
     s.step()

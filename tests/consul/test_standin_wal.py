@@ -199,3 +199,35 @@ def test_a_rolled_back_transaction_replays_to_the_same_state(tmp_path):
         assert (dict(again.kv.entries), dict(again.kv.tombstones), again.index) == before
     finally:
         p2.close()
+
+
+@pytest.mark.parametrize("cut", ["before the snapshot", "before the old logs went"])
+def test_a_crash_mid_compaction_replays_to_the_acknowledged_state(tmp_path, monkeypatch, cut):
+    """Compaction switches the log, then writes the snapshot, then deletes the older logs. A
+    crash between those steps leaves two logs (and an old or a new snapshot): the restart
+    must come back with exactly what was acknowledged, later writes winning."""
+    store, p = open_store(tmp_path, compact_bytes=1 << 30)
+    put(store, "k/before", b"1")
+    put(store, "k/changed", b"old")
+    if cut == "before the snapshot":
+        monkeypatch.setattr(p, "_write_snapshot", lambda state, gen: None)
+    else:  # the snapshot is renamed in place, the older log is still there
+        monkeypatch.setattr(persist.wal_path(tmp_path, 1).__class__, "unlink",
+                            lambda self, missing_ok=False: None)
+    p.compact(wait=True)
+    put(store, "k/after", b"2")
+    put(store, "k/changed", b"new")
+    assert store.kv_delete("k/before", False, None) is True
+    store.wait_durable()
+    crash(p)
+    monkeypatch.undo()
+    assert len(list(tmp_path.glob("wal-*.log"))) == 2
+    assert (tmp_path / persist.SNAPSHOT_FILE).exists() == (cut != "before the snapshot")
+    again, p2 = open_store(tmp_path)
+    try:
+        assert value_of(again, "k/before") is None
+        assert value_of(again, "k/after") == b"2"
+        assert value_of(again, "k/changed") == b"new"
+        assert again.index == store.index
+    finally:
+        p2.close()

@@ -37,3 +37,33 @@ def test_an_unchanged_view_answers_at_the_deadline_with_the_same_index():
     core = StoreCore()
     idx, _ = core.block(lambda: (7, None), min_index=7, timeout_s=0.05)
     assert idx == 7
+
+
+def test_a_waiting_query_builds_its_answer_only_once_its_index_moves():
+    """Consul wakes a blocking query when what it watches changes; other writes cost it
+    nothing (the stand-in checks `index_of`, not the whole view, after each write)."""
+    import threading
+    import time
+
+    core = StoreCore()
+    watched = {"index": 5}
+    built = []
+
+    def view():
+        built.append(watched["index"])
+        return watched["index"], "answer"
+
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(answer=core.block(
+        view, min_index=5, timeout_s=30, index_of=lambda: watched["index"])))
+    waiter.start()
+    for _ in range(50):  # writes to something else
+        with core.write():
+            core.touch("other")
+    time.sleep(0.1)
+    assert built == [] and waiter.is_alive()
+    with core.write():
+        watched["index"] = core.touch("watched")
+    waiter.join(timeout=10)
+    assert result["answer"] == (watched["index"], "answer")
+    assert built == [watched["index"]]

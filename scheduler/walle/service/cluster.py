@@ -71,7 +71,7 @@ def load_snapshot(api: ConsulApi, store: StateStore) -> Snapshot:
     jobs = {}
     for name, stored in stored_jobs.items():
         try:
-            jobs[name] = _job_spec(name, stored)
+            jobs[name] = job_spec(name, stored)
         except Exception as err:  # noqa: BLE001 - any bad record is reported, never fatal
             unreadable.append(Unreadable(job_key(name), describe_error(err)))
     _, stored_allocs = store.allocs(unreadable=unreadable)
@@ -90,10 +90,10 @@ def load_snapshot(api: ConsulApi, store: StateStore) -> Snapshot:
     nodes = {n.name: core_node(n, n.name in drains) for n in health.nodes if n.schedulable}
     addresses = {n.name: n.address for n in health.nodes}
     return Snapshot(jobs, stored_jobs, records, nodes, addresses, health,
-                    tuple(sorted(unreadable)), *_hands_off(unreadable), commits=commits)
+                    tuple(sorted(unreadable)), *hands_off(unreadable), commits=commits)
 
 
-def _job_spec(name: str, stored: StoredJob) -> JobSpec:
+def job_spec(name: str, stored: StoredJob) -> JobSpec:
     spec = parse_spec(dict(stored.spec), source=job_key(name))
     if spec.name != name:
         raise SpecError(f"{job_key(name)}: holds the spec of job {spec.name!r}")
@@ -106,7 +106,7 @@ def describe_error(err: Exception) -> str:
     return str(err) if isinstance(err, SpecError) else f"{type(err).__name__}: {err}"
 
 
-def _hands_off(unreadable: list[Unreadable]) -> tuple[frozenset[str], frozenset[str]]:
+def hands_off(unreadable: list[Unreadable]) -> tuple[frozenset[str], frozenset[str]]:
     """Jobs and slots the scheduler must leave alone while their record is unreadable: it
     cannot know what they want (a job) or what runs there (a slot)."""
     jobs, slots = set(), set()

@@ -39,7 +39,7 @@ from walle.adapters.consul import (
     StateStore,
     Watch,
 )
-from walle.adapters.consul.health import fetch_cluster_health
+from walle.adapters.consul.health import watch_failed_nodes
 from walle.adapters.consul.state import alloc_key
 from walle.adapters.consul.tombstones import stopped_jobs
 from walle.core import Allocation, Plan
@@ -49,7 +49,7 @@ from walle.service import jobs
 from walle.service.adopt import MISSING_GRACE, Adopter
 from walle.service.autoscale import DEFAULT_INTERVAL as AUTOSCALE_INTERVAL
 from walle.service.autoscale import Autoscaler
-from walle.service.cluster import Snapshot, describe_error, load_snapshot, node_state
+from walle.service.cluster import Snapshot, describe_error
 from walle.service.decide import Defaults, decide, take_commits
 from walle.service.decide import retry_at as _retry_at
 from walle.service.executor import Executor, NodeInstances, Outcome
@@ -72,6 +72,7 @@ from walle.service.records import (
     with_node,
 )
 from walle.service.secrets import DEFAULT_SECRETS_DIR, SecretReader
+from walle.service.state_cache import SnapshotReader
 
 log = logging.getLogger("walle.scheduler")
 
@@ -222,6 +223,7 @@ class Scheduler:
         self.autoscaler = Autoscaler(self.api, self.store, self.history,
                                      prometheus=self.config.prometheus_addr,
                                      interval=self.config.autoscale_interval)
+        self.reader = SnapshotReader(self.api, self.store)  # kept state: one term's only
 
     def stop(self) -> None:
         self.stopping.set()
@@ -303,12 +305,11 @@ class Scheduler:
         """The health watch's read. It also notes the nodes it sees failed: a node that fails
         and comes back while a step is busy (a long playbook) never reads as down in any
         snapshot, yet its units may have been fenced or lost in a reboot (_reap_leftovers)."""
-        index, health = fetch_cluster_health(self.api, index, wait)
-        failed = {n.name for n in health.nodes if node_state(n, False) == "down"}
+        index, failed = watch_failed_nodes(self.api, index, wait)
         if failed:
             with self._seen_lock:
                 self._seen_down |= failed
-        return index, health
+        return index, (index, failed)  # every index move is a change: it wakes the loop
 
     def _follow(self, name: str, watch: Watch) -> None:
         """Wake the loop on every change for as long as we lead (until _stop_watches). The
@@ -333,7 +334,7 @@ class Scheduler:
     # ----- one reconciliation step ----------------------------------------------------------
     def step(self) -> StepReport:
         started = self.clock()
-        loaded = load_snapshot(self.api, self.store)
+        loaded = self.reader.load()
         now = self.clock()
         if now - started > CONSUL_OUTAGE:
             self._relist_nodes("Consul answered only after %.0fs" % (now - started))
@@ -902,16 +903,18 @@ class Scheduler:
             events = step_events(report, plan, records, snap.jobs, now)
             refused = refusals(plan)
             evicted = {e.alloc.key: evicted_by(e.by, snap.jobs) for e in plan.evictions}
-            for job in sorted(set(snap.jobs) | set(events)):
-                before = self.history.current(job)
-                spec = snap.jobs.get(job)
-                if spec is None:  # stopped: its story so far stays, nothing is unplaced
-                    self.history.update(job, events[job], {}, before.count)
-                    continue
-                unplaced = unplaced_slots(spec, records, snap.blocked_slots, refused, evicted,
-                                          before)
-                self.history.update(job, scaled(spec, before, now) + events.get(job, [])
-                                    + new_refusals(before, unplaced, now), unplaced, spec.count)
+            with self.history.batch():  # one write for all jobs, not one per job
+                for job in sorted(set(snap.jobs) | set(events)):
+                    before = self.history.current(job)
+                    spec = snap.jobs.get(job)
+                    if spec is None:  # stopped: its story so far stays, nothing is unplaced
+                        self.history.update(job, events[job], {}, before.count)
+                        continue
+                    unplaced = unplaced_slots(spec, records, snap.blocked_slots, refused,
+                                              evicted, before)
+                    self.history.update(job, scaled(spec, before, now) + events.get(job, [])
+                                        + new_refusals(before, unplaced, now), unplaced,
+                                        spec.count)
         except Exception as err:  # noqa: BLE001 - history must never break a step
             log.warning("could not record this step's events: %s", describe_error(err))
 
@@ -1029,18 +1032,26 @@ class Scheduler:
         session = self.lock.session_id
         if not self.lock.is_leader or not session:
             raise LostLeadership("not the leader: refusing to write state")
-        result = self.store.write_allocs([to_stored(r) for r in put.values()],
-                                         [to_stored(r) for r in delete], session=session,
-                                         consumed=consumed)
+        try:
+            result = self.store.write_allocs([to_stored(r) for r in put.values()],
+                                             [to_stored(r) for r in delete], session=session,
+                                             consumed=consumed)
+        except BaseException:  # applied in part, or not at all: read it all again
+            self.reader.forget()
+            raise
         if result.lost_leadership:
             raise LostLeadership("the leader lock is held by another session")
         if not result.ok:  # a CAS lost: someone else wrote; the next step re-reads
+            self.reader.forget()
             raise ConsulError(f"state write conflicted: {result.errors}")
+        written = {}
+        for key, record in put.items():
+            index = result.indexes.get(alloc_key(record.alloc.job, record.alloc.slot))
+            if index is not None:
+                written[key] = replace(record, modify_index=index)
         if records is not None:
-            for key, record in put.items():
-                index = result.indexes.get(alloc_key(record.alloc.job, record.alloc.slot))
-                if index is not None:
-                    records[key] = replace(record, modify_index=index)
+            records.update(written)
+        self.reader.wrote(written.values(), result.indexes, deleted=bool(delete))
 
 
 def _instance_health(spec: JobSpec, snap: Snapshot, a: Allocation) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from walle.adapters.consul.api import ConsulApi
-from walle.adapters.consul.nodes import NodeInfo, nodes_from
+from walle.adapters.consul.nodes import NodeInfo, node_health, nodes_from
 
 _RANK = {"passing": 0, "warning": 1, "maintenance": 2, "critical": 3}
 
@@ -47,3 +47,16 @@ def fetch_cluster_health(api: ConsulApi, index: int = 0, wait: str | None = None
     checks = checks or []
     health = ClusterHealth(int(idx), nodes_from(catalog or [], checks), instance_status(checks))
     return int(idx), health
+
+
+def watch_failed_nodes(api: ConsulApi, index: int = 0, wait: str | None = None
+                       ) -> tuple[int, frozenset[str]]:
+    """Block on the checks table (any check or node joining, failing or passing moves its
+    index) and answer only the nodes whose serfHealth is critical (not in maintenance): what
+    the leader's health watch needs to wake the loop and note failures, without reading
+    every instance's check (the step reads those, once, when the index moved). The critical
+    checks are few, whatever the cluster's size."""
+    idx, checks = api.call("critical checks", lambda: api.client.health.state(
+        "critical", index=index or None, wait=wait))
+    health = node_health(checks or [])
+    return int(idx), frozenset(node for node, status in health.items() if status == "critical")

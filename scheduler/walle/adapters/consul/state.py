@@ -401,9 +401,14 @@ class StateStore:
     def put_events(self, job: str, body: Mapping[str, Any], expected_index: int, *,
                    session: str) -> TxnResult:
         """Leader write of one job's history: CAS, with the leader guard."""
-        key = events_key(job)
-        return self.txn([KvOp("cas", key, _encode(body, key), index=expected_index)],
-                        session=session)
+        return self.put_many_events([(job, body, expected_index)], session=session)
+
+    def put_many_events(self, items: Sequence[tuple[str, Mapping[str, Any], int]], *,
+                        session: str) -> TxnResult:
+        """Leader write of several jobs' histories (job, body, expected index): CAS each,
+        in as few transactions as the op limit allows."""
+        return self.txn([KvOp("cas", events_key(job), _encode(body, events_key(job)),
+                              index=index) for job, body, index in items], session=session)
 
     # --- operator marks on nodes: drain ----------------------------------------------------
     def drains(self, index: int = 0, wait: str | None = None) -> tuple[int, frozenset[str]]:

@@ -86,15 +86,23 @@ class StoreCore:
 
     def block(self, view: Callable[[], tuple[int, Any]], min_index: int, timeout_s: float,
               changed: Callable[[int, int], bool] = lambda idx, seen: idx > seen,
-              ) -> tuple[int, Any]:
-        """Evaluate `view` until its index changes against min_index or the timeout passes."""
+              index_of: Callable[[], int] | None = None) -> tuple[int, Any]:
+        """Evaluate `view` until its index changes against min_index or the timeout passes.
+        `index_of` (the view's index alone, cheap) is what a waiting query checks after each
+        write, as Consul wakes a query only when what it watches changed: the view itself
+        (the answer) is then built once, not after every write of the cluster."""
         deadline = time.monotonic() + timeout_s
         with self.cond:
             generation = self.generation
             while True:
+                left = deadline - time.monotonic()
+                if index_of is not None and min_index > 0 and left > 0 \
+                        and generation == self.generation \
+                        and not changed(max(index_of(), 1), min_index):
+                    self.cond.wait(left)
+                    continue
                 idx, data = view()
                 idx = max(idx, 1)
-                left = deadline - time.monotonic()
                 if min_index <= 0 or changed(idx, min_index) or left <= 0 \
                         or generation != self.generation:
                     return idx, data

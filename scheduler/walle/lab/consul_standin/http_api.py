@@ -201,7 +201,8 @@ class ConsulHttpApi:
 
     # --- blocking ------------------------------------------------------------------------
     def _blocking(self, req: Request, view: Callable, changed: Callable | None = None,
-                  consistency: bool = True) -> Response:
+                  consistency: bool = True, index_of: Callable[[], int] | None = None
+                  ) -> Response:
         mode = consistency_mode(req) if consistency else None
         min_index = req.int_arg("index") or 0
         wait_text = req.arg("wait")
@@ -210,7 +211,8 @@ class ConsulHttpApi:
         except ValueError as exc:
             raise bad_request(f"Invalid wait time: {exc}") from exc
         kwargs = {"changed": changed} if changed else {}
-        idx, data = self.store.block(view, min_index, query_timeout(wait_s), **kwargs)
+        idx, data = self.store.block(view, min_index, query_timeout(wait_s), index_of=index_of,
+                                     **kwargs)
         headers = meta_headers(idx)
         if mode:
             headers["X-Consul-Effective-Consistency"] = mode
@@ -236,7 +238,8 @@ class ConsulHttpApi:
             raise bad_request("Missing key name")
         # kvs_endpoint.go also takes the historic misspelling ?seperator=
         separator = req.arg("separator", req.arg("seperator", "")) or ""
-        resp = self._blocking(req, lambda: self.store.kv_read(key, recurse, keys, separator))
+        resp = self._blocking(req, lambda: self.store.kv_read(key, recurse, keys, separator),
+                              index_of=lambda: self.store.kv_index(key, recurse, keys))
         data = resp.body
         if data is None or (not data and (recurse or key)):
             # Consul: 404 when nothing matches; only a keys listing of the root may be empty
@@ -315,7 +318,7 @@ class ConsulHttpApi:
             nodes = [n for _, n in sorted(s.nodes.items())
                      if all(n["Meta"].get(k) == v for k, v in meta.items())]
             return s.table_index("nodes"), keep(nodes)
-        return self._blocking(req, view)
+        return self._blocking(req, view, index_of=lambda: s.table_index("nodes"))
 
     def catalog_services(self, req: Request) -> Response:
         """catalog.mdx: ?filter= applies to the service instances (ServiceNode selectors);
@@ -329,7 +332,7 @@ class ConsulHttpApi:
                 tags = out.setdefault(row["ServiceName"], [])
                 tags.extend(t for t in row["ServiceTags"] if t not in tags)
             return s.table_index("services", "nodes"), out
-        return self._blocking(req, view)
+        return self._blocking(req, view, index_of=lambda: s.table_index("services", "nodes"))
 
     def catalog_service(self, req: Request, name: str) -> Response:
         tags, meta, s = req.query.get("tag", []), node_meta_args(req), self.store
@@ -338,7 +341,7 @@ class ConsulHttpApi:
         def view():
             rows = [catalog_row(n, svc) for n, svc in s.instances(name, tags, meta)]
             return s.service_index(name), keep(rows)
-        return self._blocking(req, view)
+        return self._blocking(req, view, index_of=lambda: s.service_index(name))
 
     def catalog_node(self, req: Request, node: str) -> Response:
         s, keep = self.store, compile_filter(req.arg("filter"), filters.SERVICE)
@@ -351,7 +354,7 @@ class ConsulHttpApi:
                         if n == node and keep(service_json(svc))}
             return s.table_index("nodes", "services"), {"Node": s.nodes[node],
                                                          "Services": services}
-        return self._blocking(req, view)
+        return self._blocking(req, view, index_of=lambda: s.table_index("nodes", "services"))
 
     def catalog_datacenters(self, req: Request) -> Response:
         return Response(body=[self.store.datacenter])
@@ -366,7 +369,8 @@ class ConsulHttpApi:
     def health_node(self, req: Request, node: str) -> Response:
         s, keep = self.store, self._filter(req, filters.CHECK)
         return self._blocking(req, lambda: (s.table_index("checks"), keep(
-            [c for (n, _), c in sorted(s.checks.items()) if n == self._node_name(node)])))
+            [c for (n, _), c in sorted(s.checks.items()) if n == self._node_name(node)])),
+            index_of=lambda: s.table_index("checks"))
 
     def _on_meta_nodes(self, req: Request) -> Callable[[dict], bool]:
         """health.mdx ?node-meta=k:v (checks, state): only checks of nodes with that meta."""
@@ -377,15 +381,18 @@ class ConsulHttpApi:
         s, keep, on_node = self.store, self._filter(req, filters.CHECK), self._on_meta_nodes(req)
         return self._blocking(req, lambda: (s.service_index(service), keep(
             [c for _, c in sorted(s.checks.items())
-             if c["ServiceName"] == service and on_node(c)])))
+             if c["ServiceName"] == service and on_node(c)])),
+            index_of=lambda: s.service_index(service))
 
     def health_state(self, req: Request, state: str) -> Response:
         if state not in (*STATES, "any"):
             raise bad_request(f"Bad check state: {state} (use any|passing|warning|critical)")
         s, keep, on_node = self.store, self._filter(req, filters.CHECK), self._on_meta_nodes(req)
         return self._blocking(req, lambda: (s.table_index("checks"), keep(
-            [c for _, c in sorted(s.checks.items())
-             if (state == "any" or c["Status"] == state) and on_node(c)])))
+            [c for _, c in sorted(item for item in s.checks.items()
+                                  if (state == "any" or item[1]["Status"] == state)
+                                  and on_node(item[1]))])),
+            index_of=lambda: s.table_index("checks"))
 
     def health_service(self, req: Request, name: str) -> Response:
         tags, meta, s = req.query.get("tag", []), node_meta_args(req), self.store
@@ -399,7 +406,7 @@ class ConsulHttpApi:
                     continue
                 rows.append({"Node": node, "Service": service_json(svc), "Checks": checks})
             return s.service_index(name), keep(rows)
-        return self._blocking(req, view)
+        return self._blocking(req, view, index_of=lambda: s.service_index(name))
 
     # --- agent ---------------------------------------------------------------------------
     def agent_self(self, req: Request) -> Response:

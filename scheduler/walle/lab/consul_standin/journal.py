@@ -8,6 +8,7 @@ failed transaction) is logged with its unchanged value: harmless.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Hashable
 
 # Tables whose keys are (node, id) tuples; JSON turns them into lists.
@@ -103,3 +104,72 @@ class TrackedDict(dict):
         self.update(other)
         return self
 
+
+
+class SortedTrackedDict(TrackedDict):
+    """A TrackedDict that also keeps its keys sorted (`sorted_keys`), so that a prefix read
+    costs the keys under the prefix (a bisect), not a sort of the whole table, like the
+    radix tree of Consul's state store. Inserting or removing a key is a bisect plus a list
+    move; replacing a value (the common write) costs nothing extra."""
+
+    __slots__ = ("sorted_keys",)
+
+    def __init__(self, journal: Journal, table: str, data=()):
+        super().__init__(journal, table, data)
+        self.sorted_keys: list = sorted(dict.keys(self))
+
+    def _insert_key(self, key) -> None:
+        at = bisect.bisect_left(self.sorted_keys, key)
+        if at == len(self.sorted_keys) or self.sorted_keys[at] != key:
+            self.sorted_keys.insert(at, key)
+
+    def _remove_key(self, key) -> None:
+        at = bisect.bisect_left(self.sorted_keys, key)
+        if at < len(self.sorted_keys) and self.sorted_keys[at] == key:
+            del self.sorted_keys[at]
+
+    def keys_from(self, prefix: str):
+        """The keys starting with `prefix`, in order."""
+        keys = self.sorted_keys
+        for at in range(bisect.bisect_left(keys, prefix), len(keys)):
+            if not keys[at].startswith(prefix):
+                return
+            yield keys[at]
+
+    def __setitem__(self, key, value) -> None:
+        if key not in self:
+            self._insert_key(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key) -> None:
+        if key in self:
+            self._remove_key(key)
+        super().__delitem__(key)
+
+    def pop(self, key, *default):
+        if key in self:
+            self._remove_key(key)
+        return super().pop(key, *default)
+
+    def popitem(self):
+        key, value = super().popitem()
+        self._remove_key(key)
+        return key, value
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self._insert_key(key)
+        return super().setdefault(key, default)
+
+    def clear(self) -> None:
+        super().clear()
+        self.sorted_keys = []
+
+    def rollback(self) -> None:
+        undone = list(self.undo or ())
+        super().rollback()
+        for key in undone:  # put the key list back as the rollback left the dict
+            if key in self:
+                self._insert_key(key)
+            else:
+                self._remove_key(key)

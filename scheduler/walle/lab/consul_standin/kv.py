@@ -96,7 +96,7 @@ def kv_delete(space: KVSpace, key: str, idx: int) -> bool:
 
 
 def kv_delete_tree(space: KVSpace, prefix: str, idx: int) -> bool:
-    for key in [k for k in space.entries if k.startswith(prefix)]:
+    for key in list(_keys_under(space.entries, prefix)):
         kv_delete(space, key, idx)
     return True
 
@@ -111,8 +111,17 @@ def kv_delete_cas(space: KVSpace, key: str, cas: int, idx: int) -> bool:
     return kv_delete(space, key, idx)
 
 
+def _keys_under(table: dict, prefix: str):
+    """Keys of `table` under `prefix`, in order: a bisect when the table keeps its keys
+    sorted (journal.SortedTrackedDict, the store's tables), else a sort (plain dicts)."""
+    keys_from = getattr(table, "keys_from", None)
+    if keys_from is not None:
+        return keys_from(prefix)
+    return (k for k in sorted(table) if k.startswith(prefix))
+
+
 def under(space: KVSpace, prefix: str) -> list[dict]:
-    return [space.entries[k] for k in sorted(space.entries) if k.startswith(prefix)]
+    return [space.entries[k] for k in _keys_under(space.entries, prefix)]
 
 
 def list_index(space: KVSpace, prefix: str, table_index: int) -> int:
@@ -120,7 +129,7 @@ def list_index(space: KVSpace, prefix: str, table_index: int) -> int:
     if prefix == "":
         return table_index
     best = max((e["ModifyIndex"] for e in under(space, prefix)), default=0)
-    best = max([best, *(i for k, i in space.tombstones.items() if k.startswith(prefix))])
+    best = max([best, *(space.tombstones[k] for k in _keys_under(space.tombstones, prefix))])
     return best or table_index
 
 

@@ -8,8 +8,10 @@ import binascii
 from . import kv
 from .errors import ConsulError, bad_request, rpc_error
 from .fields import get
+from .txn_catalog import CATALOG_KINDS, CatalogOpError, apply_catalog_op, parse_catalog_op
 
 MAX_TXN_OPS = 128
+MAX_CACHED_PREFIXES = 1024  # prefixes whose index is kept (those blocking reads watch)
 _WRITE_VERBS = {"set", "cas", "lock", "unlock", "delete", "delete-tree", "delete-cas"}
 _READ_VERBS = {"get", "get-or-empty", "get-tree", "check-index", "check-session",
                "check-not-exists"}
@@ -17,15 +19,48 @@ _READ_VERBS = {"get", "get-or-empty", "get-tree", "check-index", "check-session"
 
 class KVMixin:
     kv: kv.KVSpace
+    prefix_indexes: dict[str, int]
     sessions: dict[str, dict]
     lock_delay: dict[str, float]
 
     # --- reads ---------------------------------------------------------------------------
+    def kv_index(self, key: str, recurse: bool, keys: bool) -> int:
+        """The index GET /v1/kv/:key answers, without building the answer (what a blocking
+        query checks after each write)."""
+        table = self.table_index("kvs", "tombstones")
+        if keys or recurse:
+            return self._prefix_index(key, table)
+        entry = self.kv.entries.get(key)
+        return entry["ModifyIndex"] if entry else table
+
+    def _prefix_index(self, prefix: str, table: int) -> int:
+        """Max ModifyIndex or tombstone under `prefix`: computed once (a bisect and a walk of
+        the prefix), then kept up to date by note_kv_changes at each write, so that a
+        blocking prefix read costs nothing per unrelated write."""
+        if prefix == "":
+            return table
+        cache = self.prefix_indexes
+        if prefix not in cache:
+            if len(cache) >= MAX_CACHED_PREFIXES:
+                cache.clear()
+            cache[prefix] = kv.list_index(self.kv, prefix, 0)
+        return cache[prefix] or table
+
+    def note_kv_changes(self, changed: list, index: int | None) -> None:
+        """At the end of a write: the cached prefix indexes move for the keys it touched."""
+        if not self.prefix_indexes or index is None:
+            return
+        for table, key in changed:
+            if table == "kv" or table == "tombstones":
+                for prefix in self.prefix_indexes:
+                    if key.startswith(prefix):
+                        self.prefix_indexes[prefix] = index
+
     def kv_read(self, key: str, recurse: bool, keys: bool, separator: str):
         """(index, entries|keys|None) for GET /v1/kv/:key."""
         table = self.table_index("kvs", "tombstones")
         if keys or recurse:
-            idx = kv.list_index(self.kv, key, table)
+            idx = self._prefix_index(key, table)
             if keys:
                 return idx, kv.list_keys(self.kv, key, separator)
             return idx, kv.under(self.kv, key)
@@ -80,10 +115,12 @@ class KVMixin:
         errors = self._txn_precheck(parsed)
         if errors:
             return 409, {"Results": None, "Errors": errors}
+        catalog = any(op["Kind"] != "KV" for op in parsed)
         with self.write():
             # the ops apply in place; a failure rolls back only the keys they touched (a
             # savepoint), so a transaction costs its ops, not the size of the KV table
-            tables = (self.kv.entries, self.kv.tombstones)
+            tables = self._txn_tables(catalog)
+            stamps = dict(self.tables) if catalog else None
             for table in tables:
                 table.savepoint()
             idx = self._peek_index()
@@ -91,8 +128,11 @@ class KVMixin:
             try:
                 for i, op in enumerate(parsed):
                     try:
-                        results.extend(_txn_op(self.kv, op, idx))
-                    except TxnOpError as exc:
+                        if op["Kind"] == "KV":
+                            results.extend(_txn_op(self.kv, op, idx))
+                        else:
+                            results.extend(apply_catalog_op(self, op))
+                    except (TxnOpError, CatalogOpError) as exc:
                         errors.append({"OpIndex": i, "What": str(exc)})
             except BaseException:
                 errors.append({"OpIndex": -1, "What": "internal error"})
@@ -103,11 +143,22 @@ class KVMixin:
                         table.rollback()
                     else:
                         table.release()
+                if errors and stamps is not None:  # the catalog ops' table indexes go back
+                    self.tables.clear()
+                    self.tables.update(stamps)
             if errors:
                 return 409, {"Results": None, "Errors": errors}
-            if any(op["Verb"] in _WRITE_VERBS for op in parsed):
+            if any(op["Kind"] == "KV" and op["Verb"] in _WRITE_VERBS for op in parsed):
                 self.touch("kvs", "tombstones")
             return 200, {"Results": results, "Errors": None}
+
+    def _txn_tables(self, catalog: bool) -> list:
+        """The tables a transaction may change: KV only, or (with catalog ops, which also
+        invalidate sessions and release their locks) every logged table."""
+        if not catalog:
+            return [self.kv.entries, self.kv.tombstones]
+        return [self.kv.entries, self.kv.tombstones, self.sessions, self.lock_delay,
+                self.nodes, self.services, self.checks, self.check_defs, self.critical_since]
 
     def _txn_precheck(self, parsed: list[dict]) -> list[dict]:
         errors = []
@@ -126,8 +177,17 @@ def txn_is_read_only(ops: object) -> bool:
     """txn.mdx: a transaction without write operations is served like a read (consistency
     modes, X-Consul-KnownLeader and X-Consul-LastContact, no blocking)."""
     return isinstance(ops, list) and all(
-        isinstance(op, dict) and isinstance(get(op, "KV"), dict)
-        and get(get(op, "KV"), "Verb") not in _WRITE_VERBS for op in ops)
+        isinstance(op, dict) and _op_body(op) is not None
+        and get(_op_body(op)[1], "Verb") not in _WRITE_VERBS for op in ops)
+
+
+def _op_body(op: dict) -> tuple[str, dict] | None:
+    """(kind, body) of one txn op: KV, Node, Service or Check."""
+    for kind in ("KV", *CATALOG_KINDS):
+        body = get(op, kind)
+        if isinstance(body, dict):
+            return kind, body
+    return None
 
 
 class TxnOpError(Exception):
@@ -169,9 +229,13 @@ def _parse_txn(ops: object) -> list[dict]:
 
 
 def _parse_txn_op(i: int, op: object) -> dict:
-    body = get(op, "KV") if isinstance(op, dict) else None
-    if not isinstance(body, dict):
-        raise bad_request(f"op {i}: the stand-in supports only KV operations in /v1/txn")
+    found = _op_body(op) if isinstance(op, dict) else None
+    if found is None:
+        raise bad_request(f"op {i}: expected one of KV, Node, Service, Check (the stand-in "
+                          f"does not model Intention or Session ops)")
+    kind, body = found
+    if kind != "KV":
+        return parse_catalog_op(i, kind, body)
     verb = get(body, "Verb", "")
     try:
         raw = get(body, "Value")
@@ -182,8 +246,9 @@ def _parse_txn_op(i: int, op: object) -> dict:
     if not key and verb not in ("delete-tree", "get-tree"):
         raise bad_request(f"op {i}: Missing key name")
     _check_key_and_value(key or "-", value)
-    return {"Verb": verb, "Key": key, "Value": value, "Flags": int(get(body, "Flags") or 0),
-            "Index": int(get(body, "Index") or 0), "Session": get(body, "Session") or ""}
+    return {"Kind": "KV", "Verb": verb, "Key": key, "Value": value,
+            "Flags": int(get(body, "Flags") or 0), "Index": int(get(body, "Index") or 0),
+            "Session": get(body, "Session") or ""}
 
 
 def _txn_op(space: kv.KVSpace, op: dict, idx: int) -> list[dict]:

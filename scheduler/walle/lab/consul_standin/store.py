@@ -15,7 +15,7 @@ from .catalog import CatalogMixin, make_check
 from .core import StoreCore
 from .errors import PersistError
 from .events import MAX_EVENTS, EventMixin
-from .journal import TUPLE_KEYED, Journal, TrackedDict
+from .journal import TUPLE_KEYED, Journal, SortedTrackedDict, TrackedDict
 from .kv import KVSpace
 from .kvstore import KVMixin
 from .sessions import SessionMixin, parse_duration
@@ -25,6 +25,7 @@ SNAPSHOT_VERSION = 1
 REAP_INTERVAL_S = 30.0  # Consul's check_reap_interval
 # The tables a write-ahead log record carries key by key ("kv" and "tombstones" are the two
 # halves of self.kv). Session TTL timers are not persisted: they restart on load, like Consul.
+SORTED_TABLES = ("kv", "tombstones")  # read by prefix: their keys are kept sorted
 LOGGED_TABLES = ("kv", "tombstones", "sessions", "lock_delay", "nodes", "services", "checks",
                  "check_defs", "critical_since")
 
@@ -50,6 +51,7 @@ class Store(KVMixin, SessionMixin, CatalogMixin, AgentMixin, EventMixin, StoreCo
         # its own and its agents' nodes, as their agents would)
         self.restore_hooks: list[Callable[[], None]] = []
         self.kv = KVSpace(self._tracked("kv"), self._tracked("tombstones"))
+        self.prefix_indexes: dict[str, int] = {}  # kvstore._prefix_index's cache
         self.sessions: dict[str, dict] = self._tracked("sessions")
         self.session_deadline: dict[str, float] = {}
         self.lock_delay: dict[str, float] = self._tracked("lock_delay")
@@ -64,7 +66,8 @@ class Store(KVMixin, SessionMixin, CatalogMixin, AgentMixin, EventMixin, StoreCo
         self._next_reap = clock() + REAP_INTERVAL_S
 
     def _tracked(self, table: str, data=()) -> TrackedDict:
-        return TrackedDict(self.journal, table, data)
+        kind = SortedTrackedDict if table in SORTED_TABLES else TrackedDict
+        return kind(self.journal, table, data)
 
     def _table(self, name: str) -> dict:
         if name == "kv":
@@ -116,6 +119,7 @@ class Store(KVMixin, SessionMixin, CatalogMixin, AgentMixin, EventMixin, StoreCo
             raise ValueError(f"state snapshot version {snap.get('version')!r} is not "
                              f"{SNAPSHOT_VERSION}; move the data dir away to start empty")
         with self.cond:
+            self.prefix_indexes.clear()
             self.index = snap["index"]
             self.tables.clear()
             self.tables.update(snap["tables"])
@@ -164,6 +168,7 @@ class Store(KVMixin, SessionMixin, CatalogMixin, AgentMixin, EventMixin, StoreCo
         """End of the outermost write: hand the changes to the log; the writing thread waits
         for them in wait_durable() before it answers."""
         changed = self.journal.take()
+        self.note_kv_changes(changed, self._write_index)
         touched, self._touched = self._touched, set()
         restored, self._restored = self._restored, None
         if self.persister is None:
@@ -211,6 +216,7 @@ class Store(KVMixin, SessionMixin, CatalogMixin, AgentMixin, EventMixin, StoreCo
     def apply_record(self, record: dict) -> None:
         """Replay one log record (at load, before anything else runs)."""
         with self.cond:
+            self.prefix_indexes.clear()
             if "r" in record:
                 self.restore(record["r"])
             for change in record["c"]:
