@@ -9,6 +9,7 @@ import socket
 
 from walle.adapters.consul import ConsulApi, ConsulConfig
 from walle.jobspec.grammar import CAPABILITIES
+from walle.service.elastic import USAGE_INTERVAL
 from walle.service.params import consul_auth
 from walle.service.policy import PrivilegePolicy
 from walle.service.presence import (
@@ -69,6 +70,10 @@ def register(subparsers) -> None:
     run.add_argument("--secrets-dir", default=DEFAULT_SECRETS_DIR, metavar="DIR",
                      help="where `secrets: {NAME: {file: PATH}}` are read on this control node "
                           "(default: %(default)s)")
+    run.add_argument("--usage-interval", type=_seconds, default=USAGE_INTERVAL,
+                     metavar="SECONDS",
+                     help="usage-driven grants: read each node's walle-exporter this often and "
+                          "move grants within min..max with it; 0: off (default: %(default)s)")
     run.add_argument("--log-level", default="INFO")
     run.set_defaults(func=cmd_run)
 
@@ -101,7 +106,7 @@ def scheduler_config(args) -> SchedulerConfig:
         node_leave_grace=args.node_leave_grace, node_down_grace=args.node_down_grace,
         register=not args.no_register,
         privilege=PrivilegePolicy.of(args.allow_privileged, args.allow_capability),
-        secrets_dir=args.secrets_dir,
+        secrets_dir=args.secrets_dir, usage_interval=args.usage_interval,
     )
 
 
