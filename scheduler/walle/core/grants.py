@@ -78,7 +78,8 @@ def _elastic_scale(capacity: float, ranges: Sequence[tuple[float, float]]) -> fl
 # (weighted water-filling: the same proportions as the declared policy when everyone asks for
 # the maximum). Hysteresis: a streak of samples before any change, a dead band between the
 # idle and pressing thresholds that a change aims into (`target`), no change smaller than
-# `min_change`, and the streak restarts after each change.
+# `min_change`, falls slower than rises (more samples), and the streak restarts after each
+# change.
 
 
 @dataclass(frozen=True)
@@ -86,14 +87,15 @@ class ElasticPolicy:
     press: float = 0.9  # usage >= press x grant: pressing on it
     idle: float = 0.5  # usage <= idle x grant: idle
     target: float = 0.7  # a change puts usage at about target x the new grant (dead band)
-    samples: int = 2  # consecutive pressing (idle) samples before a rise (fall)
+    samples: int = 2  # consecutive pressing samples before a rise...
+    idle_samples: int = 4  # ...and idle ones before a fall: slow down, quick up
     step: float = 0.5  # a rise multiplies the grant by at least 1 + step, a fall divides it
     min_change: float = 0.1  # relative changes smaller than this are not made
 
     def __post_init__(self) -> None:
         if not 0 < self.idle < self.target < self.press <= 1:
             raise ValueError("elastic policy: 0 < idle < target < press <= 1")
-        if self.samples < 1 or self.step <= 0 or self.min_change < 0:
+        if self.samples < 1 or self.idle_samples < 1 or self.step <= 0 or self.min_change < 0:
             raise ValueError("elastic policy: samples >= 1, step > 0, min_change >= 0")
 
 
@@ -215,7 +217,7 @@ def _want(t: _Track, streak: int, policy: ElasticPolicy) -> float:
         return current
     if streak >= policy.samples:
         return min(t.hi, max(current * (1 + policy.step), t.used / policy.target))
-    if streak <= -policy.samples:
+    if streak <= -policy.idle_samples:
         return max(t.lo, t.used / policy.target, current / (1 + policy.step))
     return current
 
