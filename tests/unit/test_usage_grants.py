@@ -162,7 +162,7 @@ def _within_bounds(inst, cpu_capacity, memory_capacity):
     assert g.memory_high <= max(inst.memory_min, int(inst.memory_max * MEMORY_HIGH_FRACTION))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(nodes())
 def test_grants_stay_in_range_and_the_node_never_overcommits(node):
     cpu_capacity, memory_capacity, instances, cpu_demand, mem_demand = node
@@ -176,17 +176,18 @@ def test_grants_stay_in_range_and_the_node_never_overcommits(node):
         assert sum(i.grant.memory_high for i in current.values()) <= memory_capacity
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(nodes())
 def test_a_steady_demand_settles_and_never_flaps(node):
-    """Constant demand: the grants settle (no change at all in the last 20 of 60 samples);
+    """Constant demand: the grants settle (no change at all in the last 20 of 160 samples);
     alone on its node an instance's grant only ever moves one way (with
     neighbours, a share given while they were quiet can be taken back once when they ask)."""
     cpu_capacity, memory_capacity, instances, cpu_demand, mem_demand = node
-    history, changes = run(instances, Demand(60, cpu_demand, mem_demand), cpu_capacity,
+    # a fall waits for 4 idle samples and divides by 1.5: from 4 GiB to 1 MiB is 21 falls
+    history, changes = run(instances, Demand(160, cpu_demand, mem_demand), cpu_capacity,
                            memory_capacity)
     tail = [{key: inst.grant for key, inst in h.items()} for h in history[-20:]]
-    assert all(t == tail[0] for t in tail), "grants still move after 40 samples"
+    assert all(t == tail[0] for t in tail), "grants still move after 140 samples"
     for key in history[0]:
         for field in ("cpu_quota_percent", "memory_high"):
             values = [getattr(h[key].grant, field) for h in history]
