@@ -124,8 +124,10 @@ class ElasticGrants:
         streaks: dict[str, Streak] = {}
         for name in sorted(by_node):
             node = nodes.get(name)
-            if node is None or node.state != "ready":
-                continue
+            if node is None or node.state != "ready" or any(
+                    None in (a.grant.cpu_quota_percent, a.grant.memory_high)
+                    for a in by_node[name] if a.grant is not None):
+                continue  # not ours to move, or a grant without the limits we move
             allocs = {a.key: a for a in by_node[name]}
             instances = [self._instance(a, reading) for a in allocs.values()]
             changes, node_streaks = usage_grants(node.capacity.cpu, node.capacity.memory,
