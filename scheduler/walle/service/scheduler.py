@@ -849,13 +849,14 @@ class Scheduler:
         changed = [x.new.key for x in (*plan.regrants, *plan.updates)]
         self.elastic.applied(changed, now)
         settling = {r.alloc.node for r in records.values()
-                    if r.alloc.live and (r.alloc.state != "running" or r.alloc.grant is None)}
+                    if r.alloc.live and (r.alloc.state != "running" or r.alloc.grant is None
+                                         or r.alloc.job not in snap.jobs)}
         settling |= {a.node for a in (*(p.alloc for p in plan.places),
                                       *(x.alloc for x in (*plan.stops, *plan.evictions)),
                                       *(y for x in (*plan.migrates, *plan.replaces)
                                         for y in (x.old, x.new)))}
-        steady = [r.alloc for r in records.values() if r.alloc.live
-                  and r.alloc.job in snap.jobs and r.alloc.node not in settling]
+        steady = [r.alloc for r in records.values()
+                  if r.alloc.live and r.alloc.node not in settling]
         reading = self.usage.take()
         self.usage.poll({a.node for a in steady})
         if reading is None or not steady:
