@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import vmtools
 from vmtools import FIGURES, cgroup_dir, flat_keyed, read_files, show, wait_until
 
 from walle import naming
@@ -36,7 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 EXPORTER = "/root/walle_exporter.py"
 EXPORTER_UNIT = "elastic-exporter"
 NODE = Node("vm", Capacity(cpu=2.0, memory=1024 * MIB))  # the VM as the leader sees it
-SAMPLE_TIMEOUT = 420  # seconds for one phase: tcg under a loaded host is slow
+SAMPLE_TIMEOUT = 900  # seconds for one phase: tcg under a loaded host is slow
 
 BUSY = ["/bin/sh", "-c", "while :; do :; done"]
 WAKES_UP = ["/bin/sh", "-c", "while [ ! -e /run/elastic-wake ]; do sleep 0.2; done; "
@@ -126,6 +127,13 @@ class Instances:
         return self.allocs[key].grant.cpu_quota_percent
 
 
+@pytest.fixture(autouse=True)
+def patient_ansible(monkeypatch):
+    """Each sample may run a playbook: on a loaded shared host one module call under tcg has
+    been seen to take minutes, past vmtools' 180 s."""
+    monkeypatch.setattr(vmtools, "PLAYBOOK_TIMEOUT", 600)
+
+
 @pytest.fixture
 def exporter(vm):
     vm.write_file(EXPORTER, (REPO / "roles/exporter/files/walle_exporter.py").read_text())
@@ -156,10 +164,10 @@ def test_cpu_quota_rises_while_the_neighbour_idles_and_falls_when_it_wakes(
     assert read_files(vm, calm_dir, ["cpu.max"])["cpu.max"] == "50000 100000"
 
     steady_from, before = time.monotonic(), len(cluster.changes)
-    for _ in range(8):  # usage holds: no change
+    for _ in range(6):  # usage holds: no change
         cluster.sample()
     steady_s = time.monotonic() - steady_from
-    FIGURES["elastic_steady_samples"] = 8
+    FIGURES["elastic_steady_samples"] = 6
     FIGURES["elastic_steady_changes_per_hour"] = round(
         (len(cluster.changes) - before) * 3600 / steady_s, 1)
     assert len(cluster.changes) == before, cluster.changes[before:]
