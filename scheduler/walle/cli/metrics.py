@@ -9,26 +9,20 @@ or `--listen HOST:PORT` to serve /metrics for a Prometheus scrape.
 
 from __future__ import annotations
 
-import json
 import sys
-import urllib.request
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from walle.adapters.consul import LEADER_KEY
-from walle.adapters.consul.services import ServiceInstance, service_health
+from walle.adapters.usage import Usage, read_node_usage
 from walle.cli.common import add_consul_args, cluster_command, connect, print_json
 from walle.cli.main import EXIT_OK, EXIT_USAGE
 from walle.naming import instance_id
 from walle.service.cluster import Snapshot, load_snapshot
 from walle.service.records import SLOT_STATES
-
-EXPORTER_SERVICE = "walle-exporter"
-SUMMARY_TIMEOUT_S = 5.0
 
 HELP = {
     "walle_node_up": ("gauge", "1 when the node's serfHealth passes"),
@@ -167,33 +161,10 @@ def has_leader(api) -> bool:
     return bool(entry and entry.get("Session"))
 
 
-def read_usage(api, snap: Snapshot) -> dict[tuple[str, str], dict[str, float]]:
-    """(node, instance id) -> measures, from the /summary of the exporter on every node that
-    runs live instances. A node whose exporter is missing or does not answer adds nothing."""
-    nodes = {r.alloc.node for r in snap.records.values() if r.alloc.live}
-    if not nodes:
-        return {}
-    _, exporters = service_health(api, EXPORTER_SERVICE, passing=False)
-    wanted = [e for e in exporters if e.node in nodes and e.port]
-    usage: dict[tuple[str, str], dict[str, float]] = {}
-    with ThreadPoolExecutor(max_workers=min(16, len(wanted) or 1)) as pool:
-        for exporter, doc in zip(wanted, pool.map(fetch_summary, wanted), strict=True):
-            for key, measures in (doc or {}).get("instances", {}).items():
-                if isinstance(measures, dict):
-                    usage[(exporter.node, key)] = measures
-    return usage
-
-
-def fetch_summary(exporter: ServiceInstance) -> dict | None:
-    host = f"[{exporter.address}]" if ":" in exporter.address else exporter.address
-    url = f"http://{host}:{exporter.port}/summary"
-    try:
-        with urllib.request.urlopen(url, timeout=SUMMARY_TIMEOUT_S) as reply:  # noqa: S310
-            doc = json.load(reply)
-    except (OSError, ValueError) as exc:
-        print(f"walle metrics: {exporter.node}: {url}: {exc}", file=sys.stderr)
-        return None
-    return doc if isinstance(doc, dict) else None
+def read_usage(api, snap: Snapshot) -> Usage:
+    """(node, instance id) -> measures, from the exporter of every node that runs live
+    instances (adapters/usage.py)."""
+    return read_node_usage(api, {r.alloc.node for r in snap.records.values() if r.alloc.live})
 
 
 def serve(host: str, port: int, scrape) -> None:

@@ -11,6 +11,7 @@ import socket
 from walle.adapters.consul import ConsulApi, ConsulConfig
 from walle.jobspec.grammar import CAPABILITIES
 from walle.service.autoscale import DEFAULT_INTERVAL as AUTOSCALE_INTERVAL
+from walle.service.elastic import USAGE_INTERVAL
 from walle.service.params import consul_auth
 from walle.service.policy import PrivilegePolicy
 from walle.service.presence import (
@@ -77,6 +78,10 @@ def register(subparsers) -> None:
     run.add_argument("--autoscale-interval", type=_seconds, default=AUTOSCALE_INTERVAL,
                      metavar="SECONDS", help="how often jobs with `scaling` are measured "
                                              "(default: %(default)s)")
+    run.add_argument("--usage-interval", type=_seconds, default=USAGE_INTERVAL,
+                     metavar="SECONDS",
+                     help="usage-driven grants: read each node's walle-exporter this often and "
+                          "move grants within min..max with it; 0: off (default: %(default)s)")
     run.add_argument("--log-level", default="INFO")
     run.set_defaults(func=cmd_run)
 
@@ -118,6 +123,7 @@ def scheduler_config(args) -> SchedulerConfig:
         secrets_dir=args.secrets_dir,
         prometheus_addr=args.prometheus_addr,
         autoscale_interval=max(1.0, args.autoscale_interval),
+        usage_interval=args.usage_interval,
     )
 
 

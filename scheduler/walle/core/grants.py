@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 from walle.core.model import Allocation, Grant, Node
 from walle.jobspec.model import Resources
@@ -67,3 +68,177 @@ def _elastic_scale(capacity: float, ranges: Sequence[tuple[float, float]]) -> fl
     if elastic <= 0 or total_min + elastic <= capacity:
         return 1.0
     return max(0.0, (capacity - total_min) / elastic)
+
+
+# ----- usage-driven grants ----------------------------------------------------------------------
+# The grants above follow declared ranges only. The leader then moves each instance's CPUQuota
+# and MemoryHigh inside [min, max] from measured usage, one sample at a time: an instance using
+# almost all of its grant ("pressing") for `samples` samples in a row asks for more, one idle
+# for as long asks for less; the node's room above all minimums is shared among the asks
+# (weighted water-filling: the same proportions as the declared policy when everyone asks for
+# the maximum). Hysteresis: a streak of samples before any change, a dead band between the
+# idle and pressing thresholds that a change aims into (`target`), no change smaller than
+# `min_change`, falls slower than rises (more samples), and the streak restarts after each
+# change.
+
+
+@dataclass(frozen=True)
+class ElasticPolicy:
+    press: float = 0.9  # usage >= press x grant: pressing on it
+    idle: float = 0.5  # usage <= idle x grant: idle
+    target: float = 0.7  # a change puts usage at about target x the new grant (dead band)
+    samples: int = 2  # consecutive pressing samples before a rise...
+    idle_samples: int = 4  # ...and idle ones before a fall: slow down, quick up
+    step: float = 0.5  # a rise multiplies the grant by at least 1 + step, a fall divides it
+    min_change: float = 0.1  # relative changes smaller than this are not made
+
+    def __post_init__(self) -> None:
+        if not 0 < self.idle < self.target < self.press <= 1:
+            raise ValueError("elastic policy: 0 < idle < target < press <= 1")
+        if self.samples < 1 or self.idle_samples < 1 or self.step <= 0 or self.min_change < 0:
+            raise ValueError("elastic policy: samples >= 1, step > 0, min_change >= 0")
+
+
+@dataclass(frozen=True)
+class Streak:
+    """Consecutive samples pressing (> 0) or idle (< 0), per resource."""
+
+    cpu: int = 0
+    memory: int = 0
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One usage sample of an instance; None: not measured in that sample."""
+
+    cpu_cores: float | None = None
+    memory_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class ElasticInstance:
+    key: str
+    cpu_min: float
+    cpu_max: float
+    memory_min: int
+    memory_max: int
+    grant: Grant  # what it has now (its slot record)
+    measured: Measured = Measured()
+    streak: Streak = Streak()
+
+
+@dataclass(frozen=True)
+class Change:
+    """A changed grant and the sample that decided it (for the event)."""
+
+    key: str
+    old: Grant
+    new: Grant
+    measured: Measured
+
+
+@dataclass(frozen=True)
+class _Track:
+    """One resource of one instance, in the units the policy works in (cores or bytes)."""
+
+    lo: float
+    hi: float
+    current: float
+    used: float | None
+    streak: int
+
+
+def usage_grants(cpu_capacity: float, memory_capacity: float,
+                 instances: Sequence[ElasticInstance],
+                 policy: ElasticPolicy = ElasticPolicy()
+                 ) -> tuple[list[Change], dict[str, Streak]]:
+    """One sample's decision for the live instances of one node: the grants that change
+    (sorted by key) and every instance's streak after the sample. Pure and deterministic.
+    Grants stay in [min, max] (MemoryHigh at most MEMORY_HIGH_FRACTION of max, MemoryMax and
+    CPUWeight untouched) and their sum stays within the node's capacity whenever the
+    minimums fit it."""
+    ordered = sorted(instances, key=lambda i: i.key)
+    cpu = [_Track(i.cpu_min, max(i.cpu_min, i.cpu_max), i.grant.cpu_quota_percent / 100,
+                  i.measured.cpu_cores, i.streak.cpu) for i in ordered]
+    memory = [_Track(i.memory_min, max(i.memory_min, int(i.memory_max * MEMORY_HIGH_FRACTION)),
+                     i.grant.memory_high, i.measured.memory_bytes, i.streak.memory)
+              for i in ordered]
+    new_cpu, cpu_streaks = _resource(cpu_capacity, cpu, policy)
+    new_memory, memory_streaks = _resource(memory_capacity, memory, policy)
+    changes, streaks = [], {}
+    for n, inst in enumerate(ordered):
+        quota = max(math.ceil(round(inst.cpu_min * 100, 6)),
+                    math.floor(round(new_cpu[n] * 100, 6)), 1)
+        high = max(inst.memory_min, int(new_memory[n]))
+        new = replace(inst.grant,
+                      cpu_quota_percent=quota if new_cpu[n] != cpu[n].current
+                      else inst.grant.cpu_quota_percent,
+                      memory_high=high if new_memory[n] != memory[n].current
+                      else inst.grant.memory_high)
+        cpu_streak = 0 if new.cpu_quota_percent != inst.grant.cpu_quota_percent \
+            else cpu_streaks[n]
+        memory_streak = 0 if new.memory_high != inst.grant.memory_high else memory_streaks[n]
+        streaks[inst.key] = Streak(cpu_streak, memory_streak)
+        if new != inst.grant:
+            changes.append(Change(inst.key, inst.grant, new, inst.measured))
+    return changes, streaks
+
+
+def _resource(capacity: float, tracks: Sequence[_Track],
+              policy: ElasticPolicy) -> tuple[list[float], list[int]]:
+    """New grants and streaks of one resource on one node."""
+    streaks = [_next_streak(t, policy) for t in tracks]
+    wants = [_want(t, s, policy) for t, s in zip(tracks, streaks, strict=True)]
+    fitted = _water_fill(capacity, tracks, wants)
+    # hysteresis: small moves are not made, as long as what is kept still fits the node
+    # (a move onto min or max is always made: the floor and the ceiling are reachable)
+    kept = [t.current if abs(f - t.current) < policy.min_change * max(t.current, 1e-9)
+            and t.lo <= t.current <= t.hi and f not in (t.lo, t.hi) else f
+            for t, f in zip(tracks, fitted, strict=True)]
+    if sum(kept) <= capacity * (1 + 1e-9):
+        fitted = kept
+    return fitted, streaks
+
+
+def _next_streak(t: _Track, policy: ElasticPolicy) -> int:
+    if t.used is None or t.current <= 0:
+        return 0
+    if t.used >= policy.press * t.current:
+        return max(t.streak, 0) + 1
+    if t.used <= policy.idle * t.current:
+        return min(t.streak, 0) - 1
+    return 0
+
+
+def _want(t: _Track, streak: int, policy: ElasticPolicy) -> float:
+    """What the instance asks for after this sample, within [lo, hi]."""
+    current = min(max(t.current, t.lo), t.hi)
+    if t.used is None:
+        return current
+    if streak >= policy.samples:
+        return min(t.hi, max(current * (1 + policy.step), t.used / policy.target))
+    if streak <= -policy.idle_samples:
+        return max(t.lo, t.used / policy.target, current / (1 + policy.step))
+    return current
+
+
+def _water_fill(capacity: float, tracks: Sequence[_Track], wants: Sequence[float]) -> list[float]:
+    """Every minimum, plus the room above them shared among the asks: all of each ask when
+    they fit, else the same level for all, weighted by the elastic range (max - min), no one
+    above its ask."""
+    room = capacity - sum(t.lo for t in tracks)
+    asks = [max(0.0, w - t.lo) for t, w in zip(tracks, wants, strict=True)]
+    if sum(asks) <= room:
+        return [t.lo + a for t, a in zip(tracks, asks, strict=True)]
+    if room <= 0:
+        return [t.lo for t in tracks]
+    weights = [t.hi - t.lo for t in tracks]
+    left = room
+    pending = sorted((a / w, a, w) for a, w in zip(asks, weights, strict=True) if a > 0)
+    weight_left = sum(w for _, _, w in pending)
+    for ratio, ask, weight in pending:  # the smallest asks (for their weight) are met in full
+        if ratio * weight_left > left:
+            break
+        left, weight_left = left - ask, weight_left - weight
+    level = left / weight_left if weight_left > 0 else math.inf
+    return [t.lo + min(a, level * w) for t, a, w in zip(tracks, asks, weights, strict=True)]

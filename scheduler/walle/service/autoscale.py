@@ -5,7 +5,7 @@ tell the job's events why, with the measured value.
 Measurements:
 - cpu / memory: the mean use of the job's running instances in percent of their
   resources.cpu.max / memory.max, from the walle-exporter /summary of their nodes
-  (walle.cli.metrics.read_usage: cpu_percent, memory_bytes);
+  (walle.adapters.usage.read_node_usage: cpu_percent, memory_bytes);
 - prometheus: the job's query through Prometheus's HTTP API (`GET /api/v1/query`) at the
   scheduler's --prometheus-addr; it must give one number (a scalar, or a vector of one
   sample), read as the figure per instance.
@@ -28,10 +28,11 @@ import math
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from walle.adapters.consul import ConsulApi, StateStore
+from walle.adapters.usage import Usage, read_node_usage
 from walle.core.autoscale import decide_count
 from walle.jobspec import JobSpec
 from walle.service import jobs
@@ -43,8 +44,6 @@ log = logging.getLogger("walle.scheduler")
 DEFAULT_INTERVAL = 15.0
 QUERY_TIMEOUT = 5.0
 CHANGE_EVENTS = ("autoscaled", "scaled")
-
-Usage = Mapping[tuple[str, str], Mapping[str, float]]  # (node, instance id) -> measures
 
 
 class MetricError(Exception):
@@ -201,8 +200,5 @@ def _one_number(body: Any) -> float:
 
 
 def _exporter_usage(api: ConsulApi, snap: Snapshot) -> Usage:
-    # The exporter reader lives with `walle metrics` for now (helper "elastic" moves it to a
-    # shared place); imported here so the service does not load the CLI at import time.
-    from walle.cli.metrics import read_usage
-
-    return read_usage(api, snap)
+    """What the live instances use, from their nodes' walle-exporter (the one usage reader)."""
+    return read_node_usage(api, {r.alloc.node for r in snap.records.values() if r.alloc.live})

@@ -181,6 +181,8 @@ def step_events(report: StepReport, plan: Plan, records: Mapping[str, SlotRecord
         add(key, "stop failed" if node else "failed", reason, node)
     for key, reason in report.refused.items():
         add(key, "cannot place", reason)
+    for key, how in report.regranted.items():  # usage-driven grants, with the measured use
+        add(key, "regranted", how)
     for job in report.rolled_back:
         out[job].append(SlotEvent(now, "rolled back", "to the previous version"))
     return dict(out)

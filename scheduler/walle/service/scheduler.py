@@ -42,6 +42,7 @@ from walle.adapters.consul import (
 from walle.adapters.consul.health import watch_failed_nodes
 from walle.adapters.consul.state import alloc_key
 from walle.adapters.consul.tombstones import stopped_jobs
+from walle.adapters.usage import Usage, read_node_usage
 from walle.core import Allocation, Plan
 from walle.jobspec import JobSpec, SpecError, parse_spec
 from walle.naming import PRESENCE_KEY, instance_id, parse_instance_id, service_unit, timer_unit
@@ -52,6 +53,7 @@ from walle.service.autoscale import Autoscaler
 from walle.service.cluster import Snapshot, describe_error
 from walle.service.decide import Defaults, decide, take_commits
 from walle.service.decide import retry_at as _retry_at
+from walle.service.elastic import USAGE_INTERVAL, ElasticGrants, UsagePoller
 from walle.service.executor import Executor, NodeInstances, Outcome
 from walle.service.history import (
     HistoryWriter,
@@ -114,6 +116,8 @@ class SchedulerConfig:
     # measured
     prometheus_addr: str | None = None
     autoscale_interval: float = AUTOSCALE_INTERVAL
+    # usage-driven grants (service/elastic.py): read measured usage this often; 0: off
+    usage_interval: float = USAGE_INTERVAL
 
 
 @dataclass
@@ -130,6 +134,7 @@ class StepReport:
     checks_passing: list[str] = field(default_factory=list)  # ...and passing again
     lost: list[str] = field(default_factory=list)  # their node went down
     refused: dict[str, str] = field(default_factory=dict)  # cannot be placed: why (new reasons)
+    regranted: dict[str, str] = field(default_factory=dict)  # grant moved with usage: how
     next_deadline: float | None = None
 
 
@@ -153,7 +158,8 @@ class Backoff:
 
 class Scheduler:
     def __init__(self, api: ConsulApi, config: SchedulerConfig,
-                 executor: Executor | None = None, clock: Callable[[], float] = time.time):
+                 executor: Executor | None = None, clock: Callable[[], float] = time.time,
+                 usage_reader: Callable[[Iterable[str]], Usage] | None = None):
         self.api = api
         self.store = StateStore(api)
         self.config = config
@@ -176,6 +182,8 @@ class Scheduler:
         self._seen_lock = threading.Lock()
         self._seen_down: set[str] = set()  # nodes the health watch saw failed (since a step)
         self._last_batch_probe = float("-inf")
+        self.usage = UsagePoller(usage_reader or (lambda nodes: read_node_usage(api, nodes)),
+                                 config.usage_interval, clock, on_read=self.wake.set)
         self._new_term()
         self._reported: set[tuple[str, str]] = set()  # (key, reason) already logged
 
@@ -224,6 +232,7 @@ class Scheduler:
                                      prometheus=self.config.prometheus_addr,
                                      interval=self.config.autoscale_interval)
         self.reader = SnapshotReader(self.api, self.store)  # kept state: one term's only
+        self.elastic = ElasticGrants()  # streaks start again with each term
 
     def stop(self) -> None:
         self.stopping.set()
@@ -366,6 +375,7 @@ class Scheduler:
                         failure.message)
         if not plan.is_empty:
             self._execute(plan, snap, records, report, now)
+        self._follow_usage(snap, records, plan, report, now)
         self._mark_slots(snap, records, plan, report, now)
         self._record_history(snap, records, plan, report, now)
         self.autoscaler.run(snap, now)  # a new count is written like `walle scale`
@@ -824,17 +834,52 @@ class Scheduler:
         # 3. live changes: resources updated in place and elastic grants
         regrants = [(u.new, u.old.state) for u in plan.updates]
         regrants += [(g.new, g.old.state) for g in plan.regrants]
-        regrants = [(a, state) for a, state in regrants if a.key in records]
+        self._regrant([(a, state) for a, state in regrants if a.key in records], snap, records)
+
+    def _regrant(self, items: list[tuple[Allocation, str]], snap: Snapshot,
+                 records: dict[str, SlotRecord]) -> set[str]:
+        """Apply new grants live (grants.yml) and keep them in the slot records (a new leader
+        keeps them); the keys whose grant changed."""
         outcomes = self._per_job("regrant", self.executor.regrant,
-                                 [(a, snap.jobs[a.job]) for a, _ in regrants],
+                                 [(a, snap.jobs[a.job]) for a, _ in items],
                                  lambda item: item[0].job,
                                  _failed_outcomes(lambda item: item[0].key))
         grants: dict[str, SlotRecord] = {}
-        for a, state in regrants:
+        for a, state in items:
             if outcomes.get(a.key, Outcome(False)).ok:
                 grants[a.key] = records[a.key] = replace(records[a.key],
                                                          alloc=replace(a, state=state))
         self._write(grants, records=records)
+        return set(grants)
+
+    def _follow_usage(self, snap: Snapshot, records: dict[str, SlotRecord], plan: Plan,
+                      report: StepReport, now: float) -> None:
+        """Usage-driven grants (service/elastic.py): decide on the reading that arrived since
+        the last step, if any, and ask for the next one (read in the background: a slow node
+        never holds the step). A node where something is being placed, moved or changed
+        waits for the next reading."""
+        changed = [x.new.key for x in (*plan.regrants, *plan.updates)]
+        self.elastic.applied(changed, now)
+        settling = {r.alloc.node for r in records.values()
+                    if r.alloc.live and (r.alloc.state != "running" or r.alloc.grant is None
+                                         or r.alloc.job not in snap.jobs)}
+        settling |= {a.node for a in (*(p.alloc for p in plan.places),
+                                      *(x.alloc for x in (*plan.stops, *plan.evictions)),
+                                      *(y for x in (*plan.migrates, *plan.replaces)
+                                        for y in (x.old, x.new)))}
+        steady = [r.alloc for r in records.values()
+                  if r.alloc.live and r.alloc.node not in settling]
+        reading = self.usage.take()
+        self.usage.poll({a.node for a in steady})
+        if reading is None or not steady:
+            return
+        decided = self.elastic.decide(snap.nodes, steady, reading)
+        done = self._regrant([(d.alloc, d.alloc.state) for d in decided], snap, records)
+        self.elastic.applied(done, now)
+        for d in decided:
+            if d.alloc.key in done:
+                report.regranted[d.alloc.key] = d.message
+                log.info("%s on %s: %s", d.alloc.key, d.alloc.node, d.message)
 
     def _next_deadline(self, snap: Snapshot, records: dict[str, SlotRecord],
                        now: float) -> float | None:
@@ -859,6 +904,8 @@ class Scheduler:
             deadlines.append(back_by)
         if (measure_at := self.autoscaler.next_due()) is not None:
             deadlines.append(measure_at)
+        if (usage_due := self.usage.next_due()) is not None and records:  # the next reading
+            deadlines.append(max(usage_due, now) + 0.1)
         return min(deadlines) if deadlines else None
 
     # ----- what the operator sees: states, reasons and events -------------------------------
