@@ -127,7 +127,7 @@ class FleetExecutor:
         self.seconds = 0.0
         self.placed = 0
 
-    def place(self, items, addresses):
+    def place(self, items, addresses, replacing=()):
         started = time.perf_counter()
         ops, out = [], {}
         for alloc, spec in items:
@@ -158,10 +158,10 @@ class FleetExecutor:
         self.seconds += time.perf_counter() - started
         return out
 
-    def stop(self, allocs):
+    def stop(self, allocs, jobs=None):
         return self._deregister([(a.key, a.node) for a in allocs])
 
-    def stop_instances(self, instances):
+    def stop_instances(self, instances, jobs=None):
         return self._deregister([(f"{job}-{slot}", node) for job, slot, node in instances])
 
     def probe_units(self, units):
