@@ -41,16 +41,16 @@ from walle.adapters.consul import (
 )
 from walle.adapters.consul.health import fetch_cluster_health
 from walle.adapters.consul.state import alloc_key
-from walle.adapters.consul.tombstones import stopped_jobs
 from walle.core import Allocation, Plan
 from walle.jobspec import JobSpec, SpecError, parse_spec
-from walle.naming import PRESENCE_KEY, instance_id, parse_instance_id, service_unit, timer_unit
+from walle.naming import PRESENCE_KEY
 from walle.service import jobs
-from walle.service.adopt import MISSING_GRACE, Adopter
+from walle.service.adopt import Adopter
+from walle.service.batches import BATCH_PROBE, BatchWork
 from walle.service.cluster import Snapshot, describe_error, load_snapshot, node_state
-from walle.service.decide import Defaults, decide, take_commits
+from walle.service.decide import Defaults, decide
 from walle.service.decide import retry_at as _retry_at
-from walle.service.executor import Executor, NodeInstances, Outcome
+from walle.service.executor import Executor, Outcome, failed_outcomes
 from walle.service.history import (
     HistoryWriter,
     new_refusals,
@@ -58,6 +58,7 @@ from walle.service.history import (
     step_events,
     unplaced_slots,
 )
+from walle.service.leftovers import LeftoverReaping
 from walle.service.policy import PrivilegePolicy
 from walle.service.presence import DEFAULT_DOWN_GRACE, DEFAULT_LEAVE_GRACE, NodePresence
 from walle.service.records import (
@@ -74,10 +75,7 @@ from walle.service.secrets import DEFAULT_SECRETS_DIR, SecretReader
 log = logging.getLogger("walle.scheduler")
 
 FAILED_CHECK_GRACE = 10.0  # a running instance critical this long is moved elsewhere
-BATCH_PROBE = 5.0  # seconds between reads of running batch units
 CONSUL_OUTAGE = 5.0  # a snapshot that took longer: Consul was out, nodes may have fenced
-ACTIVE_UNIT_STATES = ("active", "activating", "reloading")  # a unit that runs (or restarts)
-INSPECT_RETRY = 10.0  # a returning node that did not answer the listing is asked again then
 MIN_WAKE = 0.05
 
 T = TypeVar("T")
@@ -144,7 +142,7 @@ class Backoff:
         self.delay = self.base
 
 
-class Scheduler:
+class Scheduler(BatchWork, LeftoverReaping):
     def __init__(self, api: ConsulApi, config: SchedulerConfig,
                  executor: Executor | None = None, clock: Callable[[], float] = time.time):
         self.api = api
@@ -361,19 +359,6 @@ class Scheduler:
         report.next_deadline = self._next_deadline(snap, records, now)
         return report
 
-    def _take_commits(self, snap: Snapshot, records: dict[str, SlotRecord],
-                      report: StepReport, now: float) -> None:
-        """Finished batch runs (decide.take_commits) become done before anything is placed:
-        a node may have died or been cut off right after the run, and reading its commit
-        first is what keeps the run from being repeated. Each commit is deleted in the
-        write that records it; one that matches no current placement is deleted unused."""
-        changed, consumed = take_commits(snap, records, now)
-        for key, record in sorted(changed.items()):
-            records[key] = record
-            report.finished.append(key)
-            log.info("batch %s finished on %s (committed by the node)", key, record.alloc.node)
-        self._write(changed, records=records, consumed=consumed)
-
     def _resume(self, snap: Snapshot, records: dict[str, SlotRecord],
                 changed: dict[str, SlotRecord], report: StepReport) -> None:
         """A new leader finishes what the last one started: pending instances are placed again
@@ -485,271 +470,6 @@ class Scheduler:
             else:  # the previous instance keeps running; the next step tries again
                 report.failed[f"{r.key}@{r.previous.node}"] = f"stop: {outcome.error}"
 
-    def _finish_batches(self, snap: Snapshot, records: dict[str, SlotRecord],
-                        report: StepReport, now: float) -> None:
-        """Batch instances end on their own: read their units (at most every BATCH_PROBE
-        seconds) and record success as `stopped` (done) and failure as `failed` (the core
-        retries elsewhere, up to the job's retries)."""
-        running = [r for r in records.values() if r.alloc.state == "running"
-                   and (spec := snap.jobs.get(r.alloc.job)) is not None and spec.kind == "batch"
-                   and snap.nodes.get(r.alloc.node) and snap.nodes[r.alloc.node].state != "down"]
-        if not running or now - self._last_batch_probe < BATCH_PROBE:
-            return
-        self._last_batch_probe = now
-        units = {(r.alloc.node, service_unit(r.alloc.job, r.alloc.slot)): r for r in running}
-        probes = self._per_job("probe", self.executor.probe_units, list(units),
-                               lambda where: units[where].alloc.job)
-        changed: dict[str, SlotRecord] = {}
-        for where, props in probes.items():
-            # placed by this leader: its playbook started the unit (ran = True)
-            progress = batch_progress(props, ran=True)
-            if progress[0] == "absent":  # its unit file is gone: it cannot finish
-                progress = ("failed", "its unit is not on the node (removed?)")
-            self._record_progress(units[where], progress, changed, records, report, now)
-        self._write(changed, records=records)
-
-    def _record_progress(self, record: SlotRecord, progress: tuple[str, str],
-                         changed: dict[str, SlotRecord], records: dict[str, SlotRecord],
-                         report: StepReport, now: float) -> None:
-        """Record what a batch unit did (batch_progress): done -> stopped, failed -> failed
-        with the reason, running -> running; "absent" is the caller's business."""
-        state, reason = progress
-        key = record.key
-        if state == "done":  # the core's `stopped`; the operator's `complete`
-            done = record.with_alloc(replace(record.alloc, state="stopped"), now)
-            changed[key] = records[key] = done.marked("complete", "finished successfully")
-            report.finished.append(key)
-        elif state == "failed":
-            changed[key] = records[key] = record.failed(reason, now)
-            report.failed[key] = reason
-        elif state == "running" and record.alloc.state != "running":
-            changed[key] = records[key] = record.with_alloc(replace(record.alloc,
-                                                                    state="running"), now)
-            report.running.append(key)
-
-    def _settle_batches(self, snap: Snapshot, records: dict[str, SlotRecord],
-                        changed: dict[str, SlotRecord], report: StepReport,
-                        now: float) -> None:
-        """Pending batch instances a previous leader left (its playbook may have started
-        them, and they may have finished since): ask their node before placing anything.
-        A unit that ran is recorded as done or failed, an active one as running; only one
-        that never started is placed. A node that does not answer is asked again (every
-        BATCH_PROBE s) and nothing is started meanwhile; if it goes down, the core re-places
-        the slot (at-least-once: docs/architecture.md, "Batch jobs run once")."""
-        live: dict[tuple[str, str], SlotRecord] = {}
-        for key in sorted(self._unsettled):
-            r = records.get(key)
-            node = snap.nodes.get(r.alloc.node) if r else None
-            if (r is None or r.alloc.state != "pending" or r.alloc.job not in snap.jobs
-                    or node is None or node.state == "down"):
-                if r is None or r.alloc.node not in snap.away:  # away: ask when it is back
-                    self._unsettled.discard(key)  # settled otherwise: stopped, moved, lost
-                continue
-            live[(r.alloc.node, service_unit(r.alloc.job, r.alloc.slot))] = r
-        if not live or now - self._last_settle < BATCH_PROBE:
-            return
-        self._last_settle = now
-        probes = self._per_job("probe", self.executor.probe_units, list(live),
-                               lambda where: live[where].alloc.job)
-        listings = self._list_instances({node for node, _ in live})
-        never_started = []
-        for where, r in live.items():
-            props, listing = probes.get(where), listings.get(where[0])
-            if props is None or listing is None:
-                continue  # no answer: ask again, start nothing
-            self._unsettled.discard(r.key)
-            progress = batch_progress(props, ran=r.key in listing.manifests)
-            if progress[0] == "absent":
-                never_started.append(r)
-            else:
-                self._record_progress(r, progress, changed, records, report, now)
-        if never_started:
-            log.info("placing %d pending batch instance(s) that never started: %s",
-                     len(never_started), ", ".join(r.key for r in never_started))
-        outcomes = self._place([r.alloc for r in never_started], snap)
-        for r in never_started:
-            outcome = outcomes.get(r.key, Outcome(False, "no result"))
-            if not outcome.ok:
-                changed[r.key] = records[r.key] = r.failed(outcome.error, now)
-                report.failed[r.key] = outcome.error
-
-    def _reap_orphans(self, snap: Snapshot, records: dict[str, SlotRecord],
-                      report: StepReport) -> None:
-        """Instances registered on a live node where no record puts them. Healthy ones of a
-        slot with no record are adopted (lost or restored state: walle.service.adopt); the
-        rest are stopped (left behind by a node that was down while its work moved, or by a
-        crash between a stop and its record's removal), which keeps "one instance per slot"
-        true after recovery. Instances of unknown jobs are stopped only after `walle stop`.
-        A job or slot whose record cannot be read is left alone: we do not know what it holds."""
-        claims = self.adopter.claim(snap, records)
-        if claims.records:
-            records.update(claims.records)
-            self._write(claims.records, records=records)
-            report.adopted += claims.adopted
-        self._place_lost_again(snap, records, claims.lost, report)
-        orphans = [(f.job, f.slot, f.node) for f in claims.reap]
-        if orphans:
-            log.warning("stopping %d orphaned instance(s): %s", len(orphans),
-                        ", ".join(f"{j}-{s}@{n}" for j, s, n in orphans))
-            outcomes = self._per_job("stop orphans", self.executor.stop_instances, orphans,
-                                     lambda o: o[0],
-                                     _failed_outcomes(lambda o: instance_id(*o[:2])))
-            for key, outcome in outcomes.items():
-                if outcome.ok:
-                    report.stopped.append(f"orphan {key}")
-
-    def _relist_nodes(self, why: str) -> None:
-        """Consul was out of reach: every node's fence may have fired meanwhile (walle-fence
-        stops a node's units when it loses Consul) without any node ever reading as down, so
-        list every ready node again at the next step (_reap_leftovers, _restart_fenced)."""
-        if self._node_states:
-            log.warning("%s: listing what every node runs at the next step", why)
-        self._node_states = {}
-
-    def _reap_leftovers(self, snap: Snapshot, records: dict[str, SlotRecord],
-                        report: StepReport, now: float) -> None:
-        """Stop what a node that comes back still runs although its work moved on: cron
-        timers, batch units and services (registered or not). Consul registrations alone
-        cannot show them (cron and batch register nothing), so the node is asked (manifests
-        and walle-* units, one command for all such nodes), and what it should run but does
-        not is started again (_restart_fenced). Only nodes back from down (in a snapshot, or
-        seen failed by the health watch in between), and at a new leader's first step every
-        ready node, once per term: not every step."""
-        with self._seen_lock:
-            seen_down, self._seen_down = self._seen_down, set()
-        for name, info in snap.nodes.items():
-            was = self._node_states.get(name)
-            if info.state == "down":
-                self._to_inspect.discard(name)
-            elif was is None or was == "down" or name in seen_down:
-                self._to_inspect.add(name)
-        self._node_states = {n: info.state for n, info in snap.nodes.items()}
-        due = sorted(n for n in self._to_inspect if self._inspect_after.get(n, -1.0) <= now)
-        if not due:
-            return
-        listings = self._list_instances(due)
-        for node in due:
-            if node in listings:
-                self._to_inspect.discard(node)
-                self._inspect_after.pop(node, None)
-            else:
-                self._inspect_after[node] = now + INSPECT_RETRY
-        self._restart_fenced(snap, records, listings, report)
-        leftovers = self._leftovers(snap, records, listings)
-        if not leftovers:
-            return
-        log.warning("stopping %d instance(s) left on returning node(s) where no record puts "
-                    "them: %s", len(leftovers), ", ".join(f"{j}-{s}@{n}" for j, s, n in leftovers))
-        outcomes = self._per_job("stop leftovers", self.executor.stop_instances, leftovers,
-                                 lambda o: o[0], _failed_outcomes(lambda o: instance_id(*o[:2])))
-        for (job, slot, node) in leftovers:
-            outcome = outcomes.get(instance_id(job, slot), Outcome(False, "no result"))
-            if outcome.ok:
-                report.stopped.append(f"leftover {job}-{slot}@{node}")
-            else:  # the node is asked again later
-                self._to_inspect.add(node)
-                self._inspect_after[node] = now + INSPECT_RETRY
-
-    def _restart_fenced(self, snap: Snapshot, records: dict[str, SlotRecord],
-                        listings: dict[str, NodeInstances], report: StepReport) -> None:
-        """Running service and cron instances whose node keeps their manifest but whose unit
-        is not active there (stopped, or unloaded since): a node cut off for longer than its
-        fence stopped them (roles/node walle-fence), or a node rebooted, and it came back
-        within the down grace, so they were never moved. Place them again where they are
-        (idempotent: a unit that runs keeps its process). Batch instances are left to the
-        batch probe: a stopped run is a failed run, not one to start silently again."""
-        fenced = []
-        for r in records.values():
-            spec = snap.jobs.get(r.alloc.job)
-            listing = listings.get(r.alloc.node)
-            if (spec is None or listing is None or r.alloc.state != "running"
-                    or spec.kind == "batch" or r.key in snap.blocked_slots
-                    or r.alloc.job in snap.frozen_jobs):
-                continue
-            unit = (timer_unit if spec.kind == "cron" else service_unit)(r.alloc.job,
-                                                                         r.alloc.slot)
-            if r.key in listing.manifests and listing.units.get(unit) not in ACTIVE_UNIT_STATES:
-                fenced.append(r)
-        if not fenced:
-            return
-        log.warning("starting %d instance(s) again on their own node (not active there: "
-                    "fenced while cut off, or rebooted): %s", len(fenced),
-                    ", ".join(f"{r.key}@{r.alloc.node}" for r in fenced))
-        self._place_again(snap, records, fenced, report, "")
-
-    def _leftovers(self, snap: Snapshot, records: dict[str, SlotRecord],
-                   listings: dict[str, NodeInstances]) -> list[tuple[str, int, str]]:
-        """(job, slot, node) of listed instances no record puts on their node. Left alone:
-        instances Consul has registered (the adopter sorts those out), those of a job or slot
-        whose record cannot be read (hands off), unclaimed ones (a job with neither a record
-        nor a tombstone: the state looks lost, walle.service.adopt), and those of a slot of a
-        known job that has no record at all (lost state too: only a registered service can be
-        adopted; a cron or batch instance is reported, not killed)."""
-        claimed = {(r.alloc.node, key) for key, r in records.items()}
-        claimed |= {(r.previous.node, key) for key, r in records.items() if r.previous}
-        stopped: frozenset[str] | None = None
-        out = []
-        for node, listing in sorted(listings.items()):
-            for iid in sorted(listing.instance_ids()):
-                parsed = parse_instance_id(iid)
-                if (parsed is None or (node, iid) in claimed
-                        or (node, iid) in snap.health.instances
-                        or parsed[0] in snap.frozen_jobs or iid in snap.blocked_slots):
-                    continue
-                if parsed[0] not in snap.jobs and iid not in records:
-                    stopped = stopped_jobs(self.api) if stopped is None else stopped
-                    if parsed[0] not in stopped:
-                        self._note(f"{iid}@{node}", "runs unclaimed (no job, no record, no "
-                                   "tombstone): kept; `walle stop` the job to stop it")
-                        continue
-                spec = snap.jobs.get(parsed[0])
-                if spec is not None and iid not in records and parsed[1] < spec.count:
-                    # a slot with no record at all (lost state): not stopped blindly
-                    self._note(f"{iid}@{node}", "runs with no record for its slot: kept")
-                    continue
-                out.append((parsed[0], parsed[1], node))
-        return out
-
-    def _list_instances(self, nodes: Iterable[str]) -> dict[str, NodeInstances]:
-        """executor.list_instances; a failure (any node's) leaves every node unanswered."""
-        try:
-            return self.executor.list_instances(sorted(nodes))
-        except ConsulError:
-            raise
-        except Exception as err:  # noqa: BLE001 - asked again later
-            self._note("list instances", describe_error(err), exc=err)
-            return {}
-
-    def _place_lost_again(self, snap: Snapshot, records: dict[str, SlotRecord],
-                          lost: list[SlotRecord], report: StepReport) -> None:
-        """Running records whose registration vanished (an agent restart, an old backup):
-        place them again on their own node. The modules are idempotent, so a unit that still
-        runs keeps its process and gets its registration back; only if that fails is the
-        record failed (the playbook's rescue has then removed the unit: no second copy)."""
-        if not lost:
-            return
-        outcomes = self._place_again(snap, records, lost, report,
-                                     f"lost: registered nowhere for {MISSING_GRACE:.0f}s; ")
-        self.adopter.replaced([r.key for r in lost if outcomes.get(r.key, Outcome(False)).ok])
-
-    def _place_again(self, snap: Snapshot, records: dict[str, SlotRecord],
-                     again: list[SlotRecord], report: StepReport,
-                     why: str) -> dict[str, Outcome]:
-        """Place running records again where they are (idempotent); one that fails is failed
-        with `why` + the error."""
-        outcomes = self._place([r.alloc for r in again], snap)
-        now = self.clock()
-        failed: dict[str, SlotRecord] = {}
-        for r in again:
-            outcome = outcomes.get(r.key, Outcome(False, "no result"))
-            if outcome.ok:
-                report.placed.append(f"{r.key}@{r.alloc.node}")
-                continue
-            failed[r.key] = records[r.key] = r.failed(why + outcome.error, now)
-            report.failed[r.key] = why + outcome.error
-        self._write(failed, records=records)
-        return outcomes
-
     # ----- planning -----------------------------------------------------------------------
     def _plan(self, snap: Snapshot, records: dict[str, SlotRecord], now: float) -> Plan:
         """The decision (walle.service.decide: `walle plan` runs the same function)."""
@@ -816,7 +536,7 @@ class Scheduler:
         outcomes = self._per_job("regrant", self.executor.regrant,
                                  [(a, snap.jobs[a.job]) for a, _ in regrants],
                                  lambda item: item[0].job,
-                                 _failed_outcomes(lambda item: item[0].key))
+                                 failed_outcomes(lambda item: item[0].key))
         grants: dict[str, SlotRecord] = {}
         for a, state in regrants:
             if outcomes.get(a.key, Outcome(False)).ok:
@@ -908,14 +628,14 @@ class Scheduler:
                                  lambda items: self.executor.place(items, snap.addresses),
                                  [(a, snap.jobs[a.job]) for a in allocs],
                                  lambda item: item[0].job,
-                                 _failed_outcomes(lambda item: item[0].key))
+                                 failed_outcomes(lambda item: item[0].key))
         self._started.update((a.key, attempt_of(a)) for a in allocs
                              if (outcome := outcomes.get(a.key)) is not None and outcome.ok)
         return outcomes
 
     def _stop(self, allocs: list[Allocation]) -> dict[str, Outcome]:
         return self._per_job("stop", self.executor.stop, allocs, lambda a: a.job,
-                             _failed_outcomes(lambda a: a.key))
+                             failed_outcomes(lambda a: a.key))
 
     def _per_job(self, what: str, call: Callable[[list[T]], dict[Any, Any]], items: list[T],
                  job_of: Callable[[T], str],
@@ -1035,39 +755,6 @@ def _instance_health(spec: JobSpec, snap: Snapshot, a: Allocation) -> str:
     if status is None:
         return "unknown"
     return "passing" if status == "passing" else "critical"
-
-
-def batch_progress(props: dict[str, str], ran: bool) -> tuple[str, str]:
-    """What a batch unit did, from `systemctl show` (executor.probe_units) and whether it is
-    known to have started (`ran`: a placement of this leader, or the instance's manifest on
-    the node, which place.yml writes right after starting the unit): (state, reason), state
-    one of running, done, failed, absent (never started). systemd unloads a unit that
-    finished successfully, and an unloaded unit reads inactive with no start timestamp, just
-    like one that never ran: the manifest tells them apart. Batch units are written with
-    RemainAfterExit=yes, so a finished run reads active (exited) and is never unloaded: that
-    closes the window in which a leader killed inside place.yml, before the manifest was
-    written, left no trace of a run that then finished."""
-    state = props.get("ActiveState")
-    if props.get("LoadState") == "not-found":
-        return "absent", ""  # no unit file on the node: never placed there (or removed)
-    if state == "active" and props.get("SubState") == "exited":
-        if props.get("Result") == "success" and props.get("ExecMainStatus") == "0":
-            return "done", ""
-        return "failed", f"exited: {props.get('Result')} (status {props.get('ExecMainStatus')})"
-    if state in ("active", "activating", "deactivating", "reloading"):
-        return "running", ""
-    ran = ran or props.get("InactiveExitTimestampMonotonic", "0") not in ("", "0")
-    if state != "failed" and not ran:
-        return "absent", ""
-    if state != "failed" and props.get("Result") == "success" \
-            and props.get("ExecMainStatus") == "0":
-        return "done", ""
-    return "failed", f"exited: {props.get('Result')} (status {props.get('ExecMainStatus')})"
-
-
-def _failed_outcomes(key_of: Callable[[Any], str]) -> Callable[[list, str], dict[str, Outcome]]:
-    """on_error for executor calls answering per instance: each item failed, with the reason."""
-    return lambda items, reason: {key_of(item): Outcome(False, reason) for item in items}
 
 
 def _failed(a: Allocation) -> Allocation:
