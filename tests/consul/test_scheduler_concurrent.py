@@ -4,8 +4,8 @@ while they run. The real service loop (threads, real clock) against a fresh stan
 test_scheduler_service's recording executor made slow where a test says so: a stop on a
 "slow" node blocks until the test releases it (a 30 s stop timeout, a dying node).
 
-Layout: `hog` is pinned to node1 (the slow node), `web` (2 instances) to node2 and node3; when
-node2 dies, its web instance can only go to node3.
+Layout: `hog` is pinned to node1 (the slow node), `web` (2 instances, a fixed port) to two of
+node2, node3 and node4; when one of them dies, its web instance can only go to the third.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ HELD = 120.0  # a slow stop gives up waiting for its release after this (a safet
 
 
 class SlowExecutor(RecordingExecutor):
-    """Stops on `slow_nodes` block until `release` is set. Every call is logged with the nodes
-    it touches and when it began and ended; `overlaps` lists nodes that ever had two calls at
+    """Stops on `slow_nodes` block until `release` is set. `began`/`ended`: when the call that
+    handled each instance began and ended; `overlaps` lists nodes that ever had two calls at
     once, `peak` the most calls at once."""
 
     def __init__(self, api, slow_nodes: set[str]):
@@ -39,7 +39,8 @@ class SlowExecutor(RecordingExecutor):
         self.slow_nodes = set(slow_nodes)
         self.release = threading.Event()
         self.held = threading.Event()  # a slow stop is waiting for its release
-        self.calls: list[tuple[str, frozenset[str], float, float]] = []
+        self.began: dict[str, float] = {}
+        self.ended: dict[str, float] = {}
         self.overlaps: set[str] = set()
         self.peak = 0
         self._busy: dict[str, int] = {}
@@ -47,7 +48,7 @@ class SlowExecutor(RecordingExecutor):
         self._mutex = threading.Lock()
 
     @contextmanager
-    def _call(self, what: str, nodes: set[str]):
+    def _call(self, keys: list[str], nodes: set[str]):
         with self._mutex:
             self._running += 1
             self.peak = max(self.peak, self._running)
@@ -55,7 +56,7 @@ class SlowExecutor(RecordingExecutor):
                 self._busy[node] = self._busy.get(node, 0) + 1
                 if self._busy[node] > 1:
                     self.overlaps.add(node)
-        began = time.monotonic()
+        self.began.update(dict.fromkeys(keys, time.monotonic()))
         try:
             yield
         finally:
@@ -63,12 +64,12 @@ class SlowExecutor(RecordingExecutor):
                 self._running -= 1
                 for node in nodes:
                     self._busy[node] -= 1
-                self.calls.append((what, frozenset(nodes), began, time.monotonic()))
+                self.ended.update(dict.fromkeys(keys, time.monotonic()))
 
     def stop(self, allocs):
         allocs = list(allocs)
         nodes = {a.node for a in allocs}
-        with self._call("stop", nodes):
+        with self._call([a.key for a in allocs], nodes):
             if nodes & self.slow_nodes:
                 self.held.set()
                 self.release.wait(HELD)
@@ -76,12 +77,12 @@ class SlowExecutor(RecordingExecutor):
 
     def place(self, items, addresses):
         items = list(items)
-        with self._call("place", {a.node for a, _ in items}):
+        with self._call([a.key for a, _ in items], {a.node for a, _ in items}):
             return super().place(items, addresses)
 
     def regrant(self, items):
         items = list(items)
-        with self._call("regrant", {a.node for a, _ in items}):
+        with self._call([a.key for a, _ in items], {a.node for a, _ in items}):
             return super().regrant(items)
 
 
@@ -107,6 +108,7 @@ def states(api) -> dict[str, tuple[str, str]]:
 def hog_and_web(cluster, wait_until):
     """hog-0 running on node1, web-0/web-1 on node2 and node3; stops on node1 are slow. Yields
     (api, executor, start(**config)); the loop is stopped and the stop released at the end."""
+    register_node(cluster, "node4", "10.77.250.14", zone="z1")
     store = StateStore(cluster)
     assert store.put_job(pinned("hog", "node1"), 0)
     assert store.put_job(web_spec(count=2, constraints=[
@@ -129,21 +131,25 @@ def hog_and_web(cluster, wait_until):
             thread.join(timeout=70)
 
 
-def web_on(api, node: str) -> str:
-    return next(k for k, (_, n) in states(api).items() if k.startswith("web-") and n == node)
+def web_nodes(api) -> tuple[str, str, str]:
+    """(a web instance, its node, the node of none)."""
+    where = {n: k for k, (_, n) in states(api).items() if k.startswith("web-")}
+    spare = ({"node2", "node3", "node4"} - set(where)).pop()
+    node = min(where)
+    return where[node], node, spare
 
 
 def test_a_slow_stop_on_one_node_does_not_delay_the_failover_of_another(hog_and_web,
                                                                         wait_until):
     api, ex, begin = hog_and_web
     begin()
-    lost = web_on(api, "node2")
+    lost, node, spare = web_nodes(api)
     jobs.scale(StateStore(api), "hog", 0)  # stop hog-0 on node1: that stop hangs
     wait_until(ex.held.is_set, 30)
-    register_node(api, "node2", "10.77.250.12", status="critical")  # node2 dies
-    # re-planned onto node3 and started there while node1's stop still runs
-    wait_until(lambda: (lost, "node3") in ex.placed, 60)
-    wait_until(lambda: states(api).get(lost) == ("running", "node3"), 30)
+    register_node(api, node, "10.77.250.99", status="critical")  # it dies
+    # re-planned onto the spare node and started there while node1's stop still runs
+    wait_until(lambda: (lost, spare) in ex.placed, 60)
+    wait_until(lambda: states(api).get(lost) == ("running", spare), 30)
     assert not ex.release.is_set() and "hog-0" in states(api)  # the stop has not ended
     ex.release.set()
     # its end wakes the loop at once (the resync is 300 s): the record goes
@@ -164,29 +170,24 @@ def test_a_later_batch_for_a_node_waits_for_the_one_it_runs(hog_and_web, wait_un
     assert ("cache-0", "node1") not in ex.placed
     ex.release.set()
     wait_until(lambda: states(api).get("cache-0") == ("running", "node1"), 30)
-    stop_end = next(end for what, nodes, _, end in ex.calls
-                    if what == "stop" and "node1" in nodes)
-    place_start = next(began for what, nodes, began, _ in ex.calls
-                       if what == "place" and "node1" in nodes and began > stop_end - 60
-                       and ("cache-0", "node1") in ex.placed)
-    assert place_start >= stop_end
+    assert ex.began["cache-0"] >= ex.ended["hog-0"]
     assert not ex.overlaps
 
 
 def test_no_more_batches_run_at_once_than_the_bound(hog_and_web, wait_until):
-    """With one batch at a time, node2's failover waits for node1's stop: decided and written
-    as intent, not started."""
+    """With one batch at a time, a failover waits for node1's stop: decided and written as
+    intent, not started."""
     api, ex, begin = hog_and_web
     begin(max_inflight_batches=1)
-    lost = web_on(api, "node2")
+    lost, node, spare = web_nodes(api)
     jobs.scale(StateStore(api), "hog", 0)
     wait_until(ex.held.is_set, 30)
-    register_node(api, "node2", "10.77.250.12", status="critical")
-    wait_until(lambda: states(api).get(lost) == ("pending", "node3"), 30)
+    register_node(api, node, "10.77.250.99", status="critical")
+    wait_until(lambda: states(api).get(lost) == ("pending", spare), 30)
     time.sleep(1.0)
-    assert (lost, "node3") not in ex.placed
+    assert (lost, spare) not in ex.placed
     ex.release.set()
-    wait_until(lambda: states(api).get(lost) == ("running", "node3"), 30)
+    wait_until(lambda: states(api).get(lost) == ("running", spare), 30)
     assert ex.peak == 1
 
 

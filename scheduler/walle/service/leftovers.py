@@ -46,8 +46,11 @@ class LeftoverReaping:
             records.update(claims.records)
             self._write(claims.records, records=records)
             report.adopted += claims.adopted
-        self._place_lost_again(snap, records, claims.lost, report)
-        orphans = [(f.job, f.slot, f.node) for f in claims.reap]
+        in_flight = self._in_flight()  # a batch acts on these slots now: left to it
+        self._place_lost_again(snap, records,
+                               [r for r in claims.lost if r.key not in in_flight], report)
+        orphans = [(f.job, f.slot, f.node) for f in claims.reap
+                   if instance_id(f.job, f.slot) not in in_flight]
         if orphans:
             log.warning("stopping %d orphaned instance(s): %s", len(orphans),
                         ", ".join(f"{j}-{s}@{n}" for j, s, n in orphans))
@@ -119,10 +122,11 @@ class LeftoverReaping:
         (idempotent: a unit that runs keeps its process). Batch instances are left to the
         batch probe: a stopped run is a failed run, not one to start silently again."""
         fenced = []
+        in_flight = self._in_flight()
         for r in records.values():
             spec = snap.jobs.get(r.alloc.job)
             listing = listings.get(r.alloc.node)
-            if (spec is None or listing is None or r.alloc.state != "running"
+            if (spec is None or listing is None or r.alloc.state != "running" or r.key in in_flight
                     or spec.kind == "batch" or r.key in snap.blocked_slots
                     or r.alloc.job in snap.frozen_jobs):
                 continue
@@ -148,11 +152,12 @@ class LeftoverReaping:
         claimed = {(r.alloc.node, key) for key, r in records.items()}
         claimed |= {(r.previous.node, key) for key, r in records.items() if r.previous}
         stopped: frozenset[str] | None = None
+        in_flight = self._in_flight()
         out = []
         for node, listing in sorted(listings.items()):
             for iid in sorted(listing.instance_ids()):
                 parsed = parse_instance_id(iid)
-                if (parsed is None or (node, iid) in claimed
+                if (parsed is None or (node, iid) in claimed or iid in in_flight
                         or (node, iid) in snap.health.instances
                         or parsed[0] in snap.frozen_jobs or iid in snap.blocked_slots):
                     continue

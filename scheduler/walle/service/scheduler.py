@@ -29,6 +29,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, TypeVar
 
 from walle.adapters.consul import (
@@ -50,6 +51,7 @@ from walle.service.batches import BATCH_PROBE, BatchWork
 from walle.service.cluster import Snapshot, describe_error, load_snapshot, node_state
 from walle.service.decide import Defaults, decide
 from walle.service.decide import retry_at as _retry_at
+from walle.service.dispatch import Dispatcher
 from walle.service.executor import Executor, Outcome, failed_outcomes
 from walle.service.history import (
     HistoryWriter,
@@ -105,6 +107,9 @@ class SchedulerConfig:
     # a failed node (serfHealth critical: dead or cut off) keeps its instances this long, so
     # that a cut-off node's fence has stopped them before they start elsewhere (presence.py)
     node_down_grace: float = DEFAULT_DOWN_GRACE
+    # playbook runs beside the loop at once (service/dispatch.py); 0: each within its step
+    # (the loop then waits for it: the step-by-step tests). `walle scheduler run` runs 4.
+    max_inflight_batches: int = 0
 
 
 @dataclass
@@ -167,6 +172,7 @@ class Scheduler(BatchWork, LeftoverReaping):
         self._seen_lock = threading.Lock()
         self._seen_down: set[str] = set()  # nodes the health watch saw failed (since a step)
         self._last_batch_probe = float("-inf")
+        self.dispatcher = Dispatcher(config.max_inflight_batches, on_finished=self.wake.set)
         self._new_term()
         self._reported: set[tuple[str, str]] = set()  # (key, reason) already logged
 
@@ -195,7 +201,9 @@ class Scheduler(BatchWork, LeftoverReaping):
 
     def _new_term(self) -> None:
         """Forget what the last term saw: a new leader resumes, re-reads unsettled batch work
-        and lists what runs on every ready node once."""
+        and lists what runs on every ready node once. Outcomes of the last term's batches are
+        never applied (service/dispatch.py): this term reads the state they left."""
+        self.dispatcher.new_term()
         self._resumed = False
         self.adopter = Adopter(self.api, self.clock)
         self.presence = NodePresence(self.config.node_leave_grace,  # graces from our eyes
@@ -333,6 +341,7 @@ class Scheduler(BatchWork, LeftoverReaping):
         records = dict(snap.records)
         changed: dict[str, SlotRecord] = {}
         self._take_commits(snap, records, report, now)
+        self._apply_finished(snap, records, report, now)
         if not self._resumed:
             self._resume(snap, records, changed, report)
             self._resumed = True
@@ -340,7 +349,7 @@ class Scheduler(BatchWork, LeftoverReaping):
         self._advance_health(snap, records, changed, report, now)
         self._write(changed, records=records)
         changed.clear()
-        self._finish_moves(snap, records, changed, report)
+        self._finish_moves(snap, records, changed, report, now)
         self._write(changed, records=records)
         changed.clear()
         self._reap_orphans(snap, records, report)
@@ -383,9 +392,12 @@ class Scheduler(BatchWork, LeftoverReaping):
 
     def _advance_health(self, snap: Snapshot, records: dict[str, SlotRecord],
                         changed: dict[str, SlotRecord], report: StepReport, now: float) -> None:
+        in_flight = self._in_flight()
         for key, record in list(records.items()):
             spec = snap.jobs.get(record.alloc.job)
             if spec is None or record.alloc.state not in ("pending", "running"):
+                continue
+            if key in in_flight:  # a batch acts on it now: its outcome comes first
                 continue
             if key in self._unsettled:  # not known to have started: no health to read yet
                 continue
@@ -454,26 +466,46 @@ class Scheduler(BatchWork, LeftoverReaping):
         return ""
 
     def _finish_moves(self, snap: Snapshot, records: dict[str, SlotRecord],
-                      changed: dict[str, SlotRecord], report: StepReport) -> None:
+                      changed: dict[str, SlotRecord], report: StepReport, now: float) -> None:
         """Stop the previous instance of slots whose new instance now passes (or failed: then
         the old one keeps its place only if the new one is gone for good)."""
+        in_flight = self._in_flight()
         done = [r for r in records.values() if r.previous is not None
-                and r.alloc.state == "running" and r.previous.node not in snap.away]
-        alive = [r for r in done if snap.nodes.get(r.previous.node)
+                and r.alloc.state == "running" and r.previous.node not in snap.away
+                and r.key not in in_flight]
+        alive = [r.previous for r in done if snap.nodes.get(r.previous.node)
                  and snap.nodes[r.previous.node].state != "down"]
-        outcomes = self._stop([r.previous for r in alive])
         for r in done:
-            outcome = outcomes.get(r.key, Outcome(True))
-            if outcome.ok:
-                changed[r.key] = records[r.key] = replace(r, previous=None)
-                report.stopped.append(f"{r.key}@{r.previous.node}")
-            else:  # the previous instance keeps running; the next step tries again
-                report.failed[f"{r.key}@{r.previous.node}"] = f"stop: {outcome.error}"
+            if snap.nodes.get(r.previous.node) and snap.nodes[r.previous.node].state != "down":
+                continue  # stopped below
+            changed[r.key] = records[r.key] = replace(r, previous=None)
+            report.stopped.append(f"{r.key}@{r.previous.node}")
+        self._dispatch("stop previous", alive, self._stop,
+                       partial(self._previous_stopped, alive), snap, records, report, now)
+
+    def _previous_stopped(self, stopped: list[Allocation], outcomes: dict[str, Outcome],
+                          snap: Snapshot, records: dict[str, SlotRecord], report: StepReport,
+                          now: float) -> None:
+        """The outcome of _finish_moves' stops: the slot forgets its previous instance."""
+        changed: dict[str, SlotRecord] = {}
+        for previous in stopped:
+            key = previous.key
+            outcome = outcomes.get(key, Outcome(True))
+            if not outcome.ok:  # the previous instance keeps running; the next step tries again
+                report.failed[f"{key}@{previous.node}"] = f"stop: {outcome.error}"
+                continue
+            r = records.get(key)
+            if r is not None and r.previous is not None and _same_placement(r.previous,
+                                                                            previous):
+                changed[key] = records[key] = replace(r, previous=None)
+            report.stopped.append(f"{key}@{previous.node}")
+        self._write(changed, records=records)
 
     # ----- planning -----------------------------------------------------------------------
     def _plan(self, snap: Snapshot, records: dict[str, SlotRecord], now: float) -> Plan:
         """The decision (walle.service.decide: `walle plan` runs the same function)."""
         return decide(snap, records, now, seed=self.config.seed, placement=self.placement,
+                      in_flight=self._in_flight(),
                       on_unplannable=lambda name, err: self._note(
                           name, f"cannot plan: {describe_error(err)}", exc=err))
 
@@ -483,16 +515,11 @@ class Scheduler(BatchWork, LeftoverReaping):
         gone = [s.alloc for s in plan.stops] + [e.alloc for e in plan.evictions]
         live = [a for a in gone if a.node in snap.nodes and snap.nodes[a.node].state != "down"
                 and a.state in ("pending", "running")]
-        outcomes = self._stop(live)
-        deletes = []
-        for a in gone:
-            outcome = outcomes.get(a.key, Outcome(True))
-            if outcome.ok and a.key in records:
-                deletes.append(records.pop(a.key))
-                report.stopped.append(a.key)
-            elif not outcome.ok:
-                report.failed[a.key] = f"stop: {outcome.error}"
-        self._write({}, deletes)
+        self._dispatch("stop", live, self._stop, partial(self._stopped, live), snap, records,
+                       report, now)
+        stopping = {a.key for a in live}  # the others' node is down: nothing to stop there
+        self._stopped([a for a in gone if a.key not in stopping], {}, snap, records, report,
+                      now)
 
         # 2. placements: intent first (pending), then the playbook, then the outcome
         starts: dict[str, SlotRecord] = {}
@@ -512,37 +539,98 @@ class Scheduler(BatchWork, LeftoverReaping):
                                             f"new version {r.new.spec_digest}")
         records.update(starts)
         self._write(starts, records=records)
-        outcomes = self._place([rec.alloc for rec in starts.values()], snap)
+        placing = [rec.alloc for rec in starts.values()]
+        self._dispatch("place", placing, lambda allocs: self._run_place(allocs, snap),
+                       partial(self._placed, placing, replaced), snap, records, report, now)
+
+        # 3. live changes: resources updated in place and elastic grants
+        regrants = [u.new for u in plan.updates] + [g.new for g in plan.regrants]
+        regrants = [a for a in regrants if a.key in records]
+        self._dispatch("regrant", regrants, lambda allocs: self._regrant(allocs, snap),
+                       partial(self._regranted, regrants), snap, records, report, now)
+
+    # ----- what a finished batch changes (applied by the step after it, or inline) ----------
+    def _stopped(self, stopped: list[Allocation], outcomes: dict[str, Outcome], snap: Snapshot,
+                 records: dict[str, SlotRecord], report: StepReport, now: float) -> None:
+        """Stopped (or evicted) instances lose their record; a failed stop keeps it (the next
+        step tries again)."""
+        deletes = []
+        for a in stopped:
+            outcome = outcomes.get(a.key, Outcome(True))
+            r = records.get(a.key)
+            if outcome.ok and r is not None and _same_placement(r.alloc, a):
+                deletes.append(records.pop(a.key))
+                report.stopped.append(a.key)
+            elif not outcome.ok:
+                report.failed[a.key] = f"stop: {outcome.error}"
+        self._write({}, deletes)
+
+    def _placed(self, placed: list[Allocation], replaced: set[str],
+                outcomes: dict[str, Outcome], snap: Snapshot, records: dict[str, SlotRecord],
+                report: StepReport, now: float) -> None:
+        """A placement that failed fails its record (a new version that cannot even start
+        rolls its job back); one whose slot moved on meanwhile is left to what it is now."""
         after: dict[str, SlotRecord] = {}
-        for key in starts:
-            rec = records[key]
+        for a in placed:
+            key = a.key
             outcome = outcomes.get(key, Outcome(False, "no result"))
             if outcome.ok:
-                report.placed.append(f"{key}@{rec.alloc.node}")
+                self._started.add((key, attempt_of(a)))
+                report.placed.append(f"{key}@{a.node}")
+                continue
+            rec = records.get(key)
+            if rec is None or not _same_placement(rec.alloc, a):
                 continue
             reason = outcome.error
-            if key in replaced:  # a new version that cannot even start: the rollout failed
-                rollback = self._maybe_roll_back(snap, snap.jobs[rec.alloc.job], rec.alloc,
-                                                 report)
+            spec = snap.jobs.get(a.job)
+            if key in replaced and spec is not None:  # the rollout failed
+                rollback = self._maybe_roll_back(snap, spec, rec.alloc, report)
                 reason += f"; {rollback}" if rollback else ""
             report.failed[key] = reason
             after[key] = records[key] = rec.failed(reason, now)
         self._write(after, records=records)
 
-        # 3. live changes: resources updated in place and elastic grants
-        regrants = [(u.new, u.old.state) for u in plan.updates]
-        regrants += [(g.new, g.old.state) for g in plan.regrants]
-        regrants = [(a, state) for a, state in regrants if a.key in records]
-        outcomes = self._per_job("regrant", self.executor.regrant,
-                                 [(a, snap.jobs[a.job]) for a, _ in regrants],
-                                 lambda item: item[0].job,
-                                 failed_outcomes(lambda item: item[0].key))
+    def _regranted(self, regranted: list[Allocation], outcomes: dict[str, Outcome],
+                   snap: Snapshot, records: dict[str, SlotRecord], report: StepReport,
+                   now: float) -> None:
+        """Grants applied on the node are recorded (a failed one is planned again)."""
         grants: dict[str, SlotRecord] = {}
-        for a, state in regrants:
-            if outcomes.get(a.key, Outcome(False)).ok:
-                grants[a.key] = records[a.key] = replace(records[a.key],
-                                                         alloc=replace(a, state=state))
+        for a in regranted:
+            r = records.get(a.key)
+            if outcomes.get(a.key, Outcome(False)).ok and r is not None \
+                    and _same_placement(r.alloc, a):
+                grants[a.key] = records[a.key] = replace(r, alloc=replace(a,
+                                                                          state=r.alloc.state))
         self._write(grants, records=records)
+
+    # ----- batches beside the loop (service/dispatch.py) --------------------------------------
+    def _dispatch(self, what: str, allocs: list[Allocation],
+                  run: Callable[[list[Allocation]], dict[str, Outcome]],
+                  done: Callable[..., None], snap: Snapshot, records: dict[str, SlotRecord],
+                  report: StepReport, now: float) -> None:
+        """Run `run(allocs)` (one executor call). Inline (max_inflight_batches 0) its outcome
+        is applied at once; otherwise it runs beside the loop, its slots in flight, and
+        `done(outcomes, snap, records, report, now)` is applied by the first step after it
+        ends, with that step's state."""
+        if not allocs:
+            return
+        if self.dispatcher.inline:
+            done(run(allocs), snap, records, report, now)
+            return
+        self.dispatcher.submit(what, allocs, lambda a: a.node, lambda a: a.key, run, done)
+
+    def _apply_finished(self, snap: Snapshot, records: dict[str, SlotRecord],
+                        report: StepReport, now: float) -> None:
+        """Apply the outcomes of the batches that ended since the last step (of this term
+        only). A write that fails here (Consul, a lost lock) leaves the rest unapplied: their
+        records say what was intended (pending intent is placed again or settled from the
+        node, a stop is planned again), as after a leader crash."""
+        for batch in self.dispatcher.take_finished():
+            batch.done(batch.outcomes, snap, records, report, now)
+
+    def _in_flight(self) -> set[str]:
+        """Slots a batch acts on now: the step leaves them alone until its outcome is in."""
+        return self.dispatcher.in_flight()
 
     def _next_deadline(self, snap: Snapshot, records: dict[str, SlotRecord],
                        now: float) -> float | None:
@@ -624,14 +712,23 @@ class Scheduler(BatchWork, LeftoverReaping):
 
     # ----- one job's trouble stays its own -------------------------------------------------
     def _place(self, allocs: list[Allocation], snap: Snapshot) -> dict[str, Outcome]:
-        outcomes = self._per_job("place",
-                                 lambda items: self.executor.place(items, snap.addresses),
-                                 [(a, snap.jobs[a.job]) for a in allocs],
-                                 lambda item: item[0].job,
-                                 failed_outcomes(lambda item: item[0].key))
+        """Place within the step (repairs, a new term's resumption): the step waits."""
+        outcomes = self._run_place(allocs, snap)
         self._started.update((a.key, attempt_of(a)) for a in allocs
                              if (outcome := outcomes.get(a.key)) is not None and outcome.ok)
         return outcomes
+
+    def _run_place(self, allocs: list[Allocation], snap: Snapshot) -> dict[str, Outcome]:
+        """The executor's placement, isolated per job (no state of the leader changes: this
+        may run beside the loop)."""
+        return self._per_job("place", lambda items: self.executor.place(items, snap.addresses),
+                             [(a, snap.jobs[a.job]) for a in allocs], lambda item: item[0].job,
+                             failed_outcomes(lambda item: item[0].key))
+
+    def _regrant(self, allocs: list[Allocation], snap: Snapshot) -> dict[str, Outcome]:
+        return self._per_job("regrant", self.executor.regrant,
+                             [(a, snap.jobs[a.job]) for a in allocs],
+                             lambda item: item[0].job, failed_outcomes(lambda item: item[0].key))
 
     def _stop(self, allocs: list[Allocation]) -> dict[str, Outcome]:
         return self._per_job("stop", self.executor.stop, allocs, lambda a: a.job,
@@ -755,6 +852,11 @@ def _instance_health(spec: JobSpec, snap: Snapshot, a: Allocation) -> str:
     if status is None:
         return "unknown"
     return "passing" if status == "passing" else "critical"
+
+
+def _same_placement(a: Allocation, b: Allocation) -> bool:
+    """The same placement of a slot (its node and attempt), whatever its state or grant."""
+    return a.node == b.node and attempt_of(a) == attempt_of(b)
 
 
 def _failed(a: Allocation) -> Allocation:
