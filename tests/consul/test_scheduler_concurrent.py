@@ -193,10 +193,13 @@ def test_no_more_batches_run_at_once_than_the_bound(hog_and_web, wait_until):
 
 def test_a_leader_that_loses_the_lock_while_a_batch_runs_writes_nothing_after(hog_and_web,
                                                                              wait_until):
+    """...and starts nothing more: a batch still queued behind the running one is dropped."""
     api, ex, begin = hog_and_web
     s1 = begin()
     jobs.scale(StateStore(api), "hog", 0)
     wait_until(ex.held.is_set, 30)
+    assert StateStore(api).put_job(pinned("cache", "node1", port=6060), 0)
+    wait_until(lambda: states(api).get("cache-0") == ("pending", "node1"), 30)  # queued
     # its session is destroyed (as when its node fails) and another scheduler takes the lock
     assert api.client.session.destroy(s1.lock.session_id)
     s2 = Scheduler(api, SchedulerConfig(name="s2", inventory="unused", lock_delay=0, seed=7),
@@ -209,4 +212,5 @@ def test_a_leader_that_loses_the_lock_while_a_batch_runs_writes_nothing_after(ho
     time.sleep(2.0)  # room for a write that must not come
     assert "hog-0" in states(api)
     assert records(api) == before  # nothing written: not the record, not its index
+    assert ("cache-0", "node1") not in ex.placed  # and its queued batch never started
     s2.lock.step_down()

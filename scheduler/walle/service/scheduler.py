@@ -197,6 +197,7 @@ class Scheduler(BatchWork, LeftoverReaping):
                 self._lead()
             finally:
                 self._stop_watches()
+                self.dispatcher.new_term()  # no longer leading: queued batches never start
         self.lock.step_down()
 
     def _new_term(self) -> None:
