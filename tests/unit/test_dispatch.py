@@ -17,7 +17,8 @@ WAIT = 30.0  # a safety net: the gates below open as soon as the test says
 
 
 class Nodes:
-    """A fake executor call: items are (key, node); each call waits for its node's gate and
+    """A fake executor call: items are (key, node, nodes it also waits for...); each call
+    waits for its node's gate and
     logs when it began and ended; `peak` is the most calls at once."""
 
     def __init__(self):
@@ -34,19 +35,19 @@ class Nodes:
         with self.mutex:
             self.running += 1
             self.peak = max(self.peak, self.running)
-        for key, _ in items:
-            self.began[key] = time.monotonic()
-        for _, node in items:
-            self.gate(node).wait(WAIT)
+        for item in items:
+            self.began[item[0]] = time.monotonic()
+        for item in items:
+            self.gate(item[1]).wait(WAIT)
         with self.mutex:
             self.running -= 1
-        for key, _ in items:
-            self.ended[key] = time.monotonic()
-        return {key: Outcome(True) for key, _ in items}
+        for item in items:
+            self.ended[item[0]] = time.monotonic()
+        return {item[0]: Outcome(True) for item in items}
 
 
 def submit(d: Dispatcher, nodes: Nodes, done: list, *items):
-    return d.submit("place", list(items), lambda i: i[1], lambda i: i[0], nodes.run,
+    return d.submit("place", list(items), lambda i: frozenset(i[1:]), lambda i: i[0], nodes.run,
                     lambda outcomes: done.append(sorted(outcomes)))
 
 
@@ -94,6 +95,18 @@ def test_a_later_batch_for_a_busy_node_waits_while_others_go_ahead():
     assert nodes.began["web-0"] >= nodes.ended["stop-0"]
 
 
+def test_a_slot_placed_elsewhere_waits_for_the_stop_of_its_evicted_instance():
+    d, nodes, done = Dispatcher(4, lambda: None), Nodes(), []
+    submit(d, nodes, done, ("stop-0", "n1"))
+    submit(d, nodes, done, ("place-0", "n2", "n1"))  # on n2, once n1's stop ended
+    nodes.gate("n2").set()
+    time.sleep(0.5)  # room for a start that would not wait
+    assert "place-0" not in nodes.began
+    nodes.gate("n1").set()
+    wait_for(lambda: d.counts() == (0, 0))
+    assert nodes.began["place-0"] >= nodes.ended["stop-0"]
+
+
 def test_outcomes_of_an_earlier_term_are_never_applied_but_its_nodes_stay_busy():
     d, nodes, done = Dispatcher(1, lambda: None), Nodes(), []
     submit(d, nodes, done, ("old-0", "n1"))
@@ -115,8 +128,8 @@ def test_a_call_that_raises_fails_each_of_its_keys_with_the_reason():
     def broken(items):
         raise ValueError("no address known for node 'n1'")
 
-    d.submit("place", [("a-0", "n1"), ("a-1", "n1")], lambda i: i[1], lambda i: i[0], broken,
-             lambda outcomes: None)
+    d.submit("place", [("a-0", "n1"), ("a-1", "n1")], lambda i: frozenset({i[1]}),
+             lambda i: i[0], broken, lambda outcomes: None)
     wait_for(lambda: d.counts() == (0, 0))
     [batch] = d.take_finished()
     assert batch.outcomes == {k: Outcome(False, "place: ValueError: no address known for node 'n1'")

@@ -76,20 +76,22 @@ class Dispatcher:
                          " ".join(sorted(batch.keys)))
             self._queued.clear()
 
-    def submit(self, what: str, items: list[T], node_of: Callable[[T], str],
+    def submit(self, what: str, items: list[T], nodes_of: Callable[[T], frozenset[str]],
                key_of: Callable[[T], str], run: Callable[[list[T]], Outcomes],
                done: Callable[..., None]) -> list[Batch]:
-        """Queue `run` over `items`: one batch for the items on nodes with no batch of theirs
-        queued or running, one per other node (each waits for that node alone)."""
+        """Queue `run` over `items`. `nodes_of(item)`: the nodes it must wait for (its own,
+        and e.g. the node a stop of the same slot runs on). One batch for the items whose
+        nodes have no batch queued or running, one per other set of nodes (each waits for
+        its own nodes alone)."""
         if not items:
             return []
         with self._lock:
             busy = self._busy_nodes()
-            groups: dict[str | None, list[T]] = {}
+            groups: dict[frozenset[str], list[T]] = {}
             for item in items:
-                node = node_of(item)
-                groups.setdefault(node if node in busy else None, []).append(item)
-            batches = [Batch(what, group, frozenset(node_of(i) for i in group),
+                nodes = nodes_of(item)
+                groups.setdefault(nodes if nodes & busy else frozenset(), []).append(item)
+            batches = [Batch(what, group, frozenset().union(*map(nodes_of, group)),
                              frozenset(key_of(i) for i in group), run, done, self._term)
                        for group in groups.values()]
             self._queued += batches

@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -518,6 +518,7 @@ class Scheduler(BatchWork, LeftoverReaping):
                 and a.state in ("pending", "running")]
         self._dispatch("stop", live, self._stop, partial(self._stopped, live), snap, records,
                        report, now)
+        stopped_on = {a.key: a.node for a in live}  # an evicted slot placed again: after its stop
         stopping = {a.key for a in live}  # the others' node is down: nothing to stop there
         self._stopped([a for a in gone if a.key not in stopping], {}, snap, records, report,
                       now)
@@ -542,7 +543,8 @@ class Scheduler(BatchWork, LeftoverReaping):
         self._write(starts, records=records)
         placing = [rec.alloc for rec in starts.values()]
         self._dispatch("place", placing, lambda allocs: self._run_place(allocs, snap),
-                       partial(self._placed, placing, replaced), snap, records, report, now)
+                       partial(self._placed, placing, replaced), snap, records, report, now,
+                       after=stopped_on)
 
         # 3. live changes: resources updated in place and elastic grants
         regrants = [u.new for u in plan.updates] + [g.new for g in plan.regrants]
@@ -608,17 +610,21 @@ class Scheduler(BatchWork, LeftoverReaping):
     def _dispatch(self, what: str, allocs: list[Allocation],
                   run: Callable[[list[Allocation]], dict[str, Outcome]],
                   done: Callable[..., None], snap: Snapshot, records: dict[str, SlotRecord],
-                  report: StepReport, now: float) -> None:
+                  report: StepReport, now: float,
+                  after: Mapping[str, str] | None = None) -> None:
         """Run `run(allocs)` (one executor call). Inline (max_inflight_batches 0) its outcome
         is applied at once; otherwise it runs beside the loop, its slots in flight, and
         `done(outcomes, snap, records, report, now)` is applied by the first step after it
-        ends, with that step's state."""
+        ends, with that step's state. An instance waits for the batches of its node and, if
+        its slot is in `after` (slot -> node), of that node too."""
         if not allocs:
             return
         if self.dispatcher.inline:
             done(run(allocs), snap, records, report, now)
             return
-        self.dispatcher.submit(what, allocs, lambda a: a.node, lambda a: a.key, run, done)
+        self.dispatcher.submit(
+            what, allocs, lambda a: frozenset({a.node, (after or {}).get(a.key, a.node)}),
+            lambda a: a.key, run, done)
 
     def _apply_finished(self, snap: Snapshot, records: dict[str, SlotRecord],
                         report: StepReport, now: float) -> None:
