@@ -13,8 +13,8 @@ the dispatcher and goes on; the loop keeps reading state and deciding while play
   term (a leader that lost the lock meanwhile) are dropped, never written: the new term reads
   the state again and finishes the work from its records.
 
-`limit` 0 runs each batch inline, within the step (the step-by-step tests, a leader that
-should wait).
+With `limit` 0 the dispatcher is `inline`: the scheduler then runs each call within its step
+and applies its outcome at once (the step-by-step tests, a leader that should wait).
 """
 
 from __future__ import annotations
@@ -108,10 +108,6 @@ class Dispatcher:
         """Slots with a batch queued, running, or finished but not yet applied."""
         with self._lock:
             return {k for b in (*self._queued, *self._running, *self._finished) for k in b.keys}
-
-    def busy_nodes(self) -> set[str]:
-        with self._lock:
-            return self._busy_nodes()
 
     def counts(self) -> tuple[int, int]:
         """(running, queued)."""
