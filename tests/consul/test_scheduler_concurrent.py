@@ -37,6 +37,7 @@ class SlowExecutor(RecordingExecutor):
     def __init__(self, api, slow_nodes: set[str]):
         super().__init__(api)
         self.slow_nodes = set(slow_nodes)
+        self.slow_places: set[str] = set()  # placements on these nodes block too
         self.release = threading.Event()
         self.held = threading.Event()  # a slow stop is waiting for its release
         self.began: dict[str, float] = {}
@@ -77,7 +78,11 @@ class SlowExecutor(RecordingExecutor):
 
     def place(self, items, addresses):
         items = list(items)
-        with self._call([a.key for a, _ in items], {a.node for a, _ in items}):
+        nodes = {a.node for a, _ in items}
+        with self._call([a.key for a, _ in items], nodes):
+            if nodes & self.slow_places:
+                self.held.set()
+                self.release.wait(HELD)
             return super().place(items, addresses)
 
     def regrant(self, items):
@@ -86,9 +91,9 @@ class SlowExecutor(RecordingExecutor):
             return super().regrant(items)
 
 
-def pinned(name: str, node: str, count: int = 1, port: int = 7070, op: str = "eq"):
+def pinned(name: str, node: str, count: int = 1, port: int = 7070, op: str = "eq", **extra):
     return web_spec(count=count, name=name, service={"port": port}, cpu="1",
-                    constraints=[{"attribute": "name", "operator": op, "value": node}])
+                    constraints=[{"attribute": "name", "operator": op, "value": node}], **extra)
 
 
 def start(api, executor, name: str = "s1", **config) -> tuple[Scheduler, threading.Thread]:
@@ -214,3 +219,23 @@ def test_a_leader_that_loses_the_lock_while_a_batch_runs_writes_nothing_after(ho
     assert records(api) == before  # nothing written: not the record, not its index
     assert ("cache-0", "node1") not in ex.placed  # and its queued batch never started
     s2.lock.step_down()
+
+
+def test_a_placement_that_outlasts_its_health_timeout_does_not_make_the_loop_spin(
+        hog_and_web, wait_until):
+    """While a placement runs past its slot's health timeout, the loop does not step again and
+    again for that deadline (the batch's end wakes it): a handful of steps, not one per 50 ms."""
+    api, ex, begin = hog_and_web
+    s = begin()
+    steps = []
+    step = s.step
+    s.step = lambda: steps.append(1) or step()
+    ex.slow_places = {"node1"}
+    assert StateStore(api).put_job(pinned("cache", "node1", port=6060,
+                                          update={"max_parallel": 1, "health_timeout": "1s"}),
+                                   0)
+    wait_until(ex.held.is_set, 30)
+    time.sleep(4.0)  # the 1 s health timeout long past
+    assert len(steps) < 10
+    ex.release.set()
+    wait_until(lambda: states(api).get("cache-0") == ("running", "node1"), 30)

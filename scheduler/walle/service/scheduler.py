@@ -642,7 +642,10 @@ class Scheduler(BatchWork, LeftoverReaping):
     def _next_deadline(self, snap: Snapshot, records: dict[str, SlotRecord],
                        now: float) -> float | None:
         deadlines = []
+        in_flight = self._in_flight()  # their batch's end wakes the loop: no deadline to keep
         for r in records.values():
+            if r.key in in_flight:
+                continue
             spec = snap.jobs.get(r.alloc.job)
             if spec and r.alloc.state == "pending":
                 deadlines.append(r.state_since + spec.update.health_timeout + 0.1)
