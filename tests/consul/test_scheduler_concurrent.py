@@ -20,6 +20,7 @@ from test_scheduler_service import RecordingExecutor, records, register_node, we
 
 from walle.adapters.consul import StateStore
 from walle.service import jobs
+from walle.service.history import from_data
 from walle.service.scheduler import Scheduler, SchedulerConfig
 
 pytestmark = pytest.mark.consul
@@ -105,6 +106,11 @@ def start(api, executor, name: str = "s1", **config) -> tuple[Scheduler, threadi
     return s, thread
 
 
+def events(api, job: str) -> list:
+    _, stored = StateStore(api).events(job)
+    return list(from_data(stored[job][0]).events) if job in stored else []
+
+
 def states(api) -> dict[str, tuple[str, str]]:
     return {k: (a.state, a.node) for k, a in records(api).items()}
 
@@ -156,6 +162,10 @@ def test_a_slow_stop_on_one_node_does_not_delay_the_failover_of_another(hog_and_
     wait_until(lambda: (lost, spare) in ex.placed, 60)
     wait_until(lambda: states(api).get(lost) == ("running", spare), 30)
     assert not ex.release.is_set() and "hog-0" in states(api)  # the stop has not ended
+    # the events say it moved, then ran: worded by the step that decided, in order
+    story = [e.event for e in events(api, "web") if f"web-{e.slot}" == lost
+             and e.event in ("placed", "moved", "running")]
+    assert story[-2:] == ["moved", "running"]
     ex.release.set()
     # its end wakes the loop at once (the resync is 300 s): the record goes
     wait_until(lambda: "hog-0" not in states(api), 30)
@@ -211,6 +221,7 @@ def test_a_leader_that_loses_the_lock_while_a_batch_runs_writes_nothing_after(ho
                    executor=RecordingExecutor(api))
     wait_until(s2.lock.acquire, 30)
     wait_until(lambda: not s1.lock.is_leader, 30)
+    wait_until(lambda: s1.dispatcher.counts() == (1, 0), 30)  # only the held stop is left
     before = records(api)
     ex.release.set()  # the deposed leader's stop ends now
     wait_until(lambda: ("hog-0", "node1") in ex.stopped, 30)

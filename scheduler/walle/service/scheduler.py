@@ -284,6 +284,7 @@ class Scheduler(BatchWork, LeftoverReaping):
 
     def _on_lost(self) -> None:
         log.warning("leader lock lost")
+        self.dispatcher.new_term()  # queued batches never start; outcomes are never applied
         self.wake.set()
 
     def _start_watches(self) -> None:
@@ -516,12 +517,17 @@ class Scheduler(BatchWork, LeftoverReaping):
         gone = [s.alloc for s in plan.stops] + [e.alloc for e in plan.evictions]
         live = [a for a in gone if a.node in snap.nodes and snap.nodes[a.node].state != "down"
                 and a.state in ("pending", "running")]
-        self._dispatch("stop", live, self._stop, partial(self._stopped, live), snap, records,
-                       report, now)
+        # beside the loop, the step that decided tells (events are worded from its plan); a
+        # stop or placement that then fails is reported when its outcome is in
+        told = not self.dispatcher.inline
+        if told:
+            report.stopped += [a.key for a in live]
+        self._dispatch("stop", live, self._stop, partial(self._stopped, live, told), snap,
+                       records, report, now)
         stopped_on = {a.key: a.node for a in live}  # an evicted slot placed again: after its stop
         stopping = {a.key for a in live}  # the others' node is down: nothing to stop there
-        self._stopped([a for a in gone if a.key not in stopping], {}, snap, records, report,
-                      now)
+        self._stopped([a for a in gone if a.key not in stopping], False, {}, snap, records,
+                      report, now)
 
         # 2. placements: intent first (pending), then the playbook, then the outcome
         starts: dict[str, SlotRecord] = {}
@@ -542,9 +548,11 @@ class Scheduler(BatchWork, LeftoverReaping):
         records.update(starts)
         self._write(starts, records=records)
         placing = [rec.alloc for rec in starts.values()]
+        if told:
+            report.placed += [f"{a.key}@{a.node}" for a in placing]
         self._dispatch("place", placing, lambda allocs: self._run_place(allocs, snap),
-                       partial(self._placed, placing, replaced), snap, records, report, now,
-                       after=stopped_on)
+                       partial(self._placed, placing, replaced, told), snap, records, report,
+                       now, after=stopped_on)
 
         # 3. live changes: resources updated in place and elastic grants
         regrants = [u.new for u in plan.updates] + [g.new for g in plan.regrants]
@@ -553,33 +561,37 @@ class Scheduler(BatchWork, LeftoverReaping):
                        partial(self._regranted, regrants), snap, records, report, now)
 
     # ----- what a finished batch changes (applied by the step after it, or inline) ----------
-    def _stopped(self, stopped: list[Allocation], outcomes: dict[str, Outcome], snap: Snapshot,
-                 records: dict[str, SlotRecord], report: StepReport, now: float) -> None:
+    def _stopped(self, stopped: list[Allocation], told: bool, outcomes: dict[str, Outcome],
+                 snap: Snapshot, records: dict[str, SlotRecord], report: StepReport,
+                 now: float) -> None:
         """Stopped (or evicted) instances lose their record; a failed stop keeps it (the next
-        step tries again)."""
+        step tries again). `told`: the deciding step reported the stops already."""
         deletes = []
         for a in stopped:
             outcome = outcomes.get(a.key, Outcome(True))
             r = records.get(a.key)
             if outcome.ok and r is not None and _same_placement(r.alloc, a):
                 deletes.append(records.pop(a.key))
-                report.stopped.append(a.key)
+                if not told:
+                    report.stopped.append(a.key)
             elif not outcome.ok:
                 report.failed[a.key] = f"stop: {outcome.error}"
         self._write({}, deletes)
 
-    def _placed(self, placed: list[Allocation], replaced: set[str],
+    def _placed(self, placed: list[Allocation], replaced: set[str], told: bool,
                 outcomes: dict[str, Outcome], snap: Snapshot, records: dict[str, SlotRecord],
                 report: StepReport, now: float) -> None:
         """A placement that failed fails its record (a new version that cannot even start
-        rolls its job back); one whose slot moved on meanwhile is left to what it is now."""
+        rolls its job back); one whose slot moved on meanwhile is left to what it is now.
+        `told`: the deciding step reported the placements already."""
         after: dict[str, SlotRecord] = {}
         for a in placed:
             key = a.key
             outcome = outcomes.get(key, Outcome(False, "no result"))
             if outcome.ok:
                 self._started.add((key, attempt_of(a)))
-                report.placed.append(f"{key}@{a.node}")
+                if not told:
+                    report.placed.append(f"{key}@{a.node}")
                 continue
             rec = records.get(key)
             if rec is None or not _same_placement(rec.alloc, a):
