@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from walle.naming import parse_unit, service_unit, timer_unit
+from walle.service.batches import batch_progress
 from walle.service.executor import parse_instance_listing
-from walle.service.scheduler import batch_progress
 
 
 def test_unit_names_map_back_to_their_instance():

@@ -11,6 +11,7 @@ import socket
 from walle.adapters.consul import ConsulApi, ConsulConfig
 from walle.jobspec.grammar import CAPABILITIES
 from walle.service.autoscale import DEFAULT_INTERVAL as AUTOSCALE_INTERVAL
+from walle.service.dispatch import DEFAULT_MAX_INFLIGHT
 from walle.service.elastic import USAGE_INTERVAL
 from walle.service.params import consul_auth
 from walle.service.policy import PrivilegePolicy
@@ -57,6 +58,10 @@ def register(subparsers) -> None:
                      metavar="SECONDS",
                      help="the nodes' fence: seconds cut off from Consul before a node stops its "
                           "Walle units (the node role's walle_fence_after; default: %(default)s)")
+    run.add_argument("--max-inflight-batches", type=_batches, default=DEFAULT_MAX_INFLIGHT,
+                     metavar="N",
+                     help="playbook runs the leader keeps going beside its loop, one per node "
+                          "at a time (0: it waits for each; default: %(default)s)")
     run.add_argument("--strategy", choices=["spread", "binpack"], default="spread",
                      help="cluster default placement strategy (jobs may override)")
     run.add_argument("--seed", type=int, default=0, help="placement seed (deterministic plans)")
@@ -102,6 +107,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _batches(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of batches (0 or more)")
+    return value
+
+
 def _capability(text: str) -> str:
     if text.upper() not in CAPABILITIES:
         raise argparse.ArgumentTypeError(f"{text!r} is not a capability; use one of "
@@ -124,6 +139,7 @@ def scheduler_config(args) -> SchedulerConfig:
         prometheus_addr=args.prometheus_addr,
         autoscale_interval=max(1.0, args.autoscale_interval),
         usage_interval=args.usage_interval,
+        max_inflight_batches=args.max_inflight_batches,
     )
 
 

@@ -9,7 +9,7 @@ when it takes office (`Defaults`, walle/config/placement) so the CLI decides wit
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -84,10 +84,13 @@ def take_commits(snap: Snapshot, records: Mapping[str, SlotRecord], now: float
 
 def decide(snap: Snapshot, records: Mapping[str, SlotRecord], now: float, *, seed: int,
            placement: PlacementConfig,
-           on_unplannable: Callable[[str, Exception], None] | None = None) -> Plan:
+           on_unplannable: Callable[[str, Exception], None] | None = None,
+           in_flight: Set[str] = frozenset()) -> Plan:
     """The core's plan, less what must wait: slots whose record cannot be read, jobs whose
     record cannot be read or that the core cannot plan (their instances are left as they
-    are), and failed slots still backing off. `snap.away` must be set (NodePresence)."""
+    are), failed slots still backing off, and slots a batch of the leader acts on now
+    (`in_flight`: service/dispatch.py; `walle plan` does not know them). `snap.away` must be
+    set (NodePresence)."""
     allocs = [r.alloc for r in records.values()]
     jobs = dict(snap.jobs)
     try:
@@ -100,7 +103,7 @@ def decide(snap: Snapshot, records: Mapping[str, SlotRecord], now: float, *, see
         plan = reconcile(jobs, allocs, snap.nodes, seed=seed, now=now, config=placement)
     left_alone = snap.frozen_jobs | unplannable
     hands_off = {r.key for r in records.values()
-                 if r.alloc.job in left_alone} | snap.blocked_slots
+                 if r.alloc.job in left_alone} | snap.blocked_slots | set(in_flight)
     # an away node's slots wait for it: a failed placement there too (the playbook may have
     # started the unit before the node was cut off, and the node still runs it)
     hands_off |= {r.key for r in records.values() if r.alloc.node in snap.away

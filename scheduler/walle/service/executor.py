@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from walle import naming
 from walle.adapters.runner import HostResult, RunResult, run_command, run_playbook
@@ -276,3 +277,8 @@ def _outcome(host: HostResult, instance: str, result: RunResult) -> Outcome:
         return Outcome(False, f"node {host.host} unreachable" + (f": {why}" if why else ""))
     reasons = "; ".join(f"{t.task}: {t.msg}" for t in host.failed_tasks)
     return Outcome(False, reasons or f"{result.status} on {host.host}: {result.output_tail[-300:]}")
+
+
+def failed_outcomes(key_of: Callable[[Any], str]) -> Callable[[list, str], dict[str, Outcome]]:
+    """on_error for executor calls answering per instance: each item failed, with the reason."""
+    return lambda items, reason: {key_of(item): Outcome(False, reason) for item in items}

@@ -26,9 +26,10 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, TypeVar
 
 from walle.adapters.consul import (
@@ -41,20 +42,21 @@ from walle.adapters.consul import (
 )
 from walle.adapters.consul.health import watch_failed_nodes
 from walle.adapters.consul.state import alloc_key
-from walle.adapters.consul.tombstones import stopped_jobs
 from walle.adapters.usage import Usage, read_node_usage
 from walle.core import Allocation, Plan
 from walle.jobspec import JobSpec, SpecError, parse_spec
-from walle.naming import PRESENCE_KEY, instance_id, parse_instance_id, service_unit, timer_unit
+from walle.naming import PRESENCE_KEY
 from walle.service import jobs
-from walle.service.adopt import MISSING_GRACE, Adopter
+from walle.service.adopt import Adopter
 from walle.service.autoscale import DEFAULT_INTERVAL as AUTOSCALE_INTERVAL
 from walle.service.autoscale import Autoscaler
+from walle.service.batches import BATCH_PROBE, BatchWork
 from walle.service.cluster import Snapshot, describe_error
-from walle.service.decide import Defaults, decide, take_commits
+from walle.service.decide import Defaults, decide
 from walle.service.decide import retry_at as _retry_at
+from walle.service.dispatch import Dispatcher
 from walle.service.elastic import USAGE_INTERVAL, ElasticGrants, UsagePoller
-from walle.service.executor import Executor, NodeInstances, Outcome
+from walle.service.executor import Executor, Outcome, failed_outcomes
 from walle.service.history import (
     HistoryWriter,
     new_refusals,
@@ -62,6 +64,7 @@ from walle.service.history import (
     step_events,
     unplaced_slots,
 )
+from walle.service.leftovers import LeftoverReaping
 from walle.service.policy import PrivilegePolicy
 from walle.service.presence import DEFAULT_DOWN_GRACE, DEFAULT_LEAVE_GRACE, NodePresence
 from walle.service.records import (
@@ -79,10 +82,7 @@ from walle.service.state_cache import SnapshotReader
 log = logging.getLogger("walle.scheduler")
 
 FAILED_CHECK_GRACE = 10.0  # a running instance critical this long is moved elsewhere
-BATCH_PROBE = 5.0  # seconds between reads of running batch units
 CONSUL_OUTAGE = 5.0  # a snapshot that took longer: Consul was out, nodes may have fenced
-ACTIVE_UNIT_STATES = ("active", "activating", "reloading")  # a unit that runs (or restarts)
-INSPECT_RETRY = 10.0  # a returning node that did not answer the listing is asked again then
 MIN_WAKE = 0.05
 
 T = TypeVar("T")
@@ -112,6 +112,9 @@ class SchedulerConfig:
     # a failed node (serfHealth critical: dead or cut off) keeps its instances this long, so
     # that a cut-off node's fence has stopped them before they start elsewhere (presence.py)
     node_down_grace: float = DEFAULT_DOWN_GRACE
+    # playbook runs beside the loop at once (service/dispatch.py); 0: each within its step
+    # (the loop then waits for it: the step-by-step tests). `walle scheduler run` runs 4.
+    max_inflight_batches: int = 0
     # autoscaling (service/autoscale.py): where Prometheus queries go, how often jobs are
     # measured
     prometheus_addr: str | None = None
@@ -156,7 +159,7 @@ class Backoff:
         self.delay = self.base
 
 
-class Scheduler:
+class Scheduler(BatchWork, LeftoverReaping):
     def __init__(self, api: ConsulApi, config: SchedulerConfig,
                  executor: Executor | None = None, clock: Callable[[], float] = time.time,
                  usage_reader: Callable[[Iterable[str]], Usage] | None = None):
@@ -182,6 +185,7 @@ class Scheduler:
         self._seen_lock = threading.Lock()
         self._seen_down: set[str] = set()  # nodes the health watch saw failed (since a step)
         self._last_batch_probe = float("-inf")
+        self.dispatcher = Dispatcher(config.max_inflight_batches, on_finished=self.wake.set)
         self.usage = UsagePoller(usage_reader or (lambda nodes: read_node_usage(api, nodes)),
                                  config.usage_interval, clock, on_read=self.wake.set)
         self._new_term()
@@ -208,11 +212,14 @@ class Scheduler:
                 self._lead()
             finally:
                 self._stop_watches()
+                self.dispatcher.new_term()  # no longer leading: queued batches never start
         self.lock.step_down()
 
     def _new_term(self) -> None:
         """Forget what the last term saw: a new leader resumes, re-reads unsettled batch work
-        and lists what runs on every ready node once."""
+        and lists what runs on every ready node once. Outcomes of the last term's batches are
+        never applied (service/dispatch.py): this term reads the state they left."""
+        self.dispatcher.new_term()
         self._resumed = False
         self.adopter = Adopter(self.api, self.clock)
         self.presence = NodePresence(self.config.node_leave_grace,  # graces from our eyes
@@ -297,6 +304,7 @@ class Scheduler:
 
     def _on_lost(self) -> None:
         log.warning("leader lock lost")
+        self.dispatcher.new_term()  # queued batches never start; outcomes are never applied
         self.wake.set()
 
     def _start_watches(self) -> None:
@@ -354,6 +362,7 @@ class Scheduler:
         records = dict(snap.records)
         changed: dict[str, SlotRecord] = {}
         self._take_commits(snap, records, report, now)
+        self._apply_finished(snap, records, report, now)
         if not self._resumed:
             self._resume(snap, records, changed, report)
             self._resumed = True
@@ -361,7 +370,7 @@ class Scheduler:
         self._advance_health(snap, records, changed, report, now)
         self._write(changed, records=records)
         changed.clear()
-        self._finish_moves(snap, records, changed, report)
+        self._finish_moves(snap, records, changed, report, now)
         self._write(changed, records=records)
         changed.clear()
         self._reap_orphans(snap, records, report)
@@ -381,19 +390,6 @@ class Scheduler:
         self.autoscaler.run(snap, now)  # a new count is written like `walle scale`
         report.next_deadline = self._next_deadline(snap, records, now)
         return report
-
-    def _take_commits(self, snap: Snapshot, records: dict[str, SlotRecord],
-                      report: StepReport, now: float) -> None:
-        """Finished batch runs (decide.take_commits) become done before anything is placed:
-        a node may have died or been cut off right after the run, and reading its commit
-        first is what keeps the run from being repeated. Each commit is deleted in the
-        write that records it; one that matches no current placement is deleted unused."""
-        changed, consumed = take_commits(snap, records, now)
-        for key, record in sorted(changed.items()):
-            records[key] = record
-            report.finished.append(key)
-            log.info("batch %s finished on %s (committed by the node)", key, record.alloc.node)
-        self._write(changed, records=records, consumed=consumed)
 
     def _resume(self, snap: Snapshot, records: dict[str, SlotRecord],
                 changed: dict[str, SlotRecord], report: StepReport) -> None:
@@ -419,9 +415,12 @@ class Scheduler:
 
     def _advance_health(self, snap: Snapshot, records: dict[str, SlotRecord],
                         changed: dict[str, SlotRecord], report: StepReport, now: float) -> None:
+        in_flight = self._in_flight()
         for key, record in list(records.items()):
             spec = snap.jobs.get(record.alloc.job)
             if spec is None or record.alloc.state not in ("pending", "running"):
+                continue
+            if key in in_flight:  # a batch acts on it now: its outcome comes first
                 continue
             if key in self._unsettled:  # not known to have started: no health to read yet
                 continue
@@ -490,291 +489,46 @@ class Scheduler:
         return ""
 
     def _finish_moves(self, snap: Snapshot, records: dict[str, SlotRecord],
-                      changed: dict[str, SlotRecord], report: StepReport) -> None:
+                      changed: dict[str, SlotRecord], report: StepReport, now: float) -> None:
         """Stop the previous instance of slots whose new instance now passes (or failed: then
         the old one keeps its place only if the new one is gone for good)."""
+        in_flight = self._in_flight()
         done = [r for r in records.values() if r.previous is not None
-                and r.alloc.state == "running" and r.previous.node not in snap.away]
-        alive = [r for r in done if snap.nodes.get(r.previous.node)
+                and r.alloc.state == "running" and r.previous.node not in snap.away
+                and r.key not in in_flight]
+        alive = [r.previous for r in done if snap.nodes.get(r.previous.node)
                  and snap.nodes[r.previous.node].state != "down"]
-        outcomes = self._stop([r.previous for r in alive], snap)
         for r in done:
-            outcome = outcomes.get(r.key, Outcome(True))
-            if outcome.ok:
-                changed[r.key] = records[r.key] = replace(r, previous=None)
-                report.stopped.append(f"{r.key}@{r.previous.node}")
-            else:  # the previous instance keeps running; the next step tries again
-                report.failed[f"{r.key}@{r.previous.node}"] = f"stop: {outcome.error}"
+            if snap.nodes.get(r.previous.node) and snap.nodes[r.previous.node].state != "down":
+                continue  # stopped below
+            changed[r.key] = records[r.key] = replace(r, previous=None)
+            report.stopped.append(f"{r.key}@{r.previous.node}")
+        self._dispatch("stop previous", alive, lambda allocs: self._stop(allocs, snap),
+                       partial(self._previous_stopped, alive), snap, records, report, now)
 
-    def _finish_batches(self, snap: Snapshot, records: dict[str, SlotRecord],
-                        report: StepReport, now: float) -> None:
-        """Batch instances end on their own: read their units (at most every BATCH_PROBE
-        seconds) and record success as `stopped` (done) and failure as `failed` (the core
-        retries elsewhere, up to the job's retries)."""
-        running = [r for r in records.values() if r.alloc.state == "running"
-                   and (spec := snap.jobs.get(r.alloc.job)) is not None and spec.kind == "batch"
-                   and snap.nodes.get(r.alloc.node) and snap.nodes[r.alloc.node].state != "down"]
-        if not running or now - self._last_batch_probe < BATCH_PROBE:
-            return
-        self._last_batch_probe = now
-        units = {(r.alloc.node, service_unit(r.alloc.job, r.alloc.slot)): r for r in running}
-        probes = self._per_job("probe", self.executor.probe_units, list(units),
-                               lambda where: units[where].alloc.job)
+    def _previous_stopped(self, stopped: list[Allocation], outcomes: dict[str, Outcome],
+                          snap: Snapshot, records: dict[str, SlotRecord], report: StepReport,
+                          now: float) -> None:
+        """The outcome of _finish_moves' stops: the slot forgets its previous instance."""
         changed: dict[str, SlotRecord] = {}
-        for where, props in probes.items():
-            # placed by this leader: its playbook started the unit (ran = True)
-            progress = batch_progress(props, ran=True)
-            if progress[0] == "absent":  # its unit file is gone: it cannot finish
-                progress = ("failed", "its unit is not on the node (removed?)")
-            self._record_progress(units[where], progress, changed, records, report, now)
-        self._write(changed, records=records)
-
-    def _record_progress(self, record: SlotRecord, progress: tuple[str, str],
-                         changed: dict[str, SlotRecord], records: dict[str, SlotRecord],
-                         report: StepReport, now: float) -> None:
-        """Record what a batch unit did (batch_progress): done -> stopped, failed -> failed
-        with the reason, running -> running; "absent" is the caller's business."""
-        state, reason = progress
-        key = record.key
-        if state == "done":  # the core's `stopped`; the operator's `complete`
-            done = record.with_alloc(replace(record.alloc, state="stopped"), now)
-            changed[key] = records[key] = done.marked("complete", "finished successfully")
-            report.finished.append(key)
-        elif state == "failed":
-            changed[key] = records[key] = record.failed(reason, now)
-            report.failed[key] = reason
-        elif state == "running" and record.alloc.state != "running":
-            changed[key] = records[key] = record.with_alloc(replace(record.alloc,
-                                                                    state="running"), now)
-            report.running.append(key)
-
-    def _settle_batches(self, snap: Snapshot, records: dict[str, SlotRecord],
-                        changed: dict[str, SlotRecord], report: StepReport,
-                        now: float) -> None:
-        """Pending batch instances a previous leader left (its playbook may have started
-        them, and they may have finished since): ask their node before placing anything.
-        A unit that ran is recorded as done or failed, an active one as running; only one
-        that never started is placed. A node that does not answer is asked again (every
-        BATCH_PROBE s) and nothing is started meanwhile; if it goes down, the core re-places
-        the slot (at-least-once: docs/architecture.md, "Batch jobs run once")."""
-        live: dict[tuple[str, str], SlotRecord] = {}
-        for key in sorted(self._unsettled):
+        for previous in stopped:
+            key = previous.key
+            outcome = outcomes.get(key, Outcome(True))
+            if not outcome.ok:  # the previous instance keeps running; the next step tries again
+                report.failed[f"{key}@{previous.node}"] = f"stop: {outcome.error}"
+                continue
             r = records.get(key)
-            node = snap.nodes.get(r.alloc.node) if r else None
-            if (r is None or r.alloc.state != "pending" or r.alloc.job not in snap.jobs
-                    or node is None or node.state == "down"):
-                if r is None or r.alloc.node not in snap.away:  # away: ask when it is back
-                    self._unsettled.discard(key)  # settled otherwise: stopped, moved, lost
-                continue
-            live[(r.alloc.node, service_unit(r.alloc.job, r.alloc.slot))] = r
-        if not live or now - self._last_settle < BATCH_PROBE:
-            return
-        self._last_settle = now
-        probes = self._per_job("probe", self.executor.probe_units, list(live),
-                               lambda where: live[where].alloc.job)
-        listings = self._list_instances({node for node, _ in live})
-        never_started = []
-        for where, r in live.items():
-            props, listing = probes.get(where), listings.get(where[0])
-            if props is None or listing is None:
-                continue  # no answer: ask again, start nothing
-            self._unsettled.discard(r.key)
-            progress = batch_progress(props, ran=r.key in listing.manifests)
-            if progress[0] == "absent":
-                never_started.append(r)
-            else:
-                self._record_progress(r, progress, changed, records, report, now)
-        if never_started:
-            log.info("placing %d pending batch instance(s) that never started: %s",
-                     len(never_started), ", ".join(r.key for r in never_started))
-        outcomes = self._place([r.alloc for r in never_started], snap)
-        for r in never_started:
-            outcome = outcomes.get(r.key, Outcome(False, "no result"))
-            if not outcome.ok:
-                changed[r.key] = records[r.key] = r.failed(outcome.error, now)
-                report.failed[r.key] = outcome.error
-
-    def _reap_orphans(self, snap: Snapshot, records: dict[str, SlotRecord],
-                      report: StepReport) -> None:
-        """Instances registered on a live node where no record puts them. Healthy ones of a
-        slot with no record are adopted (lost or restored state: walle.service.adopt); the
-        rest are stopped (left behind by a node that was down while its work moved, or by a
-        crash between a stop and its record's removal), which keeps "one instance per slot"
-        true after recovery. Instances of unknown jobs are stopped only after `walle stop`.
-        A job or slot whose record cannot be read is left alone: we do not know what it holds."""
-        claims = self.adopter.claim(snap, records)
-        if claims.records:
-            records.update(claims.records)
-            self._write(claims.records, records=records)
-            report.adopted += claims.adopted
-        self._place_lost_again(snap, records, claims.lost, report)
-        orphans = [(f.job, f.slot, f.node) for f in claims.reap]
-        if orphans:
-            log.warning("stopping %d orphaned instance(s): %s", len(orphans),
-                        ", ".join(f"{j}-{s}@{n}" for j, s, n in orphans))
-            outcomes = self._per_job("stop orphans", self.executor.stop_instances, orphans,
-                                     lambda o: o[0],
-                                     _failed_outcomes(lambda o: instance_id(*o[:2])))
-            for key, outcome in outcomes.items():
-                if outcome.ok:
-                    report.stopped.append(f"orphan {key}")
-
-    def _relist_nodes(self, why: str) -> None:
-        """Consul was out of reach: every node's fence may have fired meanwhile (walle-fence
-        stops a node's units when it loses Consul) without any node ever reading as down, so
-        list every ready node again at the next step (_reap_leftovers, _restart_fenced)."""
-        if self._node_states:
-            log.warning("%s: listing what every node runs at the next step", why)
-        self._node_states = {}
-
-    def _reap_leftovers(self, snap: Snapshot, records: dict[str, SlotRecord],
-                        report: StepReport, now: float) -> None:
-        """Stop what a node that comes back still runs although its work moved on: cron
-        timers, batch units and services (registered or not). Consul registrations alone
-        cannot show them (cron and batch register nothing), so the node is asked (manifests
-        and walle-* units, one command for all such nodes), and what it should run but does
-        not is started again (_restart_fenced). Only nodes back from down (in a snapshot, or
-        seen failed by the health watch in between), and at a new leader's first step every
-        ready node, once per term: not every step."""
-        with self._seen_lock:
-            seen_down, self._seen_down = self._seen_down, set()
-        for name, info in snap.nodes.items():
-            was = self._node_states.get(name)
-            if info.state == "down":
-                self._to_inspect.discard(name)
-            elif was is None or was == "down" or name in seen_down:
-                self._to_inspect.add(name)
-        self._node_states = {n: info.state for n, info in snap.nodes.items()}
-        due = sorted(n for n in self._to_inspect if self._inspect_after.get(n, -1.0) <= now)
-        if not due:
-            return
-        listings = self._list_instances(due)
-        for node in due:
-            if node in listings:
-                self._to_inspect.discard(node)
-                self._inspect_after.pop(node, None)
-            else:
-                self._inspect_after[node] = now + INSPECT_RETRY
-        self._restart_fenced(snap, records, listings, report)
-        leftovers = self._leftovers(snap, records, listings)
-        if not leftovers:
-            return
-        log.warning("stopping %d instance(s) left on returning node(s) where no record puts "
-                    "them: %s", len(leftovers), ", ".join(f"{j}-{s}@{n}" for j, s, n in leftovers))
-        outcomes = self._per_job("stop leftovers", self.executor.stop_instances, leftovers,
-                                 lambda o: o[0], _failed_outcomes(lambda o: instance_id(*o[:2])))
-        for (job, slot, node) in leftovers:
-            outcome = outcomes.get(instance_id(job, slot), Outcome(False, "no result"))
-            if outcome.ok:
-                report.stopped.append(f"leftover {job}-{slot}@{node}")
-            else:  # the node is asked again later
-                self._to_inspect.add(node)
-                self._inspect_after[node] = now + INSPECT_RETRY
-
-    def _restart_fenced(self, snap: Snapshot, records: dict[str, SlotRecord],
-                        listings: dict[str, NodeInstances], report: StepReport) -> None:
-        """Running service and cron instances whose node keeps their manifest but whose unit
-        is not active there (stopped, or unloaded since): a node cut off for longer than its
-        fence stopped them (roles/node walle-fence), or a node rebooted, and it came back
-        within the down grace, so they were never moved. Place them again where they are
-        (idempotent: a unit that runs keeps its process). Batch instances are left to the
-        batch probe: a stopped run is a failed run, not one to start silently again."""
-        fenced = []
-        for r in records.values():
-            spec = snap.jobs.get(r.alloc.job)
-            listing = listings.get(r.alloc.node)
-            if (spec is None or listing is None or r.alloc.state != "running"
-                    or spec.kind == "batch" or r.key in snap.blocked_slots
-                    or r.alloc.job in snap.frozen_jobs):
-                continue
-            unit = (timer_unit if spec.kind == "cron" else service_unit)(r.alloc.job,
-                                                                         r.alloc.slot)
-            if r.key in listing.manifests and listing.units.get(unit) not in ACTIVE_UNIT_STATES:
-                fenced.append(r)
-        if not fenced:
-            return
-        log.warning("starting %d instance(s) again on their own node (not active there: "
-                    "fenced while cut off, or rebooted): %s", len(fenced),
-                    ", ".join(f"{r.key}@{r.alloc.node}" for r in fenced))
-        self._place_again(snap, records, fenced, report, "")
-
-    def _leftovers(self, snap: Snapshot, records: dict[str, SlotRecord],
-                   listings: dict[str, NodeInstances]) -> list[tuple[str, int, str]]:
-        """(job, slot, node) of listed instances no record puts on their node. Left alone:
-        instances Consul has registered (the adopter sorts those out), those of a job or slot
-        whose record cannot be read (hands off), unclaimed ones (a job with neither a record
-        nor a tombstone: the state looks lost, walle.service.adopt), and those of a slot of a
-        known job that has no record at all (lost state too: only a registered service can be
-        adopted; a cron or batch instance is reported, not killed)."""
-        claimed = {(r.alloc.node, key) for key, r in records.items()}
-        claimed |= {(r.previous.node, key) for key, r in records.items() if r.previous}
-        stopped: frozenset[str] | None = None
-        out = []
-        for node, listing in sorted(listings.items()):
-            for iid in sorted(listing.instance_ids()):
-                parsed = parse_instance_id(iid)
-                if (parsed is None or (node, iid) in claimed
-                        or (node, iid) in snap.health.instances
-                        or parsed[0] in snap.frozen_jobs or iid in snap.blocked_slots):
-                    continue
-                if parsed[0] not in snap.jobs and iid not in records:
-                    stopped = stopped_jobs(self.api) if stopped is None else stopped
-                    if parsed[0] not in stopped:
-                        self._note(f"{iid}@{node}", "runs unclaimed (no job, no record, no "
-                                   "tombstone): kept; `walle stop` the job to stop it")
-                        continue
-                spec = snap.jobs.get(parsed[0])
-                if spec is not None and iid not in records and parsed[1] < spec.count:
-                    # a slot with no record at all (lost state): not stopped blindly
-                    self._note(f"{iid}@{node}", "runs with no record for its slot: kept")
-                    continue
-                out.append((parsed[0], parsed[1], node))
-        return out
-
-    def _list_instances(self, nodes: Iterable[str]) -> dict[str, NodeInstances]:
-        """executor.list_instances; a failure (any node's) leaves every node unanswered."""
-        try:
-            return self.executor.list_instances(sorted(nodes))
-        except ConsulError:
-            raise
-        except Exception as err:  # noqa: BLE001 - asked again later
-            self._note("list instances", describe_error(err), exc=err)
-            return {}
-
-    def _place_lost_again(self, snap: Snapshot, records: dict[str, SlotRecord],
-                          lost: list[SlotRecord], report: StepReport) -> None:
-        """Running records whose registration vanished (an agent restart, an old backup):
-        place them again on their own node. The modules are idempotent, so a unit that still
-        runs keeps its process and gets its registration back; only if that fails is the
-        record failed (the playbook's rescue has then removed the unit: no second copy)."""
-        if not lost:
-            return
-        outcomes = self._place_again(snap, records, lost, report,
-                                     f"lost: registered nowhere for {MISSING_GRACE:.0f}s; ")
-        self.adopter.replaced([r.key for r in lost if outcomes.get(r.key, Outcome(False)).ok])
-
-    def _place_again(self, snap: Snapshot, records: dict[str, SlotRecord],
-                     again: list[SlotRecord], report: StepReport,
-                     why: str) -> dict[str, Outcome]:
-        """Place running records again where they are (idempotent); one that fails is failed
-        with `why` + the error."""
-        outcomes = self._place([r.alloc for r in again], snap)
-        now = self.clock()
-        failed: dict[str, SlotRecord] = {}
-        for r in again:
-            outcome = outcomes.get(r.key, Outcome(False, "no result"))
-            if outcome.ok:
-                report.placed.append(f"{r.key}@{r.alloc.node}")
-                continue
-            failed[r.key] = records[r.key] = r.failed(why + outcome.error, now)
-            report.failed[r.key] = why + outcome.error
-        self._write(failed, records=records)
-        return outcomes
+            if r is not None and r.previous is not None and _same_placement(r.previous,
+                                                                            previous):
+                changed[key] = records[key] = replace(r, previous=None)
+            report.stopped.append(f"{key}@{previous.node}")
+        self._write(changed, records=records)
 
     # ----- planning -----------------------------------------------------------------------
     def _plan(self, snap: Snapshot, records: dict[str, SlotRecord], now: float) -> Plan:
         """The decision (walle.service.decide: `walle plan` runs the same function)."""
         return decide(snap, records, now, seed=self.config.seed, placement=self.placement,
+                      in_flight=self._in_flight(),
                       on_unplannable=lambda name, err: self._note(
                           name, f"cannot plan: {describe_error(err)}", exc=err))
 
@@ -784,16 +538,17 @@ class Scheduler:
         gone = [s.alloc for s in plan.stops] + [e.alloc for e in plan.evictions]
         live = [a for a in gone if a.node in snap.nodes and snap.nodes[a.node].state != "down"
                 and a.state in ("pending", "running")]
-        outcomes = self._stop(live, snap)
-        deletes = []
-        for a in gone:
-            outcome = outcomes.get(a.key, Outcome(True))
-            if outcome.ok and a.key in records:
-                deletes.append(records.pop(a.key))
-                report.stopped.append(a.key)
-            elif not outcome.ok:
-                report.failed[a.key] = f"stop: {outcome.error}"
-        self._write({}, deletes)
+        # beside the loop, the step that decided tells (events are worded from its plan); a
+        # stop or placement that then fails is reported when its outcome is in
+        told = not self.dispatcher.inline
+        if told:
+            report.stopped += [a.key for a in live]
+        self._dispatch("stop", live, lambda allocs: self._stop(allocs, snap),
+                       partial(self._stopped, live, told), snap, records, report, now)
+        stopped_on = {a.key: a.node for a in live}  # an evicted slot placed again: after its stop
+        stopping = {a.key for a in live}  # the others' node is down: nothing to stop there
+        self._stopped([a for a in gone if a.key not in stopping], False, {}, snap, records,
+                      report, now)
 
         # 2. placements: intent first (pending), then the playbook, then the outcome
         starts: dict[str, SlotRecord] = {}
@@ -813,56 +568,94 @@ class Scheduler:
                                             f"new version {r.new.spec_digest}")
         records.update(starts)
         self._write(starts, records=records)
+        placing = [rec.alloc for rec in starts.values()]
+        if told:
+            report.placed += [f"{a.key}@{a.node}" for a in placing]
+        # a new version on the same node: the old instance leaves the pool and drains first
         in_place = {r.new.key for r in plan.replaces if r.new.node == r.old.node}
-        outcomes = self._place([rec.alloc for rec in starts.values()], snap, in_place)
+        self._dispatch("place", placing,
+                       lambda allocs: self._run_place(allocs, snap, in_place),
+                       partial(self._placed, placing, replaced, told), snap, records, report,
+                       now, after=stopped_on)
+
+        # 3. live changes: resources updated in place and elastic grants
+        regrants = [u.new for u in plan.updates] + [g.new for g in plan.regrants]
+        regrants = [a for a in regrants if a.key in records]
+        self._dispatch("regrant", regrants, lambda allocs: self._regrant(allocs, snap),
+                       partial(self._regranted, regrants), snap, records, report, now)
+
+    # ----- what a finished batch changes (applied by the step after it, or inline) ----------
+    def _stopped(self, stopped: list[Allocation], told: bool, outcomes: dict[str, Outcome],
+                 snap: Snapshot, records: dict[str, SlotRecord], report: StepReport,
+                 now: float) -> None:
+        """Stopped (or evicted) instances lose their record; a failed stop keeps it (the next
+        step tries again). `told`: the deciding step reported the stops already."""
+        deletes = []
+        for a in stopped:
+            outcome = outcomes.get(a.key, Outcome(True))
+            r = records.get(a.key)
+            if outcome.ok and r is not None and _same_placement(r.alloc, a):
+                deletes.append(records.pop(a.key))
+                if not told:
+                    report.stopped.append(a.key)
+            elif not outcome.ok:
+                report.failed[a.key] = f"stop: {outcome.error}"
+        self._write({}, deletes)
+
+    def _placed(self, placed: list[Allocation], replaced: set[str], told: bool,
+                outcomes: dict[str, Outcome], snap: Snapshot, records: dict[str, SlotRecord],
+                report: StepReport, now: float) -> None:
+        """A placement that failed fails its record (a new version that cannot even start
+        rolls its job back); one whose slot moved on meanwhile is left to what it is now.
+        `told`: the deciding step reported the placements already."""
         after: dict[str, SlotRecord] = {}
-        for key in starts:
-            rec = records[key]
+        for a in placed:
+            key = a.key
             outcome = outcomes.get(key, Outcome(False, "no result"))
             if outcome.ok:
-                report.placed.append(f"{key}@{rec.alloc.node}")
+                self._started.add((key, attempt_of(a)))
+                if not told:
+                    report.placed.append(f"{key}@{a.node}")
+                continue
+            rec = records.get(key)
+            if rec is None or not _same_placement(rec.alloc, a):
                 continue
             reason = outcome.error
-            if key in replaced:  # a new version that cannot even start: the rollout failed
-                rollback = self._maybe_roll_back(snap, snap.jobs[rec.alloc.job], rec.alloc,
-                                                 report)
+            spec = snap.jobs.get(a.job)
+            if key in replaced and spec is not None:  # the rollout failed
+                rollback = self._maybe_roll_back(snap, spec, rec.alloc, report)
                 reason += f"; {rollback}" if rollback else ""
             report.failed[key] = reason
             after[key] = records[key] = rec.failed(reason, now)
         self._write(after, records=records)
 
-        # 3. live changes: resources updated in place and elastic grants
-        regrants = [(u.new, u.old.state) for u in plan.updates]
-        regrants += [(g.new, g.old.state) for g in plan.regrants]
-        self._regrant([(a, state) for a, state in regrants if a.key in records], snap, records)
-
-    def _regrant(self, items: list[tuple[Allocation, str]], snap: Snapshot,
-                 records: dict[str, SlotRecord]) -> set[str]:
-        """Apply new grants live (grants.yml) and keep them in the slot records (a new leader
-        keeps them); the keys whose grant changed."""
-        outcomes = self._per_job("regrant", self.executor.regrant,
-                                 [(a, snap.jobs[a.job]) for a, _ in items],
-                                 lambda item: item[0].job,
-                                 _failed_outcomes(lambda item: item[0].key))
+    def _regranted(self, regranted: list[Allocation], outcomes: dict[str, Outcome],
+                   snap: Snapshot, records: dict[str, SlotRecord], report: StepReport,
+                   now: float) -> None:
+        """Grants applied on the node are recorded (a failed one is planned again)."""
         grants: dict[str, SlotRecord] = {}
-        for a, state in items:
-            if outcomes.get(a.key, Outcome(False)).ok:
-                grants[a.key] = records[a.key] = replace(records[a.key],
-                                                         alloc=replace(a, state=state))
+        for a in regranted:
+            r = records.get(a.key)
+            if outcomes.get(a.key, Outcome(False)).ok and r is not None \
+                    and _same_placement(r.alloc, a):
+                grants[a.key] = records[a.key] = replace(r, alloc=replace(a,
+                                                                          state=r.alloc.state))
         self._write(grants, records=records)
-        return set(grants)
 
     def _follow_usage(self, snap: Snapshot, records: dict[str, SlotRecord], plan: Plan,
                       report: StepReport, now: float) -> None:
         """Usage-driven grants (service/elastic.py): decide on the reading that arrived since
         the last step, if any, and ask for the next one (read in the background: a slow node
-        never holds the step). A node where something is being placed, moved or changed
-        waits for the next reading."""
+        never holds the step). A node where something is being placed, moved, changed or is
+        in flight waits for the next reading. The new grants are applied like any regrant
+        (grants.yml, beside the loop when batches are)."""
         changed = [x.new.key for x in (*plan.regrants, *plan.updates)]
         self.elastic.applied(changed, now)
+        in_flight = self._in_flight()
         settling = {r.alloc.node for r in records.values()
                     if r.alloc.live and (r.alloc.state != "running" or r.alloc.grant is None
-                                         or r.alloc.job not in snap.jobs)}
+                                         or r.alloc.job not in snap.jobs
+                                         or r.key in in_flight)}
         settling |= {a.node for a in (*(p.alloc for p in plan.places),
                                       *(x.alloc for x in (*plan.stops, *plan.evictions)),
                                       *(y for x in (*plan.migrates, *plan.replaces)
@@ -874,17 +667,66 @@ class Scheduler:
         if reading is None or not steady:
             return
         decided = self.elastic.decide(snap.nodes, steady, reading)
-        done = self._regrant([(d.alloc, d.alloc.state) for d in decided], snap, records)
+        allocs = [d.alloc for d in decided]
+        messages = {d.alloc.key: d.message for d in decided}
+        self._dispatch("regrant", allocs, lambda items: self._regrant(items, snap),
+                       partial(self._usage_regranted, allocs, messages), snap, records,
+                       report, now)
+
+    def _usage_regranted(self, allocs: list[Allocation], messages: dict[str, str],
+                         outcomes: dict[str, Outcome], snap: Snapshot,
+                         records: dict[str, SlotRecord], report: StepReport,
+                         now: float) -> None:
+        """The outcome of a usage-driven regrant: recorded as any regrant, and each change
+        restarts its instance's streak (ElasticGrants) and is reported with its reason."""
+        self._regranted(allocs, outcomes, snap, records, report, now)
+        done = {a.key for a in allocs if outcomes.get(a.key, Outcome(False)).ok}
         self.elastic.applied(done, now)
-        for d in decided:
-            if d.alloc.key in done:
-                report.regranted[d.alloc.key] = d.message
-                log.info("%s on %s: %s", d.alloc.key, d.alloc.node, d.message)
+        for a in allocs:
+            if a.key in done:
+                report.regranted[a.key] = messages[a.key]
+                log.info("%s on %s: %s", a.key, a.node, messages[a.key])
+
+    # ----- batches beside the loop (service/dispatch.py) --------------------------------------
+    def _dispatch(self, what: str, allocs: list[Allocation],
+                  run: Callable[[list[Allocation]], dict[str, Outcome]],
+                  done: Callable[..., None], snap: Snapshot, records: dict[str, SlotRecord],
+                  report: StepReport, now: float,
+                  after: Mapping[str, str] | None = None) -> None:
+        """Run `run(allocs)` (one executor call). Inline (max_inflight_batches 0) its outcome
+        is applied at once; otherwise it runs beside the loop, its slots in flight, and
+        `done(outcomes, snap, records, report, now)` is applied by the first step after it
+        ends, with that step's state. An instance waits for the batches of its node and, if
+        its slot is in `after` (slot -> node), of that node too."""
+        if not allocs:
+            return
+        if self.dispatcher.inline:
+            done(run(allocs), snap, records, report, now)
+            return
+        self.dispatcher.submit(
+            what, allocs, lambda a: frozenset({a.node, (after or {}).get(a.key, a.node)}),
+            lambda a: a.key, run, done)
+
+    def _apply_finished(self, snap: Snapshot, records: dict[str, SlotRecord],
+                        report: StepReport, now: float) -> None:
+        """Apply the outcomes of the batches that ended since the last step (of this term
+        only). A write that fails here (Consul, a lost lock) leaves the rest unapplied: their
+        records say what was intended (pending intent is placed again or settled from the
+        node, a stop is planned again), as after a leader crash."""
+        for batch in self.dispatcher.take_finished():
+            batch.done(batch.outcomes, snap, records, report, now)
+
+    def _in_flight(self) -> set[str]:
+        """Slots a batch acts on now: the step leaves them alone until its outcome is in."""
+        return self.dispatcher.in_flight()
 
     def _next_deadline(self, snap: Snapshot, records: dict[str, SlotRecord],
                        now: float) -> float | None:
         deadlines = []
+        in_flight = self._in_flight()  # their batch's end wakes the loop: no deadline to keep
         for r in records.values():
+            if r.key in in_flight:
+                continue
             spec = snap.jobs.get(r.alloc.job)
             if spec and r.alloc.state == "pending":
                 deadlines.append(r.state_since + spec.update.health_timeout + 0.1)
@@ -966,24 +808,32 @@ class Scheduler:
             log.warning("could not record this step's events: %s", describe_error(err))
 
     # ----- one job's trouble stays its own -------------------------------------------------
-    def _place(self, allocs: list[Allocation], snap: Snapshot,
-               replacing: frozenset[str] | set[str] = frozenset()) -> dict[str, Outcome]:
-        """`replacing`: keys whose new version replaces the instance running on the same node
-        (it leaves the pool and drains before the restart)."""
-        outcomes = self._per_job("place",
-                                 lambda items: self.executor.place(items, snap.addresses,
-                                                                   replacing),
-                                 [(a, snap.jobs[a.job]) for a in allocs],
-                                 lambda item: item[0].job,
-                                 _failed_outcomes(lambda item: item[0].key))
+    def _place(self, allocs: list[Allocation], snap: Snapshot) -> dict[str, Outcome]:
+        """Place within the step (repairs, a new term's resumption): the step waits."""
+        outcomes = self._run_place(allocs, snap)
         self._started.update((a.key, attempt_of(a)) for a in allocs
                              if (outcome := outcomes.get(a.key)) is not None and outcome.ok)
         return outcomes
 
+    def _run_place(self, allocs: list[Allocation], snap: Snapshot,
+                   replacing: Collection[str] = frozenset()) -> dict[str, Outcome]:
+        """The executor's placement, isolated per job (no state of the leader changes: this
+        may run beside the loop). `replacing`: keys whose new version replaces the instance
+        running on the same node (it leaves the pool and drains before the restart)."""
+        return self._per_job("place",
+                             lambda items: self.executor.place(items, snap.addresses, replacing),
+                             [(a, snap.jobs[a.job]) for a in allocs], lambda item: item[0].job,
+                             failed_outcomes(lambda item: item[0].key))
+
+    def _regrant(self, allocs: list[Allocation], snap: Snapshot) -> dict[str, Outcome]:
+        return self._per_job("regrant", self.executor.regrant,
+                             [(a, snap.jobs[a.job]) for a in allocs],
+                             lambda item: item[0].job, failed_outcomes(lambda item: item[0].key))
+
     def _stop(self, allocs: list[Allocation], snap: Snapshot) -> dict[str, Outcome]:
         """Stop allocs; each drains first for its job's stop.drain (docs/lb.md)."""
         return self._per_job("stop", lambda items: self.executor.stop(items, snap.jobs), allocs,
-                             lambda a: a.job, _failed_outcomes(lambda a: a.key))
+                             lambda a: a.job, failed_outcomes(lambda a: a.key))
 
     def _per_job(self, what: str, call: Callable[[list[T]], dict[Any, Any]], items: list[T],
                  job_of: Callable[[T], str],
@@ -1113,37 +963,9 @@ def _instance_health(spec: JobSpec, snap: Snapshot, a: Allocation) -> str:
     return "passing" if status == "passing" else "critical"
 
 
-def batch_progress(props: dict[str, str], ran: bool) -> tuple[str, str]:
-    """What a batch unit did, from `systemctl show` (executor.probe_units) and whether it is
-    known to have started (`ran`: a placement of this leader, or the instance's manifest on
-    the node, which place.yml writes right after starting the unit): (state, reason), state
-    one of running, done, failed, absent (never started). systemd unloads a unit that
-    finished successfully, and an unloaded unit reads inactive with no start timestamp, just
-    like one that never ran: the manifest tells them apart. Batch units are written with
-    RemainAfterExit=yes, so a finished run reads active (exited) and is never unloaded: that
-    closes the window in which a leader killed inside place.yml, before the manifest was
-    written, left no trace of a run that then finished."""
-    state = props.get("ActiveState")
-    if props.get("LoadState") == "not-found":
-        return "absent", ""  # no unit file on the node: never placed there (or removed)
-    if state == "active" and props.get("SubState") == "exited":
-        if props.get("Result") == "success" and props.get("ExecMainStatus") == "0":
-            return "done", ""
-        return "failed", f"exited: {props.get('Result')} (status {props.get('ExecMainStatus')})"
-    if state in ("active", "activating", "deactivating", "reloading"):
-        return "running", ""
-    ran = ran or props.get("InactiveExitTimestampMonotonic", "0") not in ("", "0")
-    if state != "failed" and not ran:
-        return "absent", ""
-    if state != "failed" and props.get("Result") == "success" \
-            and props.get("ExecMainStatus") == "0":
-        return "done", ""
-    return "failed", f"exited: {props.get('Result')} (status {props.get('ExecMainStatus')})"
-
-
-def _failed_outcomes(key_of: Callable[[Any], str]) -> Callable[[list, str], dict[str, Outcome]]:
-    """on_error for executor calls answering per instance: each item failed, with the reason."""
-    return lambda items, reason: {key_of(item): Outcome(False, reason) for item in items}
+def _same_placement(a: Allocation, b: Allocation) -> bool:
+    """The same placement of a slot (its node and attempt), whatever its state or grant."""
+    return a.node == b.node and attempt_of(a) == attempt_of(b)
 
 
 def _failed(a: Allocation) -> Allocation:
