@@ -16,6 +16,16 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Every lab node is a booted systemd, and each systemd takes several inotify instances: with a
+# few labs side by side (tests, `walle demo`) the kernel's default of 128 per user runs out
+# and nodes fail to boot ("Failed to allocate manager object"). Raised now and at every boot.
+INOTIFY_INSTANCES=1024
+if (( $(cat /proc/sys/fs/inotify/max_user_instances) < INOTIFY_INSTANCES )); then
+  echo "setup: fs.inotify.max_user_instances=$INOTIFY_INSTANCES (lab nodes run systemd)" >&2
+  sysctl -q -w fs.inotify.max_user_instances=$INOTIFY_INSTANCES
+  echo "fs.inotify.max_user_instances = $INOTIFY_INSTANCES" > /etc/sysctl.d/60-walle-lab.conf
+fi
+
 PYTHON=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
   echo "setup: creating .venv with $($PYTHON --version)" >&2
