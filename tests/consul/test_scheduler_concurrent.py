@@ -68,7 +68,7 @@ class SlowExecutor(RecordingExecutor):
                     self._busy[node] -= 1
                 self.ended.update(dict.fromkeys(keys, time.monotonic()))
 
-    def stop(self, allocs):
+    def stop(self, allocs, jobs=None):
         allocs = list(allocs)
         nodes = {a.node for a in allocs}
         with self._call([a.key for a in allocs], nodes):
@@ -77,7 +77,7 @@ class SlowExecutor(RecordingExecutor):
                 self.release.wait(HELD)
             return super().stop(allocs)
 
-    def place(self, items, addresses):
+    def place(self, items, addresses, replacing=()):
         items = list(items)
         nodes = {a.node for a, _ in items}
         with self._call([a.key for a, _ in items], nodes):

@@ -27,7 +27,7 @@ class GrantKeeper(RecordingExecutor):
         super().__init__(api)
         self.grants: dict = {}
 
-    def place(self, items, addresses):
+    def place(self, items, addresses, replacing=()):
         self.grants.update({a.key: a.grant for a, _ in items})
         return super().place(items, addresses)
 
