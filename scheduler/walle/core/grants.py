@@ -11,7 +11,7 @@ kernel throttles and reclaims before anyone hits the hard limit.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from walle.core.model import Allocation, Grant, Node
@@ -79,7 +79,11 @@ def _elastic_scale(capacity: float, ranges: Sequence[tuple[float, float]]) -> fl
 # the maximum). Hysteresis: a streak of samples before any change, a dead band between the
 # idle and pressing thresholds that a change aims into (`target`), no change smaller than
 # `min_change`, falls slower than rises (more samples), and the streak restarts after each
-# change.
+# change. The policy works in the units a grant is written in (whole percents of a core,
+# bytes): asks are rounded so that a change always lands in the dead band, and the shares of
+# the room are whole units that add up to the room, so rounding neither wastes room nor moves
+# a grant the water-filling did not move (at a few percent, flooring each share on its own
+# lost a unit that went round the neighbours from sample to sample: grants flapped).
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,8 @@ class Change:
 
 @dataclass(frozen=True)
 class _Track:
-    """One resource of one instance, in the units the policy works in (cores or bytes)."""
+    """One resource of one instance, in whole units of its grant (percents of a core,
+    bytes); `used` may be fractional."""
 
     lo: float
     hi: float
@@ -158,23 +163,15 @@ def usage_grants(cpu_capacity: float, memory_capacity: float,
     CPUWeight untouched) and their sum stays within the node's capacity whenever the
     minimums fit it."""
     ordered = sorted(instances, key=lambda i: i.key)
-    cpu = [_Track(i.cpu_min, max(i.cpu_min, i.cpu_max), i.grant.cpu_quota_percent / 100,
-                  i.measured.cpu_cores, i.streak.cpu) for i in ordered]
+    cpu = [_cpu_track(i) for i in ordered]
     memory = [_Track(i.memory_min, max(i.memory_min, int(i.memory_max * MEMORY_HIGH_FRACTION)),
                      i.grant.memory_high, i.measured.memory_bytes, i.streak.memory)
               for i in ordered]
-    new_cpu, cpu_streaks = _resource(cpu_capacity, cpu, policy)
+    new_cpu, cpu_streaks = _resource(_percents(cpu_capacity, math.floor), cpu, policy)
     new_memory, memory_streaks = _resource(memory_capacity, memory, policy)
     changes, streaks = [], {}
     for n, inst in enumerate(ordered):
-        quota = max(math.ceil(round(inst.cpu_min * 100, 6)),
-                    math.floor(round(new_cpu[n] * 100, 6)), 1)
-        high = max(inst.memory_min, int(new_memory[n]))
-        new = replace(inst.grant,
-                      cpu_quota_percent=quota if new_cpu[n] != cpu[n].current
-                      else inst.grant.cpu_quota_percent,
-                      memory_high=high if new_memory[n] != memory[n].current
-                      else inst.grant.memory_high)
+        new = replace(inst.grant, cpu_quota_percent=new_cpu[n], memory_high=new_memory[n])
         cpu_streak = 0 if new.cpu_quota_percent != inst.grant.cpu_quota_percent \
             else cpu_streaks[n]
         memory_streak = 0 if new.memory_high != inst.grant.memory_high else memory_streaks[n]
@@ -184,12 +181,27 @@ def usage_grants(cpu_capacity: float, memory_capacity: float,
     return changes, streaks
 
 
+def _cpu_track(inst: ElasticInstance) -> _Track:
+    """CPU in percents of a core: the floor rounded up to a whole percent (at least 1, the
+    smallest quota), the ceiling rounded down to one (never above max)."""
+    lo = max(1, int(_percents(inst.cpu_min, math.ceil)))
+    used = inst.measured.cpu_cores
+    hi = max(lo, int(_percents(inst.cpu_max, math.floor)))
+    return _Track(lo, hi, inst.grant.cpu_quota_percent, None if used is None else used * 100,
+                  inst.streak.cpu)
+
+
+def _percents(cores: float, rounding: Callable[[float], int]) -> float:
+    """Cores in whole percents of a core, rounded as told (an unlimited node stays so)."""
+    return cores if math.isinf(cores) else rounding(round(cores * 100, 6))
+
+
 def _resource(capacity: float, tracks: Sequence[_Track],
-              policy: ElasticPolicy) -> tuple[list[float], list[int]]:
-    """New grants and streaks of one resource on one node."""
+              policy: ElasticPolicy) -> tuple[list[int], list[int]]:
+    """New grants (whole units) and streaks of one resource on one node."""
     streaks = [_next_streak(t, policy) for t in tracks]
     wants = [_want(t, s, policy) for t, s in zip(tracks, streaks, strict=True)]
-    fitted = _water_fill(capacity, tracks, wants)
+    fitted = _whole_units(capacity, tracks, _water_fill(capacity, tracks, wants))
     # hysteresis: small moves are not made, as long as what is kept still fits the node
     # (a move onto min or max is always made: the floor and the ceiling are reachable)
     kept = [t.current if abs(f - t.current) < policy.min_change * max(t.current, 1e-9)
@@ -210,15 +222,19 @@ def _next_streak(t: _Track, policy: ElasticPolicy) -> int:
     return 0
 
 
-def _want(t: _Track, streak: int, policy: ElasticPolicy) -> float:
-    """What the instance asks for after this sample, within [lo, hi]."""
+def _want(t: _Track, streak: int, policy: ElasticPolicy) -> int:
+    """What the instance asks for after this sample, in whole units within [lo, hi]. Rounded
+    so that the usage lands in the dead band: a rise up (usage at most `target` of it), a fall
+    down but never under usage / target (at a few units, a fall rounded down to under the
+    usage would press at once)."""
     current = min(max(t.current, t.lo), t.hi)
     if t.used is None:
         return current
+    in_band = math.ceil(round(t.used / policy.target, 6))
     if streak >= policy.samples:
-        return min(t.hi, max(current * (1 + policy.step), t.used / policy.target))
+        return min(t.hi, max(math.ceil(round(current * (1 + policy.step), 6)), in_band))
     if streak <= -policy.idle_samples:
-        return max(t.lo, t.used / policy.target, current / (1 + policy.step))
+        return max(t.lo, in_band, math.floor(round(current / (1 + policy.step), 6)))
     return current
 
 
@@ -242,3 +258,18 @@ def _water_fill(capacity: float, tracks: Sequence[_Track], wants: Sequence[float
         left, weight_left = left - ask, weight_left - weight
     level = left / weight_left if weight_left > 0 else math.inf
     return [t.lo + min(a, level * w) for t, a, w in zip(tracks, asks, weights, strict=True)]
+
+
+def _whole_units(capacity: float, tracks: Sequence[_Track], shares: Sequence[float]) -> list[int]:
+    """The water-filled shares in whole units that use the same room: each rounded down,
+    then the units that lost (the room less those) go one each to the largest fractions, the
+    first instance (by key) on a tie. A share is only fractional when it was cut below its
+    ask (a whole number), so no one gets more than its ask."""
+    units = [max(t.lo, math.floor(round(s, 6))) for t, s in zip(tracks, shares, strict=True)]
+    spare = math.floor(round(capacity - sum(units), 6)) if math.isfinite(capacity) else 0
+    fractions = sorted(((round(s - u, 6), -n)
+                        for n, (s, u) in enumerate(zip(shares, units, strict=True))
+                        if round(s - u, 6) > 0), reverse=True)
+    for _, minus_n in fractions[:max(0, spare)]:
+        units[-minus_n] += 1
+    return units
