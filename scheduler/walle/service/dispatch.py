@@ -30,7 +30,11 @@ from walle.service.executor import Outcome
 
 log = logging.getLogger("walle.scheduler")
 
-DEFAULT_MAX_INFLIGHT = 4  # `walle scheduler run --max-inflight-batches`
+# `walle scheduler run --max-inflight-batches`. 0 (the leader waits for each batch) until the
+# chaos run's finding is understood: with batches beside the loop (4), tests/lab/test_chaos.py
+# saw finished batch slots (committed by their node, recorded done) placed and run again
+# (bench/README.md, finding 9). Beside the loop is opt-in until then.
+DEFAULT_MAX_INFLIGHT = 0
 
 T = TypeVar("T")
 Outcomes = dict[Any, Any]
