@@ -21,7 +21,7 @@ _VERBS = ("set", "cas", "get", "delete", "delete-cas")
 
 
 class CatalogOpError(Exception):
-    pass
+    """A catalog operation of a /v1/txn body that Consul would refuse (its message says why)."""
 
 
 def parse_catalog_op(i: int, kind: str, body: object) -> dict:
