@@ -145,7 +145,7 @@ def probe_check(check, timeout):
         except (OSError, ValueError, http.client.HTTPException):  # HTTPError is an OSError
             return False
     if check.get("TCP"):
-        host, _, port = check["TCP"].rpartition(":")
+        host, _colon, port = check["TCP"].rpartition(":")
         try:
             socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
             return True
