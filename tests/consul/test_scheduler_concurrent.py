@@ -250,3 +250,27 @@ def test_a_placement_that_outlasts_its_health_timeout_does_not_make_the_loop_spi
     assert len(steps) < 10
     ex.release.set()
     wait_until(lambda: states(api).get("cache-0") == ("running", "node1"), 30)
+
+
+def test_one_call_split_over_a_busy_and_a_free_node_fails_neither_half(hog_and_web,
+                                                                       wait_until):
+    """One placement call whose instances go to a busy node (node1: hog-0's stop hangs) and a
+    free one runs as two batches. The free half's outcome must touch only its own slots: it
+    once applied to the whole call, so the busy half (no outcome yet) was failed with "no
+    result" and placed again (a batch run twice: chaos finding 9)."""
+    api, ex, begin = hog_and_web
+    begin()
+    jobs.scale(StateStore(api), "hog", 0)
+    wait_until(ex.held.is_set, 30)
+    away_from = [{"attribute": "name", "operator": "ne", "value": n} for n in ("node3", "node4")]
+    assert StateStore(api).put_job(web_spec(count=2, name="duo", service={"port": 6060},
+                                            cpu="1", constraints=[{"operator": "distinct_hosts"},
+                                                                  *away_from]), 0)
+    wait_until(lambda: {states(api).get(k) for k in ("duo-0", "duo-1")}
+               >= {("running", "node2")}, 30)  # the free half ran and its outcome is in
+    (busy,) = [k for k in ("duo-0", "duo-1") if states(api)[k][1] == "node1"]
+    time.sleep(1.0)  # room for a step that would fail it
+    assert states(api)[busy] == ("pending", "node1")  # waiting for node1, not failed
+    ex.release.set()
+    wait_until(lambda: states(api).get(busy) == ("running", "node1"), 30)
+    assert [k for k, _ in ex.placed].count(busy) == 1  # placed once, never again

@@ -504,7 +504,7 @@ class Scheduler(BatchWork, LeftoverReaping):
             changed[r.key] = records[r.key] = replace(r, previous=None)
             report.stopped.append(f"{r.key}@{r.previous.node}")
         self._dispatch("stop previous", alive, lambda allocs: self._stop(allocs, snap),
-                       partial(self._previous_stopped, alive), snap, records, report, now)
+                       self._previous_stopped, snap, records, report, now)
 
     def _previous_stopped(self, stopped: list[Allocation], outcomes: dict[str, Outcome],
                           snap: Snapshot, records: dict[str, SlotRecord], report: StepReport,
@@ -544,11 +544,11 @@ class Scheduler(BatchWork, LeftoverReaping):
         if told:
             report.stopped += [a.key for a in live]
         self._dispatch("stop", live, lambda allocs: self._stop(allocs, snap),
-                       partial(self._stopped, live, told), snap, records, report, now)
+                       partial(self._stopped, told=told), snap, records, report, now)
         stopped_on = {a.key: a.node for a in live}  # an evicted slot placed again: after its stop
         stopping = {a.key for a in live}  # the others' node is down: nothing to stop there
-        self._stopped([a for a in gone if a.key not in stopping], False, {}, snap, records,
-                      report, now)
+        self._stopped([a for a in gone if a.key not in stopping], {}, snap, records, report,
+                      now)
 
         # 2. placements: intent first (pending), then the playbook, then the outcome
         starts: dict[str, SlotRecord] = {}
@@ -575,19 +575,20 @@ class Scheduler(BatchWork, LeftoverReaping):
         in_place = {r.new.key for r in plan.replaces if r.new.node == r.old.node}
         self._dispatch("place", placing,
                        lambda allocs: self._run_place(allocs, snap, in_place),
-                       partial(self._placed, placing, replaced, told), snap, records, report,
+                       partial(self._placed, replaced=replaced, told=told), snap, records,
+                       report,
                        now, after=stopped_on)
 
         # 3. live changes: resources updated in place and elastic grants
         regrants = [u.new for u in plan.updates] + [g.new for g in plan.regrants]
         regrants = [a for a in regrants if a.key in records]
         self._dispatch("regrant", regrants, lambda allocs: self._regrant(allocs, snap),
-                       partial(self._regranted, regrants), snap, records, report, now)
+                       self._regranted, snap, records, report, now)
 
     # ----- what a finished batch changes (applied by the step after it, or inline) ----------
-    def _stopped(self, stopped: list[Allocation], told: bool, outcomes: dict[str, Outcome],
+    def _stopped(self, stopped: list[Allocation], outcomes: dict[str, Outcome],
                  snap: Snapshot, records: dict[str, SlotRecord], report: StepReport,
-                 now: float) -> None:
+                 now: float, told: bool = False) -> None:
         """Stopped (or evicted) instances lose their record; a failed stop keeps it (the next
         step tries again). `told`: the deciding step reported the stops already."""
         deletes = []
@@ -602,9 +603,9 @@ class Scheduler(BatchWork, LeftoverReaping):
                 report.failed[a.key] = f"stop: {outcome.error}"
         self._write({}, deletes)
 
-    def _placed(self, placed: list[Allocation], replaced: set[str], told: bool,
-                outcomes: dict[str, Outcome], snap: Snapshot, records: dict[str, SlotRecord],
-                report: StepReport, now: float) -> None:
+    def _placed(self, placed: list[Allocation], outcomes: dict[str, Outcome], snap: Snapshot,
+                records: dict[str, SlotRecord], report: StepReport, now: float, *,
+                replaced: set[str], told: bool) -> None:
         """A placement that failed fails its record (a new version that cannot even start
         rolls its job back); one whose slot moved on meanwhile is left to what it is now.
         `told`: the deciding step reported the placements already."""
@@ -670,13 +671,12 @@ class Scheduler(BatchWork, LeftoverReaping):
         allocs = [d.alloc for d in decided]
         messages = {d.alloc.key: d.message for d in decided}
         self._dispatch("regrant", allocs, lambda items: self._regrant(items, snap),
-                       partial(self._usage_regranted, allocs, messages), snap, records,
+                       partial(self._usage_regranted, messages=messages), snap, records,
                        report, now)
 
-    def _usage_regranted(self, allocs: list[Allocation], messages: dict[str, str],
-                         outcomes: dict[str, Outcome], snap: Snapshot,
-                         records: dict[str, SlotRecord], report: StepReport,
-                         now: float) -> None:
+    def _usage_regranted(self, allocs: list[Allocation], outcomes: dict[str, Outcome],
+                         snap: Snapshot, records: dict[str, SlotRecord], report: StepReport,
+                         now: float, *, messages: dict[str, str]) -> None:
         """The outcome of a usage-driven regrant: recorded as any regrant, and each change
         restarts its instance's streak (ElasticGrants) and is reported with its reason."""
         self._regranted(allocs, outcomes, snap, records, report, now)
@@ -694,14 +694,17 @@ class Scheduler(BatchWork, LeftoverReaping):
                   report: StepReport, now: float,
                   after: Mapping[str, str] | None = None) -> None:
         """Run `run(allocs)` (one executor call). Inline (max_inflight_batches 0) its outcome
-        is applied at once; otherwise it runs beside the loop, its slots in flight, and
-        `done(outcomes, snap, records, report, now)` is applied by the first step after it
-        ends, with that step's state. An instance waits for the batches of its node and, if
-        its slot is in `after` (slot -> node), of that node too."""
+        is applied at once; otherwise it runs beside the loop, its slots in flight, split
+        into batches by node (an instance waits for the batches of its node and, if its slot
+        is in `after` (slot -> node), of that node too), and each batch's
+        `done(items, outcomes, snap, records, report, now)` is applied by the first step after
+        it ends, with that step's state, for ITS items only: a call split over a busy and a
+        free node must not read the busy half's missing outcomes as failures (chaos
+        finding 9: the done batch slots of the other half were failed and run again)."""
         if not allocs:
             return
         if self.dispatcher.inline:
-            done(run(allocs), snap, records, report, now)
+            done(allocs, run(allocs), snap, records, report, now)
             return
         self.dispatcher.submit(
             what, allocs, lambda a: frozenset({a.node, (after or {}).get(a.key, a.node)}),
@@ -714,7 +717,7 @@ class Scheduler(BatchWork, LeftoverReaping):
         records say what was intended (pending intent is placed again or settled from the
         node, a stop is planned again), as after a leader crash."""
         for batch in self.dispatcher.take_finished():
-            batch.done(batch.outcomes, snap, records, report, now)
+            batch.done(batch.items, batch.outcomes, snap, records, report, now)
 
     def _in_flight(self) -> set[str]:
         """Slots a batch acts on now: the step leaves them alone until its outcome is in."""
