@@ -30,10 +30,10 @@ from walle.service.executor import Outcome
 
 log = logging.getLogger("walle.scheduler")
 
-# `walle scheduler run --max-inflight-batches`. 0 (the leader waits for each batch) until the
-# chaos run's finding is understood: with batches beside the loop (4), tests/lab/test_chaos.py
-# saw finished batch slots (committed by their node, recorded done) placed and run again
-# (bench/README.md, finding 9). Beside the loop is opt-in until then.
+# `walle scheduler run --max-inflight-batches`. 0 (the leader waits for each batch) for now:
+# with 4 the bounded chaos run found done batch slots run again (bench/README.md, finding 9:
+# a call split over a busy and a free node applied each batch's outcome to the whole call;
+# fixed). Beside the loop stays opt-in until more chaos runs with it pass.
 DEFAULT_MAX_INFLIGHT = 0
 
 T = TypeVar("T")
