@@ -17,6 +17,7 @@ from walle.cli.common import add_consul_args, cluster_command, connect, print_js
 from walle.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from walle.cli.output import print_table
 from walle.core import format_nodes
+from walle.core.shed import describe_pressure, pressure_to_json
 from walle.jobspec import SpecError, load_spec_file
 from walle.service.cluster import load_snapshot
 from walle.service.dryrun import (
@@ -25,6 +26,7 @@ from walle.service.dryrun import (
     dry_run,
     published_defaults,
     published_presence,
+    published_pressure,
 )
 
 EPILOG = """\
@@ -75,12 +77,13 @@ def cmd_plan(args) -> int:
             return EXIT_USAGE
     if args.job is not None:
         jobs = [what_if.name if what_if else args.job]
-    run = dry_run(snap, defaults, time.time(), jobs=jobs, what_if=what_if,
-                  memory=published_presence(store))
+    now = time.time()
+    run = dry_run(snap, defaults, now, jobs=jobs, what_if=what_if,
+                  memory=published_presence(store), pressure=published_pressure(store))
     if args.json:
         print_json(_as_json(run, defaults, source, snap.unreadable))
     else:
-        _print(run, defaults, source, args.explain)
+        _print(run, defaults, source, args.explain, now)
     return EXIT_FAILED if any(job.unplaced for job in run.jobs) else EXIT_OK
 
 
@@ -91,11 +94,14 @@ def _as_json(run: DryRun, defaults, source: str, unreadable) -> dict:
                       "slots": [dataclasses.asdict(d) for d in j.slots],
                       "new_instance": dataclasses.asdict(j.new_instance),
                       "nodes": dataclasses.asdict(j.nodes)} for j in run.jobs],
-            "unreadable": [{"key": k, "reason": r} for k, r in unreadable]}
+            "unreadable": [{"key": k, "reason": r} for k, r in unreadable],
+            "pressure": None if run.pressure is None else pressure_to_json(run.pressure)}
 
 
-def _print(run: DryRun, defaults, source: str, explain: bool) -> None:
+def _print(run: DryRun, defaults, source: str, explain: bool, now: float) -> None:
     print(f"defaults: strategy {defaults.strategy}, seed {defaults.seed} ({source})")
+    if explain and run.pressure is not None:
+        print("\n".join(describe_pressure(run.pressure, now)))
     if not run.jobs:
         print("no jobs")
     for job in run.jobs:

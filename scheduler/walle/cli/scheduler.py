@@ -9,6 +9,7 @@ import signal
 import socket
 
 from walle.adapters.consul import ConsulApi, ConsulConfig
+from walle.core.shed import ShedPolicy
 from walle.jobspec.grammar import CAPABILITIES
 from walle.service.autoscale import DEFAULT_INTERVAL as AUTOSCALE_INTERVAL
 from walle.service.dispatch import DEFAULT_MAX_INFLIGHT
@@ -87,6 +88,11 @@ def register(subparsers) -> None:
                      metavar="SECONDS",
                      help="usage-driven grants: read each node's walle-exporter this often and "
                           "move grants within min..max with it; 0: off (default: %(default)s)")
+    run.add_argument("--shed-moves-per-minute", type=_moves, default=ShedPolicy.moves_per_minute,
+                     metavar="N",
+                     help="nodes under sustained usage pressure hand movable services to "
+                          "quieter nodes, at most N moves a minute cluster-wide; 0: off "
+                          "(needs --usage-interval; default: %(default)s)")
     run.add_argument("--log-level", default="INFO")
     run.set_defaults(func=cmd_run)
 
@@ -107,14 +113,21 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _batches(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of batches (0 or more)")
-    return value
+def _count(what: str):
+    """An argparse type: a whole number of `what`, 0 or more."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {what} (0 or more)")
+        return value
+    return parse
+
+
+_batches = _count("batches")
+_moves = _count("moves")
 
 
 def _capability(text: str) -> str:
@@ -139,6 +152,7 @@ def scheduler_config(args) -> SchedulerConfig:
         prometheus_addr=args.prometheus_addr,
         autoscale_interval=max(1.0, args.autoscale_interval),
         usage_interval=args.usage_interval,
+        shed=ShedPolicy(moves_per_minute=args.shed_moves_per_minute),
         max_inflight_batches=args.max_inflight_batches,
     )
 

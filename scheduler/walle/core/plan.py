@@ -28,12 +28,14 @@ class Stop:
 
 @dataclass(frozen=True)
 class Migrate:
-    """Move off a down or draining node (or one the instance no longer fits on)."""
+    """Move off a down or draining node, one the instance no longer fits on, or one under
+    sustained pressure (`shed`)."""
 
     old: Allocation
     new: Allocation
     reason: str
     score: float = 0.0
+    shed: bool = False  # off a node under sustained pressure (core/shed.py)
 
 
 @dataclass(frozen=True)

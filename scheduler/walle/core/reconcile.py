@@ -17,7 +17,10 @@ One round:
    instance fails because of packing order. A refused instance is offered the room again
    whenever a later move releases its old reservation, before lower priorities take it,
    so the next round has nothing left to move;
-3. recompute the elastic grants of every node whose load changed.
+3. shed: a node under sustained pressure (core/shed.py, from the usage samples the caller
+   passes as `pressure`) hands one movable service instance to a quieter node, within the
+   cluster-wide bound on such moves;
+4. recompute the elastic grants of every node whose load changed.
 Deterministic for a given seed (the only randomness is a `random.Random(seed)`), and
 idempotent: `reconcile(apply_plan(allocs, plan))` has no actions.
 """
@@ -47,6 +50,7 @@ from walle.core.plan import (
     Stop,
     UpdateInPlace,
 )
+from walle.core.shed import Pressure, choose_moves
 from walle.core.state import ClusterIndex, Held, held_from
 from walle.jobspec.model import JobSpec
 from walle.naming import instance_id
@@ -65,20 +69,24 @@ class _Work:
     old: Allocation | None = None  # the allocation it moves from / replaces / succeeds
     failed_nodes: tuple[str, ...] = ()
     held_at: int | None = None  # node where `old` still holds its reservation until placed
+    shed: bool = False  # a move off a node under pressure (core/shed.py)
 
 
 def reconcile(jobs: Mapping[str, JobSpec], allocations: Iterable[Allocation],
               nodes: Iterable[Node] | Mapping[str, Node], *, seed: int, now: float,
-              config: PlacementConfig | None = None) -> Plan:
+              config: PlacementConfig | None = None, pressure: Pressure | None = None) -> Plan:
+    """`pressure`: the nodes' usage samples, to shed work off nodes under sustained
+    pressure (core/shed.py); None: no shedding."""
     config = config or PlacementConfig()
     node_list = list(nodes.values()) if isinstance(nodes, Mapping) else list(nodes)
     allocations = tuple(allocations)
     if config.packing_order:
         try:
-            return _Round(jobs, node_list, config, seed, now, packing=True).run(allocations)
+            return _Round(jobs, node_list, config, seed, now, packing=True,
+                          pressure=pressure).run(allocations)
         except _OrderMatters:
             pass  # something did not fit: priorities decide who gets the room
-    return _Round(jobs, node_list, config, seed, now).run(allocations)
+    return _Round(jobs, node_list, config, seed, now, pressure=pressure).run(allocations)
 
 
 class _OrderMatters(Exception):
@@ -87,8 +95,10 @@ class _OrderMatters(Exception):
 
 class _Round:
     def __init__(self, jobs: Mapping[str, JobSpec], nodes: list[Node],
-                 config: PlacementConfig, seed: int, now: float, packing: bool = False) -> None:
+                 config: PlacementConfig, seed: int, now: float, packing: bool = False,
+                 pressure: Pressure | None = None) -> None:
         self.jobs, self.config, self.now, self.packing = jobs, config, now, packing
+        self.pressure = pressure
         self.seed = seed
         self.ix = ClusterIndex(nodes)
         # in packing order nothing is evicted: a refusal hands the round to priority order
@@ -122,6 +132,8 @@ class _Round:
         self._decide_replaces(pending_replace)
         self.ix.build_indexes()
         self._place_all()
+        if self.pressure is not None:
+            self._shed(self.pressure)
         return self._plan()
 
     # -- 1. classify ----------------------------------------------------------------------
@@ -346,11 +358,7 @@ class _Round:
             return choice.reasons
         evicted = [self._evict(choice.node, h, instance_id(w.job, w.slot))
                    for h in choice.evict]
-        self.ix.reserve(choice.node, Held(
-            instance_id(w.job, w.slot), w.job, w.slot, req.priority, req.cpu, req.memory, req.disk,
-            req.gpus, req.spec.resources.cpu.min, req.spec.resources.cpu.max,
-            int(req.spec.resources.memory.min), int(req.spec.resources.memory.max), req.ports,
-            req.dynamic))
+        self.ix.reserve(choice.node, _new_held(req, w.slot))
         self.touched.add(choice.node)
         self.placed.append((w, choice.node, choice.score))
         return [e for e in evicted if e is not None], released is not None
@@ -379,7 +387,35 @@ class _Round:
         slots, _ = self.failures.setdefault((job, message), ([], dict(reasons)))
         slots.append(slot)
 
-    # -- 3. grants and the plan -----------------------------------------------------------
+    # -- 3. shed ----------------------------------------------------------------------------
+    def _shed(self, pressure: Pressure) -> None:
+        """Moves off nodes under sustained pressure, after everything else is placed: only
+        running service instances that stay where they are this round, onto nodes that take
+        them with what is left."""
+        staying = [a for a in self.current.values()
+                   if a.state == "running" and a.key not in self.moving
+                   and a.key not in self.updates]
+
+        def movable(a: Allocation) -> bool:
+            spec = self.jobs.get(a.job)
+            return spec is not None and spec.kind == "service"
+
+        def feasible(a: Allocation, node: str) -> bool:
+            j = self.ix.pos.get(node)
+            return j is not None and not rejections(self.ix, self.reqs[a.job], j)
+
+        nodes = {n.name: n for n in self.ix.nodes}
+        for move in choose_moves(pressure, nodes, staying, movable, feasible, self.now):
+            a, req = move.alloc, self.reqs[move.alloc.job]
+            i, j = self.ix.pos[a.node], self.ix.pos[move.target]
+            self.ix.release(i, a.key)
+            self.current.pop(a.key)
+            self.ix.reserve(j, _new_held(req, a.slot))
+            self.touched |= {i, j}
+            self.placed.append((_Work(a.job, a.slot, "migrate", move.reason, a,
+                                      a.failed_nodes, held_at=i, shed=True), j, move.score))
+
+    # -- 4. grants and the plan -----------------------------------------------------------
     def _allocation(self, req: JobReq, slot: int, node: str,
                     failed_nodes: tuple[str, ...], grant: Grant | None = None) -> Allocation:
         return allocation_for(req, slot, node, self.digests[req.name], since=self.now,
@@ -448,7 +484,7 @@ class _Round:
                                    w.failed_nodes, grants.get(key))
             new = replace(new, gpu_indices=gpus.get(key, ()), dynamic_ports=ports.get(key, ()))
             if w.kind == "migrate":
-                migrates.append(Migrate(w.old, new, w.reason, round(score, 2)))
+                migrates.append(Migrate(w.old, new, w.reason, round(score, 2), w.shed))
             elif w.kind == "replace":
                 replaces.append(Replace(w.old, new, round(score, 2)))
             else:
@@ -489,6 +525,14 @@ def allocation_for(req: JobReq, slot: int, node: str, digests: tuple[str, str], 
         ceiling=Capacity(res.cpu.max, int(res.memory.max), int(res.disk), int(res.gpus)),
         spec_digest=digest, runtime_digest=runtime, priority=req.priority,
         state=state, grant=grant, failed_nodes=failed_nodes, since=since, ports=req.ports)
+
+
+def _new_held(req: JobReq, slot: int) -> Held:
+    """What a new instance of `req` in `slot` holds on the node it is placed on."""
+    res = req.spec.resources
+    return Held(instance_id(req.name, slot), req.name, slot, req.priority, req.cpu, req.memory,
+                req.disk, req.gpus, res.cpu.min, res.cpu.max, int(res.memory.min),
+                int(res.memory.max), req.ports, req.dynamic)
 
 
 @lru_cache(maxsize=1 << 16)

@@ -16,6 +16,7 @@ from typing import Any
 from walle.adapters.consul import BatchCommit
 from walle.core import Allocation, PlacementConfig, Plan, reconcile
 from walle.core.plan import Failure
+from walle.core.shed import Pressure
 from walle.jobspec import JobSpec
 from walle.naming import instance_id
 from walle.service.cluster import Snapshot
@@ -85,22 +86,25 @@ def take_commits(snap: Snapshot, records: Mapping[str, SlotRecord], now: float
 def decide(snap: Snapshot, records: Mapping[str, SlotRecord], now: float, *, seed: int,
            placement: PlacementConfig,
            on_unplannable: Callable[[str, Exception], None] | None = None,
-           in_flight: Set[str] = frozenset()) -> Plan:
+           in_flight: Set[str] = frozenset(), pressure: Pressure | None = None) -> Plan:
     """The core's plan, less what must wait: slots whose record cannot be read, jobs whose
     record cannot be read or that the core cannot plan (their instances are left as they
     are), failed slots still backing off, and slots a batch of the leader acts on now
     (`in_flight`: service/dispatch.py; `walle plan` does not know them). `snap.away` must be
-    set (NodePresence)."""
+    set (NodePresence). `pressure`: the nodes' usage samples, to shed work off nodes under
+    sustained pressure (core/shed.py; the leader's, published for `walle plan`)."""
     allocs = [r.alloc for r in records.values()]
     jobs = dict(snap.jobs)
     try:
-        plan = reconcile(jobs, allocs, snap.nodes, seed=seed, now=now, config=placement)
+        plan = reconcile(jobs, allocs, snap.nodes, seed=seed, now=now, config=placement,
+                         pressure=pressure)
         unplannable: set[str] = set()
     except Exception:  # noqa: BLE001 - find the job(s) that make the core fail, plan the rest
         unplannable = _unplannable(jobs, allocs, snap, now, seed, placement, on_unplannable)
         for name in unplannable:
             jobs.pop(name)
-        plan = reconcile(jobs, allocs, snap.nodes, seed=seed, now=now, config=placement)
+        plan = reconcile(jobs, allocs, snap.nodes, seed=seed, now=now, config=placement,
+                         pressure=pressure)
     left_alone = snap.frozen_jobs | unplannable
     hands_off = {r.key for r in records.values()
                  if r.alloc.job in left_alone} | snap.blocked_slots | set(in_flight)

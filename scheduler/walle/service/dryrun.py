@@ -19,8 +19,9 @@ from typing import Any
 from walle.adapters.consul import StateStore
 from walle.adapters.consul.state import PLACEMENT_CONFIG, BadRecord
 from walle.core import Explanation, Plan, apply_plan, explain
+from walle.core.shed import Pressure, pressure_from_json
 from walle.jobspec import JobSpec
-from walle.naming import PRESENCE_KEY, instance_id
+from walle.naming import PRESENCE_KEY, PRESSURE_KEY, instance_id
 from walle.service.cluster import Snapshot
 from walle.service.decide import Defaults, decide, retry_at, take_commits
 from walle.service.presence import NodePresence
@@ -64,6 +65,7 @@ class DryRun:
     plan: Plan
     jobs: tuple[JobPlan, ...]
     away: frozenset[str]
+    pressure: Pressure | None = None  # what it shed with (the leader's published samples)
 
 
 def published_defaults(store: StateStore) -> tuple[Defaults, str]:
@@ -90,11 +92,24 @@ def published_presence(store: StateStore) -> dict[str, Any]:
         return {}
 
 
+def published_pressure(store: StateStore) -> Pressure | None:
+    """The nodes' usage samples and shed moves the leader published (None when it published
+    none or the value cannot be read: the dry run then sheds nothing)."""
+    try:
+        body = store.leader_note(PRESSURE_KEY)
+        return None if body is None else pressure_from_json(body)
+    except (BadRecord, ValueError):
+        return None
+
+
 def dry_run(snap: Snapshot, defaults: Defaults, now: float, *,
             jobs: Iterable[str] | None = None, what_if: JobSpec | None = None,
-            memory: Mapping[str, Any] | None = None) -> DryRun:
+            memory: Mapping[str, Any] | None = None,
+            pressure: Pressure | None = None) -> DryRun:
     """The leader's decision on `snap` (stored records, as a new leader finds them), slot by
-    slot for `jobs` (default: all). `what_if`: a spec decided as if it had been submitted."""
+    slot for `jobs` (default: all). `what_if`: a spec decided as if it had been submitted.
+    `pressure`: the leader's usage samples (`published_pressure`), so that the dry run sheds
+    what the leader would."""
     if what_if is not None:
         snap = replace(snap, jobs={**snap.jobs, what_if.name: what_if})
     presence = NodePresence(defaults.node_leave_grace, defaults.node_down_grace)
@@ -102,19 +117,20 @@ def dry_run(snap: Snapshot, defaults: Defaults, now: float, *,
     snap = presence.observe(snap, now)
     done, _ = take_commits(snap, snap.records, now)  # as the leader does first
     snap = replace(snap, records={**snap.records, **done})
-    plan = _decide(snap, snap.jobs, now, defaults)
+    plan = _decide(snap, snap.jobs, now, defaults, pressure)
     names = sorted(snap.jobs) if jobs is None else list(jobs)
-    return DryRun(plan, tuple(_job_plan(snap, plan, name, now, defaults) for name in names),
-                  snap.away)
+    return DryRun(plan, tuple(_job_plan(snap, plan, name, now, defaults, pressure)
+                              for name in names), snap.away, pressure)
 
 
-def _decide(snap: Snapshot, jobs: dict[str, JobSpec], now: float, defaults: Defaults) -> Plan:
+def _decide(snap: Snapshot, jobs: dict[str, JobSpec], now: float, defaults: Defaults,
+            pressure: Pressure | None) -> Plan:
     return decide(replace(snap, jobs=jobs), snap.records, now, seed=defaults.seed,
-                  placement=defaults.placement())
+                  placement=defaults.placement(), pressure=pressure)
 
 
 def _job_plan(snap: Snapshot, plan: Plan, name: str, now: float,
-              defaults: Defaults) -> JobPlan:
+              defaults: Defaults, pressure: Pressure | None) -> JobPlan:
     spec = snap.jobs[name]
     records = {r.alloc.slot: r for r in snap.records.values() if r.alloc.job == name}
     actions = _actions(plan)
@@ -122,7 +138,7 @@ def _job_plan(snap: Snapshot, plan: Plan, name: str, now: float,
                   for slot in sorted(set(range(spec.count)) | set(records)))
     # one more instance: the decision for `walle scale JOB count+1`
     more = _decide(snap, {**snap.jobs, name: replace(spec, count=spec.count + 1)}, now,
-                   defaults)
+                   defaults, pressure)
     new = _slot(snap, name, spec.count, None, _actions(more), now, defaults)
     after = apply_plan([r.alloc for r in snap.records.values()], plan)
     nodes = explain(spec, snap.nodes, after, config=defaults.placement())

@@ -44,8 +44,9 @@ from walle.adapters.consul.health import watch_failed_nodes
 from walle.adapters.consul.state import alloc_key
 from walle.adapters.usage import Usage, read_node_usage
 from walle.core import Allocation, Plan
+from walle.core.shed import ShedPolicy, pressure_to_json
 from walle.jobspec import JobSpec, SpecError, parse_spec
-from walle.naming import PRESENCE_KEY
+from walle.naming import PRESENCE_KEY, PRESSURE_KEY
 from walle.service import jobs
 from walle.service.adopt import Adopter
 from walle.service.autoscale import DEFAULT_INTERVAL as AUTOSCALE_INTERVAL
@@ -55,7 +56,7 @@ from walle.service.cluster import Snapshot, describe_error
 from walle.service.decide import Defaults, decide
 from walle.service.decide import retry_at as _retry_at
 from walle.service.dispatch import Dispatcher
-from walle.service.elastic import USAGE_INTERVAL, ElasticGrants, UsagePoller
+from walle.service.elastic import USAGE_INTERVAL, ElasticGrants, Reading, UsagePoller
 from walle.service.executor import Executor, Outcome, failed_outcomes
 from walle.service.history import (
     HistoryWriter,
@@ -77,6 +78,7 @@ from walle.service.records import (
     with_node,
 )
 from walle.service.secrets import DEFAULT_SECRETS_DIR, SecretReader
+from walle.service.shed import Shedder
 from walle.service.state_cache import SnapshotReader
 
 log = logging.getLogger("walle.scheduler")
@@ -121,6 +123,9 @@ class SchedulerConfig:
     autoscale_interval: float = AUTOSCALE_INTERVAL
     # usage-driven grants (service/elastic.py): read measured usage this often; 0: off
     usage_interval: float = USAGE_INTERVAL
+    # shedding (core/shed.py, service/shed.py): moves off nodes under sustained pressure,
+    # at most moves_per_minute cluster-wide (0: off); needs usage readings
+    shed: ShedPolicy = field(default_factory=ShedPolicy)
 
 
 @dataclass
@@ -240,6 +245,8 @@ class Scheduler(BatchWork, LeftoverReaping):
                                      interval=self.config.autoscale_interval)
         self.reader = SnapshotReader(self.api, self.store)  # kept state: one term's only
         self.elastic = ElasticGrants()  # streaks start again with each term
+        self.shedder = Shedder(self.config.shed)  # ...and so do the nodes' pressure samples
+        self._published_pressure: dict | None = None
 
     def stop(self) -> None:
         self.stopping.set()
@@ -528,7 +535,7 @@ class Scheduler(BatchWork, LeftoverReaping):
     def _plan(self, snap: Snapshot, records: dict[str, SlotRecord], now: float) -> Plan:
         """The decision (walle.service.decide: `walle plan` runs the same function)."""
         return decide(snap, records, now, seed=self.config.seed, placement=self.placement,
-                      in_flight=self._in_flight(),
+                      in_flight=self._in_flight(), pressure=self.shedder.pressure(),
                       on_unplannable=lambda name, err: self._note(
                           name, f"cannot plan: {describe_error(err)}", exc=err))
 
@@ -664,6 +671,7 @@ class Scheduler(BatchWork, LeftoverReaping):
         steady = [r.alloc for r in records.values()
                   if r.alloc.live and r.alloc.node not in settling]
         reading = self.usage.take()
+        self._follow_pressure(snap, records, plan, reading, settling, now)
         self.usage.poll({a.node for a in steady})
         if reading is None or not steady:
             return
@@ -673,6 +681,29 @@ class Scheduler(BatchWork, LeftoverReaping):
         self._dispatch("regrant", allocs, lambda items: self._regrant(items, snap),
                        partial(self._usage_regranted, messages=messages), snap, records,
                        report, now)
+
+    def _follow_pressure(self, snap: Snapshot, records: dict[str, SlotRecord], plan: Plan,
+                         reading: Reading | None, settling: set[str], now: float) -> None:
+        """Shedding (service/shed.py): the plan's shed moves count against the bound, a new
+        reading is a sample of each steady node, and what the next decision will shed with
+        is published for `walle plan`. A node newly under sustained pressure wakes the loop
+        for one more step (once per reading: a node with nowhere to shed to does not spin)."""
+        self.shedder.moves_made(plan, now)
+        if reading is not None and self.shedder.observe(
+                snap.nodes, [r.alloc for r in records.values()], reading, settling):
+            self.wake.set()
+        pressure = self.shedder.pressure()
+        note = None if pressure is None else pressure_to_json(pressure)
+        if note is None or note == self._published_pressure:
+            return
+        try:
+            session = self.lock.session_id
+            result = session and self.store.put_leader_note(PRESSURE_KEY, note,
+                                                            session=session)
+            if result and result.ok:
+                self._published_pressure = note
+        except ConsulError as err:
+            log.warning("cannot publish the nodes' pressure (walle plan sheds nothing): %s", err)
 
     def _usage_regranted(self, allocs: list[Allocation], outcomes: dict[str, Outcome],
                          snap: Snapshot, records: dict[str, SlotRecord], report: StepReport,
