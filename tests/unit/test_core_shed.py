@@ -30,7 +30,9 @@ from walle.core.shed import (
     sustained,
 )
 from walle.core.testing import GiB, make_job, make_node
-from walle.jobspec.model import Constraint
+from walle.jobspec import SpecError, parse_spec
+from walle.jobspec.encoding import spec_to_data
+from walle.jobspec.model import Constraint, Placement
 from walle.service.cluster import Snapshot
 from walle.service.decide import Defaults, decide
 from walle.service.dryrun import MOVE, dry_run
@@ -306,3 +308,31 @@ def test_a_shed_move_counts_against_the_bound_and_resamples_both_nodes():
     assert shedder.moved == [(NOW, "low-1")] and set(shedder.samples) == {"n3"}
     assert moves_left(shedder.pressure(), NOW + 59) == 0
     assert moves_left(shedder.pressure(), NOW + 61) == 1
+
+
+# ----- the opt-out: placement.movable ---------------------------------------------------------
+
+def spec(**extra):
+    return parse_spec({"name": "db", "kind": "service", "resources": {"cpu": "0.5-2",
+                                                                       "memory": "1G"},
+                       "runtime": {"command": "/usr/bin/true"}, **extra})
+
+
+def test_a_job_that_is_not_movable_stays_and_the_next_candidate_goes():
+    db = replace(make_job("db", cpu=(0.5, 2), priority=0), placement=Placement(movable=False))
+    jobs = [db, make_job("web", cpu=(0.5, 2), priority=60)]
+    allocs = running_on_n1(jobs)
+    (move,), _ = shed(jobs, allocs, pressure(cpu(3.8), {"db-0": cpu(1.5), "web-0": cpu(1.0)}))
+    assert move.old.key == "web-0"
+
+
+def test_placement_movable_is_parsed_kept_and_checked_by_field():
+    assert spec().movable and spec(placement={}).movable
+    pinned = spec(placement={"movable": False})
+    assert not pinned.movable
+    assert parse_spec(spec_to_data(pinned)) == pinned
+    assert spec().digest() == replace(spec(), placement=None).digest()  # old digests kept
+    with pytest.raises(SpecError, match=r"placement\.movable"):
+        spec(placement={"movable": "sometimes"})
+    with pytest.raises(SpecError, match=r"placement"):
+        spec(placement={"sticky": True})

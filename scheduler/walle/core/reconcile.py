@@ -398,7 +398,7 @@ class _Round:
 
         def movable(a: Allocation) -> bool:
             spec = self.jobs.get(a.job)
-            return spec is not None and spec.kind == "service"
+            return spec is not None and spec.kind == "service" and spec.movable
 
         def feasible(a: Allocation, node: str) -> bool:
             j = self.ix.pos.get(node)

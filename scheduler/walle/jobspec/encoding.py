@@ -84,6 +84,7 @@ def spec_to_data(spec: JobSpec) -> dict:
                    "auto_rollback": spec.update.auto_rollback},
         "secrets": {s.name: {s.source: s.path} for s in spec.secrets} or None,
         "ports": [_drop_none({"label": p.label, "static": p.static}) for p in spec.ports] or None,
+        "placement": {"movable": spec.placement.movable} if spec.placement else None,
     }
     return _drop_none(data)
 

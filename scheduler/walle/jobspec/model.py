@@ -146,6 +146,13 @@ class Scaling:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """How the scheduler may move the job's instances once placed."""
+
+    movable: bool = True  # False: never moved off a node under pressure (core/shed.py)
+
+
+@dataclass(frozen=True)
 class JobSpec:
     name: str  # DNS label: [a-z][a-z0-9-]*, at most 40 characters
     kind: JobKind
@@ -167,12 +174,18 @@ class JobSpec:
     update: UpdatePolicy = field(default_factory=UpdatePolicy)
     secrets: tuple[Secret, ...] = ()
     ports: tuple[Port, ...] = ()  # named ports, in spec order (the first one is $PORT)
+    placement: Placement | None = None  # None: the defaults (movable)
+
+    @property
+    def movable(self) -> bool:
+        """May be moved off a node under pressure (a drain or a lost node moves it anyway)."""
+        return self.placement is None or self.placement.movable
 
     def to_dict(self) -> dict:
         data = asdict(self)
         if data["service"] and data["service"]["lb"] is None:
             del data["service"]["lb"]  # specs without a balancer keep the digests they had
-        for optional in ("concurrency", "scaling"):
+        for optional in ("concurrency", "scaling", "placement"):
             if data[optional] is None:
                 del data[optional]  # likewise specs that do not set them
         if not data["ports"]:

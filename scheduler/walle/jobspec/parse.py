@@ -54,6 +54,7 @@ from walle.jobspec.model import (
     Discovery,
     HealthCheck,
     JobSpec,
+    Placement,
     Port,
     Range,
     Resources,
@@ -111,7 +112,7 @@ def parse_spec(data: object, source: str = "<input>") -> JobSpec:
 
 TOP_KEYS = ("name", "kind", "count", "priority", "strategy", "resources", "runtime",
             "constraints", "data", "health", "stop", "service", "restart", "retries",
-            "schedule", "update", "secrets", "concurrency", "scaling", "ports")
+            "schedule", "update", "secrets", "concurrency", "scaling", "ports", "placement")
 
 
 def _job(r: _Report, data: object) -> JobSpec | None:
@@ -147,6 +148,7 @@ def _job(r: _Report, data: object) -> JobSpec | None:
         "update": _optional(r, f, "update", _update),
         "secrets": _optional(r, f, "secrets", _secrets),
         "ports": ports,
+        "placement": _optional(r, f, "placement", _placement),
     }
     _check_kind_rules(r, f, kind)
     _check_scaling_count(r, fields["scaling"], fields["count"], "count" in f)
@@ -675,6 +677,16 @@ def _update(r: _Report, value: object, path: str) -> UpdatePolicy | None:
     if any(parts[k] is None for k in f):
         return None
     return UpdatePolicy(**{k: v for k, v in parts.items() if v is not None})
+
+
+def _placement(r: _Report, value: object, path: str) -> Placement | None:
+    f = _fields(r, value, path, ("movable",))
+    if f is None:
+        return None
+    movable = _optional(r, f, "movable", _boolean, path)
+    if "movable" in f and movable is None:
+        return None
+    return Placement() if movable is None else Placement(movable=movable)
 
 
 MAX_QUERY = 2048  # characters of a Prometheus expression
