@@ -21,6 +21,7 @@ from walle.core.shed import (
     NodeSample,
     Pressure,
     ShedPolicy,
+    describe_pressure,
     instance_load,
     moves_left,
     next_streaks,
@@ -249,6 +250,9 @@ def test_walle_plan_shows_the_leaders_shed_move_from_the_published_samples():
     (slot,) = [d for job in run.jobs for d in job.slots if d.instance == "low-1"]
     assert (slot.action, slot.node) == (MOVE, "n2")
     assert slot.reason.startswith("from n1: n1 under cpu pressure 3 samples (used 3.80")
+    assert describe_pressure(published, NOW) == [
+        "shedding: a node pressed 3 samples in a row sheds; 1 of 1 move(s) left this minute",
+        "  n1: cpu pressed 3 sample(s) (sustained): used 3.80 cores, wanted 3.80 cores"]
     # a slot a batch acts on now is left alone, shed move included
     held = decide(snap, snap.records, NOW, seed=0, placement=Defaults().placement(),
                   pressure=p, in_flight={"low-1"})

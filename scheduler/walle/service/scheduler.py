@@ -297,17 +297,20 @@ class Scheduler(BatchWork, LeftoverReaping):
         whenever that changes, so that `walle plan` counts the graces as the leader does.
         Not fatal: plan then counts them from its own "now"."""
         memory = self.presence.memory()
-        if memory == self._published_presence:
-            return
+        if memory != self._published_presence and self._publish_note(
+                PRESENCE_KEY, memory, "the nodes' presence (walle plan counts graces from now)"):
+            self._published_presence = memory
+
+    def _publish_note(self, key: str, body: dict, what: str) -> bool:
+        """Write a value for `walle plan` under the leader's lock; False (logged) when not
+        written. Never fatal."""
         try:
             session = self.lock.session_id
-            result = session and self.store.put_leader_note(PRESENCE_KEY, memory,
-                                                            session=session)
-            if result and result.ok:
-                self._published_presence = memory
+            result = session and self.store.put_leader_note(key, body, session=session)
+            return bool(result and result.ok)
         except ConsulError as err:
-            log.warning("cannot publish the nodes' presence (walle plan counts graces from "
-                        "now): %s", err)
+            log.warning("cannot publish %s: %s", what, err)
+            return False
 
     def _on_lost(self) -> None:
         log.warning("leader lock lost")
@@ -694,16 +697,9 @@ class Scheduler(BatchWork, LeftoverReaping):
             self.wake.set()
         pressure = self.shedder.pressure()
         note = None if pressure is None else pressure_to_json(pressure)
-        if note is None or note == self._published_pressure:
-            return
-        try:
-            session = self.lock.session_id
-            result = session and self.store.put_leader_note(PRESSURE_KEY, note,
-                                                            session=session)
-            if result and result.ok:
-                self._published_pressure = note
-        except ConsulError as err:
-            log.warning("cannot publish the nodes' pressure (walle plan sheds nothing): %s", err)
+        if note is not None and note != self._published_pressure and self._publish_note(
+                PRESSURE_KEY, note, "the nodes' pressure (walle plan sheds nothing)"):
+            self._published_pressure = note
 
     def _usage_regranted(self, allocs: list[Allocation], outcomes: dict[str, Outcome],
                          snap: Snapshot, records: dict[str, SlotRecord], report: StepReport,
