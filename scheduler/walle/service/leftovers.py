@@ -49,8 +49,13 @@ class LeftoverReaping:
         in_flight = self._in_flight()  # a batch acts on these slots now: left to it
         self._place_lost_again(snap, records,
                                [r for r in claims.lost if r.key not in in_flight], report)
+        # A move's old instance, stopped by _finish_moves earlier in this step, is still
+        # registered in this step's snapshot: it is the move's to stop, never an orphan.
+        moving = {(r.key, r.previous.node) for r in snap.records.values()
+                  if r.previous is not None}
         orphans = [(f.job, f.slot, f.node) for f in claims.reap
-                   if instance_id(f.job, f.slot) not in in_flight]
+                   if instance_id(f.job, f.slot) not in in_flight
+                   and (instance_id(f.job, f.slot), f.node) not in moving]
         if orphans:
             log.warning("stopping %d orphaned instance(s): %s", len(orphans),
                         ", ".join(f"{j}-{s}@{n}" for j, s, n in orphans))
