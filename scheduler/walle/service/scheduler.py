@@ -747,6 +747,8 @@ class Scheduler(BatchWork, LeftoverReaping):
             deadlines.append(missing)
         if (back_by := self.presence.next_deadline(now)) is not None:  # a leave grace ends
             deadlines.append(back_by)
+        if self.reader.resync_deferred:  # it yielded to a failover: read everything now
+            deadlines.append(now)
         if (measure_at := self.autoscaler.next_due()) is not None:
             deadlines.append(measure_at)
         if (usage_due := self.usage.next_due()) is not None and records:  # the next reading
