@@ -667,6 +667,9 @@ class Scheduler(BatchWork, LeftoverReaping):
         self.usage.poll({a.node for a in steady})
         if reading is None or not steady:
             return
+        if not reading.usage:  # nobody measured: every streak restarts, no sample moves a
+            self.elastic.streaks.clear()  # grant (and no walk of every node: 5 s at 10,000)
+            return
         decided = self.elastic.decide(snap.nodes, steady, reading)
         allocs = [d.alloc for d in decided]
         messages = {d.alloc.key: d.message for d in decided}
