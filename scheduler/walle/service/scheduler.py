@@ -432,6 +432,9 @@ class Scheduler(BatchWork, LeftoverReaping):
                 continue
             if record.alloc.node in snap.away:  # its node left the catalog: held as it is
                 continue
+            if record.alloc.state == "running" and record.critical_since is None \
+                    and _instance_health(spec, snap, record.alloc) == "passing":
+                continue  # the common case, nothing to move: 100,000 of them at a step
             with self._slot_guard(key, "health", record, changed, records, report, now):
                 self._advance_one(snap, spec, record, changed, records, report, now)
 
