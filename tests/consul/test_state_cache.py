@@ -134,7 +134,10 @@ def test_a_registration_or_removal_reads_every_check_again(cluster):  # noqa: F8
     register_instance(cluster, node, "web-9", "web", "passing")
     snap = s.reader.load()
     assert snap.instance_status(node, "web-9") == "passing"
-    assert s.reader.health_full_reads == full + 2
+    cluster.client.catalog.deregister(node)  # a node that left: gone with its checks
+    snap = s.reader.load()
+    assert node not in snap.nodes and snap.instance_status(node, "web-9") is None
+    assert s.reader.health_full_reads == full + 3
     s.lock.step_down()
 
 

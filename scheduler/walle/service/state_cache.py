@@ -157,29 +157,39 @@ class SnapshotReader:
 
     def _read_health(self) -> ClusterHealth:
         """The health as of now: from the kept full read and the non-passing checks when
-        only statuses changed, else read in full (see the module's docstring)."""
+        only statuses changed, else read in full (see the module's docstring). The probes
+        come after the non-passing checks: unmoved, they prove that no node, service or
+        check was registered or removed up to the moment those were read."""
+        c = self.api.client
+        kept = self._health_indexes
+        if self._health_base is not None and kept is not None:
+            checks, critical = self.api.call("critical checks",
+                                             lambda: c.health.state("critical"))
+            warning_idx, warning = int(checks), None
+            if int(checks) != kept[2]:
+                warning_idx, warning = self.api.call("warning checks",
+                                                      lambda: c.health.state("warning"))
+            tables = self._table_indexes()
+            if tables == kept[:2] and int(warning_idx) == int(checks):
+                if warning is not None:  # statuses moved
+                    self._health = self._health_base.apply(
+                        int(checks), [*(critical or []), *(warning or [])])
+                    self._health_indexes = (*tables, int(checks))
+                return self._health  # type: ignore[return-value]
+        else:
+            tables = self._table_indexes()
+        self.health_full_reads += 1
+        checks_idx, self._health, self._health_base = fetch_health_base(self.api)
+        self._health_indexes = (*tables, checks_idx)
+        return self._health
+
+    def _table_indexes(self) -> tuple[int, int]:
+        """The catalog's nodes and services tables' indexes (two answers without a body)."""
         c = self.api.client
         nodes, _ = self.api.call("nodes index", lambda: c.catalog.nodes(node_meta=_PROBE_META))
         services, _ = self.api.call("services index",
                                     lambda: c.catalog.service(_PROBE_SERVICE))
-        tables = (int(nodes), int(services))
-        kept = self._health_indexes
-        if self._health_base is not None and kept is not None and kept[:2] == tables:
-            critical_idx, critical = self.api.call("critical checks",
-                                                   lambda: c.health.state("critical"))
-            if int(critical_idx) == kept[2]:
-                return self._health  # type: ignore[return-value]  # nothing moved
-            warning_idx, warning = self.api.call("warning checks",
-                                                 lambda: c.health.state("warning"))
-            if int(warning_idx) == int(critical_idx):  # one state of the checks table
-                self._health = self._health_base.apply(int(critical_idx),
-                                                       [*(critical or []), *(warning or [])])
-                self._health_indexes = (*tables, int(critical_idx))
-                return self._health
-        self.health_full_reads += 1
-        checks, self._health, self._health_base = fetch_health_base(self.api)
-        self._health_indexes = (*tables, checks)
-        return self._health
+        return int(nodes), int(services)
 
     # ----- what the leader wrote --------------------------------------------------------------
     def wrote(self, put: Iterable[SlotRecord], indexes: Mapping[str, int],
