@@ -197,10 +197,14 @@ class Meter:
     running: int = 0
     in_step: threading.Event = field(default_factory=threading.Event)
     profiler: cProfile.Profile | None = None  # of the leader's steps
+    # per step: monotonic times of its start, the end of its read, the start and end of its
+    # decision (the node death's breakdown)
+    marks: list[dict[str, float]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     def reset(self) -> None:
+        self.marks = []
         self.steps = self.txns = self.write_ops = self.step_bytes = self.all_bytes = 0
         self.step_s = self.read_s = self.write_s = self.exec_s = self.step_cpu_s = 0.0
 
@@ -241,17 +245,30 @@ def instrument(scheduler: Scheduler, meter: Meter) -> Callable[[], None]:
     original_write = scheduler.store.write_allocs
     original_txn = scheduler.store.txn
 
+    original_plan = scheduler._plan
+
     def load(self):
         started = time.perf_counter()
         try:
             return original_load(self)
         finally:
             meter.read_s += time.perf_counter() - started
+            if meter.marks:
+                meter.marks[-1]["read_end"] = time.monotonic()
+
+    def plan(*args, **kw):
+        mark = meter.marks[-1] if meter.marks else {}
+        mark["plan_start"] = time.monotonic()
+        try:
+            return original_plan(*args, **kw)
+        finally:
+            mark["plan_end"] = time.monotonic()
 
     def step():
         meter.loop_thread = threading.get_ident()
         meter.steps += 1
         meter.in_step.set()
+        meter.marks.append({"start": time.monotonic()})
         exec_before = executor.seconds
         started, cpu_started = time.perf_counter(), time.thread_time()
         if meter.profiler is not None:
@@ -284,6 +301,7 @@ def instrument(scheduler: Scheduler, meter: Meter) -> Callable[[], None]:
 
     SnapshotReader.load = load
     scheduler.step = step
+    scheduler._plan = plan
     scheduler.store.write_allocs = write_allocs
     scheduler.store.txn = txn
     original_response = consul.std.HTTPClient.response
@@ -412,7 +430,20 @@ def run_size(instances: int, nodes: int, *, node_death: bool, data_dir: bool,
         tmp.cleanup()
 
 
+def quiet(meter: Meter, for_s: float, timeout: float) -> None:
+    """Wait until the leader has not been in a step for `for_s` seconds (bounded): the node
+    death then starts from an idle loop, and its figure is not a busy step's leftover."""
+    deadline, idle_since = time.monotonic() + timeout, time.monotonic()
+    while time.monotonic() < deadline:
+        if meter.in_step.is_set():
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since >= for_s:
+            return
+        time.sleep(0.05)
+
+
 def kill_a_node(fleet: Fleet, meter: Meter, names: list[str], timeout: float) -> dict:
+    quiet(meter, 2.0, timeout)
     by_node = Counter(node for node, state in meter.state.values() if state == "running")
     victim = max(names, key=lambda n: by_node.get(n, 0))
     lost = [k for k, (node, _) in meter.state.items() if node == victim]
@@ -427,7 +458,16 @@ def kill_a_node(fleet: Fleet, meter: Meter, names: list[str], timeout: float) ->
 
     planned = meter.wait_for(moved(("pending", "running")), timeout)
     running = meter.wait_for(moved(("running",)), timeout)
-    return {"death_lost_instances": len(lost),
+    breakdown = {}
+    step = next((m for m in reversed(list(meter.marks)) if planned and m["start"] <= planned),
+                None)
+    if step is not None and {"read_end", "plan_start", "plan_end"} <= set(step):
+        breakdown = {"death_to_step_s": step["start"] - detected,
+                     "death_read_s": step["read_end"] - step["start"],
+                     "death_before_plan_s": step["plan_start"] - step["read_end"],
+                     "death_plan_s": step["plan_end"] - step["plan_start"],
+                     "death_to_written_s": planned - step["plan_end"]}
+    return {**breakdown, "death_lost_instances": len(lost),
             "death_detect_to_planned_s": (planned - detected) if planned else None,
             "death_detect_to_running_s": (running - detected) if running else None,
             "death_write_ack_s": detected - killed, "death_steps": meter.steps,
@@ -463,6 +503,11 @@ def report(run: Run) -> None:
               f"re-planned and written {_s(planned)}, -> running {_s(running)} "
               f"({f['death_steps']} steps, {f['death_bytes_read_per_step'] / 1e6:.2f} MB "
               f"read per step)")
+        if "death_read_s" in f:
+            print(f"    that step: detection -> its start {f['death_to_step_s']:.2f} s, read "
+                  f"{f['death_read_s']:.2f} s, health/moves/reaps {f['death_before_plan_s']:.2f}"
+                  f" s, decide {f['death_plan_s']:.2f} s, stops + intent write "
+                  f"{f['death_to_written_s']:.2f} s")
 
 
 def _s(value: float | None) -> str:

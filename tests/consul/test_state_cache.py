@@ -70,3 +70,95 @@ def test_a_changed_spec_is_parsed_again_and_a_health_change_is_seen(cluster):  #
     register_instance(cluster, node, "web-0", "web", "critical")  # its check fails
     assert s.reader.load().instance_status(node, "web-0") == "critical"
     s.lock.step_down()
+
+
+def set_check(api, node: str, check_id: str, status: str, service_id: str = "") -> None:
+    """A check's status changes and nothing else (as Consul's leader writes a serfHealth
+    flip, or an agent a check result): no node, service or check registered or removed."""
+    check = {"Node": node, "CheckID": check_id, "Name": check_id, "Status": status}
+    if service_id:
+        check["ServiceID"] = service_id
+    ok, answer = api.client.txn.put([{"Check": {"Verb": "set", "Check": check}}])
+    assert ok, answer
+
+
+def running_web(cluster, clock, count=3, **config):  # noqa: F811
+    s, ex = make_scheduler(cluster, clock, **config)
+    StateStore(cluster).put_job(web_spec(count=count), 0)
+    s.step()
+    s.step()
+    assert {r.alloc.state for r in s.reader.load().records.values()} == {"running"}
+    return s, ex
+
+
+def test_status_changes_between_full_reads_are_seen_from_the_checks_not_passing(cluster):  # noqa: F811
+    """A node that fails, a check that turns critical, and both passing again: the kept
+    view must see each at once (a stale view would keep the node ready, or down), without
+    reading every check again."""
+    s, _ = running_web(cluster, Clock())
+    node = records(cluster)["web-0"].node
+    full = s.reader.health_full_reads
+    set_check(cluster, node, "serfHealth", "critical")
+    snap = s.reader.load()
+    assert snap.nodes[node].state == "down"
+    set_check(cluster, node, "serfHealth", "passing")
+    set_check(cluster, node, "service:web-0", "critical", "web-0")
+    snap = s.reader.load()
+    assert snap.nodes[node].state == "ready"
+    assert snap.instance_status(node, "web-0") == "critical"
+    set_check(cluster, node, "serfHealth", "warning")  # not passing: down too, as a full read
+    set_check(cluster, node, "service:web-0", "passing", "web-0")
+    snap = s.reader.load()
+    assert snap.nodes[node].state == "down" and snap.instance_status(node, "web-0") == "passing"
+    assert s.reader.health_full_reads == full  # none of it needed every check
+    # and the incremental view is what a full read says
+    set_check(cluster, node, "serfHealth", "passing")
+    kept = s.reader.load().health
+    s.reader.forget()
+    fresh = s.reader.load().health
+    assert (kept.nodes, kept.instances) == (fresh.nodes, fresh.instances)
+    s.lock.step_down()
+
+
+def test_a_registration_or_removal_reads_every_check_again(cluster):  # noqa: F811
+    """The non-passing checks cannot tell an instance that registered passing, or one that
+    is gone (a stale view would keep a stopped instance registered: adopt.py would take it
+    for an orphan or adopt it): those move the services table's index, and the health is
+    read in full."""
+    s, _ = running_web(cluster, Clock())
+    node = records(cluster)["web-0"].node
+    full = s.reader.health_full_reads
+    cluster.client.catalog.deregister(node, service_id="web-0")
+    snap = s.reader.load()
+    assert snap.instance_status(node, "web-0") is None
+    register_instance(cluster, node, "web-9", "web", "passing")
+    snap = s.reader.load()
+    assert snap.instance_status(node, "web-9") == "passing"
+    cluster.client.catalog.deregister(node)  # a node that left: gone with its checks
+    snap = s.reader.load()
+    assert node not in snap.nodes and snap.instance_status(node, "web-9") is None
+    assert s.reader.health_full_reads == full + 3
+    s.lock.step_down()
+
+
+def test_a_node_death_when_a_resync_is_due_is_acted_on_before_the_resync(cluster):  # noqa: F811
+    """A failover is not held up by the periodic full read (issue 15: 38 s at 100,000
+    instances): the step that sees a node newly failed reads no record and no check in full;
+    the resync is the next step's, and the scheduler asks for that step at once."""
+    clock = Clock()
+    s, ex = running_web(cluster, clock, count=2, node_down_grace=0.0)
+    victim = records(cluster)["web-1"].node
+    reads, health_reads = s.reader.full_reads, s.reader.health_full_reads
+    s.reader._read_at -= s.reader.resync  # the resync is due now
+    set_check(cluster, victim, "serfHealth", "critical")
+    ex.placed.clear()
+    report = s.step()
+    moved = dict(ex.placed)
+    assert list(moved) == ["web-1"] and moved["web-1"] != victim
+    assert records(cluster)["web-1"].node == moved["web-1"]
+    assert (s.reader.full_reads, s.reader.health_full_reads) == (reads, health_reads)
+    assert s.reader.resync_deferred and report.next_deadline <= clock.now
+    s.step()  # the deferred resync: everything read again
+    assert s.reader.full_reads == reads + 1 and s.reader.health_full_reads == health_reads + 1
+    assert not s.reader.resync_deferred
+    s.lock.step_down()

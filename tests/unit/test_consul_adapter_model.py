@@ -5,7 +5,7 @@ import pytest
 
 from walle.adapters.consul import KvOp, node_from_catalog, registration
 from walle.adapters.consul.nodes import node_health, nodes_from
-from walle.adapters.consul.state import StateStore, chunk_ops
+from walle.adapters.consul.state import TXN_IN_FLIGHT, StateStore, chunk_ops
 from walle.jobspec.model import HealthCheck
 
 
@@ -66,7 +66,8 @@ def test_kv_op_encodes_value_base64():
 
 
 class FakeApi:
-    """Answers /v1/txn with scripted (status, body) pairs and records the ops sent."""
+    """Answers /v1/txn with scripted (status, body) pairs, the i-th to the i-th chunk (by
+    its first caller op: chunks of one wave are sent at once), and records the ops sent."""
 
     address = "http://fake"
 
@@ -74,10 +75,13 @@ class FakeApi:
         self.answers = list(answers)
         self.sent = []
         self.client = type("C", (), {"kv": None})()
+        self.firsts: list[str] = []
 
     def raw(self, method, path, *, params=None, data="", what=None):
-        self.sent.append(json.loads(data))
-        return self.answers.pop(0)
+        ops = json.loads(data)
+        self.sent.append(ops)
+        first = next(op["KV"]["Key"] for op in ops if op["KV"]["Verb"] != "check-session")
+        return self.answers[int(first[1:] or 0) // 63]
 
 
 def test_txn_maps_errors_back_to_caller_positions_and_stops_at_first_failed_chunk():
@@ -88,6 +92,22 @@ def test_txn_maps_errors_back_to_caller_positions_and_stops_at_first_failed_chun
     assert result.errors[0].op_index == 63 + 2  # chunk op 3 = guard + caller op 65
     assert not result.lost_leadership
     assert len(api.sent) == 2
+
+
+def test_txn_sends_a_wave_of_chunks_at_once_and_stops_after_a_failed_wave():
+    ops = [KvOp("cas", f"k{i}", b"v", index=0) for i in range(63 * 6)]
+    conflict = (409, {"Errors": [{"OpIndex": 1, "What": "cas failed"}]})
+    answers = [(200, {"Results": [{"KV": {"Key": f"k{63 * i}", "ModifyIndex": 10 + i}}]})
+               for i in range(6)]
+    api = FakeApi(answers[:1] + [conflict] + answers[2:])
+    result = StateStore(api).txn(ops, session="s1")
+    assert len(api.sent) == TXN_IN_FLIGHT  # the first wave only: chunk 1 failed in it
+    assert not result.ok and result.applied_ops == 63 * (TXN_IN_FLIGHT - 1)
+    assert result.errors[0].op_index == 63  # chunk 1's first caller op
+    assert result.indexes == {f"k{63 * i}": 10 + i for i in range(TXN_IN_FLIGHT) if i != 1}
+    api = FakeApi(answers)
+    result = StateStore(api).txn(ops, session="s1")
+    assert result.ok and result.applied_ops == len(ops) and len(api.sent) == 6
 
 
 def test_txn_guard_failure_means_lost_leadership():

@@ -87,10 +87,12 @@ def unrecorded(snap: Snapshot, records: Mapping[str, SlotRecord]) -> list[Found]
     expected = {(node, key) for node, keys in records_by_node(records).items()
                 for key in keys}
     found = []
-    for (node, sid), status in sorted(snap.health.instances.items()):
+    instances = snap.health.instances
+    for node, sid in sorted(instances.keys() - expected):  # the expected ones: not parsed
+        status = instances[(node, sid)]
         parsed = parse_instance_id(sid)
         info = snap.nodes.get(node)
-        if parsed is None or (node, sid) in expected or info is None or info.state == "down":
+        if parsed is None or info is None or info.state == "down":
             continue
         if parsed[0] in snap.frozen_jobs or sid in snap.blocked_slots:
             continue  # its record is unreadable: hands off (docs/architecture.md)

@@ -442,6 +442,9 @@ class Scheduler(BatchWork, LeftoverReaping):
                 continue
             if record.alloc.node in snap.away:  # its node left the catalog: held as it is
                 continue
+            if record.alloc.state == "running" and record.critical_since is None \
+                    and _instance_health(spec, snap, record.alloc) == "passing":
+                continue  # the common case, nothing to move: 100,000 of them at a step
             with self._slot_guard(key, "health", record, changed, records, report, now):
                 self._advance_one(snap, spec, record, changed, records, report, now)
 
@@ -678,6 +681,9 @@ class Scheduler(BatchWork, LeftoverReaping):
         self.usage.poll({a.node for a in steady})
         if reading is None or not steady:
             return
+        if not reading.usage:  # nobody measured: every streak restarts, no sample moves a
+            self.elastic.streaks.clear()  # grant (and no walk of every node: 5 s at 10,000)
+            return
         decided = self.elastic.decide(snap.nodes, steady, reading)
         allocs = [d.alloc for d in decided]
         messages = {d.alloc.key: d.message for d in decided}
@@ -774,6 +780,8 @@ class Scheduler(BatchWork, LeftoverReaping):
             deadlines.append(missing)
         if (back_by := self.presence.next_deadline(now)) is not None:  # a leave grace ends
             deadlines.append(back_by)
+        if self.reader.resync_deferred:  # it yielded to a failover: read everything now
+            deadlines.append(now)
         if (measure_at := self.autoscaler.next_due()) is not None:
             deadlines.append(measure_at)
         if (usage_due := self.usage.next_due()) is not None and records:  # the next reading

@@ -4,11 +4,11 @@ checks, from a single blocking `/v1/health/state/any` plus the catalog's node li
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from walle.adapters.consul.api import ConsulApi
-from walle.adapters.consul.nodes import NodeInfo, node_health, nodes_from
+from walle.adapters.consul.nodes import SERF_HEALTH, NodeInfo, node_health, nodes_from
 
 _RANK = {"passing": 0, "warning": 1, "maintenance": 2, "critical": 3}
 
@@ -40,13 +40,49 @@ def instance_status(checks: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str]
 
 def fetch_cluster_health(api: ConsulApi, index: int = 0, wait: str | None = None
                          ) -> tuple[int, ClusterHealth]:
+    idx, health, _ = fetch_health_base(api, index, wait)
+    return idx, health
+
+
+@dataclass(frozen=True)
+class HealthBase:
+    """What a full read knows that the non-passing checks alone do not: the catalog's nodes,
+    the nodes that have a serfHealth check, and every instance that has a check. Between
+    two full reads, a change of check statuses only (no node, service or check registered
+    or removed) is `HealthBase.apply(critical + warning checks)`."""
+
+    health: ClusterHealth
+    serf_nodes: frozenset[str]
+
+    def apply(self, index: int, nonpassing: Iterable[Mapping[str, Any]]) -> ClusterHealth:
+        """The cluster's health when the checks not passing are `nonpassing` (the answers of
+        /v1/health/state/critical and /warning, at `index`) and every other check known to
+        the full read passes. Exact as long as no node, service or check was registered or
+        removed since that read (the reader sees those moves in the nodes and services
+        indexes and reads everything again)."""
+        nonpassing = list(nonpassing)
+        status: dict[str, str] = dict.fromkeys(self.serf_nodes, "passing")
+        status.update(node_health(nonpassing))  # serfHealth not passing; maintenance wins
+        nodes = [n if n.health == (h := status.get(n.name, "unknown")) else replace(n, health=h)
+                 for n in self.health.nodes]
+        instances = dict.fromkeys(self.health.instances, "passing")
+        instances.update(instance_status(nonpassing))
+        return ClusterHealth(index, nodes, instances)
+
+
+def fetch_health_base(api: ConsulApi, index: int = 0, wait: str | None = None
+                      ) -> tuple[int, ClusterHealth, HealthBase]:
+    """Every check and node (the full read): (index, health, its base for later
+    incremental reads)."""
     c = api.client
     idx, checks = api.call("health state", lambda: c.health.state(
         "any", index=index or None, wait=wait))
     _, catalog = api.call("catalog nodes", lambda: c.catalog.nodes())
     checks = checks or []
     health = ClusterHealth(int(idx), nodes_from(catalog or [], checks), instance_status(checks))
-    return int(idx), health
+    serf = frozenset(c["Node"] for c in checks
+                     if not c.get("ServiceID") and c.get("CheckID") == SERF_HEALTH)
+    return int(idx), health, HealthBase(health, serf)
 
 
 def watch_failed_nodes(api: ConsulApi, index: int = 0, wait: str | None = None

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, TypeVar
 
 from walle.adapters.consul.api import ConsulApi
@@ -273,6 +275,19 @@ def chunk_ops(ops: Sequence[KvOp], guard: KvOp | None, size: int = TXN_MAX_OPS
     return chunks
 
 
+TXN_IN_FLIGHT = 4  # transactions of one write sent at once
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _txn_pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(TXN_IN_FLIGHT, thread_name_prefix="walle-txn")
+        return _POOL
+
+
 class StateStore:
     def __init__(self, api: ConsulApi):
         self.api = api
@@ -338,27 +353,52 @@ class StateStore:
         return {(c.job, c.slot): c for c in commits}
 
     def txn(self, ops: Sequence[KvOp], *, session: str | None = None) -> TxnResult:
-        """Apply ops in chunks; with `session`, each chunk first checks it holds LEADER_KEY."""
+        """Apply ops in chunks; with `session`, each chunk first checks it holds LEADER_KEY.
+        Chunks go TXN_IN_FLIGHT at a time (a wave): each is its own guarded transaction
+        with its own CAS, so their order does not matter, and in flight together they share
+        the servers' commits (Raft batches concurrent applies, as the stand-in's group commit
+        does). A failed chunk stops the write after its wave: the chunks of that wave may
+        have applied or not, each as a whole (`applied_ops` counts those that did)."""
         if session is not None and not session:
             raise NotLeader("txn: session is empty: only the current leader may write")
         guard = KvOp("check-session", LEADER_KEY, session=session) if session else None
         applied, indexes = 0, {}
-        for offset, chunk in chunk_ops(ops, guard):
-            status, body = self.api.raw("put", "/v1/txn",
-                                        data=json.dumps([op.to_txn() for op in chunk]),
-                                        what=f"txn of {len(chunk)} ops")
-            if status == 200:
-                applied += len(chunk) - (1 if guard else 0)
-                for result in (body or {}).get("Results") or []:
-                    kv = result.get("KV") or {}
-                    if kv.get("Key") and kv.get("ModifyIndex"):
-                        indexes[kv["Key"]] = int(kv["ModifyIndex"])
-                continue
-            if status == 409:
-                return TxnResult(False, applied, _txn_errors(body, offset, bool(guard)),
-                                 indexes)
-            raise ConsulError(f"txn at {self.api.address} answered {status}: {body}")
+        chunks = chunk_ops(ops, guard)
+        for wave in range(0, len(chunks), TXN_IN_FLIGHT):
+            sent = chunks[wave:wave + TXN_IN_FLIGHT]
+            answers = (_txn_pool().map(self._send_chunk, sent) if len(sent) > 1
+                       else [self._send_chunk(sent[0])])
+            failed, error = None, None
+            for (offset, chunk), answer in zip(sent, answers, strict=True):
+                if isinstance(answer, Exception):
+                    error = error or answer
+                    continue
+                status, body = answer
+                if status == 200:
+                    applied += len(chunk) - (1 if guard else 0)
+                    for result in (body or {}).get("Results") or []:
+                        kv = result.get("KV") or {}
+                        if kv.get("Key") and kv.get("ModifyIndex"):
+                            indexes[kv["Key"]] = int(kv["ModifyIndex"])
+                elif status == 409:
+                    failed = failed or TxnResult(False, 0, _txn_errors(body, offset,
+                                                                       bool(guard)))
+                else:
+                    error = error or ConsulError(
+                        f"txn at {self.api.address} answered {status}: {body}")
+            if error is not None:
+                raise error
+            if failed is not None:
+                return replace(failed, applied_ops=applied, indexes=indexes)
         return TxnResult(True, applied, indexes=indexes)
+
+    def _send_chunk(self, sent: tuple[int, list[KvOp]]) -> tuple[int, Any] | Exception:
+        try:
+            return self.api.raw("put", "/v1/txn",
+                                data=json.dumps([op.to_txn() for op in sent[1]]),
+                                what=f"txn of {len(sent[1])} ops")
+        except Exception as err:  # noqa: BLE001 - raised by txn once its wave is in
+            return err
 
     # --- per-job history (service/events.py owns the body; leader writes only) --------------
     def events(self, job: str | None = None, index: int = 0, wait: str | None = None

@@ -197,6 +197,8 @@ class CatalogMixin:
     def instances(self, service: str | None = None, tags: list[str] | None = None,
                   node_meta: dict[str, str] | None = None) -> list[tuple[dict, dict]]:
         """(node, service) pairs sorted by node then ID, filtered like ?tag= and ?node-meta=."""
+        if service is not None and not self.tables.get(f"service.{service}"):
+            return []  # never registered (an index probe): no walk of every service
         out = []
         for (node_name, _), svc in sorted(self.services.items()):
             node = self.nodes.get(node_name)
