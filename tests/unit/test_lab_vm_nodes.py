@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from walle.lab import nodes
+from walle.lab import faults, nodes
 from walle.lab.vm import KERNEL_CMDLINE, LabIdentity, VmError, VmImage, lab_qemu_argv
 
 IMAGE = VmImage(disk=Path("/c/disk.img"), kernel=Path("/c/vmlinuz"),
@@ -78,3 +78,18 @@ def test_killing_a_vm_node_ends_its_process_by_pid():
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
+
+
+def test_faults_find_a_vm_nodes_tap_and_refuse_nsenter_into_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(nodes, "LAB_ROOT", tmp_path)
+    (tmp_path / "mix").mkdir()
+    (tmp_path / "mix" / "state.json").write_text(json.dumps({
+        "name": "mix", "index": 5, "processes": {},
+        "nodes": [{"name": "node1", "address": "10.77.5.11", "pid": 0, "root": "/r"},
+                  {"name": "node2", "address": "10.77.5.12", "pid": 0, "kind": "vm",
+                   "tap": "wt5v2"}]}))
+    lab = nodes.Lab("mix")
+    assert faults.bridge_port(lab, "node1") == "vb-w5-node1"
+    assert faults.bridge_port(lab, "node2") == "wt5v2"  # partition/heal act on the tap
+    with pytest.raises(nodes.LabError, match="node2 is a VM node"):
+        faults.node_exec(lab, "node2", ["true"])
