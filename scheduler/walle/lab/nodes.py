@@ -156,8 +156,11 @@ class Lab:
             if node and node.pid and _alive(node.pid):
                 continue
             self.progress(f"[{self.name}] booting {name}...")
-            vm = node.is_vm if node else n > count
-            self._boot_vm(name) if vm else self._boot(name, rootfs)
+            vm = node.is_vm if node else n > count  # a recorded node boots as what it was
+            if vm:
+                self._boot_vm(name)
+            else:
+                self._boot(name, rootfs)
         self._write_inventory()
         self._wait_for_ssh()
         self.progress(f"[{self.name}] {len(self.state.nodes)} node(s) up in "
@@ -179,7 +182,10 @@ class Lab:
         names = [f"node{n}" for n in range(first, first + count)]
         for name in names:
             self.progress(f"[{self.name}] booting {name}{' (VM)' if vm else ''}...")
-            self._boot_vm(name) if vm else self._boot(name, rootfs)
+            if vm:
+                self._boot_vm(name)
+            else:
+                self._boot(name, rootfs)
         self._write_inventory()
         self._wait_for_ssh(only=set(names))
         return [node for node in self.nodes if node.name in names]
