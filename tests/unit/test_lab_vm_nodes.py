@@ -3,12 +3,14 @@ bridge, what the guest is told on its kernel command line, and how a VM node is 
 
 from __future__ import annotations
 
+import configparser
 import json
 import subprocess
 from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from walle.lab import faults, nodes
 from walle.lab.vm import KERNEL_CMDLINE, LabIdentity, VmError, VmImage, lab_qemu_argv
@@ -93,3 +95,32 @@ def test_faults_find_a_vm_nodes_tap_and_refuse_nsenter_into_it(tmp_path, monkeyp
     assert faults.bridge_port(lab, "node2") == "wt5v2"  # partition/heal act on the tap
     with pytest.raises(nodes.LabError, match="node2 is a VM node"):
         faults.node_exec(lab, "node2", ["true"])
+
+
+def test_a_vm_nodes_ssh_args_are_ansible_cfgs_with_more_patience():
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[2] / "ansible.cfg")
+    ours = nodes.VM_CONNECTION_VARS["ansible_ssh_args"].split()
+    theirs = cfg["ssh_connection"]["ssh_args"].split()
+    assert ours.index("ServerAliveCountMax=24") == theirs.index("ServerAliveCountMax=2")
+    assert [a for a in ours if not a.startswith("ServerAliveCountMax")] == \
+        [a for a in theirs if not a.startswith("ServerAliveCountMax")]
+    assert nodes.VM_CONNECTION_VARS["ansible_timeout"] > int(cfg["defaults"]["timeout"])
+
+
+def test_the_inventories_give_vm_nodes_the_patient_connection(tmp_path, monkeypatch):
+    monkeypatch.setattr(nodes, "LAB_ROOT", tmp_path)
+    (tmp_path / "mix").mkdir()
+    (tmp_path / "mix" / "state.json").write_text(json.dumps({
+        "name": "mix", "index": 5, "processes": {},
+        "nodes": [{"name": "node1", "address": "10.77.5.11", "pid": 0, "root": "/r"},
+                  {"name": "node2", "address": "10.77.5.12", "pid": 0, "kind": "vm",
+                   "tap": "wt5v2"}]}))
+    lab = nodes.Lab("mix")
+    lab._write_inventory()
+    hosts = yaml.safe_load(lab.inventory_path.read_text())["all"]["children"]["walle_nodes"][
+        "hosts"]
+    assert hosts["node2"]["ansible_timeout"] == 120 and "ansible_timeout" not in hosts["node1"]
+    host_vars = lab.pool_inventory_path.parent / "host_vars"  # the scheduler's inventory
+    assert [p.name for p in host_vars.iterdir()] == ["node2.yml"]
+    assert yaml.safe_load((host_vars / "node2.yml").read_text()) == nodes.VM_CONNECTION_VARS

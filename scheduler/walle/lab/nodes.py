@@ -46,6 +46,14 @@ BOOT_TIMEOUT = 90.0
 # A VM node's memory: site.yml, Serf, the exporter and a few instances under tcg (a guest
 # with 1 GiB or less panicked once at high host load); WALLE_LAB_VM_MEMORY_MB: more or less.
 VM_MEMORY_MB = int(os.environ.get("WALLE_LAB_VM_MEMORY_MB", "1536"))
+# Ansible's connection to a VM node: a tcg guest on a loaded host can take tens of seconds to
+# accept a connection or answer a keepalive, where ansible.cfg allows 5 s and 2 x 5 s. The
+# rest of ansible.cfg's ssh_args is repeated (a host's ansible_ssh_args replaces them).
+VM_CONNECTION_VARS = {
+    "ansible_timeout": 120,
+    "ansible_ssh_args": "-C -o ControlMaster=auto -o ControlPersist=600s "
+                        "-o ServerAliveInterval=5 -o ServerAliveCountMax=24",
+}
 CONSUL_HTTP_PORT, CONSUL_DNS_PORT = 8500, 8600
 SERF_PORT, SERF_RPC_BASE = 7946, 17373
 # The host's Serf agent runs the nodes' gossip timings: the profile roles/consul renders for
@@ -452,7 +460,8 @@ class Lab:
         """Two inventories: the static list site.yml provisions (inventory.yml, the nodes
         booted here), and the scheduler's pool, which is whatever Consul's catalog lists
         (pool/walle_consul.yml: no node names in it, so it never changes)."""
-        hosts = {n.name: _node_vars(n) for n in self.nodes}
+        hosts = {n.name: {**_node_vars(n), **(VM_CONNECTION_VARS if n.is_vm else {})}
+                 for n in self.nodes}
         inventory = {
             "all": {
                 "vars": {
@@ -475,6 +484,14 @@ class Lab:
                                         "url": self.consul_http_addr}, sort_keys=False))
         (pool.parent / "group_vars" / "all.yml").write_text(
             yaml.safe_dump(self._connection_vars(), sort_keys=False))
+        host_vars = pool.parent / "host_vars"  # the scheduler's connection to VM nodes
+        shutil.rmtree(host_vars, ignore_errors=True)
+        vms = [n for n in self.nodes if n.is_vm]
+        if vms:
+            host_vars.mkdir()
+            for node in vms:
+                (host_vars / f"{node.name}.yml").write_text(
+                    yaml.safe_dump(VM_CONNECTION_VARS, sort_keys=False))
 
 
 def _node_vars(node: LabNode) -> dict:
