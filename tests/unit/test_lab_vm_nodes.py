@@ -82,7 +82,8 @@ def test_killing_a_vm_node_ends_its_process_by_pid():
             proc.wait(timeout=5)
 
 
-def test_faults_find_a_vm_nodes_tap_and_refuse_nsenter_into_it(tmp_path, monkeypatch):
+def mixed_lab(tmp_path, monkeypatch) -> nodes.Lab:
+    """Lab `mix` as its state file records it: nspawn node1, VM node2 (nothing runs)."""
     monkeypatch.setattr(nodes, "LAB_ROOT", tmp_path)
     (tmp_path / "mix").mkdir()
     (tmp_path / "mix" / "state.json").write_text(json.dumps({
@@ -90,7 +91,11 @@ def test_faults_find_a_vm_nodes_tap_and_refuse_nsenter_into_it(tmp_path, monkeyp
         "nodes": [{"name": "node1", "address": "10.77.5.11", "pid": 0, "root": "/r"},
                   {"name": "node2", "address": "10.77.5.12", "pid": 0, "kind": "vm",
                    "tap": "wt5v2"}]}))
-    lab = nodes.Lab("mix")
+    return nodes.Lab("mix")
+
+
+def test_faults_find_a_vm_nodes_tap_and_refuse_nsenter_into_it(tmp_path, monkeypatch):
+    lab = mixed_lab(tmp_path, monkeypatch)
     assert faults.bridge_port(lab, "node1") == "vb-w5-node1"
     assert faults.bridge_port(lab, "node2") == "wt5v2"  # partition/heal act on the tap
     with pytest.raises(nodes.LabError, match="node2 is a VM node"):
@@ -109,14 +114,7 @@ def test_a_vm_nodes_ssh_args_are_ansible_cfgs_with_more_patience():
 
 
 def test_the_inventories_give_vm_nodes_the_patient_connection(tmp_path, monkeypatch):
-    monkeypatch.setattr(nodes, "LAB_ROOT", tmp_path)
-    (tmp_path / "mix").mkdir()
-    (tmp_path / "mix" / "state.json").write_text(json.dumps({
-        "name": "mix", "index": 5, "processes": {},
-        "nodes": [{"name": "node1", "address": "10.77.5.11", "pid": 0, "root": "/r"},
-                  {"name": "node2", "address": "10.77.5.12", "pid": 0, "kind": "vm",
-                   "tap": "wt5v2"}]}))
-    lab = nodes.Lab("mix")
+    lab = mixed_lab(tmp_path, monkeypatch)
     lab._write_inventory()
     hosts = yaml.safe_load(lab.inventory_path.read_text())["all"]["children"]["walle_nodes"][
         "hosts"]
