@@ -116,17 +116,20 @@ class Pool:
 
 
 @contextlib.contextmanager
-def running_pool(prefix: str, schedulers: int = 2) -> Iterator[Pool]:
-    """A provisioned 3-node lab with its Consul and `schedulers` scheduler processes, removed
-    at the end (from the lab's recorded state: nodes added meanwhile go too)."""
-    lab = Lab(f"{prefix}{os.getpid()}", progress=lambda msg: None)
+def running_pool(prefix: str, schedulers: int = 2, nodes: int = 3, vm_nodes: int = 0,
+                 progress: Callable[[str], None] = lambda msg: None) -> Iterator[Pool]:
+    """A provisioned lab of `nodes` nspawn nodes (and `vm_nodes` VM nodes after them) with its
+    Consul and `schedulers` scheduler processes, removed at the end (from the lab's recorded
+    state: nodes added meanwhile go too)."""
+    lab = Lab(f"{prefix}{os.getpid()}", progress=progress)
     try:
-        lab.up(3)
+        lab.up(nodes, vm_nodes=vm_nodes)
         addr = lab.start_consul()
         assert provision(lab) == 0
         start_schedulers(lab, addr, count=schedulers)
         p = Pool(lab, addr)
-        p.wait("nodes in the catalog", lambda: len(p.snapshot().nodes) == 3, 30)
+        p.wait("nodes in the catalog",
+               lambda: len(p.snapshot().nodes) == nodes + vm_nodes, 30 + 60 * vm_nodes)
         yield p
     finally:
         lab.down()

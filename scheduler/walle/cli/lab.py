@@ -1,5 +1,5 @@
-"""`walle lab up|status|add|remove|down|kill|restart`: the local pool of nspawn nodes on this
-machine."""
+"""`walle lab up|status|add|remove|down|kill|restart`: the local pool of nspawn nodes (and qemu
+VM nodes, `--vm-nodes`/`--vm`) on this machine."""
 
 from __future__ import annotations
 
@@ -23,7 +23,10 @@ def register(subparsers) -> None:
     parser.add_argument("--name", default=DEFAULT_LAB, help="lab name (default: %(default)s)")
     actions = parser.add_subparsers(dest="lab_action", metavar="ACTION", required=True)
     up = actions.add_parser("up", help="boot the lab's nodes (cached rootfs, seconds when warm)")
-    up.add_argument("--nodes", type=int, default=3, help="number of nodes (default: 3)")
+    up.add_argument("--nodes", type=int, default=3, help="number of nspawn nodes (default: 3)")
+    up.add_argument("--vm-nodes", type=int, default=0, metavar="K",
+                    help="and K qemu VM nodes after them (real cgroup v2; minutes to boot "
+                         "under tcg; default: 0)")
     status = actions.add_parser("status", help="nodes, addresses and whether they answer")
     add_json_arg(status)
     actions.add_parser("down", help="stop the nodes and remove everything the lab made")
@@ -31,6 +34,8 @@ def register(subparsers) -> None:
                                          "them (site.yml --limit); the scheduler finds them "
                                          "in Consul")
     add.add_argument("count", nargs="?", type=int, default=1, help="how many (default: 1)")
+    add.add_argument("--vm", action="store_true",
+                     help="qemu VM nodes (real cgroup v2; minutes to boot and provision)")
     remove = actions.add_parser("remove", help="drain a node, make it leave Consul, power it "
                                                "off and forget it")
     remove.add_argument("node")
@@ -49,7 +54,7 @@ def run(args) -> int:
     lab = Lab(args.name)
     try:
         if args.lab_action == "up":
-            lab.up(args.nodes)
+            lab.up(args.nodes, vm_nodes=args.vm_nodes)
             print(f"lab {args.name}: inventory {lab.inventory_path}")
             return 0
         if args.lab_action == "status":
@@ -58,7 +63,7 @@ def run(args) -> int:
             lab.down()
             return 0
         if args.lab_action == "add":
-            return _add(lab, args.count)
+            return _add(lab, args.count, args.vm)
         if args.lab_action == "remove":
             return _remove(lab, args.node, args.timeout, args.force)
         if args.lab_action == "kill":
@@ -78,14 +83,14 @@ def _status(lab: Lab, as_json: bool) -> int:
     elif not rows:
         print(f"lab {lab.name} is not up")
     else:
-        print_table(rows, ["name", "address", "pid", "running", "ssh"])
+        print_table(rows, ["name", "kind", "address", "pid", "running", "ssh"])
     return 0 if rows and all(r["running"] for r in rows) else 1
 
 
-def _add(lab: Lab, count: int) -> int:
+def _add(lab: Lab, count: int, vm: bool = False) -> int:
     from walle.cli.demo import provision  # demo imports cli.main, which imports this module
 
-    added = [node.name for node in lab.add(count)]
+    added = [node.name for node in lab.add(count, vm=vm)]
     if provision(lab, limit=added) != 0:
         print(f"walle lab add: booted {', '.join(added)} but site.yml failed on them; run "
               f"`walle lab remove` for each, or fix and run site.yml --limit again",

@@ -35,6 +35,9 @@ def node_exec(lab: Lab, node: str, argv: list[str],
               timeout: float = EXEC_TIMEOUT) -> subprocess.CompletedProcess:
     """Run argv inside a node's namespaces (nsenter from the host). Unlike SSH this works while
     the node is partitioned, so an observer sees what a cut-off node really runs."""
+    if _lab_node(lab, node).is_vm:
+        raise LabError(f"{node} is a VM node: its namespaces are in the guest's kernel, not "
+                       "here; reach it over SSH (walle.adapters.runner.run_command)")
     pid = node_init_pid(lab, node)
     if pid is None:
         raise LabError(f"{node} is not running")
@@ -43,9 +46,12 @@ def node_exec(lab: Lab, node: str, argv: list[str],
 
 
 def bridge_port(lab: Lab, node: str) -> str:
-    """The node's host-side veth on the lab bridge (nspawn --network-bridge names it
-    vb-<machine>; the lab's machine names are w<index>-<node>, see Lab._boot)."""
-    _lab_node(lab, node)
+    """The node's host-side port on the lab bridge: the veth nspawn --network-bridge names
+    vb-<machine> (the lab's machine names are w<index>-<node>, see Lab._boot), or a VM node's
+    tap device."""
+    entry = _lab_node(lab, node)
+    if entry.is_vm:
+        return entry.tap
     return f"vb-w{lab._require_state().index}-{node}"
 
 

@@ -5,6 +5,12 @@ sshd and a copy-on-write view (overlayfs) of the cached rootfs, so a node boots 
 costs only what it writes. Several labs can exist at once: each gets its own index k, bridge
 `walle<k>` and subnet 10.77.<k>.0/24 (the host is .1, nodes are .11 upwards).
 
+A lab can also hold VM nodes (`up(vm_nodes=K)`, `add(vm=True)`): qemu VMs booted from the vm
+tier's cached image (walle.lab.vm), their NIC a tap device on the lab's bridge, their address
+and the lab's SSH key given on the kernel command line. They run what an nspawn node runs
+(site.yml, Serf, the scheduler places on them) but on their own kernel with a real cgroup v2
+tree, so the limits of the instances placed there are enforced and container runtimes run.
+
 Everything a lab starts or makes is recorded in `<LAB_ROOT>/<name>/state.json` (PIDs, mounts,
 bridge), so `down()` removes exactly that, even from another process or after a crash.
 """
@@ -28,13 +34,26 @@ from pathlib import Path
 import psutil
 import yaml
 
+from walle.lab import vm as walle_vm
 from walle.lab.rootfs import ensure_rootfs
+from walle.lab.vm import tail as _tail
 
 LAB_ROOT = Path(os.environ.get("WALLE_LAB_ROOT", "/var/lib/walle/lab"))
 SUBNET_PREFIX = "10.77"
 MAX_LABS = 200
 FIRST_NODE_HOST = 11
 BOOT_TIMEOUT = 90.0
+# A VM node's memory: site.yml, Serf, the exporter and a few instances under tcg (a guest
+# with 1 GiB or less panicked once at high host load); WALLE_LAB_VM_MEMORY_MB: more or less.
+VM_MEMORY_MB = int(os.environ.get("WALLE_LAB_VM_MEMORY_MB", "1536"))
+# Ansible's connection to a VM node: a tcg guest on a loaded host can take tens of seconds to
+# accept a connection or answer a keepalive, where ansible.cfg allows 5 s and 2 x 5 s. The
+# rest of ansible.cfg's ssh_args is repeated (a host's ansible_ssh_args replaces them).
+VM_CONNECTION_VARS = {
+    "ansible_timeout": 120,
+    "ansible_ssh_args": "-C -o ControlMaster=auto -o ControlPersist=600s "
+                        "-o ServerAliveInterval=5 -o ServerAliveCountMax=24",
+}
 CONSUL_HTTP_PORT, CONSUL_DNS_PORT = 8500, 8600
 SERF_PORT, SERF_RPC_BASE = 7946, 17373
 # The host's Serf agent runs the nodes' gossip timings: the profile roles/consul renders for
@@ -52,8 +71,14 @@ def _stderr(msg: str) -> None:
 class LabNode:
     name: str
     address: str
-    pid: int = 0  # the systemd-nspawn process
-    root: str = ""  # merged overlay mount the node boots from
+    pid: int = 0  # the systemd-nspawn process, or qemu's for a VM node
+    root: str = ""  # merged overlay mount the node boots from (nspawn nodes)
+    kind: str = "nspawn"  # or "vm"
+    tap: str = ""  # a VM node's tap device on the lab bridge
+
+    @property
+    def is_vm(self) -> bool:
+        return self.kind == "vm"
 
 
 @dataclass
@@ -118,9 +143,13 @@ class Lab:
     def ssh_key(self) -> Path:
         return self.dir / "id_ed25519"
 
-    def up(self, count: int = 3) -> list[LabNode]:
-        if not 1 <= count <= 50:
-            raise LabError(f"node count {count}: choose 1 to 50")
+    def up(self, count: int = 3, vm_nodes: int = 0) -> list[LabNode]:
+        """Boot node1..node<count> (nspawn) and, after them, `vm_nodes` VM nodes; nodes
+        already running are kept, a recorded node that is down boots again as what it was."""
+        if not 1 <= count + vm_nodes <= 50 or count < 0 or vm_nodes < 0:
+            raise LabError(f"node count {count} + {vm_nodes} VM node(s): choose 1 to 50 in all")
+        if vm_nodes:
+            _require_vm_support()
         rootfs = ensure_rootfs(progress=self.progress)
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.state is None:
@@ -129,32 +158,42 @@ class Lab:
         self._ensure_ssh_key()
         self._ensure_bridge()
         started = time.monotonic()
-        for n in range(1, count + 1):
+        for n in range(1, count + vm_nodes + 1):
             name = f"node{n}"
             node = self._node(name)
             if node and node.pid and _alive(node.pid):
                 continue
             self.progress(f"[{self.name}] booting {name}...")
-            self._boot(name, rootfs)
+            vm = node.is_vm if node else n > count  # a recorded node boots as what it was
+            if vm:
+                self._boot_vm(name)
+            else:
+                self._boot(name, rootfs)
         self._write_inventory()
         self._wait_for_ssh()
         self.progress(f"[{self.name}] {len(self.state.nodes)} node(s) up in "
                       f"{time.monotonic() - started:.1f}s")
         return self.nodes
 
-    def add(self, count: int = 1) -> list[LabNode]:
-        """Boot `count` more nodes into the lab (numbered after the highest one); returns
-        them. Provisioning them (site.yml --limit) is the caller's (`walle lab add`)."""
+    def add(self, count: int = 1, vm: bool = False) -> list[LabNode]:
+        """Boot `count` more nodes into the lab (numbered after the highest one; VM nodes
+        with `vm`); returns them. Provisioning them (site.yml --limit) is the caller's
+        (`walle lab add`)."""
         state = self._require_state()
         if not 1 <= count <= 50 - len(state.nodes):
             raise LabError(f"node count {count}: the lab has {len(state.nodes)} node(s) and "
                            "holds at most 50")
-        rootfs = ensure_rootfs(progress=self.progress)
+        if vm:
+            _require_vm_support()
+        rootfs = None if vm else ensure_rootfs(progress=self.progress)
         first = max((_number(n.name) for n in state.nodes), default=0) + 1
         names = [f"node{n}" for n in range(first, first + count)]
         for name in names:
-            self.progress(f"[{self.name}] booting {name}...")
-            self._boot(name, rootfs)
+            self.progress(f"[{self.name}] booting {name}{' (VM)' if vm else ''}...")
+            if vm:
+                self._boot_vm(name)
+            else:
+                self._boot(name, rootfs)
         self._write_inventory()
         self._wait_for_ssh(only=set(names))
         return [node for node in self.nodes if node.name in names]
@@ -166,8 +205,7 @@ class Lab:
         if node is None:
             raise LabError(f"no node {name!r} in lab {self.name!r}")
         self.progress(f"[{self.name}] powering off {name}")
-        _stop_container(node.pid)
-        _unmount(node.root)
+        _stop_node(node)
         shutil.rmtree(self.dir / "nodes" / name, ignore_errors=True)
         state = self._require_state()
         state.nodes = [n for n in state.nodes if n.name != name]
@@ -180,16 +218,21 @@ class Lab:
         rows = []
         for node in self.nodes:
             up = bool(node.pid) and _alive(node.pid)
-            rows.append({"name": node.name, "address": node.address, "pid": node.pid,
-                         "running": up, "ssh": up and _port_open(node.address, 22)})
+            rows.append({"name": node.name, "kind": node.kind, "address": node.address,
+                         "pid": node.pid, "running": up,
+                         "ssh": up and _port_open(node.address, 22)})
         return rows
 
     def kill_node(self, name: str) -> None:
         """A hard failure: SIGKILL the node's init (its whole PID namespace dies with it) and its
-        nspawn process, as if the machine lost power."""
+        nspawn process, as if the machine lost power (a VM node: SIGKILL qemu, its tap device
+        removed: the link goes with the machine)."""
         node = self._node(name)
         if node is None:
             raise LabError(f"no node {name!r} in lab {self.name!r}")
+        if node.is_vm:
+            _stop_vm(node, grace=0.0)
+            return
         for pid in (*_children(node.pid), node.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -202,7 +245,10 @@ class Lab:
             raise LabError(f"no node {name!r} in lab {self.name!r}")
         if not _alive(node.pid):
             shutil.rmtree(self.control_path_dir, ignore_errors=True)
-            self._boot(name, ensure_rootfs(progress=self.progress))
+            if node.is_vm:
+                self._boot_vm(name)  # on its own disk overlay, kept since it was killed
+            else:
+                self._boot(name, ensure_rootfs(progress=self.progress))
             self._wait_for_ssh(only={name})  # other nodes may be down on purpose
         return self._node(name)
 
@@ -273,8 +319,7 @@ class Lab:
                 _terminate(pid, 5.0)
             for node in state.nodes:
                 self.progress(f"[{self.name}] stopping {node.name}")
-                _stop_container(node.pid)
-                _unmount(node.root)
+                _stop_node(node)
             _run_quiet(["ip", "link", "del", state.bridge])
         shutil.rmtree(self.dir, ignore_errors=True)
         self.state = None
@@ -341,21 +386,63 @@ class Lab:
         state.nodes.sort(key=lambda n: _number(n.name))
         self._save()
 
+    def _boot_vm(self, name: str) -> None:
+        """Boot a VM node: a copy-on-write disk over the cached VM image (kept across a kill
+        and restart, like a machine's disk), a tap device on the lab bridge, qemu."""
+        state = self._require_state()
+        number = _number(name)
+        address = f"{SUBNET_PREFIX}.{state.index}.{FIRST_NODE_HOST + number - 1}"
+        image = walle_vm.ensure_vm_image(progress=self.progress)
+        node_dir = self.dir / "nodes" / name
+        node_dir.mkdir(parents=True, exist_ok=True)
+        disk = node_dir / "disk.qcow2"
+        if not disk.exists():
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+                            str(image.disk), str(disk)], check=True, timeout=60)
+        tap = f"wt{state.index}v{number}"  # at most 15 characters (index < 200, number <= 50)
+        _run_quiet(["ip", "link", "del", tap])  # a killed node's, should one be left
+        subprocess.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"], check=True)
+        subprocess.run(["ip", "link", "set", tap, "master", state.bridge, "up"], check=True)
+        identity = walle_vm.LabIdentity(name=name, address=address, host=state.host_address,
+                                        ssh_public_key=self.ssh_key.with_suffix(".pub")
+                                        .read_text())
+        argv = walle_vm.lab_qemu_argv(image, disk, node_dir / "console.log", tap,
+                                      f"52:54:00:77:{state.index:02x}:{number:02x}",
+                                      identity, VM_MEMORY_MB)
+        with open(node_dir / "qemu.log", "ab") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        node = LabNode(name=name, address=address, pid=proc.pid, kind="vm", tap=tap)
+        state.nodes = [n for n in state.nodes if n.name != name] + [node]
+        state.nodes.sort(key=lambda n: _number(n.name))
+        self._save()
+
     def _wait_for_ssh(self, only: set[str] | None = None) -> None:
-        """Wait for sshd on the nodes just booted (`only`, default all of them)."""
-        deadline = time.monotonic() + BOOT_TIMEOUT
+        """Wait for sshd on the nodes just booted (`only`, default all of them): BOOT_TIMEOUT,
+        or the VM tier's boot timeout when a VM node is among them (tcg is slow)."""
         pending = {n.name: n for n in self.nodes if only is None or n.name in only}
+        timeout = max([BOOT_TIMEOUT] + [walle_vm.BOOT_TIMEOUT for n in pending.values()
+                                        if n.is_vm])
+        started = time.monotonic()
+        deadline = started + timeout
         while pending and time.monotonic() < deadline:
             for name, node in list(pending.items()):
                 if not _alive(node.pid):
                     log = self.dir / "nodes" / name / "console.log"
-                    raise LabError(f"{name} exited while booting; see {log}")
+                    raise LabError(f"{name} exited while booting; see {log}:\n"
+                                   f"{_tail(log) if node.is_vm else ''}")
                 if _port_open(node.address, 22):
+                    if node.is_vm:
+                        self.progress(f"[{self.name}] {name} (VM) answers on SSH after "
+                                      f"{time.monotonic() - started:.1f}s")
                     del pending[name]
             time.sleep(0.2)
         if pending:
-            raise LabError(f"sshd did not answer within {BOOT_TIMEOUT:.0f}s on: "
-                           f"{', '.join(sorted(pending))}")
+            consoles = "".join(
+                f"\n{name} console:\n{_tail(self.dir / 'nodes' / name / 'console.log')}"
+                for name, node in sorted(pending.items()) if node.is_vm)
+            raise LabError(f"sshd did not answer within {timeout:.0f}s on: "
+                           f"{', '.join(sorted(pending))}{consoles}")
 
     def _connection_vars(self) -> dict:
         return {
@@ -373,7 +460,8 @@ class Lab:
         """Two inventories: the static list site.yml provisions (inventory.yml, the nodes
         booted here), and the scheduler's pool, which is whatever Consul's catalog lists
         (pool/walle_consul.yml: no node names in it, so it never changes)."""
-        hosts = {n.name: _node_vars(n) for n in self.nodes}
+        hosts = {n.name: {**_node_vars(n), **(VM_CONNECTION_VARS if n.is_vm else {})}
+                 for n in self.nodes}
         inventory = {
             "all": {
                 "vars": {
@@ -396,6 +484,14 @@ class Lab:
                                         "url": self.consul_http_addr}, sort_keys=False))
         (pool.parent / "group_vars" / "all.yml").write_text(
             yaml.safe_dump(self._connection_vars(), sort_keys=False))
+        host_vars = pool.parent / "host_vars"  # the scheduler's connection to VM nodes
+        shutil.rmtree(host_vars, ignore_errors=True)
+        vms = [n for n in self.nodes if n.is_vm]
+        if vms:
+            host_vars.mkdir()
+            for node in vms:
+                (host_vars / f"{node.name}.yml").write_text(
+                    yaml.safe_dump(VM_CONNECTION_VARS, sort_keys=False))
 
 
 def _node_vars(node: LabNode) -> dict:
@@ -511,6 +607,37 @@ def _stop_container(pid: int) -> None:
             os.kill(child, signal.SIGKILL)
 
 
+def _stop_node(node: LabNode) -> None:
+    if node.is_vm:
+        _stop_vm(node, grace=10.0)
+    else:
+        _stop_container(node.pid)
+        _unmount(node.root)
+
+
+def _stop_vm(node: LabNode, grace: float) -> None:
+    """End qemu by its PID (SIGTERM: qemu exits at once, like a power cut; SIGKILL after
+    `grace`, at once when 0) and remove its tap device. The disk overlay stays with the node's
+    folder (a restart boots from it)."""
+    if node.pid and _alive(node.pid):
+        if grace > 0:
+            _terminate(node.pid, grace)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.pid, signal.SIGKILL)
+            _wait_gone(node.pid, 10.0)
+    if node.tap:
+        _run_quiet(["ip", "link", "del", node.tap])
+
+
+def _require_vm_support() -> None:
+    reason = walle_vm.qemu_available()
+    if reason:
+        raise LabError(f"VM nodes need qemu: {reason}")
+    if not Path("/dev/net/tun").exists():
+        raise LabError("VM nodes need /dev/net/tun (tap devices on the lab bridge)")
+
+
 def _unmount(root: str) -> None:
     if not (root and os.path.ismount(root)):
         return
@@ -538,10 +665,11 @@ def _port_open(host: str, port: int, timeout: float = 0.3) -> bool:
 
 
 @contextlib.contextmanager
-def temporary_lab(name: str, count: int = 3, progress: Progress = _stderr) -> Iterator[Lab]:
+def temporary_lab(name: str, count: int = 3, progress: Progress = _stderr,
+                  vm_nodes: int = 0) -> Iterator[Lab]:
     lab = Lab(name, progress=progress)
     try:
-        lab.up(count)
+        lab.up(count, vm_nodes=vm_nodes)
         yield lab
     finally:
         lab.down()

@@ -37,7 +37,8 @@ from walle.lab.rootfs import CACHE_DIR, NODE_PACKAGES, SUITE, cache_key, ensure_
 VM_CACHE = CACHE_DIR / "vm"
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
 # Bump when the recipe in _customize changes, so a stale cached image is not reused.
-RECIPE_VERSION = "1"
+# 2: the lab identity unit (a lab VM node's address and SSH key from the kernel command line)
+RECIPE_VERSION = "2"
 DISK_SIZE = "2G"
 # no_timer_check: under tcg on a loaded host the kernel's IO-APIC timer check can miss its
 # ticks and panic ("IO-APIC + timer doesn't work!"), seen here at load 20+.
@@ -104,8 +105,8 @@ class VM:
         if proc.returncode != 0:
             raise VmError(f"writing {path} in the VM failed: {proc.stderr.strip()}")
 
-    def console_tail(self, lines: int = 40) -> str:
-        return _tail(self.workdir / "console.log", lines)
+    def consoletail(self, lines: int = 40) -> str:
+        return tail(self.workdir / "console.log", lines)
 
 
 # ---- pure helpers ---------------------------------------------------------------------------
@@ -118,15 +119,68 @@ def image_key(rootfs: Path, kernel_package: str = KERNEL_PACKAGE,
 
 def qemu_argv(image: VmImage, overlay: Path, ssh_port: int, console: Path,
               memory_mb: int = 1024, cpus: int = 2) -> list[str]:
+    """The test VM: user-mode networking, sshd forwarded to 127.0.0.1:`ssh_port`."""
+    return _qemu_base(image, overlay, console, memory_mb, cpus, KERNEL_CMDLINE) + [
+        "-nic", f"user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+    ]
+
+
+def lab_qemu_argv(image: VmImage, overlay: Path, console: Path, tap: str, mac: str,
+                  identity: LabIdentity, memory_mb: int, cpus: int = 2) -> list[str]:
+    """A lab VM node: its NIC on the tap device `tap` (a port of the lab's bridge), its lab
+    identity on the kernel command line (read by walle-lab-identity in the guest). It
+    reboots in place (no -no-reboot): `reboot` inside is a reboot, as on a machine."""
+    argv = _qemu_base(image, overlay, console, memory_mb, cpus,
+                      f"{KERNEL_CMDLINE} {identity.cmdline()}")
+    argv.remove("-no-reboot")
+    return argv + [
+        "-netdev", f"tap,id=lab,ifname={tap},script=no,downscript=no",
+        "-device", f"virtio-net-pci,netdev=lab,mac={mac}",
+    ]
+
+
+def _qemu_base(image: VmImage, overlay: Path, console: Path, memory_mb: int, cpus: int,
+               cmdline: str) -> list[str]:
     return [
         QEMU, "-accel", "tcg", "-cpu", "max", "-m", str(memory_mb), "-smp", str(cpus),
         "-display", "none", "-monitor", "none", "-serial", f"file:{console}",
         "-no-reboot",
         "-kernel", str(image.kernel), "-initrd", str(image.initrd),
-        "-append", KERNEL_CMDLINE,
+        "-append", cmdline,
         "-drive", f"file={overlay},format=qcow2,if=virtio",
-        "-nic", f"user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
     ]
+
+
+@dataclass(frozen=True)
+class LabIdentity:
+    """What makes a VM a given lab node, passed on its kernel command line: its name, its
+    address on the lab bridge (/24), the host's address there, and the lab's SSH public key
+    (root logs in with it, as on the lab's nspawn nodes)."""
+
+    name: str
+    address: str
+    host: str
+    ssh_public_key: str  # "ssh-ed25519 AAAA... comment"
+
+    def cmdline(self) -> str:
+        for what, value in (("address", self.address), ("host", self.host)):
+            if not _is_ipv4(value):
+                raise VmError(f"lab VM node {self.name}: {what} {value!r} is not an IPv4 "
+                              "address")
+        if not (self.name.isascii() and self.name.replace("-", "").isalnum()):
+            raise VmError(f"lab VM node name {self.name!r}: use letters, digits and dashes")
+        words = self.ssh_public_key.split()
+        if len(words) < 2 or not words[0].startswith("ssh-") or not all(
+                c.isalnum() or c in "+/=" for c in words[1]):
+            raise VmError(f"lab VM node {self.name}: the lab's SSH public key is not "
+                          "'ssh-TYPE BASE64 [comment]'")
+        return (f"systemd.hostname={self.name} walle.address={self.address}/24 "
+                f"walle.host={self.host} walle.ssh_key={words[0]},{words[1]}")
+
+
+def _is_ipv4(value: str) -> bool:
+    parts = value.split(".")
+    return len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts)
 
 
 def ssh_argv(port: int, key: Path, command: str) -> list[str]:
@@ -144,7 +198,8 @@ def inventory_text(port: int, key: Path, host: str = "walle-vm") -> str:
     )
 
 
-def _tail(path: Path, lines: int) -> str:
+def tail(path: Path, lines: int = 40) -> str:
+    """The last `lines` lines of a log file (a console log), or a note that there is none."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -216,13 +271,67 @@ def _install_kernel(tree: Path) -> None:
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=900)
 
 
+# A lab VM node's identity from its kernel command line (LabIdentity.cmdline): its static
+# address on the lab bridge (a networkd file in /run sorting before the DHCP one), /etc/hosts
+# and /etc/hostname, and the lab's SSH key for root (authorized_keys2, rewritten each boot).
+LAB_IDENTITY_SCRIPT = r"""#!/bin/sh
+set -eu
+name= address= host= key=
+for word in $(cat /proc/cmdline); do
+    case "$word" in
+        systemd.hostname=*) name=${word#systemd.hostname=} ;;
+        walle.address=*) address=${word#walle.address=} ;;
+        walle.host=*) host=${word#walle.host=} ;;
+        walle.ssh_key=*) key=${word#walle.ssh_key=} ;;
+    esac
+done
+if [ -z "$name" ] || [ -z "$address" ] || [ -z "$host" ] || [ -z "$key" ]; then
+    echo "walle-lab-identity: the kernel command line lacks systemd.hostname=, walle.address=," \
+         "walle.host= or walle.ssh_key=" >&2
+    exit 1
+fi
+mkdir -p /run/systemd/network
+printf '[Match]\nName=e*\n\n[Network]\nAddress=%s\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n' \
+    "$address" > /run/systemd/network/10-walle-lab.network
+printf '%s\n' "$name" > /etc/hostname
+printf '127.0.0.1 localhost\n%s %s\n%s walle-host\n' "${address%/*}" "$name" "$host" > /etc/hosts
+printf '%s %s\n' "${key%%,*}" "${key#*,}" > /root/.ssh/authorized_keys2
+chmod 600 /root/.ssh/authorized_keys2
+"""
+LAB_IDENTITY_UNIT = """[Unit]
+Description=Walle lab node identity (address, hosts, SSH key) from the kernel command line
+ConditionKernelCommandLine=walle.address
+DefaultDependencies=no
+After=systemd-remount-fs.service local-fs.target
+Before=sysinit.target network-pre.target systemd-networkd.service ssh.service
+Wants=network-pre.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/walle-lab-identity
+
+[Install]
+WantedBy=sysinit.target
+"""
+
+
 def _customize(tree: Path, public_key: str) -> None:
-    """DHCP on the NIC, root's key, host keys made now (keygen under tcg is slow), no
-    wait-online so boot does not stall, and a hostname."""
+    """DHCP on the NIC (unless booted as a lab node: walle-lab-identity), root's key, host
+    keys made now (keygen under tcg is slow), no wait-online so boot does not stall, and a
+    hostname."""
     network = tree / "etc/systemd/network/20-walle-dhcp.network"
     network.parent.mkdir(parents=True, exist_ok=True)
-    network.write_text("[Match]\nName=e*\n\n[Network]\nDHCP=yes\n")
+    network.write_text("[Match]\nName=e*\nKernelCommandLine=!walle.address\n\n"
+                       "[Network]\nDHCP=yes\n")
     _enable(tree, "systemd-networkd.service", "/lib/systemd/system/systemd-networkd.service")
+    script = tree / "usr/local/sbin/walle-lab-identity"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(LAB_IDENTITY_SCRIPT)
+    script.chmod(0o755)
+    (tree / "etc/systemd/system/walle-lab-identity.service").write_text(LAB_IDENTITY_UNIT)
+    _enable(tree, "walle-lab-identity.service",
+            "/etc/systemd/system/walle-lab-identity.service", target="sysinit.target")
     _mask(tree, "systemd-networkd-wait-online.service")
     ssh_dir = tree / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
@@ -235,8 +344,8 @@ def _customize(tree: Path, public_key: str) -> None:
     (tree / "etc/fstab").write_text("/dev/vda / ext4 rw,relatime 0 1\n")
 
 
-def _enable(tree: Path, unit: str, source: str) -> None:
-    wants = tree / "etc/systemd/system/multi-user.target.wants"
+def _enable(tree: Path, unit: str, source: str, target: str = "multi-user.target") -> None:
+    wants = tree / f"etc/systemd/system/{target}.wants"
     wants.mkdir(parents=True, exist_ok=True)
     link = wants / unit
     link.unlink(missing_ok=True)
@@ -313,7 +422,7 @@ def _wait_for_ssh(vm: VM, proc: subprocess.Popen, deadline: float) -> None:
     for _ in range(1000):  # bounded by count as well as by the deadline
         if proc.poll() is not None:
             raise VmError(f"qemu exited with {proc.returncode} before sshd answered:\n"
-                          f"{_tail(vm.workdir / 'qemu.err', 20)}\n{vm.console_tail()}")
+                          f"{tail(vm.workdir / 'qemu.err', 20)}\n{vm.consoletail()}")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
@@ -324,7 +433,7 @@ def _wait_for_ssh(vm: VM, proc: subprocess.Popen, deadline: float) -> None:
             pass
         time.sleep(1.0)
     raise VmError(f"sshd in the VM did not answer within the boot timeout; console:\n"
-                  f"{vm.console_tail()}")
+                  f"{vm.consoletail()}")
 
 
 def _shutdown(proc: subprocess.Popen, port: int, key: Path) -> None:
