@@ -70,7 +70,8 @@ class Pool:
             if value:
                 return value
             time.sleep(0.3)
-        where = {k: (r.alloc.node, r.alloc.state) for k, r in self.records().items()}
+        where = {k: (r.alloc.node, r.alloc.state, getattr(r.alloc, "reason", ""))
+                 for k, r in self.snapshot().records.items()}
         raise AssertionError(f"{what}: not within {timeout:.0f}s; records: {where}")
 
     def converged(self, job: str, count: int) -> bool:
