@@ -72,7 +72,9 @@ class Pool:
             time.sleep(0.3)
         where = {k: (r.alloc.node, r.alloc.state, getattr(r.alloc, "reason", ""))
                  for k, r in self.snapshot().records.items()}
-        raise AssertionError(f"{what}: not within {timeout:.0f}s; records: {where}")
+        logs = "".join(f"\n--- {log.name}:\n" + log.read_text(errors="replace")[-3000:]
+                       for log in sorted(self.lab.dir.glob("scheduler-*.log")))
+        raise AssertionError(f"{what}: not within {timeout:.0f}s; records: {where}{logs}")
 
     def converged(self, job: str, count: int) -> bool:
         recs = self.records(job)
@@ -413,8 +415,8 @@ def test_cron_runs_fire_are_retried_within_bounds_and_are_read_back(pool):
     jobs = (flaky, broken, slow, overlap)
     for spec in jobs:
         submit(pool.store, spec)
-    for spec in jobs:
-        pool.wait(f"{spec.name} timer active", lambda s=spec: pool.converged(s.name, 1))
+    for spec in jobs:  # one place.yml for the four: 80 s of it at load 40 on 2 cores
+        pool.wait(f"{spec.name} timer active", lambda s=spec: pool.converged(s.name, 1), 240)
 
     def runs(job: str) -> list[dict]:
         (row,) = walle_json(pool, "status", job)
