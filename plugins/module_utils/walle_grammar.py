@@ -52,6 +52,8 @@ MAX_TEXT = 4096  # characters of one string value
 MAX_NUMBER_CHARS = 32  # characters of a number written as text (or as a YAML scalar)
 MAX_BYTES = (1 << 63) - 1  # the largest size the kernel stores (memory.max is an int64)
 MAX_CPUS = 1024  # cores one instance may ask for
+MAX_RUNS = 20  # cron, concurrency allow: runs of one slot at once (the spec's concurrency.max)
+DEFAULT_MAX_RUNS = 3  # ... when the spec (or walle_workload's max_runs) does not say
 MAX_SECONDS = 100 * 365 * 86400  # longest duration (systemd keeps microseconds in 64 bits)
 
 # Signals that end a process by default (signal(7): action Term or Core). A stop signal that

@@ -81,6 +81,22 @@ class Systemd:
             raise WalleError(f"systemctl show {unit} failed: {err.strip() or out.strip()}")
         return parse_systemctl_show(out)
 
+    def list_units(self, pattern: str) -> dict[str, str]:
+        """Loaded units matching a glob (`systemctl list-units --all PATTERN`): unit name ->
+        ActiveState."""
+        rc, out, err = self.module.run_command(
+            [self.systemctl, "list-units", "--all", "--plain", "--no-legend", "--no-pager",
+             pattern])
+        if rc != 0:
+            raise WalleError(f"systemctl list-units {pattern} failed: "
+                             f"{err.strip() or out.strip()}")
+        units = {}
+        for line in out.splitlines():
+            cols = line.split()
+            if len(cols) >= 3 and cols[1] == "loaded":
+                units[cols[0]] = cols[2]
+        return units
+
     def is_active(self, unit: str) -> bool:
         return self.show(unit, ("ActiveState",)).get("ActiveState") in ACTIVE_STATES
 

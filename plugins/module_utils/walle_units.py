@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 
 from ansible_collections.walle.pool.plugins.module_utils.walle_grammar import (
+    MAX_RUNS,
     check_calendar,
     check_executable,
     check_path,
@@ -53,11 +54,14 @@ __all__ = [
     "quote_exec_arg",
     "quote_exec_line",
     "quote_exec_program",
+    "launch_unit",
+    "render_launch",
     "render_service",
     "render_replace",
     "render_slice",
     "render_timer",
     "replace_unit",
+    "run_template",
     "sandbox_directives",
     "slice_properties",
     "split_exec_words",
@@ -340,8 +344,17 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
                    restart_delay: float | None = None,
                    expand_env: list[str] | tuple[str, ...] = (),
                    pre_start: list[list[str]] | tuple[list[str], ...] = (),
-                   cleanup: list[str] | tuple[str, ...] | None = None) -> str:
+                   cleanup: list[str] | tuple[str, ...] | None = None,
+                   run_template: bool = False) -> str:
     """The text of a Walle service unit running `argv` (argv[0] an absolute path).
+
+    `run_template` makes it the template `<name>@.service` of a cron slot's runs
+    (concurrency: allow, render_launch): each run is an instance `<name>@<run>.service`, in
+    the same slice (so the runs share its limits), with its own RuntimeDirectory=
+    `<name>@<run>`, unloaded once it ended (CollectMode=inactive-or-failed); `post_stop` gets
+    `--unit %n` (the run's own unit name, systemd's specifier) appended. The dynamic user is
+    the template's (systemd derives it from the unit prefix), so the runs share it and the
+    StateDirectory=.
 
     `remain_after_exit` (batch work) keeps the unit active (exited) after a successful run:
     systemd does not unload it, so its outcome can be read until it is stopped.
@@ -368,6 +381,8 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
     `expand_env` names variables of `env` (the instance's WALLE_PORT_<LABEL>) whose exact
     form `${NAME}` in argv is left for systemd to substitute at start; nothing else is."""
     validate_unit_stem(name)
+    if run_template and "@" in name:
+        raise ValueError(f"name: {name!r} cannot name a run template (no '@' in it)")
     for var in expand_env:
         if var not in (env or {}):
             raise ValueError(f"expand_env: {var!r} is not a variable of env; only the unit's "
@@ -386,6 +401,8 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
                  ("StartLimitBurst", str(_positive_int("retries", start_limit_burst)))]
     if restart_delay is not None:
         unit.append(("StartLimitIntervalSec", "0"))
+    if run_template:
+        unit.append(("CollectMode", "inactive-or-failed"))  # ended runs do not pile up
     service = [("Type", service_type), ("Slice", slice)]
     service += [("Environment", quote_env(k, v)) for k, v in sorted((env or {}).items())]
     if environment_file is not None:
@@ -400,7 +417,8 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
     if sandbox:
         service += sandbox_directives(name, user=user, working_dir=working_dir,
                                       capabilities=capabilities, device_allow=device_allow,
-                                      write_execute=write_execute)
+                                      write_execute=write_execute,
+                                      runtime_directory=f"{name}@%i" if run_template else None)
     else:
         for field, value in (("capabilities", capabilities), ("device_allow", device_allow),
                              ("write_execute", write_execute)):
@@ -415,7 +433,9 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
     if cleanup:
         service.append(("ExecStopPost", "-+" + quote_exec_line(cleanup, "cleanup")))
     if post_stop:
-        service.append(("ExecStopPost", "+" + quote_exec_line(post_stop, "post_stop")))
+        # a run's own unit name comes from systemd (%n), never from a value
+        own = ' "--unit" "%n"' if run_template else ""
+        service.append(("ExecStopPost", "+" + quote_exec_line(post_stop, "post_stop") + own))
     if restart is not None:
         service.append(("Restart", restart))
     if restart_delay is not None:
@@ -439,7 +459,8 @@ def render_service(name: str, *, slice: str, argv: list[str] | tuple[str, ...],
 def sandbox_directives(name: str, *, user: str | None = None, working_dir: str | None = None,
                        capabilities: list[str] | tuple[str, ...] = (),
                        device_allow: list[str] | tuple[str, ...] = (),
-                       write_execute: bool = False) -> list[tuple[str, str]]:
+                       write_execute: bool = False,
+                       runtime_directory: str | None = None) -> list[tuple[str, str]]:
     """The hardening baseline of a workload service (systemd.exec(5)), as ordered pairs.
 
     - Identity: DynamicUser=yes (a fresh uid per start) unless the job names a user; root is
@@ -462,7 +483,9 @@ def sandbox_directives(name: str, *, user: str | None = None, working_dir: str |
     caps = [_match(f"capabilities[{i}]", _CAPABILITY, cap, "a capability name such as "
                    "CAP_NET_BIND_SERVICE") for i, cap in enumerate(capabilities)]
     out = [("DynamicUser", "yes")] if user is None else []
-    out += [("StateDirectory", name), ("RuntimeDirectory", name)]
+    # runtime_directory: render_service's, a fixed form of the checked name (a run template's
+    # `<name>@%i`), never a value of the job
+    out += [("StateDirectory", name), ("RuntimeDirectory", runtime_directory or name)]
     if working_dir is not None:
         out.append(("ReadWritePaths", quote_path_item(working_dir, "working_dir", prefix="-")))
     out += [("UMask", "0077"), ("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"),
@@ -547,15 +570,20 @@ def nspawn_instance_root(name: str, image: str,
 
 
 def render_timer(name: str, *, schedule: str, description: str | None = None,
-                 persistent: bool = True, replace: bool = False) -> str:
+                 persistent: bool = True, replace: bool = False, launch: bool = False) -> str:
     """The text of `<name>.timer`, starting `<name>.service` on the OnCalendar= schedule
     (to the second: AccuracySec=1s, not systemd's default minute). A timer never starts a
     second run while one is active (concurrency: forbid); with `replace` it starts
-    `<name>-replace.service` instead (render_replace), which restarts a running run."""
+    `<name>-replace.service` instead (render_replace), which restarts a running run; with
+    `launch` (concurrency: allow) `<name>-launch.service` (render_launch), which starts a new
+    run unit of the template `<name>@.service` each time."""
     validate_unit_stem(name)
     _by_grammar("schedule", check_calendar, schedule)
+    if replace and launch:
+        raise ValueError("concurrency: replace and allow exclude each other")
     unit = [("Description", _plain("description", description or f"Walle schedule {name}"))]
-    target = replace_unit(name) if replace else f"{name}.service"
+    target = replace_unit(name) if replace else launch_unit(name) if launch else \
+        f"{name}.service"
     timer = [("OnCalendar", schedule), ("AccuracySec", "1s"),
              ("Persistent", "true" if persistent else "false"), ("Unit", target)]
     return _format_unit([("Unit", unit), ("Timer", timer)])
@@ -575,6 +603,53 @@ def render_replace(name: str, *, systemctl: str = "/bin/systemctl") -> str:
     service = [("Type", "oneshot"),
                ("ExecStart", quote_exec_line([systemctl, "--no-block", "restart",
                                               f"{name}.service"]))]
+    return _format_unit([("Unit", unit), ("Service", service)])
+
+
+def run_template(name: str) -> str:
+    """The template of a `concurrency: allow` slot's runs: `<name>@.service`."""
+    if "@" in validate_unit_stem(name):
+        raise ValueError(f"name: {name!r} cannot name a run template (no '@' in it)")
+    return f"{name}@.service"
+
+
+def launch_unit(name: str) -> str:
+    """The unit a `concurrency: allow` timer starts: `<name>-launch.service`."""
+    return f"{validate_unit_stem(name)}-launch.service"
+
+
+# ExecStart= of `<name>-launch.service`: a fixed script; the systemctl path, the checked unit
+# stem and the bound come as positional arguments. It counts the runs of the slot that are
+# starting, running, waiting for a retry or stopping, and starts one more run unit named by
+# the time (UTC, to the second) and its own pid, unless `max` already run: then the fire is
+# skipped, with a line in the launcher's journal. The timer never starts the launcher while it
+# runs, so two fires never count at once.
+CRON_LAUNCH = (
+    'systemctl=$1; stem=$2; most=$3; '
+    'going=$("$systemctl" list-units --plain --no-legend --no-pager '
+    '--state=activating,active,deactivating "$stem@*.service" | wc -l); '
+    'if [ "$going" -ge "$most" ]; then '
+    'echo "walle: $stem: $going run(s) going, at most $most at once: this fire is skipped"; '
+    'exit 0; fi; '
+    'run="$(date -u +%Y%m%dT%H%M%S)-$$"; '
+    'echo "walle: $stem: starting run $run ($going going)"; '
+    'exec "$systemctl" --no-block start "$stem@$run.service"'
+)
+
+
+def render_launch(name: str, *, max_runs: int, systemctl: str = "/bin/systemctl") -> str:
+    """`<name>-launch.service`, the oneshot a `concurrency: allow` timer starts: CRON_LAUNCH,
+    which starts a new run `<name>@<run>.service` unless `max_runs` of the slot's runs are
+    going. Fixed script and argv, the unit stem checked and the bound a number: nothing of the
+    job runs here."""
+    run_template(name)
+    if isinstance(max_runs, bool) or not isinstance(max_runs, int) or \
+            not 1 <= max_runs <= MAX_RUNS:
+        raise ValueError(f"max_runs: must be 1..{MAX_RUNS}, got {max_runs!r}")
+    unit = [("Description", f"Walle schedule {name}: start a run (at most {max_runs} at once)")]
+    service = [("Type", "oneshot"),
+               ("ExecStart", quote_exec_line(["/bin/sh", "-c", CRON_LAUNCH, "walle-launch",
+                                              systemctl, name, str(max_runs)]))]
     return _format_unit([("Unit", unit), ("Service", service)])
 
 

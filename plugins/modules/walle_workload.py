@@ -22,7 +22,9 @@ description:
     retried O(retries) times, O(retry_delay) apart (C(Restart=on-failure), C(RestartSec=));
     C(/usr/local/libexec/walle/walle-cron-record) (installed by the node role) runs after
     every attempt as C(ExecStopPost=+), ends the retries and, with O(history), records the run
-    in Consul. O(concurrency) says what happens when the timer fires during a run.
+    in Consul. O(concurrency) says what happens when the timer fires during a run; with
+    V(allow) the runs are instances C(<name>@<run>.service) of the template C(<name>@.service)
+    instead of C(<name>.service), started by C(<name>-launch.service) (see O(concurrency)).
   - O(runtime=exec) runs O(command) directly. O(runtime=nspawn) runs
     C(systemd-nspawn --quiet --keep-unit --register=no -D ROOT --machine=O(name) [--bind=...]
     -- O(command)) (C(--boot) when O(command) is not given); O(env), O(user) and
@@ -194,9 +196,21 @@ options:
         unit).
       - V(replace) stops the running one (its stop signal and timeout apply) and starts the
         new one, through C(<name>-replace.service) (C(systemctl --no-block restart)).
+      - V(allow) runs them side by side, at most O(max_runs) at once. The service is the
+        template C(<name>@.service); the timer starts C(<name>-launch.service), a fixed
+        script that starts a new run C(<name>@<run>.service) (the run id is the UTC time and
+        a pid) unless O(max_runs) runs are starting, running, waiting for a retry or stopping,
+        in which case the fire is skipped (a line in its journal). Each run is its own unit,
+        with its own retries and history entries (C(run) in them), in the same slice (the
+        runs share the slice's limits). Not for O(runtime=nspawn) (one root per instance).
     type: str
-    choices: [forbid, replace]
+    choices: [forbid, replace, allow]
     default: forbid
+  max_runs:
+    description:
+      - O(concurrency=allow) only. How many runs of the instance may go at once (1..20).
+      - Default V(3).
+    type: int
   history:
     description:
       - O(kind=cron) only. Where walle-cron-record appends each attempt (start, end, result,
@@ -359,7 +373,8 @@ EXAMPLES = r"""
 RETURN = r"""
 units:
   description: The unit names of the instance (written, or removed for O(state=absent));
-    C(<name>-replace.service) too for O(concurrency=replace).
+    C(<name>-replace.service) too for O(concurrency=replace); C(<name>@.service),
+    C(<name>.timer) and C(<name>-launch.service) for O(concurrency=allow).
   returned: always
   type: list
   elements: str
@@ -395,6 +410,10 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.walle.pool.plugins.module_utils.walle_grammar import (  # noqa: E402
+    DEFAULT_MAX_RUNS,
+    MAX_RUNS,
+)
 from ansible_collections.walle.pool.plugins.module_utils.walle_systemd import (  # noqa: E402
     ACTIVE_STATES,
     Systemd,
@@ -406,12 +425,15 @@ from ansible_collections.walle.pool.plugins.module_utils.walle_units import (  #
     NSPAWN_INSTANCES_DIR,
     ROOT_USERS,
     check_text,
+    launch_unit,
     nspawn_instance_root,
     quote_env,
+    render_launch,
     render_replace,
     render_service,
     render_timer,
     replace_unit,
+    run_template,
 )
 
 ARGUMENT_SPEC = dict(
@@ -439,7 +461,8 @@ ARGUMENT_SPEC = dict(
     restart=dict(type="str", choices=["always", "on-failure", "no"], default="on-failure"),
     retries=dict(type="int"),
     retry_delay=dict(type="float", default=5.0),
-    concurrency=dict(type="str", choices=["forbid", "replace"], default="forbid"),
+    concurrency=dict(type="str", choices=["forbid", "replace", "allow"], default="forbid"),
+    max_runs=dict(type="int"),
     history=dict(type="dict", options=dict(
         consul_addr=dict(type="str", required=True),
         key=dict(type="str", required=True, no_log=False),  # a KV key name, not a secret
@@ -524,6 +547,20 @@ def check_params(params: dict) -> None:
     elif not 0 <= params["retries"] <= 100:
         raise WalleError(f"retries: must be 0..100 for kind=cron, got {params['retries']}",
                          "retries")
+    if params["concurrency"] != "allow":
+        if params["max_runs"] is not None:
+            raise WalleError("max_runs: only for concurrency=allow (forbid and replace run one "
+                             "at a time); remove it", "max_runs")
+    else:
+        if params["max_runs"] is None:
+            params["max_runs"] = DEFAULT_MAX_RUNS
+        if not 1 <= params["max_runs"] <= MAX_RUNS:
+            raise WalleError(f"max_runs: must be 1..{MAX_RUNS}, got {params['max_runs']}",
+                             "max_runs")
+        if params["runtime"] == "nspawn":
+            raise WalleError("concurrency: allow is not for runtime=nspawn (one container root "
+                             "and machine name per instance); use forbid or replace",
+                             "concurrency")
     if params["runtime"] == "nspawn":
         for option in ("capabilities", "device_allow", "credentials"):
             if params[option]:
@@ -649,14 +686,20 @@ def render_units(params: dict, nspawn_bin: str | None) -> dict[str, str]:
                            post_stop=commit)
         else:
             service.update(service_type="oneshot", **cron_retries(params))
-        units = {f"{name}.service": render_service(name, **service)}
+        allow = kind == "cron" and params["concurrency"] == "allow"
+        if allow:
+            units = {run_template(name): render_service(name, run_template=True, **service)}
+        else:
+            units = {f"{name}.service": render_service(name, **service)}
         if kind == "cron":
             replace = params["concurrency"] == "replace"
             units[f"{name}.timer"] = render_timer(name, schedule=params["schedule"],
                                                   description=params["description"],
-                                                  replace=replace)
+                                                  replace=replace, launch=allow)
             if replace:
                 units[replace_unit(name)] = render_replace(name)
+            if allow:
+                units[launch_unit(name)] = render_launch(name, max_runs=params["max_runs"])
     except ValueError as exc:
         raise value_error(exc) from exc
     return units
@@ -667,8 +710,9 @@ def cron_retries(params: dict) -> dict:
     walle-cron-record (ExecStopPost=+), which also writes the run history when asked."""
     if params["retries"] == 0 and not params["history"]:
         return {}
-    argv = [CRON_RECORD_PROGRAM, "--unit", f"{params['name']}.service",
-            "--retries", str(params["retries"])]
+    # concurrency=allow: the run's own unit (`--unit %n`) is appended by render_service
+    own = [] if params["concurrency"] == "allow" else ["--unit", f"{params['name']}.service"]
+    argv = [CRON_RECORD_PROGRAM, *own, "--retries", str(params["retries"])]
     history = params["history"]
     if history:
         if not HISTORY_KEY.match(history["key"]):
@@ -828,11 +872,25 @@ def _diff(systemd: Systemd, before: dict, after: dict) -> list[dict]:
             for u in sorted(set(before) | set(after)) if before.get(u) != after.get(u)]
 
 
+def cron_units(name: str) -> list[str]:
+    """Every unit file an instance of any kind and concurrency may have, timer first (so it
+    fires nothing while the others stop), then what it starts."""
+    return [f"{name}.timer", replace_unit(name), launch_unit(name), f"{name}.service",
+            run_template(name)]
+
+
+def runs_of(systemd: Systemd, name: str) -> dict[str, str]:
+    """The loaded runs of a concurrency=allow instance, `<name>@<run>.service` -> state."""
+    return systemd.list_units(f"{name}@*.service")
+
+
 def run_absent(module, systemd: Systemd, name: str) -> dict:
-    units = [f"{name}.timer", replace_unit(name), f"{name}.service"]
+    units = cron_units(name)
     current = {u: systemd.read_unit(u) for u in units}
     present = [u for u in units if current[u] is not None]
-    active = [u for u in units if systemd.is_active(u)]
+    runs = runs_of(systemd, name) if current[run_template(name)] is not None else {}
+    active = [u for u in units if u != run_template(name) and systemd.is_active(u)]
+    active += sorted(u for u, state in runs.items() if state in ACTIVE_STATES)
     secrets = os.path.isdir(credential_dir(name))
     result = dict(changed=bool(present or active or secrets), units=present, restarted=False,
                   active_state="inactive", main_pid=0, credentials=[])
@@ -847,7 +905,8 @@ def run_absent(module, systemd: Systemd, name: str) -> dict:
     if present:
         systemd.daemon_reload()
     remove_credentials(name)
-    for unit in units:  # a failed unit stays loaded until its failure is forgotten
+    for unit in [u for u in units if u != run_template(name)] + sorted(runs):
+        # a failed unit stays loaded until its failure is forgotten
         if systemd.show(unit, ("ActiveState",)).get("ActiveState") == "failed":
             systemd.systemctl_run("reset-failed", unit)
     return result
@@ -869,6 +928,9 @@ def converge(module, systemd: Systemd, params: dict, changed_units: list[str]) -
             actions.append(("start", primary))
     elif state == "stopped":
         units = [primary] + ([f"{name}.service"] if kind == "cron" else [])
+        if kind == "cron" and params["concurrency"] == "allow":
+            units = [primary, launch_unit(name)]
+            units += sorted(u for u, s in runs_of(systemd, name).items() if s in ACTIVE_STATES)
         actions += [("stop", u) for u in units if systemd.is_active(u)]
     if not module.check_mode:
         for action in actions:
@@ -883,13 +945,27 @@ def _batch_done(kind: str, show: dict, changed_units: list[str]) -> bool:
         show.get("InactiveExitTimestampMonotonic", "0") not in ("0", "")
 
 
-def stale_replace(systemd: Systemd, params: dict, desired: dict[str, str]) -> list[str]:
-    """The replace unit of a cron instance that went back to concurrency=forbid (its timer
-    no longer starts it): removed with the other changes."""
-    unit = replace_unit(params["name"])
-    if unit in desired or systemd.read_unit(unit) is None:
+def stale_cron_units(systemd: Systemd, params: dict, desired: dict[str, str]) -> list[str]:
+    """The units of a cron instance's other concurrency policy (the replace unit after
+    replace, the launcher and run template after allow, the single service after forbid or
+    replace): removed with the other changes, after they stopped (stop_stale)."""
+    if params["kind"] != "cron":
         return []
-    return [unit]
+    name = params["name"]
+    candidates = [replace_unit(name), launch_unit(name), f"{name}.service", run_template(name)]
+    return [u for u in candidates if u not in desired and systemd.read_unit(u) is not None]
+
+
+def stop_stale(systemd: Systemd, name: str, gone: list[str]) -> None:
+    """Stop what runs of the units about to go: their running run(s) too, or they would keep
+    running with no unit file behind them."""
+    for unit in gone:
+        if unit == run_template(name):
+            for run, state in sorted(runs_of(systemd, name).items()):
+                if state in ACTIVE_STATES:
+                    systemd.systemctl_run("stop", run)
+        elif systemd.is_active(unit):
+            systemd.systemctl_run("stop", unit)
 
 
 def run_module(module, systemd: Systemd) -> dict:
@@ -901,7 +977,7 @@ def run_module(module, systemd: Systemd) -> dict:
     desired = render_units(params, module.get_bin_path("systemd-nspawn"))
     current = {u: systemd.read_unit(u) for u in desired}
     changed_units = [u for u in desired if current[u] != desired[u]]
-    gone = stale_replace(systemd, params, desired)
+    gone = stale_cron_units(systemd, params, desired)
     current.update({u: systemd.read_unit(u) for u in gone})
     changed_units += gone
     changed_credentials = stale_credentials(name, params["credentials"])
@@ -912,6 +988,7 @@ def run_module(module, systemd: Systemd) -> dict:
     if changed_credentials and not module.check_mode:
         write_credentials(name, params["credentials"])
     if changed_units and not module.check_mode:
+        stop_stale(systemd, name, gone)
         systemd.install_units({u: desired[u] for u in changed_units if u not in gone})
         for unit in gone:
             systemd.remove_unit(unit)

@@ -34,10 +34,16 @@ def timer_unit(job: str, slot: int) -> str:
 
 def parse_unit(unit: str) -> tuple[str, int] | None:
     """"walle-my_web-3.service" (or .timer) -> ("my-web", 3): the inverse of service_unit and
-    timer_unit; None for any other unit (slices, other units)."""
+    timer_unit; also a run of a `concurrency: allow` cron slot, "walle-my_web-3@<run>.service"
+    (an instance of the slot's template, walle_units.run_template), is the slot's. None for any
+    other unit (slices, other units)."""
     stem, dot, suffix = unit.rpartition(".")
     if not dot or suffix not in ("service", "timer") or not stem.startswith("walle-"):
         return None
+    if "@" in stem:
+        stem, _, run = stem.partition("@")
+        if suffix != "service" or not run or "@" in run:
+            return None
     job, _, slot = stem[len("walle-"):].rpartition("-")
     if not job or not slot.isdigit():
         return None

@@ -110,6 +110,8 @@ def test_every_command_honours_json(consul_addr, capsys, monkeypatch):
     code, out, _ = run(capsys, "logs", "etl", *addr)
     assert code == 0 and json.loads(out) == {node: {"units": ["walle-etl-0"], "ok": True,
                                                     "journal": "line\n", "error": ""}}
+    # the slot's unit and the runs of a concurrency: allow slot (a glob journalctl reads)
+    assert calls[-1][1][-4:] == ["-u", "walle-etl-0.service", "-u", "walle-etl-0@*.service"]
     code, out, _ = run(capsys, "exec", "--json", "--", "/bin/true")
     assert code == 0 and json.loads(out)[node]["rc"] == 0
     assert calls[-1][1] == ["/bin/true"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -97,6 +98,30 @@ def test_status_of_a_cron_job_shows_the_runs_its_nodes_recorded(addr, capsys):
     assert code == 0
     seen = [(r["attempt"], r["exit_status"], r["retry"]) for r in json.loads(out)[0]["runs"]]
     assert seen[-2:] == [(1, "3", True), (2, "0", False)] and len(seen) == 3
+
+
+def test_status_of_a_cron_job_with_runs_side_by_side_names_each_run(addr, capsys, tmp_path):
+    """concurrency: allow: attempts of overlapping runs carry the run id, shown in a `run`
+    column and in --json (a forbid job's table has no such column: the test above)."""
+    spec = Path("examples/nightly.yml").read_text().replace("name: nightly-report",
+                                                              "name: overlapping")
+    (tmp_path / "overlapping.yml").write_text(spec)
+    walle(capsys, "run", str(tmp_path / "overlapping.yml"), "--consul-addr", addr)
+    api = ConsulApi(ConsulConfig.from_env(addr=addr))
+    runs = [{"node": "node1", "start": 1764640800.0 + k, "end": 1764640808.0 + k,
+             "result": "success", "exit_code": "exited", "exit_status": "0", "attempt": 1,
+             "retry": False, "run": run} for k, run in ((0, "r-a"), (5, "r-b"))]
+    api.client.kv.put("walle/runs/overlapping/0", json.dumps(runs))
+    lock = LeaderLock(api, name="test-leader", lock_delay=0)
+    assert lock.acquire()
+    record = Allocation(job="overlapping", slot=0, node="node1", state="running", version="v1")
+    assert StateStore(api).write_allocs([record], session=lock.session_id).ok
+    code, out, _ = walle(capsys, "status", "overlapping", "--consul-addr", addr)
+    table = out[out.index("last runs"):].splitlines()
+    assert code == 0 and table[1].split()[:3] == ["SLOT", "RUN", "NODE"]
+    assert [line.split()[1] for line in table[2:4]] == ["r-a", "r-b"]
+    code, out, _ = walle(capsys, "status", "overlapping", "--consul-addr", addr, "--json")
+    assert [r["run"] for r in json.loads(out)[0]["runs"]] == ["r-a", "r-b"]
 
 
 def test_status_of_a_service_has_no_runs(addr, capsys):

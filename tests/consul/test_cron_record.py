@@ -35,9 +35,10 @@ def hook(tmp_path, monkeypatch):
     module = _program()
     log = tmp_path / "calls"
 
-    def run(env: dict, argv: list[str], restarts: int = 0, job: str = "start") -> int:
+    def run(env: dict, argv: list[str], restarts: int = 0, job: str = "start",
+            unit: str = UNIT) -> int:
         fake = tmp_path / "systemctl"
-        jobs = f"7 {UNIT} {job} running" if job else ""
+        jobs = f"7 {unit} {job} running" if job else ""
         fake.write_text("#!/bin/sh\necho \"$@\" >> " + str(log) + "\n"
                         "case \"$1\" in\n"
                         f"  show) echo NRestarts={restarts}; "
@@ -51,7 +52,7 @@ def hook(tmp_path, monkeypatch):
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         log.unlink(missing_ok=True)
-        return module.main(["--unit", UNIT, *argv])
+        return module.main(["--unit", unit, *argv])
 
     run.calls = lambda: log.read_text().splitlines() if log.exists() else []
     return run
@@ -87,6 +88,24 @@ def test_the_last_failed_attempt_forbids_the_restart(hook, consul_addr, consul_c
     assert (run["attempt"], run["retry"]) == (3, False)
 
 
+def test_runs_side_by_side_are_retried_and_recorded_each_as_its_own_run(
+        hook, consul_addr, consul_client, unique):
+    """concurrency: allow: each run is an instance unit of the slot's template; its retries
+    count on its own unit, and its entries name the run."""
+    key = f"walle/runs/{unique('tick')}/0"
+    first = "walle-tick-0@20261202T101500-41.service"
+    second = "walle-tick-0@20261202T101505-77.service"
+    history = ["--retries", "1", *_history(consul_addr, key)]
+    assert hook(FAILED, history, restarts=0, unit=first) == 0  # retried
+    assert hook(SUCCESS, history, restarts=0, unit=second) == 0
+    assert hook(FAILED, history, restarts=1, unit=first) == 0  # its last attempt
+    assert f"stop --no-block {first}" in hook.calls()
+    runs = _runs(consul_client, key)
+    assert [(r["run"], r["attempt"], r["retry"], r["result"]) for r in runs] == [
+        ("20261202T101500-41", 1, True, "exit-code"), ("20261202T101505-77", 1, False, "success"),
+        ("20261202T101500-41", 2, False, "exit-code")]
+
+
 @pytest.mark.parametrize("job", ["restart", "stop"])
 def test_a_run_stopped_from_outside_is_left_alone(hook, job):
     """concurrency: replace restarts a running run, walle stop stops it: the killed attempt
@@ -118,6 +137,8 @@ def test_consul_out_of_reach_never_fails_the_run(hook, unique, capsys):
 
 @pytest.mark.parametrize("argv", [
     ["--unit", "sshd.service", "--retries", "1"],
+    ["--unit", "walle-tick-0@.service", "--retries", "1"],
+    ["--unit", "walle-tick-0@a@b.service", "--retries", "1"],
     ["--unit", UNIT, "--retries", "101"],
     ["--unit", UNIT, "--retries", "1", "--key", "walle/done/tick/0",
      "--consul-addr", "http://c:8500"],

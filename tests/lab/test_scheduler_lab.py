@@ -70,8 +70,11 @@ class Pool:
             if value:
                 return value
             time.sleep(0.3)
-        where = {k: (r.alloc.node, r.alloc.state) for k, r in self.records().items()}
-        raise AssertionError(f"{what}: not within {timeout:.0f}s; records: {where}")
+        where = {k: (r.alloc.node, r.alloc.state, getattr(r.alloc, "reason", ""))
+                 for k, r in self.snapshot().records.items()}
+        logs = "".join(f"\n--- {log.name}:\n" + log.read_text(errors="replace")[-3000:]
+                       for log in sorted(self.lab.dir.glob("scheduler-*.log")))
+        raise AssertionError(f"{what}: not within {timeout:.0f}s; records: {where}{logs}")
 
     def converged(self, job: str, count: int) -> bool:
         recs = self.records(job)
@@ -400,18 +403,23 @@ def cron_spec(name: str, script: str, **extra):
 
 
 def test_cron_runs_fire_are_retried_within_bounds_and_are_read_back(pool):
-    """Issue 13 item 5: timers that fire, retries honoured and bounded, concurrency: replace,
-    and every attempt's exit read back through `walle status` (the node's hook wrote it)."""
+    """Issue 13 item 5: timers that fire, retries honoured and bounded, concurrency: replace
+    and allow, and every attempt's exit read back through `walle status` (the node's hook
+    wrote it); stopping the jobs ends every run."""
     # fails (3) on one attempt and succeeds (0) on the next: its state dir remembers
     flaky = cron_spec("flaky", 'if [ -e "$STATE_DIRECTORY/failed" ]; then '
                                'rm "$STATE_DIRECTORY/failed"; exit 0; fi; '
                                'touch "$STATE_DIRECTORY/failed"; exit 3', retries=1)
     broken = cron_spec("broken", "exit 7", retries=1)  # 2 attempts per run, then the next run
     slow = cron_spec("slow", "sleep 8", retries=0, concurrency="replace")  # never finishes
-    for spec in (flaky, broken, slow):
+    # a run every 5 s that lasts 8 s: runs side by side, each its own unit in the slot's slice
+    overlap = cron_spec("overlap", "sleep 8", retries=0,
+                        concurrency={"policy": "allow", "max": 3})
+    jobs = (flaky, broken, slow, overlap)
+    for spec in jobs:
         submit(pool.store, spec)
-    for spec in (flaky, broken, slow):
-        pool.wait(f"{spec.name} timer active", lambda s=spec: pool.converged(s.name, 1))
+    for spec in jobs:  # one place.yml for the four: 80 s of it at load 40 on 2 cores
+        pool.wait(f"{spec.name} timer active", lambda s=spec: pool.converged(s.name, 1), 240)
 
     def runs(job: str) -> list[dict]:
         (row,) = walle_json(pool, "status", job)
@@ -440,10 +448,27 @@ def test_cron_runs_fire_are_retried_within_bounds_and_are_read_back(pool):
     got = pool.wait("slow replaced twice", enough("slow", lambda r: len(r) >= 2), 120)
     assert all((x["exit_code"], x["exit_status"]) == ("killed", "TERM") for x in got), got
     assert not any(x["retry"] for x in got)
-    for spec in (flaky, broken, slow):
+
+    # overlap: two runs (distinct run ids) that ran at the same time, both to their end
+    def side_by_side(r: list[dict]) -> bool:
+        done = [x for x in r if x.get("run") and x["exit_status"] == "0"]
+        return any(a["run"] != b["run"] and a["start"] < b["start"] < a["end"]
+                   for a in done for b in done)
+    got = pool.wait("overlap ran two runs at once", enough("overlap", side_by_side), 120)
+    assert len({x["run"] for x in got}) == len(got)  # no retries: one attempt per run
+    node = pool.records("overlap")["overlap-0"].alloc.node
+
+    def overlap_runs() -> list[str]:
+        out = run_command(str(pool.lab.inventory_path), [node],
+                          ["systemctl", "list-units", "--plain", "--no-legend",
+                           "--state=activating,active,deactivating", "walle-overlap-0@*"])
+        return [line.split()[0] for line in out[node].stdout.splitlines() if line.strip()]
+    assert pool.wait("a run going", overlap_runs, 15)
+    for spec in jobs:
         pool.store.delete_job(spec.name, pool.store.job(spec.name).modify_index)
-    for spec in (flaky, broken, slow):
+    for spec in jobs:
         pool.wait(f"{spec.name} stopped", lambda s=spec: not pool.records(s.name), 60)
+    assert overlap_runs() == []  # the stop ended every run, not only the timer
 
 
 def test_cpu_load_scales_a_service_up_then_down_after_the_cooldown(pool):

@@ -10,8 +10,12 @@ from walle.service.executor import parse_instance_listing
 def test_unit_names_map_back_to_their_instance():
     assert parse_unit(service_unit("my-web", 3)) == ("my-web", 3)
     assert parse_unit(timer_unit("tick", 0)) == ("tick", 0)
+    # the runs of a concurrency: allow cron slot are instances of its template
+    assert parse_unit("walle-my_tick-2@20261202T101500-41.service") == ("my-tick", 2)
     for other in ("walle-web.slice", "walle.slice", "sshd.service", "walle-web-x.service",
-                  "walle--1.service", "walle-web-0.socket"):
+                  "walle--1.service", "walle-web-0.socket", "walle-tick-0@.service",
+                  "walle-tick-0@r.timer", "walle-tick-0@a@b.service", "walle-tick-x@r.service",
+                  "walle-tick-0-launch.service"):
         assert parse_unit(other) is None
 
 
@@ -21,12 +25,14 @@ def test_a_listing_gives_manifests_and_loaded_walle_units():
            "walle-web.slice loaded active active slice\n"
            "walle-tick-1.timer loaded active waiting walle tick\n"
            "walle-etl-2.service loaded failed failed walle etl\n"
-           "walle-gone-2.service not-found inactive dead walle-gone-2.service\n")
+           "walle-gone-2.service not-found inactive dead walle-gone-2.service\n"
+           "walle-tock-3@20261202T101500-41.service loaded active running a run\n")
     listing = parse_instance_listing(out)
     assert listing.manifests == {"web-0"}
     assert listing.units == {"walle-web-0.service": "active", "walle-tick-1.timer": "active",
-                             "walle-etl-2.service": "failed"}
-    assert listing.instance_ids() == {"web-0", "tick-1", "etl-2"}
+                             "walle-etl-2.service": "failed",
+                             "walle-tock-3@20261202T101500-41.service": "active"}
+    assert listing.instance_ids() == {"web-0", "tick-1", "etl-2", "tock-3"}
     assert parse_instance_listing("--\n").instance_ids() == set()
 
 

@@ -127,7 +127,9 @@ def test_service_workload_arguments():
         ("cron", {"schedule": "*:0/5", "retries": 2}, {"schedule": "*:0/5", "retries": 2},
          ("restart", "concurrency")),
         ("cron", {"schedule": "*:0/5", "concurrency": "replace"},
-         {"retries": 3, "concurrency": "replace"}, ("restart",)),
+         {"retries": 3, "concurrency": "replace"}, ("restart", "max_runs")),
+        ("cron", {"schedule": "*:0/5", "concurrency": "allow", "max_runs": 4},
+         {"concurrency": "allow", "max_runs": 4}, ("restart",)),
     ],
 )
 def test_batch_and_cron_workloads(kind, extra, present, absent):

@@ -286,6 +286,22 @@ def test_cron_concurrency_is_kept_and_round_trips_and_leaves_other_digests_alone
     assert parse_spec(spec_to_data(replace)) == replace
     # a different policy is a different unit text: a replace, not an in-place update
     assert replace.runtime_digest() != plain.runtime_digest()
+    assert replace.max_runs is None and "max_runs" not in replace.to_dict()
+
+
+def test_cron_concurrency_allow_has_a_bound_that_defaults_and_round_trips():
+    short = parse_spec(minimal(kind="cron", schedule="hourly", concurrency="allow"))
+    assert (short.concurrency, short.max_runs) == ("allow", 3)
+    assert parse_spec(spec_to_data(short)) == short
+    five = parse_spec(minimal(kind="cron", schedule="hourly",
+                              concurrency={"policy": "allow", "max": 5}))
+    assert (five.concurrency, five.max_runs) == ("allow", 5)
+    assert parse_spec(spec_to_data(five)) == five
+    # the bound is in the launcher's unit text: a changed bound is placed again
+    assert five.runtime_digest() != short.runtime_digest()
+    forbid = parse_spec(minimal(kind="cron", schedule="hourly",
+                                concurrency={"policy": "forbid"}))
+    assert (forbid.concurrency, forbid.max_runs) == ("forbid", None)
 
 
 def test_scaling_is_parsed_with_defaults_and_round_trips():

@@ -176,6 +176,9 @@ def test_only_running_walle_workload_units_are_stopped_timers_first(monkeypatch)
         "walle-fence.service loaded active running fence",
         "walle-web-x.service loaded active running not a slot",
         "walle.slice loaded active active Walle workloads",
+        "walle-tock-1@20261202T101500-41.service loaded active running a run (allow)",
+        "walle-tock-1@20261202T101505-77.service loaded activating auto-restart a retry",
+        "walle-tock-1@x.timer loaded active waiting not a slot's",
     ])
     calls = []
 
@@ -184,7 +187,9 @@ def test_only_running_walle_workload_units_are_stopped_timers_first(monkeypatch)
         return type("R", (), {"stdout": listing, "returncode": 0, "stderr": ""})()
     monkeypatch.setattr(wf.subprocess, "run", run)
     units = wf.running_workload_units()
-    assert units == ["walle-tick-0.timer", "walle-my_app-12.service", "walle-web-0.service"]
+    assert units == ["walle-tick-0.timer", "walle-my_app-12.service",
+                     "walle-tock-1@20261202T101500-41.service",
+                     "walle-tock-1@20261202T101505-77.service", "walle-web-0.service"]
     assert wf.stop_units(units) == ""
     assert calls[-1][0] == ["systemctl", "stop", "--", *units]
     assert all(timeout > 0 for _, timeout in calls)  # every call is bounded

@@ -156,11 +156,14 @@ def _print_runs(runs: list[CronRun]) -> None:
     if not runs:
         return
     print(f"\nlast runs ({len(runs)}):")
-    print_table([{"slot": r.slot, "node": printable(r.node), "start": _clock(r.start),
-                  "end": _clock(r.end), "attempt": r.attempt, "result": printable(r.result),
+    side_by_side = any(r.run for r in runs)  # concurrency allow: which run each attempt is
+    print_table([{"slot": r.slot, "run": printable(r.run) or "-", "node": printable(r.node),
+                  "start": _clock(r.start), "end": _clock(r.end), "attempt": r.attempt,
+                  "result": printable(r.result),
                   "exit": printable(f"{r.exit_code} {r.exit_status}".strip()),
                   "retried": "yes" if r.retry else "no"} for r in runs],
-                ["slot", "node", "start", "end", "attempt", "result", "exit", "retried"])
+                ["slot"] + (["run"] if side_by_side else []) +
+                ["node", "start", "end", "attempt", "result", "exit", "retried"])
 
 
 def _clock(at: float | None) -> str:

@@ -76,7 +76,8 @@ def cmd_logs(args) -> int:
         slots.sort()
         argv = ["journalctl", "--no-pager", "-o", "short-iso", "-n", str(args.lines)]
         for job, slot in slots:
-            argv += ["-u", service_unit(job, slot)]
+            # and the runs of a concurrency: allow cron slot (journalctl reads the glob)
+            argv += ["-u", service_unit(job, slot), "-u", f"{unit_stem(job, slot)}@*.service"]
         result = run_command(args.inventory, [node], argv).get(node)
         units = [unit_stem(job, slot) for job, slot in slots]
         ok = result is not None and result.rc == 0

@@ -66,7 +66,8 @@ def spec_to_data(spec: JobSpec) -> dict:
     data = {
         "name": spec.name, "kind": spec.kind, "count": spec.count, "priority": spec.priority,
         "strategy": spec.strategy, "restart": spec.restart, "schedule": spec.schedule,
-        "concurrency": spec.concurrency,
+        "concurrency": ({"policy": spec.concurrency, "max": spec.max_runs}
+                        if spec.concurrency == "allow" else spec.concurrency),
         "scaling": _scaling_data(spec.scaling) if spec.scaling else None,
         "resources": _resources_data(spec.resources),
         "runtime": _runtime_data(spec.runtime),

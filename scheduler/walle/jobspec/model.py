@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 JobKind = Literal["service", "batch", "cron"]
-Concurrency = Literal["forbid", "replace"]
+Concurrency = Literal["forbid", "replace", "allow"]
 ScalingMetric = Literal["cpu", "memory", "prometheus"]
 RuntimeKind = Literal["exec", "nspawn"]
 CheckType = Literal["http", "tcp", "ttl"]
@@ -170,6 +170,7 @@ class JobSpec:
     retries: int = 3  # batch: attempts before the job fails; cron: retries of a failed run
     schedule: str | None = None  # cron: systemd OnCalendar= expression
     concurrency: Concurrency | None = None  # cron: a run due while one runs (None: forbid)
+    max_runs: int | None = None  # cron, concurrency allow: runs of a slot at once (else None)
     scaling: Scaling | None = None  # service: count follows load within bounds
     update: UpdatePolicy = field(default_factory=UpdatePolicy)
     secrets: tuple[Secret, ...] = ()
@@ -185,7 +186,7 @@ class JobSpec:
         data = asdict(self)
         if data["service"] and data["service"]["lb"] is None:
             del data["service"]["lb"]  # specs without a balancer keep the digests they had
-        for optional in ("concurrency", "scaling", "placement"):
+        for optional in ("concurrency", "max_runs", "scaling", "placement"):
             if data[optional] is None:
                 del data[optional]  # likewise specs that do not set them
         if not data["ports"]:
@@ -234,7 +235,7 @@ class JobSpec:
         # ports: the instance binds them, so a change restarts it; optional fields a spec
         # does not set are absent from d (to_dict), which keeps older specs' digests
         keys = ("runtime", "kind", "schedule", "stop", "health", "service", "restart", "secrets",
-                "concurrency", "ports")
+                "concurrency", "max_runs", "ports")
         if d["service"]:
             d["service"].pop("lb", None)  # the balancer is not the instance's: no restart
         d["stop"].pop("drain", None)  # the stopper waits, not the instance: no restart

@@ -27,6 +27,7 @@ from walle.jobspec.grammar import (
     CONCURRENCY_POLICIES,
     CREDENTIAL_NAME,
     DATASET,
+    DEFAULT_MAX_RUNS,
     DEFAULT_PORT_RANGE,
     DNS_LABEL,
     DNS_TAG,
@@ -34,6 +35,7 @@ from walle.jobspec.grammar import (
     JOB_KINDS,
     MAX_COUNT,
     MAX_PORTS,
+    MAX_RUNS,
     OPERATORS,
     PORT_LABEL,
     RESTART_POLICIES,
@@ -153,8 +155,11 @@ def _job(r: _Report, data: object) -> JobSpec | None:
     _check_kind_rules(r, f, kind)
     _check_scaling_count(r, fields["scaling"], fields["count"], "count" in f)
     _check_secret_runtime(r, f)
+    _check_concurrency_runtime(r, fields["concurrency"], runtime)
     if r.problems:
         return None
+    if fields["concurrency"] is not None:
+        fields["concurrency"], fields["max_runs"] = fields["concurrency"]
     present = {k: v for k, v in fields.items() if v is not None}
     if health and health.port is None and health.type in ("http", "tcp"):
         health = replace(health, port=service.port)  # checked above: the service has a port
@@ -755,16 +760,44 @@ def _check_scaling_count(r: _Report, scaling: Scaling | None, count: int | None,
                                                   " (count defaults to 1)"))
 
 
-def _concurrency(r: _Report, value: object, path: str) -> str | None:
-    """What a cron run that falls due while the previous one runs does: forbid (skipped) or
-    replace (the running one is stopped). `allow` (both at once) is refused with why:
-    systemd runs one instance of a unit at a time (docs/jobspec.md)."""
-    if value == "allow":
-        r.add(path, "allow is not supported: a cron slot is one systemd unit, which runs once "
-                    "at a time; use forbid (skip a run while one runs) or replace (stop it), "
-                    "or raise count for runs side by side")
+def _concurrency(r: _Report, value: object, path: str) -> tuple[str, int | None] | None:
+    """What a cron run that falls due while the previous one runs does: forbid (skipped),
+    replace (the running one is stopped) or allow (both run, each its own unit, at most `max`
+    at once: `{policy: allow, max: N}`). -> (policy, max_runs), max_runs None unless allow."""
+    if isinstance(value, str):
+        policy = _choice(CONCURRENCY_POLICIES)(r, value, path)
+        if policy is None:
+            return None
+        return policy, DEFAULT_MAX_RUNS if policy == "allow" else None
+    if not isinstance(value, Mapping):
+        r.add(path, f"expected {_alts(CONCURRENCY_POLICIES)} or a mapping such as "
+                    f"{{policy: allow, max: {DEFAULT_MAX_RUNS}}}, got {_describe(value)}")
         return None
-    return _choice(CONCURRENCY_POLICIES)(r, value, path)
+    f = _fields(r, value, path, ("policy", "max"))
+    if f is None:
+        return None
+    policy = _required(r, f, "policy", _choice(CONCURRENCY_POLICIES),
+                       f"one of {_alts(CONCURRENCY_POLICIES)}", path)
+    most = _optional(r, f, "max", _integer(1, MAX_RUNS), path)
+    if policy is None or ("max" in f and most is None):
+        return None
+    if policy != "allow" and "max" in f:
+        r.add(_at(path, "max"), f"only policy allow runs several at once; remove max (policy "
+                                f"{policy} runs one at a time)")
+        return None
+    if policy != "allow":
+        return policy, None
+    return policy, most if most is not None else DEFAULT_MAX_RUNS
+
+
+def _check_concurrency_runtime(r: _Report, concurrency: tuple[str, int | None] | None,
+                               runtime: Runtime | None) -> None:
+    """Runs side by side need a runtime that can run twice: an nspawn instance has one root
+    and one machine name per slot."""
+    if concurrency and concurrency[0] == "allow" and runtime and runtime.kind == "nspawn":
+        r.add("concurrency", "allow runs a slot's runs side by side, which the nspawn runtime "
+                             "cannot (one container root and machine name per slot); use "
+                             "forbid or replace, or runtime type exec")
 
 
 def _calendar(r: _Report, value: object, path: str) -> str | None:

@@ -25,6 +25,7 @@ class CronRun:
     exit_status: str  # $EXIT_STATUS: the number, or the signal's name
     attempt: int  # 1 for the timer's start, 2.. for retries
     retry: bool  # whether systemd was left to try it again
+    run: str = ""  # concurrency allow: the run's id (its unit walle-<job>-<slot>@<run>.service)
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,7 +54,7 @@ def _run(slot: int, entry: Any) -> CronRun | None:
                    end=_time(entry.get("end")), result=_text(entry.get("result")),
                    exit_code=_text(entry.get("exit_code")),
                    exit_status=_text(entry.get("exit_status")), attempt=attempt,
-                   retry=entry.get("retry") is True)
+                   retry=entry.get("retry") is True, run=_text(entry.get("run")))
 
 
 def _text(value: Any) -> str:

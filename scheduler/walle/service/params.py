@@ -203,6 +203,7 @@ def workload_args(
         args["schedule"] = spec.schedule
         args["retries"] = spec.retries
         args["concurrency"] = spec.concurrency
+        args["max_runs"] = spec.max_runs  # allow only (None otherwise: dropped)
     return _without_none(args)
 
 
