@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -254,7 +255,7 @@ class Bench:
         submit(self.store, front_spec(count))
         seen: dict[str, tuple[str, float]] = {}  # new instance -> (address:port, running at)
         first: dict[str, float] = {}
-        deadline = t0 + 240
+        deadline = t0 + 420  # a playbook run per node: minutes at load 40
         while time.monotonic() < deadline and (len(seen) < count - len(before)
                                                or len(first) < len(seen)):
             for i, ep in self.running().items():
@@ -266,7 +267,7 @@ class Bench:
             time.sleep(0.1)
         if len(first) < count - len(before):
             raise SystemExit(f"bench/lb.py: scale to {count}: new instances running "
-                             f"{sorted(seen)}, answering {sorted(first)} within 240s")
+                             f"{sorted(seen)}, answering {sorted(first)} within 420s")
         running = wait_for(f"{count} instances running", self.running_count(count), 60)
         wait_for(f"HAProxy serving {count}", lambda: self.servers_up() == set(running.values()),
                  60)
@@ -349,14 +350,22 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.trials <= 5 or not 1 <= args.rate <= 200:
         parser.error("--trials 1..5, --rate 1..200")
     bench = Bench(args)
+    done = False
     try:
         bench.setup()
         bench.run()
+        done = True
     finally:
         if hasattr(bench, "stream"):
             bench.stream.stop()
         if args.json:
             Path(args.json).write_text(json.dumps(bench.result, indent=2, sort_keys=True))
+            if not done:  # the schedulers' and the stand-in's logs outlive the lab
+                keep = Path(args.json).with_suffix(".logs")
+                keep.mkdir(exist_ok=True)
+                for log_file in bench.lab.dir.glob("*.log"):
+                    shutil.copy(log_file, keep / log_file.name)
+                log(f"lab logs kept in {keep}")
         if not args.keep:
             bench.lab.down()
     report(bench.result)
