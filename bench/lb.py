@@ -34,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -349,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("run as root: the lab needs nspawn, mounts and a bridge")
     if not 1 <= args.trials <= 5 or not 1 <= args.rate <= 200:
         parser.error("--trials 1..5, --rate 1..200")
+    # a SIGTERM (a timeout around the bench) ends it through the clean-up below, lab down
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bench = Bench(args)
     done = False
     try:
