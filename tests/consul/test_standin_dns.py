@@ -4,6 +4,7 @@ names, node names; only instances without critical checks; NXDOMAIN with SOA oth
 
 from __future__ import annotations
 
+import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
@@ -129,3 +130,27 @@ def test_srv_weight_follows_the_instance_health(consul_client, consul_dns, uniqu
         assert srv.weight == 3
     finally:
         consul_client.agent.service.deregister(name)
+
+
+def test_udp_answer_limit_applies_only_without_edns(consul_client, consul_dns, unique):
+    """Consul's trimUDPResponse: udp_answer_limit (3) cuts a plain 512-byte UDP answer; a query
+    with EDNS and a larger buffer (HAProxy's resolvers send one) gets every instance that fits
+    the buffer, so a load balancer's server-template sees a 6-instance service whole."""
+    name = unique("many")
+    ids = [f"{name}-{i}" for i in range(6)]
+    for i, sid in enumerate(ids):
+        consul_client.agent.service.register(name, service_id=sid, port=21000 + i)
+    try:
+        plain = _records(_ask(consul_dns, f"_{name}._tcp.service.consul", "SRV"),
+                         dns.rdatatype.SRV)
+        assert len(plain) == 3
+        query = dns.message.make_query(f"_{name}._tcp.service.consul", "SRV", use_edns=0,
+                                       payload=4096)
+        resp = dns.query.udp(query, consul_dns[0], port=consul_dns[1], timeout=3)
+        assert sorted(r.port for r in _records(resp, dns.rdatatype.SRV)) == \
+            list(range(21000, 21006))
+        assert len(resp.additional) >= 1  # the targets' A records still come along
+        assert not resp.flags & dns.flags.TC
+    finally:
+        for sid in ids:
+            consul_client.agent.service.deregister(sid)

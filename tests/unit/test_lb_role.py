@@ -102,6 +102,25 @@ def test_a_frontend_per_service_that_asks_for_one():
     assert "plain" not in text
 
 
+@pytest.mark.parametrize(("count", "parallel", "slots"), [
+    (6, 1, 16), (15, 1, 16), (16, 1, 32), (13, 3, 16), (14, 3, 32), (40, 1, 48)])
+def test_slots_hold_the_count_and_the_instances_an_update_runs_beside_it(count, parallel, slots):
+    """A rolling update keeps each old instance registered until its replacement passes, so
+    count + update.max_parallel instances can be in DNS at once; one beyond the template's
+    slots would get no traffic, so the slots cover them (in whole steps of min_slots)."""
+    spec = parse_spec({
+        "name": "web", "kind": "service", "count": count,
+        "resources": {"cpu": "0.1", "memory": "64M"},
+        "runtime": {"command": "/usr/bin/python3", "args": ["-m", "http.server", "8080"]},
+        "update": {"max_parallel": parallel},
+        "service": {"port": 8080, "lb": {"port": 80}},
+    })
+    entry = {"Key": job_key(spec.name), "Value": base64.b64encode(encode_job(spec)).decode()}
+    (frontend,), problems = lbsync.frontends_from_kv([entry], SETTINGS)
+    assert problems == [] and frontend.slots == slots
+    assert f"server-template web {slots} " in lbsync.render([frontend], SETTINGS)
+
+
 def test_jobs_without_a_balancer_or_not_services_give_no_frontend():
     batch = raw_job("nightly", "nightly", kind="batch")
     frontends, problems = lbsync.frontends_from_kv([job("plain"), batch], SETTINGS)

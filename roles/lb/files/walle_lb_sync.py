@@ -55,7 +55,7 @@ class Frontend:
 @dataclass(frozen=True)
 class Settings:
     bind_address: str = "*"
-    min_slots: int = 16  # server-template size: at least this, and at least the job's count
+    min_slots: int = 16  # server-template size: at least this, and count + update.max_parallel
     reserved_ports: tuple[int, ...] = ()  # ports the lb host uses itself (stats)
     resolvers: str = "consul"  # the base file's resolvers section
     domain: str = "service.consul"
@@ -64,6 +64,12 @@ class Settings:
 def _port(value: object) -> int | None:
     ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
     return value if ok else None
+
+
+def _count(value: object, default: int) -> int:
+    """A count from an unchecked spec: 0..1000, `default` when it is not an integer."""
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    return min(max(value, 0), 1000) if ok else default
 
 
 def _names_a_port(spec: dict, label: object) -> bool:
@@ -100,9 +106,12 @@ def frontend_of(key: str, raw: object, settings: Settings) -> tuple[Frontend | N
         return None, f"service.lb.mode is not one of {', '.join(MODES)}"
     if _port(service.get("port")) is None and not _names_a_port(spec, service.get("port")):
         return None, "service.port is neither a port number nor one of the job's port labels"
-    count = spec.get("count", 1)
-    count = count if isinstance(count, int) and not isinstance(count, bool) else 1
-    slots = max(settings.min_slots, -(-min(max(count, 0), 1000) // settings.min_slots)
+    # instances in DNS at once: the count, plus the old ones a move or an update onto another
+    # node keeps registered until their successors pass (update.max_parallel at a time)
+    update = spec.get("update")
+    parallel = update.get("max_parallel", 1) if isinstance(update, dict) else 1
+    wanted = _count(spec.get("count", 1), 1) + _count(parallel, 1)
+    slots = max(settings.min_slots, -(-wanted // settings.min_slots)
                 * settings.min_slots)  # whole steps of min_slots: scaling rarely re-renders
     return Frontend(name, port, mode, slots), None
 

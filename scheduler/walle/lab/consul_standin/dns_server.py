@@ -3,8 +3,9 @@
 Answers `[tag.]<service>.service[.<dc>].consul`, `_<service>._<tag|tcp>.service[.<dc>].consul`
 (A and SRV), `<node>.node[.<dc>].consul` (A, and TXT `key=value` from node meta) and
 `<hex>.addr[.<dc>].consul`. Instances with a critical check (node checks and maintenance
-included) are left out; TTL 0; unknown names get NXDOMAIN with the SOA in authority; UDP
-answers keep at most 3 records (udp_answer_limit).
+included) are left out; TTL 0; unknown names get NXDOMAIN with the SOA in authority; a UDP
+query without EDNS (512 bytes) gets at most 3 records (udp_answer_limit), one with EDNS every
+record that fits its buffer (Consul's trimUDPResponse), the TC flag set when records were cut.
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ from .store import Store
 
 log = logging.getLogger("walle.consul_standin.dns")
 UDP_ANSWER_LIMIT = 3
+PLAIN_UDP_SIZE = 512  # a UDP query without EDNS
+MAX_UDP_SIZE = 65535 - 60  # Consul's maxUDPDatagramSize: a larger EDNS buffer counts as this
+
+
+def udp_size(query: dns.message.Message) -> int:
+    """The answer size a UDP query accepts: 512, or its EDNS buffer (capped like Consul's)."""
+    if query.edns < 0:
+        return PLAIN_UDP_SIZE
+    return min(max(query.payload, PLAIN_UDP_SIZE), MAX_UDP_SIZE)
 
 
 class DnsResolver:
@@ -48,12 +58,16 @@ class DnsResolver:
             resp.set_rcode(dns.rcode.FORMERR)
             return resp
         question = query.question[0]
+        # udp_answer_limit cuts plain UDP answers only; an EDNS query's are cut by its size
+        limit = UDP_ANSWER_LIMIT if udp and udp_size(query) == PLAIN_UDP_SIZE else None
         with self.store.cond:
-            found = self._answer(question.name, question.rdtype, resp, udp)
+            found = self._answer(question.name, question.rdtype, resp, limit)
         if not found:
             resp.set_rcode(dns.rcode.NXDOMAIN)
         if not resp.answer:
             resp.authority.append(self._soa())
+        if udp:
+            _trim(resp, udp_size(query))
         return resp
 
     def _labels(self, qname: dns.name.Name) -> list[str] | None:
@@ -66,7 +80,7 @@ class DnsResolver:
                 return labels[:-1]
         return labels
 
-    def _answer(self, qname, rdtype, resp, udp) -> bool:
+    def _answer(self, qname, rdtype, resp, limit) -> bool:
         labels = self._labels(qname)
         if not labels or len(labels) < 2:
             return False
@@ -82,7 +96,7 @@ class DnsResolver:
             tag = "" if tag == "tcp" else tag
         else:
             service, tag = head[-1], head[0] if len(head) == 2 else ""
-        return self._service(qname, rdtype, resp, service, tag, udp)
+        return self._service(qname, rdtype, resp, service, tag, limit)
 
     def _node(self, qname, rdtype, resp, name) -> bool:
         node = next((n for k, n in self.store.nodes.items() if k.lower() == name), None)
@@ -105,7 +119,7 @@ class DnsResolver:
             resp.answer.append(_rrset(qname, dns.rdatatype.A, ip))
         return True
 
-    def _service(self, qname, rdtype, resp, service, tag, udp) -> bool:
+    def _service(self, qname, rdtype, resp, service, tag, limit) -> bool:
         s = self.store
         rows = [(n, svc) for n, svc in s.instances()
                 if svc["Service"].lower() == service
@@ -114,8 +128,8 @@ class DnsResolver:
         if not rows:
             return False
         RNG.shuffle(rows)
-        if udp:
-            rows = rows[:UDP_ANSWER_LIMIT]
+        if limit is not None:
+            rows = rows[:limit]
         for node, svc in rows:
             address = svc["Address"] or node["Address"]
             if rdtype in (dns.rdatatype.A, dns.rdatatype.ANY) and _is_ipv4(address):
@@ -150,6 +164,18 @@ class DnsResolver:
         serial = int(time.time()) & 0xFFFFFFFF
         text = f"ns.{self.domain} hostmaster.{self.domain} {serial} 3600 600 86400 0"
         return _rrset(self.domain, dns.rdatatype.SOA, text)
+
+
+def _trim(resp: dns.message.Message, size: int) -> None:
+    """Drop answers (and the additional records of their targets) until the message fits
+    `size` bytes, setting TC when any went: Consul's size trim of UDP answers."""
+    for _ in range(len(resp.answer)):
+        if len(resp.to_wire(max_size=65535)) <= size or not resp.answer:
+            return
+        resp.answer.pop()
+        kept = {getattr(r, "target", None) for rrset in resp.answer for r in rrset}
+        resp.additional = [x for x in resp.additional if x.name in kept]
+        resp.flags |= dns.flags.TC
 
 
 def _rrset(name, rdtype, text) -> dns.rrset.RRset:
@@ -196,7 +222,7 @@ class _Mixin:
         except Exception:  # noqa: BLE001 - malformed packets are dropped, like Consul
             return None
         resp = self.resolver.respond(query, udp)
-        return resp.to_wire(max_size=512 if udp else 65535)
+        return resp.to_wire(max_size=udp_size(query) if udp else 65535)
 
 
 class UdpDnsServer(_Mixin, socketserver.ThreadingUDPServer):
