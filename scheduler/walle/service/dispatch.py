@@ -113,6 +113,12 @@ class Dispatcher:
         with self._lock:
             return {k for b in (*self._queued, *self._running, *self._finished) for k in b.keys}
 
+    def in_flight_work(self) -> dict[str, str]:
+        """Slot -> what its batch does ("place", "stop", ...): the in-flight slots, named."""
+        with self._lock:
+            return {k: b.what for b in (*self._queued, *self._running, *self._finished)
+                    for k in b.keys}
+
     def counts(self) -> tuple[int, int]:
         """(running, queued)."""
         with self._lock:

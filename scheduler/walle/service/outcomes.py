@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from walle.core import Allocation
+from walle.naming import IN_FLIGHT_KEY
 from walle.service.cluster import Snapshot
 from walle.service.executor import Outcome
 from walle.service.records import SlotRecord, attempt_of
@@ -24,6 +25,10 @@ if TYPE_CHECKING:
     from walle.service.scheduler import StepReport
 
 log = logging.getLogger("walle.scheduler")
+
+# the in-flight slots `walle plan` is told of at most (about 30 bytes each: the note stays far
+# below Consul's 512 KB value limit); the count of the others is published with them
+MAX_PUBLISHED_IN_FLIGHT = 10_000
 
 
 class DispatchOutcomes:
@@ -152,6 +157,19 @@ class DispatchOutcomes:
         node, a stop is planned again), as after a leader crash."""
         for batch in self.dispatcher.take_finished():
             batch.done(batch.items, batch.outcomes, snap, records, report, now)
+
+    def _publish_in_flight(self) -> None:
+        """Publish the slots this leader's batches act on now (walle/config/in-flight) when
+        they changed since the last step, so that `walle plan` holds them back as the leader
+        does and says so. One guarded write per step at most, none while nothing changes; a
+        step sees every change of the set (submissions are its own, outcomes it applies), so
+        the note is at most one step behind. Not fatal: plan then reads them as settled."""
+        work = self.dispatcher.in_flight_work()
+        keys = sorted(work)[:MAX_PUBLISHED_IN_FLIGHT]
+        body = {"slots": {k: work[k] for k in keys}, "more": len(work) - len(keys)}
+        if body != self._published_in_flight and self._publish_note(
+                IN_FLIGHT_KEY, body, "the slots in flight (walle plan reads them as settled)"):
+            self._published_in_flight = body
 
     def _in_flight(self) -> set[str]:
         """Slots a batch acts on now: the step leaves them alone until its outcome is in."""

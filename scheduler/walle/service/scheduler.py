@@ -227,6 +227,7 @@ class Scheduler(BatchWork, LeftoverReaping, DispatchOutcomes):
                                      self.config.node_down_grace)
         self._unsettled: set[str] = set()  # pending batch records whose outcome is unknown
         self._published_presence: dict | None = None
+        self._published_in_flight: dict | None = None
         # (instance key, attempt) this leader's playbooks started: only those pending batch
         # records become running at once; any other is settled from its node first
         self._started: set[tuple[str, str]] = set()
@@ -291,17 +292,20 @@ class Scheduler(BatchWork, LeftoverReaping, DispatchOutcomes):
         whenever that changes, so that `walle plan` counts the graces as the leader does.
         Not fatal: plan then counts them from its own "now"."""
         memory = self.presence.memory()
-        if memory == self._published_presence:
-            return
+        if memory != self._published_presence and self._publish_note(
+                PRESENCE_KEY, memory, "the nodes' presence (walle plan counts graces from now)"):
+            self._published_presence = memory
+
+    def _publish_note(self, key: str, body: dict, what: str) -> bool:
+        """One guarded write of a value the leader publishes for `walle plan`; False (and a
+        warning) when it could not be written."""
         try:
             session = self.lock.session_id
-            result = session and self.store.put_leader_note(PRESENCE_KEY, memory,
-                                                            session=session)
-            if result and result.ok:
-                self._published_presence = memory
+            result = session and self.store.put_leader_note(key, body, session=session)
+            return bool(result and result.ok)
         except ConsulError as err:
-            log.warning("cannot publish the nodes' presence (walle plan counts graces from "
-                        "now): %s", err)
+            log.warning("cannot publish %s: %s", what, err)
+            return False
 
     def _on_lost(self) -> None:
         log.warning("leader lock lost")
@@ -389,6 +393,7 @@ class Scheduler(BatchWork, LeftoverReaping, DispatchOutcomes):
         self._mark_slots(snap, records, plan, report, now)
         self._record_history(snap, records, plan, report, now)
         self.autoscaler.run(snap, now)  # a new count is written like `walle scale`
+        self._publish_in_flight()
         report.next_deadline = self._next_deadline(snap, records, now)
         return report
 
