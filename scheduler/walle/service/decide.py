@@ -89,8 +89,8 @@ def decide(snap: Snapshot, records: Mapping[str, SlotRecord], now: float, *, see
     """The core's plan, less what must wait: slots whose record cannot be read, jobs whose
     record cannot be read or that the core cannot plan (their instances are left as they
     are), failed slots still backing off, and slots a batch of the leader acts on now
-    (`in_flight`: service/dispatch.py; `walle plan` does not know them). `snap.away` must be
-    set (NodePresence)."""
+    (`in_flight`: service/dispatch.py; the leader publishes them for `walle plan`, dryrun.py).
+    `snap.away` must be set (NodePresence)."""
     allocs = [r.alloc for r in records.values()]
     jobs = dict(snap.jobs)
     try:
