@@ -114,7 +114,8 @@ class SchedulerConfig:
     # that a cut-off node's fence has stopped them before they start elsewhere (presence.py)
     node_down_grace: float = DEFAULT_DOWN_GRACE
     # playbook runs beside the loop at once (service/dispatch.py); 0: each within its step
-    # (the loop then waits for it: the step-by-step tests). `walle scheduler run` runs 4.
+    # (the loop then waits for it: the step-by-step tests and benches, which call step()
+    # and read its outcome at once). `walle scheduler run` runs DEFAULT_MAX_INFLIGHT (4).
     max_inflight_batches: int = 0
     # autoscaling (service/autoscale.py): where Prometheus queries go, how often jobs are
     # measured
@@ -408,7 +409,10 @@ class Scheduler(BatchWork, LeftoverReaping, DispatchOutcomes):
                    and r.alloc.job in snap.jobs and r.alloc.node in snap.nodes
                    and snap.nodes[r.alloc.node].state != "down"]
         self._unsettled = {r.key for r in pending if snap.jobs[r.alloc.job].kind == "batch"}
-        pending = [r for r in pending if r.key not in self._unsettled]
+        # a slot the job no longer has (scaled down while no one led) is the plan's to stop:
+        # placing it again would fail (the parameters refuse it) and hold it for a back-off
+        pending = [r for r in pending if r.key not in self._unsettled
+                   and r.alloc.slot < snap.jobs[r.alloc.job].count]
         if not pending:
             return
         log.info("resuming %d pending instance(s) left by the previous leader", len(pending))
