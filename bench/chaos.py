@@ -323,6 +323,8 @@ class Observer(threading.Thread):
 class Chaos:
     def __init__(self, args):
         self.args = args
+        self.scheduler_args = ([] if args.max_inflight_batches is None
+                               else ["--max-inflight-batches", str(args.max_inflight_batches)])
         self.rng = random.Random(args.seed)
         self.lab = Lab(args.lab, progress=log)
         self.http = requests.Session()
@@ -399,7 +401,7 @@ class Chaos:
             log("provisioning with site.yml ...")
             if provision(self.lab) != 0:
                 raise SystemExit("site.yml failed")
-        start_schedulers(self.lab, self.addr)
+        start_schedulers(self.lab, self.addr, extra=self.scheduler_args)
         self.store = StateStore(ConsulApi(ConsulConfig.from_env(addr=self.addr)))
         self.observer = Observer(self, self.args.observe)
         self.observer.start()
@@ -540,13 +542,13 @@ class Chaos:
             if key:
                 faults.kill_daemon(self.lab, key)
             time.sleep(self.rng.uniform(2, 5))
-            start_schedulers(self.lab, self.addr)
+            start_schedulers(self.lab, self.addr, extra=self.scheduler_args)
         elif kind == "schedulers-kill":
             self.note_stale_leader()
             for key in self.scheduler_keys():
                 faults.kill_daemon(self.lab, key)
             time.sleep(self.rng.uniform(2, 8))
-            start_schedulers(self.lab, self.addr)
+            start_schedulers(self.lab, self.addr, extra=self.scheduler_args)
         elif kind == "standin-kill":
             faults.kill_daemon(self.lab, "consul-standin")
             time.sleep(self.rng.uniform(1, 4))
@@ -664,7 +666,7 @@ class Chaos:
         healed = faults.heal_all(self.lab)
         if healed:
             log(f"healed left-over partitions: {healed}")
-        start_schedulers(self.lab, self.addr)
+        start_schedulers(self.lab, self.addr, extra=self.scheduler_args)
         faults.restart_standin(self.lab)
         ok, gaps = self.wait_converged(self.args.bound * 2)
         if not ok:
@@ -768,7 +770,8 @@ def report(chaos: Chaos, batches: dict, load_before: str) -> None:
     a = chaos.args
     print(f"\nWalle chaos run: lab {a.lab}, {a.nodes} nodes, seed {a.seed}, {a.minutes:g} min, "
           f"convergence bound {a.bound:g}s, observer every {a.observe:g}s "
-          f"({chaos.observer.samples if hasattr(chaos, 'observer') else 0} samples)")
+          f"({chaos.observer.samples if hasattr(chaos, 'observer') else 0} samples), "
+          f"schedulers' options: {' '.join(chaos.scheduler_args) or 'their defaults'}")
     print(f"load average: before {load_before}, after "
           f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}; {os.cpu_count()} CPUs")
     print(f"\nfaults injected: {len(chaos.faults)}")
@@ -831,6 +834,8 @@ def main(argv: list[str] | None = None) -> int:
                              "walle-fence time + 6; none after the heal)")
     parser.add_argument("--observe", type=float, default=1.5, help="observer period (s)")
     parser.add_argument("--submit-every", type=float, default=20.0)
+    parser.add_argument("--max-inflight-batches", type=int, default=None,
+                        help="the schedulers' --max-inflight-batches (default: theirs)")
     parser.add_argument("--no-provision", action="store_true",
                         help="reuse a lab kept with --keep (skip site.yml)")
     parser.add_argument("--keep", action="store_true", help="leave the lab up at the end")

@@ -78,6 +78,7 @@ LEADER_KEY = KV_PREFIX + "leader"  # the scheduler's lock
 PLACEMENT_CONFIG_KEY = KV_PREFIX + "config/placement"  # the leader's defaults (decide.py)
 PRESENCE_KEY = KV_PREFIX + "config/presence"  # since when the leader sees nodes down/missing
 PRESSURE_KEY = KV_PREFIX + "config/pressure"  # nodes' usage samples, shed moves made
+IN_FLIGHT_KEY = KV_PREFIX + "config/in-flight"  # slots the leader's batches act on now
 DRAIN_SUFFIX = "/drain"
 
 

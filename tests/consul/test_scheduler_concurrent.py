@@ -10,6 +10,7 @@ node2, node3 and node4; when one of them dies, its web instance can only go to t
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ import test_scheduler_service
 from test_scheduler_service import RecordingExecutor, records, register_node, web_spec
 
 from walle.adapters.consul import StateStore
+from walle.cli.main import main
 from walle.service import jobs
 from walle.service.history import from_data
 from walle.service.scheduler import Scheduler, SchedulerConfig
@@ -162,10 +164,13 @@ def test_a_slow_stop_on_one_node_does_not_delay_the_failover_of_another(hog_and_
     wait_until(lambda: (lost, spare) in ex.placed, 60)
     wait_until(lambda: states(api).get(lost) == ("running", spare), 30)
     assert not ex.release.is_set() and "hog-0" in states(api)  # the stop has not ended
-    # the events say it moved, then ran: worded by the step that decided, in order
-    story = [e.event for e in events(api, "web") if f"web-{e.slot}" == lost
-             and e.event in ("placed", "moved", "running")]
-    assert story[-2:] == ["moved", "running"]
+    # the events say it moved, then ran: worded by the step that decided, in order (the
+    # history is written at the end of the step that wrote the record: wait for it)
+    def story() -> list[str]:
+        return [e.event for e in events(api, "web") if f"web-{e.slot}" == lost
+                and e.event in ("placed", "moved", "running")]
+
+    wait_until(lambda: story()[-2:] == ["moved", "running"], 10)
     ex.release.set()
     # its end wakes the loop at once (the resync is 300 s): the record goes
     wait_until(lambda: "hog-0" not in states(api), 30)
@@ -274,3 +279,28 @@ def test_one_call_split_over_a_busy_and_a_free_node_fails_neither_half(hog_and_w
     ex.release.set()
     wait_until(lambda: states(api).get(busy) == ("running", "node1"), 30)
     assert [k for k, _ in ex.placed].count(busy) == 1  # placed once, never again
+
+
+def test_walle_plan_says_which_slots_a_batch_acts_on_now(hog_and_web, wait_until, capsys):
+    """While hog-0's stop runs beside the loop, the leader holds the slot back and publishes
+    it in flight (walle/config/in-flight): `walle plan` says so instead of planning the stop
+    again; once the stop's outcome is in, the slot is gone from the plan and from the note."""
+    api, ex, begin = hog_and_web
+    begin()
+
+    def plan() -> dict[str, tuple[str, str | None, str]]:
+        code = main(["plan", "hog", "--json", "--consul-addr", api.address])
+        out, _ = capsys.readouterr()
+        assert code == 0, out
+        (job,) = json.loads(out)["jobs"]
+        return {d["instance"]: (d["action"], d["node"], d["reason"]) for d in job["slots"]}
+
+    assert plan() == {"hog-0": ("keep", "node1", "")}
+    jobs.scale(StateStore(api), "hog", 0)
+    wait_until(ex.held.is_set, 30)
+    wait_until(lambda: plan()["hog-0"][0] == "in-flight", 10)
+    action, node, why = plan()["hog-0"]
+    assert node == "node1" and "a stop playbook" in why
+    ex.release.set()
+    wait_until(lambda: "hog-0" not in states(api), 30)
+    wait_until(lambda: plan() == {}, 10)

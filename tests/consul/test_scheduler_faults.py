@@ -23,6 +23,7 @@ import walle.service.decide as decide_module
 from walle.adapters.consul import ConsulUnreachable, StateStore
 from walle.jobspec import parse_spec
 from walle.jobspec.encoding import spec_to_data
+from walle.service import jobs
 from walle.service.scheduler import Scheduler, SchedulerConfig, StepReport
 
 pytestmark = pytest.mark.consul
@@ -156,6 +157,29 @@ def test_a_pending_bad_job_left_by_a_crashed_leader_does_not_crash_the_next(clus
     stored = records(cluster)
     assert stored["api-0"].state == "failed" and SCRIPT_ERROR in stored["api-0"].extra["reason"]
     assert stored["web-0"].state == stored["web-1"].state == "running"
+    s2.lock.step_down()
+
+
+def test_a_pending_slot_scaled_away_before_a_new_leader_is_stopped_not_placed_again(cluster):
+    """Chaos (2026-12-02, leader-kill): api-1 was pending when its leader died, and the job
+    was scaled to 1 before the next took office; the new leader's resumption placed api-1
+    again, which the parameters refuse (slot outside the job), so the slot was failed and
+    held for its back-off instead of stopped."""
+    clock = Clock()
+    store = StateStore(cluster)
+    store.put_job(api_spec(count=2), 0)
+    s1 = scheduler(cluster, clock, RecordingExecutor(cluster))
+    s1.executor.health = "critical"
+    s1.step()  # api-0 and api-1 are written pending and "placed" but never pass
+    assert records(cluster)["api-1"].state == "pending"
+    s1.lock.step_down()
+    jobs.scale(store, "api", 1)
+    ex2 = RecordingExecutor(cluster)
+    s2 = scheduler(cluster, clock, ex2, name="s2")
+    s2.step()
+    s2.step()
+    assert [k for k, _ in ex2.placed] == ["api-0"]  # resumed; api-1 is not the job's any more
+    assert "api-1" not in records(cluster)  # stopped by the plan, as any slot scaled away
     s2.lock.step_down()
 
 

@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import dns.resolver
@@ -157,13 +158,16 @@ def provision(lab: Lab, limit: list[str] | None = None) -> int:
     return proc.returncode
 
 
-def start_schedulers(lab: Lab, consul_addr: str, count: int = 2) -> None:
+def start_schedulers(lab: Lab, consul_addr: str, count: int = 2,
+                     extra: Sequence[str] = ()) -> None:
+    """Start `count` schedulers; `extra`: more `walle scheduler run` options (bench/chaos.py's
+    --max-inflight-batches)."""
     for n in range(1, count + 1):
         lab.start_process(f"scheduler-{n}", [
             str(Path(sys.executable).parent / "walle"), "scheduler", "run",
             "--consul-addr", consul_addr, "--inventory", str(lab.pool_inventory_path),
             "--node-consul-addr", consul_addr, "--name", f"{lab.name}-scheduler-{n}",
-            "--lock-delay", "5",
+            "--lock-delay", "5", *extra,
         ], f"scheduler-{n}.log")
 
 

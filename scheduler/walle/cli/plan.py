@@ -25,6 +25,7 @@ from walle.service.dryrun import (
     JobPlan,
     dry_run,
     published_defaults,
+    published_in_flight,
     published_presence,
     published_pressure,
 )
@@ -33,7 +34,9 @@ EPILOG = """\
 What the leader does with each slot: keep, place, move, replace, update, regrant, stop, evict,
 refused (no feasible node: the reasons, per number of nodes), waiting (a failed slot's back-
 off), held (its node left the catalog or failed, within node_leave_grace or node_down_grace),
-hands-off (its record cannot be read), done (a batch instance that finished). The plan is the
+hands-off (its record cannot be read), done (a batch instance that finished), in-flight (a
+playbook of the leader acts on it now, as the leader last published: walle/config/in-flight;
+the leader decides on it again once the playbook's outcome is in). The plan is the
 leader's own decision on the stored records, with the strategy and seed the leader published in
 Consul (walle/config/placement; the built-in defaults, said so, when no leader has).
 
@@ -79,7 +82,8 @@ def cmd_plan(args) -> int:
         jobs = [what_if.name if what_if else args.job]
     now = time.time()
     run = dry_run(snap, defaults, now, jobs=jobs, what_if=what_if,
-                  memory=published_presence(store), pressure=published_pressure(store))
+                  memory=published_presence(store), pressure=published_pressure(store),
+                  in_flight=published_in_flight(store))
     if args.json:
         print_json(_as_json(run, defaults, source, snap.unreadable))
     else:

@@ -33,7 +33,7 @@ from walle.cli.package import installed_packages
 from walle.console import views
 from walle.console.actions import Refused, perform
 from walle.service.cluster import Snapshot, load_snapshot
-from walle.service.dryrun import published_defaults, published_presence
+from walle.service.dryrun import published_defaults, published_in_flight, published_presence
 from walle.service.history import from_data
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -124,7 +124,8 @@ class Console:
     def explain(self, job: str) -> dict | None:
         defaults, _ = published_defaults(self.store)
         return views.explanation_view(load_snapshot(self.api, self.store), job, defaults,
-                                      presence=published_presence(self.store))
+                                      presence=published_presence(self.store),
+                                      in_flight=published_in_flight(self.store))
 
     def act(self, action: str, token: str | None, body: Any) -> str:
         return perform(self.config, token, action, body, self.catalog)

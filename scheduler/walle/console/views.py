@@ -119,11 +119,12 @@ def state_view(snap: Snapshot, *, installed: Mapping[str, Installed],
 
 def explanation_view(snap: Snapshot, job: str, defaults: Defaults | None = None,
                      now: float | None = None,
-                     presence: Mapping[str, Any] | None = None) -> dict | None:
+                     presence: Mapping[str, Any] | None = None,
+                     in_flight: Mapping[str, str] | None = None) -> dict | None:
     """`walle plan JOB --explain`'s node table as JSON: the leader's own decision as a dry run
     (service/dryrun.py), then every node's answer for one more instance (None: no such job)."""
     if job not in snap.jobs:
         return None
     run = dry_run(snap, defaults or Defaults(), time.time() if now is None else now,
-                  jobs=[job], memory=presence)
+                  jobs=[job], memory=presence, in_flight=in_flight)
     return dataclasses.asdict(run.jobs[0].nodes)

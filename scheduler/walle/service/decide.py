@@ -90,9 +90,9 @@ def decide(snap: Snapshot, records: Mapping[str, SlotRecord], now: float, *, see
     """The core's plan, less what must wait: slots whose record cannot be read, jobs whose
     record cannot be read or that the core cannot plan (their instances are left as they
     are), failed slots still backing off, and slots a batch of the leader acts on now
-    (`in_flight`: service/dispatch.py; `walle plan` does not know them). `snap.away` must be
-    set (NodePresence). `pressure`: the nodes' usage samples, to shed work off nodes under
-    sustained pressure (core/shed.py; the leader's, published for `walle plan`)."""
+    (`in_flight`: service/dispatch.py; the leader publishes them for `walle plan`, dryrun.py).
+    `snap.away` must be set (NodePresence). `pressure`: the nodes' usage samples, to shed work
+    off nodes under sustained pressure (core/shed.py; the leader's, published for `walle plan`)."""
     allocs = [r.alloc for r in records.values()]
     jobs = dict(snap.jobs)
     try:

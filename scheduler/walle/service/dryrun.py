@@ -6,7 +6,9 @@ or failed (held as away for their grace, counted from now: service/presence.py),
 records (hands off), and the cluster's defaults the leader published (`published_defaults`). It
 calls the leader's own `decide` and reads every slot's fate off the plan: kept, placed, moved,
 replaced, stopped, evicted, refused (with the core's per-node reasons), waiting out a back-off,
-or held. "A new instance" is what `walle scale JOB count+1` would get: the same decision with
+or held, or in flight (a playbook of the leader acts on it now: walle/config/in-flight, which
+the leader publishes; the leader decides on that slot again once its outcome is in). "A new
+instance" is what `walle scale JOB count+1` would get: the same decision with
 one more slot.
 """
 
@@ -21,7 +23,7 @@ from walle.adapters.consul.state import PLACEMENT_CONFIG, BadRecord
 from walle.core import Explanation, Plan, apply_plan, explain
 from walle.core.shed import Pressure, pressure_from_json
 from walle.jobspec import JobSpec
-from walle.naming import PRESENCE_KEY, PRESSURE_KEY, instance_id
+from walle.naming import IN_FLIGHT_KEY, PRESENCE_KEY, PRESSURE_KEY, instance_id
 from walle.service.cluster import Snapshot
 from walle.service.decide import Defaults, decide, retry_at, take_commits
 from walle.service.presence import NodePresence
@@ -32,6 +34,7 @@ KEEP, PLACE, MOVE, REPLACE, UPDATE, REGRANT = "keep", "place", "move", "replace"
     "regrant"
 STOP, EVICT, REFUSED, WAITING, HELD, HANDS_OFF, DONE = "stop", "evict", "refused", "waiting", \
     "held", "hands-off", "done"
+IN_FLIGHT = "in-flight"
 
 
 @dataclass(frozen=True)
@@ -102,14 +105,28 @@ def published_pressure(store: StateStore) -> Pressure | None:
         return None
 
 
+def published_in_flight(store: StateStore) -> dict[str, str]:
+    """The slots the leader's batches act on now, slot -> what the batch does ("place",
+    "stop", ...), as the leader last published them (walle/config/in-flight); empty when it
+    published nothing (it waits for each batch, or runs none) or the value cannot be read."""
+    try:
+        body = store.leader_note(IN_FLIGHT_KEY) or {}
+    except BadRecord:
+        return {}
+    slots = body.get("slots") if isinstance(body, dict) else None
+    return {str(k): str(v) for k, v in slots.items()} if isinstance(slots, dict) else {}
+
+
 def dry_run(snap: Snapshot, defaults: Defaults, now: float, *,
             jobs: Iterable[str] | None = None, what_if: JobSpec | None = None,
             memory: Mapping[str, Any] | None = None,
-            pressure: Pressure | None = None) -> DryRun:
+            pressure: Pressure | None = None,
+            in_flight: Mapping[str, str] | None = None) -> DryRun:
     """The leader's decision on `snap` (stored records, as a new leader finds them), slot by
     slot for `jobs` (default: all). `what_if`: a spec decided as if it had been submitted.
     `pressure`: the leader's usage samples (`published_pressure`), so that the dry run sheds
-    what the leader would."""
+    what the leader would. `in_flight` (published_in_flight): slots a batch of the leader acts
+    on now; the leader holds them back until its outcome is in, and so does this."""
     if what_if is not None:
         snap = replace(snap, jobs={**snap.jobs, what_if.name: what_if})
     presence = NodePresence(defaults.node_leave_grace, defaults.node_down_grace)
@@ -117,29 +134,30 @@ def dry_run(snap: Snapshot, defaults: Defaults, now: float, *,
     snap = presence.observe(snap, now)
     done, _ = take_commits(snap, snap.records, now)  # as the leader does first
     snap = replace(snap, records={**snap.records, **done})
-    plan = _decide(snap, snap.jobs, now, defaults, pressure)
+    in_flight = dict(in_flight or {})
+    plan = _decide(snap, snap.jobs, now, defaults, pressure, in_flight)
     names = sorted(snap.jobs) if jobs is None else list(jobs)
-    return DryRun(plan, tuple(_job_plan(snap, plan, name, now, defaults, pressure)
+    return DryRun(plan, tuple(_job_plan(snap, plan, name, now, defaults, pressure, in_flight)
                               for name in names), snap.away, pressure)
 
 
 def _decide(snap: Snapshot, jobs: dict[str, JobSpec], now: float, defaults: Defaults,
-            pressure: Pressure | None) -> Plan:
+            pressure: Pressure | None, in_flight: Mapping[str, str]) -> Plan:
     return decide(replace(snap, jobs=jobs), snap.records, now, seed=defaults.seed,
-                  placement=defaults.placement(), pressure=pressure)
+                  placement=defaults.placement(), pressure=pressure, in_flight=set(in_flight))
 
 
-def _job_plan(snap: Snapshot, plan: Plan, name: str, now: float,
-              defaults: Defaults, pressure: Pressure | None) -> JobPlan:
+def _job_plan(snap: Snapshot, plan: Plan, name: str, now: float, defaults: Defaults,
+              pressure: Pressure | None, in_flight: Mapping[str, str]) -> JobPlan:
     spec = snap.jobs[name]
     records = {r.alloc.slot: r for r in snap.records.values() if r.alloc.job == name}
     actions = _actions(plan)
-    slots = tuple(_slot(snap, name, slot, records.get(slot), actions, now, defaults)
-                  for slot in sorted(set(range(spec.count)) | set(records)))
+    slots = tuple(_slot(snap, name, slot, records.get(slot), actions, now, defaults,
+                        in_flight) for slot in sorted(set(range(spec.count)) | set(records)))
     # one more instance: the decision for `walle scale JOB count+1`
     more = _decide(snap, {**snap.jobs, name: replace(spec, count=spec.count + 1)}, now,
-                   defaults, pressure)
-    new = _slot(snap, name, spec.count, None, _actions(more), now, defaults)
+                   defaults, pressure, in_flight)
+    new = _slot(snap, name, spec.count, None, _actions(more), now, defaults, in_flight)
     after = apply_plan([r.alloc for r in snap.records.values()], plan)
     nodes = explain(spec, snap.nodes, after, config=defaults.placement())
     return JobPlan(name, spec.count, slots, new, nodes)
@@ -175,7 +193,7 @@ def _actions(plan: Plan) -> dict[str, list[tuple[str, str | None, str]]]:
 
 def _slot(snap: Snapshot, job: str, slot: int, record: SlotRecord | None,
           actions: dict[str, list[tuple[str, str | None, str]]], now: float,
-          defaults: Defaults) -> SlotDecision:
+          defaults: Defaults, in_flight: Mapping[str, str]) -> SlotDecision:
     key = instance_id(job, slot)
     a = record.alloc if record else None
     node = a.node if a and a.live else None
@@ -188,6 +206,10 @@ def _slot(snap: Snapshot, job: str, slot: int, record: SlotRecord | None,
     if a and a.live and a.node in snap.away:
         return decision(HELD, node, f"node {a.node} left the catalog: its instances are held "
                                     f"up to {defaults.node_leave_grace:g}s (node_leave_grace)")
+    if key in in_flight:
+        return decision(IN_FLIGHT, node, f"a {in_flight[key]} playbook of the leader acts on "
+                                          "it now (or waits for its node): the leader decides "
+                                          "on it again once its outcome is in")
     found = actions.get(key, [])
     if record and retry_at(record) > now:
         tried = ", ".join(a.failed_nodes) or a.node

@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -66,6 +66,7 @@ from walle.service.history import (
     unplaced_slots,
 )
 from walle.service.leftovers import LeftoverReaping
+from walle.service.outcomes import DispatchOutcomes
 from walle.service.policy import PrivilegePolicy
 from walle.service.presence import DEFAULT_DOWN_GRACE, DEFAULT_LEAVE_GRACE, NodePresence
 from walle.service.records import (
@@ -115,7 +116,8 @@ class SchedulerConfig:
     # that a cut-off node's fence has stopped them before they start elsewhere (presence.py)
     node_down_grace: float = DEFAULT_DOWN_GRACE
     # playbook runs beside the loop at once (service/dispatch.py); 0: each within its step
-    # (the loop then waits for it: the step-by-step tests). `walle scheduler run` runs 4.
+    # (the loop then waits for it: the step-by-step tests and benches, which call step()
+    # and read its outcome at once). `walle scheduler run` runs DEFAULT_MAX_INFLIGHT (4).
     max_inflight_batches: int = 0
     # autoscaling (service/autoscale.py): where Prometheus queries go, how often jobs are
     # measured
@@ -164,7 +166,7 @@ class Backoff:
         self.delay = self.base
 
 
-class Scheduler(BatchWork, LeftoverReaping):
+class Scheduler(BatchWork, LeftoverReaping, DispatchOutcomes):
     def __init__(self, api: ConsulApi, config: SchedulerConfig,
                  executor: Executor | None = None, clock: Callable[[], float] = time.time,
                  usage_reader: Callable[[Iterable[str]], Usage] | None = None):
@@ -231,6 +233,7 @@ class Scheduler(BatchWork, LeftoverReaping):
                                      self.config.node_down_grace)
         self._unsettled: set[str] = set()  # pending batch records whose outcome is unknown
         self._published_presence: dict | None = None
+        self._published_in_flight: dict | None = None
         # (instance key, attempt) this leader's playbooks started: only those pending batch
         # records become running at once; any other is settled from its node first
         self._started: set[tuple[str, str]] = set()
@@ -302,8 +305,8 @@ class Scheduler(BatchWork, LeftoverReaping):
             self._published_presence = memory
 
     def _publish_note(self, key: str, body: dict, what: str) -> bool:
-        """Write a value for `walle plan` under the leader's lock; False (logged) when not
-        written. Never fatal."""
+        """One guarded write of a value the leader publishes for `walle plan`; False (and a
+        warning) when it could not be written."""
         try:
             session = self.lock.session_id
             result = session and self.store.put_leader_note(key, body, session=session)
@@ -398,6 +401,7 @@ class Scheduler(BatchWork, LeftoverReaping):
         self._mark_slots(snap, records, plan, report, now)
         self._record_history(snap, records, plan, report, now)
         self.autoscaler.run(snap, now)  # a new count is written like `walle scale`
+        self._publish_in_flight()
         report.next_deadline = self._next_deadline(snap, records, now)
         return report
 
@@ -412,7 +416,10 @@ class Scheduler(BatchWork, LeftoverReaping):
                    and r.alloc.job in snap.jobs and r.alloc.node in snap.nodes
                    and snap.nodes[r.alloc.node].state != "down"]
         self._unsettled = {r.key for r in pending if snap.jobs[r.alloc.job].kind == "batch"}
-        pending = [r for r in pending if r.key not in self._unsettled]
+        # a slot the job no longer has (scaled down while no one led) is the plan's to stop:
+        # placing it again would fail (the parameters refuse it) and hold it for a back-off
+        pending = [r for r in pending if r.key not in self._unsettled
+                   and r.alloc.slot < snap.jobs[r.alloc.job].count]
         if not pending:
             return
         log.info("resuming %d pending instance(s) left by the previous leader", len(pending))
@@ -519,24 +526,6 @@ class Scheduler(BatchWork, LeftoverReaping):
         self._dispatch("stop previous", alive, lambda allocs: self._stop(allocs, snap),
                        self._previous_stopped, snap, records, report, now)
 
-    def _previous_stopped(self, stopped: list[Allocation], outcomes: dict[str, Outcome],
-                          snap: Snapshot, records: dict[str, SlotRecord], report: StepReport,
-                          now: float) -> None:
-        """The outcome of _finish_moves' stops: the slot forgets its previous instance."""
-        changed: dict[str, SlotRecord] = {}
-        for previous in stopped:
-            key = previous.key
-            outcome = outcomes.get(key, Outcome(True))
-            if not outcome.ok:  # the previous instance keeps running; the next step tries again
-                report.failed[f"{key}@{previous.node}"] = f"stop: {outcome.error}"
-                continue
-            r = records.get(key)
-            if r is not None and r.previous is not None and _same_placement(r.previous,
-                                                                            previous):
-                changed[key] = records[key] = replace(r, previous=None)
-            report.stopped.append(f"{key}@{previous.node}")
-        self._write(changed, records=records)
-
     # ----- planning -----------------------------------------------------------------------
     def _plan(self, snap: Snapshot, records: dict[str, SlotRecord], now: float) -> Plan:
         """The decision (walle.service.decide: `walle plan` runs the same function)."""
@@ -598,64 +587,6 @@ class Scheduler(BatchWork, LeftoverReaping):
         self._dispatch("regrant", regrants, lambda allocs: self._regrant(allocs, snap),
                        self._regranted, snap, records, report, now)
 
-    # ----- what a finished batch changes (applied by the step after it, or inline) ----------
-    def _stopped(self, stopped: list[Allocation], outcomes: dict[str, Outcome],
-                 snap: Snapshot, records: dict[str, SlotRecord], report: StepReport,
-                 now: float, told: bool = False) -> None:
-        """Stopped (or evicted) instances lose their record; a failed stop keeps it (the next
-        step tries again). `told`: the deciding step reported the stops already."""
-        deletes = []
-        for a in stopped:
-            outcome = outcomes.get(a.key, Outcome(True))
-            r = records.get(a.key)
-            if outcome.ok and r is not None and _same_placement(r.alloc, a):
-                deletes.append(records.pop(a.key))
-                if not told:
-                    report.stopped.append(a.key)
-            elif not outcome.ok:
-                report.failed[a.key] = f"stop: {outcome.error}"
-        self._write({}, deletes)
-
-    def _placed(self, placed: list[Allocation], outcomes: dict[str, Outcome], snap: Snapshot,
-                records: dict[str, SlotRecord], report: StepReport, now: float, *,
-                replaced: set[str], told: bool) -> None:
-        """A placement that failed fails its record (a new version that cannot even start
-        rolls its job back); one whose slot moved on meanwhile is left to what it is now.
-        `told`: the deciding step reported the placements already."""
-        after: dict[str, SlotRecord] = {}
-        for a in placed:
-            key = a.key
-            outcome = outcomes.get(key, Outcome(False, "no result"))
-            if outcome.ok:
-                self._started.add((key, attempt_of(a)))
-                if not told:
-                    report.placed.append(f"{key}@{a.node}")
-                continue
-            rec = records.get(key)
-            if rec is None or not _same_placement(rec.alloc, a):
-                continue
-            reason = outcome.error
-            spec = snap.jobs.get(a.job)
-            if key in replaced and spec is not None:  # the rollout failed
-                rollback = self._maybe_roll_back(snap, spec, rec.alloc, report)
-                reason += f"; {rollback}" if rollback else ""
-            report.failed[key] = reason
-            after[key] = records[key] = rec.failed(reason, now)
-        self._write(after, records=records)
-
-    def _regranted(self, regranted: list[Allocation], outcomes: dict[str, Outcome],
-                   snap: Snapshot, records: dict[str, SlotRecord], report: StepReport,
-                   now: float) -> None:
-        """Grants applied on the node are recorded (a failed one is planned again)."""
-        grants: dict[str, SlotRecord] = {}
-        for a in regranted:
-            r = records.get(a.key)
-            if outcomes.get(a.key, Outcome(False)).ok and r is not None \
-                    and _same_placement(r.alloc, a):
-                grants[a.key] = records[a.key] = replace(r, alloc=replace(a,
-                                                                          state=r.alloc.state))
-        self._write(grants, records=records)
-
     def _follow_usage(self, snap: Snapshot, records: dict[str, SlotRecord], plan: Plan,
                       report: StepReport, now: float) -> None:
         """Usage-driven grants (service/elastic.py): decide on the reading that arrived since
@@ -706,55 +637,6 @@ class Scheduler(BatchWork, LeftoverReaping):
         if note is not None and note != self._published_pressure and self._publish_note(
                 PRESSURE_KEY, note, "the nodes' pressure (walle plan sheds nothing)"):
             self._published_pressure = note
-
-    def _usage_regranted(self, allocs: list[Allocation], outcomes: dict[str, Outcome],
-                         snap: Snapshot, records: dict[str, SlotRecord], report: StepReport,
-                         now: float, *, messages: dict[str, str]) -> None:
-        """The outcome of a usage-driven regrant: recorded as any regrant, and each change
-        restarts its instance's streak (ElasticGrants) and is reported with its reason."""
-        self._regranted(allocs, outcomes, snap, records, report, now)
-        done = {a.key for a in allocs if outcomes.get(a.key, Outcome(False)).ok}
-        self.elastic.applied(done, now)
-        for a in allocs:
-            if a.key in done:
-                report.regranted[a.key] = messages[a.key]
-                log.info("%s on %s: %s", a.key, a.node, messages[a.key])
-
-    # ----- batches beside the loop (service/dispatch.py) --------------------------------------
-    def _dispatch(self, what: str, allocs: list[Allocation],
-                  run: Callable[[list[Allocation]], dict[str, Outcome]],
-                  done: Callable[..., None], snap: Snapshot, records: dict[str, SlotRecord],
-                  report: StepReport, now: float,
-                  after: Mapping[str, str] | None = None) -> None:
-        """Run `run(allocs)` (one executor call). Inline (max_inflight_batches 0) its outcome
-        is applied at once; otherwise it runs beside the loop, its slots in flight, split
-        into batches by node (an instance waits for the batches of its node and, if its slot
-        is in `after` (slot -> node), of that node too), and each batch's
-        `done(items, outcomes, snap, records, report, now)` is applied by the first step after
-        it ends, with that step's state, for ITS items only: a call split over a busy and a
-        free node must not read the busy half's missing outcomes as failures (chaos
-        finding 9: the done batch slots of the other half were failed and run again)."""
-        if not allocs:
-            return
-        if self.dispatcher.inline:
-            done(allocs, run(allocs), snap, records, report, now)
-            return
-        self.dispatcher.submit(
-            what, allocs, lambda a: frozenset({a.node, (after or {}).get(a.key, a.node)}),
-            lambda a: a.key, run, done)
-
-    def _apply_finished(self, snap: Snapshot, records: dict[str, SlotRecord],
-                        report: StepReport, now: float) -> None:
-        """Apply the outcomes of the batches that ended since the last step (of this term
-        only). A write that fails here (Consul, a lost lock) leaves the rest unapplied: their
-        records say what was intended (pending intent is placed again or settled from the
-        node, a stop is planned again), as after a leader crash."""
-        for batch in self.dispatcher.take_finished():
-            batch.done(batch.items, batch.outcomes, snap, records, report, now)
-
-    def _in_flight(self) -> set[str]:
-        """Slots a batch acts on now: the step leaves them alone until its outcome is in."""
-        return self.dispatcher.in_flight()
 
     def _next_deadline(self, snap: Snapshot, records: dict[str, SlotRecord],
                        now: float) -> float | None:
@@ -1000,10 +882,6 @@ def _instance_health(spec: JobSpec, snap: Snapshot, a: Allocation) -> str:
         return "unknown"
     return "passing" if status == "passing" else "critical"
 
-
-def _same_placement(a: Allocation, b: Allocation) -> bool:
-    """The same placement of a slot (its node and attempt), whatever its state or grant."""
-    return a.node == b.node and attempt_of(a) == attempt_of(b)
 
 
 def _failed(a: Allocation) -> Allocation:
