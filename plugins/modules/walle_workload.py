@@ -403,9 +403,14 @@ from ansible_collections.walle.pool.plugins.module_utils.walle_systemd import ( 
     value_error,
 )
 from ansible_collections.walle.pool.plugins.module_utils.walle_units import (  # noqa: E402
+    LXC_INSTANCES_DIR,
+    LXC_RUNTIME_INSTANCES_DIR,
     NSPAWN_INSTANCES_DIR,
     ROOT_USERS,
     check_text,
+    lxc_argv,
+    lxc_instance,
+    lxc_pre_stop,
     nspawn_instance_root,
     quote_env,
     render_replace,
@@ -420,7 +425,7 @@ ARGUMENT_SPEC = dict(
     state=dict(type="str", choices=["present", "started", "stopped", "absent"],
                default="started"),
     kind=dict(type="str", choices=["service", "batch", "cron"], default="service"),
-    runtime=dict(type="str", choices=["exec", "nspawn"], default="exec"),
+    runtime=dict(type="str", choices=["exec", "nspawn", "lxc"], default="exec"),
     command=dict(type="str"),
     args=dict(type="list", elements="str", default=[]),
     expand_env=dict(type="list", elements="str", default=[]),
@@ -499,10 +504,18 @@ def check_params(params: dict) -> None:
     """Rules that depend on two options at once (state=absent needs none of them)."""
     if params["retries"] is None:  # a cron run is not retried unless asked (it needs the hook)
         params["retries"] = 0 if params["kind"] == "cron" else 3
-    if params["runtime"] == "exec":
+    runtime = params["runtime"]
+    if runtime == "exec":
         _require(params, "command", "runtime=exec")
     else:
-        _require(params, "image", "runtime=nspawn")
+        _require(params, "image", f"runtime={runtime}")
+    if runtime == "lxc":
+        _require(params, "command", "runtime=lxc (an lxc instance runs a program of its image)")
+        for option in ("binds", "user"):
+            if params[option]:
+                raise WalleError(f"{option}: not for runtime=lxc (its command runs as the "
+                                 "container's root, an unprivileged uid range on the node, "
+                                 "on the image's own files); remove it", option)
     if params["kind"] == "cron":
         _require(params, "schedule", "kind=cron")
         if params["pre_stop"]:
@@ -524,14 +537,11 @@ def check_params(params: dict) -> None:
     elif not 0 <= params["retries"] <= 100:
         raise WalleError(f"retries: must be 0..100 for kind=cron, got {params['retries']}",
                          "retries")
-    if params["runtime"] == "nspawn":
-        for option in ("capabilities", "device_allow", "credentials"):
+    if runtime != "exec":
+        for option in ("capabilities", "device_allow", "credentials", "write_execute",
+                       "privileged"):
             if params[option]:
-                raise WalleError(f"{option}: only for runtime=exec (an nspawn container is "
-                                 "confined by its user namespace)", option)
-        for option in ("write_execute", "privileged"):
-            if params[option]:
-                raise WalleError(f"{option}: only for runtime=exec (an nspawn container is "
+                raise WalleError(f"{option}: only for runtime=exec (an {runtime} container is "
                                  "confined by its user namespace)", option)
     elif params["privileged"]:
         for option in ("capabilities", "device_allow"):
@@ -601,8 +611,35 @@ def nspawn_argv(nspawn: str, params: dict, env: dict[str, str], root: str) -> li
     return argv + ["--boot"]
 
 
-def render_units(params: dict, nspawn_bin: str | None) -> dict[str, str]:
-    """unit name -> text for the instance described by params."""
+def lxc_service(params: dict, common: dict, env: dict[str, str],
+                lxc_start: str | None) -> dict:
+    """render_service's arguments for an lxc instance: `lxc-start -F` on its own overlay root
+    in its own uid range (lxc_instance), the job's environment in the unit (read by lxc by
+    name), the hook through lxc-attach, Delegate=yes for LXC's cgroups inside the unit's."""
+    if not lxc_start:
+        raise WalleError("runtime=lxc: lxc-start not found on the node (Debian package lxc)",
+                         "runtime")
+    if params["expand_env"]:
+        raise WalleError("expand_env: only the exec runtime substitutes variables in args; an "
+                         "lxc program reads them from its environment", "expand_env")
+    box = lxc_instance(params["name"], image_path(params),
+                       instances_base(path=LXC_INSTANCES_DIR,
+                                      fallback=LXC_RUNTIME_INSTANCES_DIR))
+    names = sorted(env)
+    lxc_attach = os.path.join(os.path.dirname(lxc_start), "lxc-attach")
+    return dict(common, env=env,
+                argv=lxc_argv(lxc_start, box, params["command"], params["args"], names,
+                              params["working_dir"]),
+                stop_signal=params["stop_signal"], kill_mode="mixed", delegate=True,
+                sandbox=False, pre_stop=lxc_pre_stop(lxc_attach, box, params["pre_stop"],
+                                                     names),
+                pre_start=box["setup"], cleanup=box["teardown"])
+
+
+def render_units(params: dict, nspawn_bin: str | None,
+                 lxc_start: str | None = None) -> dict[str, str]:
+    """unit name -> text for the instance described by params (`nspawn_bin`, `lxc_start`:
+    the runtimes' programs found on the node)."""
     name, kind = params["name"], params["kind"]
     env = _string_env(params["env"])
     common = dict(slice=params["slice"], description=params["description"],
@@ -625,6 +662,9 @@ def render_units(params: dict, nspawn_bin: str | None) -> dict[str, str]:
                            sandbox=False, pre_stop=nspawn_pre_stop(params["pre_stop"]),
                            pre_start=[root["setup"]], cleanup=root["teardown"])
             service_type = "notify"
+        elif params["runtime"] == "lxc":
+            service = lxc_service(params, common, env, lxc_start)
+            service_type = "exec"
         else:
             service = dict(common, argv=[params["command"], *params["args"]], env=env,
                            expand_env=params["expand_env"], user=params["user"],
@@ -720,11 +760,13 @@ def commit_argv(commit: dict | None) -> list[str] | None:
     return argv
 
 
-def instances_base(mountinfo: str | None = None) -> str:
-    """Where nspawn instance roots live: on the node's disk, unless that disk is itself an
-    overlayfs (a lab node booted from an overlay of the cached rootfs), which overlayfs
-    cannot use as an upper layer: then on /run (tmpfs, charged to the instance's memory)."""
-    path = NSPAWN_INSTANCES_DIR
+def instances_base(mountinfo: str | None = None, path: str = NSPAWN_INSTANCES_DIR,
+                   fallback: str = NSPAWN_RUNTIME_INSTANCES_DIR) -> str:
+    """Where container instance roots live (`path`: nspawn's, or lxc's LXC_INSTANCES_DIR): on
+    the node's disk, unless that disk is itself an overlayfs (a lab node booted from an
+    overlay of the cached rootfs), which overlayfs cannot use as an upper layer: then on
+    `fallback` under /run (tmpfs, charged to the instance's memory)."""
+    preferred = path
     while not os.path.exists(path):
         path = os.path.dirname(path)
     path = os.path.realpath(path)
@@ -740,8 +782,8 @@ def instances_base(mountinfo: str | None = None) -> str:
                 if inside and len(point) >= len(best):
                     best, fstype = point, fields[fields.index("-") + 1]
     except OSError:
-        return NSPAWN_INSTANCES_DIR
-    return NSPAWN_RUNTIME_INSTANCES_DIR if fstype == "overlay" else NSPAWN_INSTANCES_DIR
+        return preferred
+    return fallback if fstype == "overlay" else preferred
 
 
 def machine_name(name: str) -> str:
@@ -898,7 +940,8 @@ def run_module(module, systemd: Systemd) -> dict:
     if params["state"] == "absent":
         return run_absent(module, systemd, name)
     check_params(params)
-    desired = render_units(params, module.get_bin_path("systemd-nspawn"))
+    desired = render_units(params, module.get_bin_path("systemd-nspawn"),
+                           module.get_bin_path("lxc-start"))
     current = {u: systemd.read_unit(u) for u in desired}
     changed_units = [u for u in desired if current[u] != desired[u]]
     gone = stale_replace(systemd, params, desired)
