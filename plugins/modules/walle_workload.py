@@ -50,6 +50,23 @@ description:
     --private-users-ownership=chown), the chown done in the instance's overlay only), so root
     inside it is an unprivileged uid range on the node, one range per running instance.
     The image is a directory inside O(image_store); O(pre_stop) runs inside the container.
+  - O(runtime=lxc) runs an unprivileged LXC application container (Debian package C(lxc),
+    5.0) in the foreground as the unit's main process, C(lxc-start -F -n <name> -P <folder>/lxc
+    [-s lxc.environment=NAME...] [-s lxc.init.cwd=O(working_dir)] -- O(command) O(args)), on
+    its own root, C(/var/lib/walle/lxc/<name>/root) (C(/run/walle/lxc/) when the node's disk is
+    an overlay): the same per-instance overlay of the shared O(image) as nspawn, whose
+    ownership C(ExecStartPre=) shifts into a uid/gid range of the instance's own (65536 ids
+    from 0x70000000, one lock file each under C(/run/walle/lxc-ids)), so root inside is an
+    unprivileged range on the node. The container configuration is fixed text (LXC's
+    C(common.conf) and C(userns.conf), C(lxc.idmap), C(lxc.net.0.type = none): the node's
+    network, so the instance's ports are the node's; C(lxc.cgroup.relative = 1): LXC's
+    cgroups stay inside the unit's, C(Delegate=yes), so the slice's limits hold for the
+    container), written before each start and removed with the root after each stop. O(env)
+    goes into the unit's C(Environment=) and lxc passes each variable on by name. O(command)
+    is the container's PID 1: the stop signal reaches it through C(lxc-start) (C(KillSignal=),
+    C(KillMode=mixed)) and, as for any PID 1, ends it only if it handles that signal;
+    otherwise C(SIGKILL) follows O(stop_timeout). O(pre_stop) runs inside the container with
+    C(lxc-attach --clear-env) (O(env) kept).
   - O(credentials) are written root-only (directory 0700, files 0600) under
     C(/run/walle/credentials/<name>/) and loaded with C(LoadCredential=); the service reads
     C($CREDENTIALS_DIRECTORY/<credential>). Their values never enter a unit file, the result
@@ -88,12 +105,13 @@ options:
   runtime:
     description: How the command runs.
     type: str
-    choices: [exec, nspawn]
+    choices: [exec, nspawn, lxc]
     default: exec
   command:
     description:
       - O(runtime=exec) (required there unless O(state=absent)) the absolute path of the
         program. O(runtime=nspawn) the program inside the image; without it the image boots.
+        O(runtime=lxc) (required there unless O(state=absent)) the program inside the image.
     type: str
   args:
     description:
@@ -120,14 +138,16 @@ options:
     description: An absolute path for C(EnvironmentFile=) (read by systemd on the node).
     type: path
   user:
-    description: The user the command runs as (C(User=), or C(--user) inside nspawn).
+    description: The user the command runs as (C(User=), or C(--user) inside nspawn); not for
+      O(runtime=lxc), whose command runs as the container's root.
     type: str
   working_dir:
     description: An absolute working directory (C(WorkingDirectory=), or C(--chdir)).
     type: str
   image:
     description:
-      - O(runtime=nspawn) (required there unless O(state=absent)) the machine image, a
+      - O(runtime=nspawn) and O(runtime=lxc) (required there unless O(state=absent)) the
+        machine image, a
         directory inside O(image_store), named relative to it (V(etl), V(team/web)) or by an
         absolute path under it. Paths outside the store (V(/), C(..), a symlink that leads
         out) are refused.
@@ -237,7 +257,8 @@ options:
     type: str
   stop_signal:
     description: C(KillSignal=), for example V(SIGTERM) or V(SIGINT) (for nspawn, the signal
-      given to the container's PID 1 with C(--kill-signal)).
+      given to the container's PID 1 with C(--kill-signal); for lxc, the signal C(lxc-start)
+      forwards to it).
     type: str
     default: SIGTERM
   stop_timeout:
@@ -247,9 +268,10 @@ options:
   pre_stop:
     description:
       - The graceful stop hook, an argv (absolute program path first) run as C(ExecStop=)
-        before the stop signal, in the service's sandbox. For O(runtime=nspawn) it runs
-        inside the container (its namespaces, as the container's root, which the user
-        namespace maps to an unprivileged uid), never on the node.
+        before the stop signal, in the service's sandbox. For O(runtime=nspawn) and
+        O(runtime=lxc) (through C(lxc-attach)) it runs inside the container (its namespaces,
+        as the container's root, which the user namespace maps to an unprivileged uid), never
+        on the node.
       - Not for O(kind=cron).
     type: list
     elements: str
@@ -310,8 +332,9 @@ attributes:
 notes:
   - Needs systemd as PID 1 on the node. Units are not enabled; the scheduler decides where an
     instance runs after a node reboots.
-  - C(KillMode=) keeps systemd's default (control-group) for exec; nspawn uses V(mixed) and
-    C(Delegate=yes) like systemd's own C(systemd-nspawn@.service).
+  - C(KillMode=) keeps systemd's default (control-group) for exec; nspawn and lxc use V(mixed)
+    and C(Delegate=yes) like systemd's own C(systemd-nspawn@.service) and lxc's
+    C(lxc@.service).
 seealso:
   - module: walle.pool.walle_slice
   - module: walle.pool.walle_facts
@@ -349,6 +372,17 @@ EXAMPLES = r"""
     image: etl            # /var/lib/walle/images/etl
     binds: [/srv/data:/data:ro]
     command: /opt/etl/run
+
+- name: An unprivileged LXC container from the same kind of image
+  walle_workload:
+    name: walle-api-0
+    slice: walle-api-0.slice
+    runtime: lxc
+    image: sha256-0f3a...   # the unpacked image's folder in the store (walle_image)
+    command: /usr/bin/python3
+    args: [-m, http.server, "8080"]
+    pre_stop: [/usr/local/bin/drain]
+    stop_signal: SIGINT
 
 - name: Remove an instance
   walle_workload:

@@ -300,3 +300,16 @@ def test_prepare_shifts_the_root_into_a_range_of_its_own_and_teardown_frees_it(t
     assert not first.exists() and str(base) not in os.listdir(ids)
     assert prepare(fourth, "d", ids).returncode == 0
     assert int((fourth / "idmap").read_text()) == base
+
+
+def test_the_node_roles_subordinate_ids_are_the_ranges_walle_units_hands_out():
+    import yaml
+
+    roles = Path(__file__).resolve().parents[2] / "roles" / "node"
+    defaults = yaml.safe_load((roles / "defaults" / "main.yml").read_text())
+    specs = yaml.safe_load((roles / "meta" / "argument_specs.yml").read_text())
+    options = specs["argument_specs"]["main"]["options"]
+    line = f"root:{wu.LXC_ID_FIRST}:{wu.LXC_ID_RANGES * wu.LXC_ID_SIZE}"
+    assert defaults["walle_node_lxc_subids"] == line
+    assert options["walle_node_lxc_subids"]["default"] == line
+    assert defaults["walle_node_lxc"] is False and options["walle_node_lxc"]["default"] is False

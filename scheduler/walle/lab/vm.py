@@ -44,7 +44,7 @@ VM_PACKAGES = (KERNEL_PACKAGE, "lxc")
 # dnsmasq (lxc-net.service), which would only cost boot time under tcg.
 LXC_UNITS_MASKED = ("lxc.service", "lxc-net.service", "lxc-monitord.service")
 # Bump when the recipe (VM_PACKAGES, _customize) changes, so a stale cached image is not reused.
-RECIPE_VERSION = "2"
+RECIPE_VERSION = "2-lxc"  # distinct from the vmnodes branch's "2": the merge bumps once more
 DISK_SIZE = "2G"
 # no_timer_check: under tcg on a loaded host the kernel's IO-APIC timer check can miss its
 # ticks and panic ("IO-APIC + timer doesn't work!"), seen here at load 20+.
