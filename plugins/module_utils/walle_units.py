@@ -610,7 +610,8 @@ for entry in sorted(os.listdir(ids)):
         pass
 for k in range(count if base is None else 0):
     try:
-        fd = os.open(os.path.join(ids, str(first + k * size)), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(os.path.join(ids, str(first + k * size)),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         continue
     os.write(fd, folder.encode())

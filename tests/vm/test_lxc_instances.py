@@ -16,8 +16,7 @@ import shlex
 import time
 
 import pytest
-from vmtools import FIGURES, cgroup_dir, flat_keyed, instance, place, read_files, stop, \
-    wait_until
+from vmtools import FIGURES, cgroup_dir, flat_keyed, instance, place, read_files, stop, wait_until
 
 from walle import naming
 from walle.images import ImageStore, archive
@@ -63,7 +62,7 @@ def journal(vm, unit: str) -> list[str]:
     return vm.run(f"journalctl --no-pager -o cat -u {unit}").stdout.splitlines()
 
 
-def test_two_lxc_instances_of_one_image_unprivileged_limited_and_removed(vm, tmp_path):
+def test_two_lxc_instances_of_one_image_unprivileged_limited_and_removed(vm, walle, tmp_path):
     make_tiny_tree(str(tmp_path / "tiny"), ["/usr/bin/cat", "/usr/bin/sleep", "/usr/bin/tail"])
     store = ImageStore(tmp_path / "store")
     manifest = store.build("tiny:1.0", tmp_path / "tiny")
@@ -75,6 +74,10 @@ def test_two_lxc_instances_of_one_image_unprivileged_limited_and_removed(vm, tmp
     stems = [naming.unit_stem(spec.name, slot) for slot in (0, 1)]
     hosts = [stem.replace("_", "-") for stem in stems]  # the container names
     assert vm.run("lxc-start --version").stdout.startswith("5."), "the VM image has no lxc"
+    # a VM node says it can run lxc (the scheduler's implicit constraint reads this label)
+    (facts,) = walle.apply(("walle_facts", {}))
+    labels = facts["ansible_facts"]["walle_node"]["labels"]
+    assert labels["runtime_lxc"] == "true" and labels["runtime_nspawn"] == "true", labels
     try:
         started = time.monotonic()
         place(vm, [instance(spec, 0, image=image), instance(spec, 1, image=image)],
