@@ -54,19 +54,20 @@ description:
     5.0) in the foreground as the unit's main process, C(lxc-start -F -n <name> -P <folder>/lxc
     [-s lxc.environment=NAME...] [-s lxc.init.cwd=O(working_dir)] -- O(command) O(args)), on
     its own root, C(/var/lib/walle/lxc/<name>/root) (C(/run/walle/lxc/) when the node's disk is
-    an overlay): the same per-instance overlay of the shared O(image) as nspawn, whose
-    ownership C(ExecStartPre=) shifts into a uid/gid range of the instance's own (65536 ids
-    from 0x70000000, one lock file each under C(/run/walle/lxc-ids)), so root inside is an
-    unprivileged range on the node. The container configuration is fixed text (LXC's
-    C(common.conf) and C(userns.conf), C(lxc.idmap), C(lxc.net.0.type = none): the node's
-    network, so the instance's ports are the node's; C(lxc.cgroup.relative = 1): LXC's
-    cgroups stay inside the unit's, C(Delegate=yes), so the slice's limits hold for the
-    container), written before each start and removed with the root after each stop. O(env)
-    goes into the unit's C(Environment=) and lxc passes each variable on by name. O(command)
-    is the container's PID 1: the stop signal reaches it through C(lxc-start) (C(KillSignal=),
-    C(KillMode=mixed)) and, as for any PID 1, ends it only if it handles that signal;
-    otherwise C(SIGKILL) follows O(stop_timeout). O(pre_stop) runs inside the container with
-    C(lxc-attach --clear-env) (O(env) kept).
+    an overlay). That root is the same per-instance overlay of the shared O(image) as nspawn's,
+    whose ownership C(ExecStartPre=) shifts into a uid/gid range of the instance's own (65536
+    ids from 0x70000000, one lock file each under C(/run/walle/lxc-ids)), so root inside is an
+    unprivileged range on the node.
+  - The lxc configuration is fixed text, written before each start and removed with the root
+    after each stop. It includes LXC's C(common.conf) and C(userns.conf) and sets
+    C(lxc.idmap), C(lxc.net.0.type = none) (the node's network, so the instance's ports are the
+    node's) and C(lxc.cgroup.relative = 1) (LXC's cgroups stay inside the unit's,
+    C(Delegate=yes), so the slice's limits hold for the container). O(env) goes into the
+    unit's C(Environment=) and lxc passes each variable on by name.
+  - With O(runtime=lxc), O(command) is the container's PID 1. The stop signal reaches it through
+    C(lxc-start) (C(KillSignal=), C(KillMode=mixed)) and, as for any PID 1, ends it only if it
+    handles that signal; otherwise C(SIGKILL) follows O(stop_timeout). O(pre_stop) runs inside
+    the container with C(lxc-attach --clear-env) (O(env) kept).
   - O(credentials) are written root-only (directory 0700, files 0600) under
     C(/run/walle/credentials/<name>/) and loaded with C(LoadCredential=); the service reads
     C($CREDENTIALS_DIRECTORY/<credential>). Their values never enter a unit file, the result
