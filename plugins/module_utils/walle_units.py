@@ -46,6 +46,9 @@ __all__ = [
     "check_text",
     "format_duration",
     "format_size",
+    "lxc_argv",
+    "lxc_instance",
+    "lxc_pre_stop",
     "nspawn_instance_root",
     "parse_size",
     "parse_systemctl_show",
@@ -567,6 +570,170 @@ def nspawn_instance_root(name: str, image: str,
     return {"dir": folder, "root": f"{folder}/root",
             "setup": ["/bin/sh", "-c", NSPAWN_ROOT_SETUP, "walle-root", folder, image],
             "teardown": ["/bin/sh", "-c", NSPAWN_ROOT_TEARDOWN, "walle-root", folder]}
+
+
+# ---------------------------------------------------------------- lxc instances
+# An lxc instance (Debian's lxc 5.0) is an unprivileged application container run in the
+# foreground as the instance's unit (`lxc-start -F`), on the same kind of per-instance overlay
+# root as nspawn (the same fixed setup script), with the ownership of that root shifted into a
+# uid/gid range of its own (metacopy=on: the chown copies up metadata, never file data, and
+# never touches the shared image). lxc.cgroup.relative keeps LXC's cgroups (lxc.monitor.<name>,
+# lxc.payload.<name>) inside the unit's own cgroup (Delegate=yes), so the container's
+# processes are accounted and limited by the instance's slice. The container shares the
+# node's network (lxc.net.0.type = none): its ports are the node's.
+#
+# Nothing of the job is written into the container's configuration: the config below is fixed
+# text whose only values are the container name, its root and its uid range, all made here or
+# by the fixed prepare script; the job's command and args reach lxc-start as argv after `--`,
+# its environment through the unit's Environment= (quote_env), passed on by name
+# (`lxc.environment = NAME` takes the value from lxc-start's environment).
+
+LXC_INSTANCES_DIR = "/var/lib/walle/lxc"
+LXC_RUNTIME_INSTANCES_DIR = "/run/walle/lxc"  # when the node's disk is itself an overlay
+LXC_PYTHON = "/usr/bin/python3"  # every Walle node has it (Ansible's interpreter)
+# uid/gid ranges: 65536 ids each from 0x70000000, above systemd-nspawn's --private-users=pick
+# range (0x00080000-0x6FFF0000) and below systemd's reserved 0x7FFE0000; one lock file per
+# range in use under LXC_IDS_DIR (tmpfs: a reboot frees them all).
+LXC_IDS_DIR = "/run/walle/lxc-ids"
+LXC_ID_FIRST = 0x70000000
+LXC_ID_SIZE = 65536
+LXC_ID_RANGES = 4093
+LXC_CONFIG = """# Written by Walle (walle_workload runtime=lxc) at each start; removed at each stop.
+lxc.include = /usr/share/lxc/config/common.conf
+lxc.include = /usr/share/lxc/config/userns.conf
+lxc.uts.name = {name}
+lxc.rootfs.path = dir:{root}
+lxc.idmap = u 0 {base} {size}
+lxc.idmap = g 0 {base} {size}
+lxc.net.0.type = none
+lxc.cgroup.relative = 1
+lxc.apparmor.profile = unconfined
+lxc.mount.auto =
+lxc.mount.auto = proc:mixed
+lxc.console.path = none
+lxc.tty.max = 0
+lxc.autodev = 1
+"""
+# ExecStartPre= (after the overlay root is mounted): take a free uid range (or the one this
+# instance already holds), shift the root's ownership into it (setuid/setgid bits kept, file
+# capabilities rewritten for the range's root), make the instance folder traversable by that
+# range (its root must reach its rootfs), write the config. Arguments: folder, container name.
+LXC_PREPARE = r"""
+import os, stat, struct, sys
+folder, name = sys.argv[1], sys.argv[2]
+ids, first, size, count = sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+os.makedirs(ids, mode=0o700, exist_ok=True)
+base = None
+for entry in sorted(os.listdir(ids)):
+    try:
+        with open(os.path.join(ids, entry)) as held:
+            if held.read() == folder:
+                base = int(entry)
+    except (OSError, ValueError):
+        pass
+for k in range(count if base is None else 0):
+    try:
+        fd = os.open(os.path.join(ids, str(first + k * size)),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        continue
+    os.write(fd, folder.encode())
+    os.close(fd)
+    base = first + k * size
+    break
+if base is None:
+    sys.exit("walle: no free uid range left for an lxc container under " + ids)
+with open(os.path.join(folder, "idmap"), "w") as out:
+    out.write(str(base))
+root = os.path.join(folder, "root")
+
+def shift(path):
+    st = os.lstat(path)
+    link = stat.S_ISLNK(st.st_mode)
+    cap = None
+    if not link:
+        try:
+            cap = os.getxattr(path, "security.capability", follow_symlinks=False)
+        except OSError:
+            cap = None
+    uid = st.st_uid if st.st_uid < size else 65534
+    gid = st.st_gid if st.st_gid < size else 65534
+    os.lchown(path, base + uid, base + gid)
+    if not link and st.st_mode & 0o6000:
+        os.chmod(path, stat.S_IMODE(st.st_mode))
+    if cap is not None and len(cap) >= 20:
+        flags = struct.unpack("<I", cap[:4])[0] & 1
+        os.setxattr(path, "security.capability",
+                    struct.pack("<I", 0x03000000 | flags) + cap[4:20] + struct.pack("<I", base),
+                    follow_symlinks=False)
+
+shift(root)
+for top, dirs, files in os.walk(root):
+    for entry in dirs + files:
+        shift(os.path.join(top, entry))
+os.chmod(folder, 0o711)
+config = os.path.join(folder, "lxc", name)
+os.makedirs(config, mode=0o700)
+with open(os.path.join(config, "config"), "w") as out:
+    out.write(CONFIG.format(name=name, root=root, base=base, size=size))
+"""
+# One line (an Exec*= argument cannot hold a newline): the script and its config text as a
+# Python string literal run by exec(); both fixed, nothing of the job in them.
+LXC_PREPARE_CODE = "exec(" + repr("CONFIG = " + repr(LXC_CONFIG) + "\n" + LXC_PREPARE) + ")"
+# ExecStopPost=: release the uid range, then unmount and remove the root and the config
+# (the nspawn teardown). Argument: folder.
+LXC_TEARDOWN = (
+    'dir=$1; ids=$2; b=$(cat "$dir/idmap" 2>/dev/null); '
+    'case $b in ""|*[!0-9]*) ;; *) rm -f "$ids/$b";; esac; '
+    + NSPAWN_ROOT_TEARDOWN.replace("dir=$1; ", "", 1)
+)
+_LXC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
+
+
+def lxc_instance(name: str, image: str, base: str = LXC_INSTANCES_DIR) -> dict[str, object]:
+    """The per-instance files of an lxc unit: `lxcpath` (lxc-start's -P), `container` (its
+    -n), `root`, `setup` (ExecStartPre= argvs: the overlay root, then LXC_PREPARE) and
+    `teardown` (ExecStopPost= argv). `image` is the real path of the unpacked image (checked
+    by the caller to lie in the node's image store)."""
+    root = nspawn_instance_root(name, image, base)
+    container = re.sub(r"[^A-Za-z0-9-]", "-", name)[:64].strip("-")
+    _match("name", _LXC_NAME, container, "a container name")
+    folder = root["dir"]
+    prepare = [LXC_PYTHON, "-c", LXC_PREPARE_CODE, folder, container, LXC_IDS_DIR,
+               str(LXC_ID_FIRST), str(LXC_ID_SIZE), str(LXC_ID_RANGES)]
+    return {"dir": folder, "root": root["root"], "lxcpath": f"{folder}/lxc",
+            "container": container, "setup": [root["setup"], prepare],
+            "teardown": ["/bin/sh", "-c", LXC_TEARDOWN, "walle-lxc", folder, LXC_IDS_DIR]}
+
+
+def lxc_argv(lxc_start: str, instance: dict, command: str, args: list[str] | tuple[str, ...],
+             env_names: list[str] | tuple[str, ...] = (),
+             working_dir: str | None = None) -> list[str]:
+    """lxc-start's argv for the instance, in the foreground: the environment variables named
+    (values from the unit's Environment=, read by lxc by name), the working directory, and
+    the job's command and args after `--`, passed literally."""
+    argv = [lxc_start, "-F", "-n", str(instance["container"]), "-P", str(instance["lxcpath"])]
+    for key in env_names:
+        _match(f"env.{key}", _ENV_KEY, key, "a variable name ([A-Za-z_][A-Za-z0-9_]*)")
+        argv += ["-s", f"lxc.environment={key}"]
+    if working_dir is not None:
+        argv += ["-s", f"lxc.init.cwd={_abs_path('working_dir', working_dir)}"]
+    return argv + ["--", command, *args]
+
+
+def lxc_pre_stop(lxc_attach: str, instance: dict, pre_stop: list[str] | tuple[str, ...],
+                 env_names: list[str] | tuple[str, ...] = ()) -> list[str] | None:
+    """The stop hook's ExecStop= argv for an lxc instance: run inside the container through
+    lxc-attach (its namespaces and cgroup, as its root), with the job's environment only."""
+    if not pre_stop:
+        return None
+    if not str(pre_stop[0]).startswith("/"):
+        raise ValueError(f"pre_stop: the program must be an absolute path, got {pre_stop[0]!r}")
+    argv = [lxc_attach, "-n", str(instance["container"]), "-P", str(instance["lxcpath"]),
+            "--clear-env"]
+    for key in env_names:
+        argv += ["--keep-var", key]
+    return argv + ["--", *pre_stop]
 
 
 def render_timer(name: str, *, schedule: str, description: str | None = None,

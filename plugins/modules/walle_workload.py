@@ -52,6 +52,24 @@ description:
     --private-users-ownership=chown), the chown done in the instance's overlay only), so root
     inside it is an unprivileged uid range on the node, one range per running instance.
     The image is a directory inside O(image_store); O(pre_stop) runs inside the container.
+  - O(runtime=lxc) runs an unprivileged LXC application container (Debian package C(lxc),
+    5.0) in the foreground as the unit's main process, C(lxc-start -F -n <name> -P <folder>/lxc
+    [-s lxc.environment=NAME...] [-s lxc.init.cwd=O(working_dir)] -- O(command) O(args)), on
+    its own root, C(/var/lib/walle/lxc/<name>/root) (C(/run/walle/lxc/) when the node's disk is
+    an overlay). That root is the same per-instance overlay of the shared O(image) as nspawn's,
+    whose ownership C(ExecStartPre=) shifts into a uid/gid range of the instance's own (65536
+    ids from 0x70000000, one lock file each under C(/run/walle/lxc-ids)), so root inside is an
+    unprivileged range on the node.
+  - The lxc configuration is fixed text, written before each start and removed with the root
+    after each stop. It includes LXC's C(common.conf) and C(userns.conf) and sets
+    C(lxc.idmap), C(lxc.net.0.type = none) (the node's network, so the instance's ports are the
+    node's) and C(lxc.cgroup.relative = 1) (LXC's cgroups stay inside the unit's,
+    C(Delegate=yes), so the slice's limits hold for the container). O(env) goes into the
+    unit's C(Environment=) and lxc passes each variable on by name.
+  - With O(runtime=lxc), O(command) is the container's PID 1. The stop signal reaches it through
+    C(lxc-start) (C(KillSignal=), C(KillMode=mixed)) and, as for any PID 1, ends it only if it
+    handles that signal; otherwise C(SIGKILL) follows O(stop_timeout). O(pre_stop) runs inside
+    the container with C(lxc-attach --clear-env) (O(env) kept).
   - O(credentials) are written root-only (directory 0700, files 0600) under
     C(/run/walle/credentials/<name>/) and loaded with C(LoadCredential=); the service reads
     C($CREDENTIALS_DIRECTORY/<credential>). Their values never enter a unit file, the result
@@ -90,12 +108,13 @@ options:
   runtime:
     description: How the command runs.
     type: str
-    choices: [exec, nspawn]
+    choices: [exec, nspawn, lxc]
     default: exec
   command:
     description:
       - O(runtime=exec) (required there unless O(state=absent)) the absolute path of the
         program. O(runtime=nspawn) the program inside the image; without it the image boots.
+        O(runtime=lxc) (required there unless O(state=absent)) the program inside the image.
     type: str
   args:
     description:
@@ -122,14 +141,16 @@ options:
     description: An absolute path for C(EnvironmentFile=) (read by systemd on the node).
     type: path
   user:
-    description: The user the command runs as (C(User=), or C(--user) inside nspawn).
+    description: The user the command runs as (C(User=), or C(--user) inside nspawn); not for
+      O(runtime=lxc), whose command runs as the container's root.
     type: str
   working_dir:
     description: An absolute working directory (C(WorkingDirectory=), or C(--chdir)).
     type: str
   image:
     description:
-      - O(runtime=nspawn) (required there unless O(state=absent)) the machine image, a
+      - O(runtime=nspawn) and O(runtime=lxc) (required there unless O(state=absent)) the
+        machine image, a
         directory inside O(image_store), named relative to it (V(etl), V(team/web)) or by an
         absolute path under it. Paths outside the store (V(/), C(..), a symlink that leads
         out) are refused.
@@ -251,7 +272,8 @@ options:
     type: str
   stop_signal:
     description: C(KillSignal=), for example V(SIGTERM) or V(SIGINT) (for nspawn, the signal
-      given to the container's PID 1 with C(--kill-signal)).
+      given to the container's PID 1 with C(--kill-signal); for lxc, the signal C(lxc-start)
+      forwards to it).
     type: str
     default: SIGTERM
   stop_timeout:
@@ -261,9 +283,10 @@ options:
   pre_stop:
     description:
       - The graceful stop hook, an argv (absolute program path first) run as C(ExecStop=)
-        before the stop signal, in the service's sandbox. For O(runtime=nspawn) it runs
-        inside the container (its namespaces, as the container's root, which the user
-        namespace maps to an unprivileged uid), never on the node.
+        before the stop signal, in the service's sandbox. For O(runtime=nspawn) and
+        O(runtime=lxc) (through C(lxc-attach)) it runs inside the container (its namespaces,
+        as the container's root, which the user namespace maps to an unprivileged uid), never
+        on the node.
       - Not for O(kind=cron).
     type: list
     elements: str
@@ -324,8 +347,9 @@ attributes:
 notes:
   - Needs systemd as PID 1 on the node. Units are not enabled; the scheduler decides where an
     instance runs after a node reboots.
-  - C(KillMode=) keeps systemd's default (control-group) for exec; nspawn uses V(mixed) and
-    C(Delegate=yes) like systemd's own C(systemd-nspawn@.service).
+  - C(KillMode=) keeps systemd's default (control-group) for exec; nspawn and lxc use V(mixed)
+    and C(Delegate=yes) like systemd's own C(systemd-nspawn@.service) and lxc's
+    C(lxc@.service).
 seealso:
   - module: walle.pool.walle_slice
   - module: walle.pool.walle_facts
@@ -363,6 +387,17 @@ EXAMPLES = r"""
     image: etl            # /var/lib/walle/images/etl
     binds: [/srv/data:/data:ro]
     command: /opt/etl/run
+
+- name: An unprivileged LXC container from the same kind of image
+  walle_workload:
+    name: walle-api-0
+    slice: walle-api-0.slice
+    runtime: lxc
+    image: sha256-0f3a...   # the unpacked image's folder in the store (walle_image)
+    command: /usr/bin/python3
+    args: [-m, http.server, "8080"]
+    pre_stop: [/usr/local/bin/drain]
+    stop_signal: SIGINT
 
 - name: Remove an instance
   walle_workload:
@@ -422,10 +457,15 @@ from ansible_collections.walle.pool.plugins.module_utils.walle_systemd import ( 
     value_error,
 )
 from ansible_collections.walle.pool.plugins.module_utils.walle_units import (  # noqa: E402
+    LXC_INSTANCES_DIR,
+    LXC_RUNTIME_INSTANCES_DIR,
     NSPAWN_INSTANCES_DIR,
     ROOT_USERS,
     check_text,
     launch_unit,
+    lxc_argv,
+    lxc_instance,
+    lxc_pre_stop,
     nspawn_instance_root,
     quote_env,
     render_launch,
@@ -442,7 +482,7 @@ ARGUMENT_SPEC = dict(
     state=dict(type="str", choices=["present", "started", "stopped", "absent"],
                default="started"),
     kind=dict(type="str", choices=["service", "batch", "cron"], default="service"),
-    runtime=dict(type="str", choices=["exec", "nspawn"], default="exec"),
+    runtime=dict(type="str", choices=["exec", "nspawn", "lxc"], default="exec"),
     command=dict(type="str"),
     args=dict(type="list", elements="str", default=[]),
     expand_env=dict(type="list", elements="str", default=[]),
@@ -522,10 +562,18 @@ def check_params(params: dict) -> None:
     """Rules that depend on two options at once (state=absent needs none of them)."""
     if params["retries"] is None:  # a cron run is not retried unless asked (it needs the hook)
         params["retries"] = 0 if params["kind"] == "cron" else 3
-    if params["runtime"] == "exec":
+    runtime = params["runtime"]
+    if runtime == "exec":
         _require(params, "command", "runtime=exec")
     else:
-        _require(params, "image", "runtime=nspawn")
+        _require(params, "image", f"runtime={runtime}")
+    if runtime == "lxc":
+        _require(params, "command", "runtime=lxc (an lxc instance runs a program of its image)")
+        for option in ("binds", "user"):
+            if params[option]:
+                raise WalleError(f"{option}: not for runtime=lxc (its command runs as the "
+                                 "container's root, an unprivileged uid range on the node, "
+                                 "on the image's own files); remove it", option)
     if params["kind"] == "cron":
         _require(params, "schedule", "kind=cron")
         if params["pre_stop"]:
@@ -557,18 +605,15 @@ def check_params(params: dict) -> None:
         if not 1 <= params["max_runs"] <= MAX_RUNS:
             raise WalleError(f"max_runs: must be 1..{MAX_RUNS}, got {params['max_runs']}",
                              "max_runs")
-        if params["runtime"] == "nspawn":
-            raise WalleError("concurrency: allow is not for runtime=nspawn (one container root "
-                             "and machine name per instance); use forbid or replace",
+        if params["runtime"] != "exec":
+            raise WalleError(f"concurrency: allow is not for runtime={params['runtime']} (one "
+                             "container root and name per instance); use forbid or replace",
                              "concurrency")
-    if params["runtime"] == "nspawn":
-        for option in ("capabilities", "device_allow", "credentials"):
+    if runtime != "exec":
+        for option in ("capabilities", "device_allow", "credentials", "write_execute",
+                       "privileged"):
             if params[option]:
-                raise WalleError(f"{option}: only for runtime=exec (an nspawn container is "
-                                 "confined by its user namespace)", option)
-        for option in ("write_execute", "privileged"):
-            if params[option]:
-                raise WalleError(f"{option}: only for runtime=exec (an nspawn container is "
+                raise WalleError(f"{option}: only for runtime=exec (an {runtime} container is "
                                  "confined by its user namespace)", option)
     elif params["privileged"]:
         for option in ("capabilities", "device_allow"):
@@ -638,8 +683,35 @@ def nspawn_argv(nspawn: str, params: dict, env: dict[str, str], root: str) -> li
     return argv + ["--boot"]
 
 
-def render_units(params: dict, nspawn_bin: str | None) -> dict[str, str]:
-    """unit name -> text for the instance described by params."""
+def lxc_service(params: dict, common: dict, env: dict[str, str],
+                lxc_start: str | None) -> dict:
+    """render_service's arguments for an lxc instance: `lxc-start -F` on its own overlay root
+    in its own uid range (lxc_instance), the job's environment in the unit (read by lxc by
+    name), the hook through lxc-attach, Delegate=yes for LXC's cgroups inside the unit's."""
+    if not lxc_start:
+        raise WalleError("runtime=lxc: lxc-start not found on the node (Debian package lxc)",
+                         "runtime")
+    if params["expand_env"]:
+        raise WalleError("expand_env: only the exec runtime substitutes variables in args; an "
+                         "lxc program reads them from its environment", "expand_env")
+    box = lxc_instance(params["name"], image_path(params),
+                       instances_base(path=LXC_INSTANCES_DIR,
+                                      fallback=LXC_RUNTIME_INSTANCES_DIR))
+    names = sorted(env)
+    lxc_attach = os.path.join(os.path.dirname(lxc_start), "lxc-attach")
+    return dict(common, env=env,
+                argv=lxc_argv(lxc_start, box, params["command"], params["args"], names,
+                              params["working_dir"]),
+                stop_signal=params["stop_signal"], kill_mode="mixed", delegate=True,
+                sandbox=False, pre_stop=lxc_pre_stop(lxc_attach, box, params["pre_stop"],
+                                                     names),
+                pre_start=box["setup"], cleanup=box["teardown"])
+
+
+def render_units(params: dict, nspawn_bin: str | None,
+                 lxc_start: str | None = None) -> dict[str, str]:
+    """unit name -> text for the instance described by params (`nspawn_bin`, `lxc_start`:
+    the runtimes' programs found on the node)."""
     name, kind = params["name"], params["kind"]
     env = _string_env(params["env"])
     common = dict(slice=params["slice"], description=params["description"],
@@ -662,6 +734,9 @@ def render_units(params: dict, nspawn_bin: str | None) -> dict[str, str]:
                            sandbox=False, pre_stop=nspawn_pre_stop(params["pre_stop"]),
                            pre_start=[root["setup"]], cleanup=root["teardown"])
             service_type = "notify"
+        elif params["runtime"] == "lxc":
+            service = lxc_service(params, common, env, lxc_start)
+            service_type = "exec"
         else:
             service = dict(common, argv=[params["command"], *params["args"]], env=env,
                            expand_env=params["expand_env"], user=params["user"],
@@ -764,11 +839,13 @@ def commit_argv(commit: dict | None) -> list[str] | None:
     return argv
 
 
-def instances_base(mountinfo: str | None = None) -> str:
-    """Where nspawn instance roots live: on the node's disk, unless that disk is itself an
-    overlayfs (a lab node booted from an overlay of the cached rootfs), which overlayfs
-    cannot use as an upper layer: then on /run (tmpfs, charged to the instance's memory)."""
-    path = NSPAWN_INSTANCES_DIR
+def instances_base(mountinfo: str | None = None, path: str = NSPAWN_INSTANCES_DIR,
+                   fallback: str = NSPAWN_RUNTIME_INSTANCES_DIR) -> str:
+    """Where container instance roots live (`path`: nspawn's, or lxc's LXC_INSTANCES_DIR): on
+    the node's disk, unless that disk is itself an overlayfs (a lab node booted from an
+    overlay of the cached rootfs), which overlayfs cannot use as an upper layer: then on
+    `fallback` under /run (tmpfs, charged to the instance's memory)."""
+    preferred = path
     while not os.path.exists(path):
         path = os.path.dirname(path)
     path = os.path.realpath(path)
@@ -784,8 +861,8 @@ def instances_base(mountinfo: str | None = None) -> str:
                 if inside and len(point) >= len(best):
                     best, fstype = point, fields[fields.index("-") + 1]
     except OSError:
-        return NSPAWN_INSTANCES_DIR
-    return NSPAWN_RUNTIME_INSTANCES_DIR if fstype == "overlay" else NSPAWN_INSTANCES_DIR
+        return preferred
+    return fallback if fstype == "overlay" else preferred
 
 
 def machine_name(name: str) -> str:
@@ -974,7 +1051,8 @@ def run_module(module, systemd: Systemd) -> dict:
     if params["state"] == "absent":
         return run_absent(module, systemd, name)
     check_params(params)
-    desired = render_units(params, module.get_bin_path("systemd-nspawn"))
+    desired = render_units(params, module.get_bin_path("systemd-nspawn"),
+                           module.get_bin_path("lxc-start"))
     current = {u: systemd.read_unit(u) for u in desired}
     changed_units = [u for u in desired if current[u] != desired[u]]
     gone = stale_cron_units(systemd, params, desired)

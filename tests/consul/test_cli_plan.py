@@ -242,3 +242,22 @@ def test_the_plan_counts_a_failed_nodes_grace_from_when_the_leader_saw_it(cluste
     assert decision(clock.now + 5) == "held"  # within the leader's grace
     assert decision(clock.now + 20) == "refused"  # past it: the leader would move it now
     s.lock.step_down()
+
+
+def test_an_lxc_job_with_no_node_able_to_run_lxc_is_refused_with_the_reason(cluster, capsys,
+                                                                            tmp_path):
+    """The runtime's implicit constraint, as `walle plan --explain` says it: node1 measured
+    that it cannot run lxc (runtime_lxc=false, a lab node), the others say nothing."""
+    register_node(cluster, "node1", "10.77.0.11",
+                  meta={"walle_label_runtime_lxc": "false", "walle_label_runtime_nspawn": "false"})
+    spec = tmp_path / "boxed.yml"
+    spec.write_text("name: boxed\nkind: service\ncount: 1\nresources: {cpu: 0.1, memory: 32M}\n"
+                    "runtime: {type: lxc, image: 'tiny:1.0', command: /bin/sh}\n")
+    code, out, _ = walle(capsys, cluster, "plan", str(spec), "--explain")
+    assert code == 1, out
+    assert "3 nodes: runtime lxc: node cannot run lxc containers (no label runtime_lxc=true" \
+        in out, out
+    register_node(cluster, "node2", "10.77.0.12", meta={"walle_label_runtime_lxc": "true"})
+    code, out, _ = walle(capsys, cluster, "plan", str(spec), "--json")
+    (job,) = json.loads(out)["jobs"]
+    assert code == 0 and [(d["action"], d["node"]) for d in job["slots"]] == [("place", "node2")]

@@ -39,7 +39,7 @@ def with_resources(**resources) -> dict:
 
 def test_there_are_examples():
     assert {p.name for p in EXAMPLES} >= {"web.yml", "batch.yml", "nightly.yml",
-                                          "gpu-train.yml", "nspawn.yml"}
+                                          "gpu-train.yml", "nspawn.yml", "lxc.yml"}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
@@ -81,6 +81,7 @@ def test_example_kinds():
     assert by_name["gpu-train.yml"].resources.gpus == 1
     assert by_name["gpu-train.yml"].strategy == "binpack"
     assert by_name["nspawn.yml"].runtime.kind == "nspawn"
+    assert by_name["lxc.yml"].runtime.kind == "lxc"
     assert by_name["batch.yml"].kind == "batch"
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from walle.core.model import Node
+from walle.jobspec.grammar import CONTAINER_KINDS
 from walle.jobspec.model import Constraint, JobSpec
 from walle.jobspec.regex import compile_pattern
 
@@ -124,8 +125,8 @@ def compile_job(spec: JobSpec, *, default_strategy: str, full_scan: bool = False
 
 # Container runtimes run only where the node says it can run them: the node role sets the
 # label from facts (walle_node.runtime_labels: cgroup v2 with its controllers, the runtime's
-# program installed). A job of that runtime gets this rule without asking for it.
-CONTAINER_RUNTIMES = ("nspawn", "lxc")
+# program installed). A job of that runtime (jobspec's CONTAINER_KINDS) gets this rule without
+# asking for it.
 
 
 def runtime_label(kind: str) -> str:
@@ -135,7 +136,7 @@ def runtime_label(kind: str) -> str:
 
 def runtime_rule(kind: str) -> NodeRule | None:
     """The implicit node rule of a container runtime; None for exec (every node runs it)."""
-    if kind not in CONTAINER_RUNTIMES:
+    if kind not in CONTAINER_KINDS:
         return None
     label = runtime_label(kind)
     return NodeRule(f"label.{label}", "eq", ("true",),

@@ -22,7 +22,8 @@ ROOT = "<root>"  # the path of a problem with the document as a whole
 MAX_SPEC_BYTES = 256 * 1024
 
 JOB_KINDS = ("service", "batch", "cron")
-RUNTIME_KINDS = ("exec", "nspawn")
+RUNTIME_KINDS = ("exec", "nspawn", "lxc")
+CONTAINER_KINDS = ("nspawn", "lxc")  # runtimes that run an image (runtime.image)
 CHECK_TYPES = ("http", "tcp", "ttl")
 RESTART_POLICIES = ("always", "on-failure", "no")
 CONCURRENCY_POLICIES = ("forbid", "replace", "allow")  # cron: a run due while one runs

@@ -15,7 +15,7 @@ from typing import Literal
 JobKind = Literal["service", "batch", "cron"]
 Concurrency = Literal["forbid", "replace", "allow"]
 ScalingMetric = Literal["cpu", "memory", "prometheus"]
-RuntimeKind = Literal["exec", "nspawn"]
+RuntimeKind = Literal["exec", "nspawn", "lxc"]
 CheckType = Literal["http", "tcp", "ttl"]
 RestartPolicy = Literal["always", "on-failure", "no"]
 Strategy = Literal["spread", "binpack"]
@@ -48,12 +48,13 @@ class Resources:
 @dataclass(frozen=True)
 class Runtime:
     kind: RuntimeKind
-    command: str | None = None  # exec: absolute path; nspawn: optional command in the image
+    command: str | None = None  # exec: absolute path; nspawn: optional command in the image;
+    # lxc: the command in the image (required)
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()  # sorted pairs, so specs hash stably
     user: str | None = None
     working_dir: str | None = None
-    image: str | None = None  # nspawn: NAME:VERSION or NAME@sha256:HEX (docs/images.md)
+    image: str | None = None  # nspawn, lxc: NAME:VERSION or NAME@sha256:HEX (docs/images.md)
     privileged: bool = False  # root, no sandbox: only where the cluster policy allows it
     capabilities: tuple[str, ...] = ()  # kept in the sandbox (cluster policy allows each)
     jit: bool = False  # writable+executable memory (no MemoryDenyWriteExecute)

@@ -25,6 +25,7 @@ from walle.jobspec.grammar import (
     CAPABILITIES,
     CHECK_TYPES,
     CONCURRENCY_POLICIES,
+    CONTAINER_KINDS,
     CREDENTIAL_NAME,
     DATASET,
     DEFAULT_MAX_RUNS,
@@ -336,13 +337,23 @@ def _runtime(r: _Report, value: object, path: str) -> Runtime | None:
         r.add(_at(path, "command"), "required for the exec runtime: an absolute path such as "
                                     "/usr/bin/python3")
     if kind == "exec" and "image" in f:
-        r.add(_at(path, "image"), "only the nspawn runtime has an image; set type: nspawn or "
-                                  "remove it")
-    if kind == "nspawn" and "image" not in f:
-        r.add(_at(path, "image"), "required for the nspawn runtime: an image of the image "
+        r.add(_at(path, "image"), "only the container runtimes (nspawn, lxc) have an image; "
+                                  "set type: nspawn or type: lxc, or remove it")
+    if kind in CONTAINER_KINDS and "image" not in f:
+        r.add(_at(path, "image"), f"required for the {kind} runtime: an image of the image "
                                   "store as NAME:VERSION (web:1.0) or NAME@sha256:HEX; see "
                                   "`walle image ls`")
-    if any(parts[k] is None for k in f if k in parts) or ("command" not in f and kind == "exec"):
+    if kind == "lxc" and "user" in f:
+        r.add(_at(path, "user"), "not for the lxc runtime: its command runs as the container's "
+                                 "root, which the user namespace maps to an unprivileged uid "
+                                 "on the node; remove user (or switch user inside the image)")
+    if kind == "lxc" and "command" not in f:
+        r.add(_at(path, "command"), "required for the lxc runtime: the program inside the "
+                                    "image, an absolute path such as /usr/bin/python3 (an lxc "
+                                    "instance is an application container; to boot the "
+                                    "image's init use type: nspawn without a command)")
+    if any(parts[k] is None for k in f if k in parts) or \
+            ("command" not in f and kind in ("exec", "lxc")):
         return None
     return Runtime(kind=kind, **{k: v for k, v in parts.items() if v is not None})
 
@@ -355,10 +366,10 @@ def _check_privilege(r: _Report, f: dict, kind: str, path: str) -> None:
         r.add(_at(path, "user"), "root is a privileged workload: set runtime.privileged: true "
                                  "(the cluster policy decides whether it may run), or remove "
                                  "user to run as a dynamic unprivileged user")
-    if kind == "nspawn":
+    if kind in CONTAINER_KINDS:
         for key in ("privileged", "capabilities", "jit"):
             if f.get(key):
-                r.add(_at(path, key), "only for the exec runtime; an nspawn container is "
+                r.add(_at(path, key), f"only for the exec runtime; an {kind} container is "
                                       "confined by its user namespace")
     elif f.get("privileged") is True and f.get("capabilities"):
         r.add(_at(path, "capabilities"), "a privileged job already has every capability; "
@@ -424,9 +435,10 @@ def _secret(r: _Report, name: str, value: object, path: str) -> Secret | None:
 
 def _check_secret_runtime(r: _Report, f: dict) -> None:
     runtime = f.get("runtime")
-    if f.get("secrets") and isinstance(runtime, Mapping) and runtime.get("type") == "nspawn":
+    kind = runtime.get("type") if isinstance(runtime, Mapping) else None
+    if f.get("secrets") and kind in CONTAINER_KINDS:
         r.add("secrets", "secrets are delivered as systemd credentials to the exec runtime "
-                         "only; the nspawn runtime cannot take them yet")
+                         f"only; the {kind} runtime cannot take them yet")
 
 
 def _env(r: _Report, value: object, path: str) -> tuple[tuple[str, str], ...] | None:
@@ -792,11 +804,11 @@ def _concurrency(r: _Report, value: object, path: str) -> tuple[str, int | None]
 
 def _check_concurrency_runtime(r: _Report, concurrency: tuple[str, int | None] | None,
                                runtime: Runtime | None) -> None:
-    """Runs side by side need a runtime that can run twice: an nspawn instance has one root
-    and one machine name per slot."""
-    if concurrency and concurrency[0] == "allow" and runtime and runtime.kind == "nspawn":
-        r.add("concurrency", "allow runs a slot's runs side by side, which the nspawn runtime "
-                             "cannot (one container root and machine name per slot); use "
+    """Runs side by side need a runtime that can run twice: a container instance (nspawn,
+    lxc) has one root and one container name per slot."""
+    if concurrency and concurrency[0] == "allow" and runtime and runtime.kind != "exec":
+        r.add("concurrency", f"allow runs a slot's runs side by side, which the {runtime.kind} "
+                             "runtime cannot (one container root and name per slot); use "
                              "forbid or replace, or runtime type exec")
 
 

@@ -36,9 +36,17 @@ from walle.lab.rootfs import CACHE_DIR, NODE_PACKAGES, SUITE, cache_key, ensure_
 
 VM_CACHE = CACHE_DIR / "vm"
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
-# Bump when the recipe in _customize changes, so a stale cached image is not reused.
+# Debian packages added to the lab rootfs for the VM: the kernel, and `lxc` (5.0) so a VM node
+# can run the lxc runtime (walle_workload runtime=lxc; walle_facts labels it runtime_lxc).
+VM_PACKAGES = (KERNEL_PACKAGE, "lxc")
+# lxc's own services, masked: Walle starts each container as its instance's unit, on the
+# node's network; it needs neither autostart (lxc.service) nor the lxcbr0 bridge with its
+# dnsmasq (lxc-net.service), which would only cost boot time under tcg.
+LXC_UNITS_MASKED = ("lxc.service", "lxc-net.service", "lxc-monitord.service")
+# Bump when the recipe (VM_PACKAGES, _customize) changes, so a stale cached image is not reused.
 # 2: the lab identity unit (a lab VM node's address and SSH key from the kernel command line)
-RECIPE_VERSION = "2"
+# 3: and Debian lxc
+RECIPE_VERSION = "3"
 DISK_SIZE = "2G"
 # no_timer_check: under tcg on a loaded host the kernel's IO-APIC timer check can miss its
 # ticks and panic ("IO-APIC + timer doesn't work!"), seen here at load 20+.
@@ -242,9 +250,9 @@ def _build(rootfs: Path, target: Path, progress: Progress) -> None:
     partial.mkdir(parents=True)
     tree = partial / "tree"
     try:
-        progress(f"building the VM image in {target} (kernel install, about 2 minutes)...")
+        progress(f"building the VM image in {target} (kernel and lxc install, about 2 minutes)...")
         subprocess.run(["cp", "-a", f"{rootfs}/.", str(tree)], check=True)
-        _install_kernel(tree)
+        _install_packages(tree)
         key = partial / "id_ed25519"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "walle-vm",
                         "-f", str(key)], check=True)
@@ -261,14 +269,17 @@ def _build(rootfs: Path, target: Path, progress: Progress) -> None:
     progress("VM image ready")
 
 
-def _install_kernel(tree: Path) -> None:
+def _install_packages(tree: Path) -> None:
     script = (
         "export DEBIAN_FRONTEND=noninteractive && apt-get update -q && "
-        f"apt-get install -y -q --no-install-recommends {KERNEL_PACKAGE} && apt-get clean"
+        f"apt-get install -y -q --no-install-recommends {' '.join(VM_PACKAGES)} && "
+        "apt-get clean"
     )
     subprocess.run(["systemd-nspawn", "-q", "--register=no", "--keep-unit", "-D", str(tree),
                     "/bin/sh", "-c", script],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=900)
+    for unit in LXC_UNITS_MASKED:
+        _mask(tree, unit)
 
 
 # A lab VM node's identity from its kernel command line (LabIdentity.cmdline): its static
