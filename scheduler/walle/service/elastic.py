@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 
 from walle.adapters.consul import ConsulError
-from walle.adapters.usage import Usage, measure
+from walle.adapters.usage import Usage, cpu_throttled_share, measure
 from walle.core.grants import Change, ElasticInstance, ElasticPolicy, Measured, Streak, usage_grants
 from walle.core.model import Allocation, Node
 from walle.naming import instance_id
@@ -149,7 +149,8 @@ class ElasticGrants:
             used = reading.usage.get((a.node, instance_id(a.job, a.slot)), {})
             cpu_percent = measure(used, "cpu_percent")
             measured = Measured(None if cpu_percent is None else cpu_percent / 100,
-                                _int_or_none(measure(used, "memory_bytes")))
+                                _int_or_none(measure(used, "memory_bytes")),
+                                cpu_throttled_share(used))
         assert a.grant is not None
         return ElasticInstance(a.key, a.reserved.cpu, a.ceiling.cpu, a.reserved.memory,
                                a.ceiling.memory, a.grant, measured,
@@ -161,7 +162,10 @@ def describe(change: Change) -> str:
     old, new, m = change.old, change.new, change.measured
     parts = []
     if new.cpu_quota_percent != old.cpu_quota_percent:
-        used = "" if m.cpu_cores is None else f" (using {m.cpu_cores * 100:.0f}%)"
+        seen = [] if m.cpu_cores is None else [f"using {m.cpu_cores * 100:.0f}%"]
+        if m.cpu_throttled is not None and m.cpu_throttled > 0:
+            seen.append(f"throttled in {m.cpu_throttled * 100:.0f}% of periods")
+        used = f" ({', '.join(seen)})" if seen else ""
         parts.append(f"CPUQuota {old.cpu_quota_percent}% -> {new.cpu_quota_percent}%{used}")
     if new.memory_high != old.memory_high:
         used = "" if m.memory_bytes is None else \
