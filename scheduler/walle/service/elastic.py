@@ -38,8 +38,10 @@ class Reading:
 
 
 class UsagePoller:
-    """Reads usage in the background, at most once every `every` seconds and one read at a
-    time; `on_read` is called when a reading is ready (the leader wakes up to use it)."""
+    """The leader's one reading of usage per interval: read in the background, at most once
+    every `every` seconds and one read at a time; `on_read` is called when a reading is ready
+    (the leader wakes up to use it). Two consumers share each reading: the usage-driven grants
+    take it once as a sample (`take`), the autoscaler measures on the latest one (`latest`)."""
 
     def __init__(self, read: Callable[[Collection[str]], Usage], every: float,
                  clock: Callable[[], float], on_read: Callable[[], None] = lambda: None):
@@ -47,6 +49,7 @@ class UsagePoller:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._ready: Reading | None = None
+        self._latest: Reading | None = None
         self._last_start = float("-inf")
 
     @property
@@ -72,6 +75,12 @@ class UsagePoller:
             ready, self._ready = self._ready, None
             return ready
 
+    @property
+    def latest(self) -> Reading | None:
+        """The last reading that arrived (kept: `take` does not consume it)."""
+        with self._lock:
+            return self._latest
+
     def next_due(self) -> float | None:
         return self._last_start + self.every if self.enabled else None
 
@@ -91,7 +100,7 @@ class UsagePoller:
             log.exception("usage not read (grants stay as they are)")
             return
         with self._lock:
-            self._ready = Reading(started, usage)
+            self._ready = self._latest = Reading(started, usage)
         self.on_read()
 
 
