@@ -106,7 +106,8 @@ def main() -> None:
         spent = time.perf_counter() - started
         instances = args.nodes * args.per_node
         hours_settled = (samples - settle) * args.interval / 3600
-        print(f"CPUs at {starved:.0%}, noise +-{noise:.0%}: {instances} instances, {samples} samples each; "
+        print(f"CPUs at {starved:.0%}, noise +-{noise:.0%}: {instances} instances, "
+              f"{samples} samples each; "
               f"changes in the first 10 min {total - settled}, after: "
               f"{settled / instances / hours_settled:.2f} per instance per hour; "
               f"decision {spent / (args.nodes * samples) * 1e3:.2f} ms per node-sample")

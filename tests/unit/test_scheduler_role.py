@@ -163,8 +163,8 @@ def test_the_preflight_refuses_a_prometheus_addr_that_is_no_plain_url():
     env.tests.update(TestModule().tests())
 
     def accepted(url: str) -> bool:
-        return all(env.from_string("{{ %s }}" % c).render(walle_scheduler_prometheus_addr=url)
-                   == "True" for c in that)
+        return all(env.from_string("{{ " + c + " }}").render(
+            walle_scheduler_prometheus_addr=url) == "True" for c in that)
     assert len(that) == 2
     for good in ("", "http://10.77.0.1:9090", "https://prom.example:9090/prometheus"):
         assert accepted(good), good

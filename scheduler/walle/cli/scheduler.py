@@ -86,7 +86,10 @@ def register(subparsers) -> None:
     run.add_argument("--usage-interval", type=_seconds, default=USAGE_INTERVAL,
                      metavar="SECONDS",
                      help="usage-driven grants: read each node's walle-exporter this often and "
-                          "move grants within min..max with it; 0: off (default: %(default)s)")
+                          "move grants within min..max with it (the autoscaler measures on "
+                          "the same reading); 0: grants off, usage then read every "
+                          "--autoscale-interval for jobs scaling on cpu or memory "
+                          "(default: %(default)s)")
     run.add_argument("--log-level", default="INFO")
     run.set_defaults(func=cmd_run)
 
