@@ -64,6 +64,10 @@ def test_cpu_stat_from_a_hybrid_host_gives_seconds():
 
 
 def test_cpu_stat_with_the_cpu_controller_on_gives_the_throttling_counters():
+    """cpu.stat.throttled and cpu.pressure are written in the kernel's format (cgroup-v2.rst:
+    a busy cgroup under a quota, Linux 6.1 field set), not captured: this host has no
+    systemd and the vm tier could not boot under today's load. Replace with a capture (the
+    vm tier's FIGURES["elastic_cpu_stat_hot"]) when one is at hand."""
     fields = wx.cpu_stat_fields((DATA / "cpu.stat.throttled").read_text())
     assert (fields["nr_periods"], fields["nr_throttled"], fields["throttled_usec"]) == (
         412, 398, 20496314)
