@@ -15,7 +15,7 @@ import test_scheduler_service
 from test_scheduler_service import Clock, make_scheduler, records, web_spec
 
 from walle.adapters.consul import StateStore
-from walle.service import autoscale
+from walle.naming import instance_id
 from walle.service.history import from_data
 
 pytestmark = pytest.mark.consul
@@ -152,21 +152,41 @@ def test_a_prometheus_metric_without_an_address_is_an_event(cluster):
     s.lock.step_down()
 
 
-def test_cpu_use_from_the_exporters_scales_the_job(cluster, monkeypatch):
+def running_use(cluster, cpu_percent=90.0):
+    """A usage reader (the leader's UsagePoller reads through it) saying each running
+    instance uses `cpu_percent` of a core; counts its reads."""
+    reads = []
+
+    def read(nodes):
+        reads.append(sorted(nodes))
+        _, stored = StateStore(cluster).allocs()
+        return {(a.node, instance_id(a.job, a.slot)): {"cpu_percent": cpu_percent,
+                                                       "memory_bytes": 1}
+                for a in stored.values() if a.state == "running"}
+    return read, reads
+
+
+def step_and_read(s, clock, seconds):
+    """`seconds` later: a step (which may start a usage reading), the reading arrives, and
+    the step it wakes."""
+    clock.now += seconds
+    s.step()
+    s.usage.join(timeout=30)
+    s.step()
+
+
+def test_cpu_use_from_the_exporters_scales_the_job(cluster):
     """metric cpu: the mean cpu_percent of the running instances (walle-exporter /summary)
     in percent of resources.cpu max; the fake exporter says each uses 0.9 of its 1 core."""
-    def exporters(api, snap):
-        return {(r.alloc.node, key): {"cpu_percent": 90.0, "memory_bytes": 1}
-                for key, r in snap.records.items() if r.alloc.state == "running"}
-
-    monkeypatch.setattr(autoscale, "_exporter_usage", exporters)
+    read, _ = running_use(cluster)
     clock = Clock()
-    s, _ = make_scheduler(cluster, clock, autoscale_interval=5)
+    s, _ = make_scheduler(cluster, clock, autoscale_interval=5, usage_reader=read)
     StateStore(cluster).put_job(web_spec(count=1, cpu="0.5-1", **scaling("cpu", 45)), 0)
     s.step()  # placed, not yet running: nothing measured, so nothing changes
+    s.usage.join(timeout=30)
+    s.step()  # running now; the reading began before: it is not expected in it
     assert count(cluster) == 1
-    clock.now += 6
-    s.step()  # running now
+    step_and_read(s, clock, 16)  # a reading of it running
     clock.now += 6
     s.step()
     assert count(cluster) == 2  # 90% of the target 45%: twice the instances
@@ -175,15 +195,64 @@ def test_cpu_use_from_the_exporters_scales_the_job(cluster, monkeypatch):
     s.lock.step_down()
 
 
-def test_running_instances_no_exporter_measures_is_an_event(cluster, monkeypatch):
-    monkeypatch.setattr(autoscale, "_exporter_usage", lambda api, snap: {})
+def test_running_instances_no_exporter_measures_is_an_event(cluster):
     clock = Clock()
-    s, _ = make_scheduler(cluster, clock, autoscale_interval=5)
+    s, _ = make_scheduler(cluster, clock, autoscale_interval=5, usage_reader=lambda nodes: {})
     StateStore(cluster).put_job(web_spec(count=1, **scaling("memory", 50)), 0)
     for _ in range(3):
-        s.step()
-        clock.now += 6
+        step_and_read(s, clock, 16)
     (failed,) = events(cluster, "autoscale failed")
     assert "no memory measurement from walle-exporter" in failed.message
     assert count(cluster) == 1
+    s.lock.step_down()
+
+
+def test_the_grants_and_the_autoscaler_share_one_usage_reading_per_interval(cluster,
+                                                                            monkeypatch):
+    """Both consumers of usage on (grants every --usage-interval, a job scaling on cpu every
+    --autoscale-interval, 15 s each): each node's exporter /summary is fetched once per
+    interval, not once for each (counted at adapters/usage.py fetch_summary, the real
+    reader path), and both use what was read."""
+    from walle.adapters import usage as usage_adapter
+    from walle.adapters.consul.services import ServiceInstance
+    fetched: list[str] = []
+
+    def exporters(api, name, passing=False):
+        assert name == usage_adapter.EXPORTER_SERVICE
+        return 0, [ServiceInstance(f"x-{n}", name, n, "127.0.0.1", 9851)
+                   for n in ("node1", "node2", "node3")]
+
+    def summary(exporter, timeout=usage_adapter.SUMMARY_TIMEOUT_S):
+        fetched.append(exporter.node)
+        _, stored = StateStore(cluster).allocs()
+        return {"instances": {instance_id(a.job, a.slot): {"cpu_percent": 50.0}
+                              for a in stored.values() if a.node == exporter.node}}
+
+    monkeypatch.setattr(usage_adapter, "service_health", exporters)
+    monkeypatch.setattr(usage_adapter, "fetch_summary", summary)
+    clock = Clock()
+    s, _ = make_scheduler(cluster, clock, autoscale_interval=15, usage_interval=15)
+    StateStore(cluster).put_job(web_spec(count=2, cpu="0.5-1", **scaling("cpu", 50, high=4)),
+                                0)
+    taken = []  # the readings the grants took as samples
+    take = s.usage.take
+    monkeypatch.setattr(s.usage, "take", lambda: taken.append(take()) or taken[-1])
+    s.step()
+    s.step()  # both running
+    nodes = {a.node for a in StateStore(cluster).allocs()[1].values()}
+    assert len(nodes) == 2
+    fetched.clear()
+    intervals = 4
+    for _ in range(intervals):  # steps every 5 s, the readings in between
+        for _ in range(3):
+            clock.now += 5
+            s.step()
+            s.usage.join(timeout=30)
+    s.step()  # the step the last reading wakes (no new read: not due)
+    assert sorted(fetched) == sorted(list(nodes) * intervals)  # one per node per interval
+    assert s.usage.latest is not None and s.usage.latest.started > 1_000_000.0
+    assert count(cluster) == 2  # the autoscaler measured 50 % against its target 50
+    assert events(cluster, "autoscale failed") == []
+    samples = [r for r in taken if r is not None and r.started > 1_000_000.0]
+    assert len(samples) == intervals  # the grants took each of the same reads, once
     s.lock.step_down()

@@ -176,12 +176,14 @@ def cluster(tmp_path):
 
 
 def make_scheduler(api: ConsulApi, clock: Clock, name: str = "s1",
-                   executor: RecordingExecutor | None = None, **config_args):
+                   executor: RecordingExecutor | None = None, usage_reader=None,
+                   **config_args):
     """A scheduler holding the lock; `executor` shares the fake nodes of an earlier one."""
     executor = executor or RecordingExecutor(api)
     config = SchedulerConfig(name=name, inventory="unused", lock_delay=0, seed=7,
                              **config_args)
-    scheduler = Scheduler(api, config, executor=executor, clock=clock)
+    scheduler = Scheduler(api, config, executor=executor, clock=clock,
+                          usage_reader=usage_reader)
     assert scheduler.lock.acquire()
     return scheduler, executor
 

@@ -63,6 +63,19 @@ def test_cpu_stat_from_a_hybrid_host_gives_seconds():
     assert wx.parse_cpu_stat("user_usec 5\n") is None
 
 
+def test_cpu_stat_with_the_cpu_controller_on_gives_the_throttling_counters():
+    """cpu.stat.throttled and cpu.pressure are written in the kernel's format (cgroup-v2.rst:
+    a busy cgroup under a quota, Linux 6.1 field set), not captured: this host has no
+    systemd and the vm tier could not boot under today's load. Replace with a capture (the
+    vm tier's FIGURES["elastic_cpu_stat_hot"]) when one is at hand."""
+    fields = wx.cpu_stat_fields((DATA / "cpu.stat.throttled").read_text())
+    assert (fields["nr_periods"], fields["nr_throttled"], fields["throttled_usec"]) == (
+        412, 398, 20496314)
+    assert "nr_periods" not in wx.cpu_stat_fields((DATA / "cpu.stat.hybrid").read_text())
+    assert wx.parse_pressure_some((DATA / "cpu.pressure").read_text()) == 20.731044
+    assert wx.parse_pressure_some("full avg10=0.00 total=5\n") is None
+
+
 def test_io_stat_sums_bytes_over_devices():
     assert wx.parse_io_stat((DATA / "io.stat").read_text()) == (
         1459200 + 90430464, 314773504 + 299008000)
@@ -89,6 +102,54 @@ def test_full_cgroup_v2_files_are_used_when_present(tmp_path):
     assert inst.sources == {"cpu": "cgroup", "memory": "cgroup", "io": "cgroup"}
     assert (inst.cpu_seconds, inst.memory_bytes) == (825.459022, 12345678)
     assert inst.io_write_bytes == 314773504 + 299008000
+
+
+def test_throttling_is_read_where_the_cpu_controller_is_on_and_only_there(tmp_path):
+    on = "/walle.slice/walle-api.slice/walle-api-0.slice/walle-api-0.service"
+    off = "/walle.slice/walle-api.slice/walle-api-1.slice/walle-api-1.service"
+    _cgroup(tmp_path, on, {"cpu.stat": (DATA / "cpu.stat.throttled").read_text(),
+                           "cpu.pressure": (DATA / "cpu.pressure").read_text(),
+                           "memory.current": "1\n", "io.stat": "", "cgroup.procs": ""})
+    _cgroup(tmp_path, off, {"cpu.stat": (DATA / "cpu.stat.hybrid").read_text(),
+                            "memory.current": "1\n", "io.stat": "", "cgroup.procs": ""})
+    found = {i.unit: i for i in wx.collect(units(), (str(tmp_path / "unified"),))}
+    api0, api1 = found["walle-api-0.service"], found["walle-api-1.service"]
+    assert (api0.cpu_periods, api0.cpu_throttled_periods) == (412, 398)
+    assert api0.cpu_throttled_seconds == 20.496314
+    assert api0.cpu_pressure_some_seconds == 20.731044
+    assert (api1.cpu_periods, api1.cpu_throttled_periods, api1.cpu_throttled_seconds,
+            api1.cpu_pressure_some_seconds) == (None, None, None, None)
+
+
+def test_the_throttled_share_is_over_the_periods_since_the_previous_sample(tmp_path):
+    cg = "/walle.slice/walle-api.slice/walle-api-0.slice/walle-api-0.service"
+    path = _cgroup(tmp_path, cg, {"cpu.stat": "usage_usec 0\nnr_periods 100\n"
+                                              "nr_throttled 10\nthrottled_usec 0\n",
+                                  "cgroup.procs": ""})
+    clock = iter([10.0, 20.0, 30.0, 40.0])
+    sampler = wx.Sampler("node1", 0, read=units, clock=lambda: next(clock),
+                         roots=(str(tmp_path / "unified"),), psutil_module=_NoPsutil)
+
+    def api0(stat):
+        (path / "cpu.stat").write_text(stat)
+        return sampler.summary()["instances"]["api-0"]
+    assert "cpu_throttled_share" not in sampler.summary()["instances"]["api-0"]  # no before
+    now = api0("usage_usec 1000000\nnr_periods 200\nnr_throttled 85\nthrottled_usec 9\n")
+    assert now["cpu_throttled_share"] == 0.75 and now["cpu_percent"] == 10.0
+    assert now["cpu_periods"] == 200 and now["cpu_throttled_periods"] == 85
+    quiet = api0("usage_usec 1000000\nnr_periods 200\nnr_throttled 85\nthrottled_usec 9\n")
+    assert "cpu_throttled_share" not in quiet  # no period elapsed: no share
+    reset = api0("usage_usec 5\nnr_periods 3\nnr_throttled 1\nthrottled_usec 9\n")
+    assert "cpu_throttled_share" not in reset  # the unit restarted: counters began again
+
+
+class _NoPsutil:
+    """collect() asks psutil only for what the cgroup files lack (here memory and io)."""
+
+    class NoSuchProcess(Exception):
+        pass
+
+    ZombieProcess = AccessDenied = NoSuchProcess
 
 
 def test_psutil_fallback_measures_the_cgroups_real_processes(tmp_path):
@@ -150,8 +211,10 @@ def test_prometheus_exposition_is_rendered_by_prometheus_client(tmp_path):
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
     cg = "/walle.slice/walle-api.slice/walle-api-0.slice/walle-api-0.service"
-    _cgroup(tmp_path, cg, {"cpu.stat": "usage_usec 2500000\n", "memory.current": "4096\n",
-                           "cgroup.procs": ""})
+    _cgroup(tmp_path, cg, {"cpu.stat": "usage_usec 2500000\nnr_periods 412\n"
+                                       "nr_throttled 398\nthrottled_usec 20496314\n",
+                           "cpu.pressure": (DATA / "cpu.pressure").read_text(),
+                           "memory.current": "4096\n", "cgroup.procs": ""})
     sampler = wx.Sampler("node1", 60, read=units, roots=(str(tmp_path / "unified"),))
     text = generate_latest(wx.make_registry(sampler)).decode()
     samples = {(s.name, s.labels.get("job"), s.labels.get("slot")): s.value
@@ -160,6 +223,11 @@ def test_prometheus_exposition_is_rendered_by_prometheus_client(tmp_path):
     assert samples[("walle_usage_memory_bytes", "api", "0")] == 4096
     assert samples[("walle_usage_memory_max_bytes", "api", "0")] == 64 * 2**20
     assert samples[("walle_usage_restarts_total", "big-data", "2")] == 3
+    assert samples[("walle_usage_cpu_periods_total", "api", "0")] == 412
+    assert samples[("walle_usage_cpu_throttled_periods_total", "api", "0")] == 398
+    assert samples[("walle_usage_cpu_throttled_seconds_total", "api", "0")] == 20.496314
+    assert samples[("walle_usage_cpu_pressure_some_seconds_total", "api", "0")] == 20.731044
+    assert ("walle_usage_cpu_periods_total", "api", "1") not in samples  # not measured
     assert samples[("walle_usage_active", "big-data", "2")] == 0
     assert samples[("walle_usage_node_instances", None, None)] == 3
     assert ("process_resident_memory_bytes", None, None) in samples

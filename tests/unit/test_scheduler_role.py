@@ -139,6 +139,40 @@ def test_privilege_policy_defaults_to_deny_and_the_role_variables_reach_the_cli(
     assert args.allow_capability == ["CAP_NET_BIND_SERVICE", "CAP_NET_RAW"]
 
 
+def test_prometheus_addr_variable_reaches_the_cli_only_when_set():
+    env = parse_env_file(render("scheduler.env.j2"))
+    default = build_parser().parse_args(exec_start_argv(
+        parse_unit(render("walle-scheduler.service.j2")), env, host="ctl1")[1:])
+    assert default.prometheus_addr is None and "WALLE_PROMETHEUS_ADDR" not in env
+
+    url = "http://10.77.0.1:9090"
+    env = parse_env_file(render("scheduler.env.j2", walle_scheduler_prometheus_addr=url))
+    unit = parse_unit(render("walle-scheduler.service.j2", walle_scheduler_prometheus_addr=url))
+    args = build_parser().parse_args(exec_start_argv(unit, env, host="ctl1")[1:])
+    assert env["WALLE_PROMETHEUS_ADDR"] == url and args.prometheus_addr == url
+
+
+def test_the_preflight_refuses_a_prometheus_addr_that_is_no_plain_url():
+    """The role's own assert (tasks/preflight.yml), evaluated with Ansible's match/search
+    tests: an address that systemd or the environment file would rewrite never reaches them."""
+    from ansible.plugins.test.core import TestModule
+    preflight = yaml.safe_load((ROLE / "tasks/preflight.yml").read_text())
+    that = [c for c in preflight[0]["ansible.builtin.assert"]["that"]
+            if "prometheus_addr" in c]
+    env = jinja2.Environment()
+    env.tests.update(TestModule().tests())
+
+    def accepted(url: str) -> bool:
+        return all(env.from_string("{{ " + c + " }}").render(
+            walle_scheduler_prometheus_addr=url) == "True" for c in that)
+    assert len(that) == 2
+    for good in ("", "http://10.77.0.1:9090", "https://prom.example:9090/prometheus"):
+        assert accepted(good), good
+    for bad in ("10.77.0.1:9090", "ftp://x", "http://a b", "http://x/%H", "http://x/${A}",
+                'http://x/"', "http://x/'", "http://x\\y"):
+        assert not accepted(bad), bad
+
+
 def systemd_verify(unit_path: Path) -> list[str]:
     """Problems `systemd-analyze verify` reports about the unit (it works without systemd as
     PID 1: it loads the file, parses every directive and checks ExecStart is executable)."""

@@ -35,6 +35,26 @@ def test_two_pressing_samples_raise_a_grant_and_the_event_says_by_how_much():
     assert done.message.startswith("usage: CPUQuota 100% -> ") and "(using 100%)" in done.message
 
 
+def test_a_throttled_instance_is_raised_and_the_event_says_it_was_throttled():
+    """The exporter's cpu_throttled_share reaches the policy (adapters/usage.py reads it):
+    usage in the dead band, throttled in 97 % of periods: a rise that says why."""
+    elastic = ElasticGrants()
+    allocs = [alloc("a"), alloc("b")]
+    bigger = {"n1": replace(NODE, capacity=Capacity(4.0, 1024 * MIB))}
+
+    def throttled(started, share):
+        return Reading(started, {("n1", "a-0"): {"cpu_percent": 84, "cpu_throttled_share": share},
+                                 ("n1", "b-0"): {"cpu_percent": 84}})
+    assert elastic.decide(bigger, allocs, throttled(1, 0.97)) == []
+    (done,) = elastic.decide(bigger, allocs, throttled(2, 0.97))
+    assert done.alloc.key == "a-0" and done.change.measured.cpu_throttled == 0.97
+    assert "(using 84%, throttled in 97% of periods)" in done.message
+    # a share that is not one (from an untrusted node) is no sample of throttling
+    elastic = ElasticGrants()
+    for t, bad in enumerate((7, -1, "x", True, float("nan")), start=3):
+        assert elastic.decide(bigger, allocs, throttled(t, bad)) == []
+
+
 def test_a_reading_started_before_a_change_is_not_a_sample():
     elastic = ElasticGrants()
     allocs = [alloc("a"), alloc("b")]

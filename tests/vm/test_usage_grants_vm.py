@@ -5,14 +5,13 @@ walle-exporter (roles/exporter) measures the instances from their cgroup files, 
 parsed by adapters/usage.py, service/elastic.py ElasticGrants (streaks, core usage_grants)
 decides, and the new grant reaches the kernel through walle_slice with the arguments
 grants.yml gets (service/params.py slice_args): `systemctl set-property --runtime`, no restart.
-The assertions read the cgroup files (memory.high) and the units.
+The assertions read the cgroup files (cpu.max, cpu.stat, memory.high) and the units.
 
-The CPU half of the proof (a busy instance's quota rising while its neighbour idles) is not
-here: under this machine's tcg the busy instance's vCPU is starved below its 100 % quota
-(0.84 of it measured), so usage / quota never reaches the pressing threshold; it failed on
-every run here (issue 13's note). Reading throttling (cpu.stat throttled_usec) as the
-pressure signal is the fix; until then the CPU policy is proven in the unit and consul tiers
-(tests/unit/test_usage_grants.py, tests/consul/test_scheduler_elastic.py).
+CPU pressure is read from throttling too (cpu.stat nr_throttled of nr_periods, core/grants.py
+ElasticPolicy.throttled): under tcg on a loaded host the busy instance's vCPUs are starved
+below its quota (0.84 of a 100 % quota was measured), so its usage alone never reached the
+pressing threshold and the CPU case failed on every run before throttling was read. The busy
+instance runs two busy loops: one thread under a whole-core quota can never be throttled.
 
 Figures: seconds from an instance starting to press its limit to its grant rising in the
 kernel, and grant changes per hour while usage holds steady.
@@ -46,6 +45,9 @@ EXPORTER_UNIT = "elastic-exporter"
 NODE = Node("vm", Capacity(cpu=2.0, memory=1024 * MIB))  # the VM as the leader sees it
 SAMPLE_TIMEOUT = 900  # seconds for one phase: tcg under a loaded host is slow
 
+BUSY = ["/bin/sh", "-c", "while :; do :; done & while :; do :; done"]  # two threads' worth
+WAKES_UP = ["/bin/sh", "-c", "while [ ! -e /run/elastic-wake ]; do sleep 0.2; done; "
+                             "while :; do :; done"]
 HUNGRY = """\
 import time
 chunks = []
@@ -127,6 +129,9 @@ class Instances:
             assert time.monotonic() < deadline, f"{what}: not after {SAMPLE_TIMEOUT} s; " \
                                                 f"changes {self.changes}"
 
+    def last_change(self, key: str) -> float:
+        return max(at for at, changed, _ in self.changes if changed == key)
+
     def quota(self, key: str) -> int:
         return self.allocs[key].grant.cpu_quota_percent
 
@@ -147,7 +152,57 @@ def exporter(vm):
                60, "the exporter to answer")
     yield
     vm.run(f"systemctl stop {EXPORTER_UNIT}; systemctl reset-failed {EXPORTER_UNIT}; "
-           "rm -f /run/hungry.log", timeout=60)
+           "rm -f /run/elastic-wake /run/hungry.log", timeout=60)
+
+
+def test_cpu_quota_rises_while_the_neighbour_idles_and_falls_when_it_wakes(
+        vm, walle, units_to_stop, exporter):
+    hot, calm = spec("hot", "0.5-1.8", "64M"), spec("calm", "0.5-1.8", "64M")  # cpu only
+    cluster = Instances(vm, walle, units_to_stop, [hot, calm])
+    assert cluster.quota("hot-0") == cluster.quota("calm-0") == 100  # the declared split
+    calm_dir = cluster.start("calm-0", WAKES_UP)
+    hot_dir = cluster.start("hot-0", BUSY)
+    pressing_since = time.monotonic()
+    main_pid = show(vm, naming.service_unit("hot", 0), "MainPID")["MainPID"]
+    throttled_before = flat_keyed(read_files(vm, hot_dir, ["cpu.stat"])["cpu.stat"])
+
+    # calm idles: it falls toward its floor, and hot (throttled at its quota) takes the room
+    cluster.sample_until(lambda _: cluster.quota("hot-0") > 100, "hot's quota to rise")
+    FIGURES["elastic_cpu_press_to_rise_s"] = round(cluster.last_change("hot-0") - pressing_since,
+                                                   1)
+    cluster.sample_until(lambda _: (cluster.quota("hot-0"), cluster.quota("calm-0")) == (150, 50),
+                         "hot at the room its idle neighbour leaves")
+    assert read_files(vm, hot_dir, ["cpu.max"])["cpu.max"] == "150000 100000"
+    assert read_files(vm, calm_dir, ["cpu.max"])["cpu.max"] == "50000 100000"
+    stat = read_files(vm, hot_dir, ["cpu.stat"])["cpu.stat"]
+    FIGURES["elastic_cpu_stat_hot"] = stat
+    throttled = flat_keyed(stat)
+    assert throttled["nr_throttled"] > throttled_before["nr_throttled"]  # what the rise read
+    assert any("throttled in" in msg for _, key, msg in cluster.changes if key == "hot-0")
+
+    steady_from, before = time.monotonic(), len(cluster.changes)
+    for _ in range(6):  # demand holds (hot still throttled, no room left): no change
+        cluster.sample()
+    steady_s = time.monotonic() - steady_from
+    FIGURES["elastic_steady_samples"] = 6
+    FIGURES["elastic_steady_s"] = round(steady_s, 1)
+    FIGURES["elastic_steady_changes_per_hour"] = round(
+        (len(cluster.changes) - before) * 3600 / steady_s, 1)
+    assert len(cluster.changes) == before, cluster.changes[before:]
+
+    vm.run("touch /run/elastic-wake", check=True)  # the neighbour wakes up
+    woke = time.monotonic()
+    cluster.sample_until(lambda _: cluster.quota("hot-0") < 150, "hot's quota to fall")
+    FIGURES["elastic_cpu_neighbour_wakes_to_fall_s"] = round(cluster.last_change("hot-0") - woke,
+                                                             1)
+    assert cluster.quota("calm-0") > 50  # the woken neighbour, throttled at its floor, rose
+    cluster.sample_until(lambda _: cluster.quota("hot-0") == cluster.quota("calm-0") == 100,
+                         "an even split again")
+    assert read_files(vm, hot_dir, ["cpu.max"])["cpu.max"] == "100000 100000"
+    assert read_files(vm, calm_dir, ["cpu.max"])["cpu.max"] == "100000 100000"
+    after = show(vm, naming.service_unit("hot", 0), "MainPID", "NRestarts", "ActiveState")
+    assert after == {"MainPID": main_pid, "NRestarts": "0", "ActiveState": "active"}
+    FIGURES["elastic_cpu_changes"] = [f"{key}: {msg}" for _, key, msg in cluster.changes]
 
 
 def test_memory_high_rises_as_a_hungry_instance_grows(vm, walle, units_to_stop, exporter):

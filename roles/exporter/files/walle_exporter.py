@@ -7,7 +7,9 @@ imports the scheduler package). On each scrape it asks systemd for the Walle uni
 each instance's usage:
 
 - from its cgroup v2 files where the kernel keeps them (cpu.stat usage_usec, memory.current,
-  io.stat), which is the case on every cgroup v2 host;
+  io.stat), which is the case on every cgroup v2 host; with the cpu controller on (a CPU quota)
+  cpu.stat also counts the quota's periods and those the kernel throttled the instance in
+  (nr_periods, nr_throttled, throttled_usec), and cpu.pressure its CPU stall time (PSI);
 - else from psutil over the processes in the unit's cgroup (cgroup.procs): nested lab nodes run
   systemd in hybrid mode, where the v2 tree has cpu.stat but no memory or io files.
 
@@ -50,6 +52,13 @@ class Instance:
     io_write_bytes: int | None = None
     processes: int = 0
     cpu_percent: float | None = None
+    # CPU bandwidth (cpu.stat, where the cpu controller is on) and stall (cpu.pressure)
+    cpu_periods: int | None = None
+    cpu_throttled_periods: int | None = None
+    cpu_throttled_seconds: float | None = None
+    cpu_pressure_some_seconds: float | None = None
+    # share of the periods since the previous sample in which the kernel throttled it
+    cpu_throttled_share: float | None = None
     sources: dict[str, str] = field(default_factory=dict)
 
 
@@ -105,10 +114,31 @@ def instances_from_units(units: list[dict[str, str]]) -> dict[str, tuple[Instanc
 
 def parse_cpu_stat(text: str) -> float | None:
     """cpu.stat -> CPU seconds (usage_usec), None when the line is missing."""
+    usec = cpu_stat_fields(text).get("usage_usec")
+    return None if usec is None else usec / 1e6
+
+
+def cpu_stat_fields(text: str) -> dict[str, int]:
+    """cpu.stat `key value` lines -> {key: int} (usage_usec, nr_periods, nr_throttled,
+    throttled_usec, ...); lines that are not a key and a count are skipped."""
+    fields = {}
     for line in text.splitlines():
         key, _space, value = line.partition(" ")
-        if key == "usage_usec" and value.strip().isdigit():
-            return int(value) / 1e6
+        if value.strip().isdigit():
+            fields[key] = int(value)
+    return fields
+
+
+def parse_pressure_some(text: str) -> float | None:
+    """cpu.pressure (PSI) -> seconds some task of the cgroup stalled waiting for a CPU
+    (the `some` line's total=, in microseconds)."""
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] == ["some"]:
+            for word in words[1:]:
+                key, _equals, value = word.partition("=")
+                if key == "total" and value.isdigit():
+                    return int(value) / 1e6
     return None
 
 
@@ -148,9 +178,16 @@ def _read(path: str) -> str | None:
 
 def measure_cgroup(inst: Instance, path: str) -> list[int]:
     """Fill what the cgroup's v2 files tell; return its PIDs for the psutil fallback."""
-    cpu = _read(os.path.join(path, "cpu.stat"))
-    if cpu is not None and (seconds := parse_cpu_stat(cpu)) is not None:
-        inst.cpu_seconds, inst.sources["cpu"] = seconds, "cgroup"
+    cpu = cpu_stat_fields(_read(os.path.join(path, "cpu.stat")) or "")
+    if "usage_usec" in cpu:
+        inst.cpu_seconds, inst.sources["cpu"] = cpu["usage_usec"] / 1e6, "cgroup"
+    if "nr_periods" in cpu and "nr_throttled" in cpu:  # the cpu controller is on
+        inst.cpu_periods, inst.cpu_throttled_periods = cpu["nr_periods"], cpu["nr_throttled"]
+        if "throttled_usec" in cpu:
+            inst.cpu_throttled_seconds = cpu["throttled_usec"] / 1e6
+    pressure = _read(os.path.join(path, "cpu.pressure"))
+    if pressure is not None:
+        inst.cpu_pressure_some_seconds = parse_pressure_some(pressure)
     memory = _read(os.path.join(path, "memory.current"))
     if memory is not None and memory.strip().isdigit():
         inst.memory_bytes, inst.sources["memory"] = int(memory), "cgroup"
@@ -219,14 +256,28 @@ def collect(units: list[dict[str, str]], roots: tuple[str, ...] = CGROUP_ROOTS,
     return sorted(instances, key=lambda i: (i.job, i.slot))
 
 
-def add_cpu_percent(now: list[Instance], before: dict[str, float], elapsed: float) -> None:
-    """CPU % of one core since the previous sample (None on the first one or after a reset)."""
-    if elapsed <= 0:
-        return
+# what a sample keeps of each instance for the next one's rates
+Counters = tuple[float | None, int | None, int | None]  # cpu_seconds, periods, throttled
+
+
+def counters(inst: Instance) -> Counters:
+    return inst.cpu_seconds, inst.cpu_periods, inst.cpu_throttled_periods
+
+
+def add_rates(now: list[Instance], before: dict[str, Counters], elapsed: float) -> None:
+    """Since the previous sample (None on the first one or after a counter reset): CPU % of
+    one core, and the share of the CPU quota's periods in which the instance was throttled."""
     for inst in now:
-        old = before.get(inst.unit)
-        if inst.cpu_seconds is not None and old is not None and inst.cpu_seconds >= old:
-            inst.cpu_percent = round(100.0 * (inst.cpu_seconds - old) / elapsed, 2)
+        old_cpu, old_periods, old_throttled = before.get(inst.unit, (None, None, None))
+        if elapsed > 0 and inst.cpu_seconds is not None and old_cpu is not None \
+                and inst.cpu_seconds >= old_cpu:
+            inst.cpu_percent = round(100.0 * (inst.cpu_seconds - old_cpu) / elapsed, 2)
+        if None in (inst.cpu_periods, inst.cpu_throttled_periods, old_periods, old_throttled):
+            continue
+        periods = inst.cpu_periods - old_periods
+        throttled = inst.cpu_throttled_periods - old_throttled
+        if periods > 0 and 0 <= throttled <= periods:
+            inst.cpu_throttled_share = round(throttled / periods, 4)
 
 
 def summary(node: str, taken_at: float, instances: list[Instance]) -> dict:
@@ -260,7 +311,7 @@ class Sampler:
         self._lock = threading.Lock()
         self._taken_at = 0.0
         self._instances: list[Instance] = []
-        self._cpu_before: dict[str, float] = {}
+        self._before: dict[str, Counters] = {}
 
     def sample(self) -> tuple[float, list[Instance]]:
         with self._lock:
@@ -268,9 +319,8 @@ class Sampler:
             if self._instances and now - self._taken_at < self.min_interval:
                 return self._taken_at, self._instances
             instances = collect(self._read(), self.roots, self._psutil)
-            add_cpu_percent(instances, self._cpu_before, now - self._taken_at)
-            self._cpu_before = {i.unit: i.cpu_seconds for i in instances
-                                if i.cpu_seconds is not None}
+            add_rates(instances, self._before, now - self._taken_at)
+            self._before = {i.unit: counters(i) for i in instances}
             self._taken_at, self._instances = now, instances
             return now, instances
 
@@ -301,6 +351,21 @@ class UsageCollector:
 
         yield family(CounterMetricFamily, "walle_usage_cpu_seconds",
                      "CPU time used by the instance's cgroup", "cpu_seconds")
+        yield family(CounterMetricFamily, "walle_usage_cpu_periods",
+                     "CPU quota periods elapsed (cpu.stat nr_periods, where the cpu "
+                     "controller is on)", "cpu_periods")
+        yield family(CounterMetricFamily, "walle_usage_cpu_throttled_periods",
+                     "periods in which the instance was throttled at its CPU quota "
+                     "(cpu.stat nr_throttled)", "cpu_throttled_periods")
+        yield family(CounterMetricFamily, "walle_usage_cpu_throttled_seconds",
+                     "time the instance was throttled at its CPU quota (cpu.stat "
+                     "throttled_usec)", "cpu_throttled_seconds")
+        yield family(CounterMetricFamily, "walle_usage_cpu_pressure_some_seconds",
+                     "time some task of the instance stalled waiting for a CPU (PSI "
+                     "cpu.pressure some total)", "cpu_pressure_some_seconds")
+        yield family(GaugeMetricFamily, "walle_usage_cpu_throttled_share",
+                     "share of the periods since the previous sample in which the instance "
+                     "was throttled", "cpu_throttled_share")
         yield family(GaugeMetricFamily, "walle_usage_memory_bytes",
                      "memory in use (memory.current, else RSS of its processes)",
                      "memory_bytes")

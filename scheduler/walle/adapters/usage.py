@@ -21,7 +21,8 @@ SUMMARY_TIMEOUT_S = 5.0
 MAX_PARALLEL = 16
 
 # (node, instance id) -> the exporter's measures of it (cpu_seconds, cpu_percent,
-# memory_bytes, memory_max_bytes, restarts, ...; see walle_exporter.summary)
+# cpu_throttled_share, memory_bytes, memory_max_bytes, restarts, ...; see
+# walle_exporter.summary)
 Usage = dict[tuple[str, str], dict[str, float]]
 
 log = logging.getLogger("walle.usage")
@@ -70,3 +71,12 @@ def measure(measures: dict, field: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return value
+
+
+def cpu_throttled_share(measures: dict) -> float | None:
+    """The share (0..1) of CPU periods in which the kernel throttled the instance since the
+    exporter's previous sample (cpu.stat nr_throttled / nr_periods); None where the cgroup
+    keeps no bandwidth statistics (no CPU quota, or cgroup accounting off) or the value is
+    not a share."""
+    value = measure(measures, "cpu_throttled_share")
+    return value if value is not None and 0 <= value <= 1 else None

@@ -87,7 +87,10 @@ def register(subparsers) -> None:
     run.add_argument("--usage-interval", type=_seconds, default=USAGE_INTERVAL,
                      metavar="SECONDS",
                      help="usage-driven grants: read each node's walle-exporter this often and "
-                          "move grants within min..max with it; 0: off (default: %(default)s)")
+                          "move grants within min..max with it (the autoscaler measures on "
+                          "the same reading); 0: grants off, usage then read every "
+                          "--autoscale-interval for jobs scaling on cpu or memory "
+                          "(default: %(default)s)")
     run.add_argument("--shed-moves-per-minute", type=_moves, default=ShedPolicy.moves_per_minute,
                      metavar="N",
                      help="nodes under sustained usage pressure hand movable services to "

@@ -84,6 +84,14 @@ def _elastic_scale(capacity: float, ranges: Sequence[tuple[float, float]]) -> fl
 # the room are whole units that add up to the room, so rounding neither wastes room nor moves
 # a grant the water-filling did not move (at a few percent, flooring each share on its own
 # lost a unit that went round the neighbours from sample to sample: grants flapped).
+#
+# CPU has a second pressure signal: throttling. The kernel stops a cgroup that has used its
+# quota for the rest of each period (cpu.stat nr_throttled of nr_periods); an instance
+# throttled in at least `throttled` of the periods of a sample is pressing on its quota
+# whatever its usage reads. Usage alone misses it when the CPUs themselves are slower than
+# the quota (a starved vCPU: a busy instance under a 100 % quota was measured at 84 % of it,
+# never reaching `press`), and throttling alone misses a single-threaded instance whose quota
+# is a whole core (it can never use more, so it is never throttled): either one presses.
 
 
 @dataclass(frozen=True)
@@ -95,10 +103,19 @@ class ElasticPolicy:
     idle_samples: int = 4  # ...and idle ones before a fall: slow down, quick up
     step: float = 0.5  # a rise multiplies the grant by at least 1 + step, a fall divides it
     min_change: float = 0.1  # relative changes smaller than this are not made
+    # CPU throttled in >= this share of the sample's periods (cpu.stat nr_throttled /
+    # nr_periods): pressing on the quota, whatever the usage. A half: sustained, not the odd
+    # burst (an instance that only bursts past its quota now and then is not asking for more).
+    # Limit: where the CPUs deliver less than idle x (1 + step) = 75 % of a quota, a throttled
+    # instance reads as idle once raised and its grant goes up and down (slowly: a streak each
+    # way); the same for an instance throttled in its bursts whose mean use is under 75 %.
+    throttled: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0 < self.idle < self.target < self.press <= 1:
             raise ValueError("elastic policy: 0 < idle < target < press <= 1")
+        if not 0 < self.throttled <= 1:
+            raise ValueError("elastic policy: 0 < throttled <= 1")
         if self.samples < 1 or self.idle_samples < 1 or self.step <= 0 or self.min_change < 0:
             raise ValueError("elastic policy: samples >= 1, step > 0, min_change >= 0")
 
@@ -113,10 +130,13 @@ class Streak:
 
 @dataclass(frozen=True)
 class Measured:
-    """One usage sample of an instance; None: not measured in that sample."""
+    """One usage sample of an instance; None: not measured in that sample.
+    `cpu_throttled`: the share (0..1) of the sample's CPU periods in which the kernel
+    throttled the instance (None where the cgroup keeps no bandwidth statistics)."""
 
     cpu_cores: float | None = None
     memory_bytes: int | None = None
+    cpu_throttled: float | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +171,7 @@ class _Track:
     current: float
     used: float | None
     streak: int
+    throttled: float | None = None  # CPU only: share of periods throttled (see ElasticPolicy)
 
 
 def usage_grants(cpu_capacity: float, memory_capacity: float,
@@ -188,7 +209,7 @@ def _cpu_track(inst: ElasticInstance) -> _Track:
     used = inst.measured.cpu_cores
     hi = max(lo, int(_percents(inst.cpu_max, math.floor)))
     return _Track(lo, hi, inst.grant.cpu_quota_percent, None if used is None else used * 100,
-                  inst.streak.cpu)
+                  inst.streak.cpu, inst.measured.cpu_throttled)
 
 
 def _percents(cores: float, rounding: Callable[[float], int]) -> float:
@@ -212,11 +233,19 @@ def _resource(capacity: float, tracks: Sequence[_Track],
     return fitted, streaks
 
 
+def _pressing(t: _Track, policy: ElasticPolicy) -> bool:
+    """Using almost all of its grant, or (CPU) throttled in a sustained share of periods."""
+    return (t.used is not None and t.used >= policy.press * t.current) or \
+        (t.throttled is not None and t.throttled >= policy.throttled)
+
+
 def _next_streak(t: _Track, policy: ElasticPolicy) -> int:
-    if t.used is None or t.current <= 0:
+    if t.current <= 0:
         return 0
-    if t.used >= policy.press * t.current:
+    if _pressing(t, policy):
         return max(t.streak, 0) + 1
+    if t.used is None:
+        return 0
     if t.used <= policy.idle * t.current:
         return min(t.streak, 0) - 1
     return 0
@@ -228,12 +257,11 @@ def _want(t: _Track, streak: int, policy: ElasticPolicy) -> int:
     down but never under usage / target (at a few units, a fall rounded down to under the
     usage would press at once)."""
     current = min(max(t.current, t.lo), t.hi)
-    if t.used is None:
-        return current
-    in_band = math.ceil(round(t.used / policy.target, 6))
-    if streak >= policy.samples:
+    if streak >= policy.samples:  # pressing by usage or throttling (usage may be unknown)
+        in_band = 0 if t.used is None else math.ceil(round(t.used / policy.target, 6))
         return min(t.hi, max(math.ceil(round(current * (1 + policy.step), 6)), in_band))
-    if streak <= -policy.idle_samples:
+    if streak <= -policy.idle_samples and t.used is not None:
+        in_band = math.ceil(round(t.used / policy.target, 6))
         return max(t.lo, in_band, math.floor(round(current / (1 + policy.step), 6)))
     return current
 

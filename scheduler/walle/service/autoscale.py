@@ -4,15 +4,19 @@ tell the job's events why, with the measured value.
 
 Measurements:
 - cpu / memory: the mean use of the job's running instances in percent of their
-  resources.cpu.max / memory.max, from the walle-exporter /summary of their nodes
-  (walle.adapters.usage.read_node_usage: cpu_percent, memory_bytes);
+  resources.cpu.max / memory.max (cpu_percent, memory_bytes), from the leader's latest usage
+  reading: the one the usage-driven grants sample too (service/elastic.py UsagePoller, each
+  node's walle-exporter /summary read in the background once per interval), so autoscaling
+  costs no read of its own and never waits on a node in the step. An instance that became
+  running after the reading began is not expected in it; while no running instance is, there
+  is nothing to measure yet;
 - prometheus: the job's query through Prometheus's HTTP API (`GET /api/v1/query`) at the
   scheduler's --prometheus-addr; it must give one number (a scalar, or a vector of one
   sample), read as the figure per instance.
 A measurement that fails (no Prometheus address, an unreachable or refusing Prometheus, a
 query of several series, no instance measured) keeps the count and is one `autoscale failed`
 event per distinct reason. Nothing here raises into the step: each job's trouble is its own,
-and every call is bounded by QUERY_TIMEOUT (the exporter reads by theirs).
+and every call is bounded by QUERY_TIMEOUT.
 
 Jobs are measured every `interval` seconds (the step wakes for it), and again when a
 cooldown that held a fall back ends. When the count last changed is read from the job's own
@@ -32,11 +36,11 @@ from collections.abc import Callable
 from typing import Any
 
 from walle.adapters.consul import ConsulApi, StateStore
-from walle.adapters.usage import Usage, read_node_usage
 from walle.core.autoscale import decide_count
 from walle.jobspec import JobSpec
 from walle.service import jobs
 from walle.service.cluster import Snapshot
+from walle.service.elastic import Reading
 from walle.service.history import HistoryWriter, SlotEvent
 
 log = logging.getLogger("walle.scheduler")
@@ -53,18 +57,23 @@ class MetricError(Exception):
 class Autoscaler:
     def __init__(self, api: ConsulApi, store: StateStore, history: HistoryWriter, *,
                  prometheus: str | None = None, interval: float = DEFAULT_INTERVAL,
-                 read_usage: Callable[[ConsulApi, Snapshot], Usage] | None = None,
+                 latest_usage: Callable[[], Reading | None] = lambda: None,
                  query: Callable[[str, str], float] | None = None):
         self.api, self.store, self.history = api, store, history
         self.prometheus = prometheus
         self.interval = interval
-        self._read_usage = read_usage  # None: the exporters (_exporter_usage)
+        self._latest_usage = latest_usage  # the leader's UsagePoller.latest
         self._query = query  # None: Prometheus's HTTP API (prometheus_value)
         self._due = float("-inf")
         self._failing: dict[str, str] = {}  # job -> the reason already told in its events
 
     def next_due(self) -> float | None:
         return self._due if math.isfinite(self._due) else None
+
+    def wants_usage(self, snap: Snapshot) -> bool:
+        """Whether a job scales on cpu or memory (the leader then reads usage for it)."""
+        return any(spec.scaling is not None and spec.kind == "service"
+                   and spec.scaling.metric != "prometheus" for spec in snap.jobs.values())
 
     def run(self, snap: Snapshot, now: float) -> None:
         """Measure and scale every job that has `scaling`, if due. Never raises."""
@@ -76,22 +85,21 @@ class Autoscaler:
         if now < self._due:
             return
         self._due = now + self.interval
-        usage: Usage | None = None
+        reading = self._latest_usage()
         for name in scaled:
             spec = snap.jobs[name]
             try:
-                if spec.scaling.metric != "prometheus" and usage is None:
-                    usage = (self._read_usage or _exporter_usage)(self.api, snap)
-                self._scale_one(spec, snap, usage or {}, now)
+                self._scale_one(spec, snap, reading, now)
             except MetricError as err:
                 self._tell_failure(name, str(err), now)
             except Exception as err:  # noqa: BLE001 - one job's trouble stays its own
                 log.warning("autoscaling %s: %s", name, err)
                 self._tell_failure(name, f"{type(err).__name__}: {err}", now)
 
-    def _scale_one(self, spec: JobSpec, snap: Snapshot, usage: Usage, now: float) -> None:
+    def _scale_one(self, spec: JobSpec, snap: Snapshot, reading: Reading | None,
+                   now: float) -> None:
         scaling = spec.scaling
-        value = self.measure(spec, snap, usage)
+        value = self.measure(spec, snap, reading)
         if value is None:  # no instance runs yet: nothing to measure, nothing wrong
             return
         self._failing.pop(spec.name, None)
@@ -109,14 +117,14 @@ class Autoscaler:
         self.history.update(spec.name, [SlotEvent(now, "autoscaled", message)],
                             before.unplaced, before.count)
 
-    def measure(self, spec: JobSpec, snap: Snapshot, usage: Usage) -> float | None:
+    def measure(self, spec: JobSpec, snap: Snapshot, reading: Reading | None) -> float | None:
         scaling = spec.scaling
         if scaling.metric == "prometheus":
             if not self.prometheus:
                 raise MetricError("no Prometheus address: start the scheduler with "
                                   "--prometheus-addr URL")
             return (self._query or prometheus_value)(self.prometheus, scaling.query or "")
-        return mean_use(spec, snap, usage)
+        return mean_use(spec, snap, reading)
 
     def _tell_failure(self, job: str, reason: str, now: float) -> None:
         """One `autoscale failed` event per distinct reason; the count stays."""
@@ -137,16 +145,17 @@ def describe(spec: JobSpec) -> str:
     return f"{scaling.metric} % of resources.{scaling.metric} max"
 
 
-def mean_use(spec: JobSpec, snap: Snapshot, usage: Usage) -> float | None:
+def mean_use(spec: JobSpec, snap: Snapshot, reading: Reading | None) -> float | None:
     """The mean use of the job's running instances in percent of their maximum (None while
-    none runs)."""
+    none runs, or none ran when the latest reading began)."""
     field, ceiling = {"cpu": ("cpu_percent", spec.resources.cpu.max * 100.0),
                       "memory": ("memory_bytes", spec.resources.memory.max)}[spec.scaling.metric]
-    running = [r.alloc for r in snap.records.values()
+    running = [r for r in snap.records.values()
                if r.alloc.job == spec.name and r.alloc.state == "running"]
-    if not running:
+    if reading is None or not any(r.state_since < reading.started for r in running):
         return None
-    values = [usage.get((a.node, a.key), {}).get(field) for a in running]
+    usage = reading.usage
+    values = [usage.get((r.alloc.node, r.alloc.key), {}).get(field) for r in running]
     measured = [float(v) for v in values
                 if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)]
     if not measured:
@@ -198,7 +207,3 @@ def _one_number(body: Any) -> float:
         raise MetricError(f"the query gave {value}; the count follows finite values >= 0")
     return value
 
-
-def _exporter_usage(api: ConsulApi, snap: Snapshot) -> Usage:
-    """What the live instances use, from their nodes' walle-exporter (the one usage reader)."""
-    return read_node_usage(api, {r.alloc.node for r in snap.records.values() if r.alloc.live})

@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 
 from walle.adapters.consul import ConsulError
-from walle.adapters.usage import Usage, measure
+from walle.adapters.usage import Usage, cpu_throttled_share, measure
 from walle.core.grants import Change, ElasticInstance, ElasticPolicy, Measured, Streak, usage_grants
 from walle.core.model import Allocation, Node
 from walle.naming import instance_id
@@ -38,8 +38,10 @@ class Reading:
 
 
 class UsagePoller:
-    """Reads usage in the background, at most once every `every` seconds and one read at a
-    time; `on_read` is called when a reading is ready (the leader wakes up to use it)."""
+    """The leader's one reading of usage per interval: read in the background, at most once
+    every `every` seconds and one read at a time; `on_read` is called when a reading is ready
+    (the leader wakes up to use it). Two consumers share each reading: the usage-driven grants
+    take it once as a sample (`take`), the autoscaler measures on the latest one (`latest`)."""
 
     def __init__(self, read: Callable[[Collection[str]], Usage], every: float,
                  clock: Callable[[], float], on_read: Callable[[], None] = lambda: None):
@@ -47,6 +49,7 @@ class UsagePoller:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._ready: Reading | None = None
+        self._latest: Reading | None = None
         self._last_start = float("-inf")
 
     @property
@@ -72,6 +75,12 @@ class UsagePoller:
             ready, self._ready = self._ready, None
             return ready
 
+    @property
+    def latest(self) -> Reading | None:
+        """The last reading that arrived (kept: `take` does not consume it)."""
+        with self._lock:
+            return self._latest
+
     def next_due(self) -> float | None:
         return self._last_start + self.every if self.enabled else None
 
@@ -91,7 +100,7 @@ class UsagePoller:
             log.exception("usage not read (grants stay as they are)")
             return
         with self._lock:
-            self._ready = Reading(started, usage)
+            self._ready = self._latest = Reading(started, usage)
         self.on_read()
 
 
@@ -149,7 +158,8 @@ class ElasticGrants:
             used = reading.usage.get((a.node, instance_id(a.job, a.slot)), {})
             cpu_percent = measure(used, "cpu_percent")
             measured = Measured(None if cpu_percent is None else cpu_percent / 100,
-                                _int_or_none(measure(used, "memory_bytes")))
+                                _int_or_none(measure(used, "memory_bytes")),
+                                cpu_throttled_share(used))
         assert a.grant is not None
         return ElasticInstance(a.key, a.reserved.cpu, a.ceiling.cpu, a.reserved.memory,
                                a.ceiling.memory, a.grant, measured,
@@ -161,7 +171,10 @@ def describe(change: Change) -> str:
     old, new, m = change.old, change.new, change.measured
     parts = []
     if new.cpu_quota_percent != old.cpu_quota_percent:
-        used = "" if m.cpu_cores is None else f" (using {m.cpu_cores * 100:.0f}%)"
+        seen = [] if m.cpu_cores is None else [f"using {m.cpu_cores * 100:.0f}%"]
+        if m.cpu_throttled is not None and m.cpu_throttled > 0:
+            seen.append(f"throttled in {m.cpu_throttled * 100:.0f}% of periods")
+        used = f" ({', '.join(seen)})" if seen else ""
         parts.append(f"CPUQuota {old.cpu_quota_percent}% -> {new.cpu_quota_percent}%{used}")
     if new.memory_high != old.memory_high:
         used = "" if m.memory_bytes is None else \

@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -123,7 +123,8 @@ class SchedulerConfig:
     # measured
     prometheus_addr: str | None = None
     autoscale_interval: float = AUTOSCALE_INTERVAL
-    # usage-driven grants (service/elastic.py): read measured usage this often; 0: off
+    # usage-driven grants (service/elastic.py): read measured usage this often; 0: off (usage
+    # is then read every autoscale_interval, and only while a job scales on cpu or memory)
     usage_interval: float = USAGE_INTERVAL
     # shedding (core/shed.py, service/shed.py): moves off nodes under sustained pressure,
     # at most moves_per_minute cluster-wide (0: off); needs usage readings
@@ -193,8 +194,10 @@ class Scheduler(BatchWork, LeftoverReaping, DispatchOutcomes):
         self._seen_down: set[str] = set()  # nodes the health watch saw failed (since a step)
         self._last_batch_probe = float("-inf")
         self.dispatcher = Dispatcher(config.max_inflight_batches, on_finished=self.wake.set)
+        # the one reading of usage per interval, shared by the grants and the autoscaler
         self.usage = UsagePoller(usage_reader or (lambda nodes: read_node_usage(api, nodes)),
-                                 config.usage_interval, clock, on_read=self.wake.set)
+                                 config.usage_interval if config.usage_interval > 0
+                                 else config.autoscale_interval, clock, on_read=self.wake.set)
         self._new_term()
         self._reported: set[tuple[str, str]] = set()  # (key, reason) already logged
 
@@ -245,7 +248,8 @@ class Scheduler(BatchWork, LeftoverReaping, DispatchOutcomes):
         self.history = HistoryWriter(self.store, lambda: self.lock.session_id)
         self.autoscaler = Autoscaler(self.api, self.store, self.history,
                                      prometheus=self.config.prometheus_addr,
-                                     interval=self.config.autoscale_interval)
+                                     interval=self.config.autoscale_interval,
+                                     latest_usage=lambda: self.usage.latest)
         self.reader = SnapshotReader(self.api, self.store)  # kept state: one term's only
         self.elastic = ElasticGrants()  # streaks start again with each term
         self.shedder = Shedder(self.config.shed)  # ...and so do the nodes' pressure samples
@@ -609,8 +613,9 @@ class Scheduler(BatchWork, LeftoverReaping, DispatchOutcomes):
                   if r.alloc.live and r.alloc.node not in settling]
         reading = self.usage.take()
         self._follow_pressure(snap, records, plan, reading, settling, now)
-        self.usage.poll({a.node for a in steady})
-        if reading is None or not steady:
+        if self._usage_wanted(snap, records):  # one read for the grants and the autoscaler
+            self.usage.poll({r.alloc.node for r in records.values() if r.alloc.live})
+        if reading is None or not steady or self.config.usage_interval <= 0:
             return
         if not reading.usage:  # nobody measured: every streak restarts, no sample moves a
             self.elastic.streaks.clear()  # grant (and no walk of every node: 5 s at 10,000)
@@ -637,6 +642,13 @@ class Scheduler(BatchWork, LeftoverReaping, DispatchOutcomes):
         if note is not None and note != self._published_pressure and self._publish_note(
                 PRESSURE_KEY, note, "the nodes' pressure (walle plan sheds nothing)"):
             self._published_pressure = note
+
+    def _usage_wanted(self, snap: Snapshot, records: Mapping[str, SlotRecord]) -> bool:
+        """Usage is read while instances live and the grants follow it or a job scales on
+        it."""
+        return any(r.alloc.live for r in records.values()) and (
+            self.config.usage_interval > 0 or self.autoscaler.wants_usage(snap))
+
 
     def _next_deadline(self, snap: Snapshot, records: dict[str, SlotRecord],
                        now: float) -> float | None:
@@ -666,7 +678,8 @@ class Scheduler(BatchWork, LeftoverReaping, DispatchOutcomes):
             deadlines.append(now)
         if (measure_at := self.autoscaler.next_due()) is not None:
             deadlines.append(measure_at)
-        if (usage_due := self.usage.next_due()) is not None and records:  # the next reading
+        if (usage_due := self.usage.next_due()) is not None and \
+                self._usage_wanted(snap, records):  # the next reading
             deadlines.append(max(usage_due, now) + 0.1)
         return min(deadlines) if deadlines else None
 
