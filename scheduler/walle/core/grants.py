@@ -224,13 +224,22 @@ def _resource(capacity: float, tracks: Sequence[_Track],
     wants = [_want(t, s, policy) for t, s in zip(tracks, streaks, strict=True)]
     fitted = _whole_units(capacity, tracks, _water_fill(capacity, tracks, wants))
     # hysteresis: small moves are not made, as long as what is kept still fits the node
-    # (a move onto min or max is always made: the floor and the ceiling are reachable)
+    # (a move onto min or max the instance asked for is always made: the floor and the
+    # ceiling are reachable; a small cut onto its floor that it did not ask for is not: an
+    # instance whose range is a unit or two went back and forth between them while its
+    # neighbours' asks moved, found by hypothesis)
     kept = [t.current if abs(f - t.current) < policy.min_change * max(t.current, 1e-9)
-            and t.lo <= t.current <= t.hi and f not in (t.lo, t.hi) else f
-            for t, f in zip(tracks, fitted, strict=True)]
+            and t.lo <= t.current <= t.hi and not _asked_edge(t, f, w) else f
+            for t, f, w in zip(tracks, fitted, wants, strict=True)]
     if sum(kept) <= capacity * (1 + 1e-9):
         fitted = kept
     return fitted, streaks
+
+
+def _asked_edge(t: _Track, fitted: int, want: float) -> bool:
+    """The fitted grant is the floor the instance asked to fall to, or the ceiling it asked
+    to rise to."""
+    return (fitted == t.lo and want <= t.lo) or (fitted == t.hi and want >= t.hi)
 
 
 def _pressing(t: _Track, policy: ElasticPolicy) -> bool:
