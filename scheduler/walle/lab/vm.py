@@ -58,10 +58,13 @@ QEMU = "qemu-system-x86_64"
 # tcg boots in about 30 s on an idle machine; the host is shared (WALLE_VM_BOOT_TIMEOUT: more)
 BOOT_TIMEOUT = float(os.environ.get("WALLE_VM_BOOT_TIMEOUT", "240"))
 SHUTDOWN_TIMEOUT = 30.0
+# ConnectTimeout covers sshd's banner and key exchange, which a starved tcg guest on a busy
+# host took more than 5 s to answer (every vm test failed "during banner exchange" at load 5
+# with the lab tier and a second VM beside it).
 SSH_OPTIONS = (
     "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
     "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-    "-o", "ConnectTimeout=5", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=6",
+    "-o", "ConnectTimeout=30", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=6",
 )
 
 Progress = Callable[[str], None]
