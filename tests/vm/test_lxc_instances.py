@@ -108,7 +108,9 @@ def test_two_lxc_instances_of_one_image_unprivileged_limited_and_removed(vm, wal
             slice_dir = cgroup_dir(vm, f"{stem}.slice")
             files = read_files(vm, slice_dir, ["memory.max", "cpu.max"])
             assert files == {"memory.max": "67108864", "cpu.max": "20000 100000"}, files
-            group = vm.run(f"cat /proc/{pid}/cgroup", check=True).stdout.strip()
+            # the unified (0::) line: once LXC has run, the node also shows a named v1
+            # hierarchy (1:name=systemd:/, LXC's for systemd containers) above it
+            group = vm.run(f"grep '^0::' /proc/{pid}/cgroup", check=True).stdout.strip()
             unit_dir = cgroup_dir(vm, unit)
             assert group.startswith("0::" + unit_dir[len("/sys/fs/cgroup"):] + "/lxc.payload."), \
                 group
