@@ -30,11 +30,11 @@ from walle.service.executor import Outcome
 
 log = logging.getLogger("walle.scheduler")
 
-# `walle scheduler run --max-inflight-batches`: batches beside the loop by default (0: the
-# leader waits for each). Chaos runs with 4 after finding 9's fix: no overlap, every batch slot
-# committed once (bench/README.md, "Status of the findings"). SchedulerConfig's own default
-# stays 0: a Scheduler driven step by step (tests, benches) applies each outcome within its step.
-DEFAULT_MAX_INFLIGHT = 4
+# `walle scheduler run --max-inflight-batches`. 0 (the leader waits for each batch) for now:
+# with 4 the bounded chaos run found done batch slots run again (bench/README.md, finding 9:
+# a call split over a busy and a free node applied each batch's outcome to the whole call;
+# fixed). Beside the loop stays opt-in until more chaos runs with it pass.
+DEFAULT_MAX_INFLIGHT = 0
 
 T = TypeVar("T")
 Outcomes = dict[Any, Any]
