@@ -111,6 +111,16 @@ class ElasticPolicy:
     # way); the same for an instance throttled in its bursts whose mean use is under 75 %.
     throttled: float = 0.5
 
+    def presses(self, used: float, granted: float) -> bool:
+        """Usage pressing on its grant (the usage half of pressing; throttling is the other,
+        for CPU)."""
+        return used >= self.press * granted
+
+    def rise(self, granted: float, used: float | None) -> float:
+        """What a pressing instance asks for, before rounding to units and its ceiling: its
+        grant raised by `step`, at least its use / `target` (the dead band)."""
+        return max(granted * (1 + self.step), 0.0 if used is None else used / self.target)
+
     def __post_init__(self) -> None:
         if not 0 < self.idle < self.target < self.press <= 1:
             raise ValueError("elastic policy: 0 < idle < target < press <= 1")
@@ -244,7 +254,7 @@ def _asked_edge(t: _Track, fitted: int, want: float) -> bool:
 
 def _pressing(t: _Track, policy: ElasticPolicy) -> bool:
     """Using almost all of its grant, or (CPU) throttled in a sustained share of periods."""
-    return (t.used is not None and t.used >= policy.press * t.current) or \
+    return (t.used is not None and policy.presses(t.used, t.current)) or \
         (t.throttled is not None and t.throttled >= policy.throttled)
 
 

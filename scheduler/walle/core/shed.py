@@ -119,9 +119,8 @@ def instance_load(m: Measure, elastic: ElasticPolicy | None = None) -> Load:
             out += [0.0, 0.0]
             continue
         want = used
-        if granted > 0 and used >= elastic.press * granted and granted < ceiling:
-            want = max(used, min(ceiling, max(granted * (1 + elastic.step),
-                                              used / elastic.target)))
+        if granted > 0 and elastic.presses(used, granted) and granted < ceiling:
+            want = max(used, min(ceiling, elastic.rise(granted, used)))
         out += [float(used), float(want)]
     return Load(*out)
 
